@@ -1,0 +1,34 @@
+"""Shared fixtures: deterministic seeds, a real S3 server, and storage roots to test against."""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+import torch
+
+from tests.servers import S3Server, seaweedfs
+
+os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> S3Server:
+    """One SeaweedFS server on loopback for the whole test session."""
+    with seaweedfs(tmp_path_factory.mktemp("seaweedfs")) as server:
+        yield server
+
+
+@pytest.fixture(params=["local", "s3"])
+def storage_root(request: pytest.FixtureRequest, tmp_path) -> tuple[str, dict]:
+    """A fresh, empty root URL and its fsspec storage options: a local dir, then s3://."""
+    if request.param == "local":
+        return str(tmp_path / "root"), {}
+    server: S3Server = request.getfixturevalue("s3_server")
+    return server.url(f"t-{uuid.uuid4().hex[:12]}"), server.storage_options

