@@ -129,17 +129,10 @@ def check_inputs(inputs: torch.Tensor) -> torch.Tensor:
     return inputs.detach()
 
 
-def resolve_targets(model: nn.Module, inputs: torch.Tensor, target: Target) -> torch.Tensor:
-    """One target class per sample as a long tensor on the inputs' device.
-
-    None means the class the (unpruned) model predicts for each sample.
-    """
-    batch = inputs.shape[0]
+def parse_target(target: Target, batch: int, device: torch.device) -> torch.Tensor | None:
+    """One target class per sample as a long tensor, or None for "the predicted class"."""
     if target is None:
-        with torch.no_grad():
-            logits = model(inputs)
-        check_logits(logits, batch)
-        return logits.argmax(dim=1)
+        return None
     if isinstance(target, int) and not isinstance(target, bool):
         targets = torch.full((batch,), target, dtype=torch.long)
     else:
@@ -152,7 +145,17 @@ def resolve_targets(model: nn.Module, inputs: torch.Tensor, target: Target) -> t
             )
     if bool((targets < 0).any()):
         raise AttributionError(f"target holds a negative class index: {targets.tolist()}")
-    return targets.to(device=inputs.device, dtype=torch.long)
+    return targets.to(device=device, dtype=torch.long)
+
+
+def resolve_targets(model: nn.Module, inputs: torch.Tensor, target: Target) -> torch.Tensor:
+    """One target class per sample; None means the class the model predicts for each sample."""
+    targets = parse_target(target, inputs.shape[0], inputs.device)
+    if targets is not None:
+        return targets
+    with torch.no_grad():
+        logits = check_logits(model(inputs), inputs.shape[0])
+    return logits.argmax(dim=1)
 
 
 def check_logits(logits: Any, batch: int, targets: torch.Tensor | None = None) -> torch.Tensor:

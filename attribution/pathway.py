@@ -1,0 +1,172 @@
+"""Pathway gradient: the input gradient of the network pruned for this very input.
+
+Khakzar et al., "Neural Response Interpretation through the Lens of Critical Pathways"
+(CVPR 2021; arXiv 1911.11081 "Improving Feature Attribution through Input-specific
+Network Pruning"). For each sample:
+
+1. score every neuron (every element of every ReLU call's output) by its contribution
+   to the target logit;
+2. prune the neurons whose score is at or below the sample's p-th percentile, taken over
+   all layers at once (or inside each layer with ``per_layer=True``);
+3. return the gradient of the target logit of the pruned network with respect to the
+   input. The pruning masks are constants of that network.
+
+Everything runs as batched passes; each sample's map equals the one it gets alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from . import scores as scoring
+from .base import Attribution, AttributionError, SampleIds, Target, check_inputs, eval_mode, parse_target, sample_seeds
+from .base import register
+from .neurons import ReluCalls
+from .threshold import batched_percentile
+
+SCORES = ("taylor", "integrated", "random", "greedy")
+DEFAULT_STEPS = {"integrated": 10, "greedy": 5}
+
+
+@dataclass
+class PathwayDetails:
+    """Per-sample facts about the pruned network (all tensors have B rows)."""
+
+    target: torch.Tensor
+    threshold: torch.Tensor  # [B], or [B, layers] with per_layer=True or scores="random"
+    kept_fraction: torch.Tensor  # kept neurons / all neurons
+    logit: torch.Tensor  # target logit of the unpruned network
+    pruned_logit: torch.Tensor  # target logit of the pruned network
+    predicted: torch.Tensor  # class the unpruned network predicts
+    pruned_predicted: torch.Tensor  # class the pruned network predicts
+
+    @property
+    def prediction_kept(self) -> torch.Tensor:
+        """Whether the pruned network still predicts the target class."""
+        return self.pruned_predicted == self.target
+
+
+@register("pathway")
+class PathwayGrad(Attribution):
+    """Input-specific pruning attribution ("pathway gradient").
+
+    Args:
+        model: classifier returning logits [B, K]; its neurons are its ``nn.ReLU`` calls.
+        percentile: p, the share of each sample's neurons to prune (0-100; default 70).
+        scores: ``taylor`` |a * dy/da| (default), ``integrated`` (per-layer integrated
+            gradients), ``random`` (p % of each layer at random, a control) or
+            ``greedy`` (prune in ``steps`` rounds, re-scoring in between).
+        per_layer: apply the percentile inside each layer instead of across all layers.
+        steps: integration steps (``integrated``, default 10) or pruning rounds
+            (``greedy``, default 5).
+    """
+
+    def __init__(self, model: nn.Module, percentile: float = 70.0, scores: str = "taylor",
+                 per_layer: bool = False, steps: int | None = None) -> None:
+        super().__init__(model)
+        if not 0.0 <= float(percentile) < 100.0:
+            raise AttributionError(f"percentile must be in [0, 100), got {percentile}; 100 would prune every neuron")
+        if scores not in SCORES:
+            raise AttributionError(f"unknown scores {scores!r}; choose one of {', '.join(SCORES)}")
+        if steps is not None and (scores not in DEFAULT_STEPS or int(steps) < 1):
+            raise AttributionError(
+                f"steps applies to scores='integrated' or 'greedy' and must be >= 1, got steps={steps} "
+                f"with scores={scores!r}"
+            )
+        self.percentile = float(percentile)
+        self.scores = scores
+        self.per_layer = bool(per_layer) or scores == "random"
+        self.steps = int(steps) if steps is not None else DEFAULT_STEPS.get(scores)
+
+    @property
+    def params(self) -> dict:
+        params = {"percentile": self.percentile, "scores": self.scores, "per_layer": self.per_layer}
+        if self.steps is not None:
+            params["steps"] = self.steps
+        return params
+
+    def attribute(self, inputs: torch.Tensor, target: Target = None, *, sample_ids: SampleIds = None,
+                  return_details: bool = False) -> torch.Tensor | tuple[torch.Tensor, PathwayDetails]:
+        """Maps shaped like ``inputs``; with ``return_details`` also :class:`PathwayDetails`."""
+        inputs = check_inputs(inputs)
+        targets = parse_target(target, inputs.shape[0], inputs.device)
+        seeds = sample_seeds(inputs, sample_ids) if self.scores == "random" else []
+        with eval_mode(self.model), torch.enable_grad(), ReluCalls(self.model) as relus:
+            maps, details = self._run(relus, inputs, targets, seeds)
+        return (maps, details) if return_details else maps
+
+    def _attribute(self, inputs: torch.Tensor, targets: torch.Tensor, seeds: list[int]) -> torch.Tensor:
+        with torch.enable_grad(), ReluCalls(self.model) as relus:
+            return self._run(relus, inputs, targets, seeds)[0]
+
+    def _run(self, relus: ReluCalls, inputs: torch.Tensor, targets: torch.Tensor | None,
+             seeds: list[int]) -> tuple[torch.Tensor, PathwayDetails]:
+        x = inputs.detach().requires_grad_(True)
+        masks, thresholds, scored = self._masks(relus, x, targets, seeds)
+        targets = scored.targets
+        kept = sum(m.flatten(1).sum(1) for m in masks) / sum(m[0].numel() for m in masks)
+
+        relus.reset(masks=masks)
+        pruned_logits, _, selected = scoring._forward(self.model, x, targets)
+        if relus.calls != len(masks):
+            raise AttributionError(
+                f"the model made {relus.calls} ReLU calls with pruning but {len(masks)} without; "
+                "its forward pass must not depend on the activations' values"
+            )
+        (grad,) = torch.autograd.grad(selected, x)
+        relus.reset()
+        logits = scored.logits
+        details = PathwayDetails(
+            target=targets,
+            threshold=thresholds,
+            kept_fraction=kept,
+            logit=logits.gather(1, targets[:, None]).squeeze(1),
+            pruned_logit=pruned_logits.detach().gather(1, targets[:, None]).squeeze(1),
+            predicted=logits.argmax(1),
+            pruned_predicted=pruned_logits.detach().argmax(1),
+        )
+        return grad, details
+
+    def _masks(self, relus: ReluCalls, x: torch.Tensor, targets: torch.Tensor | None, seeds: list[int]
+               ) -> tuple[list[torch.Tensor], torch.Tensor, scoring.Scored]:
+        """Keep-masks (bool, one per ReLU call), thresholds, and the unpruned scoring pass."""
+        if self.scores == "greedy":
+            return self._greedy_masks(relus, x, targets)
+        if self.scores == "taylor":
+            scored = scoring.taylor(self.model, relus, x, targets)
+        elif self.scores == "integrated":
+            scored = scoring.integrated(self.model, relus, x, targets, self.steps)
+        else:
+            scored = scoring.random(self.model, relus, x, targets, seeds)
+        masks, thresholds = keep_masks(scored.scores, self.percentile, self.per_layer)
+        scored.scores = []
+        return masks, thresholds, scored
+
+    def _greedy_masks(self, relus: ReluCalls, x: torch.Tensor, targets: torch.Tensor | None
+                      ) -> tuple[list[torch.Tensor], torch.Tensor, scoring.Scored]:
+        """Prune p/steps % more in each round, re-scoring the pruned net; pruned stays pruned."""
+        masks: list[torch.Tensor] | None = None
+        first: scoring.Scored | None = None
+        for step in range(1, self.steps + 1):
+            scored = scoring.taylor(self.model, relus, x, targets, masks)
+            first = first or scored
+            targets = scored.targets
+            new, thresholds = keep_masks(scored.scores, self.percentile * step / self.steps, self.per_layer)
+            scored.scores = []
+            masks = new if masks is None else [n.logical_and_(m) for n, m in zip(new, masks)]
+        return masks, thresholds, first
+
+
+def keep_masks(scores: list[torch.Tensor], percentile: float, per_layer: bool
+               ) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Keep a neuron iff its score is above the sample's percentile (score <= q is pruned)."""
+    rows = [s.flatten(1) for s in scores]
+    if per_layer:
+        q = torch.stack([batched_percentile([r], percentile) for r in rows], dim=1)
+        masks = [s > q[:, i].view(-1, *[1] * (s.dim() - 1)) for i, s in enumerate(scores)]
+        return masks, q
+    q = batched_percentile(rows, percentile)
+    return [s > q.view(-1, *[1] * (s.dim() - 1)) for s in scores], q

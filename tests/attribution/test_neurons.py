@@ -1,0 +1,88 @@
+"""ReluCalls finds every ReLU call, and leaves no trace on the model, even after errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from attribution import AttributionError
+from attribution.neurons import ReluCalls
+from attribution.pathway import PathwayGrad
+from models.tv import models as tv_models
+
+
+def hooks_left(model: nn.Module) -> int:
+    return sum(
+        len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) + len(getattr(m, "_backward_pre_hooks", {}))
+        for m in model.modules()
+    )
+
+
+def count_calls(model: nn.Module, x: torch.Tensor) -> tuple[int, int]:
+    with torch.no_grad(), ReluCalls(model) as relus:
+        relus.reset(record=True)
+        model(x)
+        return relus.calls, sum(o[0].numel() for o in relus.outputs)
+
+
+def test_resnet50_at_224_has_49_relu_calls_and_about_9_6_million_neurons() -> None:
+    model = tv_models.resnet50().eval()
+    calls, neurons = count_calls(model, torch.zeros(1, 3, 224, 224))
+    assert calls == 49
+    assert 9.5e6 < neurons < 9.8e6
+    assert hooks_left(model) == 0
+
+
+def test_each_call_of_a_shared_module_is_its_own_layer() -> None:
+    model = tv_models.resnet18().eval()  # one relu module per block, called twice
+    calls, _ = count_calls(model, torch.zeros(1, 3, 32, 32))
+    assert calls == 17
+    assert sum(isinstance(m, nn.ReLU) for m in model.modules()) == 9
+
+
+def test_vgg16_calls() -> None:
+    model = tv_models.vgg16(num_classes=10).eval()
+    calls, _ = count_calls(model, torch.zeros(1, 3, 32, 32))
+    assert calls == 15  # 13 convs + 2 classifier layers
+
+
+def test_hooks_are_removed_when_the_forward_pass_raises() -> None:
+    class Fails(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.relu = nn.ReLU()
+            self.calls = 0
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            self.calls += 1
+            if self.calls == 2:  # the scoring pass works, the pruned pass fails
+                raise RuntimeError("boom")
+            return self.relu(x.flatten(1))
+
+    model = Fails()
+    with pytest.raises(RuntimeError, match="boom"):
+        PathwayGrad(model).attribute(torch.randn(2, 1, 2, 2))
+    assert hooks_left(model) == 0
+
+
+def test_model_without_relu_is_a_clear_error() -> None:
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 2))
+    with pytest.raises(AttributionError, match="no nn.ReLU modules"):
+        PathwayGrad(model).attribute(torch.randn(2, 1, 2, 2))
+
+
+def test_relu_output_modified_in_place_later_is_a_clear_error() -> None:
+    class AddsInPlace(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+            self.relu = nn.ReLU()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.relu(self.fc(x.flatten(1)))
+            h += 1.0
+            return h
+
+    with pytest.raises(AttributionError, match="modified in place"):
+        PathwayGrad(AddsInPlace()).attribute(torch.randn(2, 1, 2, 2))

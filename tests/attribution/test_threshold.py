@@ -1,0 +1,88 @@
+"""batched_percentile must equal numpy.percentile exactly, on every path it can take."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from attribution import threshold
+
+
+def numpy_percentile(chunks: list[torch.Tensor], p: float) -> np.ndarray:
+    rows = torch.cat(chunks, dim=1).numpy()
+    return np.array([np.percentile(row, p) for row in rows], dtype=rows.dtype)
+
+
+def relu_like_scores(batch: int, sizes: list[int], dead: float = 0.5, seed: int = 0) -> list[torch.Tensor]:
+    """Scores shaped like a ReLU network's: a share of exact zeros (dead neurons), the rest continuous."""
+    generator = torch.Generator().manual_seed(seed)
+    return [
+        torch.rand(batch, n, generator=generator).pow(3) * (torch.rand(batch, n, generator=generator) > dead)
+        for n in sizes
+    ]
+
+
+@pytest.fixture(params=["sort", "band"])
+def path(request, monkeypatch) -> str:
+    """Run each test through the full sort and through the band selection."""
+    monkeypatch.setattr(threshold, "SORT_LIMIT", 10**12 if request.param == "sort" else 0)
+    return request.param
+
+
+@pytest.mark.parametrize("p", [0.0, 0.1, 12.5, 33.3, 49.0, 50.0, 70.0, 90.0, 99.99, 100.0])
+def test_equals_numpy_with_dead_neurons(path: str, p: float) -> None:
+    chunks = relu_like_scores(3, [1000, 40000, 7, 150000])
+    assert np.array_equal(threshold.batched_percentile(chunks, p).numpy(), numpy_percentile(chunks, p))
+
+
+def test_equals_numpy_when_percentile_falls_in_a_tie(path: str) -> None:
+    chunks = relu_like_scores(4, [60000, 60000], dead=0.8)  # 80 % zeros: q at p=70 is 0 exactly
+    got = threshold.batched_percentile(chunks, 70.0)
+    assert np.array_equal(got.numpy(), numpy_percentile(chunks, 70.0))
+    assert torch.all(got == 0)
+
+
+def test_equals_numpy_for_negative_and_repeated_values(path: str) -> None:
+    generator = torch.Generator().manual_seed(1)
+    chunks = [torch.randint(-50, 50, (2, 90000), generator=generator).float() / 7, torch.randn(2, 30000, generator=generator)]
+    for p in (3.0, 50.0, 97.0):
+        assert np.array_equal(threshold.batched_percentile(chunks, p).numpy(), numpy_percentile(chunks, p))
+
+
+def test_unrepresentative_subsample_falls_back_to_exact(monkeypatch) -> None:
+    """Values that the strided subsample never sees still give the exact answer."""
+    monkeypatch.setattr(threshold, "SORT_LIMIT", 0)
+    monkeypatch.setattr(threshold, "SAMPLE_SIZE", 1000)
+    n = 200_000
+    stride = n // 1000
+    row = torch.linspace(0, 1, n)
+    row[::stride] = 1000.0  # every sampled score is huge: the band misses the true ranks
+    chunks = [row[None].clone(), torch.linspace(0, 1, n)[None]]
+    exact_calls = []
+    sort = threshold._select_by_sort
+    monkeypatch.setattr(threshold, "_select_by_sort", lambda *a: exact_calls.append(1) or sort(*a))
+    assert np.array_equal(threshold.batched_percentile(chunks, 40.0).numpy(), numpy_percentile(chunks, 40.0))
+    assert exact_calls, "the band should have missed and the exact fallback should have run"
+
+
+def test_rows_are_independent(path: str) -> None:
+    chunks = relu_like_scores(5, [30000, 90000], seed=3)
+    whole = threshold.batched_percentile(chunks, 70.0)
+    for row in range(5):
+        alone = threshold.batched_percentile([c[row : row + 1] for c in chunks], 70.0)
+        assert alone.item() == whole[row].item()
+
+
+def test_rejects_bad_percentiles() -> None:
+    with pytest.raises(ValueError, match="percentile"):
+        threshold.batched_percentile([torch.rand(1, 10)], 101.0)
+    with pytest.raises(ValueError, match="zero scores"):
+        threshold.batched_percentile([torch.rand(1, 0)], 50.0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_equals_numpy_on_cuda() -> None:
+    chunks = relu_like_scores(3, [500000, 300000])
+    got = threshold.batched_percentile([c.cuda() for c in chunks], 70.0).cpu()
+    assert np.array_equal(got.numpy(), numpy_percentile(chunks, 70.0))
