@@ -81,7 +81,8 @@ class ReluCalls:
                     f"the model made more ReLU calls ({index + 1}) than in the scoring pass "
                     f"({len(self.masks)}); its forward pass must not depend on pruning"
                 )
-            result = result * self.masks[index]
+            mask = self.masks[index]
+            result = result * (mask if mask.dtype == result.dtype else mask.to(result.dtype))
         if self.scale is not None and self.scale[0] == index:
             result = result * self.scale[1]
         if self.record or self.record_call == index:

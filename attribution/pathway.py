@@ -107,7 +107,7 @@ class PathwayGrad(Attribution):
         x = inputs.detach().requires_grad_(True)
         masks, thresholds, scored = self._masks(relus, x, targets, seeds)
         targets = scored.targets
-        kept = sum(m.flatten(1).sum(1) for m in masks) / sum(m[0].numel() for m in masks)
+        kept = (sum(m.flatten(1).sum(1, dtype=torch.float64) for m in masks) / sum(m[0].numel() for m in masks)).float()
 
         relus.reset(masks=masks)
         pruned_logits, _, selected = scoring._forward(self.model, x, targets)
@@ -132,7 +132,7 @@ class PathwayGrad(Attribution):
 
     def _masks(self, relus: ReluCalls, x: torch.Tensor, targets: torch.Tensor | None, seeds: list[int]
                ) -> tuple[list[torch.Tensor], torch.Tensor, scoring.Scored]:
-        """Keep-masks (bool, one per ReLU call), thresholds, and the unpruned scoring pass."""
+        """Keep-masks (1 keep / 0 prune, one per ReLU call), thresholds, the unpruned scoring pass."""
         if self.scores == "greedy":
             return self._greedy_masks(relus, x, targets)
         if self.scores == "taylor":
@@ -156,17 +156,22 @@ class PathwayGrad(Attribution):
             targets = scored.targets
             new, thresholds = keep_masks(scored.scores, self.percentile * step / self.steps, self.per_layer)
             scored.scores = []
-            masks = new if masks is None else [n.logical_and_(m) for n, m in zip(new, masks)]
+            masks = new if masks is None else [n.mul_(m) for n, m in zip(new, masks)]
         return masks, thresholds, first
 
 
 def keep_masks(scores: list[torch.Tensor], percentile: float, per_layer: bool
                ) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """Keep a neuron iff its score is above the sample's percentile (score <= q is pruned)."""
+    """Keep a neuron iff its score is above the sample's percentile (score <= q is pruned).
+
+    The masks overwrite the score tensors (1.0 keep, 0.0 prune): no extra memory, and a
+    float mask multiplies an activation much faster than a bool one on CPU.
+    """
     rows = [s.flatten(1) for s in scores]
     if per_layer:
         q = torch.stack([batched_percentile([r], percentile) for r in rows], dim=1)
-        masks = [s > q[:, i].view(-1, *[1] * (s.dim() - 1)) for i, s in enumerate(scores)]
-        return masks, q
-    q = batched_percentile(rows, percentile)
-    return [s > q.view(-1, *[1] * (s.dim() - 1)) for s in scores], q
+        columns = [q[:, i] for i in range(len(scores))]
+    else:
+        q = batched_percentile(rows, percentile)
+        columns = [q] * len(scores)
+    return [s.gt_(c.view(-1, *[1] * (s.dim() - 1))) for s, c in zip(scores, columns)], q

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 
 import torch
 
-#: Subsample size per sample used to place the band.
+#: Largest subsample per sample used to place the band (it is about N^(2/3) below that).
 SAMPLE_SIZE = 1 << 16
 #: Band half-width in binomial standard deviations of the subsample rank.
 BAND_SIGMAS = 5.0
@@ -66,9 +66,19 @@ def _select_by_sort(chunks: Sequence[torch.Tensor], lower: int, upper: int) -> t
     return ordered[:, lower], ordered[:, upper]
 
 
+def count(mask: torch.Tensor) -> torch.Tensor:
+    """Per-row number of True in a bool [B, n] tensor (summing bools directly is ~10x slower on CPU)."""
+    return mask.view(torch.uint8).sum(1, dtype=torch.int32).long()
+
+
 def _subsample(chunks: Sequence[torch.Tensor], total: int) -> torch.Tensor:
-    """Every ``stride``-th score of the concatenated rows, without concatenating them."""
-    stride = max(1, total // SAMPLE_SIZE)
+    """Every ``stride``-th score of the concatenated rows, without concatenating them.
+
+    About N^(2/3) samples balance the cost of sorting the subsample against the cost
+    of sorting the band it leaves (whose width shrinks as 1/sqrt(samples)).
+    """
+    size = min(SAMPLE_SIZE, max(256, round(total ** (2 / 3))))
+    stride = max(1, total // size)
     parts, start = [], 0
     for chunk in chunks:
         offset = (-start) % stride
@@ -103,23 +113,22 @@ def _select_in_band(chunks: Sequence[torch.Tensor], lower: int, upper: int) -> t
     batch, device = chunks[0].shape[0], chunks[0].device
     lo, hi = _band_edges(chunks, total, lower, upper)
     lo_col, hi_col = lo[:, None], hi[:, None]
-    zeros = torch.zeros(batch, dtype=torch.long, device=device)
-    lt_lo, le_lo, lt_hi, le_hi = zeros.clone(), zeros.clone(), zeros.clone(), zeros.clone()
-    inside_values, inside_rows = [], []
-    rows = torch.arange(batch, device=device)
+    # One pass: how many scores are <= lo and < hi, and the scores strictly between.
+    le_lo = torch.full((batch,), total, dtype=torch.long, device=device)
+    lt_hi = torch.zeros(batch, dtype=torch.long, device=device)
+    inside_values, inside_counts = [], []
     for chunk in chunks:
-        lt_lo += (chunk < lo_col).sum(1)
         above_lo = chunk > lo_col
-        le_lo += chunk.shape[1] - above_lo.sum(1)
         below_hi = chunk < hi_col
-        lt_hi += below_hi.sum(1)
-        le_hi += (chunk <= hi_col).sum(1)
-        inside = above_lo & below_hi
+        le_lo -= count(above_lo)
+        lt_hi += count(below_hi)
+        inside = above_lo.logical_and_(below_hi)
         inside_values.append(chunk[inside])
-        inside_rows.append(torch.repeat_interleave(rows, inside.sum(1)))
+        inside_counts.append(count(inside))
+    rows = torch.arange(batch, device=device)
+    sample_rows = torch.cat([torch.repeat_interleave(rows, c) for c in inside_counts])
     values = torch.cat(inside_values)
-    keys = (torch.cat(inside_rows) << 32) | _order_keys(values)
-    values = values[keys.argsort()]
+    values = values[((sample_rows << 32) | _order_keys(values)).argsort()]
     counts = lt_hi - le_lo
     starts = torch.cumsum(counts, 0) - counts
 
@@ -129,9 +138,15 @@ def _select_in_band(chunks: Sequence[torch.Tensor], lower: int, upper: int) -> t
         return torch.where(rank < le_lo, lo, torch.where(rank >= lt_hi, hi, picked))
 
     below, above = value_at(lower), value_at(upper)
-    missed = (lt_lo > lower) | (le_hi <= upper)
-    if bool(missed.any()):
-        rows_missed = missed.nonzero().squeeze(1)
-        exact_below, exact_above = _select_by_sort([c[rows_missed] for c in chunks], lower, upper)
-        below[rows_missed], above[rows_missed] = exact_below, exact_above
+    # Ranks at or beyond an edge are the edge's value only if the edge is not crossed:
+    # that needs the counts strictly below lo and up to hi, taken only when needed.
+    unsure = (le_lo > lower) | (lt_hi <= upper)
+    if bool(unsure.any()):
+        lt_lo = sum(count(c < lo_col) for c in chunks)
+        le_hi = sum(count(c <= hi_col) for c in chunks)
+        missed = (lt_lo > lower) | (le_hi <= upper)
+        if bool(missed.any()):
+            rows_missed = missed.nonzero().squeeze(1)
+            exact_below, exact_above = _select_by_sort([c[rows_missed] for c in chunks], lower, upper)
+            below[rows_missed], above[rows_missed] = exact_below, exact_above
     return below, above
