@@ -1,0 +1,207 @@
+"""fsspec helpers shared by the storage package: open a URL, translate errors, write atomically.
+
+Every error that leaves this package is a :class:`StorageError` (an ``OSError``) whose message
+names the URL (with any ``user:password@`` part removed) and says what to fix. Messages never
+carry credentials: values of secret-looking ``storage_options`` keys are scrubbed from them.
+
+S3 notes (see ../shared/ENVIRONMENT.md): an endpoint goes in
+``storage_options={"client_kwargs": {"endpoint_url": ...}}`` (or ``endpoint_url=...``, moved there
+by :func:`open_fs`); the region comes from ``AWS_DEFAULT_REGION``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+import uuid
+from collections.abc import Iterator, Mapping
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import fsspec
+
+_SECRET_KEYS = ("key", "secret", "token", "password", "passwd", "session_token", "aws_secret_access_key",
+                "aws_access_key_id", "aws_session_token", "account_key", "sas_token", "client_secret")
+
+
+class StorageError(OSError):
+    """A storage operation failed; the message names the URL and a fix, never a credential."""
+
+
+class StorageNotFound(StorageError, FileNotFoundError):
+    """The bucket, object or directory does not exist."""
+
+
+class StorageAccessDenied(StorageError, PermissionError):
+    """The store refused the credentials or the operation."""
+
+
+def redact_url(url: str) -> str:
+    """The URL without any ``user:password@`` part, safe for messages and logs."""
+    try:
+        parts = urlsplit(str(url))
+    except ValueError:
+        return "<unparsable url>"
+    if parts.username is None and parts.password is None:
+        return str(url)
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+
+
+def _secrets(storage_options: Mapping[str, Any] | None) -> list[str]:
+    """String values of secret-looking keys, searched recursively (client_kwargs, config_kwargs...)."""
+    found: list[str] = []
+    for k, v in (storage_options or {}).items():
+        if isinstance(v, Mapping):
+            found += _secrets(v)
+        elif isinstance(v, str) and len(v) >= 3 and str(k).lower() in _SECRET_KEYS:
+            found.append(v)
+    return found
+
+
+def scrub(text: str, storage_options: Mapping[str, Any] | None = None) -> str:
+    """``text`` with every credential of ``storage_options`` (and of the environment) replaced by ***."""
+    env = [os.environ.get(n, "") for n in ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")]
+    for secret in sorted({s for s in _secrets(storage_options) + env if s and len(s) >= 3}, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text if len(text) <= 400 else text[:400] + "..."
+
+
+def normalize_options(url: str, storage_options: Mapping[str, Any] | None) -> dict[str, Any]:
+    options = dict(storage_options or {})
+    if str(url).startswith(("s3://", "s3a://")) and "endpoint_url" in options:
+        client_kwargs = dict(options.get("client_kwargs") or {})
+        client_kwargs.setdefault("endpoint_url", options.pop("endpoint_url"))
+        options["client_kwargs"] = client_kwargs
+    return options
+
+
+def open_fs(url: str, storage_options: Mapping[str, Any] | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The fsspec filesystem and the path inside it for ``url`` (a local path, ``s3://...``, ...)."""
+    if not url:
+        raise StorageError("empty storage URL: give a local path or a URL such as s3://bucket/prefix")
+    try:
+        fs, path = fsspec.core.url_to_fs(str(url), **normalize_options(url, storage_options))
+    except ImportError as err:
+        raise StorageError(f"cannot open {redact_url(url)}: the filesystem's package is missing "
+                           f"({scrub(str(err), storage_options)}); install it, e.g. pip install s3fs") from None
+    except (ValueError, TypeError) as err:
+        raise StorageError(f"cannot open {redact_url(url)}: {type(err).__name__}: "
+                           f"{scrub(str(err), storage_options)}; check the URL and storage_options") from None
+    return fs, path
+
+
+def is_local(fs: fsspec.AbstractFileSystem) -> bool:
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    return protocol in ("file", "local")
+
+
+def is_object_store(fs: fsspec.AbstractFileSystem) -> bool:
+    """True where one PUT is atomic (S3, GCS, Azure...): objects appear whole or not at all."""
+    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
+    return any(p in ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "oss") for p in protocols)
+
+
+def join(base: str, *parts: str) -> str:
+    """``base/part/...`` for URLs and paths alike (no duplicated slashes)."""
+    out = str(base).rstrip("/")
+    for part in parts:
+        out = f"{out}/{str(part).strip('/')}"
+    return out
+
+
+def translate(err: BaseException, url: str, action: str, storage_options: Mapping[str, Any] | None = None
+              ) -> StorageError:
+    """A :class:`StorageError` for ``err`` raised while doing ``action`` on ``url``, with a fix."""
+    if isinstance(err, StorageError):
+        return err
+    shown = redact_url(url)
+    detail = scrub(f"{type(err).__name__}: {err}", storage_options)
+    text = str(err)
+    if isinstance(err, FileNotFoundError) or "NoSuchBucket" in text or "NoSuchKey" in text:
+        if "bucket does not exist" in text or "NoSuchBucket" in text:
+            fix = "the bucket does not exist: create it or fix the bucket name in the URL"
+        else:
+            fix = "no such object or directory: check the URL (and the split / prefix)"
+        return StorageNotFound(f"cannot {action} {shown}: {fix} ({detail})")
+    if isinstance(err, PermissionError) or any(s in text for s in (
+            "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "Forbidden", "ExpiredToken")):
+        if any(s in text for s in ("signature", "Signature", "access key", "InvalidAccessKeyId", "Forbidden")):
+            fix = ("the store rejected the credentials: check key/secret (storage_options 'key'/'secret' or "
+                   "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY) and that they may access this bucket")
+        else:
+            fix = "permission denied: check that these credentials may access this bucket/path"
+        return StorageAccessDenied(f"cannot {action} {shown}: {fix} ({detail})")
+    if isinstance(err, (ConnectionError, TimeoutError)) or "Could not connect" in text or "EndpointConnection" in text:
+        return StorageError(f"cannot {action} {shown}: the store is unreachable: check endpoint_url "
+                            f"(storage_options client_kwargs) and the network ({detail})")
+    return StorageError(f"cannot {action} {shown}: {detail}")
+
+
+@contextlib.contextmanager
+def storage_errors(url: str, action: str, storage_options: Mapping[str, Any] | None = None) -> Iterator[None]:
+    """Re-raise any error inside the block as a :class:`StorageError` naming ``url``, with no traceback chain.
+
+    The chain is dropped (``from None``) because botocore exceptions can hold request details.
+    """
+    try:
+        yield
+    except StorageError:
+        raise
+    except Exception as err:  # noqa: BLE001 - every backend raises its own types
+        raise translate(err, url, action, storage_options) from None
+
+
+def write_bytes_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` so readers see no file, the old file, or the whole new one.
+
+    Local: a temporary sibling, fsync, ``os.replace``. Object stores: one PUT of the final key
+    (atomic there). Other filesystems: a temporary sibling moved into place.
+    """
+    if is_local(fs):
+        path = fs._strip_protocol(path)
+        directory = os.path.dirname(os.path.abspath(path))
+        os.makedirs(directory, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+    elif is_object_store(fs):
+        fs.pipe_file(path, data)
+    else:
+        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+        fs.pipe_file(tmp, data)
+        try:
+            fs.mv(tmp, path)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                fs.rm(tmp)
+            raise
+
+
+def write_json_atomic(fs: fsspec.AbstractFileSystem, path: str, obj: Any) -> bytes:
+    """Write ``obj`` as sorted, indented JSON atomically; returns the bytes written."""
+    data = (json.dumps(obj, sort_keys=True, indent=1, default=_json_default) + "\n").encode()
+    write_bytes_atomic(fs, path, data)
+    return data
+
+
+def _json_default(obj: Any) -> Any:
+    if hasattr(obj, "item") and callable(obj.item) and getattr(obj, "ndim", 0) == 0:
+        return obj.item()
+    if hasattr(obj, "tolist") and callable(obj.tolist):
+        return obj.tolist()
+    if isinstance(obj, (set, frozenset)):
+        return sorted(obj)
+    return str(obj)

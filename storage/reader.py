@@ -1,0 +1,146 @@
+"""Reading a map dataset back: only committed shards, in shard (source) order.
+
+    read_maps(url, method=None)        -> pandas.DataFrame ("map" holds [H, W] float16 arrays)
+    read_maps_table(url, method=None)  -> pyarrow.Table ("map" is an arrow.fixed_shape_tensor column)
+    maps_array(url, method)            -> zarr.Array [N, H, W] float16 (NaN: no map), lazy
+    read_errors(url, method=None)      -> pandas.DataFrame (sample_id, reason, shard_id, method)
+    read_run(url)                      -> dict (run.json)
+    join_with_source(maps_df, source)  -> maps_df with an "image" column (uint8 [H, W, C])
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from storage.fs import StorageError, StorageNotFound, join, open_fs, storage_errors
+from storage.manifest import check_name, read_commits
+from storage.maps import ERRORS_SCHEMA
+from storage.sources.base import SampleError, Source
+
+log = logging.getLogger(__name__)
+
+
+def _committed_files(url: str, kind: str, method: str | None, storage_options: Mapping[str, Any] | None
+                     ) -> tuple[Any, list[str]]:
+    """(fs, paths) of the committed ``kind`` ("maps" or "errors") Parquet files, in shard order."""
+    fs, root = open_fs(url, storage_options)
+    records = read_commits(fs, root.rstrip("/"), url, method, storage_options)
+    paths = [join(root, f["path"]) for rec in records.values() for f in rec["files"]
+             if f["path"].startswith(f"{kind}/") and f["path"].endswith(".parquet")]
+    return fs, paths
+
+
+def _read_tables(fs, url: str, root_paths: list[str], columns: Sequence[str] | None,
+                 storage_options: Mapping[str, Any] | None) -> list[pa.Table]:
+    tables = []
+    for path in root_paths:
+        with storage_errors(path, "read", storage_options):
+            try:
+                with fs.open(path, "rb") as fh:
+                    tables.append(pq.read_table(fh, columns=list(columns) if columns else None))
+            except pa.ArrowInvalid as err:
+                raise StorageError(f"committed file {path} under {url} is not readable Parquet (truncated or "
+                                   f"corrupt?): {err}; delete its manifest record to recompute the shard") from None
+    return tables
+
+
+def read_maps_table(url: str, method: str | None = None, storage_options: Mapping[str, Any] | None = None,
+                    columns: Sequence[str] | None = None) -> pa.Table:
+    """The committed maps (of one method, or all) as one Arrow table, in shard order."""
+    if method is not None:
+        check_name("method", method)
+    fs, paths = _committed_files(url, "maps", method, storage_options)
+    tables = _read_tables(fs, url, paths, columns, storage_options)
+    if not tables:
+        from storage.maps import map_schema
+
+        schema = map_schema(0, 0)
+        return schema.empty_table().select(list(columns)) if columns else schema.empty_table()
+    return pa.concat_tables(tables)
+
+
+def read_maps(url: str, method: str | None = None, storage_options: Mapping[str, Any] | None = None,
+              columns: Sequence[str] | None = None) -> pd.DataFrame:
+    """The committed maps as a DataFrame; ``map`` holds one float16 [H, W] array per row."""
+    table = read_maps_table(url, method, storage_options, columns)
+    has_map = "map" in table.column_names
+    df = (table.drop_columns(["map"]) if has_map else table).to_pandas()
+    if has_map:
+        column = table.column("map").combine_chunks() if table.num_rows else None
+        df["map"] = list(column.to_numpy_ndarray()) if column is not None and len(column) else []
+    return df
+
+
+def read_errors(url: str, method: str | None = None, storage_options: Mapping[str, Any] | None = None
+                ) -> pd.DataFrame:
+    """The committed errors: one row per sample that could not be processed."""
+    fs, paths = _committed_files(url, "errors", method, storage_options)
+    tables = _read_tables(fs, url, paths, None, storage_options)
+    return (pa.concat_tables(tables) if tables else ERRORS_SCHEMA.empty_table()).to_pandas()
+
+
+def maps_array(url: str, method: str | None = None, storage_options: Mapping[str, Any] | None = None):
+    """The method's zarr ``maps`` array [N, H, W] float16, lazy; rows of uncommitted shards or errors are NaN.
+
+    ``method`` may be left out when the dataset holds one method only.
+    """
+    from storage.zarr_maps import open_maps
+
+    if method is None:
+        methods = sorted({rec["method"] for rec in _records(url, storage_options)})
+        if len(methods) != 1:
+            raise ValueError(f"{url} holds methods {methods}: pass method=")
+        method = methods[0]
+    return open_maps(join(url, "zarr", check_name("method", method)), storage_options)
+
+
+def _records(url: str, storage_options: Mapping[str, Any] | None) -> list[dict]:
+    fs, root = open_fs(url, storage_options)
+    return list(read_commits(fs, root.rstrip("/"), url, None, storage_options).values())
+
+
+def read_run(url: str, storage_options: Mapping[str, Any] | None = None) -> dict:
+    """``run.json`` of the dataset at ``url``."""
+    fs, root = open_fs(url, storage_options)
+    with storage_errors(join(url, "run.json"), "read", storage_options):
+        data = fs.cat_file(join(root, "run.json"))
+    try:
+        return json.loads(data)
+    except ValueError as err:
+        raise StorageError(f"{join(url, 'run.json')} is not JSON: {err}") from None
+
+
+def join_with_source(maps_df: pd.DataFrame, source: Source) -> pd.DataFrame:
+    """``maps_df`` plus an ``image`` column (uint8 [H, W, C]) read from ``source`` by ``sample_id``.
+
+    Only the rows' samples are read. A sample missing from the source, or unreadable, gets
+    ``image=None`` (logged), so rows stay aligned with ``maps_df``.
+    """
+    by_id = {ref.sample_id: ref for ref in source.list()}
+    ids = [str(s) for s in maps_df["sample_id"]]
+    wanted = list(dict.fromkeys(s for s in ids if s in by_id))
+    images: dict[str, np.ndarray] = {}
+    failed: list[str] = [s for s in dict.fromkeys(ids) if s not in by_id]
+    for item in source.read([by_id[s] for s in wanted]):
+        if isinstance(item, SampleError):
+            failed.append(f"{item.sample_id}: {item.reason}")
+        else:
+            images[item.sample_id] = item.image
+    if failed:
+        log.warning("join_with_source(%s): %d samples missing or unreadable, e.g. %s", source.url, len(failed),
+                    "; ".join(failed[:3]))
+    out = maps_df.copy()
+    out["image"] = [images.get(s) for s in ids]
+    return out
+
+
+__all__ = ["StorageNotFound", "join_with_source", "maps_array", "read_errors", "read_maps", "read_maps_table",
+           "read_run"]

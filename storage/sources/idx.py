@@ -1,0 +1,167 @@
+"""IDX files (MNIST / Fashion-MNIST layout): ``{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]``.
+
+Uncompressed files are read with ranged reads (offset ``16 + i*rows*cols``), so a shard touches
+only its own bytes. Gzip files cannot be seeked: the first read decompresses the images file once
+and caches it in this Source object (Fashion-MNIST test: 7.8 MB, about 0.3 s for train); the cache
+is not pickled, so each worker process decompresses at most once per Source.
+"""
+
+from __future__ import annotations
+
+import gzip
+import numbers
+import struct
+import threading
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+
+from storage.fs import StorageError, join, open_fs, storage_errors
+from storage.sources.base import Sample, SampleError, SampleRef, Source, split_aliases
+
+FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                         "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+
+_PREFIXES = {"train": ("train",), "test": ("t10k", "test")}
+
+
+def find_idx_files(names: Sequence[str], split: str) -> tuple[str, str] | None:
+    """(images, labels) file names for ``split`` among ``names`` (basenames), or None."""
+    wanted = "train" if split.lower() in ("train", "training") else "test"
+    if split.lower() not in ("train", "training") and "test" not in split_aliases(split):
+        return None
+    base = set(names)
+    for prefix in _PREFIXES[wanted]:
+        for ext in ("", ".gz"):
+            images, labels = f"{prefix}-images-idx3-ubyte{ext}", f"{prefix}-labels-idx1-ubyte{ext}"
+            if images in base and labels in base:
+                return images, labels
+    return None
+
+
+def has_idx_files(names: Sequence[str]) -> bool:
+    return any("-idx3-ubyte" in n or "-idx1-ubyte" in n for n in names)
+
+
+class IDXSource(Source):
+    """One split of an IDX dataset directory on any fsspec URL."""
+
+    def __init__(self, url: str, split: str = "test", storage_options: dict | None = None,
+                 classes: Sequence[str] | None = None, name: str | None = None,
+                 files: tuple[str, str] | None = None):
+        self.url = str(url).rstrip("/")
+        self.storage_options = dict(storage_options or {})
+        fs, root = open_fs(self.url, self.storage_options)
+        self.fs, self.root = fs, root.rstrip("/")
+        self._init_cache()
+        if files is None:
+            with storage_errors(self.url, "list", self.storage_options):
+                names = [p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(self.root, detail=False)]
+            files = find_idx_files(names, split)
+            if files is None:
+                raise StorageError(f"no IDX files for split {split!r} in {self.url}: expected "
+                                   "{train,t10k}-images-idx3-ubyte[.gz] and the matching labels file")
+        self.images_file, self.labels_file = files
+        self.split = "train" if self.images_file.startswith("train") else "test"
+        self.name = name or self.root.rsplit("/", 1)[-1] or "idx"
+        self._n, self._rows, self._cols = self._header()
+        if classes is not None:
+            self.classes = list(classes)
+        elif "fashion" in self.name.lower():
+            self.classes = list(FASHION_MNIST_CLASSES)
+        else:
+            self.classes = [str(i) for i in range(int(self._labels().max()) + 1)]
+
+    def _init_cache(self) -> None:
+        self._cache_lock = threading.Lock()
+        self._cache_images: np.ndarray | None = None
+        self._cache_labels: np.ndarray | None = None
+
+    def _path(self, name: str) -> str:
+        return join(self.root, name)
+
+    def _read_prefix(self, name: str, nbytes: int) -> bytes:
+        with storage_errors(join(self.url, name), "read", self.storage_options):
+            if name.endswith(".gz"):
+                with self.fs.open(self._path(name), "rb") as fh, gzip.GzipFile(fileobj=fh) as gz:
+                    return gz.read(nbytes)
+            return self.fs.cat_file(self._path(name), start=0, end=nbytes)
+
+    def _header(self) -> tuple[int, int, int]:
+        head = self._read_prefix(self.images_file, 16)
+        if len(head) < 16:
+            raise StorageError(f"truncated IDX images file {join(self.url, self.images_file)}")
+        magic, n, rows, cols = struct.unpack(">IIII", head)
+        if magic != 0x00000803:
+            raise StorageError(f"{join(self.url, self.images_file)} is not an IDX3 uint8 file (magic {magic:#x})")
+        return n, rows, cols
+
+    def _labels(self) -> np.ndarray:
+        if self._cache_labels is not None:
+            return self._cache_labels
+        url = join(self.url, self.labels_file)
+        with storage_errors(url, "read", self.storage_options):
+            data = self.fs.cat_file(self._path(self.labels_file))
+        if self.labels_file.endswith(".gz"):
+            data = gzip.decompress(data)
+        magic, n = struct.unpack(">II", data[:8])
+        if magic != 0x00000801 or len(data) < 8 + n:
+            raise StorageError(f"{url} is not a complete IDX1 uint8 labels file")
+        if n != self._n:
+            raise StorageError(f"{url} holds {n} labels but the images file holds {self._n} images")
+        self._cache_labels = np.frombuffer(data, dtype=np.uint8, count=n, offset=8).astype(np.int64)
+        return self._cache_labels
+
+    def _all_images(self) -> np.ndarray:
+        """The whole decompressed images file (gzip only), cached."""
+        with self._cache_lock:
+            if self._cache_images is None:
+                url = join(self.url, self.images_file)
+                with storage_errors(url, "read", self.storage_options):
+                    data = gzip.decompress(self.fs.cat_file(self._path(self.images_file)))
+                size = self._rows * self._cols
+                if len(data) < 16 + self._n * size:
+                    raise StorageError(f"truncated IDX images file {url}")
+                self._cache_images = np.frombuffer(data, np.uint8, self._n * size, 16).reshape(
+                    self._n, self._rows, self._cols)
+            return self._cache_images
+
+    def list(self) -> list[SampleRef]:
+        width = max(5, len(str(self._n - 1)))
+        return [SampleRef(f"{self.name}/{self.split}/{i:0{width}d}", i) for i in range(self._n)]
+
+    def _runs(self, idx: list[int]) -> Iterator[tuple[int, int]]:
+        """Maximal runs of consecutive indices as (start, stop)."""
+        i = 0
+        while i < len(idx):
+            j = i
+            while j + 1 < len(idx) and idx[j + 1] == idx[j] + 1:
+                j += 1
+            yield idx[i], idx[j] + 1
+            i = j + 1
+
+    def read(self, refs: Sequence[SampleRef]) -> Iterator[Sample | SampleError]:
+        labels = self._labels()
+        size = self._rows * self._cols
+        valid = [r for r in refs if isinstance(r.locator, numbers.Integral) and 0 <= r.locator < self._n]
+        images: dict[int, np.ndarray] = {}
+        if self.images_file.endswith(".gz"):
+            if valid:
+                everything = self._all_images()
+                images = {int(r.locator): everything[r.locator] for r in valid}
+        else:
+            url = join(self.url, self.images_file)
+            for start, stop in self._runs(sorted({int(r.locator) for r in valid})):
+                with storage_errors(url, "read", self.storage_options):
+                    data = self.fs.cat_file(self._path(self.images_file), start=16 + start * size,
+                                            end=16 + stop * size)
+                if len(data) < (stop - start) * size:
+                    raise StorageError(f"truncated IDX images file {url}")
+                block = np.frombuffer(data, np.uint8).reshape(stop - start, self._rows, self._cols)
+                images.update({start + k: block[k] for k in range(stop - start)})
+        for ref in refs:
+            if ref.locator not in images:
+                yield SampleError(ref.sample_id, f"index {ref.locator!r} is outside {self.url} "
+                                                 f"({self.split}: {self._n} images)")
+                continue
+            yield Sample(ref.sample_id, np.array(images[ref.locator])[:, :, None], int(labels[ref.locator]))
