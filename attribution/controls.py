@@ -1,0 +1,133 @@
+"""Control "attributions" for ROAR (Hooker et al. 2019): maps that ignore the model.
+
+* ``random``: uniform noise, a random pixel ranking that is fixed per sample;
+* ``sobel``: the image's edge magnitude, a model-free prior on where the evidence is.
+
+Both return ``[B, 1, H, W]`` and share the interface and registry of the real methods,
+but never run the model: ``target`` is only checked for its shape, and ``model`` may
+be None.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import (
+    Attribution,
+    AttributionError,
+    SampleIds,
+    Target,
+    check_inputs,
+    register,
+    resolve_targets,
+    sample_seeds,
+)
+
+__all__ = ["RandomControl", "SobelControl", "sobel_magnitude"]
+
+
+class ModelFreeAttribution(Attribution):
+    """A map computed from the pixels (and the sample's seed) alone."""
+
+    def __init__(self, model: nn.Module | None = None) -> None:
+        if model is None:
+            self.model = None  # type: ignore[assignment]
+        else:
+            super().__init__(model)
+
+    def attribute(
+        self, inputs: torch.Tensor, target: Target = None, *, sample_ids: SampleIds = None
+    ) -> torch.Tensor:
+        """Return one map per sample, [B, 1, H, W]; no forward pass is run.
+
+        A given ``target`` is validated like the other methods' (one class per sample)
+        but does not change the map.
+        """
+        inputs = check_inputs(inputs)
+        targets = None if target is None else resolve_targets(self.model, inputs, target)
+        return self._attribute(inputs, targets, self._seeds(inputs, sample_ids))  # type: ignore[arg-type]
+
+    def _seeds(self, inputs: torch.Tensor, sample_ids: SampleIds) -> list[int]:
+        return []
+
+
+@register("random")
+class RandomControl(ModelFreeAttribution):
+    """Uniform [0, 1) noise per pixel: a random ranking, the ROAR reference line.
+
+    Sample i's noise comes from a CPU ``torch.Generator`` seeded with its seed (from
+    ``sample_ids``, else a hash of its pixels), so the map is the same on every device
+    and in every batch.
+    """
+
+    def _seeds(self, inputs: torch.Tensor, sample_ids: SampleIds) -> list[int]:
+        return sample_seeds(inputs, sample_ids)
+
+    def _attribute(self, inputs: torch.Tensor, targets: torch.Tensor | None, seeds: list[int]) -> torch.Tensor:
+        height, width = inputs.shape[-2:]
+        maps = torch.empty((len(seeds), 1, height, width), dtype=torch.float32)
+        for i, seed in enumerate(seeds):
+            maps[i].uniform_(generator=torch.Generator().manual_seed(seed))
+        return maps.to(device=inputs.device, dtype=inputs.dtype)
+
+
+_CHANNEL_REDUCTIONS = ("l2", "sum", "max")
+
+
+def sobel_magnitude(images: torch.Tensor, channel_reduction: str = "l2") -> torch.Tensor:
+    """Sobel edge magnitude of ``images`` [B, C, H, W] as [B, 1, H, W].
+
+    Per channel c, ``gx_c`` and ``gy_c`` are the 3 x 3 Sobel responses (kernels
+    [[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]] / 8 and its transpose: a unit step gives 1/2
+    on each of its two sides), with replicate padding so the image border is no edge.
+    Channels are combined as:
+
+    * ``l2`` (default): ``sqrt(sum_c gx_c^2 + gy_c^2)``, the norm of the colour image's
+      spatial gradient (rotation invariant, every channel counts);
+    * ``sum``: ``sum_c sqrt(gx_c^2 + gy_c^2)``;
+    * ``max``: ``max_c sqrt(gx_c^2 + gy_c^2)``.
+    """
+    if channel_reduction not in _CHANNEL_REDUCTIONS:
+        raise AttributionError(
+            f"unknown channel_reduction {channel_reduction!r}; choose one of {', '.join(_CHANNEL_REDUCTIONS)}"
+        )
+    channels = images.shape[1]
+    x = images.float() if images.dtype in (torch.float16, torch.bfloat16) else images
+    kx = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], dtype=x.dtype, device=x.device) / 8
+    kernels = torch.stack([kx, kx.t()]).unsqueeze(1).repeat(channels, 1, 1, 1)  # [2C, 1, 3, 3]: gx_c, gy_c
+    padded = F.pad(x, (1, 1, 1, 1), mode="replicate")
+    grads = F.conv2d(padded, kernels, groups=channels)  # [B, 2C, H, W]
+    squared = grads.square().unflatten(1, (channels, 2)).sum(dim=2)  # [B, C, H, W]
+    if channel_reduction == "l2":
+        out = squared.sum(dim=1, keepdim=True).sqrt()
+    elif channel_reduction == "sum":
+        out = squared.sqrt().sum(dim=1, keepdim=True)
+    else:
+        out = squared.sqrt().amax(dim=1, keepdim=True)
+    return out.to(images.dtype)
+
+
+@register("sobel")
+class SobelControl(ModelFreeAttribution):
+    """Edge magnitude of the image (:func:`sobel_magnitude`), computed on the model's
+    input as given (normalized pixels, if the inputs are normalized)."""
+
+    def __init__(self, model: nn.Module | None = None, channel_reduction: str = "l2") -> None:
+        super().__init__(model)
+        if channel_reduction not in _CHANNEL_REDUCTIONS:
+            raise AttributionError(
+                f"unknown channel_reduction {channel_reduction!r}; choose one of {', '.join(_CHANNEL_REDUCTIONS)}"
+            )
+        self.channel_reduction = channel_reduction
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return {"channel_reduction": self.channel_reduction}
+
+    def _attribute(self, inputs: torch.Tensor, targets: torch.Tensor | None, seeds: list[int]) -> torch.Tensor:
+        with torch.no_grad():
+            return sobel_magnitude(inputs, self.channel_reduction)

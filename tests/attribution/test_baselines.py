@@ -1,0 +1,392 @@
+"""Baseline attribution methods against independent computations on small real models."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import attribution.baselines as baselines
+import attribution.controls  # noqa: F401 - registers the controls
+from attribution.base import AttributionError, available, get, sample_seeds
+from tests.attribution.conftest import TinyConvNet, make_resnet18, make_tiny_net
+
+METHODS = ["gradient", "gradient_x_input", "integrated_gradients", "guided_backprop", "grad_cam", "smoothgrad"]
+FAST = {"integrated_gradients": {"n_steps": 5}, "smoothgrad": {"n_samples": 4}}  # for the ResNet-18 runs
+
+
+def autograd_gradient(model: nn.Module, x: torch.Tensor, target: int) -> torch.Tensor:
+    """d logit_target / d x for one sample, computed alone."""
+    x = x[None].clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(model(x)[0, target], x)
+    return grad[0]
+
+
+def reference_guided_backprop(model: nn.Module, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Guided backprop by tensor hooks on a copy with out-of-place ReLUs: the gradient
+    reaching each ReLU call's output is clamped at 0, then the ReLU's own backward
+    applies its [input > 0] mask."""
+    clone = copy.deepcopy(model).eval()
+    for module in clone.modules():
+        if isinstance(module, nn.ReLU):
+            module.inplace = False
+
+    def hook(module, args, output):
+        output.register_hook(lambda grad: grad.clamp(min=0))
+
+    handles = [m.register_forward_hook(hook) for m in clone.modules() if isinstance(m, nn.ReLU)]
+    x = x.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(clone(x).gather(1, targets[:, None]).sum(), x)
+    for handle in handles:
+        handle.remove()
+    return grad
+
+
+# --------------------------------------------------------------------------- registry, params
+
+
+def test_all_methods_are_registered_by_name(tiny_net):
+    assert set(METHODS) <= set(available())
+    classes = {
+        "gradient": baselines.Gradient,
+        "gradient_x_input": baselines.GradientXInput,
+        "integrated_gradients": baselines.IntegratedGradientsMethod,
+        "guided_backprop": baselines.GuidedBackprop,
+        "grad_cam": baselines.GradCAM,
+        "smoothgrad": baselines.SmoothGrad,
+    }
+    for name, cls in classes.items():
+        method = get(name, tiny_net)
+        assert type(method) is cls and method.name == name
+
+
+def test_default_params_and_round_trip(tiny_net):
+    assert get("integrated_gradients", tiny_net).params == {"n_steps": 50, "method": "riemann_right"}
+    assert get("smoothgrad", tiny_net).params == {"n_samples": 50, "noise_level": 0.15}
+    assert get("grad_cam", tiny_net).params == {"layer": "auto", "interpolation": "bilinear"}
+    for name in METHODS:
+        method = get(name, tiny_net)
+        assert get(name, tiny_net, **method.params).params == method.params
+
+
+@pytest.mark.parametrize(
+    "name, params",
+    [
+        ("integrated_gradients", {"n_steps": 0}),
+        ("integrated_gradients", {"method": "simpson"}),
+        ("integrated_gradients", {"internal_batch_size": 0}),
+        ("smoothgrad", {"n_samples": 0}),
+        ("smoothgrad", {"noise_level": -0.1}),
+        ("grad_cam", {"layer": "no_such_layer"}),
+        ("grad_cam", {"interpolation": "cubic"}),
+        ("gradient", {"steps": 3}),
+    ],
+)
+def test_bad_params_are_clear_errors(tiny_net, name, params):
+    with pytest.raises(AttributionError):
+        get(name, tiny_net, **params)
+
+
+# --------------------------------------------------------------------------- gradient, gradient x input
+
+
+@pytest.mark.parametrize("make", [make_tiny_net, make_resnet18])
+def test_gradient_equals_per_sample_autograd(make):
+    model = make()
+    x = torch.randn(3, 3, 32, 32) if make is make_resnet18 else torch.randn(3, 3, 8, 8)
+    targets = [4, 0, 2]
+    maps = get("gradient", model).attribute(x, targets)
+    assert maps.shape == x.shape and not maps.requires_grad
+    for i, t in enumerate(targets):
+        torch.testing.assert_close(maps[i], autograd_gradient(model, x[i], t), rtol=1e-4, atol=1e-6)
+
+
+def test_gradient_x_input_is_gradient_times_input(tiny_net, tiny_images):
+    grad = get("gradient", tiny_net).attribute(tiny_images, 1)
+    gxi = get("gradient_x_input", tiny_net).attribute(tiny_images, 1)
+    torch.testing.assert_close(gxi, grad * tiny_images)
+
+
+def test_default_target_is_the_predicted_class(tiny_net, tiny_images):
+    predicted = tiny_net(tiny_images).argmax(1)
+    torch.testing.assert_close(
+        get("gradient", tiny_net).attribute(tiny_images), get("gradient", tiny_net).attribute(tiny_images, predicted)
+    )
+
+
+# --------------------------------------------------------------------------- integrated gradients
+
+
+def test_integrated_gradients_is_the_right_riemann_sum(tiny_net, tiny_images):
+    steps, targets = 50, torch.tensor([0, 1, 2, 3])
+    maps = get("integrated_gradients", tiny_net).attribute(tiny_images, targets)
+    for i in range(len(tiny_images)):
+        ramp = [tiny_images[i] * k / steps for k in range(1, steps + 1)]
+        mean_grad = sum(autograd_gradient(tiny_net, x, int(targets[i])) for x in ramp) / steps
+        torch.testing.assert_close(maps[i], tiny_images[i] * mean_grad, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "method, tolerance", [("riemann_right", 0.05), ("riemann_trapezoid", 0.02), ("gausslegendre", 0.02)]
+)
+def test_integrated_gradients_completeness(tiny_net, tiny_images, method, tolerance):
+    targets = torch.tensor([0, 1, 2, 3])
+    maps = get("integrated_gradients", tiny_net, method=method).attribute(tiny_images, targets)
+    with torch.no_grad():
+        f_x = tiny_net(tiny_images).gather(1, targets[:, None]).squeeze(1)
+        f_0 = tiny_net(torch.zeros_like(tiny_images)).gather(1, targets[:, None]).squeeze(1)
+    delta = f_x - f_0
+    assert delta.abs().min() > 1e-3  # the check means something
+    atol = tolerance * delta.abs().max().item()
+    torch.testing.assert_close(maps.sum(dim=(1, 2, 3)), delta, rtol=tolerance, atol=atol)
+
+
+def test_integrated_gradients_internal_batch_size_changes_nothing(tiny_net, tiny_images):
+    whole = get("integrated_gradients", tiny_net, n_steps=7).attribute(tiny_images, 2)
+    for size in (1, 4, 9, 100):
+        chunked = get("integrated_gradients", tiny_net, n_steps=7, internal_batch_size=size).attribute(tiny_images, 2)
+        torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-7)
+
+
+# --------------------------------------------------------------------------- guided backprop
+
+
+def test_guided_backprop_matches_reference_on_resnet18_with_shared_inplace_relu(resnet18, images32):
+    assert any(isinstance(m, nn.ReLU) and m.inplace for m in resnet18.modules())
+    targets = torch.tensor([3, 7, 0])
+    maps = get("guided_backprop", resnet18).attribute(images32, targets)
+    reference = reference_guided_backprop(resnet18, images32, targets)
+    assert reference.abs().max() > 0
+    torch.testing.assert_close(maps, reference, rtol=1e-4, atol=1e-6)
+    plain = get("gradient", resnet18).attribute(images32, targets)
+    assert not torch.allclose(maps, plain, rtol=0.1, atol=0.1 * plain.abs().max().item())
+
+
+def test_guided_backprop_matches_reference_on_tiny_net(tiny_net, tiny_images):
+    targets = torch.tensor([0, 1, 2, 3])
+    maps = get("guided_backprop", tiny_net).attribute(tiny_images, targets)
+    torch.testing.assert_close(maps, reference_guided_backprop(tiny_net, tiny_images, targets), rtol=1e-4, atol=1e-7)
+
+
+class PreActivationSkipNet(nn.Module):
+    """The ReLU's input also feeds a skip connection: only the ReLU path may be clamped."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * 8 * 8, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(x)
+        skip = h * 1.0
+        return self.fc((self.conv2(self.relu(h)) + skip).flatten(1))
+
+
+def test_guided_backprop_clamps_only_the_relu_path():
+    # Captum's GuidedBackprop clamps the total gradient of the ReLU's input tensor and
+    # gets this net wrong; ours must equal the reference.
+    torch.manual_seed(0)
+    model = PreActivationSkipNet().eval()
+    x, targets = torch.randn(2, 3, 8, 8), torch.tensor([0, 1])
+    maps = get("guided_backprop", model).attribute(x, targets)
+    torch.testing.assert_close(maps, reference_guided_backprop(model, x, targets), rtol=1e-4, atol=1e-7)
+
+
+# --------------------------------------------------------------------------- Grad-CAM
+
+
+def hand_grad_cam(model: nn.Module, layer: nn.Module, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """ReLU(sum_k alpha_k A_k), alpha_k = spatial mean of d y_t / d A_k, on an out-of-place copy."""
+    clone = copy.deepcopy(model).eval()
+    for module in clone.modules():
+        if isinstance(module, nn.ReLU):
+            module.inplace = False
+    name = next(n for n, m in model.named_modules() if m is layer)
+    saved = {}
+    handle = clone.get_submodule(name).register_forward_hook(lambda m, a, out: saved.setdefault("A", out))
+    logits = clone(x)
+    handle.remove()
+    acts = saved["A"]
+    (grads,) = torch.autograd.grad(logits.gather(1, targets[:, None]).sum(), acts)
+    alpha = grads.mean(dim=(2, 3), keepdim=True)
+    return F.relu((alpha * acts).sum(dim=1, keepdim=True)).detach()
+
+
+@pytest.mark.parametrize("layer", ["relu3", "conv3", "conv2"])
+def test_grad_cam_equals_hand_computation(tiny_net, tiny_images, layer):
+    # conv2 is followed by an in-place ReLU: Grad-CAM must still see conv2's own output.
+    targets = torch.tensor([0, 1, 2, 3])
+    method = get("grad_cam", tiny_net, layer=layer)
+    hand = hand_grad_cam(tiny_net, tiny_net.get_submodule(layer), tiny_images, targets)
+    assert hand.abs().max() > 0
+    torch.testing.assert_close(method.layer_maps(tiny_images, targets), hand, rtol=1e-4, atol=1e-6)
+    maps = method.attribute(tiny_images, targets)
+    assert maps.shape == (4, 1, 8, 8) and bool((maps >= 0).all())
+    expected = F.interpolate(hand, size=(8, 8), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(maps, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_grad_cam_auto_layer_on_tiny_net_and_resnet18(tiny_net, tiny_images, resnet18):
+    # tiny net: relu is called twice, pool and gap are pooling, so the last candidate is relu3
+    assert baselines.find_gradcam_layer(tiny_net, tiny_images) == "relu3"
+    method = get("grad_cam", tiny_net)
+    targets = torch.tensor([0, 1, 2, 3])
+    named = get("grad_cam", tiny_net, layer="relu3").attribute(tiny_images, targets)
+    torch.testing.assert_close(method.attribute(tiny_images, targets), named)
+    assert method.resolved_layer == "relu3" and method.params["layer"] == "auto"
+    # ResNet-18: layer4 is 1 x 1 at 32 px, so layer3; at 64 px layer4 is 2 x 2
+    assert baselines.find_gradcam_layer(resnet18, torch.zeros(1, 3, 32, 32)) == "layer3"
+    assert baselines.find_gradcam_layer(resnet18, torch.zeros(1, 3, 64, 64)) == "layer4"
+
+
+def test_grad_cam_auto_layer_on_vgg_style_net():
+    # like torchvision's VGG: features end in a max pool, then an adaptive pool that may upsample
+    torch.manual_seed(0)
+    model = nn.Sequential()
+    features = [nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+    features += [nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+    model.add_module("features", nn.Sequential(*features))
+    model.add_module("avgpool", nn.AdaptiveAvgPool2d(7))
+    model.add_module("flatten", nn.Flatten())
+    model.add_module("classifier", nn.Linear(4 * 49, 3))
+    assert baselines.find_gradcam_layer(model.eval(), torch.zeros(1, 3, 16, 16)) == "features.4"
+
+
+def test_grad_cam_layer_errors(tiny_net, tiny_images):
+    with pytest.raises(AttributionError, match="runs 2 times"):
+        get("grad_cam", tiny_net, layer="relu").attribute(tiny_images)
+    with pytest.raises(AttributionError, match="4-D"):
+        get("grad_cam", tiny_net, layer="fc").attribute(tiny_images)
+    mlp = nn.Sequential(nn.Flatten(), nn.Linear(12, 6), nn.ReLU(), nn.Linear(6, 3)).eval()
+    with pytest.raises(AttributionError, match="layer="):
+        get("grad_cam", mlp).attribute(torch.randn(2, 3, 2, 2))
+
+
+# --------------------------------------------------------------------------- SmoothGrad
+
+
+def test_smoothgrad_equals_reference_with_the_per_sample_noise(tiny_net, tiny_images):
+    n, level, ids = 6, 0.2, ["a", "b", "c", "d"]
+    targets = torch.tensor([3, 2, 1, 0])
+    maps = get("smoothgrad", tiny_net, n_samples=n, noise_level=level).attribute(tiny_images, targets, sample_ids=ids)
+    for i, seed in enumerate(sample_seeds(tiny_images, ids)):
+        x = tiny_images[i]
+        sigma = level * (x.max() - x.min())
+        generator = torch.Generator().manual_seed(seed)
+        noisy = [x + sigma * torch.randn(x.shape, generator=generator) for _ in range(n)]
+        expected = sum(autograd_gradient(tiny_net, xn, int(targets[i])) for xn in noisy) / n
+        torch.testing.assert_close(maps[i], expected, rtol=1e-4, atol=1e-6)
+
+
+def test_smoothgrad_is_per_sample_deterministic_and_batch_independent(tiny_net, tiny_images):
+    method = get("smoothgrad", tiny_net, n_samples=5)
+    ids, targets = [10, 11, 12, 13], torch.tensor([0, 1, 2, 3])
+    full = method.attribute(tiny_images, targets, sample_ids=ids)
+    torch.testing.assert_close(method.attribute(tiny_images, targets, sample_ids=ids), full, rtol=0, atol=0)
+    order = [2, 0, 3, 1]
+    shuffled = method.attribute(tiny_images[order], targets[order], sample_ids=[ids[i] for i in order])
+    torch.testing.assert_close(shuffled, full[order], rtol=1e-5, atol=1e-7)
+    alone = method.attribute(tiny_images[1:2], targets[1:2], sample_ids=[11])
+    torch.testing.assert_close(alone[0], full[1], rtol=1e-5, atol=1e-7)
+    chunked = get("smoothgrad", tiny_net, n_samples=5, internal_batch_size=8)
+    chunked = chunked.attribute(tiny_images, targets, sample_ids=ids)
+    torch.testing.assert_close(chunked, full, rtol=1e-5, atol=1e-7)
+    other_ids = method.attribute(tiny_images, targets, sample_ids=[20, 21, 22, 23])
+    assert not torch.allclose(other_ids, full)
+    # same pixels and no ids: the seed is the pixels' hash, so twice the same image gives twice the same map
+    twice = method.attribute(torch.cat([tiny_images[:1], tiny_images[:1]]), 0)
+    torch.testing.assert_close(twice[0], twice[1], rtol=1e-5, atol=1e-7)
+
+
+def test_smoothgrad_without_noise_is_the_gradient(tiny_net, tiny_images):
+    smooth = get("smoothgrad", tiny_net, n_samples=3, noise_level=0.0).attribute(tiny_images, 1)
+    torch.testing.assert_close(smooth, get("gradient", tiny_net).attribute(tiny_images, 1), rtol=1e-5, atol=1e-7)
+
+
+# --------------------------------------------------------------------------- all methods
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_per_sample_targets_match_single_sample_runs(tiny_net, tiny_images, name):
+    params = {"n_samples": 4} if name == "smoothgrad" else {}
+    method = get(name, tiny_net, **params)
+    targets = [4, 0, 3, 1]
+    ids = ["p", "q", "r", "s"]
+    batch = method.attribute(tiny_images, targets, sample_ids=ids)
+    assert batch.shape == ((4, 1, 8, 8) if name == "grad_cam" else tiny_images.shape)
+    assert batch.dtype == tiny_images.dtype and not batch.requires_grad
+    for i, t in enumerate(targets):
+        alone = method.attribute(tiny_images[i : i + 1], t, sample_ids=ids[i : i + 1])
+        torch.testing.assert_close(batch[i : i + 1], alone, rtol=1e-4, atol=1e-6)
+    # a different target gives a different map
+    assert not torch.allclose(method.attribute(tiny_images, [0, 0, 0, 0], sample_ids=ids)[1:], batch[1:])
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_model_and_inputs_unchanged(resnet18, images32, snapshot, name):
+    resnet18.train()
+    resnet18.layer2.eval()  # a mixed state must come back as it was
+    resnet18.fc.weight.requires_grad_(False)
+    before = snapshot(resnet18, images32)
+    x = images32.clone()
+    maps = get(name, resnet18, **FAST.get(name, {})).attribute(x, sample_ids=[0, 1, 2])
+    assert torch.isfinite(maps).all()
+    assert torch.equal(x, images32) and not x.requires_grad and x.grad is None
+    before.assert_unchanged(resnet18)
+    with torch.no_grad():  # callers may hold a no_grad context
+        again = get(name, resnet18, **FAST.get(name, {})).attribute(x, sample_ids=[0, 1, 2])
+    torch.testing.assert_close(again, maps, rtol=1e-4, atol=1e-6)
+    before.assert_unchanged(resnet18)
+
+
+class ExplodingNet(TinyConvNet):
+    """Raises in the middle of its ``fail_at``-th forward pass, after a ReLU ran."""
+
+    def __init__(self, fail_at: int) -> None:
+        super().__init__()
+        self.fail_at, self.calls = fail_at, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        h = self.relu(self.conv1(x))
+        if self.calls == self.fail_at:
+            raise RuntimeError("boom")
+        return self.fc(self.gap(self.relu3(self.conv3(self.pool(self.relu(self.conv2(h)))))).flatten(1))
+
+
+@pytest.mark.parametrize("fail_at", [1, 2])
+@pytest.mark.parametrize("name", METHODS)
+def test_model_unchanged_after_an_error(tiny_images, snapshot, name, fail_at):
+    if fail_at == 2 and name in ("gradient", "gradient_x_input", "guided_backprop"):
+        pytest.skip("one forward pass only")
+    torch.manual_seed(0)
+    model = ExplodingNet(fail_at=0)
+    model.train()
+    before = snapshot(model, tiny_images)
+    model.fail_at, model.calls = fail_at, 0
+    params = {"integrated_gradients": {"n_steps": 3, "internal_batch_size": 4}, "smoothgrad": {"n_samples": 3}}
+    with pytest.raises(RuntimeError, match="boom"):
+        get(name, model, **params.get(name, {})).attribute(tiny_images, [0, 1, 2, 3])
+    model.fail_at = 0
+    before.assert_unchanged(model)
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_out_of_range_target_is_a_clear_error(tiny_net, tiny_images, snapshot, name):
+    before = snapshot(tiny_net, tiny_images)
+    with pytest.raises(AttributionError, match="out of range"):
+        get(name, tiny_net).attribute(tiny_images, [0, 1, 2, 5])
+    before.assert_unchanged(tiny_net)
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_frozen_model_still_works(tiny_net, tiny_images, name):
+    tiny_net.requires_grad_(False)
+    maps = get(name, tiny_net, **FAST.get(name, {})).attribute(tiny_images, [0, 1, 2, 3])
+    assert maps.abs().sum() > 0
+    assert not any(p.requires_grad for p in tiny_net.parameters())
