@@ -70,7 +70,6 @@ class ParquetSource(Source):
             if col not in schema.names:
                 raise StorageError(f"{self._url(self.files[0])} has no {col!r} column "
                                    f"(columns: {schema.names}); expected image, label[, sample_id]")
-        self.has_sample_id = "sample_id" in schema.names
         self.classes = list(classes) if classes is not None else (self._hf_names(schema) or self._label_range())
 
     def _init_cache(self) -> None:
@@ -124,7 +123,7 @@ class ParquetSource(Source):
         if self._cache_refs is None:
             refs: list[SampleRef] = []
             for rel in self.files:
-                if self.has_sample_id:
+                if "sample_id" in self._file(rel).schema_arrow.names:
                     ids = self._read_column(rel, "sample_id")
                     refs += [SampleRef(str(s), f"{rel}#{i}") for i, s in enumerate(ids)]
                 else:
