@@ -61,8 +61,6 @@ def _detect(url: str, storage_options: dict | None) -> str:
         return "parquet"
     fs, path = open_fs(url, storage_options)
     with storage_errors(url, "list", storage_options):
-        if not fs.exists(path):
-            raise FileNotFoundError(path)
         entries = fs.ls(path, detail=True)
     names = [e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries]
     if has_idx_files(names):

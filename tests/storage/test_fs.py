@@ -1,0 +1,122 @@
+"""fsspec helpers: error messages (URL and fix, never the secret) and atomic writes."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+
+import pytest
+
+from storage import MapStore, StorageAccessDenied, StorageError, StorageNotFound, open_source, read_maps, read_run
+from storage.fs import join, open_fs, redact_url, scrub, write_bytes_atomic
+from tests.storage.test_maps import ids_of, records
+
+WRONG_SECRET = "wr0ng-S3CRET-value-42"
+
+
+@pytest.fixture
+def bad_options(s3_server):
+    return {**s3_server.storage_options, "secret": WRONG_SECRET}
+
+
+def _no_secret(err: BaseException, caplog, *secrets: str) -> None:
+    for secret in secrets:
+        assert secret not in str(err) and secret not in repr(err)
+        assert secret not in caplog.text
+
+
+@pytest.mark.parametrize("operation", ["source", "write", "read", "run"])
+def test_wrong_credentials(s3_server, bad_options, caplog, operation):
+    caplog.set_level(logging.DEBUG)
+    url = s3_server.url("creds")
+    with pytest.raises(StorageAccessDenied) as info:
+        if operation == "source":
+            open_source(url, storage_options=bad_options)
+        elif operation == "write":
+            MapStore(url, bad_options).write_shard("s0", None, "m", records(ids_of(0)))
+        elif operation == "read":
+            read_maps(url, storage_options=bad_options)
+        else:
+            read_run(url, bad_options)
+    message = str(info.value)
+    assert url in message and "check key/secret" in message
+    assert isinstance(info.value, PermissionError) and isinstance(info.value, OSError)
+    _no_secret(info.value, caplog, WRONG_SECRET, s3_server.secret)
+
+
+def test_missing_bucket(s3_server, caplog):
+    caplog.set_level(logging.DEBUG)
+    with pytest.raises(StorageNotFound) as info:
+        open_source("s3://no-such-bucket-xyz/data", storage_options=s3_server.storage_options)
+    assert "s3://no-such-bucket-xyz/data" in str(info.value) and "bucket does not exist" in str(info.value)
+    _no_secret(info.value, caplog, s3_server.secret)
+
+
+def test_missing_object(storage_root, caplog):
+    url, options = storage_root
+    caplog.set_level(logging.DEBUG)
+    with pytest.raises(StorageNotFound) as info:
+        open_source(join(url, "nothing-here"), storage_options=options)
+    assert join(url, "nothing-here") in str(info.value) and "check the URL" in str(info.value)
+    with pytest.raises(FileNotFoundError, match="run.json"):
+        read_run(url, options)
+    if options:
+        _no_secret(info.value, caplog, options["secret"])
+
+
+def test_unreachable_endpoint(caplog):
+    options = {"key": "k", "secret": WRONG_SECRET, "client_kwargs": {"endpoint_url": "http://127.0.0.1:9"},
+               "config_kwargs": {"retries": {"max_attempts": 1}, "connect_timeout": 1}}
+    with pytest.raises(StorageError, match="unreachable|endpoint") as info:
+        open_source("s3://b/x", storage_options=options)
+    _no_secret(info.value, caplog, WRONG_SECRET)
+
+
+def test_scrub_and_redact():
+    assert scrub("boom secret=abc123 xyz", {"client_kwargs": {"secret": "abc123"}}) == "boom secret=*** xyz"
+    assert redact_url("s3://user:pass@bucket/x") == "s3://bucket/x"
+    assert redact_url("/a/b") == "/a/b"
+    with pytest.raises(StorageError, match="empty"):
+        open_fs("")
+
+
+def test_atomic_write_local_never_half_visible(tmp_path):
+    fs, path = open_fs(str(tmp_path / "sub" / "f.bin"))
+    write_bytes_atomic(fs, path, b"old" * 1000)
+    seen, stop = set(), threading.Event()
+
+    def reader():
+        while not stop.is_set():
+            with open(path, "rb") as fh:
+                seen.add(len(fh.read()))
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    for _ in range(200):
+        write_bytes_atomic(fs, path, b"new" * 2000)
+        write_bytes_atomic(fs, path, b"old" * 1000)
+    stop.set()
+    thread.join()
+    assert seen <= {3000, 6000}
+    assert os.listdir(tmp_path / "sub") == ["f.bin"]  # no temporary files left behind
+
+
+def test_atomic_write_failure_leaves_old_file(tmp_path, monkeypatch):
+    fs, path = open_fs(str(tmp_path / "f.bin"))
+    write_bytes_atomic(fs, path, b"old")
+
+    def boom(*args):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", boom)
+    with pytest.raises(OSError, match="disk full"):
+        write_bytes_atomic(fs, path, b"new")
+    assert (tmp_path / "f.bin").read_bytes() == b"old" and os.listdir(tmp_path) == ["f.bin"]
+
+
+def test_atomic_write_s3(s3_server):
+    fs, path = open_fs(s3_server.url("atomic", "x.json"), s3_server.storage_options)
+    write_bytes_atomic(fs, path, b"{}")
+    assert fs.cat_file(path) == b"{}"
+    assert fs.ls(s3_server.bucket + "/atomic", detail=False) == [s3_server.bucket + "/atomic/x.json"]

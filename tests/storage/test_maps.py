@@ -1,0 +1,203 @@
+"""The map sink: Parquet + zarr + errors + manifest + run.json, on local disk and S3."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from storage import (MapRecords, MapStore, SampleError, StorageError, join_with_source, maps_array, read_errors,
+                     read_maps, read_maps_table, read_run)
+from storage.fs import join, open_fs
+from storage.sources import open_source
+from tests.storage.conftest import put, write_parquet
+
+H, W, S = 6, 5, 4  # map shape and shard size
+
+
+def records(ids, seed=0, **extra) -> MapRecords:
+    rng = np.random.default_rng(seed)
+    n = len(ids)
+    return MapRecords(ids, labels=np.arange(n) % 3, targets=np.arange(n) % 3, predicted=(np.arange(n) + 1) % 3,
+                      maps=rng.normal(size=(n, H, W)).astype(np.float32), params={"p": 70, "score": "taylor"},
+                      kept_fraction=np.linspace(0.2, 0.4, n), logit_before=np.arange(n, dtype=float), **extra)
+
+
+def ids_of(k, n=S):
+    return [f"s/{k * S + i:04d}" for i in range(n)]
+
+
+def cat(url, options, rel):
+    fs, root = open_fs(url, options)
+    return fs.cat_file(join(root, rel))
+
+
+def test_write_commit_read(storage_root):
+    url, options = storage_root
+    store = MapStore(url, options)
+    store.ensure_zarr("pathway", n=10, shape=(H, W), shard_size=S)
+    shard0, shard1 = records(ids_of(0), seed=0), records(ids_of(1, 3), seed=1)
+    errors1 = [SampleError(ids_of(1)[1], "cannot decode image: broken")]
+    rec0 = store.write_shard("s00000", 0, "pathway", shard0)
+    rec1 = store.write_shard("s00001", 1, "pathway", records([ids_of(1)[0], *ids_of(1)[2:]], seed=1), errors1,
+                             sample_ids=ids_of(1))
+    assert rec0["n_samples"] == 4 and rec1["n_errors"] == 1 and rec1["n_samples"] == 3
+    assert [f["path"] for f in rec1["files"]] == ["maps/pathway/s00001.parquet", "errors/pathway/s00001.parquet",
+                                                  "zarr/pathway/maps"]
+    assert store.committed("pathway") == {"s00000": rec0, "s00001": rec1}
+    assert store.commit_record("pathway", "s00002") is None
+
+    df = read_maps(url, "pathway", storage_options=options)
+    assert df["sample_id"].tolist() == ids_of(0) + [ids_of(1)[0], *ids_of(1)[2:]]
+    np.testing.assert_array_equal(np.stack(df["map"][:4]), shard0.maps)
+    assert df["map"][0].dtype == np.float16 and df["map"][0].shape == (H, W)
+    assert json.loads(df["params"][0]) == {"p": 70, "score": "taylor"}
+    assert df["logit_after"].isna().all() and df["kept_fraction"].notna().all()
+    assert set(df["method"]) == {"pathway"}
+
+    table = read_maps_table(url, storage_options=options)
+    assert table.schema.field("map").type.extension_name == "arrow.fixed_shape_tensor"
+    assert table.schema.field("map").type.value_type == pa.float16() and table.schema.field("map").type.shape == [H, W]
+    assert read_maps_table(url, "pathway", options, columns=["sample_id"]).column_names == ["sample_id"]
+
+    errors = read_errors(url, storage_options=options)
+    assert errors.to_dict("records") == [{"sample_id": ids_of(1)[1], "reason": "cannot decode image: broken",
+                                          "shard_id": "s00001", "method": "pathway"}]
+
+    arr = maps_array(url, "pathway", storage_options=options)
+    assert arr.shape == (10, H, W) and arr.dtype == np.float16 and arr.chunks == (S, H, W)
+    np.testing.assert_array_equal(arr[0:4], shard0.maps)
+    assert np.isnan(arr[5]).all() and np.isnan(arr[8:]).all()  # the errored sample and the unwritten shard
+    np.testing.assert_array_equal(arr[4], df["map"][4])
+
+
+def test_rewrite_is_byte_identical(storage_root):
+    url, options = storage_root
+    store = MapStore(url, options)
+    store.ensure_zarr("m", n=8, shape=(H, W), shard_size=S)
+    errs = [SampleError(ids_of(0)[2], "boom")]
+    ids = [i for i in ids_of(0) if i != ids_of(0)[2]]
+    first = store.write_shard("a", 0, "m", records(ids), errs, sample_ids=ids_of(0))
+    blobs = {f["path"]: cat(url, options, f["path"]) for f in first["files"] if f["path"].endswith(".parquet")}
+    again = MapStore(url, options).write_shard("a", 0, "m", records(ids), errs, sample_ids=ids_of(0))
+    assert [f for f in again["files"]] == first["files"]
+    for rel, data in blobs.items():
+        assert cat(url, options, rel) == data
+        assert next(f for f in first["files"] if f["path"] == rel)["bytes"] == len(data)
+    assert pq.ParquetFile(pa.BufferReader(blobs["maps/m/a.parquet"])).metadata.num_row_groups == 1
+
+
+def test_uncommitted_shard_is_invisible(storage_root):
+    url, options = storage_root
+    store = MapStore(url, options)
+    store.write_shard("done", None, "m", records(ids_of(0)))
+    # a crashed attempt: data files written, no commit record
+    from storage.maps import parquet_bytes
+
+    put(join(url, "maps/m/crashed.parquet"), options, parquet_bytes(records(ids_of(1)).to_table("m", "crashed")))
+    put(join(url, "errors/m/crashed.parquet"), options, b"half a file")
+    assert read_maps(url, storage_options=options)["sample_id"].tolist() == ids_of(0)
+    assert read_errors(url, storage_options=options).empty
+    assert list(store.committed()) == ["m/done"]
+
+
+def test_zarr_chunks_align_with_shards(storage_root):
+    url, options = storage_root
+    store = MapStore(url, options)
+    store.ensure_zarr("m", n=10, shape=(H, W), shard_size=S)
+    store.ensure_zarr("m", n=10, shape=(H, W), shard_size=S)  # idempotent
+    for k, n in enumerate((S, S, 2)):
+        store.write_shard(f"s{k}", k, "m", records(ids_of(k, n), seed=k))
+    fs, root = open_fs(url, options)
+    chunks = sorted(p.rsplit("/maps/", 1)[1] for p in fs.find(join(root, "zarr/m/maps")) if "/c/" in p)
+    assert chunks == ["c/0/0/0", "c/1/0/0", "c/2/0/0"]  # one chunk per shard
+    import zarr
+
+    group = zarr.open_group(store=__import__("storage.zarr_maps", fromlist=["x"]).zarr_store(join(url, "zarr/m"), options))
+    assert group["sample_id"][:].tolist() == ids_of(0) + ids_of(1) + ids_of(2, 2)
+    assert dict(group.attrs) == {"shard_size": S, "map_shape": [H, W]}
+    # incremental run: the driver grows N, new shards append, old rows stay
+    store.ensure_zarr("m", n=16, shape=(H, W), shard_size=S)
+    store.write_shard("s3", 3, "m", records(ids_of(3), seed=3))
+    arr = maps_array(url, storage_options=options)
+    assert arr.shape == (16, H, W)
+    np.testing.assert_array_equal(arr[0:4], records(ids_of(0), seed=0).maps)
+    np.testing.assert_array_equal(arr[12:16], records(ids_of(3), seed=3).maps)
+    assert np.isnan(arr[10:12]).all()
+    with pytest.raises(StorageError, match="use another output URL"):
+        store.ensure_zarr("m", n=16, shape=(H, W), shard_size=S + 1)
+    with pytest.raises(StorageError, match="does not fit"):
+        store.write_shard("s9", 9, "m", records(ids_of(9)))
+
+
+def test_write_shard_without_zarr_arrays_is_clear(tmp_path):
+    with pytest.raises(StorageError, match="ensure_zarr"):
+        MapStore(str(tmp_path)).write_shard("s0", 0, "m", records(ids_of(0)))
+
+
+def test_errors_need_source_order(tmp_path):
+    store = MapStore(str(tmp_path))
+    store.ensure_zarr("m", 4, (H, W), S)
+    with pytest.raises(ValueError, match="pass sample_ids"):
+        store.write_shard("s0", 0, "m", records(ids_of(0)[:3]), [SampleError(ids_of(0)[3], "x")])
+    with pytest.raises(ValueError, match="exactly"):
+        store.write_shard("s0", 0, "m", records(ids_of(0)[:3]), [], sample_ids=ids_of(0))
+    with pytest.raises(ValueError, match="file"):
+        store.write_shard("../evil", 0, "m", records(ids_of(0)))
+
+
+def test_several_methods_share_a_root(storage_root):
+    url, options = storage_root
+    store = MapStore(url, options)
+    store.write_shard("s0", None, "pathway", records(ids_of(0)))
+    store.write_shard("s0", None, "gradient", records(ids_of(0), seed=5))
+    assert sorted(store.committed()) == ["gradient/s0", "pathway/s0"]
+    assert read_maps(url, "gradient", options)["method"].unique().tolist() == ["gradient"]
+    assert len(read_maps(url, storage_options=options)) == 2 * S
+    with pytest.raises(ValueError, match="pass method"):
+        maps_array(url, storage_options=options)
+
+
+def test_float16_overflow_is_logged(caplog):
+    rec = MapRecords(["a"], [0], [0], [0], np.full((1, 2, 2), 1e6, np.float32))
+    assert np.isinf(rec.maps).all() and "exceed the float16 range" in caplog.text
+
+
+def test_run_json(storage_root):
+    url, options = storage_root
+    store = MapStore(url, options)
+    store.write_run({"config": {"model": "small_cnn"}, "params": {"p": 70}, "started_at": "t0"})
+    run = store.write_run({**read_run(url, options), "ended_at": "t1"})
+    got = read_run(url, options)
+    assert got == json.loads(json.dumps(run))
+    assert got["config"] == {"model": "small_cnn"} and got["started_at"] == "t0" and got["ended_at"] == "t1"
+    assert {"python", "pathway-attribution", "torch", "ray", "pyarrow", "zarr"} <= set(got["versions"])
+    assert got["versions"]["pyarrow"] == pa.__version__
+
+
+def test_truncated_committed_parquet_names_the_file(storage_root):
+    url, options = storage_root
+    MapStore(url, options).write_shard("s0", None, "m", records(ids_of(0)))
+    fs, root = open_fs(url, options)
+    path = join(root, "maps/m/s0.parquet")
+    fs.pipe_file(path, fs.cat_file(path)[:100])
+    with pytest.raises(StorageError, match="maps/m/s0.parquet"):
+        read_maps(url, storage_options=options)
+
+
+def test_empty_dataset_reads_empty(tmp_path):
+    assert read_maps(str(tmp_path)).empty and read_errors(str(tmp_path)).empty
+
+
+def test_join_with_source(tmp_path, fmnist):
+    images, labels = fmnist
+    write_parquet(str(tmp_path / "src.parquet"), {}, images, labels, sample_ids=True)
+    source = open_source(str(tmp_path / "src.parquet"))
+    ids = ["img-0003", "img-0007", "img-0001"]
+    MapStore(str(tmp_path / "out")).write_shard("s0", None, "m", records([*ids, "not-in-source"][:3]))
+    joined = join_with_source(read_maps(str(tmp_path / "out")), source)
+    for sid, image in zip(joined["sample_id"], joined["image"]):
+        np.testing.assert_array_equal(image, images[int(sid[-4:])])
