@@ -107,7 +107,8 @@ class PathwayGrad(Attribution):
         x = inputs.detach().requires_grad_(True)
         masks, thresholds, scored = self._masks(relus, x, targets, seeds)
         targets = scored.targets
-        kept = (sum(m.flatten(1).sum(1, dtype=torch.float64) for m in masks) / sum(m[0].numel() for m in masks)).float()
+        # Float32 sums of 0/1 are exact per layer and sample (< 2^24 neurons); add them in float64.
+        kept = (sum(m.flatten(1).sum(1).double() for m in masks) / sum(m[0].numel() for m in masks)).float()
 
         relus.reset(masks=masks)
         pruned_logits, _, selected = scoring._forward(self.model, x, targets)
@@ -169,9 +170,9 @@ def keep_masks(scores: list[torch.Tensor], percentile: float, per_layer: bool
     """
     rows = [s.flatten(1) for s in scores]
     if per_layer:
-        q = torch.stack([batched_percentile([r], percentile) for r in rows], dim=1)
+        q = torch.stack([batched_percentile([r], percentile, minimum=0.0) for r in rows], dim=1)
         columns = [q[:, i] for i in range(len(scores))]
     else:
-        q = batched_percentile(rows, percentile)
+        q = batched_percentile(rows, percentile, minimum=0.0)
         columns = [q] * len(scores)
     return [s.gt_(c.view(-1, *[1] * (s.dim() - 1))) for s, c in zip(scores, columns)], q

@@ -30,11 +30,14 @@ BAND_SIGMAS = 5.0
 SORT_LIMIT = 1 << 18
 
 
-def batched_percentile(chunks: Sequence[torch.Tensor], percentile: float) -> torch.Tensor:
+def batched_percentile(chunks: Sequence[torch.Tensor], percentile: float, minimum: float | None = None
+                       ) -> torch.Tensor:
     """Per-row ``numpy.percentile(row, percentile)`` of the rows concatenated across ``chunks``.
 
     ``chunks`` are float tensors [B, n_i] (e.g. one per layer); row b of the result is the
     percentile of all scores of sample b. Linear interpolation, as numpy's default.
+    ``minimum``, when given, is a bound no score is below (0 for |a * g| scores); it saves a
+    counting pass when the percentile falls among scores tied at that bound (dead neurons).
     """
     if not 0.0 <= percentile <= 100.0:
         raise ValueError(f"percentile must be within [0, 100], got {percentile}")
@@ -48,7 +51,7 @@ def batched_percentile(chunks: Sequence[torch.Tensor], percentile: float) -> tor
     if chunks[0].shape[0] * total <= SORT_LIMIT:
         below, above = _select_by_sort(chunks, lower, upper)
     else:
-        below, above = _select_in_band(chunks, lower, upper)
+        below, above = _select_in_band(chunks, lower, upper, minimum)
     return _lerp(below, above, fraction)
 
 
@@ -74,10 +77,10 @@ def count(mask: torch.Tensor) -> torch.Tensor:
 def _subsample(chunks: Sequence[torch.Tensor], total: int) -> torch.Tensor:
     """Every ``stride``-th score of the concatenated rows, without concatenating them.
 
-    About N^(2/3) samples balance the cost of sorting the subsample against the cost
-    of sorting the band it leaves (whose width shrinks as 1/sqrt(samples)).
+    A few N^(2/3) samples balance the cost of sorting the subsample against the cost of
+    sorting the band it leaves (whose width shrinks as 1/sqrt(samples)).
     """
-    size = min(SAMPLE_SIZE, max(256, round(total ** (2 / 3))))
+    size = min(SAMPLE_SIZE, max(256, round(4 * total ** (2 / 3))))
     stride = max(1, total // size)
     parts, start = [], 0
     for chunk in chunks:
@@ -108,29 +111,30 @@ def _order_keys(values: torch.Tensor) -> torch.Tensor:
     return signed.to(torch.int64) + (1 << 31)
 
 
-def _select_in_band(chunks: Sequence[torch.Tensor], lower: int, upper: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _select_in_band(chunks: Sequence[torch.Tensor], lower: int, upper: int, minimum: float | None
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
     total = sum(c.shape[1] for c in chunks)
     batch, device = chunks[0].shape[0], chunks[0].device
     lo, hi = _band_edges(chunks, total, lower, upper)
     lo_col, hi_col = lo[:, None], hi[:, None]
-    # One pass: how many scores are <= lo and < hi, and the scores strictly between.
-    le_lo = torch.full((batch,), total, dtype=torch.long, device=device)
-    lt_hi = torch.zeros(batch, dtype=torch.long, device=device)
+    # One pass: how many scores are above lo, and the scores strictly between lo and hi.
+    above_lo = torch.zeros(batch, dtype=torch.long, device=device)
+    inside_count = torch.zeros(batch, dtype=torch.long, device=device)
     inside_values, inside_counts = [], []
     for chunk in chunks:
-        above_lo = chunk > lo_col
-        below_hi = chunk < hi_col
-        le_lo -= count(above_lo)
-        lt_hi += count(below_hi)
-        inside = above_lo.logical_and_(below_hi)
+        above = chunk > lo_col
+        above_lo += count(above)
+        inside = above.logical_and_(chunk < hi_col)
         inside_values.append(chunk[inside])
         inside_counts.append(count(inside))
+        inside_count += inside_counts[-1]
+    le_lo = total - above_lo  # scores <= lo
+    lt_hi = le_lo + inside_count  # scores < hi
     rows = torch.arange(batch, device=device)
     sample_rows = torch.cat([torch.repeat_interleave(rows, c) for c in inside_counts])
     values = torch.cat(inside_values)
     values = values[((sample_rows << 32) | _order_keys(values)).argsort()]
-    counts = lt_hi - le_lo
-    starts = torch.cumsum(counts, 0) - counts
+    starts = torch.cumsum(inside_count, 0) - inside_count
 
     def value_at(rank: int) -> torch.Tensor:
         index = (starts + (rank - le_lo)).clamp(0, max(values.numel() - 1, 0))
@@ -138,15 +142,19 @@ def _select_in_band(chunks: Sequence[torch.Tensor], lower: int, upper: int) -> t
         return torch.where(rank < le_lo, lo, torch.where(rank >= lt_hi, hi, picked))
 
     below, above = value_at(lower), value_at(upper)
-    # Ranks at or beyond an edge are the edge's value only if the edge is not crossed:
-    # that needs the counts strictly below lo and up to hi, taken only when needed.
-    unsure = (le_lo > lower) | (lt_hi <= upper)
-    if bool(unsure.any()):
-        lt_lo = sum(count(c < lo_col) for c in chunks)
-        le_hi = sum(count(c <= hi_col) for c in chunks)
-        missed = (lt_lo > lower) | (le_hi <= upper)
-        if bool(missed.any()):
-            rows_missed = missed.nonzero().squeeze(1)
-            exact_below, exact_above = _select_by_sort([c[rows_missed] for c in chunks], lower, upper)
-            below[rows_missed], above[rows_missed] = exact_below, exact_above
+    # A rank at or beyond an edge holds the edge's value only if the edge is not crossed:
+    # that takes the count strictly below lo (or up to hi), counted only when needed.
+    missed = torch.zeros(batch, dtype=torch.bool, device=device)
+    at_lo = le_lo > lower
+    if minimum is not None:
+        at_lo &= lo > minimum  # nothing lies below the minimum
+    if bool(at_lo.any()):
+        missed |= at_lo & (sum(count(c < lo_col) for c in chunks) > lower)
+    at_hi = lt_hi <= upper
+    if bool(at_hi.any()):
+        missed |= at_hi & (sum(count(c <= hi_col) for c in chunks) <= upper)
+    if bool(missed.any()):
+        rows_missed = missed.nonzero().squeeze(1)
+        exact_below, exact_above = _select_by_sort([c[rows_missed] for c in chunks], lower, upper)
+        below[rows_missed], above[rows_missed] = exact_below, exact_above
     return below, above

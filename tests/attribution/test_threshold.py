@@ -36,11 +36,14 @@ def test_equals_numpy_with_dead_neurons(path: str, p: float) -> None:
     assert np.array_equal(threshold.batched_percentile(chunks, p).numpy(), numpy_percentile(chunks, p))
 
 
-def test_equals_numpy_when_percentile_falls_in_a_tie(path: str) -> None:
+@pytest.mark.parametrize("minimum", [None, 0.0])
+def test_equals_numpy_when_percentile_falls_in_a_tie(path: str, minimum: float | None) -> None:
     chunks = relu_like_scores(4, [60000, 60000], dead=0.8)  # 80 % zeros: q at p=70 is 0 exactly
-    got = threshold.batched_percentile(chunks, 70.0)
+    got = threshold.batched_percentile(chunks, 70.0, minimum=minimum)
     assert np.array_equal(got.numpy(), numpy_percentile(chunks, 70.0))
     assert torch.all(got == 0)
+    near_edge = threshold.batched_percentile(chunks, 80.5, minimum=minimum)  # just past the zeros
+    assert np.array_equal(near_edge.numpy(), numpy_percentile(chunks, 80.5))
 
 
 def test_equals_numpy_for_negative_and_repeated_values(path: str) -> None:
