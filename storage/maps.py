@@ -40,9 +40,11 @@ log = logging.getLogger(__name__)
 
 ZSTD_LEVEL = 3
 #: Parquet writer settings: fixed, so equal tables give equal bytes.
+#: No dictionary for the map column: it only costs time and bytes there; byte-stream-split made
+#: float16 maps larger (benchmarks/bench_storage.py measured both).
 PARQUET_OPTIONS = dict(compression="zstd", compression_level=ZSTD_LEVEL, use_dictionary=["method", "params", "shard_id"],
                        write_statistics=["sample_id", "label", "target", "predicted", "shard_id"],
-                       use_byte_stream_split=["map.list.element"], data_page_version="2.0")
+                       data_page_version="2.0")
 ERRORS_SCHEMA = pa.schema([("sample_id", pa.string()), ("reason", pa.string()), ("shard_id", pa.string()),
                            ("method", pa.string())])
 _VERSIONED = ("pathway-attribution", "torch", "torchvision", "ray", "pyarrow", "zarr", "numpy", "fsspec", "s3fs")
@@ -142,7 +144,6 @@ def parquet_bytes(table: pa.Table, **overrides: Any) -> bytes:
     """``table`` as Parquet bytes with the fixed settings (one row group per shard)."""
     options = {**PARQUET_OPTIONS, **overrides}
     if "map" not in table.column_names:
-        options.pop("use_byte_stream_split", None)
         options["write_statistics"] = True
         options["use_dictionary"] = [c for c in ("method", "shard_id") if c in table.column_names]
     buf = io.BytesIO()
@@ -177,6 +178,10 @@ class MapStore:
         self.storage_options = dict(storage_options or {})
         self.fs, root = open_fs(self.url, self.storage_options)
         self.root = root.rstrip("/")
+        self._zarr: dict[str, tuple] = {}  # method -> opened (maps, sample_id) arrays; not pickled
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_zarr": {}}
 
     def __repr__(self) -> str:
         return f"MapStore({self.url!r})"
@@ -244,12 +249,16 @@ class MapStore:
         maps_rel = f"maps/{method}/{shard_id}.parquet"
         maps_data = parquet_bytes(records.to_table(method, shard_id))
         if shard_index is not None:
-            from storage.zarr_maps import write_rows
+            from storage.zarr_maps import fits, open_for_writing, write_rows
 
             position = {sid: i for i, sid in enumerate(order)}
             block = np.full((len(order), *records.shape), np.nan, dtype=np.float16)
             block[[position[s] for s in records.sample_ids]] = records.maps
-            start, stop = write_rows(self.zarr_url(method), int(shard_index), order, block, self.storage_options)
+            url = self.zarr_url(method)
+            arrays = self._zarr.get(method)
+            if arrays is None or not fits(arrays, int(shard_index), len(order), records.shape):
+                arrays = self._zarr[method] = open_for_writing(url, self.storage_options)  # new, or grown by the driver
+            start, stop = write_rows(url, arrays, int(shard_index), order, block, self.storage_options)
             files.append({"path": f"zarr/{method}/maps", "rows": [start, stop], "sha256": _sha256(block.tobytes())})
         self._put(maps_rel, maps_data)
         files.insert(0, {"path": maps_rel, "bytes": len(maps_data), "sha256": _sha256(maps_data)})

@@ -64,21 +64,33 @@ def ensure_arrays(url: str, n: int, shape: tuple[int, int], shard_size: int,
         return group
 
 
-def write_rows(url: str, shard_index: int, sample_ids: list[str], maps: np.ndarray,
-               storage_options: Mapping[str, Any] | None = None) -> tuple[int, int]:
-    """Write one shard's rows (``maps`` [n, H, W] float16 in source order); returns (start, stop)."""
-    with storage_errors(url, "write zarr rows to", storage_options):
+def open_for_writing(url: str, storage_options: Mapping[str, Any] | None = None) -> tuple[zarr.Array, zarr.Array]:
+    """The (maps, sample_id) arrays of ``url`` opened for writing rows."""
+    with storage_errors(url, "open zarr arrays at", storage_options):
         try:
             group = zarr.open_group(store=zarr_store(url, storage_options), mode="r+", zarr_format=3)
-            arr, ids = group["maps"], group["sample_id"]
+            return group["maps"], group["sample_id"]
         except (FileNotFoundError, KeyError, zarr.errors.GroupNotFoundError) as err:
             raise StorageNotFound(f"no zarr maps at {url}: the driver must call MapStore.ensure_zarr first "
                                   f"({type(err).__name__})") from None
-        size = arr.chunks[0]
-        start, stop = shard_index * size, shard_index * size + len(sample_ids)
-        if len(sample_ids) > size or stop > arr.shape[0] or tuple(maps.shape[1:]) != tuple(arr.shape[1:]):
-            raise StorageError(f"shard {shard_index} ({len(sample_ids)} rows of {maps.shape[1:]}) does not fit {url}: "
-                               f"{arr.shape} in chunks of {size} rows; grow it with ensure_zarr")
+
+
+def fits(arrays: tuple[zarr.Array, zarr.Array], shard_index: int, n: int, shape: tuple[int, ...]) -> bool:
+    maps = arrays[0]
+    size = maps.chunks[0]
+    return n <= size and shard_index * size + n <= maps.shape[0] and tuple(shape) == tuple(maps.shape[1:])
+
+
+def write_rows(url: str, arrays: tuple[zarr.Array, zarr.Array], shard_index: int, sample_ids: list[str],
+               maps: np.ndarray, storage_options: Mapping[str, Any] | None = None) -> tuple[int, int]:
+    """Write one shard's rows (``maps`` [n, H, W] float16 in source order); returns (start, stop)."""
+    arr, ids = arrays
+    size = arr.chunks[0]
+    start, stop = shard_index * size, shard_index * size + len(sample_ids)
+    if not fits(arrays, shard_index, len(sample_ids), maps.shape[1:]):
+        raise StorageError(f"shard {shard_index} ({len(sample_ids)} rows of {maps.shape[1:]}) does not fit {url}: "
+                           f"{arr.shape} in chunks of {size} rows; grow it with ensure_zarr")
+    with storage_errors(url, "write zarr rows to", storage_options):
         arr[start:stop] = maps
         ids[start:stop] = np.asarray(sample_ids, dtype=object).astype(str)
     return start, stop

@@ -1,0 +1,207 @@
+"""Storage benchmark: MapStore writes against plain pyarrow, and float16+zstd map bytes.
+
+1. Throughput: the same shards written through ``MapStore.write_shard`` (table building,
+   deterministic Parquet settings, commit record; with and without zarr rows) and with a plain
+   ``pq.write_table(table, ..., compression="zstd")`` of the same, prebuilt table, to a local
+   directory and to S3 (SeaweedFS on loopback, started here). MB/s counts the float16 map
+   bytes (N*H*W*2); the target ratio MapStore/plain is >= 0.8.
+   The plain writer is timed two ways: straight to the filesystem (pyarrow streams through
+   fsspec) and into memory followed by one PUT; the ratio uses the faster of the two.
+2. Size: the maps as float16 Parquet (MapStore settings) against float32 Parquet + zstd
+   (pyarrow's defaults, and MapStore's settings with float32), for maps of real Fashion-MNIST
+   test images. No trained model ships with the project: by default a ResNet-8 is trained
+   here for one short epoch on 12k training images (about 45 s on 2 cores); ``--no-train``
+   uses the random initialisation instead. The output says which. Target <= 50 %.
+
+Run: ``python benchmarks/bench_storage.py [--n 4096] [--shard-size 512] [--no-train] [--no-s3]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import platform
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from storage import MapRecords, MapStore, load_arrays, open_source  # noqa: E402
+from storage.fs import join, open_fs  # noqa: E402
+from storage.maps import parquet_bytes  # noqa: E402
+
+
+def compute_maps(n: int, methods: list[str], train: bool) -> tuple[dict[str, MapRecords], dict[str, np.ndarray], str]:
+    """Maps of the first ``n`` Fashion-MNIST test images per method: records and the float32 maps."""
+    import attribution
+    from models.preprocess import preprocess
+    from models.registry import build_model, fashion_mnist_spec
+    from models.training import train_classifier
+
+    source = open_source("fashion-mnist")
+    images, labels, ids = load_arrays(source, source.list()[:n])
+    spec = fashion_mnist_spec()
+    torch.manual_seed(0)
+    if train:
+        train_source = open_source("fashion-mnist", split="train")
+        train_images, train_labels, _ = load_arrays(train_source, train_source.list()[:12_000])
+        model, info = train_classifier(spec, train_images, train_labels, epochs=1, device="cpu", progress=False,
+                                       test_images=images, test_labels=labels)
+        origin = (f"ResNet-8 trained here for 1 epoch on 12k train images (test accuracy "
+                  f"{info['test_accuracy']:.1%} on these {n}; {info['seconds']:.0f} s)")
+    else:
+        origin = "random-init ResNet-8 (seed 0; no trained model)"
+    model = model.eval() if train else build_model(spec).eval()
+    out, raw = {}, {}
+    for method in methods:
+        explainer = attribution.get(method, model)
+        chunks, targets = [], []
+        for start in range(0, n, 256):
+            x = preprocess(spec, images[start:start + 256])
+            with torch.no_grad():
+                target = model(x).argmax(1)
+            chunks.append(attribution.reduce_map(explainer.attribute(x, target, sample_ids=ids[start:start + 256])))
+            targets.append(target)
+        target = torch.cat(targets).numpy()
+        raw[method] = torch.cat(chunks).detach().numpy().astype(np.float32)
+        out[method] = MapRecords(ids, labels, target, target, raw[method], params=explainer.params,
+                                 logit_before=np.zeros(n))
+    return out, raw, origin + " on real Fashion-MNIST test images"
+
+
+def float32_bytes(records: MapRecords, maps32: np.ndarray, mapstore_settings: bool) -> int:
+    """Parquet bytes of the same table with a float32 map column."""
+    table = records.to_table("m", "s")
+    tensor32 = pa.FixedShapeTensorArray.from_numpy_ndarray(np.ascontiguousarray(maps32, dtype=np.float32))
+    table = table.set_column(table.schema.get_field_index("map"), "map", tensor32)
+    if mapstore_settings:
+        return len(parquet_bytes(table))
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    return len(buf.getvalue())
+
+
+def shards_of(records: MapRecords, size: int) -> list[MapRecords]:
+    out = []
+    for s in range(0, len(records), size):
+        sl = slice(s, s + size)
+        out.append(MapRecords(records.sample_ids[sl], records.labels[sl], records.targets[sl], records.predicted[sl],
+                              records.maps[sl], params=records.params, logit_before=records.logit_before[sl]))
+    return out
+
+
+def time_writes(url: str, options: dict, shards: list[MapRecords], repeats: int) -> dict[str, float]:
+    """Best-of-``repeats`` seconds to write all shards, per way of writing."""
+    fs, root = open_fs(url, options)
+    n, h, w = sum(len(s) for s in shards), *shards[0].shape
+    tables = [s.to_table("m", f"s{k:05d}") for k, s in enumerate(shards)]
+    best = {"plain to fs": np.inf, "plain via memory": np.inf, "MapStore": np.inf, "MapStore + zarr": np.inf}
+    for r in range(repeats):
+        base = join(url, f"r{r}-{uuid.uuid4().hex[:6]}")
+        _, plain_root = open_fs(join(base, "plain"), options)
+        fs.makedirs(plain_root, exist_ok=True)
+        t = time.perf_counter()
+        for k, table in enumerate(tables):
+            pq.write_table(table, join(plain_root, f"s{k:05d}.parquet"), filesystem=fs, compression="zstd")
+        best["plain to fs"] = min(best["plain to fs"], time.perf_counter() - t)
+        t = time.perf_counter()
+        for k, table in enumerate(tables):
+            buf = io.BytesIO()
+            pq.write_table(table, buf, compression="zstd")
+            fs.pipe_file(join(plain_root, f"m{k:05d}.parquet"), buf.getvalue())
+        best["plain via memory"] = min(best["plain via memory"], time.perf_counter() - t)
+        store = MapStore(join(base, "store"), options)
+        t = time.perf_counter()
+        for k, s in enumerate(shards):
+            store.write_shard(f"s{k:05d}", None, "m", s)
+        best["MapStore"] = min(best["MapStore"], time.perf_counter() - t)
+        zstore = MapStore(join(base, "zstore"), options)
+        zstore.ensure_zarr("m", n, (h, w), len(shards[0]))
+        t = time.perf_counter()
+        for k, s in enumerate(shards):
+            zstore.write_shard(f"s{k:05d}", k, "m", s)
+        best["MapStore + zarr"] = min(best["MapStore + zarr"], time.perf_counter() - t)
+    return best
+
+
+def upsample(records: MapRecords, size: int) -> MapRecords:
+    maps = torch.nn.functional.interpolate(torch.from_numpy(records.maps.astype(np.float32))[:, None], size=(size, size),
+                                           mode="bilinear", align_corners=False)[:, 0].numpy()
+    return MapRecords(records.sample_ids, records.labels, records.targets, records.predicted, maps,
+                      params=records.params, logit_before=records.logit_before)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--n", type=int, default=4096, help="maps (Fashion-MNIST test images)")
+    parser.add_argument("--shard-size", type=int, default=512)
+    parser.add_argument("--large", type=int, default=224, help="also time maps upsampled to this size (0: skip)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--no-s3", action="store_true", help="skip the SeaweedFS run")
+    parser.add_argument("--no-train", action="store_true", help="maps of a random-init model (skips ~45 s)")
+    args = parser.parse_args()
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}, "
+          f"pyarrow {pa.__version__}")
+
+    t = time.perf_counter()
+    maps, raw, origin = compute_maps(args.n, ["gradient", "pathway"], train=not args.no_train)
+    print(f"maps: {args.n} x 28x28 per method from {origin} ({time.perf_counter() - t:.1f} s)\n")
+
+    print("== bytes: float16 Parquet (MapStore: zstd-3, no dictionary) vs float32 Parquet ==")
+    for method, rec in maps.items():
+        f16 = len(parquet_bytes(rec.to_table(method, "all")))
+        f32 = float32_bytes(rec, raw[method], mapstore_settings=False)
+        f32_same = float32_bytes(rec, raw[method], mapstore_settings=True)
+        print(f"{method:>10}: float16 {f16 / 1e6:6.3f} MB; float32 (pyarrow zstd defaults) {f32 / 1e6:6.3f} MB "
+              f"-> {f16 / f32:5.1%}; float32 (MapStore settings) {f32_same / 1e6:6.3f} MB -> {f16 / f32_same:5.1%} "
+              f"(target <= 50%); raw float32 {raw[method].nbytes / 1e6:.3f} MB, zero values "
+              f"{np.mean(raw[method] == 0):.0%}")
+        if method != "gradient" and "gradient" in raw:
+            print(f"{'':>10}  max |{method} - gradient| = {np.abs(raw[method] - raw['gradient']).max():.3g}")
+
+    cases = [("28x28", maps["pathway"])]
+    if args.large:
+        n_large = max(args.shard_size, min(args.n, 1024))
+        small = shards_of(maps["pathway"], n_large)[0]
+        cases.append((f"{args.large}x{args.large}", upsample(small, args.large)))
+
+    targets = []
+    tmp = Path(tempfile.mkdtemp(prefix="bench-storage-"))
+    targets.append(("local", str(tmp / "local"), {}))
+    server_cm = None
+    if not args.no_s3:
+        from tests.servers import seaweedfs
+
+        server_cm = seaweedfs(tmp / "seaweedfs")
+        server = server_cm.__enter__()
+        targets.append(("s3 (SeaweedFS, loopback)", server.url("bench"), server.storage_options))
+    try:
+        print("\n== write throughput (MB/s of float16 maps; best of %d) ==" % args.repeats)
+        for label, rec in cases:
+            shards = shards_of(rec, args.shard_size)
+            mb = rec.maps.nbytes / 1e6
+            for name, url, options in targets:
+                best = time_writes(join(url, label), options, shards, args.repeats)
+                plain = mb / min(best["plain to fs"], best["plain via memory"])
+                row = ", ".join(f"{k} {mb / v:7.1f}" for k, v in best.items())
+                print(f"{label:>8} {name:>26}: {len(shards)} shards x {args.shard_size}: {row}; "
+                      f"ratio MapStore/plain {mb / best['MapStore'] / plain:.2f} "
+                      f"(+zarr {mb / best['MapStore + zarr'] / plain:.2f}) (target >= 0.8)")
+    finally:
+        if server_cm is not None:
+            server_cm.__exit__(None, None, None)
+
+
+if __name__ == "__main__":
+    main()
