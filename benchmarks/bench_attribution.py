@@ -1,0 +1,214 @@
+"""Throughput and memory of PathwayGrad against its natural baselines, side by side.
+
+For each model, on the same inputs and batch size, this measures:
+
+- ``pathway``: PathwayGrad (taylor, p=70), batched;
+- ``pathway-loop``: the same method one sample at a time;
+- ``gradient``: the plain input gradient (one forward, one backward);
+- ``integrated_gradients``: 50 steps (Captum), on fewer samples when it would take long;
+- ``threshold``: only the per-sample percentile selection on real scores, against
+  ``kthvalue`` on the concatenated scores (what a simple batched version does).
+
+It prints maps/s, the ratios the targets are stated in, and peak memory (CUDA: peak
+allocated; CPU: peak RSS growth of one call in a fresh process). Run ``python benchmarks/bench_attribution.py
+--help``; results are recorded in benchmarks/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+import torch
+
+import attribution
+import attribution.baselines  # noqa: F401  (registers the baselines)
+from attribution.neurons import ReluCalls
+from attribution.pathway import PathwayGrad
+from attribution.scores import taylor
+from attribution.threshold import batched_percentile
+from models.registry import build_model, fashion_mnist_spec
+from models.tv import models as tv_models
+
+
+def build(name: str, batch: int, seed: int = 0) -> tuple[torch.nn.Module, torch.Tensor]:
+    """The benchmarked model (random weights, eval mode) and a random input batch."""
+    torch.manual_seed(seed)
+    if name == "small":
+        return build_model(fashion_mnist_spec()).eval(), torch.randn(batch, 1, 28, 28)
+    return getattr(tv_models, name)().eval(), torch.randn(batch, 3, 224, 224)
+
+
+def make_method(name: str, model: torch.nn.Module):
+    return PathwayGrad(model) if name == "pathway" else attribution.get(name, model)
+
+
+def peak_memory_mib(model_name: str, method: str, batch: int, device: torch.device) -> float:
+    """Peak memory of one batched call of ``method``.
+
+    CUDA: the allocator's peak above what was allocated before the call. CPU: the growth of
+    the peak resident set size during the call, measured in a fresh process so that no
+    earlier allocation hides it (torch has no CPU allocator statistics).
+    """
+    if device.type == "cuda":
+        model, x = build(model_name, batch)
+        model, x = model.to(device), x.to(device)
+        targets = model(x).argmax(1)
+        fn = make_method(method, model)
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        fn.attribute(x, target=targets)
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
+    probe = [sys.executable, __file__, "--memory-probe", model_name, method, str(batch)]
+    output = subprocess.run(probe, check=True, capture_output=True, text=True).stdout
+    return float(output.strip().splitlines()[-1])
+
+
+def memory_probe(model_name: str, method: str, batch: int) -> None:
+    """Child process of :func:`peak_memory_mib` on CPU: prints the peak RSS growth in MiB."""
+    model, x = build(model_name, batch)
+    with torch.no_grad():
+        targets = model(x).argmax(1)
+    fn = make_method(method, model)
+    with open("/proc/self/statm") as f:
+        before = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    fn.attribute(x, target=targets)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(max(0, peak - before) / 2**20)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def measure(fn: Callable[[], object], device: torch.device, samples: int, repeats: int) -> dict:
+    """maps/s: the best of ``repeats`` timed runs after one warm-up."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    best = min(times)
+    return {"maps_per_s": samples / best, "seconds": best}
+
+
+def threshold_cost(model: torch.nn.Module, x: torch.Tensor, device: torch.device, repeats: int) -> dict:
+    """Time the percentile selection alone on the real scores of this batch."""
+    xr = x.detach().requires_grad_(True)
+    with torch.enable_grad(), ReluCalls(model) as relus:
+        scores = [s.flatten(1) for s in taylor(model, relus, xr, None).scores]
+    total = sum(s.shape[1] for s in scores)
+    rank = int(0.7 * (total - 1)) + 1
+
+    def kthvalue() -> torch.Tensor:
+        return torch.cat(scores, dim=1).kthvalue(rank, dim=1).values
+
+    ours = measure(lambda: batched_percentile(scores, 70.0), device, x.shape[0], repeats)
+    simple = measure(kthvalue, device, x.shape[0], repeats)
+    return {"neurons_per_sample": total, "band_s": ours["seconds"], "kthvalue_s": simple["seconds"]}
+
+
+def bench_model(name: str, batch: int, device: torch.device, repeats: int, ig_samples: int,
+                loop_samples: int) -> dict:
+    model, x = build(name, batch)
+    model, x = model.to(device), x.to(device)
+    batch = x.shape[0]
+    targets = model(x).argmax(1)
+    pathway = PathwayGrad(model)
+    gradient = attribution.get("gradient", model)
+    ig = attribution.get("integrated_gradients", model, n_steps=50)
+    loop_x, loop_t = x[:loop_samples], targets[:loop_samples]
+
+    def per_sample_loop() -> None:
+        for i in range(loop_x.shape[0]):
+            pathway.attribute(loop_x[i : i + 1], target=loop_t[i : i + 1])
+
+    results = {
+        "pathway": measure(lambda: pathway.attribute(x, target=targets), device, batch, repeats),
+        "gradient": measure(lambda: gradient.attribute(x, target=targets), device, batch, repeats),
+        "pathway-loop": measure(per_sample_loop, device, loop_x.shape[0], max(1, repeats // 2)),
+        "integrated_gradients": measure(
+            lambda: ig.attribute(x[:ig_samples], target=targets[:ig_samples]), device, min(ig_samples, batch), 1
+        ),
+        "threshold": threshold_cost(model, x, device, repeats),
+    }
+    for method in ("pathway", "gradient"):
+        results[method]["peak_mib"] = peak_memory_mib(name, method, batch, device)
+    p, g, loop = results["pathway"], results["gradient"], results["pathway-loop"]
+    results["ratios"] = {
+        "pathway/gradient throughput": p["maps_per_s"] / g["maps_per_s"],
+        "pathway/loop throughput": p["maps_per_s"] / loop["maps_per_s"],
+        "pathway/integrated_gradients throughput": p["maps_per_s"] / results["integrated_gradients"]["maps_per_s"],
+        "pathway/gradient peak memory": p["peak_mib"] / max(g["peak_mib"], 1e-9),
+        "threshold share of pathway time": results["threshold"]["band_s"] / p["seconds"],
+        "kthvalue/band selection time": results["threshold"]["kthvalue_s"] / results["threshold"]["band_s"],
+    }
+    return {"model": name, "batch": batch, "input": list(x.shape[1:]), **results}
+
+
+def print_table(result: dict) -> None:
+    print(f"\n== {result['model']}  input {result['input']}  batch {result['batch']}")
+    for key in ("pathway", "pathway-loop", "gradient", "integrated_gradients"):
+        r = result[key]
+        peak = f"   peak {r['peak_mib']:9.1f} MiB" if "peak_mib" in r else ""
+        print(f"  {key:22s} {r['maps_per_s']:10.2f} maps/s{peak}")
+    t = result["threshold"]
+    print(f"  threshold selection    band {t['band_s'] * 1e3:8.1f} ms   kthvalue {t['kthvalue_s'] * 1e3:8.1f} ms"
+          f"   ({t['neurons_per_sample']:,} neurons/sample)")
+    for key, value in result["ratios"].items():
+        print(f"  {key:42s} {value:7.3f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--models", default="small,resnet50", help="comma list of: small, resnet18, resnet50")
+    parser.add_argument("--batch-size", type=int, default=None, help="default: 64 on CUDA; 64 small / 8 resnet50 on CPU")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument("--memory-probe", nargs=3, metavar=("MODEL", "METHOD", "BATCH"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.memory_probe:
+        model_name, method, batch = args.memory_probe
+        memory_probe(model_name, method, int(batch))
+        return
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    print(f"torch {torch.__version__}  device {device}"
+          f" ({torch.cuda.get_device_name(device) if device.type == 'cuda' else platform.processor() or platform.machine()})"
+          f"  threads {torch.get_num_threads()}")
+    all_results = []
+    for name in args.models.split(","):
+        big = name != "small"
+        batch = args.batch_size or (64 if device.type == "cuda" or not big else 8)
+        ig_samples = batch if device.type == "cuda" or not big else 2
+        loop_samples = batch if device.type == "cuda" or not big else 4
+        result = bench_model(name, batch, device, args.repeats, ig_samples, loop_samples)
+        print_table(result)
+        all_results.append(result)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(all_results, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
