@@ -143,47 +143,52 @@ class ShardAttributor:
         return good, (torch.cat(tensors) if tensors else None), errors
 
     def _compute(self, samples: list[Sample], methods: Sequence[str]) -> tuple[dict[str, list[dict]], list[SampleError]]:
+        """Maps of every method for a batch; a sample that fails alone becomes an error row."""
         good, x, errors = self._inputs(samples)
         if x is None:
             return {name: [] for name in methods}, errors
         try:
-            return {name: [self._attribute(name, good, x)] for name in methods}, errors
+            return {name: [row] for name, row in self._attribute(methods, good, x).items()}, errors
         except Exception as batch_error:  # noqa: BLE001 - find out whether one sample is to blame
             per_sample: dict[str, list[dict]] = {name: [] for name in methods}
             failures = []
             for i, sample in enumerate(good):
                 try:
-                    results = {name: self._attribute(name, [sample], x[i : i + 1]) for name in methods}
+                    rows = self._attribute(methods, [sample], x[i : i + 1])
                 except Exception as err:  # noqa: BLE001
                     failures.append(SampleError(sample.sample_id, f"attribution failed: {type(err).__name__}: {err}"))
                     continue
                 for name in methods:
-                    per_sample[name].append(results[name])
+                    per_sample[name].append(rows[name])
             if len(failures) == len(good):
                 raise batch_error  # every sample fails alone: not the data's fault
             return per_sample, errors + failures
 
-    def _attribute(self, name: str, samples: Sequence[Sample], x: torch.Tensor) -> dict[str, Any]:
-        method = self.methods[name]
+    def _attribute(self, methods: Sequence[str], samples: Sequence[Sample], x: torch.Tensor) -> dict[str, dict[str, Any]]:
+        """One forward pass for predictions and targets, then each method's maps and extras."""
         ids = [s.sample_id for s in samples]
         labels = torch.tensor([s.label for s in samples])
         with torch.no_grad():
             logits = self.model(x)
         predicted = logits.argmax(1)
         targets = labels.to(self.device) if self.config.target == "label" else predicted
-        row: dict[str, Any] = {"sample_ids": ids, "labels": labels.numpy(), "predicted": predicted.cpu().numpy(),
-                               "targets": targets.cpu().numpy(),
-                               "logit_before": logits.gather(1, targets[:, None]).squeeze(1).cpu().numpy()}
-        if isinstance(method, PathwayGrad):
-            maps, details = method.attribute(x, target=targets, sample_ids=ids, return_details=True)
-            row.update(kept_fraction=details.kept_fraction.cpu().numpy(),
-                       threshold=details.threshold.cpu().numpy() if details.threshold.dim() == 1 else None,
-                       logit_after=details.pruned_logit.float().cpu().numpy(),
-                       still_predicts=details.prediction_kept.cpu().numpy())
-        else:
-            maps = method.attribute(x, target=targets, sample_ids=ids)
-        row["maps"] = attribution.reduce_map(maps.float(), self.config.reduction).cpu().numpy()
-        return row
+        common = {"sample_ids": ids, "labels": labels.numpy(), "predicted": predicted.cpu().numpy(),
+                  "targets": targets.cpu().numpy(),
+                  "logit_before": logits.gather(1, targets[:, None]).squeeze(1).float().cpu().numpy()}
+        rows = {}
+        for name in methods:
+            method, row = self.methods[name], dict(common)
+            if isinstance(method, PathwayGrad):
+                maps, details = method.attribute(x, target=targets, sample_ids=ids, return_details=True)
+                row.update(kept_fraction=details.kept_fraction.cpu().numpy(),
+                           threshold=details.threshold.cpu().numpy() if details.threshold.dim() == 1 else None,
+                           logit_after=details.pruned_logit.float().cpu().numpy(),
+                           still_predicts=details.prediction_kept.cpu().numpy())
+            else:
+                maps = method.attribute(x, target=targets, sample_ids=ids)
+            row["maps"] = attribution.reduce_map(maps.float(), self.config.reduction).cpu().numpy()
+            rows[name] = row
+        return rows
 
     def _records(self, name: str, parts: list[dict[str, Any]]) -> MapRecords:
         height, width = self.spec.input_size
