@@ -145,7 +145,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=4096, help="maps (Fashion-MNIST test images)")
     parser.add_argument("--shard-size", type=int, default=512)
     parser.add_argument("--large", type=int, default=224, help="also time maps upsampled to this size (0: skip)")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--no-s3", action="store_true", help="skip the SeaweedFS run")
     parser.add_argument("--no-train", action="store_true", help="maps of a random-init model (skips ~45 s)")
     args = parser.parse_args()

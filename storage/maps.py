@@ -23,6 +23,7 @@ import io
 import json
 import logging
 import platform
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -140,6 +141,13 @@ class MapRecords:
         return pa.Table.from_arrays(arrays, schema=schema)
 
 
+def _errors_table(errors: Sequence[SampleError], shard_id: str, method: str) -> pa.Table | None:
+    if not errors:
+        return None
+    return pa.table({"sample_id": [e.sample_id for e in errors], "reason": [str(e.reason) for e in errors],
+                     "shard_id": [shard_id] * len(errors), "method": [method] * len(errors)}, schema=ERRORS_SCHEMA)
+
+
 def parquet_bytes(table: pa.Table, **overrides: Any) -> bytes:
     """``table`` as Parquet bytes with the fixed settings (one row group per shard)."""
     options = {**PARQUET_OPTIONS, **overrides}
@@ -179,9 +187,10 @@ class MapStore:
         self.fs, root = open_fs(self.url, self.storage_options)
         self.root = root.rstrip("/")
         self._zarr: dict[str, tuple] = {}  # method -> opened (maps, sample_id) arrays; not pickled
+        self._executor: ThreadPoolExecutor | None = None
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_zarr": {}}
+        return {**self.__dict__, "_zarr": {}, "_executor": None}
 
     def __repr__(self) -> str:
         return f"MapStore({self.url!r})"
@@ -245,35 +254,47 @@ class MapStore:
             if sorted(order) != sorted(list(records.sample_ids) + error_ids):
                 raise ValueError(f"shard {shard_id}: sample_ids must be exactly the mapped plus the errored ids")
 
-        files = []
-        maps_rel = f"maps/{method}/{shard_id}.parquet"
-        maps_data = parquet_bytes(records.to_table(method, shard_id))
+        # The zarr rows are compressed and written on a second thread while the Parquet file is
+        # encoded and written here (zstd releases the GIL); the commit waits for both.
+        zarr_job = None
         if shard_index is not None:
-            from storage.zarr_maps import fits, open_for_writing, write_rows
-
-            position = {sid: i for i, sid in enumerate(order)}
-            block = np.full((len(order), *records.shape), np.nan, dtype=np.float16)
-            block[[position[s] for s in records.sample_ids]] = records.maps
-            url = self.zarr_url(method)
-            arrays = self._zarr.get(method)
-            if arrays is None or not fits(arrays, int(shard_index), len(order), records.shape):
-                arrays = self._zarr[method] = open_for_writing(url, self.storage_options)  # new, or grown by the driver
-            start, stop = write_rows(url, arrays, int(shard_index), order, block, self.storage_options)
-            files.append({"path": f"zarr/{method}/maps", "rows": [start, stop], "sha256": _sha256(block.tobytes())})
-        self._put(maps_rel, maps_data)
-        files.insert(0, {"path": maps_rel, "bytes": len(maps_data), "sha256": _sha256(maps_data)})
-        if errors:
-            errors_rel = f"errors/{method}/{shard_id}.parquet"
-            table = pa.table({"sample_id": error_ids, "reason": [str(e.reason) for e in errors],
-                              "shard_id": [shard_id] * len(errors), "method": [method] * len(errors)},
-                             schema=ERRORS_SCHEMA)
-            errors_data = parquet_bytes(table)
-            self._put(errors_rel, errors_data)
-            files.insert(1, {"path": errors_rel, "bytes": len(errors_data), "sha256": _sha256(errors_data)})
+            zarr_job = self._pool().submit(self._write_zarr_rows, method, int(shard_index), order, records)
+        files = []
+        try:
+            tables = {"maps": records.to_table(method, shard_id), "errors": _errors_table(errors, shard_id, method)}
+            for kind, table in tables.items():
+                if table is None:
+                    continue
+                rel = f"{kind}/{method}/{shard_id}.parquet"
+                data = parquet_bytes(table)
+                self._put(rel, data)
+                files.append({"path": rel, "bytes": len(data), "sha256": _sha256(data)})
+        finally:
+            if zarr_job is not None:
+                files.append(zarr_job.result())
         record = {"method": method, "shard_id": shard_id, "shard_index": shard_index,
                   "n_samples": len(records), "n_errors": len(errors),
                   "sample_ids_sha256": _sha256("\n".join(order).encode()), "files": files, "committed_at": now()}
         return write_commit(self.fs, self.root, self.url, record, self.storage_options)
+
+    def _pool(self) -> ThreadPoolExecutor:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mapstore-zarr")
+        return self._executor
+
+    def _write_zarr_rows(self, method: str, shard_index: int, order: list[str], records: MapRecords) -> dict:
+        """Write the shard's zarr rows (NaN for errored samples); returns its manifest entry."""
+        from storage.zarr_maps import fits, open_for_writing, write_rows
+
+        position = {sid: i for i, sid in enumerate(order)}
+        block = np.full((len(order), *records.shape), np.nan, dtype=np.float16)
+        block[[position[s] for s in records.sample_ids]] = records.maps
+        url = self.zarr_url(method)
+        arrays = self._zarr.get(method)
+        if arrays is None or not fits(arrays, shard_index, len(order), records.shape):
+            arrays = self._zarr[method] = open_for_writing(url, self.storage_options)  # new, or grown by the driver
+        start, stop = write_rows(url, arrays, shard_index, order, block, self.storage_options)
+        return {"path": f"zarr/{method}/maps", "rows": [start, stop], "sha256": _sha256(block.tobytes())}
 
     # -- run ----------------------------------------------------------------------------------
     def write_run(self, run: Mapping[str, Any]) -> dict:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -28,28 +29,29 @@ from storage.sources.base import SampleError, Source
 log = logging.getLogger(__name__)
 
 
-def _committed_files(url: str, kind: str, method: str | None, storage_options: Mapping[str, Any] | None
-                     ) -> tuple[Any, list[str]]:
-    """(fs, paths) of the committed ``kind`` ("maps" or "errors") Parquet files, in shard order."""
+def _committed_tables(url: str, kind: str, method: str | None, storage_options: Mapping[str, Any] | None,
+                      columns: Sequence[str] | None = None) -> list[pa.Table]:
+    """The committed ``kind`` ("maps" or "errors") Parquet files, in shard order; read a few at a
+    time, since object stores answer slowly but in parallel."""
     fs, root = open_fs(url, storage_options)
-    records = read_commits(fs, root.rstrip("/"), url, method, storage_options)
-    paths = [join(root, f["path"]) for rec in records.values() for f in rec["files"]
-             if f["path"].startswith(f"{kind}/") and f["path"].endswith(".parquet")]
-    return fs, paths
+    root = root.rstrip("/")
+    records = read_commits(fs, root, url, method, storage_options)
+    rels = [f["path"] for rec in records.values() for f in rec["files"]
+            if f["path"].startswith(f"{kind}/") and f["path"].endswith(".parquet")]
 
-
-def _read_tables(fs, url: str, root_paths: list[str], columns: Sequence[str] | None,
-                 storage_options: Mapping[str, Any] | None) -> list[pa.Table]:
-    tables = []
-    for path in root_paths:
-        with storage_errors(path, "read", storage_options):
+    def read(rel: str) -> pa.Table:
+        with storage_errors(join(url, rel), "read", storage_options):
             try:
-                with fs.open(path, "rb") as fh:
-                    tables.append(pq.read_table(fh, columns=list(columns) if columns else None))
+                with fs.open(join(root, rel), "rb") as fh:
+                    return pq.read_table(fh, columns=list(columns) if columns else None)
             except pa.ArrowInvalid as err:
-                raise StorageError(f"committed file {path} under {url} is not readable Parquet (truncated or "
+                raise StorageError(f"committed file {join(url, rel)} is not readable Parquet (truncated or "
                                    f"corrupt?): {err}; delete its manifest record to recompute the shard") from None
-    return tables
+
+    if len(rels) <= 1:
+        return [read(r) for r in rels]
+    with ThreadPoolExecutor(max_workers=min(8, len(rels))) as pool:
+        return list(pool.map(read, rels))
 
 
 def read_maps_table(url: str, method: str | None = None, storage_options: Mapping[str, Any] | None = None,
@@ -57,8 +59,7 @@ def read_maps_table(url: str, method: str | None = None, storage_options: Mappin
     """The committed maps (of one method, or all) as one Arrow table, in shard order."""
     if method is not None:
         check_name("method", method)
-    fs, paths = _committed_files(url, "maps", method, storage_options)
-    tables = _read_tables(fs, url, paths, columns, storage_options)
+    tables = _committed_tables(url, "maps", method, storage_options, columns)
     if not tables:
         from storage.maps import map_schema
 
@@ -82,8 +83,7 @@ def read_maps(url: str, method: str | None = None, storage_options: Mapping[str,
 def read_errors(url: str, method: str | None = None, storage_options: Mapping[str, Any] | None = None
                 ) -> pd.DataFrame:
     """The committed errors: one row per sample that could not be processed."""
-    fs, paths = _committed_files(url, "errors", method, storage_options)
-    tables = _read_tables(fs, url, paths, None, storage_options)
+    tables = _committed_tables(url, "errors", method, storage_options)
     return (pa.concat_tables(tables) if tables else ERRORS_SCHEMA.empty_table()).to_pandas()
 
 
