@@ -1,0 +1,27 @@
+"""Classifiers: specs that describe them, the architectures they name, their
+preprocessing, and a pure-torch training loop. No file I/O (checkpoints live in
+``storage.checkpoints``).
+"""
+
+from models.preprocess import denormalize, preprocess
+from models.registry import (
+    ModelError,
+    ModelSpec,
+    available_archs,
+    build_model,
+    check_input_size,
+    fashion_mnist_spec,
+    imagenet_spec,
+)
+
+__all__ = [
+    "ModelError",
+    "ModelSpec",
+    "available_archs",
+    "build_model",
+    "check_input_size",
+    "denormalize",
+    "fashion_mnist_spec",
+    "imagenet_spec",
+    "preprocess",
+]

@@ -1,0 +1,184 @@
+"""Model checkpoints on any fsspec URL (a local path, ``s3://...``, ...).
+
+A checkpoint is one ``torch.save`` file holding only plain types and tensors::
+
+    {"format": "pathway-attribution.checkpoint", "version": 1,
+     "spec": ModelSpec.to_dict(), "state_dict": {name: tensor},
+     "metrics": {...JSON types...}, "torch_version": "...", "created": "ISO-8601 UTC"}
+
+It is read with ``torch.load(..., weights_only=True)`` only, so a checkpoint from an
+untrusted bucket cannot run code. Writes are atomic: a local file is written under a
+temporary name in the same directory and renamed; an object store gets the whole
+object in one PUT (objects appear whole or not at all).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import io
+import json
+import pickle
+import re
+import zipfile
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from models.registry import ModelError, ModelSpec, build_model
+from storage.fs import (
+    StorageError,
+    StorageNotFound,
+    open_fs,
+    redact_url,
+    storage_errors,
+    write_bytes_atomic,
+)
+
+__all__ = ["CheckpointError", "CheckpointNotFound", "load_checkpoint", "load_metrics", "put_bytes",
+           "read_checkpoint", "save_checkpoint"]
+
+FORMAT = "pathway-attribution.checkpoint"
+VERSION = 1
+
+
+class CheckpointError(StorageError):
+    """A checkpoint that cannot be written or read; the message names the (redacted) URL."""
+
+
+class CheckpointNotFound(CheckpointError, StorageNotFound):
+    """No checkpoint at the URL."""
+
+
+def _plain(value: Any, where: str = "metrics") -> Any:
+    """JSON-able plain types (numpy / torch scalars converted), so weights_only can load them."""
+    try:
+        text = json.dumps(value, default=_json_default, allow_nan=True)
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{where} must be JSON-serializable: {err}") from None
+    return json.loads(text)
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor) and obj.numel() == 1:
+        return obj.item()
+    if hasattr(obj, "item") and callable(obj.item) and getattr(obj, "ndim", 0) == 0:  # numpy scalars
+        return obj.item()
+    if hasattr(obj, "tolist") and callable(obj.tolist):  # numpy arrays, small tensors
+        return obj.tolist()
+    raise TypeError(f"{type(obj).__name__} is not JSON-serializable")
+
+
+def _safe(err: BaseException) -> str:
+    """An error's message cut short (torch's unpickling errors run to many lines)."""
+    text = " ".join(str(err).split())
+    return text if len(text) <= 300 else text[:300] + "..."
+
+
+def _open_fs(url: str, storage_options: Mapping[str, Any] | None):
+    try:
+        return open_fs(url, storage_options)
+    except CheckpointError:
+        raise
+    except StorageError as err:
+        raise CheckpointError(str(err)) from None
+
+
+def put_bytes(url: str, data: bytes, storage_options: Mapping[str, Any] | None = None) -> None:
+    """Write ``data`` to ``url`` atomically: readers see the old file or the whole new one, never a part.
+
+    For files that go next to a checkpoint (metrics JSON, plots).
+    """
+    fs, path = open_fs(url, storage_options)
+    with storage_errors(url, "write", storage_options):
+        write_bytes_atomic(fs, path, data)
+
+
+def save_checkpoint(url: str, model: nn.Module, spec: ModelSpec, storage_options: Mapping[str, Any] | None = None,
+                    metrics: Mapping[str, Any] | None = None) -> None:
+    """Save ``model``'s weights with its ``spec`` (and optional JSON-able ``metrics``) to ``url``."""
+    if not isinstance(spec, ModelSpec):
+        raise CheckpointError(f"spec must be a ModelSpec, got {type(spec).__name__}")
+    if not isinstance(model, nn.Module):
+        raise CheckpointError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    state = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
+    payload = {
+        "format": FORMAT,
+        "version": VERSION,
+        "spec": spec.to_dict(),
+        "state_dict": state,
+        "metrics": _plain(dict(metrics or {})),
+        "torch_version": str(torch.__version__),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    try:
+        put_bytes(url, buf.getvalue(), storage_options)
+    except StorageError as err:
+        raise CheckpointError(f"cannot save checkpoint: {err}") from None
+
+
+def read_checkpoint(url: str, storage_options: Mapping[str, Any] | None = None,
+                    map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """The checkpoint's raw dict (spec as a dict, state_dict, metrics), checked for format."""
+    shown = redact_url(url)
+    fs, path = _open_fs(url, storage_options)
+    try:
+        with storage_errors(url, "read checkpoint", storage_options):
+            if fs.isdir(path):
+                raise CheckpointError(f"checkpoint URL is a directory, not a file: {shown}")
+            with fs.open(path, "rb") as fh:
+                data = fh.read()
+    except StorageNotFound as err:
+        raise CheckpointNotFound(f"checkpoint not found: {shown} ({err})") from None
+    except CheckpointError:
+        raise
+    except StorageError as err:
+        raise CheckpointError(str(err)) from None
+    try:
+        payload = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, zipfile.BadZipFile, EOFError, ValueError, TypeError,
+            AttributeError, KeyError, UnicodeDecodeError) as err:
+        if isinstance(err, pickle.UnpicklingError):
+            found = re.search(r"GLOBAL (\S+)", str(err))
+            detail = f"it holds {found.group(1) if found else 'objects'}, not only plain types and tensors; " \
+                     "refusing to unpickle it"
+        else:
+            detail = f"the file is not a torch checkpoint: {type(err).__name__}: {_safe(err)}"
+        raise CheckpointError(f"not a checkpoint: {shown} ({detail})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"not a checkpoint: {shown} (a torch file, but not in format {FORMAT!r}; "
+                              "was it written by storage.checkpoints.save_checkpoint?)")
+    version = payload.get("version")
+    if not isinstance(version, int) or version > VERSION:
+        raise CheckpointError(f"checkpoint {shown} has format version {version!r}; this code reads up to {VERSION}")
+    for key in ("spec", "state_dict"):
+        if not isinstance(payload.get(key), dict):
+            raise CheckpointError(f"checkpoint {shown} is damaged: {key!r} is missing or not a dict")
+    return payload
+
+
+def load_checkpoint(url: str, storage_options: Mapping[str, Any] | None = None,
+                    map_location: str | torch.device = "cpu") -> tuple[nn.Module, ModelSpec]:
+    """Rebuild the model saved at ``url``; returns ``(model in eval mode, spec)``."""
+    shown = redact_url(url)
+    payload = read_checkpoint(url, storage_options, map_location)
+    try:
+        spec = ModelSpec.from_dict(payload["spec"])
+        model = build_model(spec)
+    except ModelError as err:
+        raise CheckpointError(f"checkpoint {shown}: {err}") from None
+    try:
+        model.load_state_dict(payload["state_dict"], strict=True)
+    except RuntimeError as err:
+        raise CheckpointError(f"checkpoint {shown}: weights do not fit arch {spec.arch!r}: {_safe(err)}") from None
+    if map_location is not None and not callable(map_location) and not isinstance(map_location, dict):
+        model = model.to(map_location)
+    return model.eval(), spec
+
+
+def load_metrics(url: str, storage_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The metrics stored inside a checkpoint."""
+    return dict(read_checkpoint(url, storage_options).get("metrics") or {})

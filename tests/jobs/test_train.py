@@ -1,0 +1,93 @@
+"""``python -m jobs.train`` end to end on a small Fashion-MNIST subset, local and on S3."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import fsspec
+import pytest
+import torch
+
+from jobs import train as train_job
+from models import fashion_mnist_spec
+from models.training import evaluate
+from storage.checkpoints import load_checkpoint, load_metrics
+from storage.sources import load_arrays, open_source
+
+ROOT = Path(__file__).resolve().parents[2]
+SMALL = ["--limit", "2000", "--epochs", "1", "--batch-size", "32", "--no-progress", "--threads", "1"]
+
+
+def _read(url: str, options: dict) -> bytes:
+    with fsspec.open(url, "rb", **options) as fh:
+        return fh.read()
+
+
+def test_trains_and_writes_checkpoint_metrics_and_plot(storage_root, monkeypatch, capsys) -> None:
+    root, options = storage_root
+    url = f"{root}/models/fm.pt"
+    argv = [*SMALL, "--output", url]
+    if options:  # S3: the options come from the environment, as on a cluster
+        monkeypatch.setenv(train_job.STORAGE_OPTIONS_ENV, json.dumps(options))
+    assert train_job.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "test accuracy" in out and url in out
+
+    model, spec = load_checkpoint(url, storage_options=options)
+    assert spec.arch == "resnet8" and spec.in_channels == 1 and spec.input_size == (28, 28)
+    assert spec.class_names == fashion_mnist_spec().class_names
+    # The spec's normalization is measured on the train split: Fashion-MNIST's known values.
+    assert spec.mean == pytest.approx(fashion_mnist_spec().mean, abs=2e-3)
+    assert spec.std == pytest.approx(fashion_mnist_spec().std, abs=2e-3)
+
+    metrics = json.loads(_read(f"{url}.metrics.json", options))
+    assert metrics["train_samples"] == 2000 and metrics["test_samples"] == 10_000 and metrics["epochs"] == 1
+    assert metrics["source"] == "fashion-mnist" and metrics["seed"] == 0
+    assert metrics["test_accuracy"] > 0.5  # chance: 0.1
+    assert load_metrics(url, storage_options=options)["test_accuracy"] == metrics["test_accuracy"]
+    assert _read(f"{url}.metrics.png", options)[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # The stored model is the trained one: it reproduces the reported accuracy.
+    test_images, test_labels, _ = load_arrays(open_source("fashion-mnist", split="test"))
+    # (abs 2e-4: another thread count may flip one borderline argmax in 10k)
+    assert evaluate(model, spec, test_images, test_labels) == pytest.approx(metrics["test_accuracy"], abs=2e-4)
+
+
+def test_limit_is_a_seeded_subset(tmp_path) -> None:
+    a, b, c = (str(tmp_path / f"{n}.pt") for n in "abc")
+    common = ["--limit", "300", "--epochs", "1", "--batch-size", "100", "--no-progress", "--test-split", "none",
+              "--threads", "1"]
+    assert train_job.main([*common, "--output", a]) == 0
+    assert train_job.main([*common, "--output", b]) == 0
+    assert train_job.main([*common, "--output", c, "--seed", "1"]) == 0
+    wa, wb, wc = (load_checkpoint(u)[0].fc.weight for u in (a, b, c))
+    assert torch.equal(wa, wb) and not torch.equal(wa, wc)
+    assert load_metrics(a)["test_accuracy"] is None
+
+
+def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "jobs.train", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120, env={**os.environ, **(env or {})})
+
+
+@pytest.mark.parametrize("args, code, message", [
+    (["--epochs", "0"], 2, "--epochs: expected a positive integer"),
+    (["--lr", "-1"], 2, "--lr: expected a positive number"),
+    (["--arch", "resnet9"], 2, "invalid choice: 'resnet9'"),
+    (["--source", "/nonexistent/data"], 1, "jobs.train: error: .*nonexistent/data"),
+    (["--storage-options", '{"secret": "hunter2"'], 1, "--storage-options is not valid JSON"),
+    (["--arch", "vgg16"], 1, "vgg16.*28x28"),
+])
+def test_bad_input_exits_nonzero_with_a_clear_message(tmp_path, args, code, message) -> None:
+    import re
+
+    result = _cli("--output", str(tmp_path / "x.pt"), "--limit", "64", "--epochs", "1", "--no-progress",
+                  "--threads", "1", *args)
+    assert result.returncode == code, result.stderr
+    assert re.search(message, result.stderr), result.stderr
+    assert "Traceback" not in result.stderr and "hunter2" not in result.stderr
+    assert not (tmp_path / "x.pt").exists()

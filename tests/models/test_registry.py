@@ -1,0 +1,114 @@
+"""Model specs, architectures and preprocessing."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from models import (
+    ModelError,
+    ModelSpec,
+    available_archs,
+    build_model,
+    fashion_mnist_spec,
+    imagenet_spec,
+)
+
+
+def _relu_calls(model: nn.Module, x: torch.Tensor) -> list[tuple[int, ...]]:
+    shapes: list[tuple[int, ...]] = []
+    handles = [m.register_forward_hook(lambda _m, _i, out: shapes.append(tuple(out.shape)))
+               for m in model.modules() if isinstance(m, nn.ReLU)]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return shapes
+
+
+def test_fashion_mnist_spec_defaults() -> None:
+    spec = fashion_mnist_spec()
+    assert spec.arch == "resnet8" and spec.num_classes == 10 and spec.in_channels == 1
+    assert spec.input_size == (28, 28)
+    assert spec.mean == pytest.approx((0.2860,), abs=1e-3) and spec.std == pytest.approx((0.3530,), abs=1e-3)
+    assert spec.class_names[0] == "T-shirt/top" and spec.class_names[-1] == "Ankle boot"
+
+
+def test_spec_json_round_trip() -> None:
+    spec = fashion_mnist_spec()
+    data = json.loads(json.dumps(spec.to_dict()))
+    assert ModelSpec.from_dict(data) == spec
+    assert isinstance(data["input_size"], list) and isinstance(data["mean"], list)
+
+
+def test_spec_default_class_names() -> None:
+    spec = ModelSpec("resnet8", 3, 1, (28, 28), (0.5,), (0.25,))
+    assert spec.class_names == ["0", "1", "2"]
+
+
+@pytest.mark.parametrize("changes, match", [
+    ({"num_classes": 0}, "num_classes"),
+    ({"in_channels": 3}, "one value per input channel"),
+    ({"std": (0.0,)}, "std"),
+    ({"input_size": (28,)}, "input_size"),
+    ({"class_names": ["a", "b"]}, "class_names"),
+])
+def test_spec_rejects_inconsistent_fields(changes: dict, match: str) -> None:
+    data = {**fashion_mnist_spec().to_dict(), **changes}
+    with pytest.raises(ModelError, match=match):
+        ModelSpec.from_dict(data)
+
+
+def test_from_dict_names_missing_and_unknown_fields() -> None:
+    data = fashion_mnist_spec().to_dict()
+    with pytest.raises(ModelError, match="missing.*arch"):
+        ModelSpec.from_dict({k: v for k, v in data.items() if k != "arch"})
+    with pytest.raises(ModelError, match="unknown.*colour"):
+        ModelSpec.from_dict({**data, "colour": 1})
+
+
+@pytest.mark.parametrize("arch, size, first_conv", [
+    ("resnet18", 32, "conv1"),
+    ("vgg11_bn", 32, "features.0"),
+])
+def test_torchvision_arch_with_one_channel(arch: str, size: int, first_conv: str) -> None:
+    spec = ModelSpec(arch, 7, 1, (size, size), (0.5,), (0.25,))
+    # On the meta device: the real structure and shapes, without initializing VGG's 130 M weights.
+    with torch.device("meta"):
+        model = build_model(spec).eval()
+        assert model.get_submodule(first_conv).in_channels == 1
+        assert model(torch.empty(2, 1, size, size)).shape == (2, 7)
+        assert _relu_calls(model, torch.empty(1, 1, size, size)), "the attribution method needs nn.ReLU modules"
+
+
+def test_resnet50_has_49_relu_calls() -> None:
+    model = build_model(imagenet_spec("resnet50", input_size=(64, 64))).eval()
+    assert len(_relu_calls(model, torch.randn(1, 3, 64, 64))) == 49
+
+
+def test_unknown_arch_and_too_small_input_are_clear_errors() -> None:
+    with pytest.raises(ModelError, match="unknown arch 'resnet9'.*resnet8"):
+        build_model(ModelSpec("resnet9", 10, 1, (28, 28), (0.5,), (0.25,)))
+    with pytest.raises(ModelError, match="vgg16.*28x28"):
+        build_model(ModelSpec("vgg16", 10, 1, (28, 28), (0.5,), (0.25,)))
+
+
+def test_pretrained_resnet8_is_refused() -> None:
+    with pytest.raises(ModelError, match="no pretrained weights"):
+        build_model(fashion_mnist_spec(), pretrained=True)
+
+
+def test_available_archs_lists_only_relu_networks() -> None:
+    archs = available_archs()
+    assert {"resnet8", "resnet18", "resnet50", "vgg16", "vgg16_bn"} <= set(archs)
+    assert not any(a.startswith(("densenet", "mobilenet")) for a in archs)
+
+
+def test_imagenet_spec_has_names_without_download() -> None:
+    spec = imagenet_spec("resnet18")
+    assert spec.num_classes == 1000 and len(spec.class_names) == 1000 and spec.class_names[0] == "tench"

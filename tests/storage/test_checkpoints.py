@@ -1,0 +1,152 @@
+"""Checkpoints: round trip on local disk and S3, weights-only loading, clear errors."""
+
+from __future__ import annotations
+
+import io
+import os
+
+import fsspec
+import numpy as np
+import pytest
+import torch
+
+from models import ModelSpec, build_model, fashion_mnist_spec
+from storage.checkpoints import (
+    CheckpointError,
+    CheckpointNotFound,
+    load_checkpoint,
+    load_metrics,
+    read_checkpoint,
+    save_checkpoint,
+)
+
+
+def _trained_looking_model(spec: ModelSpec) -> torch.nn.Module:
+    """A model whose every parameter and buffer differs from a fresh init (BN stats too)."""
+    model = build_model(spec)
+    with torch.no_grad():
+        for t in list(model.parameters()) + [b for b in model.buffers() if b.is_floating_point()]:
+            t.add_(torch.rand_like(t) * 0.1)
+    model.train()
+    model(torch.randn(8, spec.in_channels, *spec.input_size))  # moves running stats, num_batches_tracked
+    return model
+
+
+def test_round_trip_gives_identical_outputs(storage_root: tuple[str, dict]) -> None:
+    root, options = storage_root
+    spec = fashion_mnist_spec()
+    model = _trained_looking_model(spec).eval()
+    url = f"{root}/models/net.pt"
+    save_checkpoint(url, model, spec, storage_options=options, metrics={"test_accuracy": np.float32(0.9), "epochs": 3})
+
+    loaded, loaded_spec = load_checkpoint(url, storage_options=options)
+    assert loaded_spec == spec
+    assert not loaded.training
+    x = torch.randn(5, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+    for (k, a), (k2, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert k == k2 and torch.equal(a, b)
+    metrics = load_metrics(url, storage_options=options)
+    assert metrics["epochs"] == 3 and metrics["test_accuracy"] == pytest.approx(0.9)
+
+
+def test_overwrite_replaces_whole_file_and_leaves_no_temp(tmp_path) -> None:
+    spec = fashion_mnist_spec()
+    url = str(tmp_path / "deep" / "dir" / "net.pt")
+    save_checkpoint(url, build_model(spec), spec)
+    second = _trained_looking_model(spec)
+    save_checkpoint(url, second, spec)
+    assert sorted(os.listdir(tmp_path / "deep" / "dir")) == ["net.pt"]
+    loaded, _ = load_checkpoint(url)
+    assert torch.equal(loaded.conv1.weight, second.conv1.weight)
+
+
+def test_checkpoint_holds_only_plain_types(tmp_path) -> None:
+    spec = fashion_mnist_spec()
+    url = str(tmp_path / "net.pt")
+    save_checkpoint(url, build_model(spec), spec, metrics={"curve": [[1, np.float64(0.5)]]})
+    with open(url, "rb") as fh:
+        payload = torch.load(fh, weights_only=True)
+    assert payload["spec"] == spec.to_dict()
+    assert payload["metrics"] == {"curve": [[1, 0.5]]}
+    assert all(isinstance(v, torch.Tensor) for v in payload["state_dict"].values())
+
+
+def test_missing_checkpoint_names_url(storage_root: tuple[str, dict]) -> None:
+    root, options = storage_root
+    with pytest.raises(CheckpointNotFound, match="checkpoint not found: .*nope.pt") as info:
+        load_checkpoint(f"{root}/nope.pt", storage_options=options)
+    assert isinstance(info.value, FileNotFoundError)
+    with pytest.raises(CheckpointError, match="directory"):
+        save_checkpoint(f"{root}/d/net.pt", build_model(fashion_mnist_spec()), fashion_mnist_spec(),
+                        storage_options=options)
+        load_checkpoint(f"{root}/d", storage_options=options)
+
+
+def test_not_a_checkpoint(tmp_path) -> None:
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"definitely not a zip")
+    with pytest.raises(CheckpointError, match=f"not a checkpoint: {junk}"):
+        load_checkpoint(str(junk))
+    other = tmp_path / "other.pt"
+    torch.save({"weights": torch.zeros(2)}, other)
+    with pytest.raises(CheckpointError, match="not a checkpoint.*format"):
+        load_checkpoint(str(other))
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+def test_pickled_code_is_refused(tmp_path) -> None:
+    url = tmp_path / "evil.pt"
+    torch.save({"format": "pathway-attribution.checkpoint", "version": 1, "evil": _Evil()}, url)
+    with pytest.raises(CheckpointError, match="not a checkpoint.*posix.system.*refusing"):
+        load_checkpoint(str(url))
+
+
+def test_unknown_arch_is_named(tmp_path) -> None:
+    spec = fashion_mnist_spec()
+    url = str(tmp_path / "net.pt")
+    save_checkpoint(url, build_model(spec), spec)
+    payload = read_checkpoint(url)
+    payload["spec"]["arch"] = "resnet9000"
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    with open(url, "wb") as fh:
+        fh.write(buf.getvalue())
+    with pytest.raises(CheckpointError, match=f"{url}.*unknown arch 'resnet9000'"):
+        load_checkpoint(url)
+
+
+def test_weights_that_do_not_fit(tmp_path) -> None:
+    spec = fashion_mnist_spec()
+    url = str(tmp_path / "net.pt")
+    save_checkpoint(url, build_model(spec.replace(num_classes=3, class_names=[])), spec)
+    with pytest.raises(CheckpointError, match="weights do not fit arch 'resnet8'"):
+        load_checkpoint(url)
+
+
+def test_errors_never_show_credentials(s3_server) -> None:
+    options = {**s3_server.storage_options, "secret": "wrong-secret-xyz"}
+    url = s3_server.url("creds", "net.pt")
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(url, storage_options=options)
+    text = str(info.value)
+    assert url in text
+    assert "wrong-secret-xyz" not in text and s3_server.key not in text
+    with pytest.raises(CheckpointError) as info:
+        save_checkpoint(url, build_model(fashion_mnist_spec()), fashion_mnist_spec(), storage_options=options)
+    assert "wrong-secret-xyz" not in str(info.value)
+
+
+def test_s3_object_is_written_in_one_put(s3_server) -> None:
+    """No temp object is left beside the checkpoint on an object store."""
+    spec = fashion_mnist_spec()
+    prefix = s3_server.url("one-put")
+    save_checkpoint(f"{prefix}/net.pt", build_model(spec), spec, storage_options=s3_server.storage_options)
+    fs, path = fsspec.core.url_to_fs(prefix, **s3_server.storage_options)
+    fs.invalidate_cache()
+    assert [p.rsplit("/", 1)[-1] for p in fs.ls(path)] == ["net.pt"]
