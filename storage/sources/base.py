@@ -112,9 +112,9 @@ def to_uint8_hwc(image: Any) -> np.ndarray:
         arr = np.clip(np.asarray(image, dtype=np.float64), 0, 255).astype(np.uint8)
     elif mode == "LA":
         arr = np.asarray(image.convert("L"), dtype=np.uint8)
-    elif mode == "P":
-        rgba = image.convert("RGBA") if "transparency" in image.info else image.convert("RGB")
-        arr = np.asarray(rgba.convert("RGB") if rgba.mode == "RGBA" else rgba, dtype=np.uint8)
+    elif mode == "P":  # via RGBA where the palette has transparency, so Pillow resolves it first
+        arr = np.asarray(image.convert("RGBA" if "transparency" in image.info else "RGB").convert("RGB"),
+                         dtype=np.uint8)
     else:
         arr = np.asarray(image if mode == "RGB" else image.convert("RGB"), dtype=np.uint8)
     if arr.ndim == 2:

@@ -57,8 +57,9 @@ class ParquetSource(Source):
                 raise StorageError(f"no .parquet files under {self.url}")
             marked = [r for r in rel if _split_words(r)]
             if marked:
-                aliases = set(split_aliases(split))
-                chosen = [r for r in rel if _split_words(r) & aliases]
+                chosen = []
+                for alias in split_aliases(split):  # "test" falls back to "val" only where there is no test split
+                    chosen = chosen or [r for r in rel if alias in _split_words(r)]
                 if not chosen:
                     have = sorted(set().union(*(_split_words(r) for r in marked)))
                     raise StorageError(f"{self.url} holds Parquet files for splits {have} but not {split!r}")

@@ -135,6 +135,7 @@ def test_parquet_round_trip(storage_root, fmnist, variant):
                   hf_struct=variant == "hf_struct", sample_ids=variant == "sample_ids", corrupt_rows=(9,))
     write_parquet(join(url, "data", "test-00001.parquet"), options, images[20:], labels[20:])
     write_parquet(join(url, "data", "train-00000.parquet"), options, images[:3], labels[:3])
+    write_parquet(join(url, "data", "validation-00000.parquet"), options, images[:2], labels[:2])
     source = open_source(url, storage_options=options)
     assert isinstance(source, ParquetSource) and source.files == ["data/test-00000.parquet", "data/test-00001.parquet"]
     refs = source.list()
@@ -149,6 +150,7 @@ def test_parquet_round_trip(storage_root, fmnist, variant):
             np.testing.assert_array_equal(g.image, images[i])
             assert g.label == labels[i]
     assert len(open_source(url, storage_options=options, split="train").list()) == 3
+    assert len(open_source(url, storage_options=options, split="validation").list()) == 2
 
 
 def test_parquet_reads_only_needed_row_groups(tmp_path, fmnist, monkeypatch):
