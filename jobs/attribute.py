@@ -94,7 +94,9 @@ def start_ray(address: str | None) -> None:
     import ray
 
     address = address or os.environ.get("RAY_ADDRESS")
-    if address:
+    if ray.is_initialized():  # called in-process (tests, notebooks) with Ray already up: reuse it
+        pass
+    elif address:
         ray.init(address=address, log_to_driver=True)
     else:
         ray.init(include_dashboard=False, log_to_driver=True)

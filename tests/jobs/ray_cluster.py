@@ -1,0 +1,199 @@
+"""Helpers for the Ray job tests: a tiny real checkpoint, image folders, process trees, a `ray start` head.
+
+Everything here is real: the checkpoint is trained on Fashion-MNIST, the head is a real
+``ray start --head`` on loopback, and processes are found through /proc and killed by pid.
+Only processes that descend from a pid we started (or from this test process) are touched,
+so other Ray clusters on a shared machine are left alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from tests.servers import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+_CHECKPOINTS: dict[str, str] = {}
+
+
+def tiny_checkpoint(directory: Path, n: int = 1000) -> str:
+    """A resnet8 trained for 1 epoch on ``n`` Fashion-MNIST train images (seeded); trained once per process."""
+    key = str(directory)
+    if key not in _CHECKPOINTS:
+        import torch
+
+        from models import fashion_mnist_spec
+        from models.training import train_classifier
+        from storage.checkpoints import save_checkpoint
+        from storage.sources import load_arrays, open_source
+
+        source = open_source("fashion-mnist", split="train")
+        images, labels, _ = load_arrays(source, source.list()[:n])
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            model, _metrics = train_classifier(fashion_mnist_spec(), images, labels, epochs=1, batch_size=100,
+                                               lr=0.05, seed=0, device="cpu", progress=False, num_threads=1)
+        finally:
+            torch.set_num_threads(threads)
+        path = str(directory / "resnet8-tiny.pt")
+        save_checkpoint(path, model.cpu(), fashion_mnist_spec())
+        _CHECKPOINTS[key] = path
+    return _CHECKPOINTS[key]
+
+
+def fmnist_test(n: int, start: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Fashion-MNIST test images [start, start+n) as uint8 [n, 28, 28, 1] and their labels."""
+    from storage.sources import load_arrays, open_source
+
+    source = open_source("fashion-mnist", split="test")
+    images, labels, _ = load_arrays(source, source.list()[start:start + n])
+    return images, labels
+
+
+def png(image: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(image[:, :, 0]).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def write_folder(url: str, options: dict, images: np.ndarray, labels: np.ndarray, first: int = 0,
+                 extra: dict[str, bytes] | None = None) -> list[str]:
+    """``url/<class>/<first+i>.png`` for every image, plus ``extra`` {relative path: bytes}; returns the paths."""
+    from storage.fs import join, open_fs
+    from storage.sources import FASHION_MNIST_CLASSES
+
+    fs, root = open_fs(url, options)
+    files = {f"{FASHION_MNIST_CLASSES[int(y)].replace('/', '-')}/{first + i:05d}.png": png(im)
+             for i, (im, y) in enumerate(zip(images, labels))}
+    files.update(extra or {})
+    for rel, data in files.items():
+        path = join(root, rel)
+        if fs.protocol in ("file", "local") or "file" in fs.protocol:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+        fs.pipe_file(path, data)
+    return sorted(files)
+
+
+# -- processes -------------------------------------------------------------------------------
+def _ppid(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as fh:
+            return int(fh.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def descendants(root: int) -> list[int]:
+    """Pids of every live process below ``root`` (children, grandchildren...), from /proc."""
+    parents = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            ppid = _ppid(int(entry))
+            if ppid is not None:
+                parents[int(entry)] = ppid
+    found, frontier = [], {root}
+    while frontier:
+        children = {pid for pid, ppid in parents.items() if ppid in frontier and pid not in found}
+        found.extend(sorted(children))
+        frontier = children
+    return found
+
+
+def cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            return fh.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def worker_pids(root: int, needle: str = "ShardAttributor") -> list[int]:
+    """Ray worker processes below ``root`` whose title (Ray rewrites argv) names ``needle``."""
+    return [pid for pid in descendants(root) if needle in cmdline(pid)]
+
+
+def kill_tree(root: int) -> None:
+    """SIGKILL ``root`` and everything below it (a node that vanishes)."""
+    pids = [root, *descendants(root)]
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.1):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def short_tmp(prefix: str) -> str:
+    """A fresh short directory under /tmp: Ray's unix sockets must fit in 107 characters."""
+    return tempfile.mkdtemp(prefix=prefix, dir="/tmp")
+
+
+def job_env(ray_tmp: str, **extra: str) -> dict[str, str]:
+    """Environment for a job subprocess: its own Ray temp dir (never joins another cluster on the machine)."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update(RAY_TMPDIR=ray_tmp, PYTHONPATH=str(ROOT), PATH=f"{Path(sys.executable).parent}:{env.get('PATH', '')}")
+    env.update(extra)
+    return env
+
+
+@contextlib.contextmanager
+def ray_head(num_cpus: int = 2) -> Iterator[tuple[str, dict[str, str]]]:
+    """A real head on loopback: ``ray start --head --block`` with auth disabled and a fresh temp dir.
+
+    Yields (dashboard URL, env for clients). ``--block`` keeps every Ray daemon a child of the
+    process we started, so teardown kills exactly that tree (``ray stop`` would stop every Ray
+    of this user on the machine, other people's included).
+    """
+    import urllib.error
+    import urllib.request
+
+    temp = short_tmp("rh")
+    env = job_env(temp, RAY_AUTH_MODE="disabled")
+    dash = free_port()
+    start = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
+             f"--port={free_port()}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
+             f"--temp-dir={temp}", f"--num-cpus={num_cpus}", "--num-gpus=0", "--disable-usage-stats"]
+    log = open(os.path.join(temp, "ray-start.log"), "wb")
+    process = subprocess.Popen(start, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{dash}"
+
+    def ready() -> bool:
+        if process.poll() is not None:
+            raise RuntimeError(f"ray start exited with {process.returncode}: "
+                               f"{Path(temp, 'ray-start.log').read_text()[-2000:]}")
+        try:
+            with urllib.request.urlopen(f"{url}/api/version", timeout=2) as response:
+                return response.status == 200
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            return False
+
+    try:
+        wait_for(ready, 120, "the Ray head's dashboard", interval=0.5)
+        yield url, env
+    finally:
+        kill_tree(process.pid)
+        process.wait(timeout=30)
+        log.close()
+        shutil.rmtree(temp, ignore_errors=True)

@@ -1,0 +1,268 @@
+"""``python -m jobs.attribute`` on a real local Ray cluster, with real SeaweedFS S3 and real faults.
+
+One Ray session (started here, on loopback, in a fresh temp dir) serves every in-process run;
+runs in a subprocess or through ``ray job submit`` start their own Ray. Faults are real: the
+worker and the driver are SIGKILLed by pid (found in /proc below the process we started).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from jobs import attribute
+from storage.fs import join, open_fs
+from storage.maps import MapStore
+from storage.reader import maps_array, read_errors, read_maps, read_run
+from storage.sources import open_source
+from tests.jobs.ray_cluster import ROOT, fmnist_test, job_env, kill_tree, png, ray_head, short_tmp, \
+    tiny_checkpoint, wait_for, worker_pids, write_folder
+
+METHODS = ("pathway", "gradient")
+# The plan every Fashion-MNIST run here uses: 8 shards of 50 samples, so a fault lands mid-job.
+FM = ["--limit", "400", "--shard-size", "50", "--batch-size", "25", "--workers", "1", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> str:
+    return tiny_checkpoint(tmp_path_factory.mktemp("checkpoint"))
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    """One local Ray for the in-process runs; jobs.attribute reuses it instead of starting its own."""
+    import ray
+
+    temp = short_tmp("rt")
+    ray.init(address="local", num_cpus=2, num_gpus=0, include_dashboard=False, _temp_dir=temp,
+             log_to_driver=False)
+    yield ray
+    ray.shutdown()
+    shutil.rmtree(temp, ignore_errors=True)
+
+
+def source_ids(url: str = "fashion-mnist", options: dict | None = None, limit: int | None = None) -> list[str]:
+    ids = [r.sample_id for r in open_source(url, storage_options=options).list()]
+    return ids[:limit] if limit else ids
+
+
+def check_exactly_once(url: str, options: dict | None, expected: list[str]) -> dict[str, object]:
+    """Every expected sample appears once per method, in maps or in errors; zarr rows equal the Parquet maps."""
+    frames = {}
+    for method in METHODS:
+        maps, errors = read_maps(url, method, options), read_errors(url, method, options)
+        seen = list(maps.sample_id) + list(errors.sample_id)
+        assert len(seen) == len(set(seen)), f"{method}: a sample appears twice"
+        assert sorted(seen) == sorted(expected), f"{method}: samples missing or extra"
+        zarr_maps = maps_array(url, method, options)
+        row = {sid: i for i, sid in enumerate(expected)}  # plans here follow source order
+        stored = zarr_maps[: len(expected)]
+        for sid, m in zip(maps["sample_id"], maps["map"]):
+            np.testing.assert_array_equal(stored[row[sid]], m)
+        for sid in errors.sample_id:
+            assert np.isnan(stored[row[sid]]).all()
+        frames[method] = maps
+    return frames
+
+
+def parquet_bytes(url: str, options: dict | None) -> dict[str, bytes]:
+    fs, root = open_fs(url, options)
+    return {f"{m}/{shard}": fs.cat_file(join(root, "maps", m, f"{shard}.parquet"))
+            for m in METHODS for shard in MapStore(url, options).committed(m)}
+
+
+def commit_times(url: str, options: dict | None = None) -> dict[str, str]:
+    return {key: rec["committed_at"] for key, rec in MapStore(url, options).committed().items()}
+
+
+def first_commit(url: str) -> bool:
+    return os.path.isdir(os.path.join(url, "manifest", "pathway")) and any(
+        name.endswith(".json") for name in os.listdir(os.path.join(url, "manifest", "pathway")))
+
+
+@pytest.fixture(scope="module")
+def reference(checkpoint, ray_session, s3_server, tmp_path_factory) -> dict:
+    """The undisturbed run: Fashion-MNIST from local disk to s3://, credentials from the environment."""
+    url, options = s3_server.url("maps-e2e"), s3_server.storage_options
+    os.environ["STORAGE_OPTIONS"] = json.dumps(options)
+    try:
+        code = attribute.main(["--checkpoint", checkpoint, "--output", url, *FM])
+    finally:
+        del os.environ["STORAGE_OPTIONS"]
+    return {"url": url, "options": options, "code": code}
+
+
+def test_end_to_end_to_s3(reference, checkpoint) -> None:
+    url, options = reference["url"], reference["options"]
+    assert reference["code"] == 0
+    expected = source_ids(limit=400)
+    frames = check_exactly_once(url, options, expected)
+    assert list(frames["pathway"].sample_id) == expected  # shard order is source order
+    assert frames["pathway"].kept_fraction.between(0, 1).all() and frames["gradient"].kept_fraction.isna().all()
+    run = read_run(url, options)
+    assert run["status"] == "complete" and run["maps"] == 2 * 400 and run["errors"] == 0
+    assert run["config"]["checkpoint"] == checkpoint and "storage_options" not in run["config"]
+    assert options["secret"] not in json.dumps(run)
+    fs, root = open_fs(url, options)
+    assert fs.cat_file(join(root, "examples.png"))[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_worker_killed_mid_job(reference, checkpoint, ray_session, tmp_path, capsys) -> None:
+    """SIGKILL the actor after the first commit: Ray restarts it and retries its shard; same bytes."""
+    out = str(tmp_path / "maps")
+    killed: list[int] = []
+
+    def killer() -> None:
+        wait_for(lambda: first_commit(out), 120, "the first commit")
+        pids = wait_for(lambda: worker_pids(os.getpid()), 30, "the ShardAttributor actor process")
+        os.kill(pids[0], 9)
+        killed.append(pids[0])
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    assert attribute.main(["--checkpoint", checkpoint, "--output", out, *FM]) == 0
+    thread.join(timeout=5)
+    assert killed, "the worker was not killed"
+    printed = capsys.readouterr().out
+    workers = set(re.findall(r"worker \S+:(\d+):cpu", printed))
+    assert workers - {str(killed[0])}, printed  # a restarted actor finished the job
+    assert not os.path.exists(f"/proc/{killed[0]}")
+    check_exactly_once(out, None, source_ids(limit=400))
+    assert parquet_bytes(out, None) == parquet_bytes(reference["url"], reference["options"])
+
+
+def test_driver_killed_then_rerun_finishes_missing_shards(checkpoint, ray_session, tmp_path, capsys) -> None:
+    out = str(tmp_path / "maps")
+    command = [sys.executable, "-m", "jobs.attribute", "--checkpoint", checkpoint, "--output", out, *FM]
+    ray_tmp = short_tmp("rd")
+    driver = subprocess.Popen(command, cwd=ROOT, env=job_env(ray_tmp), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for(lambda: first_commit(out) or driver.poll() is not None, 180, "the first commit")
+        assert driver.poll() is None, driver.stdout.read().decode()[-3000:]
+        kill_tree(driver.pid)  # the driver and the Ray it started vanish at once
+        driver.wait(timeout=30)
+    finally:
+        kill_tree(driver.pid)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    before = commit_times(out)
+    done = {key.split("/")[1] for key in before if key.startswith("pathway/")}
+    assert 1 <= len(done) < 8, f"killed too late to test a resume: {sorted(before)}"
+
+    assert attribute.main(command[3:]) == 0  # the same command line, again
+    printed = capsys.readouterr().out
+    skipped = int(re.search(r"(\d+) already committed, (\d+) to do", printed).group(1))
+    gradient_done = {key.split("/")[1] for key in before if key.startswith("gradient/")}
+    assert skipped == len(done & gradient_done)  # a shard is skipped when all its methods are committed
+    after = commit_times(out)
+    assert {k: after[k] for k in before} == before  # committed shards were not recomputed
+    assert len(after) == 2 * 8
+    check_exactly_once(out, None, source_ids(limit=400))
+
+
+def test_new_source_files_are_processed_incrementally(checkpoint, ray_session, s3_server, tmp_path, capsys
+                                                      ) -> None:
+    """An image folder on S3 grows: the rerun maps only the new files, in new shards."""
+    src, options = s3_server.url("folder-incremental"), s3_server.storage_options
+    out = str(tmp_path / "maps")
+    images, labels = fmnist_test(42)
+    write_folder(src, options, images[:30], labels[:30])
+    args = ["--source", src, "--checkpoint", checkpoint, "--output", out, "--shard-size", "10", "--batch-size",
+            "10", "--workers", "1", "--no-progress", "--storage-options", json.dumps(options)]
+    assert attribute.main(args) == 0
+    assert "30 samples in 3 shards (3 new); 0 already committed, 3 to do" in capsys.readouterr().out
+    before = commit_times(out)
+
+    write_folder(src, options, images[30:], labels[30:], first=30)
+    assert attribute.main(args) == 0
+    printed = capsys.readouterr().out
+    assert "42 samples in 5 shards (2 new); 3 already committed, 2 to do" in printed
+    assert "this run: 12 samples" in printed
+    after = commit_times(out)
+    assert {k: after[k] for k in before} == before and len(after) == 2 * 5
+    # The planned order of a grown folder is old files first, then new ones: check against the plan.
+    from storage.plan import read_plan
+
+    planned = [r.sample_id for shard in read_plan(out)[0] for r in shard.refs]
+    assert sorted(planned) == sorted(source_ids(src, options))
+    check_exactly_once(out, None, planned)
+
+
+def test_corrupt_images_become_error_rows(checkpoint, ray_session, tmp_path, capsys) -> None:
+    src, out = str(tmp_path / "folder"), str(tmp_path / "maps")
+    images, labels = fmnist_test(20)
+    good = png(images[0])
+    files = write_folder(src, {}, images, labels, extra={
+        "Bag/truncated.png": good[: len(good) // 2],
+        "Coat/random.png": np.random.default_rng(0).integers(0, 256, 300, dtype=np.uint8).tobytes(),
+    })
+    code = attribute.main(["--source", src, "--checkpoint", checkpoint, "--output", out, "--shard-size", "8",
+                           "--workers", "1", "--no-progress"])
+    assert code == 0
+    assert "40 maps and 4 error rows committed" in capsys.readouterr().out
+    planned = [r.sample_id for r in open_source(src).list()]
+    assert sorted(planned) == sorted(files)
+    check_exactly_once(out, None, planned)
+    for method in METHODS:
+        errors = read_errors(out, method)
+        assert sorted(errors.sample_id) == ["Bag/truncated.png", "Coat/random.png"]
+        assert errors.reason.str.startswith("cannot decode image").all()
+        assert len(read_maps(out, method, columns=["sample_id"])) == 20
+
+
+@pytest.mark.parametrize("case", ["checkpoint missing", "wrong S3 credentials", "output not writable"])
+def test_failures_not_caused_by_data_exit_1_fast(case, checkpoint, s3_server, tmp_path, capfd, monkeypatch
+                                                  ) -> None:
+    """Errors of setup, not of samples: one clear line on stderr, exit 1, before any Ray work."""
+    args = ["--checkpoint", checkpoint, "--output", str(tmp_path / "maps"), *FM]
+    secret = "wrong-secret-Zq81x"
+    if case == "checkpoint missing":
+        args[1] = str(tmp_path / "absent.pt")
+        expected = r"absent\.pt"
+    elif case == "wrong S3 credentials":
+        args[3] = s3_server.url("maps-denied")
+        monkeypatch.setenv("STORAGE_OPTIONS", json.dumps({**s3_server.storage_options, "secret": secret}))
+        expected = r"s3://.*maps-denied.*credentials"
+    else:
+        (tmp_path / "file").write_text("a file, not a directory")
+        args[3] = str(tmp_path / "file" / "maps")
+        expected = r"file/maps"
+    start = time.perf_counter()
+    assert attribute.main(args) == 1
+    seconds = time.perf_counter() - start
+    captured = capfd.readouterr()
+    lines = [line for line in captured.err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("jobs.attribute: error: "), captured.err
+    assert re.search(expected, lines[0]), lines[0]
+    assert secret not in captured.err + captured.out and s3_server.secret not in captured.err + captured.out
+    assert seconds < 30, f"{case}: took {seconds:.1f} s to fail"
+    assert "Started a local Ray" not in captured.err + captured.out
+
+
+def test_ray_job_submit(checkpoint, tmp_path) -> None:
+    """The unchanged entrypoint under ``ray job submit --working-dir .`` against a real head (auth off)."""
+    out = str(tmp_path / "maps")
+    with ray_head() as (address, env):
+        ray = os.path.join(os.path.dirname(sys.executable), "ray")
+        submit = [ray, "job", "submit", "--address", address, "--working-dir", str(ROOT), "--submission-id",
+                  "attribute-test-1", "--", "python", "-m", "jobs.attribute", "--checkpoint", checkpoint,
+                  "--output", out, "--limit", "100", "--shard-size", "50", "--workers", "2", "--no-progress"]
+        for _ in range(60):  # the dashboard answers a little before its job agent is up
+            result = subprocess.run(submit, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+            if "No available agent to submit job" not in result.stderr:
+                break
+            time.sleep(1)
+        assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+        assert "succeeded" in result.stdout
+        assert "already committed" in result.stdout
+    check_exactly_once(out, None, source_ids(limit=100))
+    assert read_run(out)["status"] == "complete"
