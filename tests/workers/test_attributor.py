@@ -1,0 +1,115 @@
+"""workers.attributor.ShardAttributor in-process (no Ray): one shard -> committed, deterministic output."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from storage.fs import join, open_fs
+from storage.maps import MapStore
+from storage.plan import update_plan
+from storage.reader import maps_array, read_errors, read_maps
+from storage.sources import open_source
+from tests.jobs.ray_cluster import fmnist_test, png, tiny_checkpoint, write_folder
+from workers.attributor import JobConfig, ShardAttributor
+
+METHODS = {"pathway": {}, "gradient": {}}
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> str:
+    return tiny_checkpoint(tmp_path_factory.mktemp("checkpoint"))
+
+
+def prepare(source: str, output: str, checkpoint: str, options: dict, shard_size: int, limit: int | None = None):
+    """What the driver does before workers start: plan shards and create the zarr arrays."""
+    refs = open_source(source, storage_options=options or None).list()
+    plan, _ = update_plan(output, refs[:limit] if limit else refs, shard_size, options or None)
+    store = MapStore(output, options or None)
+    for name in METHODS:
+        store.ensure_zarr(name, plan.total_rows, (28, 28), shard_size)
+    config = JobConfig(source=source, checkpoint=checkpoint, output=output, methods=METHODS, batch_size=8,
+                       device="cpu", storage_options=options)
+    return plan, config.to_dict()
+
+
+def shard_args(shard) -> tuple:
+    return shard.index, shard.shard_id, [[r.sample_id, r.locator] for r in shard.refs]
+
+
+def test_shard_is_committed_and_a_retry_rewrites_the_same_bytes(storage_root, checkpoint) -> None:
+    url, options = storage_root
+    plan, config = prepare("fashion-mnist", url, checkpoint, options, shard_size=12, limit=24)
+    worker = ShardAttributor(config, threads=1)
+    result = worker.process_shard(*shard_args(plan.shards[1]))
+    assert (result.shard_id, result.samples, result.errors) == ("000001", 12, 0)
+    store = MapStore(url, options or None)
+    assert {m: sorted(store.committed(m)) for m in METHODS} == {m: ["000001"] for m in METHODS}
+    fs, root = open_fs(url, options or None)
+    first = {m: fs.cat_file(join(root, "maps", m, "000001.parquet")) for m in METHODS}
+    maps = read_maps(url, "pathway", options or None)
+    assert list(maps.sample_id) == [r.sample_id for r in plan.shards[1].refs]
+    rows = maps_array(url, "pathway", options or None)[:]
+    assert np.isnan(rows[:12]).all()  # shard 0 not written
+    np.testing.assert_array_equal(rows[12:24], np.stack(maps["map"]))
+
+    # A retry (e.g. after the actor died before Ray saw the result), by a fresh replica: same bytes.
+    again = ShardAttributor(config, threads=1).process_shard(*shard_args(plan.shards[1]))
+    assert again.samples == 12
+    assert {m: fs.cat_file(join(root, "maps", m, "000001.parquet")) for m in METHODS} == first
+
+
+def test_ray_data_batch_interface_and_method_subset(tmp_path, checkpoint) -> None:
+    """__call__ takes the driver's rows (one shard each) and returns one summary row per shard."""
+    url = str(tmp_path / "maps")
+    plan, config = prepare("fashion-mnist", url, checkpoint, {}, shard_size=5, limit=10)
+    worker = ShardAttributor(config, threads=1)
+    batch = {"shard_index": np.array([0, 1]), "shard_id": np.array(["000000", "000001"]),
+             "refs": np.array([json.dumps(shard_args(s)[2]) for s in plan.shards]),
+             "methods": np.array([json.dumps(["gradient"]), json.dumps(["gradient"])])}
+    out = worker(batch)
+    assert list(out["shard_id"]) == ["000000", "000001"] and list(out["samples"]) == [5, 5]
+    assert set(out) == {"shard_id", "samples", "errors", "seconds", "worker"}
+    store = MapStore(url)
+    assert sorted(store.committed("gradient")) == ["000000", "000001"] and store.committed("pathway") == {}
+
+
+def test_undecodable_samples_become_errors_and_the_rest_is_mapped(tmp_path, checkpoint) -> None:
+    src, url = str(tmp_path / "folder"), str(tmp_path / "maps")
+    images, labels = fmnist_test(6)
+    good = png(images[0])
+    write_folder(src, {}, images, labels, extra={"Bag/zz-truncated.png": good[:40], "Bag/zz-noise.png": b"\x00" * 64})
+    plan, config = prepare(src, url, checkpoint, {}, shard_size=8)
+    worker = ShardAttributor(config, threads=1)
+    results = [worker.process_shard(*shard_args(s)) for s in plan.shards]
+    assert sum(r.samples for r in results) == 6 and sum(r.errors for r in results) == 2
+    for method in METHODS:
+        errors = read_errors(url, method)
+        assert sorted(errors.sample_id) == ["Bag/zz-noise.png", "Bag/zz-truncated.png"]
+        assert errors.reason.str.contains("cannot decode image").all()
+        maps = read_maps(url, method)
+        assert len(maps) == 6 and maps["map"].map(lambda m: np.isfinite(m).all()).all()
+
+
+def test_in_process_maps_match_the_method_called_directly(tmp_path, checkpoint) -> None:
+    """The worker's gradient maps are the method's maps, reduced and stored as float16."""
+    import attribution
+    from models.preprocess import preprocess
+    from storage.checkpoints import load_checkpoint
+
+    url = str(tmp_path / "maps")
+    plan, config = prepare("fashion-mnist", url, checkpoint, {}, shard_size=4, limit=4)
+    ShardAttributor(config, threads=1).process_shard(*shard_args(plan.shards[0]), methods=["gradient"])
+    stored = read_maps(url, "gradient")
+    model, spec = load_checkpoint(checkpoint)
+    model.eval()
+    images, _ = fmnist_test(4)
+    x = preprocess(spec, images, torch.device("cpu"))
+    target = model(x).argmax(1)
+    direct = attribution.reduce_map(attribution.get("gradient", model).attribute(x, target=target).float(),
+                                    "signed_max_abs").numpy().astype(np.float16)
+    assert list(stored.target) == target.tolist()
+    np.testing.assert_array_equal(np.stack(stored["map"]), direct)
