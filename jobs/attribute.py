@@ -113,6 +113,9 @@ def run_shards(tasks: list[dict], config: dict[str, Any], args: argparse.Namespa
 
     resources = ray.cluster_resources()
     gpus = int(resources.get("GPU", 0)) if args.device in ("auto", "cuda") else 0
+    # --device cuda asks for a GPU per actor even when the cluster has none yet: an autoscaling
+    # cluster (min 0 GPU nodes) starts them for the pending actors.
+    gpus = max(gpus, 1) if args.device == "cuda" else gpus
     workers = args.workers or max(1, gpus)
     cpus = int(resources.get("CPU", 1))
     threads = 0 if gpus else max(1, cpus // workers)
