@@ -13,6 +13,7 @@ from models.registry import (
     fashion_mnist_spec,
     imagenet_spec,
 )
+from models.training import evaluate, predict, resolve_device, train_classifier
 
 __all__ = [
     "ModelError",
@@ -21,7 +22,11 @@ __all__ = [
     "build_model",
     "check_input_size",
     "denormalize",
+    "evaluate",
     "fashion_mnist_spec",
     "imagenet_spec",
+    "predict",
     "preprocess",
+    "resolve_device",
+    "train_classifier",
 ]

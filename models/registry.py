@@ -241,7 +241,8 @@ def check_input_size(spec: ModelSpec) -> None:
         try:
             out = model(torch.empty(1, spec.in_channels, h, w))
         except (RuntimeError, ValueError) as err:
-            raise ModelError(f"arch {spec.arch!r} cannot take {h}x{w} inputs (too small): {err}") from None
+            raise ModelError(f"arch {spec.arch!r} cannot take {h}x{w} inputs: too small, choose a larger input_size "
+                             f"(images are resized to it) or a smaller arch such as resnet8 ({err})") from None
     if tuple(out.shape) != (1, spec.num_classes):
         raise ModelError(f"arch {spec.arch!r} returns shape {tuple(out.shape)} for one {h}x{w} input, "
                          f"expected (1, {spec.num_classes})")

@@ -147,7 +147,7 @@ def train_classifier(
     train_images: np.ndarray | torch.Tensor,
     train_labels: Any,
     *,
-    epochs: int = 6,
+    epochs: int = 4,
     batch_size: int = 128,
     lr: float = 0.1,
     seed: int = 0,

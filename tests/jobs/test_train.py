@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -69,25 +70,32 @@ def test_limit_is_a_seeded_subset(tmp_path) -> None:
     assert load_metrics(a)["test_accuracy"] is None
 
 
-def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "jobs.train", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=120, env={**os.environ, **(env or {})})
-
-
 @pytest.mark.parametrize("args, code, message", [
     (["--epochs", "0"], 2, "--epochs: expected a positive integer"),
     (["--lr", "-1"], 2, "--lr: expected a positive number"),
     (["--arch", "resnet9"], 2, "invalid choice: 'resnet9'"),
     (["--source", "/nonexistent/data"], 1, "jobs.train: error: .*nonexistent/data"),
     (["--storage-options", '{"secret": "hunter2"'], 1, "--storage-options is not valid JSON"),
-    (["--arch", "vgg16"], 1, "vgg16.*28x28"),
+    (["--arch", "vgg16"], 1, "vgg16.*28x28.*larger input_size"),
 ])
-def test_bad_input_exits_nonzero_with_a_clear_message(tmp_path, args, code, message) -> None:
-    import re
-
-    result = _cli("--output", str(tmp_path / "x.pt"), "--limit", "64", "--epochs", "1", "--no-progress",
-                  "--threads", "1", *args)
-    assert result.returncode == code, result.stderr
-    assert re.search(message, result.stderr), result.stderr
-    assert "Traceback" not in result.stderr and "hunter2" not in result.stderr
+def test_bad_input_exits_nonzero_with_a_clear_message(tmp_path, capsys, args, code, message) -> None:
+    argv = ["--output", str(tmp_path / "x.pt"), "--limit", "64", "--epochs", "1", "--no-progress", "--threads", "1",
+            *args]
+    try:
+        returned = train_job.main(argv)
+    except SystemExit as exit_:  # argparse
+        returned = exit_.code
+    stderr = capsys.readouterr().err
+    assert returned == code, stderr
+    assert re.search(message, stderr), stderr
+    assert "hunter2" not in stderr
     assert not (tmp_path / "x.pt").exists()
+
+
+def test_module_entry_point_reports_errors_without_traceback(tmp_path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "jobs.train", "--source", str(tmp_path / "missing"), "--output", str(tmp_path / "x.pt")],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 1
+    assert "jobs.train: error:" in result.stderr and "missing" in result.stderr
+    assert "Traceback" not in result.stderr
