@@ -156,6 +156,12 @@ def storage_errors(url: str, action: str, storage_options: Mapping[str, Any] | N
         raise translate(err, url, action, storage_options) from None
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_bytes_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
     """Write ``data`` to ``path`` so readers see no file, the old file, or the whole new one.
 
@@ -168,6 +174,7 @@ def write_bytes_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes) ->
         os.makedirs(directory, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
         try:
+            os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual permissions
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
                 fh.flush()
