@@ -38,3 +38,64 @@ def map_grid(images: Sequence[np.ndarray], maps: dict[str, Sequence[np.ndarray]]
     fig.savefig(buffer, format="png", dpi=110)
     plt.close(fig)
     return buffer.getvalue()
+
+
+def _png(fig: "plt.Figure") -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def perturbation_curves(table) -> bytes:  # noqa: ANN001 - a pandas DataFrame
+    """MoRF and LeRF panels: mean relative probability drop vs removed fraction, one line per
+    method, the random order dashed in both (it is the reference line of each panel).
+
+    ``table`` has columns method, order ("morf" / "lerf" / "random"), fraction, mean_drop.
+    """
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    methods = [m for m in dict.fromkeys(table["method"]) if m != "random"]
+    colors = {m: plt.cm.tab10(i % 10) for i, m in enumerate(methods)}
+    for ax, order, title in zip(axes, ("morf", "lerf"), ("MoRF (most relevant first)", "LeRF (least relevant first)")):
+        for method in methods:
+            rows = table[(table["method"] == method) & (table["order"] == order)].sort_values("fraction")
+            ax.plot(100 * rows["fraction"], rows["mean_drop"], "o-", ms=3, color=colors[method], label=method)
+        rows = table[table["order"] == "random"].sort_values("fraction")
+        if len(rows):
+            ax.plot(100 * rows["fraction"], rows["mean_drop"], "k--", label="random")
+        ax.set_title(title)
+        ax.set_xlabel("pixels replaced by the mean (%)")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("mean relative drop of p(class)")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def sanity_curves(table, metrics: Sequence[str]) -> bytes:  # noqa: ANN001 - a pandas DataFrame
+    """Adebayo et al.'s figure: one panel per similarity metric, x = cascading randomization
+    steps from the original model and the logits down to the first layer, one line per method
+    (mean, with a +- std band). A method that passes falls towards 0.
+
+    ``table`` has columns method, step, step_name, metric, mean, std.
+    """
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 4.2), sharey=True, squeeze=False)
+    steps = table[["step", "step_name"]].drop_duplicates().sort_values("step")
+    methods = list(dict.fromkeys(table["method"]))
+    for ax, metric in zip(axes[0], metrics):
+        for i, method in enumerate(methods):
+            rows = table[(table["method"] == method) & (table["metric"] == metric)].sort_values("step")
+            color = plt.cm.tab10(i % 10)
+            ax.plot(rows["step"], rows["mean"], "o-", ms=3, color=color, label=method)
+            std = rows["std"].fillna(0).to_numpy()
+            ax.fill_between(rows["step"], rows["mean"] - std, rows["mean"] + std, color=color, alpha=0.12)
+        ax.set_xticks(steps["step"].to_numpy())
+        ax.set_xticklabels(steps["step_name"].to_numpy(), rotation=60, ha="right", fontsize=7)
+        ax.axhline(0.0, color="gray", lw=0.8)
+        ax.set_title(metric)
+        ax.set_xlabel("randomized down to")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("similarity to the original map")
+    axes[0][-1].legend(fontsize=7)
+    fig.tight_layout()
+    return _png(fig)

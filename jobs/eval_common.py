@@ -1,0 +1,166 @@
+"""Helpers the evaluation jobs (jobs.perturb, jobs.sanity) share: method specs, samples, maps, tables.
+
+Methods are named ``[label=]name[:key=value,...]`` so one method can appear twice with
+different parameters, e.g. ``pathway_taylor=pathway:scores=taylor``; the label names the
+method in every table and plot (default: the registry name).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from jobs.train import JobError
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """One method to evaluate: its label in the outputs, its registry name, its parameters."""
+
+    label: str
+    name: str
+    params: dict[str, Any]
+
+
+def parse_method_specs(text: str) -> dict[str, MethodSpec]:
+    """``"pt=pathway:scores=taylor gradient"`` -> {label: MethodSpec}; unknown names are an error."""
+    import attribution
+
+    specs: dict[str, MethodSpec] = {}
+    for item in text.replace(";", " ").split():
+        head, _, rest = item.partition(":")
+        label, eq, name = head.partition("=")
+        if not eq:
+            label, name = head, head
+        if not label or not name:
+            raise JobError(f"--methods: cannot read {item!r}; write [label=]name[:key=value,...]")
+        if name not in attribution.available():
+            raise JobError(f"--methods: unknown method {name!r}; choose one of {', '.join(attribution.available())}")
+        params: dict[str, Any] = {}
+        for pair in filter(None, rest.split(",")):
+            key, eq, value = pair.partition("=")
+            if not eq:
+                raise JobError(f"--methods: expected key=value in {item!r}, got {pair!r}")
+            try:
+                params[key] = json.loads(value)
+            except json.JSONDecodeError:
+                params[key] = value
+        if label in specs:
+            raise JobError(f"--methods: label {label!r} appears twice; give one a label, e.g. {label}2={item}")
+        specs[label] = MethodSpec(label, name, params)
+    if not specs:
+        raise JobError("--methods names no method")
+    return specs
+
+
+def build_methods(model: Any, specs: dict[str, MethodSpec]) -> dict[str, Any]:
+    """Every method built around ``model`` (fails early on bad parameters)."""
+    import attribution
+
+    return {label: attribution.get(s.name, model, **s.params) for label, s in specs.items()}
+
+
+def sample_seeds(sample_ids: Sequence[str]) -> list[int]:
+    """A seed per sample from its id, so a random order never depends on the sharding."""
+    return [zlib.crc32(str(s).encode()) for s in sample_ids]
+
+
+def compute_maps(method: Any, x: Any, targets: Any, sample_ids: Sequence[str], reduction: str) -> np.ndarray:
+    """One method's maps for a batch, reduced to [N, H, W] float32 (like jobs.attribute stores them)."""
+    import attribution
+
+    maps = method.attribute(x, target=targets, sample_ids=list(sample_ids))
+    return attribution.reduce_map(maps.float().detach(), reduction).cpu().numpy().astype(np.float32)
+
+
+def load_samples(source: Any, limit: int | None, ids: Sequence[str] | None = None
+                 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """uint8 images, labels and ids of the first ``limit`` samples (or of ``ids``, in that order)."""
+    from storage.sources import load_arrays
+
+    refs = source.list()
+    if ids is not None:
+        by_id = {r.sample_id: r for r in refs}
+        missing = [s for s in ids if s not in by_id]
+        if missing:
+            raise JobError(f"{len(missing)} map sample ids are not in source {source.url} (e.g. {missing[:3]}); "
+                           "were the maps computed on another source or split?")
+        refs = [by_id[s] for s in ids]
+    elif limit:
+        refs = refs[:limit]
+    images, labels, got = load_arrays(source, refs)
+    if not got:
+        raise JobError(f"no readable samples in {source.url}; check --source / --split")
+    return images, labels, got
+
+
+def fill_value(mode: str, spec: Any, source_url: str, options: dict[str, Any], samples: int = 10_000) -> list[float]:
+    """The per-channel dataset mean in model-input (normalized) units.
+
+    ``spec``: the model spec's normalization mean, i.e. 0 after normalization. jobs.train sets
+    that mean from the train split, so for its checkpoints this *is* the train-split mean.
+    ``train``: the mean of (up to ``samples`` evenly spaced) images of the source's train split,
+    for models whose normalization comes from elsewhere (e.g. ImageNet statistics).
+    """
+    if mode == "spec":
+        return [0.0] * spec.in_channels
+    if mode != "train":
+        raise JobError(f"--fill must be 'spec' or 'train', got {mode!r}")
+    from models.preprocess import preprocess
+    from storage.sources import load_arrays, open_source
+
+    source = open_source(source_url, split="train", storage_options=options or None)
+    refs = source.list()
+    if not refs:
+        raise JobError(f"source {source_url!r} has no train split to take the mean of; use --fill spec")
+    step = max(1, len(refs) // samples)
+    images, _, _ = load_arrays(source, refs[::step][:samples])
+    x = preprocess(spec, images)
+    return [float(v) for v in x.double().mean(dim=(0, 2, 3))]
+
+
+def chunks(n: int, size: int) -> list[tuple[int, int]]:
+    """[start, stop) ranges covering ``range(n)`` in pieces of ``size``."""
+    return [(i, min(n, i + size)) for i in range(0, n, max(1, size))]
+
+
+def model_payload(model: Any, spec: Any) -> dict[str, Any]:
+    """What a Ray task needs to rebuild the model: the spec and CPU weights (plain data)."""
+    return {"spec": spec.to_dict(), "state": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
+
+
+def rebuild_model(payload: dict[str, Any]) -> Any:
+    """The model of :func:`model_payload`, in eval mode on the CPU."""
+    from models.registry import ModelSpec, build_model
+
+    model = build_model(ModelSpec.from_dict(payload["spec"]))
+    model.load_state_dict(payload["state"])
+    return model.eval()
+
+
+def write_table(output: str, name: str, frame: Any, options: dict[str, Any]) -> list[str]:
+    """``<output>/<name>.parquet`` and ``.csv``, each written atomically; returns their URLs."""
+    from storage.fs import join, open_fs, write_bytes_atomic
+
+    fs, root = open_fs(output, options or None)
+    root = root.rstrip("/")
+    parquet = io.BytesIO()
+    frame.to_parquet(parquet, index=False)
+    write_bytes_atomic(fs, join(root, f"{name}.parquet"), parquet.getvalue())
+    write_bytes_atomic(fs, join(root, f"{name}.csv"), frame.to_csv(index=False).encode())
+    return [join(output, f"{name}.parquet"), join(output, f"{name}.csv")]
+
+
+def write_file(output: str, name: str, data: bytes, options: dict[str, Any]) -> str:
+    """``<output>/<name>`` written atomically; returns its URL."""
+    from storage.fs import join, open_fs, write_bytes_atomic
+
+    fs, root = open_fs(output, options or None)
+    write_bytes_atomic(fs, join(root.rstrip("/"), name), data)
+    return join(output, name)

@@ -1,0 +1,123 @@
+"""``python -m jobs.perturb`` end to end on a real local Ray, a real trained checkpoint and real S3.
+
+The checkpoint is a ResNet-8 trained for one epoch on 1000 Fashion-MNIST images; a trained
+model must lose more probability when its most relevant pixels go first (MoRF) than when
+its least relevant ones do (LeRF).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from jobs import attribute, perturb
+from storage.fs import join, open_fs
+from tests.jobs.ray_cluster import short_tmp, tiny_checkpoint
+
+FRACTIONS = [0.0, 0.02, 0.05, 0.1, 0.3, 0.6, 1.0]
+FRACTIONS_ARG = ",".join(str(f) for f in FRACTIONS)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> str:
+    return tiny_checkpoint(tmp_path_factory.mktemp("checkpoint"))
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    """One local Ray on loopback for this module; the jobs' start_ray reuses it."""
+    import ray
+
+    torch.set_num_threads(1)
+    temp = short_tmp("rp")
+    ray.init(address="local", num_cpus=2, num_gpus=0, include_dashboard=False, _temp_dir=temp, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+    shutil.rmtree(temp, ignore_errors=True)
+
+
+def check_table(table: pd.DataFrame, methods: list[str], n: int) -> None:
+    """Every (method, order, fraction) cell once, finite, 0 at fraction 0, counted over n images."""
+    cells = {(m, o, f) for m in methods for o in ("morf", "lerf") for f in FRACTIONS}
+    cells |= {("random", "random", f) for f in FRACTIONS}
+    got = list(zip(table.method, table.order, table.fraction))
+    assert len(got) == len(set(got)) and set(got) == cells
+    assert np.isfinite(table.mean_drop).all() and (table.n_images == n).all()
+    assert np.allclose(table[table.fraction == 0].mean_drop, 0.0)
+    assert (table.mean_drop <= 1.0).all()
+
+
+def curve(table: pd.DataFrame, method: str, order: str) -> np.ndarray:
+    return table[(table.method == method) & (table.order == order)].sort_values("fraction").mean_drop.to_numpy()
+
+
+def test_maps_computed_in_process(checkpoint, ray_session, tmp_path, capsys) -> None:
+    out = str(tmp_path / "perturbation")
+    code = perturb.main(["--checkpoint", checkpoint, "--limit", "40", "--shard-size", "16",
+                         "--methods", "gradient gxi=gradient_x_input", "--fractions", FRACTIONS_ARG,
+                         "--output", out, "--no-progress"])
+    assert code == 0
+    table = pd.read_parquet(f"{out}/perturbation.parquet")
+    check_table(table, ["gradient", "gxi"], 40)
+    pd.testing.assert_frame_equal(pd.read_csv(f"{out}/perturbation.csv"), table, check_dtype=False)
+    for method in ("gradient", "gxi"):  # the most relevant pixels matter more than the least relevant
+        assert curve(table, method, "morf").mean() > curve(table, method, "lerf").mean()
+    summary = json.loads(open(f"{out}/auc.json").read())
+    areas = pd.read_csv(f"{out}/auc.csv")
+    assert set(summary["auc"]) == {"gradient", "gxi", "random"} and len(areas) == 5
+    assert summary["auc"]["gradient"]["morf"] > summary["auc"]["gradient"]["lerf"]
+    assert summary["config"]["fill"] == [0.0] and summary["config"]["rank"] == "abs"
+    with open(f"{out}/perturbation.png", "rb") as fh:
+        assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert "area under the curve" in capsys.readouterr().out
+
+
+def test_stored_maps_on_s3(checkpoint, ray_session, s3_server, capsys) -> None:
+    """Maps written by jobs.attribute to S3 are read back; outputs land next to them by default."""
+    url, options = s3_server.url("perturb-maps"), s3_server.storage_options
+    opts = ["--storage-options", json.dumps(options)]
+    assert attribute.main(["--checkpoint", checkpoint, "--output", url, "--methods", "gradient pathway",
+                           "--limit", "30", "--shard-size", "15", "--workers", "1", "--no-progress", *opts]) == 0
+    code = perturb.main(["--maps", url, "--methods", "gradient", "--fractions", FRACTIONS_ARG, "--fill", "train",
+                         "--shard-size", "12", "--no-progress", *opts])
+    assert code == 0
+    fs, root = open_fs(url, options)
+    table = pd.read_parquet(io.BytesIO(fs.cat_file(join(root, "eval/perturbation/perturbation.parquet"))))
+    check_table(table, ["gradient"], 30)
+    assert fs.cat_file(join(root, "eval/perturbation/perturbation.png"))[:4] == b"\x89PNG"
+    summary = json.loads(fs.cat_file(join(root, "eval/perturbation/auc.json")))
+    # --fill train: the Fashion-MNIST train mean is the spec's normalization mean, so about 0 in input units
+    assert summary["config"]["fill_mode"] == "train" and abs(summary["config"]["fill"][0]) < 0.01
+    assert summary["config"]["samples"] == 30 and summary["config"]["methods"] == ["gradient"]
+
+
+def test_missing_maps_url_exits_1(tmp_path, capsys) -> None:
+    missing = str(tmp_path / "no-maps-here")
+    assert perturb.main(["--maps", missing, "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "no map dataset there" in err and missing in err and "jobs.attribute" in err
+
+
+def test_unknown_method_exits_1(checkpoint, tmp_path, capsys) -> None:
+    assert perturb.main(["--checkpoint", checkpoint, "--methods", "gradient nosuch", "--output",
+                         str(tmp_path / "o"), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "unknown method 'nosuch'" in err and "gradient" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_method_not_in_map_dataset_exits_1(checkpoint, tmp_path, capsys) -> None:
+    """A stored dataset names its methods; asking for another says which ones it holds."""
+    maps = tmp_path / "maps"
+    maps.mkdir()
+    (maps / "run.json").write_text(json.dumps({"config": {"methods": {"gradient": {}}, "source": "fashion-mnist",
+                                                          "checkpoint": checkpoint}}))
+    assert perturb.main(["--maps", str(maps), "--methods", "pathway", "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "pathway" in err and "holds gradient" in err

@@ -1,0 +1,103 @@
+"""``python -m jobs.sanity`` end to end on a real local Ray and a real trained checkpoint.
+
+Step 0 recomputes the maps on the unrandomized model, so every similarity is 1 for these
+deterministic methods; once the whole network is random, the plain gradient's map no
+longer looks like the original one.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from attribution.evaluation import METRICS, cascade
+from jobs import sanity
+from storage.checkpoints import load_checkpoint
+from tests.jobs.ray_cluster import short_tmp, tiny_checkpoint
+
+METHODS = ["gradient", "pt=pathway:scores=taylor", "grad_cam"]
+LABELS = ["gradient", "pt", "grad_cam"]
+N = 6
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> str:
+    return tiny_checkpoint(tmp_path_factory.mktemp("checkpoint"))
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    """One local Ray on loopback for this module; the job's start_ray reuses it."""
+    import ray
+
+    torch.set_num_threads(1)
+    temp = short_tmp("rs")
+    ray.init(address="local", num_cpus=2, num_gpus=0, include_dashboard=False, _temp_dir=temp, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+    shutil.rmtree(temp, ignore_errors=True)
+
+
+def test_cascade_curves(checkpoint, ray_session, tmp_path, capsys) -> None:
+    out = str(tmp_path / "sanity")
+    code = sanity.main(["--checkpoint", checkpoint, "--limit", str(N), "--methods", " ".join(METHODS),
+                        "--output", out, "--no-progress"])
+    assert code == 0
+    table = pd.read_parquet(f"{out}/sanity.parquet")
+    model, _ = load_checkpoint(checkpoint)
+    steps = ["original"] + [name for name, _ in cascade(model, example=torch.zeros(1, 1, 28, 28))]
+    assert steps == ["original", "fc", "layer3.0", "layer2.0", "layer1.0", "bn1", "conv1"]
+
+    cells = list(zip(table.method, table.step, table.step_name, table.metric))
+    expected = {(m, i, s, k) for m in LABELS for i, s in enumerate(steps) for k in METRICS}
+    assert len(cells) == len(set(cells)) and set(cells) == expected
+    pd.testing.assert_frame_equal(pd.read_csv(f"{out}/sanity.csv"), table, check_dtype=False)
+
+    defined = table[table.n > 0]
+    assert np.isfinite(defined["mean"]).all() and (defined["mean"].abs() <= 1 + 1e-9).all()
+    assert (table[table.method != "grad_cam"].n == N).all()  # gradient maps are never constant
+    original = table[table.step == 0]
+    assert (original.n == N).all() and np.allclose(original["mean"], 1.0, atol=1e-6)
+
+    def mean(method: str, step: str, metric: str = "spearman_abs") -> float:
+        row = table[(table.method == method) & (table.step_name == step) & (table.metric == metric)]
+        return float(row["mean"].iloc[0])
+
+    for method in ("gradient", "pt"):  # a fully random network explains differently
+        assert mean(method, "conv1") < 0.6 and mean(method, "conv1", "ssim") < 0.6
+        assert mean(method, "conv1") < mean(method, "original")
+
+    config = json.loads(open(f"{out}/sanity.json").read())
+    assert [s["name"] for s in config["steps"]] == steps[1:] and config["samples"] == N
+    assert config["steps"][0]["modules"] == ["fc"]
+    with open(f"{out}/sanity.png", "rb") as fh:
+        assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert "Spearman |map|" in capsys.readouterr().out
+
+
+def test_unknown_method_exits_1(checkpoint, tmp_path, capsys) -> None:
+    out = tmp_path / "o"
+    assert sanity.main(["--checkpoint", checkpoint, "--methods", "gradient nosuch", "--output", str(out),
+                        "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "unknown method 'nosuch'" in err and "guided_backprop" in err
+    assert not out.exists()
+
+
+def test_bad_method_parameter_exits_1(checkpoint, tmp_path, capsys) -> None:
+    assert sanity.main(["--checkpoint", checkpoint, "--methods", "pathway:scores=bogus", "--output",
+                        str(tmp_path / "o"), "--no-progress"]) == 1
+    assert "bogus" in capsys.readouterr().err
+
+
+def test_missing_checkpoint_exits_1(tmp_path, capsys) -> None:
+    missing = str(tmp_path / "none.pt")
+    assert sanity.main(["--checkpoint", missing, "--methods", "gradient", "--output", str(tmp_path / "o"),
+                        "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "jobs.sanity: error" in err and "none.pt" in err
