@@ -174,7 +174,12 @@ def ray_head(num_cpus: int = 2) -> Iterator[tuple[str, dict[str, str]]]:
     dash = free_port()
     start = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
              f"--port={free_port()}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
-             f"--temp-dir={temp}", f"--num-cpus={num_cpus}", "--num-gpus=0", "--disable-usage-stats"]
+             f"--temp-dir={temp}", f"--num-cpus={num_cpus}", "--num-gpus=0", "--disable-usage-stats",
+             # Every port with a fixed default gets a free one: two heads on one machine (parallel
+             # test runs) would otherwise share the agent's port and one of them never gets an agent.
+             *(f"--{flag}={free_port()}" for flag in (
+                 "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "ray-client-server-port",
+                 "metrics-export-port", "runtime-env-agent-port", "node-manager-port", "object-manager-port"))]
     log = open(os.path.join(temp, "ray-start.log"), "wb")
     process = subprocess.Popen(start, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{dash}"

@@ -256,9 +256,10 @@ def test_ray_job_submit(checkpoint, tmp_path) -> None:
         submit = [ray, "job", "submit", "--address", address, "--working-dir", str(ROOT), "--submission-id",
                   "attribute-test-1", "--", "python", "-m", "jobs.attribute", "--checkpoint", checkpoint,
                   "--output", out, "--limit", "100", "--shard-size", "50", "--workers", "2", "--no-progress"]
-        for _ in range(60):  # the dashboard answers a little before its job agent is up
+        deadline = time.monotonic() + 90
+        while True:  # the dashboard answers a little before its job agent is up
             result = subprocess.run(submit, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-            if "No available agent to submit job" not in result.stderr:
+            if "No available agent to submit job" not in result.stderr or time.monotonic() > deadline:
                 break
             time.sleep(1)
         assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
