@@ -1,0 +1,163 @@
+"""``python -m jobs.roar`` end to end on a real local Ray: real Fashion-MNIST, a real tiny checkpoint,
+train and test maps written by jobs.attribute, real retrains (1 epoch, tiny grid), resume."""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import re
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from jobs import attribute, roar
+from tests.jobs.ray_cluster import short_tmp, tiny_checkpoint, wait_for
+from workers.roar import NONE, cell_arrays, channel_mean
+
+TRAIN, TEST = 300, 200
+GRID = ["--thresholds", "30,70", "--seeds", "2", "--epochs", "1", "--workers", "2", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    import ray
+
+    temp = short_tmp("rr")
+    ray.init(address="local", num_cpus=2, num_gpus=0, include_dashboard=False, _temp_dir=temp, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+    shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def maps(tmp_path_factory, ray_session) -> dict[str, str]:
+    """Pathway maps of the first 300 train and 200 test images, from a resnet8 trained in the fixture."""
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("roar")
+    checkpoint = tiny_checkpoint(root)
+    urls = {"train": str(root / "maps-train"), "test": str(root / "maps-test")}
+    for split, n in (("train", TRAIN), ("test", TEST)):
+        code = attribute.main(["--checkpoint", checkpoint, "--split", split, "--limit", str(n), "--output",
+                               urls[split], "--methods", "pathway", "--shard-size", "150", "--batch-size", "50",
+                               "--workers", "1", "--no-progress"])
+        assert code == 0
+    gc.collect()  # drops the Ray Data actor pools of jobs.attribute, so their CPUs go back to the retrain tasks
+    wait_for(lambda: ray_session.available_resources().get("CPU", 0) >= 2, 60, "the attribution actors to exit")
+    return {**urls, "root": str(root), "checkpoint": checkpoint}
+
+
+def cell_files(output: str) -> dict[str, float]:
+    directory = os.path.join(output, "cells")
+    return {name: os.stat(os.path.join(directory, name)).st_mtime_ns for name in sorted(os.listdir(directory))
+            if name.endswith(".json")}
+
+
+def counts(text: str) -> tuple[int, int]:
+    """(already done, to compute) from the job's plan line."""
+    match = re.search(r"(\d+) already done, (\d+) to compute", text)
+    assert match, text
+    return int(match.group(1)), int(match.group(2))
+
+
+def test_roar_end_to_end_and_resume(maps, capsys) -> None:
+    args = ["--train-maps", maps["train"], "--test-maps", maps["test"], *GRID]
+    output = os.path.join(maps["test"], "eval", "roar")  # the default
+
+    # An interrupted run: only some methods got done.
+    assert roar.main([*args, "--methods", "pathway random"]) == 0
+    assert counts(capsys.readouterr().out) == (0, 2 + 2 * 2 * 2)
+    first = cell_files(output)
+    assert len(first) == 10
+
+    # The full run computes only the missing method's cells.
+    assert roar.main(args) == 0
+    out = capsys.readouterr().out
+    assert counts(out) == (10, 4)
+    table = pd.read_parquet(os.path.join(output, "results.parquet"))
+    expected = {(NONE, 0, s) for s in (0, 1)} | {(m, t, s) for m in ("pathway", "random", "sobel")
+                                                   for t in (30, 70) for s in (0, 1)}
+    assert set(zip(table.method, table.t, table.seed)) == expected and len(table) == len(expected)
+    assert table.accuracy.between(0, 1).all() and (table.epochs == 1).all() and (table.seconds > 0).all()
+    assert (table.train_samples == TRAIN).all() and (table.test_samples == TEST).all()
+    removed = table[table.method != NONE]
+    assert (removed.removed_per_image.to_numpy() == np.floor(removed.t.to_numpy() * 784 / 100 + 0.5)).all()
+    csv = pd.read_csv(os.path.join(output, "results.csv"))
+    assert len(csv) == len(table) and list(csv.columns[:6]) == ["method", "t", "seed", "accuracy", "epochs", "seconds"]
+    with open(os.path.join(output, "roar.png"), "rb") as fh:
+        assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
+    second = cell_files(output)
+    assert {k: second[k] for k in first} == first  # finished cells were not rewritten
+    assert "pathway" in out and "sobel" in out
+
+    # Delete one cell: a rerun recomputes exactly that cell.
+    os.remove(os.path.join(output, "cells", "sobel-t70-s1.json"))
+    assert roar.main(args) == 0
+    assert counts(capsys.readouterr().out) == (13, 1)
+    third = cell_files(output)
+    changed = sorted(k for k in third if third[k] != second.get(k))
+    assert changed == ["sobel-t70-s1.json"]
+    rerun = pd.read_parquet(os.path.join(output, "results.parquet"))
+    row = rerun[(rerun.method == "sobel") & (rerun.t == 70) & (rerun.seed == 1)]
+    old = table[(table.method == "sobel") & (table.t == 70) & (table.seed == 1)]
+    assert float(row.accuracy.iloc[0]) == float(old.accuracy.iloc[0])  # same seed, same data -> same model
+    run = json.load(open(os.path.join(output, "run.json")))
+    assert run["status"] == "complete" and run["computed"] == 1 and run["reused"] == 13
+
+    # Other settings (epochs) are other cells: nothing is reused. Controls alone use the samples that have maps.
+    assert roar.main([*args, "--methods", "sobel", "--thresholds", "30", "--seeds", "1", "--epochs", "2"]) == 0
+    assert counts(capsys.readouterr().out) == (0, 2)
+    other = pd.read_parquet(os.path.join(output, "results.parquet"))
+    assert len(other) == 2 and (other.train_samples == TRAIN).all() and (other.test_samples == TEST).all()
+    assert (other.epochs == 2).all()
+
+
+def test_kar_keeps_top_pixels(maps, capsys) -> None:
+    output = os.path.join(maps["root"], "kar")
+    assert roar.main(["--train-maps", maps["train"], "--test-maps", maps["test"], "--kar", "--methods", "pathway",
+                      "--thresholds", "20", "--seeds", "1", "--epochs", "1", "--output", output,
+                      "--no-progress"]) == 0
+    table = pd.read_parquet(os.path.join(output, "results.parquet"))
+    assert sorted(zip(table.method, table.t)) == [(NONE, 100), ("pathway", 20)]
+    assert (table["mode"] == "kar").all()
+    assert int(table[table.method == "pathway"].removed_per_image.iloc[0]) == 784 - 157
+    assert os.path.exists(os.path.join(output, "kar.png"))
+
+
+@pytest.mark.parametrize("kar", [False, True])
+def test_training_images_have_exactly_the_top_pixels_mean_filled(maps, kar) -> None:
+    """The arrays a cell trains on: the top round(t * H * W) pixels by |map| are the train mean, the rest untouched."""
+    train = roar.load_split(maps["train"], ["pathway"], {}, None, subset_seed=0)
+    test = roar.load_split(maps["test"], ["pathway"], {}, None, subset_seed=None)
+    fill = channel_mean(train["images"])
+    train_x, test_x = cell_arrays("pathway", 30, train["images"], test["images"], train["maps"]["pathway"],
+                                  test["maps"]["pathway"], fill, keep=kar)
+    value = np.uint8(round(fill[0]))
+    for original, changed, m in ((train["images"], train_x, train["maps"]["pathway"]),
+                                 (test["images"], test_x, test["maps"]["pathway"])):
+        magnitude = np.abs(m.astype(np.float32)).reshape(len(m), -1)
+        order = np.argsort(-magnitude, axis=1, kind="stable")  # ties: lower raster index first
+        top = np.zeros_like(magnitude, dtype=bool)
+        np.put_along_axis(top, order[:, :235], True, axis=1)  # round(0.3 * 784) = 235
+        replaced = (~top if kar else top).reshape(original.shape)
+        assert (replaced.reshape(len(m), -1).sum(1) == (784 - 235 if kar else 235)).all()
+        expected = np.where(replaced, value, original)
+        np.testing.assert_array_equal(changed, expected)
+        assert changed.dtype == np.uint8 and changed is not original
+    assert 60 < fill[0] < 90  # Fashion-MNIST's mean pixel is about 0.286 * 255 = 73
+
+
+def test_bad_inputs(maps, capsys) -> None:
+    base = ["--train-maps", maps["train"], "--test-maps", maps["test"], "--no-progress"]
+    assert roar.main([*base, "--methods", "gradient"]) == 1
+    err = capsys.readouterr().err
+    assert "gradient" in err and "jobs.attribute" in err
+    assert roar.main(["--train-maps", maps["test"], "--test-maps", maps["test"]]) == 1
+    assert "same dataset" in capsys.readouterr().err
+    assert roar.main([*base, "--train-maps", os.path.join(maps["root"], "nowhere")]) == 1
+    assert "nowhere" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        roar.parse_args([*base, "--thresholds", "0,50"])
