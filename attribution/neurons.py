@@ -3,7 +3,7 @@
 :class:`ReluCalls` hooks all ReLU modules for the duration of a ``with`` block. A module
 called several times in one forward pass (torchvision's ResNet blocks reuse one
 ``relu``) is one layer per call, numbered in call order. Inside the block a pass can
-record the outputs (to score neurons), multiply them by per-sample masks (to prune),
+record the outputs (to score neurons), zero the pruned neurons of each sample (to prune),
 or scale one layer (for integrated scores). On exit every hook is removed, also when
 the block raises, so the model is left exactly as it was.
 """
@@ -26,8 +26,11 @@ class ReluCalls:
 
     - ``record``: keep each call's output in :attr:`outputs` (after masking/scaling),
       so gradients with respect to it can be taken; ``record_call`` keeps only one call's.
-    - ``masks``: one tensor per call, multiplied into that call's output. The masks are
-      constants: no gradient flows into them.
+    - ``keep``: one 0/1 tensor per call (in the activations' dtype), multiplied into the
+      ReLU's *input* before it runs. The ReLU then computes relu(z) * keep and saves only
+      its own output for backward, as without pruning, so pruning adds no activation
+      memory beyond the masks. The masks are constants of the pruned net. (Float masks,
+      not bool: on CPU, bool-mask kernels are about 7x slower than a float multiply.)
     - ``scale``: ``(call index, factor)`` multiplies one call's output by ``factor``.
     """
 
@@ -42,14 +45,16 @@ class ReluCalls:
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self.record = False
         self.record_call: int | None = None
-        self.masks: Sequence[torch.Tensor] | None = None
+        self.keep: Sequence[torch.Tensor] | None = None
         self.scale: tuple[int, torch.Tensor] | None = None
         self.outputs: list[torch.Tensor] = []
         self._versions: list[int] = []
         self._calls = 0
+        self._pre_calls = 0
 
     def __enter__(self) -> ReluCalls:
         for module in self.modules:
+            self._handles.append(module.register_forward_pre_hook(self._prune))
             self._handles.append(module.register_forward_hook(self._hook))
         return self
 
@@ -60,29 +65,33 @@ class ReluCalls:
         self.outputs = []
 
     def reset(self, *, record: bool = False, record_call: int | None = None,
-              masks: Sequence[torch.Tensor] | None = None,
+              keep: Sequence[torch.Tensor] | None = None,
               scale: tuple[int, torch.Tensor] | None = None) -> None:
         """Configure the next forward pass and forget the previous one's outputs."""
-        self.record, self.record_call, self.masks, self.scale = record, record_call, masks, scale
-        self.outputs, self._versions, self._calls = [], [], 0
+        self.record, self.record_call, self.keep, self.scale = record, record_call, keep, scale
+        self.outputs, self._versions, self._calls, self._pre_calls = [], [], 0, 0
 
     @property
     def calls(self) -> int:
         """How many ReLU calls the last forward pass made."""
         return self._calls
 
+    def _prune(self, module: nn.Module, args: tuple) -> tuple | None:
+        index = self._pre_calls
+        self._pre_calls += 1
+        if self.keep is None:
+            return None
+        if index >= len(self.keep):
+            raise AttributionError(
+                f"the model made more ReLU calls ({index + 1}) than in the scoring pass "
+                f"({len(self.keep)}); its forward pass must not depend on pruning"
+            )
+        return (args[0] * self.keep[index], *args[1:])
+
     def _hook(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
         index = self._calls
         self._calls += 1
         result = output
-        if self.masks is not None:
-            if index >= len(self.masks):
-                raise AttributionError(
-                    f"the model made more ReLU calls ({index + 1}) than in the scoring pass "
-                    f"({len(self.masks)}); its forward pass must not depend on pruning"
-                )
-            mask = self.masks[index]
-            result = result * (mask if mask.dtype == result.dtype else mask.to(result.dtype))
         if self.scale is not None and self.scale[0] == index:
             result = result * self.scale[1]
         if self.record or self.record_call == index:

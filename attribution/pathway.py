@@ -105,16 +105,18 @@ class PathwayGrad(Attribution):
     def _run(self, relus: ReluCalls, inputs: torch.Tensor, targets: torch.Tensor | None,
              seeds: list[int]) -> tuple[torch.Tensor, PathwayDetails]:
         x = inputs.detach().requires_grad_(True)
-        masks, thresholds, scored = self._masks(relus, x, targets, seeds)
+        keep, thresholds, scored = self._masks(relus, x, targets, seeds)
         targets = scored.targets
         # Float32 sums of 0/1 are exact per layer and sample (< 2^24 neurons); add them in float64.
-        kept = (sum(m.flatten(1).sum(1).double() for m in masks) / sum(m[0].numel() for m in masks)).float()
+        kept = (sum(m.flatten(1).sum(1).double() for m in keep) / sum(m[0].numel() for m in keep)).float()
+        if x.dtype != torch.float32:
+            keep = [m.to(x.dtype) for m in keep]
 
-        relus.reset(masks=masks)
+        relus.reset(keep=keep)
         pruned_logits, _, selected = scoring._forward(self.model, x, targets)
-        if relus.calls != len(masks):
+        if relus.calls != len(keep):
             raise AttributionError(
-                f"the model made {relus.calls} ReLU calls with pruning but {len(masks)} without; "
+                f"the model made {relus.calls} ReLU calls with pruning but {len(keep)} without; "
                 "its forward pass must not depend on the activations' values"
             )
         (grad,) = torch.autograd.grad(selected, x)
@@ -133,7 +135,7 @@ class PathwayGrad(Attribution):
 
     def _masks(self, relus: ReluCalls, x: torch.Tensor, targets: torch.Tensor | None, seeds: list[int]
                ) -> tuple[list[torch.Tensor], torch.Tensor, scoring.Scored]:
-        """Keep-masks (1 keep / 0 prune, one per ReLU call), thresholds, the unpruned scoring pass."""
+        """Keep masks (1 keep / 0 pruned, one per ReLU call), thresholds, the unpruned scoring pass."""
         if self.scores == "greedy":
             return self._greedy_masks(relus, x, targets)
         if self.scores == "taylor":
@@ -142,31 +144,30 @@ class PathwayGrad(Attribution):
             scored = scoring.integrated(self.model, relus, x, targets, self.steps)
         else:
             scored = scoring.random(self.model, relus, x, targets, seeds)
-        masks, thresholds = keep_masks(scored.scores, self.percentile, self.per_layer)
+        keep, thresholds = keep_masks(scored.scores, self.percentile, self.per_layer)
         scored.scores = []
-        return masks, thresholds, scored
+        return keep, thresholds, scored
 
     def _greedy_masks(self, relus: ReluCalls, x: torch.Tensor, targets: torch.Tensor | None
                       ) -> tuple[list[torch.Tensor], torch.Tensor, scoring.Scored]:
         """Prune p/steps % more in each round, re-scoring the pruned net; pruned stays pruned."""
-        masks: list[torch.Tensor] | None = None
+        keep: list[torch.Tensor] | None = None
         first: scoring.Scored | None = None
         for step in range(1, self.steps + 1):
-            scored = scoring.taylor(self.model, relus, x, targets, masks)
+            scored = scoring.taylor(self.model, relus, x, targets, keep)
             first = first or scored
             targets = scored.targets
             new, thresholds = keep_masks(scored.scores, self.percentile * step / self.steps, self.per_layer)
             scored.scores = []
-            masks = new if masks is None else [n.mul_(m) for n, m in zip(new, masks)]
-        return masks, thresholds, first
+            keep = new if keep is None else [n.mul_(m) for n, m in zip(new, keep)]
+        return keep, thresholds, first
 
 
 def keep_masks(scores: list[torch.Tensor], percentile: float, per_layer: bool
                ) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """Keep a neuron iff its score is above the sample's percentile (score <= q is pruned).
+    """Keep a neuron iff its score is above the sample's percentile q (score <= q is pruned).
 
-    The masks overwrite the score tensors (1.0 keep, 0.0 prune): no extra memory, and a
-    float mask multiplies an activation much faster than a bool one on CPU.
+    The 0/1 masks overwrite the float32 score tensors: no extra memory.
     """
     rows = [s.flatten(1) for s in scores]
     if per_layer:

@@ -43,9 +43,9 @@ def _magnitude(grad: torch.Tensor, activation: torch.Tensor) -> torch.Tensor:
 
 
 def taylor(model: nn.Module, relus: ReluCalls, x: torch.Tensor, targets: torch.Tensor | None,
-           masks: list[torch.Tensor] | None = None) -> Scored:
+           keep: list[torch.Tensor] | None = None) -> Scored:
     """First-order Taylor scores |a * dy_t/da| (NeuronMCT), optionally in a pruned net."""
-    relus.reset(record=True, masks=masks)
+    relus.reset(record=True, keep=keep)
     logits, targets, selected = _forward(model, x, targets)
     relus.check_recorded()
     activations = relus.outputs
