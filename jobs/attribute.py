@@ -27,6 +27,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
+from jobs.cli import parse_params
 from jobs.train import DEFAULT_OUTPUT as DEFAULT_CHECKPOINT
 from jobs.train import JobError, storage_options_from
 
@@ -40,16 +41,7 @@ def parse_methods(text: str) -> dict[str, dict[str, Any]]:
     methods: dict[str, dict[str, Any]] = {}
     for item in text.replace(";", " ").split():
         name, _, rest = item.partition(":")
-        params: dict[str, Any] = {}
-        for pair in filter(None, rest.split(",")):
-            key, eq, value = pair.partition("=")
-            if not eq:
-                raise JobError(f"--methods: expected key=value in {item!r}, got {pair!r}")
-            try:
-                params[key] = json.loads(value)
-            except json.JSONDecodeError:
-                params[key] = value
-        methods[name] = params
+        methods[name] = parse_params(item, rest)
     if not methods:
         raise JobError("--methods names no method")
     return methods
@@ -234,16 +226,9 @@ def print_summary(results: list[dict], samples: int, errors: int, seconds: float
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    from attribution import AttributionError
-    from models.registry import ModelError
-    from storage.fs import StorageError
+    from jobs.cli import run_main
 
-    try:
-        return run(args)
-    except (JobError, AttributionError, ModelError, StorageError, ValueError) as err:
-        print(f"jobs.attribute: error: {err}", file=sys.stderr)
-        return 1
+    return run_main("jobs.attribute", run, parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ method in every table and plot (default: the registry name).
 from __future__ import annotations
 
 import io
-import json
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from jobs.cli import parse_params
 from jobs.train import JobError
 
 
@@ -42,15 +42,7 @@ def parse_method_specs(text: str) -> dict[str, MethodSpec]:
             raise JobError(f"--methods: cannot read {item!r}; write [label=]name[:key=value,...]")
         if name not in attribution.available():
             raise JobError(f"--methods: unknown method {name!r}; choose one of {', '.join(attribution.available())}")
-        params: dict[str, Any] = {}
-        for pair in filter(None, rest.split(",")):
-            key, eq, value = pair.partition("=")
-            if not eq:
-                raise JobError(f"--methods: expected key=value in {item!r}, got {pair!r}")
-            try:
-                params[key] = json.loads(value)
-            except json.JSONDecodeError:
-                params[key] = value
+        params = parse_params(item, rest)
         if label in specs:
             raise JobError(f"--methods: label {label!r} appears twice; give one a label, e.g. {label}2={item}")
         specs[label] = MethodSpec(label, name, params)

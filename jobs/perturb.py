@@ -289,16 +289,9 @@ def print_summary(table: Any, fractions: Sequence[float], paths: list[str], seco
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    from attribution import AttributionError
-    from models.registry import ModelError
-    from storage.fs import StorageError
+    from jobs.cli import run_main
 
-    try:
-        return run(args)
-    except (JobError, AttributionError, ModelError, StorageError, ValueError) as err:
-        print(f"jobs.perturb: error: {err}", file=sys.stderr)
-        return 1
+    return run_main("jobs.perturb", run, parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -389,17 +389,9 @@ def print_summary(summary: Any, results: list[dict], reused: int, failures: list
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    from attribution import AttributionError
-    from models.registry import ModelError
-    from storage.fs import StorageError
+    from jobs.cli import run_main
 
-    try:
-        return run(args)
-    except (JobError, AttributionError, ModelError, StorageError, ValueError, KeyError) as err:
-        message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
-        print(f"jobs.roar: error: {message}", file=sys.stderr)
-        return 1
+    return run_main("jobs.roar", run, parse_args(argv))
 
 
 if __name__ == "__main__":

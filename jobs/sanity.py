@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from jobs.train import JobError, storage_options_from
+from jobs.train import storage_options_from
 
 DEFAULT_METHODS = ("pathway_taylor=pathway:scores=taylor pathway_integrated=pathway:scores=integrated,steps=4 "
                    "gradient gradient_x_input integrated_gradients:n_steps=16 guided_backprop grad_cam")
@@ -201,16 +201,9 @@ def print_summary(table: Any, names: Sequence[str], paths: list[str], seconds: f
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    from attribution import AttributionError
-    from models.registry import ModelError
-    from storage.fs import StorageError
+    from jobs.cli import run_main
 
-    try:
-        return run(args)
-    except (JobError, AttributionError, ModelError, StorageError, ValueError) as err:
-        print(f"jobs.sanity: error: {err}", file=sys.stderr)
-        return 1
+    return run_main("jobs.sanity", run, parse_args(argv))
 
 
 if __name__ == "__main__":
