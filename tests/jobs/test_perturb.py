@@ -9,37 +9,16 @@ from __future__ import annotations
 
 import io
 import json
-import shutil
 
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from jobs import attribute, perturb
 from storage.fs import join, open_fs
-from tests.jobs.ray_cluster import short_tmp, tiny_checkpoint
 
 FRACTIONS = [0.0, 0.02, 0.05, 0.1, 0.3, 0.6, 1.0]
 FRACTIONS_ARG = ",".join(str(f) for f in FRACTIONS)
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> str:
-    return tiny_checkpoint(tmp_path_factory.mktemp("checkpoint"))
-
-
-@pytest.fixture(scope="module")
-def ray_session():
-    """One local Ray on loopback for this module; the jobs' start_ray reuses it."""
-    import ray
-
-    torch.set_num_threads(1)
-    temp = short_tmp("rp")
-    ray.init(address="local", num_cpus=2, num_gpus=0, include_dashboard=False, _temp_dir=temp, log_to_driver=False)
-    yield ray
-    ray.shutdown()
-    shutil.rmtree(temp, ignore_errors=True)
 
 
 def check_table(table: pd.DataFrame, methods: list[str], n: int) -> None:

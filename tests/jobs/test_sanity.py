@@ -8,7 +8,6 @@ longer looks like the original one.
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pandas as pd
@@ -18,29 +17,10 @@ import torch
 from attribution.evaluation import METRICS, cascade
 from jobs import sanity
 from storage.checkpoints import load_checkpoint
-from tests.jobs.ray_cluster import short_tmp, tiny_checkpoint
 
 METHODS = ["gradient", "pt=pathway:scores=taylor", "grad_cam"]
 LABELS = ["gradient", "pt", "grad_cam"]
 N = 6
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> str:
-    return tiny_checkpoint(tmp_path_factory.mktemp("checkpoint"))
-
-
-@pytest.fixture(scope="module")
-def ray_session():
-    """One local Ray on loopback for this module; the job's start_ray reuses it."""
-    import ray
-
-    torch.set_num_threads(1)
-    temp = short_tmp("rs")
-    ray.init(address="local", num_cpus=2, num_gpus=0, include_dashboard=False, _temp_dir=temp, log_to_driver=False)
-    yield ray
-    ray.shutdown()
-    shutil.rmtree(temp, ignore_errors=True)
 
 
 def test_cascade_curves(checkpoint, ray_session, tmp_path, capsys) -> None:
