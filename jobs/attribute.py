@@ -157,10 +157,10 @@ def run(args: argparse.Namespace) -> int:
     from storage.sources import open_source
     from workers.attributor import JobConfig
 
-    started, start_clock = now(), time.perf_counter()
     options = storage_options_from(args.storage_options)
     methods = parse_methods(args.methods)
     checkpoint = ensure_checkpoint(args, options)
+    started, start_clock = now(), time.perf_counter()  # after any training of the default model
     # Fail before any scheduling when the model, the methods, the source or the output are unusable.
     model, spec = load_checkpoint(checkpoint, options or None)
     params = {name: attribution.get(name, model, **p).params for name, p in methods.items()}
