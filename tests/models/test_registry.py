@@ -16,19 +16,7 @@ from models import (
     fashion_mnist_spec,
     imagenet_spec,
 )
-
-
-def _relu_calls(model: nn.Module, x: torch.Tensor) -> list[tuple[int, ...]]:
-    shapes: list[tuple[int, ...]] = []
-    handles = [m.register_forward_hook(lambda _m, _i, out: shapes.append(tuple(out.shape)))
-               for m in model.modules() if isinstance(m, nn.ReLU)]
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        for h in handles:
-            h.remove()
-    return shapes
+from tests.models.relu_calls import relu_call_shapes
 
 
 def test_fashion_mnist_spec_defaults() -> None:
@@ -83,12 +71,12 @@ def test_torchvision_arch_with_one_channel(arch: str, size: int, first_conv: str
         model = build_model(spec).eval()
         assert model.get_submodule(first_conv).in_channels == 1
         assert model(torch.empty(2, 1, size, size)).shape == (2, 7)
-        assert _relu_calls(model, torch.empty(1, 1, size, size)), "the attribution method needs nn.ReLU modules"
+        assert relu_call_shapes(model, torch.empty(1, 1, size, size)), "the attribution method needs nn.ReLU modules"
 
 
-def test_resnet50_has_49_relu_calls() -> None:
+def test_resnet50_has_49relu_call_shapes() -> None:
     model = build_model(imagenet_spec("resnet50", input_size=(64, 64))).eval()
-    assert len(_relu_calls(model, torch.randn(1, 3, 64, 64))) == 49
+    assert len(relu_call_shapes(model, torch.randn(1, 3, 64, 64))) == 49
 
 
 def test_unknown_arch_and_too_small_input_are_clear_errors() -> None:

@@ -7,19 +7,7 @@ from torch import nn
 
 from models import ModelSpec, build_model, fashion_mnist_spec
 from models.small import ResNet8
-
-
-def _relu_calls(model: nn.Module, x: torch.Tensor) -> list[tuple[int, ...]]:
-    shapes: list[tuple[int, ...]] = []
-    handles = [m.register_forward_hook(lambda _m, _i, out: shapes.append(tuple(out.shape)))
-               for m in model.modules() if isinstance(m, nn.ReLU)]
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        for h in handles:
-            h.remove()
-    return shapes
+from tests.models.relu_calls import relu_call_shapes
 
 
 def test_resnet8_structure() -> None:
@@ -29,7 +17,7 @@ def test_resnet8_structure() -> None:
     # 3x3 stem; stages at 16/32/64 channels with stride 1/2/2; one block each.
     assert model.conv1.kernel_size == (3, 3) and model.conv1.out_channels == 16
     assert [len(s) for s in (model.layer1, model.layer2, model.layer3)] == [1, 1, 1]
-    calls = _relu_calls(model, x)
+    calls = relu_call_shapes(model, x)
     assert calls == [(4, 16, 28, 28)] * 3 + [(4, 32, 14, 14)] * 2 + [(4, 64, 7, 7)] * 2
     assert 50_000 < sum(p.numel() for p in model.parameters()) < 120_000
 
