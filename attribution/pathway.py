@@ -113,7 +113,7 @@ class PathwayGrad(Attribution):
             keep = [m.to(x.dtype) for m in keep]
 
         relus.reset(keep=keep)
-        pruned_logits, _, selected = scoring._forward(self.model, x, targets)
+        pruned_logits, _, selected = scoring.forward_target(self.model, x, targets)
         if relus.calls != len(keep):
             raise AttributionError(
                 f"the model made {relus.calls} ReLU calls with pruning but {len(keep)} without; "

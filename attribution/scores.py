@@ -27,7 +27,12 @@ class Scored:
     targets: torch.Tensor  # [B]
 
 
-def _forward(model: nn.Module, x: torch.Tensor, targets: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def forward_target(model: nn.Module, x: torch.Tensor, targets: torch.Tensor | None
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(logits, targets, sum of each sample's target logit); None targets = predicted classes.
+
+    Summing over the batch is exact per sample: samples never interact in eval mode.
+    """
     logits = check_logits(model(x), x.shape[0], targets)
     if targets is None:
         targets = logits.detach().argmax(dim=1)
@@ -46,7 +51,7 @@ def taylor(model: nn.Module, relus: ReluCalls, x: torch.Tensor, targets: torch.T
            keep: list[torch.Tensor] | None = None) -> Scored:
     """First-order Taylor scores |a * dy_t/da| (NeuronMCT), optionally in a pruned net."""
     relus.reset(record=True, keep=keep)
-    logits, targets, selected = _forward(model, x, targets)
+    logits, targets, selected = forward_target(model, x, targets)
     relus.check_recorded()
     activations = relus.outputs
     grads = torch.autograd.grad(selected, activations, allow_unused=True, materialize_grads=True)
@@ -65,7 +70,7 @@ def integrated(model: nn.Module, relus: ReluCalls, x: torch.Tensor, targets: tor
     """
     with torch.no_grad():
         relus.reset(record=True)
-        logits, targets, _ = _forward(model, x, targets)
+        logits, targets, _ = forward_target(model, x, targets)
         relus.check_recorded()
         activations = relus.outputs
     scores = []
@@ -73,7 +78,7 @@ def integrated(model: nn.Module, relus: ReluCalls, x: torch.Tensor, targets: tor
         total = torch.zeros_like(activation, dtype=torch.float32)
         for k in range(1, steps + 1):
             relus.reset(record_call=layer, scale=(layer, torch.tensor(k / steps, dtype=x.dtype, device=x.device)))
-            _, _, selected = _forward(model, x, targets)
+            _, _, selected = forward_target(model, x, targets)
             (grad,) = torch.autograd.grad(selected, relus.outputs, allow_unused=True, materialize_grads=True)
             total += grad
         relus.reset()
@@ -86,7 +91,7 @@ def random(model: nn.Module, relus: ReluCalls, x: torch.Tensor, targets: torch.T
     """Uniform random scores, drawn per sample from a generator seeded by that sample."""
     with torch.no_grad():
         relus.reset(record=True)
-        logits, targets, _ = _forward(model, x, targets)
+        logits, targets, _ = forward_target(model, x, targets)
         shapes = [out.shape for out in relus.outputs]
         relus.reset()
     scores = [torch.empty(shape, dtype=torch.float32, device=x.device) for shape in shapes]
