@@ -1,0 +1,281 @@
+"""One HTML and one Markdown report gathering the evaluation outputs that already exist.
+
+    python -m jobs.report                                             # defaults below
+    python -m jobs.report --maps s3://bucket/maps/fm-test --output s3://bucket/report
+
+Reads, never computes: the map dataset's ``run.json`` (run configuration) and ``examples.png``
+(jobs.attribute), pixel perturbation (``auc.csv``, ``perturbation.png``; default
+``<maps>/eval/perturbation``, else ``outputs/eval/perturbation``), sanity checks
+(``sanity.csv``, ``sanity.png``; default ``outputs/eval/sanity``) and ROAR (``results.csv``,
+``roar.png``; default ``<maps>/eval/roar``). A section whose outputs are missing says "not run
+yet" with the command that produces it, so the report can be built at any point of a study.
+
+Outputs under ``--output`` (default ``outputs/report``): ``report.html`` (self-contained: PNGs as
+base64 data URIs) and ``report.md`` (PNGs copied next to it and linked). Exit 1 with one line
+when the map dataset cannot be read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import io
+import json
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from jobs.train import JobError, storage_options_from
+
+DEFAULT_MAPS = "outputs/maps/fashion-mnist"
+DEFAULT_OUTPUT = "outputs/report"
+PERTURBATION_FALLBACK = "outputs/eval/perturbation"
+SANITY_DEFAULT = "outputs/eval/sanity"
+
+
+@dataclass
+class Section:
+    """One report section: a title, the folder it came from, tables, figures, or why it is absent."""
+
+    title: str
+    source: str
+    tables: list[tuple[str, Any]] = field(default_factory=list)   # (caption, DataFrame)
+    figures: list[tuple[str, bytes]] = field(default_factory=list)  # (file name, PNG bytes)
+    missing: str | None = None  # command that produces this section, when nothing was found
+    notes: list[str] = field(default_factory=list)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m jobs.report", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--maps", default=DEFAULT_MAPS, help="map dataset URL (run.json, examples.png)")
+    p.add_argument("--perturbation", default=None,
+                   help=f"jobs.perturb output (default <maps>/eval/perturbation, else {PERTURBATION_FALLBACK})")
+    p.add_argument("--sanity", default=SANITY_DEFAULT, help="jobs.sanity output")
+    p.add_argument("--roar", default=None, help="jobs.roar output (default <maps>/eval/roar)")
+    p.add_argument("--output", default=DEFAULT_OUTPUT, help="folder URL for report.html and report.md")
+    p.add_argument("--storage-options", default=None, help="fsspec options as JSON or @file (default $STORAGE_OPTIONS)")
+    return p.parse_args(argv)
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def read_optional(url: str, name: str, options: dict[str, Any]) -> bytes | None:
+    """``<url>/<name>``, or None where it does not exist (a section not run yet is not an error)."""
+    from storage.fs import StorageNotFound, join, open_fs, storage_errors
+
+    fs, root = open_fs(url, options or None)
+    path = join(root.rstrip("/"), name)
+    try:
+        with storage_errors(join(url, name), "read", options or None):
+            return fs.cat_file(path)
+    except StorageNotFound:
+        return None
+
+
+def _csv(data: bytes) -> Any:
+    import pandas as pd
+
+    return pd.read_csv(io.BytesIO(data))
+
+
+def _ordered_pivot(frame: Any, index: list[str], columns: str, values: str) -> Any:
+    """Wide table keeping the order of first appearance (pandas' pivot sorts rows and columns)."""
+    wide = frame.pivot_table(index=index, columns=columns, values=values, aggfunc="first", sort=False)
+    wide.columns.name = None
+    return wide.reset_index()
+
+
+def perturbation_section(url: str, options: dict[str, Any], maps: str) -> Section:
+    section = Section("Pixel perturbation (MoRF / LeRF)", url)
+    auc = read_optional(url, "auc.csv", options)
+    if auc is not None:
+        table = _csv(auc)
+        if {"method", "order", "auc"} <= set(table.columns):
+            table = _ordered_pivot(table, ["method"], "order", "auc")
+        section.tables.append(("Area under the mean relative-drop curve (MoRF: higher is better; "
+                               "LeRF: lower is better)", table))
+    figure = read_optional(url, "perturbation.png", options)
+    if figure is not None:
+        section.figures.append(("perturbation.png", figure))
+    if auc is None and figure is None:
+        section.missing = f"python -m jobs.perturb --maps {maps}"
+    return section
+
+
+def sanity_section(url: str, options: dict[str, Any]) -> Section:
+    section = Section("Sanity checks (cascading parameter randomization)", url)
+    data = read_optional(url, "sanity.csv", options)
+    if data is not None:
+        table = _csv(data)
+        if {"method", "metric", "step_name", "mean"} <= set(table.columns):
+            table = _ordered_pivot(table, ["metric", "method"], "step_name", "mean")
+        section.tables.append(("Mean similarity to the original maps after each randomization step "
+                               "(lower once randomized = the method depends on the weights)", table))
+    figure = read_optional(url, "sanity.png", options)
+    if figure is not None:
+        section.figures.append(("sanity.png", figure))
+    if data is None and figure is None:
+        section.missing = "python -m jobs.sanity"
+    return section
+
+
+def roar_section(url: str, options: dict[str, Any], maps: str) -> Section:
+    section = Section("ROAR (remove and retrain)", url)
+    data = read_optional(url, "results.csv", options)
+    if data is not None:
+        table = _csv(data)
+        if {"method", "t", "accuracy"} <= set(table.columns):
+            table = (table.groupby(["method", "t"], sort=True)["accuracy"]
+                     .agg(mean="mean", std="std", seeds="count").reset_index())
+        section.tables.append(("Test accuracy after retraining without the top t % pixels, over seeds "
+                               "(lower = the removed pixels mattered)", table))
+    figure = read_optional(url, "roar.png", options)
+    if figure is not None:
+        section.figures.append(("roar.png", figure))
+    if data is None and figure is None:
+        section.missing = f"python -m jobs.roar --train-maps <train-split maps> --test-maps {maps}"
+    return section
+
+
+def examples_section(maps: str, options: dict[str, Any]) -> Section:
+    section = Section("Example maps", maps)
+    figure = read_optional(maps, "examples.png", options)
+    if figure is None:
+        section.missing = f"python -m jobs.attribute --output {maps}"
+    else:
+        section.figures.append(("examples.png", figure))
+    return section
+
+
+def _has_outputs(url: str, names: Sequence[str], options: dict[str, Any]) -> bool:
+    from storage.fs import join, open_fs, storage_errors
+
+    fs, root = open_fs(url, options or None)
+    with storage_errors(url, "list", options or None):
+        return any(fs.exists(join(root.rstrip("/"), n)) for n in names)
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def markdown_table(frame: Any) -> str:
+    """Pipe table; pandas.to_markdown needs the optional ``tabulate`` package."""
+    try:
+        return frame.to_markdown(index=False, floatfmt=".4f")
+    except ImportError:
+        pass
+
+    def cell(value: Any) -> str:
+        if isinstance(value, float):
+            text = "" if value != value else f"{value:.4f}"
+        else:
+            text = str(value)
+        return text.replace("|", "\\|").replace("\n", " ")
+
+    header = [cell(c) for c in frame.columns]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def render_html(run: dict, maps: str, sections: list[Section]) -> str:
+    esc = html.escape
+    parts = ["<!DOCTYPE html>", "<html><head><meta charset=\"utf-8\"><title>Attribution report</title>",
+             "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse}"
+             "td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}img{max-width:100%}"
+             "pre{background:#f5f5f5;padding:1em;overflow:auto}.missing{color:#a40}</style></head><body>",
+             "<h1>Attribution report</h1>", f"<p>Map dataset: <code>{esc(maps)}</code></p>"]
+    for section in sections:
+        parts.append(f"<h2>{esc(section.title)}</h2><p>Source: <code>{esc(section.source)}</code></p>")
+        if section.missing:
+            parts.append(f"<p class=\"missing\">Not run yet. Produce it with: <code>{esc(section.missing)}</code></p>")
+            continue
+        for caption, table in section.tables:
+            parts.append(f"<p>{esc(caption)}</p>")
+            parts.append(table.to_html(index=False, float_format=lambda v: f"{v:.4f}", na_rep=""))
+        for name, png in section.figures:
+            data = base64.b64encode(png).decode("ascii")
+            parts.append(f"<p><img alt=\"{esc(name)}\" src=\"data:image/png;base64,{data}\"></p>")
+    parts.append("<h2>Run configuration</h2>")
+    config = json.dumps(run, indent=2, sort_keys=True, default=str)
+    parts.append(f"<pre>{html.escape(config, quote=False)}</pre>")
+    parts.append("</body></html>\n")
+    return "\n".join(parts)
+
+
+def render_markdown(run: dict, maps: str, sections: list[Section]) -> str:
+    lines = ["# Attribution report", "", f"Map dataset: `{maps}`", ""]
+    for section in sections:
+        lines += [f"## {section.title}", "", f"Source: `{section.source}`", ""]
+        if section.missing:
+            lines += [f"**Not run yet.** Produce it with: `{section.missing}`", ""]
+            continue
+        for caption, table in section.tables:
+            lines += [caption, "", markdown_table(table), ""]
+        for name, _ in section.figures:
+            lines += [f"![{name}]({name})", ""]
+    lines += ["## Run configuration", "", "```json", json.dumps(run, indent=2, sort_keys=True, default=str), "```", ""]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- job
+
+
+def run(args: argparse.Namespace) -> int:
+    from storage.fs import StorageError, join, open_fs, redact_url, write_bytes_atomic
+    from storage.reader import read_run
+
+    options = storage_options_from(args.storage_options)
+    maps = args.maps.rstrip("/")
+    try:
+        run_config = read_run(maps, options or None)
+    except StorageError as err:
+        raise JobError(f"--maps: cannot read the map dataset's run.json ({err}); pass the --output of "
+                       f"jobs.attribute as --maps, or run python -m jobs.attribute --output {redact_url(maps)}") from None
+
+    perturbation = args.perturbation
+    if perturbation is None:
+        own = join(maps, "eval", "perturbation")
+        perturbation = own if _has_outputs(own, ("auc.csv", "perturbation.png"), options) else PERTURBATION_FALLBACK
+    shown = redact_url(maps)
+    sections = [examples_section(maps, options),
+                perturbation_section(perturbation, options, shown),
+                sanity_section(args.sanity, options),
+                roar_section(args.roar or join(maps, "eval", "roar"), options, shown)]
+    for section in sections:
+        section.source = redact_url(section.source)
+
+    fs, root = open_fs(args.output, options or None)
+    root = root.rstrip("/")
+    for section in sections:
+        for name, png in section.figures:
+            write_bytes_atomic(fs, join(root, name), png)
+    write_bytes_atomic(fs, join(root, "report.html"), render_html(run_config, shown, sections).encode())
+    write_bytes_atomic(fs, join(root, "report.md"), render_markdown(run_config, shown, sections).encode())
+
+    for section in sections:
+        state = f"not run yet: {section.missing}" if section.missing else "included"
+        print(f"  {section.title:52s} {state}")
+    html_url = join(args.output, "report.html")
+    print(f"report: {redact_url(html_url)} and {redact_url(join(args.output, 'report.md'))}")
+    if "://" not in args.output or args.output.startswith("file://"):
+        path = os.path.abspath(args.output.removeprefix("file://"))
+        print(f"open it: xdg-open {os.path.join(path, 'report.html')}  (or open that file in a browser)")
+    else:
+        print(f"open it: download report.html (self-contained) from {redact_url(args.output)} and open it in a browser")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from jobs.cli import run_main
+
+    return run_main("jobs.report", run, parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""``python -m jobs.report`` over real CSV/PNG files in the layouts jobs.perturb, jobs.sanity and jobs.roar write."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from jobs import report  # noqa: E402
+
+RUN = {"source": "fashion-mnist", "split": "test", "checkpoint": "tiny.pt", "methods": {"gradient": {}}}
+
+
+def png(path: Path, label: str) -> bytes:
+    fig, ax = plt.subplots(figsize=(2, 2), dpi=40)
+    ax.plot(np.arange(5), np.arange(5) ** 2, label=label)
+    fig.savefig(path, format="png")
+    plt.close(fig)
+    return path.read_bytes()
+
+
+def make_maps(tmp_path: Path) -> tuple[Path, bytes]:
+    maps = tmp_path / "maps"
+    maps.mkdir()
+    (maps / "run.json").write_text(json.dumps(RUN))
+    return maps, png(maps / "examples.png", "examples")
+
+
+def make_perturbation(folder: Path) -> bytes:
+    folder.mkdir(parents=True)
+    rows = [{"method": m, "order": o, "fraction": f, "mean_drop": d, "std_drop": 0.1, "n_images": 4}
+            for m, d in (("pathway", 0.5), ("gradient", 0.3)) for o in ("morf", "lerf") for f in (0.0, 0.5, 1.0)]
+    pd.DataFrame(rows).to_csv(folder / "perturbation.csv", index=False)
+    pd.DataFrame([{"method": "pathway", "order": "morf", "auc": 0.7512, "n_images": 4},
+                  {"method": "pathway", "order": "lerf", "auc": 0.2101, "n_images": 4},
+                  {"method": "gradient", "order": "morf", "auc": 0.6003, "n_images": 4},
+                  {"method": "random", "order": "random", "auc": 0.4004, "n_images": 4}]).to_csv(
+        folder / "auc.csv", index=False)
+    return png(folder / "perturbation.png", "perturbation")
+
+
+def make_sanity(folder: Path) -> None:
+    folder.mkdir(parents=True)
+    rows = [{"method": m, "step": i, "step_name": s, "metric": k, "mean": 1.0 - 0.3 * i, "std": 0.0, "n": 4}
+            for m in ("grad_cam", "guided") for i, s in enumerate(("original", "fc")) for k in ("ssim", "spearman_abs")]
+    pd.DataFrame(rows).to_csv(folder / "sanity.csv", index=False)
+    png(folder / "sanity.png", "sanity")
+
+
+def make_roar(folder: Path) -> None:
+    folder.mkdir(parents=True)
+    rows = [{"method": m, "t": t, "seed": s, "accuracy": 0.8 - t / 200 + s / 100, "epochs": 1, "seconds": 2.0}
+            for m, t in (("none", 0), ("sobel", 50), ("pathway", 50)) for s in (0, 1)]
+    pd.DataFrame(rows).to_csv(folder / "results.csv", index=False)
+    png(folder / "roar.png", "roar")
+
+
+def test_report_gathers_every_section(tmp_path, capsys) -> None:
+    maps, examples = make_maps(tmp_path)
+    perturbation = make_perturbation(maps / "eval" / "perturbation")  # the default location under --maps
+    make_sanity(tmp_path / "sanity")
+    make_roar(maps / "eval" / "roar")
+    out = tmp_path / "report"
+    code = report.main(["--maps", str(maps), "--sanity", str(tmp_path / "sanity"), "--output", str(out)])
+    assert code == 0
+
+    page = (out / "report.html").read_text()
+    for figure in (examples, perturbation):
+        assert f"data:image/png;base64,{base64.b64encode(figure).decode()}" in page
+    assert page.count("data:image/png;base64,") == 4
+    for method in ("pathway", "gradient", "random", "grad_cam", "guided", "sobel", "none"):
+        assert f"<td>{method}</td>" in page
+    assert "0.7512" in page and "0.2101" in page  # AUC values from auc.csv
+    assert '"checkpoint": "tiny.pt"' in page and "<pre>" in page
+    assert "not run yet" not in page.lower()
+
+    markdown = (out / "report.md").read_text()
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", markdown)
+    assert sorted(links) == ["examples.png", "perturbation.png", "roar.png", "sanity.png"]
+    for link in links:
+        assert (out / link).is_file()
+    assert (out / "perturbation.png").read_bytes() == perturbation
+    assert "| pathway |" in markdown and "0.7512" in markdown and '"checkpoint": "tiny.pt"' in markdown
+    assert f"xdg-open {out / 'report.html'}" in capsys.readouterr().out
+
+
+def test_missing_sections_are_listed_not_fatal(tmp_path, capsys) -> None:
+    maps, _ = make_maps(tmp_path)
+    out = tmp_path / "report"
+    code = report.main(["--maps", str(maps), "--perturbation", str(tmp_path / "none-p"),
+                        "--sanity", str(tmp_path / "none-s"), "--roar", str(tmp_path / "none-r"), "--output", str(out)])
+    assert code == 0
+    page = (out / "report.html").read_text()
+    assert page.count("Not run yet") == 3
+    assert "python -m jobs.sanity" in page and f"python -m jobs.perturb --maps {maps}" in page
+    assert "python -m jobs.roar" in page
+    markdown = (out / "report.md").read_text()
+    assert markdown.count("Not run yet") == 3 and "![examples.png](examples.png)" in markdown
+    assert (out / "examples.png").is_file() and not (out / "sanity.png").exists()
+
+
+def test_unreadable_maps_is_one_line_exit_1(tmp_path, capsys) -> None:
+    missing = tmp_path / "no-such-maps"
+    code = report.main(["--maps", str(missing), "--output", str(tmp_path / "report")])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("jobs.report: error: --maps: cannot read the map dataset's run.json")
+    assert str(missing) in err and "jobs.attribute" in err and "Traceback" not in err
+    assert not (tmp_path / "report").exists()
