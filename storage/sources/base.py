@@ -133,3 +133,11 @@ def decode_image(data: bytes) -> np.ndarray:
 
 def decode_reason(err: BaseException) -> str:
     return f"cannot decode image: {type(err).__name__}: {err}"[:500]
+
+
+def decoded_sample(sample_id: str, data: bytes, label: int) -> Sample | SampleError:
+    """The sample, or an error record naming why its bytes do not decode (never an exception)."""
+    try:
+        return Sample(sample_id, decode_image(data), label)
+    except Exception as err:  # noqa: BLE001 - Pillow raises many types for corrupt data
+        return SampleError(sample_id, decode_reason(err))

@@ -13,7 +13,7 @@ import logging
 from collections.abc import Iterator, Sequence
 
 from storage.fs import StorageError, join, open_fs, storage_errors, translate
-from storage.sources.base import SPLIT_WORDS, Sample, SampleError, SampleRef, Source, decode_image, decode_reason, \
+from storage.sources.base import SPLIT_WORDS, Sample, SampleError, SampleRef, Source, decoded_sample, \
     split_aliases
 
 log = logging.getLogger(__name__)
@@ -101,9 +101,4 @@ class ImageFolderSource(Source):
                     yield SampleError(ref.sample_id, f"cannot read {join(self.url, str(ref.locator))}: "
                                                      f"{type(data).__name__}: {data}"[:500])
                     continue
-                try:
-                    image = decode_image(data)
-                except Exception as err:  # noqa: BLE001 - Pillow raises many types for corrupt files
-                    yield SampleError(ref.sample_id, decode_reason(err))
-                    continue
-                yield Sample(ref.sample_id, image, label)
+                yield decoded_sample(ref.sample_id, data, label)

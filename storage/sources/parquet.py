@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from storage.fs import StorageError, join, open_fs, storage_errors
-from storage.sources.base import SPLIT_WORDS, Sample, SampleError, SampleRef, Source, decode_image, decode_reason, \
+from storage.sources.base import SPLIT_WORDS, Sample, SampleError, SampleRef, Source, decoded_sample, \
     split_aliases
 
 _WORD = re.compile(r"[A-Za-z0-9]+")
@@ -180,9 +180,4 @@ class ParquetSource(Source):
             if value is None or label is None:
                 yield SampleError(ref.sample_id, f"row {row} of {self._url(rel)} has no image bytes or label")
                 continue
-            try:
-                image = decode_image(value)
-            except Exception as err:  # noqa: BLE001 - Pillow raises many types for corrupt bytes
-                yield SampleError(ref.sample_id, decode_reason(err))
-                continue
-            yield Sample(ref.sample_id, image, int(label))
+            yield decoded_sample(ref.sample_id, value, int(label))
