@@ -24,7 +24,7 @@ import io
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -90,56 +90,54 @@ def _ordered_pivot(frame: Any, index: list[str], columns: str, values: str) -> A
     return wide.reset_index()
 
 
-def perturbation_section(url: str, options: dict[str, Any], maps: str) -> Section:
-    section = Section("Pixel perturbation (MoRF / LeRF)", url)
-    auc = read_optional(url, "auc.csv", options)
-    if auc is not None:
-        table = _csv(auc)
-        if {"method", "order", "auc"} <= set(table.columns):
-            table = _ordered_pivot(table, ["method"], "order", "auc")
-        section.tables.append(("Area under the mean relative-drop curve (MoRF: higher is better; "
-                               "LeRF: lower is better)", table))
-    figure = read_optional(url, "perturbation.png", options)
+def _result_section(title: str, url: str, options: dict[str, Any], csv_name: str, caption: str,
+                    shape: Callable[[Any], Any], png_name: str, command: str) -> Section:
+    """A section from one job's output folder: its CSV summarised by ``shape``, its PNG, or the
+    command that produces them when neither exists."""
+    section = Section(title, url)
+    data = read_optional(url, csv_name, options)
+    if data is not None:
+        section.tables.append((caption, shape(_csv(data))))
+    figure = read_optional(url, png_name, options)
     if figure is not None:
-        section.figures.append(("perturbation.png", figure))
-    if auc is None and figure is None:
-        section.missing = f"python -m jobs.perturb --maps {maps}"
+        section.figures.append((png_name, figure))
+    if data is None and figure is None:
+        section.missing = command
     return section
+
+
+def _if_columns(columns: set[str], reshape: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """Reshape a table that has the expected columns; show any other table as it is."""
+    return lambda table: reshape(table) if columns <= set(table.columns) else table
+
+
+def perturbation_section(url: str, options: dict[str, Any], maps: str) -> Section:
+    return _result_section(
+        "Pixel perturbation (MoRF / LeRF)", url, options, "auc.csv",
+        "Area under the mean relative-drop curve (MoRF: higher is better; LeRF: lower is better)",
+        _if_columns({"method", "order", "auc"}, lambda t: _ordered_pivot(t, ["method"], "order", "auc")),
+        "perturbation.png", f"python -m jobs.perturb --maps {maps}")
 
 
 def sanity_section(url: str, options: dict[str, Any]) -> Section:
-    section = Section("Sanity checks (cascading parameter randomization)", url)
-    data = read_optional(url, "sanity.csv", options)
-    if data is not None:
-        table = _csv(data)
-        if {"method", "metric", "step_name", "mean"} <= set(table.columns):
-            table = _ordered_pivot(table, ["metric", "method"], "step_name", "mean")
-        section.tables.append(("Mean similarity to the original maps after each randomization step "
-                               "(lower once randomized = the method depends on the weights)", table))
-    figure = read_optional(url, "sanity.png", options)
-    if figure is not None:
-        section.figures.append(("sanity.png", figure))
-    if data is None and figure is None:
-        section.missing = "python -m jobs.sanity"
-    return section
+    return _result_section(
+        "Sanity checks (cascading parameter randomization)", url, options, "sanity.csv",
+        "Mean similarity to the original maps after each randomization step "
+        "(lower once randomized = the method depends on the weights)",
+        _if_columns({"method", "metric", "step_name", "mean"},
+                    lambda t: _ordered_pivot(t, ["metric", "method"], "step_name", "mean")),
+        "sanity.png", "python -m jobs.sanity")
 
 
 def roar_section(url: str, options: dict[str, Any], maps: str) -> Section:
-    section = Section("ROAR (remove and retrain)", url)
-    data = read_optional(url, "results.csv", options)
-    if data is not None:
-        table = _csv(data)
-        if {"method", "t", "accuracy"} <= set(table.columns):
-            table = (table.groupby(["method", "t"], sort=True)["accuracy"]
-                     .agg(mean="mean", std="std", seeds="count").reset_index())
-        section.tables.append(("Test accuracy after retraining without the top t % pixels, over seeds "
-                               "(lower = the removed pixels mattered)", table))
-    figure = read_optional(url, "roar.png", options)
-    if figure is not None:
-        section.figures.append(("roar.png", figure))
-    if data is None and figure is None:
-        section.missing = f"python -m jobs.roar --train-maps <train-split maps> --test-maps {maps}"
-    return section
+    return _result_section(
+        "ROAR (remove and retrain)", url, options, "results.csv",
+        "Test accuracy after retraining without the top t % pixels, over seeds "
+        "(lower = the removed pixels mattered)",
+        _if_columns({"method", "t", "accuracy"},
+                    lambda t: t.groupby(["method", "t"], sort=True)["accuracy"]
+                    .agg(mean="mean", std="std", seeds="count").reset_index()),
+        "roar.png", f"python -m jobs.roar --train-maps <train-split maps> --test-maps {maps}")
 
 
 def examples_section(maps: str, options: dict[str, Any]) -> Section:
