@@ -27,24 +27,13 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
-from jobs.cli import parse_params
+from jobs.cli import parse_method_specs
 from jobs.train import DEFAULT_OUTPUT as DEFAULT_CHECKPOINT
 from jobs.train import JobError, storage_options_from
 
 DEFAULT_OUTPUT = "outputs/maps/fashion-mnist"
 DEFAULT_METHODS = "pathway gradient"
 EXAMPLES = 12
-
-
-def parse_methods(text: str) -> dict[str, dict[str, Any]]:
-    """``"pathway:percentile=70,scores=taylor gradient"`` -> {name: params}; values parsed as JSON."""
-    methods: dict[str, dict[str, Any]] = {}
-    for item in text.replace(";", " ").split():
-        name, _, rest = item.partition(":")
-        methods[name] = parse_params(item, rest)
-    if not methods:
-        raise JobError("--methods names no method")
-    return methods
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -55,7 +44,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--checkpoint", default=None,
                    help=f"model checkpoint URL (default {DEFAULT_CHECKPOINT}, trained with jobs.train if absent)")
     p.add_argument("--output", default=DEFAULT_OUTPUT, help="map dataset URL (local path or s3://...)")
-    p.add_argument("--methods", default=DEFAULT_METHODS, help="space-separated name[:key=value,...]")
+    p.add_argument("--methods", default=DEFAULT_METHODS, help="space-separated [label=]name[:key=value,...], e.g. "
+                   "'pathway pathway_integrated=pathway:scores=integrated gradient'")
     p.add_argument("--reduction", default="signed_max_abs", choices=("signed_max_abs", "max_abs", "sum_abs"))
     p.add_argument("--target", default="predicted", choices=("predicted", "label"), help="class to explain")
     p.add_argument("--limit", type=int, default=None, help="only the first N samples of the source")
@@ -158,17 +148,19 @@ def run(args: argparse.Namespace) -> int:
     from workers.attributor import JobConfig
 
     options = storage_options_from(args.storage_options)
-    methods = parse_methods(args.methods)
+    specs = parse_method_specs(args.methods)
+    methods = {label: spec.params for label, spec in specs.items()}
+    names = {label: spec.name for label, spec in specs.items() if spec.name != label}
     checkpoint = ensure_checkpoint(args, options)
     started, start_clock = now(), time.perf_counter()  # after any training of the default model
     # Fail before any scheduling when the model, the methods, the source or the output are unusable.
     model, spec = load_checkpoint(checkpoint, options or None)
-    params = {name: attribution.get(name, model, **p).params for name, p in methods.items()}
+    params = {label: attribution.get(spec.name, model, **spec.params).params for label, spec in specs.items()}
     source = open_source(args.source, split=args.split, storage_options=options or None)
     store = MapStore(args.output, options or None)
     config = JobConfig(source=args.source, checkpoint=checkpoint, output=args.output, methods=methods,
-                       split=args.split, batch_size=args.batch_size, reduction=args.reduction, target=args.target,
-                       device=args.device, storage_options=options)
+                       method_names=names, split=args.split, batch_size=args.batch_size, reduction=args.reduction,
+                       target=args.target, device=args.device, storage_options=options)
     run_record = {"config": {k: v for k, v in config.to_dict().items() if k != "storage_options"},
                   "method_params": params, "model": spec.to_dict(), "started_at": started, "status": "running"}
     store.write_run(run_record)

@@ -1,8 +1,6 @@
-"""Helpers the evaluation jobs (jobs.perturb, jobs.sanity) share: method specs, samples, maps, tables.
+"""Helpers the evaluation jobs (jobs.perturb, jobs.sanity) share: methods, samples, maps, tables.
 
-Methods are named ``[label=]name[:key=value,...]`` so one method can appear twice with
-different parameters, e.g. ``pathway_taylor=pathway:scores=taylor``; the label names the
-method in every table and plot (default: the registry name).
+Methods are named ``[label=]name[:key=value,...]`` (jobs.cli.parse_method_specs).
 """
 
 from __future__ import annotations
@@ -10,45 +8,12 @@ from __future__ import annotations
 import io
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from jobs.cli import parse_params
+from jobs.cli import MethodSpec
 from jobs.train import JobError
-
-
-@dataclass(frozen=True)
-class MethodSpec:
-    """One method to evaluate: its label in the outputs, its registry name, its parameters."""
-
-    label: str
-    name: str
-    params: dict[str, Any]
-
-
-def parse_method_specs(text: str) -> dict[str, MethodSpec]:
-    """``"pt=pathway:scores=taylor gradient"`` -> {label: MethodSpec}; unknown names are an error."""
-    import attribution
-
-    specs: dict[str, MethodSpec] = {}
-    for item in text.replace(";", " ").split():
-        head, _, rest = item.partition(":")
-        label, eq, name = head.partition("=")
-        if not eq:
-            label, name = head, head
-        if not label or not name:
-            raise JobError(f"--methods: cannot read {item!r}; write [label=]name[:key=value,...]")
-        if name not in attribution.available():
-            raise JobError(f"--methods: unknown method {name!r}; choose one of {', '.join(attribution.available())}")
-        params = parse_params(item, rest)
-        if label in specs:
-            raise JobError(f"--methods: label {label!r} appears twice; give one a label, e.g. {label}2={item}")
-        specs[label] = MethodSpec(label, name, params)
-    if not specs:
-        raise JobError("--methods names no method")
-    return specs
 
 
 def build_methods(model: Any, specs: dict[str, MethodSpec]) -> dict[str, Any]:

@@ -159,7 +159,8 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from jobs.attribute import ensure_checkpoint, start_ray
-    from jobs.eval_common import build_methods, chunks, fill_value, load_samples, model_payload, parse_method_specs
+    from jobs.cli import parse_method_specs
+    from jobs.eval_common import build_methods, chunks, fill_value, load_samples, model_payload
     from models.preprocess import preprocess
     from storage.checkpoints import load_checkpoint
     from storage.sources import open_source

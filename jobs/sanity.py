@@ -113,7 +113,8 @@ def run(args: argparse.Namespace) -> int:
 
     from attribution.evaluation import METRICS, cascade
     from jobs.attribute import ensure_checkpoint, start_ray
-    from jobs.eval_common import build_methods, load_samples, model_payload, parse_method_specs
+    from jobs.cli import parse_method_specs
+    from jobs.eval_common import build_methods, load_samples, model_payload
     from models.preprocess import preprocess
     from storage.checkpoints import load_checkpoint
     from storage.sources import open_source

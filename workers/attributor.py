@@ -40,13 +40,14 @@ class JobConfig:
     source: str
     checkpoint: str
     output: str
-    methods: dict[str, dict[str, Any]]  # method name -> parameters
+    methods: dict[str, dict[str, Any]]  # label -> parameters
     split: str = "test"
     batch_size: int = 64
     reduction: str = "signed_max_abs"
     target: str = "predicted"  # or "label"
     device: str = "auto"
     storage_options: dict[str, Any] = field(default_factory=dict)
+    method_names: dict[str, str] = field(default_factory=dict)  # label -> registry name, where they differ
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -74,7 +75,8 @@ class ShardAttributor:
         self.model.to(self.device).eval()
         self.source = open_source(self.config.source, split=self.config.split, storage_options=options)
         self.store = MapStore(self.config.output, options)
-        self.methods = {name: attribution.get(name, self.model, **params) for name, params in self.config.methods.items()}
+        self.methods = {label: attribution.get(self.config.method_names.get(label, label), self.model, **params)
+                        for label, params in self.config.methods.items()}
         self.worker = f"{socket.gethostname()}:{os.getpid()}:{self.device}"
         self._decoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode")
 

@@ -219,6 +219,36 @@ def test_corrupt_images_become_error_rows(checkpoint, ray_session, tmp_path, cap
         assert len(read_maps(out, method, columns=["sample_id"])) == 20
 
 
+def test_labeled_methods_store_one_method_twice(checkpoint, ray_session, tmp_path, capsys) -> None:
+    """``label=name:params`` stores a second pathway variant under its own label, computed with its params."""
+    import attribution
+    from models.preprocess import preprocess
+    from storage.checkpoints import load_checkpoint
+
+    out = str(tmp_path / "maps")
+    code = attribute.main(["--checkpoint", checkpoint, "--output", out, "--limit", "40", "--shard-size", "20",
+                           "--methods", "pathway p30=pathway:percentile=30", "--workers", "1", "--no-progress"])
+    assert code == 0
+    run = read_run(out)
+    assert run["config"]["method_names"] == {"p30": "pathway"}
+    assert run["method_params"]["p30"]["percentile"] == 30 and run["method_params"]["pathway"]["percentile"] == 70
+    p70, p30 = read_maps(out, "pathway"), read_maps(out, "p30")
+    assert list(p30.sample_id) == source_ids(limit=40)
+    # zero scores (inactive neurons) tie at the threshold and are pruned, so kept <= 1 - p/100
+    assert (p30.kept_fraction <= 0.701).all() and (p70.kept_fraction <= 0.301).all()
+    assert (p30.kept_fraction > p70.kept_fraction + 0.1).all()
+    model, spec = load_checkpoint(checkpoint)
+    images, _ = fmnist_test(4)
+    expected = attribution.reduce_map(attribution.get("pathway", model, percentile=30).attribute(
+        preprocess(spec, images)), "signed_max_abs")
+    stored = np.stack(p30["map"][:4]).astype(np.float32)
+    scale = float(np.abs(expected.numpy()).max())
+    np.testing.assert_allclose(stored, expected.numpy(), rtol=1e-2, atol=1e-3 * scale)  # stored as float16
+    assert np.abs(stored - np.stack(p70["map"][:4])).max() > 0.05 * scale
+    assert attribute.main(["--methods", "p30=nosuch", "--checkpoint", checkpoint, "--output", out]) == 1
+    assert "unknown method 'nosuch'" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("case", ["checkpoint missing", "wrong S3 credentials", "output not writable"])
 def test_failures_not_caused_by_data_exit_1_fast(case, checkpoint, s3_server, tmp_path, capfd, monkeypatch
                                                   ) -> None:
