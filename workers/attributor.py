@@ -67,6 +67,22 @@ class ShardAttributor:
 
     def __init__(self, config: dict[str, Any], threads: int | None = None) -> None:
         self.config = JobConfig(**config)
+        self.worker = f"{socket.gethostname()}:{os.getpid()}"
+        self._decoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode")
+        self._compute_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="compute")
+        self._on_compute_thread(self._load, threads)
+
+    def _on_compute_thread(self, fn: Any, *args: Any) -> Any:
+        """Run ``fn`` on the worker's one compute thread.
+
+        torch's CPU kernels use OpenMP, and libgomp keeps one thread team per thread that
+        calls it. Ray Data builds the actor on one thread and calls it on another, so two teams
+        competed for the cores and elementwise ops ran up to 1.7x slower (a whole shard 1.3x;
+        benchmarks/RESULTS.md). One thread for every torch call keeps one team.
+        """
+        return self._compute_thread.submit(fn, *args).result()
+
+    def _load(self, threads: int | None) -> None:
         if threads:
             torch.set_num_threads(threads)
         self.device = resolve_device(self.config.device)
@@ -77,8 +93,7 @@ class ShardAttributor:
         self.store = MapStore(self.config.output, options)
         self.methods = {label: attribution.get(self.config.method_names.get(label, label), self.model, **params)
                         for label, params in self.config.methods.items()}
-        self.worker = f"{socket.gethostname()}:{os.getpid()}:{self.device}"
-        self._decoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode")
+        self.worker = f"{self.worker}:{self.device}"
 
     # -- Ray Data entry point: one row per shard -----------------------------------------
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -91,6 +106,10 @@ class ShardAttributor:
     def process_shard(self, shard_index: int, shard_id: str, refs: Sequence[Sequence[Any]],
                       methods: Sequence[str] | None = None) -> ShardResult:
         """Compute, write and commit one shard for the given methods (default: all)."""
+        return self._on_compute_thread(self._process_shard, shard_index, shard_id, refs, methods)
+
+    def _process_shard(self, shard_index: int, shard_id: str, refs: Sequence[Sequence[Any]],
+                       methods: Sequence[str] | None) -> ShardResult:
         start = time.perf_counter()
         methods = list(methods or self.methods)
         sample_refs = [SampleRef(str(sample_id), locator) for sample_id, locator in refs]
