@@ -28,11 +28,18 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from captum.attr import InputXGradient, IntegratedGradients, LayerAttribution, LayerGradCam, Saliency
 from torch import nn
 
 from .base import Attribution, AttributionError, check_logits, eval_mode, input_gradient, register
 from .canonizers import forward_hooks, guided_relus, relu_out_of_place
+
+def _captum() -> Any:
+    """captum.attr, imported on first use: it costs about 0.35 s, paid by every Ray actor
+    that starts, and the default job's methods (pathway, gradient) need it only for gradient."""
+    import captum.attr
+
+    return captum.attr
+
 
 __all__ = [
     "Gradient",
@@ -87,7 +94,7 @@ class Gradient(Attribution):
     """
 
     def _attribute(self, inputs: torch.Tensor, targets: torch.Tensor, seeds: list[int]) -> torch.Tensor:
-        method = Saliency(_checked_forward(self.model, targets))
+        method = _captum().Saliency(_checked_forward(self.model, targets))
         return method.attribute(_grad_leaf(inputs), target=targets, abs=False).detach()
 
 
@@ -96,7 +103,7 @@ class GradientXInput(Attribution):
     """Gradient times input (Shrikumar et al. 2016), Captum's ``InputXGradient``."""
 
     def _attribute(self, inputs: torch.Tensor, targets: torch.Tensor, seeds: list[int]) -> torch.Tensor:
-        method = InputXGradient(_checked_forward(self.model, targets))
+        method = _captum().InputXGradient(_checked_forward(self.model, targets))
         return method.attribute(_grad_leaf(inputs), target=targets).detach()
 
 
@@ -141,7 +148,7 @@ class IntegratedGradientsMethod(Attribution):
 
     def _attribute(self, inputs: torch.Tensor, targets: torch.Tensor, seeds: list[int]) -> torch.Tensor:
         batch = inputs.shape[0]
-        ig = IntegratedGradients(_checked_forward(self.model, targets), multiply_by_inputs=True)
+        ig = _captum().IntegratedGradients(_checked_forward(self.model, targets), multiply_by_inputs=True)
         return ig.attribute(
             _grad_leaf(inputs),
             baselines=torch.zeros_like(inputs),
@@ -296,7 +303,7 @@ class GradCAM(Attribution):
         """Grad-CAM at the layer's own resolution, [B, 1, h, w] (before upsampling)."""
         name = self._layer_for(inputs)
         self.resolved_layer = name
-        cam = LayerGradCam(_checked_forward(self.model, targets), self._module(name))
+        cam = _captum().LayerGradCam(_checked_forward(self.model, targets), self._module(name))
         # Captum's layer hook hands a clone of the layer output to the rest of the net, so a
         # later in-place ReLU cannot overwrite the saved activations (tested with conv2 of
         # the tiny net in tests/attribution/test_baselines.py).
@@ -309,7 +316,7 @@ class GradCAM(Attribution):
 
     def _attribute(self, inputs: torch.Tensor, targets: torch.Tensor, seeds: list[int]) -> torch.Tensor:
         maps = self.layer_maps(inputs, targets)
-        return LayerAttribution.interpolate(maps, tuple(inputs.shape[-2:]), self.interpolation)
+        return _captum().LayerAttribution.interpolate(maps, tuple(inputs.shape[-2:]), self.interpolation)
 
 
 # --------------------------------------------------------------------------- SmoothGrad

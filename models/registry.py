@@ -19,7 +19,6 @@ import torch
 from torch import nn
 
 from models.small import resnet8
-from models.tv import models as tv_models
 
 
 class ModelError(ValueError):
@@ -126,7 +125,7 @@ def imagenet_spec(arch: str = "resnet50", input_size: tuple[int, int] = (224, 22
     (the names ship with torchvision's code; no download)."""
     _arch_entry(arch)
     try:
-        categories = list(tv_models.get_model_weights(arch).DEFAULT.meta["categories"])
+        categories = list(_tv_models().get_model_weights(arch).DEFAULT.meta["categories"])
     except (ValueError, KeyError, AttributeError):
         categories = []
     return ModelSpec(
@@ -146,14 +145,28 @@ class _Arch:
     head: str  # dotted path of the final nn.Linear
 
 
+def _tv_models() -> Any:
+    """torchvision.models, imported on first use (about 0.9 s; the default ResNet-8 needs none)."""
+    from models.tv import models
+
+    return models
+
+
+def _torchvision(name: str) -> Callable[..., nn.Module]:
+    def build(**kwargs: Any) -> nn.Module:
+        return getattr(_tv_models(), name)(**kwargs)
+
+    return build
+
+
 _ARCHS: dict[str, _Arch] = {"resnet8": _Arch(resnet8, False, "conv1", "fc")}
 # Only architectures whose nonlinearities are all nn.ReLU modules (the attribution
 # method hooks ReLU calls; DenseNet's functional relu or MobileNet's ReLU6 would escape).
 for _name in ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
               "wide_resnet50_2", "wide_resnet101_2", "resnext50_32x4d"):
-    _ARCHS[_name] = _Arch(getattr(tv_models, _name), True, "conv1", "fc")
+    _ARCHS[_name] = _Arch(_torchvision(_name), True, "conv1", "fc")
 for _name in ("vgg11", "vgg13", "vgg16", "vgg19", "vgg11_bn", "vgg13_bn", "vgg16_bn", "vgg19_bn", "alexnet"):
-    _ARCHS[_name] = _Arch(getattr(tv_models, _name), True, "features.0", "classifier.6")
+    _ARCHS[_name] = _Arch(_torchvision(_name), True, "features.0", "classifier.6")
 
 
 def available_archs() -> list[str]:
@@ -208,7 +221,7 @@ def build_model(spec: ModelSpec, pretrained: bool = False) -> nn.Module:
 
 def _pretrained(arch: str, entry: _Arch) -> nn.Module:
     try:
-        weights = tv_models.get_model_weights(arch).DEFAULT
+        weights = _tv_models().get_model_weights(arch).DEFAULT
     except ValueError as err:
         raise ModelError(f"torchvision has no pretrained weights for {arch!r}") from err
     try:

@@ -1,8 +1,12 @@
 """Small ResNets for 28-32 px inputs (Fashion-MNIST, CIFAR-sized data).
 
-Built from torchvision's own :class:`BasicBlock`, so a block reuses one in-place
-``nn.ReLU`` twice exactly as the ImageNet ResNets do: the attribution method must
-treat each *call* of a ReLU module as its own layer.
+:class:`BasicBlock` is torchvision's residual block, layer for layer (same module names,
+so checkpoints match, and the same execution order): a block reuses one in-place
+``nn.ReLU`` twice exactly as the ImageNet ResNets do, so the attribution method must treat
+each *call* of a ReLU module as its own layer. It is written out here rather than imported
+because importing torchvision costs about 0.9 s (it pulls in torch._dynamo), paid again by
+every Ray actor that starts for the default model; ``tests/models`` checks it against
+torchvision's.
 """
 
 from __future__ import annotations
@@ -10,9 +14,29 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models.tv import models as tv_models
 
-BasicBlock = tv_models.resnet.BasicBlock
+
+class BasicBlock(nn.Module):
+    """conv3x3-BN-ReLU-conv3x3-BN, plus the (downsampled) input, then the same ReLU again."""
+
+    expansion = 1
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, kernel_size=3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(planes, planes, kernel_size=3, stride=1, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample = downsample
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        identity = self.downsample(x) if self.downsample is not None else x
+        out += identity
+        return self.relu(out)
 
 
 class ResNet8(nn.Module):

@@ -33,3 +33,42 @@ def test_blocks_reuse_one_inplace_relu() -> None:
     block = model.layer1[0]
     assert isinstance(block.relu, nn.ReLU) and block.relu.inplace
     assert sum(isinstance(m, nn.ReLU) for m in model.modules()) == 4  # stem + one per block, 7 calls
+
+
+def test_basic_block_is_torchvisions_layer_for_layer() -> None:
+    """Same parameter names (checkpoints load either way), same outputs, same execution order."""
+    from models.small import BasicBlock
+    from models.tv import models as tv_models
+
+    for inplanes, planes, stride in ((16, 16, 1), (16, 32, 2)):
+        downsample = None
+        if stride != 1:
+            downsample = nn.Sequential(nn.Conv2d(inplanes, planes, 1, stride=stride, bias=False), nn.BatchNorm2d(planes))
+        torch.manual_seed(0)
+        ours = BasicBlock(inplanes, planes, stride, downsample).eval()
+        theirs = tv_models.resnet.BasicBlock(inplanes, planes, stride, downsample).eval()
+        theirs.load_state_dict(ours.state_dict())  # strict: the same keys and shapes
+        x = torch.randn(2, inplanes, 14, 14)
+        torch.testing.assert_close(ours(x), theirs(x), rtol=0, atol=0)
+        order = {}
+        for tag, block in (("ours", ours), ("theirs", theirs)):
+            seen: list[str] = []
+            handles = [m.register_forward_hook(lambda m, i, o, name=name: seen.append(name))
+                       for name, m in block.named_modules() if name]
+            block(x)
+            for h in handles:
+                h.remove()
+            order[tag] = seen
+        assert order["ours"] == order["theirs"]
+
+
+def test_default_model_needs_no_torchvision() -> None:
+    """Importing the worker path and building ResNet-8 must not import torchvision (0.9 s per actor)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, workers.attributor, attribution; from models import build_model, fashion_mnist_spec; "
+            "attribution.get('pathway', build_model(fashion_mnist_spec())); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torchvision', 'captum')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
