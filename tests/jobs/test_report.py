@@ -115,3 +115,29 @@ def test_unreadable_maps_is_one_line_exit_1(tmp_path, capsys) -> None:
     assert err.startswith("jobs.report: error: --maps: cannot read the map dataset's run.json")
     assert str(missing) in err and "jobs.attribute" in err and "Traceback" not in err
     assert not (tmp_path / "report").exists()
+
+
+def test_report_reads_and_writes_s3(s3_server, tmp_path, capsys) -> None:
+    """Every input and the report itself on s3:// (SeaweedFS on loopback); no secret in the page."""
+    from storage.fs import open_fs
+
+    maps, examples = make_maps(tmp_path)
+    perturbation = make_perturbation(maps / "eval" / "perturbation")
+    make_sanity(maps / "eval" / "sanity")
+    make_roar(maps / "eval" / "roar")
+    options = s3_server.storage_options
+    root = s3_server.url("report-e2e")
+    fs, path = open_fs(root, options)
+    fs.put(str(maps), path + "/maps", recursive=True)
+    out = f"{root}/report"
+    code = report.main(["--maps", f"{root}/maps", "--sanity", f"{root}/maps/eval/sanity", "--output", out,
+                        "--storage-options", json.dumps(options)])
+    assert code == 0, capsys.readouterr().err
+    page = fs.cat_file(f"{path}/report/report.html").decode()
+    for figure in (examples, perturbation):
+        assert f"data:image/png;base64,{base64.b64encode(figure).decode()}" in page
+    assert page.count("data:image/png;base64,") == 4 and "not run yet" not in page.lower()
+    assert options["secret"] not in page and options["secret"] not in capsys.readouterr().out
+    markdown = fs.cat_file(f"{path}/report/report.md").decode()
+    for link in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", markdown):
+        assert fs.exists(f"{path}/report/{link}")
