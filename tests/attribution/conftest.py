@@ -104,6 +104,7 @@ class ModelSnapshot:
                 "_forward_pre_hooks_with_kwargs",
             ):
                 assert not getattr(module, attr, {}), f"{name or 'model'} still has {attr}"
+            assert "forward" not in module.__dict__, f"{name or 'model'} still has a replaced forward"
         from torch.nn.modules import module as module_mod
 
         for attr in ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks"):

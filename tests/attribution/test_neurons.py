@@ -13,8 +13,10 @@ from models.tv import models as tv_models
 
 
 def hooks_left(model: nn.Module) -> int:
+    """Hooks and replaced ``forward`` methods still on the model."""
     return sum(
         len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) + len(getattr(m, "_backward_pre_hooks", {}))
+        + ("forward" in m.__dict__)
         for m in model.modules()
     )
 
@@ -86,3 +88,45 @@ def test_relu_output_modified_in_place_later_is_a_clear_error() -> None:
 
     with pytest.raises(AttributionError, match="modified in place"):
         PathwayGrad(AddsInPlace()).attribute(torch.randn(2, 1, 2, 2))
+
+
+@pytest.mark.parametrize("inplace", [False, True])
+def test_pruned_call_is_relu_times_mask_with_the_same_gradient(inplace: bool) -> None:
+    """The fused call equals relu(z) * keep, and so does its gradient, ties at z = 0 included."""
+    generator = torch.Generator().manual_seed(0)
+    z = torch.randn(4, 50, generator=generator)
+    z[:, :5] = 0.0
+    keep = (torch.rand(4, 50, generator=generator) > 0.5).float()
+    weight = torch.randn(4, 50, generator=generator)
+    model = nn.Sequential(nn.Identity(), nn.ReLU(inplace=inplace))
+    x = z.clone().requires_grad_(True)
+    with ReluCalls(model) as relus:
+        relus.reset(keep=[keep])
+        out = model(x.clone())
+    (grad,) = torch.autograd.grad((out * weight).sum(), x)
+    y = z.clone().requires_grad_(True)
+    (expected_grad,) = torch.autograd.grad((torch.relu(y) * keep * weight).sum(), y)
+    assert torch.equal(out.detach(), torch.relu(z) * keep)
+    assert torch.equal(grad, expected_grad)
+    assert hooks_left(model) == 0
+
+
+def test_relu_subclass_with_its_own_forward_is_pruned_on_its_output_and_user_hooks_still_run() -> None:
+    class Leakyish(nn.ReLU):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.relu(x) + 0.5
+
+    relu = Leakyish()
+    seen: list[torch.Tensor] = []
+    handle = relu.register_forward_hook(lambda m, args, out: seen.append(out))
+    model = nn.Sequential(nn.Flatten(), relu)
+    x = torch.randn(2, 6)
+    keep = torch.tensor([[1.0, 0, 1, 0, 1, 0]] * 2)
+    with ReluCalls(model) as relus:
+        relus.reset(keep=[keep])
+        out = model(x)
+    assert torch.equal(out, (torch.relu(x) + 0.5) * keep)
+    assert len(seen) == 1 and torch.equal(seen[0], out)
+    handle.remove()
+    assert hooks_left(model) == 0
+    assert torch.equal(model(x), torch.relu(x) + 0.5)
