@@ -23,10 +23,13 @@ def relu_like_scores(batch: int, sizes: list[int], dead: float = 0.5, seed: int 
     ]
 
 
-@pytest.fixture(params=["sort", "band"])
+@pytest.fixture(params=["sort", "band", "band-torch"])
 def path(request, monkeypatch) -> str:
-    """Run each test through the full sort and through the band selection."""
+    """Run each test through the full sort and through the band selection, counted in numpy
+    (CPU) and in torch (CUDA, and dtypes numpy lacks)."""
     monkeypatch.setattr(threshold, "SORT_LIMIT", 10**12 if request.param == "sort" else 0)
+    if request.param == "band-torch":
+        monkeypatch.setattr(threshold, "NUMPY_DTYPES", ())
     return request.param
 
 
@@ -75,6 +78,15 @@ def test_rows_are_independent(path: str) -> None:
     for row in range(5):
         alone = threshold.batched_percentile([c[row : row + 1] for c in chunks], 70.0)
         assert alone.item() == whole[row].item()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.float64])
+def test_numpy_count_split_into_row_blocks_equals_numpy(monkeypatch, dtype: torch.dtype) -> None:
+    monkeypatch.setattr(threshold, "SORT_LIMIT", 0)
+    monkeypatch.setattr(threshold, "_TASK_ELEMENTS", 50000)  # 1-2 rows per task
+    chunks = [c.to(dtype) for c in relu_like_scores(7, [20000, 61000, 3], seed=5)]
+    expected = numpy_percentile(chunks, 70.0)
+    np.testing.assert_array_equal(threshold.batched_percentile(chunks, 70.0, minimum=0.0).numpy(), expected)
 
 
 def test_rejects_bad_percentiles() -> None:
