@@ -10,7 +10,9 @@ For each model, on the same inputs and batch size, this measures:
   ``kthvalue`` on the concatenated scores (what a simple batched version does).
 
 It prints maps/s, the ratios the targets are stated in, and peak memory (CUDA: peak
-allocated; CPU: peak RSS growth of one call in a fresh process). Run ``python benchmarks/bench_attribution.py
+allocated; CPU: peak RSS growth of one call in a fresh process). On CPU the process tunes
+glibc's malloc as the job's workers do (workers/allocator.py); ``--glibc-defaults`` measures
+without that. Run ``python benchmarks/bench_attribution.py
 --help``; results are recorded in benchmarks/RESULTS.md.
 """
 
@@ -35,6 +37,10 @@ from attribution.scores import taylor
 from attribution.threshold import batched_percentile
 from models.registry import build_model, fashion_mnist_spec
 from models.tv import models as tv_models
+from workers.allocator import keep_freed_memory
+
+
+GLIBC_DEFAULTS = False
 
 
 def build(name: str, batch: int, seed: int = 0) -> tuple[torch.nn.Module, torch.Tensor]:
@@ -69,6 +75,7 @@ def peak_memory_mib(model_name: str, method: str, batch: int, device: torch.devi
         torch.cuda.synchronize()
         return (torch.cuda.max_memory_allocated() - base) / 2**20
     probe = [sys.executable, __file__, "--memory-probe", model_name, method, str(batch)]
+    probe += ["--glibc-defaults"] if GLIBC_DEFAULTS else []
     output = subprocess.run(probe, check=True, capture_output=True, text=True).stdout
     return float(output.strip().splitlines()[-1])
 
@@ -193,8 +200,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7, help="timed runs per figure (median reported)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument("--glibc-defaults", action="store_true",
+                        help="leave glibc's malloc untuned (the job's workers tune it on CPU)")
     parser.add_argument("--memory-probe", nargs=3, metavar=("MODEL", "METHOD", "BATCH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    global GLIBC_DEFAULTS
+    GLIBC_DEFAULTS = args.glibc_defaults
+    malloc = "glibc defaults" if GLIBC_DEFAULTS else f"malloc tuned: {keep_freed_memory()}"
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.memory_probe:
@@ -205,7 +217,7 @@ def main() -> None:
     torch.manual_seed(0)
     print(f"torch {torch.__version__}  device {device}"
           f" ({torch.cuda.get_device_name(device) if device.type == 'cuda' else platform.processor() or platform.machine()})"
-          f"  threads {torch.get_num_threads()}")
+          f"  threads {torch.get_num_threads()}  {malloc}")
     all_results = []
     for name in args.models.split(","):
         big = name != "small"

@@ -32,6 +32,8 @@ from storage.checkpoints import load_checkpoint
 from storage.maps import MapRecords, MapStore
 from storage.sources import Sample, SampleError, SampleRef, open_source
 
+from .allocator import keep_freed_memory
+
 
 @dataclass(frozen=True)
 class JobConfig:
@@ -86,6 +88,8 @@ class ShardAttributor:
         if threads:
             torch.set_num_threads(threads)
         self.device = resolve_device(self.config.device)
+        if self.device.type == "cpu":
+            keep_freed_memory()
         options = self.config.storage_options or None
         self.model, self.spec = load_checkpoint(self.config.checkpoint, options, map_location=self.device)
         self.model.to(self.device).eval()
