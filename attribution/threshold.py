@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -214,12 +215,15 @@ def _count_band_numpy(chunks: Sequence[torch.Tensor], lo: torch.Tensor, hi: torc
 
 
 def _thread_pool() -> ThreadPoolExecutor:
-    """One pool per thread count, sized like torch's intra-op pool."""
-    return _pool_of(torch.get_num_threads())
+    """One pool per process and thread count, sized like torch's intra-op pool.
+
+    Keyed by pid too: a forked child inherits the pool object but not its threads.
+    """
+    return _pool_of(os.getpid(), torch.get_num_threads())
 
 
 @functools.lru_cache(maxsize=2)
-def _pool_of(threads: int) -> ThreadPoolExecutor:
+def _pool_of(pid: int, threads: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="percentile")
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -101,3 +104,14 @@ def test_equals_numpy_on_cuda() -> None:
     chunks = relu_like_scores(3, [500000, 300000])
     got = threshold.batched_percentile([c.cuda() for c in chunks], 70.0).cpu()
     assert np.array_equal(got.numpy(), numpy_percentile(chunks, 70.0))
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_numpy_count_works_in_a_forked_child_after_the_parent_used_it(monkeypatch) -> None:
+    """A forked process (e.g. a DataLoader worker) gets its own thread pool instead of the parent's dead one."""
+    monkeypatch.setattr(threshold, "SORT_LIMIT", 0)
+    chunks = relu_like_scores(4, [30000, 9000], seed=7)
+    expected = threshold.batched_percentile(chunks, 70.0)  # the parent's pool exists now
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        child = pool.apply_async(threshold.batched_percentile, (chunks, 70.0)).get(timeout=60)
+    assert torch.equal(child, expected)
