@@ -138,8 +138,7 @@ def main() -> None:
               f"ray {ray.__version__}; {args.n} samples x {len(METHODS)} methods ({', '.join(METHODS)}), "
               f"shards of {args.shard_size}, batch {args.batch_size}")
         ray.init(address="local", num_cpus=cpus, num_gpus=0, include_dashboard=False,
-                 _temp_dir=tempfile.mkdtemp(prefix="r", dir="/tmp"), log_to_driver=False,
-                 _system_config={"preload_python_modules": list(attribute.WORKER_PRELOAD)})  # as the job's own
+                 _temp_dir=tempfile.mkdtemp(prefix="r", dir="/tmp"), log_to_driver=False)
         ray.data.DataContext.get_current().enable_progress_bars = False
         best: dict[str, dict] = {}
         runs = {"all": lambda out: in_process(out, checkpoint, args, threads=cpus),

@@ -72,14 +72,7 @@ def ensure_checkpoint(args: argparse.Namespace, options: dict[str, Any]) -> str:
     return DEFAULT_CHECKPOINT
 
 
-#: What a local Ray's worker processes import as they start, before an actor is placed on
-#: them: the first attribution actor then finds torch and the model code loaded (start-up of
-#: the first job on a fresh local Ray: 4.3 -> 2.7 s; benchmarks/RESULTS.md).
-WORKER_PRELOAD = ("workers.attributor",)
-
-
 def start_ray(address: str | None) -> None:
-    """Connect to ``address`` (or $RAY_ADDRESS), or start a local Ray whose workers preload our code."""
     import ray
 
     address = address or os.environ.get("RAY_ADDRESS")
@@ -88,8 +81,7 @@ def start_ray(address: str | None) -> None:
     elif address:
         ray.init(address=address, log_to_driver=True)
     else:
-        ray.init(include_dashboard=False, log_to_driver=True,
-                 _system_config={"preload_python_modules": list(WORKER_PRELOAD)})
+        ray.init(include_dashboard=False, log_to_driver=True)
     ray.data.DataContext.get_current().enable_progress_bars = False
 
 

@@ -297,31 +297,3 @@ def test_ray_job_submit(checkpoint, tmp_path) -> None:
         assert "already committed" in result.stdout
     check_exactly_once(out, None, source_ids(limit=100))
     assert read_run(out)["status"] == "complete"
-
-
-PRELOAD_PROBE = """
-import sys
-import ray
-from jobs.attribute import start_ray
-
-start_ray(None)
-
-@ray.remote
-def loaded_before_the_task():
-    return [name for name in ("torch", "workers.attributor") if name in sys.modules]
-
-print("preloaded:", ",".join(ray.get(loaded_before_the_task.remote())))
-ray.shutdown()
-"""
-
-
-def test_local_ray_workers_preload_torch_and_the_attributor() -> None:
-    """A local Ray started by the job has workers that imported our code before any actor needs it."""
-    temp = short_tmp("rp")
-    try:
-        result = subprocess.run([sys.executable, "-c", PRELOAD_PROBE], cwd=ROOT, env=job_env(temp),
-                                capture_output=True, text=True, timeout=180)
-    finally:
-        shutil.rmtree(temp, ignore_errors=True)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "preloaded: torch,workers.attributor" in result.stdout
