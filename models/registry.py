@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from models.small import resnet8
 
@@ -189,7 +190,15 @@ def build_model(spec: ModelSpec, pretrained: bool = False) -> nn.Module:
     pretrained RGB filters, summed or repeated across channels).
     """
     entry = _arch_entry(spec.arch)
-    check_input_size(spec)
+    if entry.torchvision:  # on meta, before initializing or downloading weights (torchvision imports torch._dynamo anyway)
+        check_input_size(spec)
+    model = _construct(spec, entry, pretrained)
+    if not entry.torchvision:  # our small archs: one real pass costs less than the meta kernels' import of torch._dynamo
+        _check_forward(model, spec)
+    return model
+
+
+def _construct(spec: ModelSpec, entry: _Arch, pretrained: bool) -> nn.Module:
     if pretrained:
         if not entry.torchvision:
             raise ModelError(f"arch {spec.arch!r} has no pretrained weights; train it with jobs.train")
@@ -234,28 +243,48 @@ def _pretrained(arch: str, entry: _Arch) -> nn.Module:
         ) from err
 
 
+class _NoInitOnMeta(TorchFunctionMode):
+    """In-place tensor methods on meta tensors do nothing (they would only initialize weights).
+
+    Initializing meta weights computes nothing; skipping it also skips torch's Python
+    references for ``normal_`` and friends on the meta device.
+    """
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        name = getattr(func, "__name__", "")
+        if (name.endswith("_") and not name.startswith("_") and args and isinstance(args[0], torch.Tensor)
+                and args[0].is_meta):
+            return args[0]
+        return func(*args, **(kwargs or {}))
+
+
 def check_input_size(spec: ModelSpec) -> None:
     """Raise :class:`ModelError` when the architecture cannot take ``spec.input_size``.
 
-    Runs one forward pass on the meta device: exact and nearly free (no memory, no math).
+    Builds the arch on the meta device and runs one forward pass there: exact, no memory and
+    no math, but torch's meta kernels import torch._dynamo (about 1 s, once per process), so
+    :func:`build_model` checks on the model it has just built instead.
     """
-    entry = _arch_entry(spec.arch)
+    with torch.device("meta"), _NoInitOnMeta():
+        model = _construct(spec, _arch_entry(spec.arch), pretrained=False)
+    _check_forward(model, spec)
+
+
+def _check_forward(model: nn.Module, spec: ModelSpec) -> None:
+    """One forward pass of one blank input on ``model``'s device, in eval mode, without gradients."""
     h, w = spec.input_size
-    with torch.device("meta"):
-        if entry.torchvision:
-            model = entry.build(weights=None, num_classes=spec.num_classes)
-            if spec.in_channels != 3:
-                old = _get(model, entry.first_conv)
-                _set(model, entry.first_conv, nn.Conv2d(spec.in_channels, old.out_channels, old.kernel_size,
-                                                        old.stride, old.padding, bias=old.bias is not None))
-        else:
-            model = entry.build(num_classes=spec.num_classes, in_channels=spec.in_channels)
-        model.eval()
-        try:
-            out = model(torch.empty(1, spec.in_channels, h, w))
-        except (RuntimeError, ValueError) as err:
-            raise ModelError(f"arch {spec.arch!r} cannot take {h}x{w} inputs: too small, choose a larger input_size "
-                             f"(images are resized to it) or a smaller arch such as resnet8 ({err})") from None
+    device = next(model.parameters()).device
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros(1, spec.in_channels, h, w, device=device))
+    except (RuntimeError, ValueError) as err:
+        raise ModelError(f"arch {spec.arch!r} cannot take {h}x{w} inputs: too small, choose a larger input_size "
+                         f"(images are resized to it) or a smaller arch such as resnet8 ({err})") from None
+    finally:
+        for module, training in flags:
+            module.training = training
     if tuple(out.shape) != (1, spec.num_classes):
         raise ModelError(f"arch {spec.arch!r} returns shape {tuple(out.shape)} for one {h}x{w} input, "
                          f"expected (1, {spec.num_classes})")

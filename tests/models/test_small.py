@@ -63,12 +63,13 @@ def test_basic_block_is_torchvisions_layer_for_layer() -> None:
 
 
 def test_default_model_needs_no_torchvision() -> None:
-    """Importing the worker path and building ResNet-8 must not import torchvision (0.9 s per actor)."""
+    """Importing the worker path and building ResNet-8 must not import torchvision (0.9 s per actor),
+    captum, or torch._dynamo (0.8 s: torch's meta kernels import it; a job worker paid it to load a checkpoint)."""
     import subprocess
     import sys
 
     code = ("import sys, workers.attributor, attribution; from models import build_model, fashion_mnist_spec; "
             "attribution.get('pathway', build_model(fashion_mnist_spec())); "
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torchvision', 'captum')))")
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torchvision', 'captum') or m == 'torch._dynamo'))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
