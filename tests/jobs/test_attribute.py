@@ -84,11 +84,6 @@ def commit_times(url: str, options: dict | None = None) -> dict[str, str]:
     return {key: rec["committed_at"] for key, rec in MapStore(url, options).committed().items()}
 
 
-def first_commit(url: str) -> bool:
-    return os.path.isdir(os.path.join(url, "manifest", "pathway")) and any(
-        name.endswith(".json") for name in os.listdir(os.path.join(url, "manifest", "pathway")))
-
-
 @pytest.fixture(scope="module")
 def reference(checkpoint, ray_session, s3_server, tmp_path_factory) -> dict:
     """The undisturbed run: Fashion-MNIST from local disk to s3://, credentials from the environment."""
@@ -116,26 +111,39 @@ def test_end_to_end_to_s3(reference, checkpoint) -> None:
     assert fs.cat_file(join(root, "examples.png"))[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_worker_killed_mid_job(reference, checkpoint, ray_session, tmp_path, capsys) -> None:
-    """SIGKILL the actor after the first commit: Ray restarts it and retries its shard; same bytes."""
+def commits(url: str) -> int:
+    """Commit records written so far for pathway (one per shard)."""
+    directory = os.path.join(url, "manifest", "pathway")
+    return sum(name.endswith(".json") for name in os.listdir(directory)) if os.path.isdir(directory) else 0
+
+
+KILLS = 3
+
+
+def test_worker_killed_repeatedly_mid_job(reference, checkpoint, ray_session, tmp_path, capsys) -> None:
+    """SIGKILL the actor three times, each after it committed a shard: Ray restarts it and retries
+    its shard every time; every sample exactly once, and the same bytes as the undisturbed run."""
     out = str(tmp_path / "maps")
     killed: list[int] = []
 
     def killer() -> None:
-        wait_for(lambda: first_commit(out), 120, "the first commit")
-        pids = wait_for(lambda: worker_pids(os.getpid()), 30, "the ShardAttributor actor process")
-        os.kill(pids[0], 9)
-        killed.append(pids[0])
+        for _ in range(KILLS):
+            done = commits(out)
+            wait_for(lambda: commits(out) > done, 120, "a commit since the last kill", interval=0.02)
+            pids = wait_for(lambda: [p for p in worker_pids(os.getpid()) if p not in killed], 30,
+                            "a live ShardAttributor actor process", interval=0.02)
+            os.kill(pids[0], 9)
+            killed.append(pids[0])
 
     thread = threading.Thread(target=killer, daemon=True)
     thread.start()
     assert attribute.main(["--checkpoint", checkpoint, "--output", out, *FM]) == 0
     thread.join(timeout=5)
-    assert killed, "the worker was not killed"
+    assert len(killed) == KILLS, f"killed {killed}: the job ended first"
     printed = capsys.readouterr().out
     workers = set(re.findall(r"worker \S+:(\d+):cpu", printed))
-    assert workers - {str(killed[0])}, printed  # a restarted actor finished the job
-    assert not os.path.exists(f"/proc/{killed[0]}")
+    assert workers - {str(pid) for pid in killed}, printed  # a restarted actor finished the job
+    assert not any(os.path.exists(f"/proc/{pid}") for pid in killed)
     check_exactly_once(out, None, source_ids(limit=400))
     assert parquet_bytes(out, None) == parquet_bytes(reference["url"], reference["options"])
 
@@ -147,7 +155,7 @@ def test_driver_killed_then_rerun_finishes_missing_shards(checkpoint, ray_sessio
     driver = subprocess.Popen(command, cwd=ROOT, env=job_env(ray_tmp), stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        wait_for(lambda: first_commit(out) or driver.poll() is not None, 180, "the first commit")
+        wait_for(lambda: commits(out) > 0 or driver.poll() is not None, 180, "the first commit")
         assert driver.poll() is None, driver.stdout.read().decode()[-3000:]
         kill_tree(driver.pid)  # the driver and the Ray it started vanish at once
         driver.wait(timeout=30)
