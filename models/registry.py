@@ -17,7 +17,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.overrides import TorchFunctionMode
 
 from models.small import resnet8
 
@@ -243,21 +242,6 @@ def _pretrained(arch: str, entry: _Arch) -> nn.Module:
         ) from err
 
 
-class _NoInitOnMeta(TorchFunctionMode):
-    """In-place tensor methods on meta tensors do nothing (they would only initialize weights).
-
-    Initializing meta weights computes nothing; skipping it also skips torch's Python
-    references for ``normal_`` and friends on the meta device.
-    """
-
-    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
-        name = getattr(func, "__name__", "")
-        if (name.endswith("_") and not name.startswith("_") and args and isinstance(args[0], torch.Tensor)
-                and args[0].is_meta):
-            return args[0]
-        return func(*args, **(kwargs or {}))
-
-
 def check_input_size(spec: ModelSpec) -> None:
     """Raise :class:`ModelError` when the architecture cannot take ``spec.input_size``.
 
@@ -265,7 +249,7 @@ def check_input_size(spec: ModelSpec) -> None:
     no math, but torch's meta kernels import torch._dynamo (about 1 s, once per process), so
     :func:`build_model` checks on the model it has just built instead.
     """
-    with torch.device("meta"), _NoInitOnMeta():
+    with torch.device("meta"):
         model = _construct(spec, _arch_entry(spec.arch), pretrained=False)
     _check_forward(model, spec)
 
