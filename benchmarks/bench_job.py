@@ -173,10 +173,10 @@ def main() -> None:
             print(f"  {name:<40} {rate(result):>9.1f} {result['seconds']:>8.1f}  {note}")
         r1 = rate(ray1) / rate(local_all)
         rn = rate(rayn) / rate(local_one)
-        print(f"\n  Ray 1 worker / in-process:               {r1:.2f}  (target >= 0.85)")
-        print(f"  Ray {args.workers} workers / in-process one device:  {rn:.2f}  "
+        print(f"\n  Ray 1 worker / in-process:               {r1:.3f}  (target >= 0.85)")
+        print(f"  Ray {args.workers} workers / in-process one device:  {rn:.3f}  "
               f"(target >= {0.8 * args.workers:.1f} on {args.workers} devices)")
-        print(f"  Ray {args.workers} workers / Ray 1 worker:           {rate(rayn) / rate(ray1):.2f}")
+        print(f"  Ray {args.workers} workers / Ray 1 worker:           {rate(rayn) / rate(ray1):.3f}")
         steady = ray1["samples"] * len(METHODS) / sum(ray1["busy"].values())
         compute = local_all["samples"] * len(METHODS) / (local_all["seconds"] - local_all["build"])
         print(f"  steady state (actor start-up excluded): Ray 1 worker {steady:.1f} maps/s while busy, "
