@@ -32,6 +32,9 @@ class Attribution(abc.ABC):
     """
 
     name: ClassVar[str] = ""
+    #: Modules the method imports on its first call (not at construction, to keep start-up
+    #: short); a worker can import them ahead, in the background, while it starts computing.
+    lazy_imports: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, model: nn.Module) -> None:
         if not isinstance(model, nn.Module):

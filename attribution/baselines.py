@@ -33,6 +33,9 @@ from torch import nn
 from .base import Attribution, AttributionError, check_logits, eval_mode, input_gradient, register
 from .canonizers import forward_hooks, guided_relus, relu_out_of_place
 
+CAPTUM = ("captum.attr",)
+
+
 def _captum() -> Any:
     """captum.attr, imported on first use: it costs about 0.35 s, paid by every Ray actor
     that starts, and the default job's methods (pathway, gradient) need it only for gradient."""
@@ -93,6 +96,8 @@ class Gradient(Attribution):
     Captum's ``Saliency(abs=False)``; take ``abs`` in the reduction if wanted.
     """
 
+    lazy_imports = CAPTUM
+
     def _attribute(self, inputs: torch.Tensor, targets: torch.Tensor, seeds: list[int]) -> torch.Tensor:
         method = _captum().Saliency(_checked_forward(self.model, targets))
         return method.attribute(_grad_leaf(inputs), target=targets, abs=False).detach()
@@ -101,6 +106,8 @@ class Gradient(Attribution):
 @register("gradient_x_input")
 class GradientXInput(Attribution):
     """Gradient times input (Shrikumar et al. 2016), Captum's ``InputXGradient``."""
+
+    lazy_imports = CAPTUM
 
     def _attribute(self, inputs: torch.Tensor, targets: torch.Tensor, seeds: list[int]) -> torch.Tensor:
         method = _captum().InputXGradient(_checked_forward(self.model, targets))
@@ -125,6 +132,8 @@ class IntegratedGradientsMethod(Attribution):
     plain gradient. It changes only speed and float rounding, so it is not a stored
     parameter.
     """
+
+    lazy_imports = CAPTUM
 
     def __init__(
         self,
@@ -255,6 +264,8 @@ class GradCAM(Attribution):
     new size); :attr:`resolved_layer` names the layer used by the last call. A module
     called more than once per forward (a shared ReLU) is refused: its map is ambiguous.
     """
+
+    lazy_imports = CAPTUM
 
     def __init__(self, model: nn.Module, layer: str = "auto", interpolation: str = "bilinear") -> None:
         super().__init__(model)

@@ -113,3 +113,27 @@ def test_in_process_maps_match_the_method_called_directly(tmp_path, checkpoint) 
                                     "signed_max_abs").numpy().astype(np.float16)
     assert list(stored.target) == target.tolist()
     np.testing.assert_array_equal(np.stack(stored["map"]), direct)
+
+
+IMPORT_AHEAD_PROBE = """
+import sys, threading
+from workers.attributor import JobConfig, ShardAttributor
+before = [m for m in ("captum.attr", "zarr") if m in sys.modules]
+config = JobConfig(source="fashion-mnist", checkpoint=sys.argv[1], output=sys.argv[2],
+                   methods={"pathway": {}, "gradient": {}}, device="cpu")
+ShardAttributor(config.to_dict(), threads=1)
+for thread in threading.enumerate():
+    if thread.name == "import-ahead":
+        thread.join(timeout=60)
+print(before, [m for m in ("captum.attr", "zarr") if m in sys.modules])
+"""
+
+
+def test_worker_imports_what_the_first_shard_needs_in_the_background(checkpoint, tmp_path) -> None:
+    """captum (for gradient) and zarr (for the first write) load beside the first shard, not inside it."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", IMPORT_AHEAD_PROBE, checkpoint, str(tmp_path / "maps")],
+                         capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[] ['captum.attr', 'zarr']"
