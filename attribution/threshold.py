@@ -80,12 +80,6 @@ def sort_rows(values: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(np.sort(values.detach().contiguous().numpy(), axis=1))
 
 
-def _sort_flat(values: torch.Tensor) -> torch.Tensor:
-    if values.device.type != "cpu":
-        return values.sort().values
-    return torch.from_numpy(np.sort(values.contiguous().numpy()))
-
-
 def _select_by_sort(chunks: Sequence[torch.Tensor], lower: int, upper: int) -> tuple[torch.Tensor, torch.Tensor]:
     ordered = sort_rows(torch.cat(list(chunks), dim=1))
     return ordered[:, lower], ordered[:, upper]
@@ -142,7 +136,7 @@ def _from_order_keys(keys: torch.Tensor) -> torch.Tensor:
 def _sort_band(values: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     """``values`` ordered by (row, value): each row's band values ascending, rows one after another."""
     if values.dtype == torch.float32:  # one sort of packed (row, value) int64 keys
-        return _from_order_keys(_sort_flat((rows << 32) | _order_keys(values)) & 0xFFFFFFFF)
+        return _from_order_keys(sort_rows(((rows << 32) | _order_keys(values))[None])[0] & 0xFFFFFFFF)
     order = values.argsort(stable=True)
     return values[order[rows[order].argsort(stable=True)]]
 
