@@ -27,7 +27,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
-from jobs.cli import parse_method_specs
+from jobs.cli import build_methods, parse_method_specs
 from jobs.train import DEFAULT_OUTPUT as DEFAULT_CHECKPOINT
 from jobs.train import JobError, storage_options_from
 
@@ -139,7 +139,6 @@ def write_examples(output: str, options: dict[str, Any], source: Any, methods: S
 
 
 def run(args: argparse.Namespace) -> int:
-    import attribution
     from storage.checkpoints import load_checkpoint
     from storage.maps import MapStore
     from storage.manifest import now
@@ -155,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
     started, start_clock = now(), time.perf_counter()  # after any training of the default model
     # Fail before any scheduling when the model, the methods, the source or the output are unusable.
     model, spec = load_checkpoint(checkpoint, options or None)
-    params = {label: attribution.get(spec.name, model, **spec.params).params for label, spec in specs.items()}
+    params = {label: method.params for label, method in build_methods(model, specs).items()}
     source = open_source(args.source, split=args.split, storage_options=options or None)
     store = MapStore(args.output, options or None)
     config = JobConfig(source=args.source, checkpoint=checkpoint, output=args.output, methods=methods,

@@ -63,6 +63,13 @@ def parse_method_specs(text: str) -> dict[str, MethodSpec]:
     return specs
 
 
+def build_methods(model: Any, specs: dict[str, MethodSpec]) -> dict[str, Any]:
+    """Every method built around ``model`` (fails early on bad parameters)."""
+    import attribution
+
+    return {label: attribution.get(s.name, model, **s.params) for label, s in specs.items()}
+
+
 def run_main(prog: str, run: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
     """Run a job; a problem the user can fix is one line on stderr and exit status 1, no traceback."""
     from attribution import AttributionError

@@ -12,15 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from jobs.cli import MethodSpec
 from jobs.train import JobError
-
-
-def build_methods(model: Any, specs: dict[str, MethodSpec]) -> dict[str, Any]:
-    """Every method built around ``model`` (fails early on bad parameters)."""
-    import attribution
-
-    return {label: attribution.get(s.name, model, **s.params) for label, s in specs.items()}
 
 
 def sample_seeds(sample_ids: Sequence[str]) -> list[int]:

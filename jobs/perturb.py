@@ -104,7 +104,8 @@ def perturb_shard(payload: dict[str, Any], x: Any, maps: np.ndarray | None, targ
     import torch
 
     from attribution.evaluation import relative_drops
-    from jobs.eval_common import build_methods, compute_maps, rebuild_model, sample_seeds
+    from jobs.cli import build_methods
+    from jobs.eval_common import compute_maps, rebuild_model, sample_seeds
 
     torch.set_num_threads(1)
     model = rebuild_model(payload)
@@ -159,8 +160,8 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from jobs.attribute import ensure_checkpoint, start_ray
-    from jobs.cli import parse_method_specs
-    from jobs.eval_common import build_methods, chunks, fill_value, load_samples, model_payload
+    from jobs.cli import build_methods, parse_method_specs
+    from jobs.eval_common import chunks, fill_value, load_samples, model_payload
     from models.preprocess import preprocess
     from storage.checkpoints import load_checkpoint
     from storage.sources import open_source

@@ -77,7 +77,8 @@ def original_maps(payload: dict[str, Any], x: Any, targets: np.ndarray, method: 
     """One method's maps [N, H, W] on the unrandomized model."""
     import torch
 
-    from jobs.eval_common import build_methods, compute_maps, rebuild_model
+    from jobs.cli import build_methods
+    from jobs.eval_common import compute_maps, rebuild_model
 
     torch.set_num_threads(1)
     model = rebuild_model(payload)
@@ -92,7 +93,8 @@ def step_scores(payload: dict[str, Any], x: Any, targets: np.ndarray, method: An
     import torch
 
     from attribution.evaluation import compare, randomized
-    from jobs.eval_common import build_methods, compute_maps, rebuild_model
+    from jobs.cli import build_methods
+    from jobs.eval_common import compute_maps, rebuild_model
 
     torch.set_num_threads(1)
     model = rebuild_model(payload)
@@ -113,8 +115,8 @@ def run(args: argparse.Namespace) -> int:
 
     from attribution.evaluation import METRICS, cascade
     from jobs.attribute import ensure_checkpoint, start_ray
-    from jobs.cli import parse_method_specs
-    from jobs.eval_common import build_methods, load_samples, model_payload
+    from jobs.cli import build_methods, parse_method_specs
+    from jobs.eval_common import load_samples, model_payload
     from models.preprocess import preprocess
     from storage.checkpoints import load_checkpoint
     from storage.sources import open_source
