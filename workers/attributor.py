@@ -60,10 +60,6 @@ class JobConfig:
         return asdict(self)
 
 
-#: Modules MapStore imports at its first write.
-WRITER_IMPORTS = ("storage.zarr_maps",)
-
-
 def _import_ahead(modules: Sequence[str]) -> None:
     """Import what the first shard will need while it decodes and computes.
 
@@ -121,9 +117,8 @@ class ShardAttributor:
         self.methods = {label: attribution.get(self.config.method_names.get(label, label), self.model, **params)
                         for label, params in self.config.methods.items()}
         self.worker = f"{self.worker}:{self.device}"
-        lazy = {module for method in self.methods.values() for module in method.lazy_imports}
-        threading.Thread(target=_import_ahead, args=(sorted(lazy | set(WRITER_IMPORTS)),), daemon=True,
-                         name="import-ahead").start()
+        lazy = {module for part in (self.store, *self.methods.values()) for module in part.lazy_imports}
+        threading.Thread(target=_import_ahead, args=(sorted(lazy),), daemon=True, name="import-ahead").start()
 
     # -- Ray Data entry point: one row per shard -----------------------------------------
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
