@@ -75,6 +75,31 @@ def test_unrepresentative_subsample_falls_back_to_exact(monkeypatch) -> None:
     assert exact_calls, "the band should have missed and the exact fallback should have run"
 
 
+def test_rounds_the_interpolation_weight_as_numpy_does(path: str) -> None:
+    """With 4008 scores p = 70 sits at index 2804.9: numpy rounds 1 - 0.9 (taken in double) to
+    float32; rounding 0.9 first and subtracting in float32 is one ulp off in some rows."""
+    chunks = relu_like_scores(16, [3000, 1008], seed=0)
+    assert np.array_equal(threshold.batched_percentile(chunks, 70.0).numpy(), numpy_percentile(chunks, 70.0))
+
+
+def test_missed_rows_alone_are_redone_with_a_wider_band(monkeypatch) -> None:
+    """A row whose subsample misses its ranks is retried alone, with a band twice as wide,
+    before anything is sorted whole; the other rows keep their first answer."""
+    monkeypatch.setattr(threshold, "SORT_LIMIT", 0)
+    monkeypatch.setattr(threshold, "SAMPLE_SIZE", 1000)
+    n = 200_000
+    freak = torch.linspace(0, 1, n)
+    freak[:: n // 1000] = 1000.0  # the strided subsample sees only huge values
+    chunks = [torch.stack([torch.linspace(0, 1, n), freak, torch.linspace(0, 2, n)])]
+    calls = []
+    band = threshold._select_in_band
+    monkeypatch.setattr(threshold, "_select_in_band",
+                        lambda c, *a: calls.append((c[0].shape[0], a[3] if len(a) > 3 else None)) or band(c, *a))
+    assert np.array_equal(threshold.batched_percentile(chunks, 40.0).numpy(), numpy_percentile(chunks, 40.0))
+    sigmas = threshold.BAND_SIGMAS
+    assert calls[:2] == [(3, None), (1, 2 * sigmas)], calls
+
+
 def test_rows_are_independent(path: str) -> None:
     chunks = relu_like_scores(5, [30000, 90000], seed=3)
     whole = threshold.batched_percentile(chunks, 70.0)
