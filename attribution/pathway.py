@@ -25,7 +25,7 @@ from . import scores as scoring
 from .base import Attribution, AttributionError, SampleIds, Target, check_inputs, eval_mode, parse_target, sample_seeds
 from .base import register
 from .neurons import ReluCalls
-from .threshold import batched_percentile
+from .threshold import above, batched_percentile, count
 
 SCORES = ("taylor", "integrated", "random", "greedy")
 DEFAULT_STEPS = {"integrated": 10, "greedy": 5}
@@ -107,10 +107,7 @@ class PathwayGrad(Attribution):
         x = inputs.detach().requires_grad_(True)
         keep, thresholds, scored = self._masks(relus, x, targets, seeds)
         targets = scored.targets
-        # Float32 sums of 0/1 are exact per layer and sample (< 2^24 neurons); add them in float64.
-        kept = (sum(m.flatten(1).sum(1).double() for m in keep) / sum(m[0].numel() for m in keep)).float()
-        if x.dtype != torch.float32:
-            keep = [m.to(x.dtype) for m in keep]
+        kept = (sum(count(m.flatten(1)) for m in keep).double() / sum(m[0].numel() for m in keep)).float()
 
         relus.reset(keep=keep)
         pruned_logits, _, selected = scoring.forward_target(self.model, x, targets)
@@ -167,7 +164,8 @@ def keep_masks(scores: list[torch.Tensor], percentile: float, per_layer: bool
                ) -> tuple[list[torch.Tensor], torch.Tensor]:
     """Keep a neuron iff its score is above the sample's percentile q (score <= q is pruned).
 
-    The 0/1 masks overwrite the float32 score tensors: no extra memory.
+    The masks are uint8 (1 keep, 0 pruned): a quarter of float masks' memory, which is the
+    pathway's whole memory overhead over a plain gradient during the pruned pass.
     """
     rows = [s.flatten(1) for s in scores]
     if per_layer:
@@ -176,4 +174,4 @@ def keep_masks(scores: list[torch.Tensor], percentile: float, per_layer: bool
     else:
         q = batched_percentile(rows, percentile, minimum=0.0)
         columns = [q] * len(scores)
-    return [s.gt_(c.view(-1, *[1] * (s.dim() - 1))) for s, c in zip(scores, columns)], q
+    return above(scores, columns), q

@@ -216,6 +216,19 @@ def _count_band_numpy(chunks: Sequence[torch.Tensor], lo: torch.Tensor, hi: torc
             torch.from_numpy(np.concatenate(values)), torch.from_numpy(np.concatenate(rows)))
 
 
+def above(chunks: Sequence[torch.Tensor], thresholds: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """uint8 masks ``chunk > threshold`` per row (thresholds [B], one per chunk).
+
+    On CPU the comparisons run in numpy over the thread pool: torch's comparisons that
+    produce bool ran at half the speed of numpy's here.
+    """
+    columns = [t.reshape(-1, *[1] * (c.dim() - 1)) for c, t in zip(chunks, thresholds)]
+    if not _numpy_can_count(chunks):
+        return [(c > t).view(torch.uint8) for c, t in zip(chunks, columns)]
+    pairs = [(c.detach().numpy(), t.to(c.dtype).numpy()) for c, t in zip(chunks, columns)]
+    return [torch.from_numpy(m).view(torch.uint8) for m in _thread_pool().map(lambda p: np.greater(*p), pairs)]
+
+
 def _thread_pool() -> ThreadPoolExecutor:
     """One pool per process and thread count, sized like torch's intra-op pool.
 
