@@ -12,8 +12,8 @@ themselves. Instead :func:`batched_percentile`
 
 The counts prove whether the band really holds the wanted ranks. The band is narrow (3
 standard deviations of the subsample's rank noise), so a sample now and then misses it
-(7 of 11,520 of the small net's samples): those samples alone are redone with a band twice
-as wide, or sorted whole where that is cheaper. The result is exact either way: it equals
+(7 of 11,520 random-input samples of the small net): those samples alone are redone with a
+band twice as wide, or sorted whole where that is cheaper. The result is exact either way: it equals
 ``numpy.percentile(scores, p)`` for each sample, to the last bit.
 
 On CPU every sort goes through numpy, whose vectorized sort was 10x faster than
