@@ -25,7 +25,7 @@ from . import scores as scoring
 from .base import Attribution, AttributionError, SampleIds, Target, check_inputs, eval_mode, parse_target, sample_seeds
 from .base import register
 from .neurons import ReluCalls
-from .threshold import above, batched_percentile, count
+from .threshold import batched_percentile, count, masks_above
 
 SCORES = ("taylor", "integrated", "random", "greedy")
 DEFAULT_STEPS = {"integrated": 10, "greedy": 5}
@@ -174,4 +174,4 @@ def keep_masks(scores: list[torch.Tensor], percentile: float, per_layer: bool
     else:
         q = batched_percentile(rows, percentile, minimum=0.0)
         columns = [q] * len(scores)
-    return above(scores, columns), q
+    return masks_above(scores, columns), q

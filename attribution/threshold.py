@@ -13,8 +13,8 @@ themselves. Instead :func:`batched_percentile`
 The counts prove whether the band really holds the wanted ranks. The band is narrow (3
 standard deviations of the subsample's rank noise), so a sample now and then misses it
 (7 of 11,520 random-input samples of the small net): those samples alone are redone with a
-band twice as wide, or sorted whole where that is cheaper. The result is exact either way: it equals
-``numpy.percentile(scores, p)`` for each sample, to the last bit.
+band twice as wide, or sorted whole where that is cheaper. The result is exact either way:
+it equals ``numpy.percentile(scores, p)`` for each sample, to the last bit.
 
 On CPU every sort goes through numpy, whose vectorized sort was 10x faster than
 ``torch.sort`` here (0.5 vs 5.8 ms for 64 rows of 6 k floats), and so does the counting
@@ -36,8 +36,8 @@ import torch
 #: Largest subsample per sample used to place the band (it is about N^(2/3) below that).
 SAMPLE_SIZE = 1 << 16
 #: Band half-width in binomial standard deviations of the subsample rank. Narrow on purpose:
-#: the band's values are gathered and sorted, and a row whose ranks fall outside its band
-#: (about 1 row in 500) is redone alone with a band twice as wide, which is cheap.
+#: the band's values are gathered and sorted, and the rare row whose ranks fall outside its
+#: band is redone alone with a band twice as wide, which is cheap.
 BAND_SIGMAS = 3.0
 #: Widest band tried before a row is sorted whole.
 MAX_BAND_SIGMAS = 12.0
@@ -216,7 +216,7 @@ def _count_band_numpy(chunks: Sequence[torch.Tensor], lo: torch.Tensor, hi: torc
             torch.from_numpy(np.concatenate(values)), torch.from_numpy(np.concatenate(rows)))
 
 
-def above(chunks: Sequence[torch.Tensor], thresholds: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+def masks_above(chunks: Sequence[torch.Tensor], thresholds: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     """uint8 masks ``chunk > threshold`` per row (thresholds [B], one per chunk).
 
     On CPU the comparisons run in numpy over the thread pool: torch's comparisons that

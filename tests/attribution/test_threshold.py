@@ -117,10 +117,10 @@ def test_numpy_count_split_into_row_blocks_equals_numpy(monkeypatch, dtype: torc
     np.testing.assert_array_equal(threshold.batched_percentile(chunks, 70.0, minimum=0.0).numpy(), expected)
 
 
-def test_above_gives_uint8_masks_of_scores_over_each_rows_threshold(path: str) -> None:
+def test_masks_above_gives_uint8_masks_of_scores_over_each_rows_threshold(path: str) -> None:
     chunks = [c.view(4, -1, 10) for c in relu_like_scores(4, [3000, 500], seed=5)]
     q = threshold.batched_percentile([c.flatten(1) for c in chunks], 60.0)
-    masks = threshold.above(chunks, [q, q.flip(0)])
+    masks = threshold.masks_above(chunks, [q, q.flip(0)])
     assert [m.dtype for m in masks] == [torch.uint8, torch.uint8]
     assert torch.equal(masks[0], (chunks[0] > q[:, None, None]).to(torch.uint8))
     assert torch.equal(masks[1], (chunks[1] > q.flip(0)[:, None, None]).to(torch.uint8))
