@@ -63,11 +63,17 @@ def batched_percentile(chunks: Sequence[torch.Tensor], percentile: float, minimu
     lower = math.floor(position)
     upper = min(lower + 1, total - 1)
     fraction = position - lower
-    if chunks[0].shape[0] * total <= SORT_LIMIT:
-        below, above = _select_by_sort(chunks, lower, upper)
-    else:
-        below, above = _select_in_band(chunks, lower, upper, minimum)
+    below, above = _select(chunks, lower, upper, minimum, BAND_SIGMAS)
     return _lerp(below, above, fraction)
+
+
+def _select(chunks: Sequence[torch.Tensor], lower: int, upper: int, minimum: float | None, sigmas: float
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The order statistics ``lower`` and ``upper`` of each row: by sorting where the batch holds
+    at most SORT_LIMIT scores or the band would be wider than MAX_BAND_SIGMAS, else in a band."""
+    if chunks[0].shape[0] * sum(c.shape[1] for c in chunks) <= SORT_LIMIT or sigmas > MAX_BAND_SIGMAS:
+        return _select_by_sort(chunks, lower, upper)
+    return _select_in_band(chunks, lower, upper, minimum, sigmas)
 
 
 def _lerp(below: torch.Tensor, above: torch.Tensor, fraction: float) -> torch.Tensor:
@@ -156,7 +162,8 @@ NUMPY_DTYPES = (torch.float32, torch.float64, torch.float16)
 _TASK_ELEMENTS = 1 << 20
 
 
-def _numpy_can_count(chunks: Sequence[torch.Tensor]) -> bool:
+def _numpy_can_run(chunks: Sequence[torch.Tensor]) -> bool:
+    """Whether the counting pass and the masks can run in numpy (CPU, a numpy dtype)."""
     return all(c.device.type == "cpu" and c.dtype in NUMPY_DTYPES for c in chunks)
 
 
@@ -223,7 +230,7 @@ def masks_above(chunks: Sequence[torch.Tensor], thresholds: Sequence[torch.Tenso
     produce bool ran at half the speed of numpy's here.
     """
     columns = [t.reshape(-1, *[1] * (c.dim() - 1)) for c, t in zip(chunks, thresholds)]
-    if not _numpy_can_count(chunks):
+    if not _numpy_can_run(chunks):
         return [(c > t).view(torch.uint8) for c, t in zip(chunks, columns)]
     pairs = [(c.detach().numpy(), t.to(c.dtype).numpy()) for c, t in zip(chunks, columns)]
     return [torch.from_numpy(m).view(torch.uint8) for m in _thread_pool().map(lambda p: np.greater(*p), pairs)]
@@ -243,11 +250,11 @@ def _pool_of(pid: int, threads: int) -> ThreadPoolExecutor:
 
 
 def _select_in_band(chunks: Sequence[torch.Tensor], lower: int, upper: int, minimum: float | None,
-                    sigmas: float = BAND_SIGMAS) -> tuple[torch.Tensor, torch.Tensor]:
+                    sigmas: float) -> tuple[torch.Tensor, torch.Tensor]:
     total = sum(c.shape[1] for c in chunks)
     batch, device = chunks[0].shape[0], chunks[0].device
     lo, hi = _band_edges(chunks, total, lower, upper, sigmas)
-    counting = _count_band_numpy if _numpy_can_count(chunks) else _count_band_torch
+    counting = _count_band_numpy if _numpy_can_run(chunks) else _count_band_torch
     above_lo, inside_count, values, sample_rows = counting(chunks, lo, hi)
     le_lo = total - above_lo  # scores <= lo
     lt_hi = le_lo + inside_count  # scores < hi
@@ -276,10 +283,6 @@ def _select_in_band(chunks: Sequence[torch.Tensor], lower: int, upper: int, mini
         up_to_hi = sum(count(c[rows] <= hi[rows, None]) for c in chunks)
         missed[rows] |= up_to_hi <= upper
     if bool(missed.any()):
-        rows = missed.nonzero().squeeze(1)
-        missed_chunks = [c[rows] for c in chunks]
-        if sigmas * 2 > MAX_BAND_SIGMAS or len(rows) * total <= SORT_LIMIT:
-            below[rows], above[rows] = _select_by_sort(missed_chunks, lower, upper)
-        else:  # a freak subsample: redo these rows with a wider band
-            below[rows], above[rows] = _select_in_band(missed_chunks, lower, upper, minimum, sigmas * 2)
+        rows = missed.nonzero().squeeze(1)  # a freak subsample: redo these rows with a wider band
+        below[rows], above[rows] = _select([c[rows] for c in chunks], lower, upper, minimum, sigmas * 2)
     return below, above

@@ -94,10 +94,10 @@ def test_missed_rows_alone_are_redone_with_a_wider_band(monkeypatch) -> None:
     calls = []
     band = threshold._select_in_band
     monkeypatch.setattr(threshold, "_select_in_band",
-                        lambda c, *a: calls.append((c[0].shape[0], a[3] if len(a) > 3 else None)) or band(c, *a))
+                        lambda c, *a: calls.append((c[0].shape[0], a[3])) or band(c, *a))
     assert np.array_equal(threshold.batched_percentile(chunks, 40.0).numpy(), numpy_percentile(chunks, 40.0))
     sigmas = threshold.BAND_SIGMAS
-    assert calls[:2] == [(3, None), (1, 2 * sigmas)], calls
+    assert calls[:2] == [(3, sigmas), (1, 2 * sigmas)], calls
 
 
 def test_rows_are_independent(path: str) -> None:
