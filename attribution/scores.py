@@ -2,9 +2,11 @@
 
 Each function runs the forward/backward passes it needs inside an active
 :class:`~attribution.neurons.ReluCalls` session and returns one score tensor per ReLU
-call, shaped like that call's output, in float32 and never negative. All passes are
-batched; every quantity is per sample because samples never interact in an eval-mode
-classifier.
+call, shaped like that call's output and never negative. Scores are float32, or float64 for
+float64 inputs: a threshold over float64 activations must be taken in float64, or rounding the
+scores to float32 would move neurons across it (and float64's batched maps would no longer
+equal the per-sample ones exactly). All passes are batched; every quantity is per sample
+because samples never interact in an eval-mode classifier.
 """
 
 from __future__ import annotations
@@ -39,10 +41,17 @@ def forward_target(model: nn.Module, x: torch.Tensor, targets: torch.Tensor | No
     return logits, targets, logits.gather(1, targets[:, None]).sum()
 
 
+def score_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Scores of float64 activations stay float64; all others (float32, float16, bfloat16) are
+    scored in float32, which half precision's products would underflow or overflow."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 def _magnitude(grad: torch.Tensor, activation: torch.Tensor) -> torch.Tensor:
-    """|activation * grad| in float32, in the gradient's own buffer where that is safe."""
-    if grad.dtype != torch.float32:
-        return grad.float().abs_().mul_(activation.float())
+    """|activation * grad| in :func:`score_dtype`, in the gradient's own buffer where that is safe."""
+    dtype = score_dtype(grad.dtype)
+    if grad.dtype != dtype:
+        return grad.to(dtype).abs_().mul_(activation.to(dtype))
     owned = grad.is_contiguous() or grad.is_contiguous(memory_format=torch.channels_last)
     return (grad.abs_() if owned else grad.abs()).mul_(activation)
 
@@ -75,14 +84,14 @@ def integrated(model: nn.Module, relus: ReluCalls, x: torch.Tensor, targets: tor
         activations = relus.outputs
     scores = []
     for layer, activation in enumerate(activations):
-        total = torch.zeros_like(activation, dtype=torch.float32)
+        total = torch.zeros_like(activation, dtype=score_dtype(activation.dtype))
         for k in range(1, steps + 1):
             relus.reset(record_call=layer, scale=(layer, torch.tensor(k / steps, dtype=x.dtype, device=x.device)))
             _, _, selected = forward_target(model, x, targets)
             (grad,) = torch.autograd.grad(selected, relus.outputs, allow_unused=True, materialize_grads=True)
             total += grad
         relus.reset()
-        scores.append(total.div_(steps).abs_().mul_(activation.float()))
+        scores.append(total.div_(steps).abs_().mul_(activation.to(total.dtype)))
     return Scored(scores, logits.detach(), targets)
 
 

@@ -101,7 +101,11 @@ def relative_drops(model: nn.Module, images: torch.Tensor, maps: torch.Tensor | 
             raise EvaluationError(f"target class {int(targets.max())} is out of range for {logp0.shape[1]} classes")
         base = logp0.gather(1, targets[:, None]).squeeze(1)
         for j, fraction in enumerate(fracs):
-            mask = mask_first(idx, remove_count(fraction, height * width)).reshape(batch, 1, height, width)
+            count = remove_count(fraction, height * width)
+            if count == 0:  # nothing removed: the unperturbed pass, so exactly 0 on every CPU
+                out[:, j] = 0.0
+                continue
+            mask = mask_first(idx, count).reshape(batch, 1, height, width)
             logp = torch.log_softmax(model(torch.where(mask, fill_t, images)).double(), dim=1)
             out[:, j] = (-torch.expm1(logp.gather(1, targets[:, None]).squeeze(1) - base)).cpu()
     return out
