@@ -11,10 +11,10 @@ nothing else, so leftovers of a crashed attempt are invisible. A record::
      "sample_ids_sha256": "...",  # of the shard's sample ids in source order, '\\n'-joined
      "files": [{"path": "maps/pathway/s00003.parquet", "bytes": 123, "sha256": "..."},
                {"path": "errors/pathway/s00003.parquet", "bytes": 45, "sha256": "..."},
-               {"path": "zarr/pathway/maps", "rows": [768, 1024], "sha256": "<of the float16 rows>"}],
-     "committed_at": "2026-01-01T00:00:00+00:00"}
+               {"path": "zarr/pathway/maps", "rows": [768, 1024], "sha256": "<of the float16 rows>"}]}
 
-Paths are relative to the dataset's root URL.
+Paths are relative to the dataset's root URL. A record holds no time and nothing about the attempt
+that wrote it, so a retried shard rewrites it byte for byte, like its data files.
 """
 
 from __future__ import annotations

@@ -12,7 +12,10 @@ file-name components)::
 
 Several methods share one root: each has its own sub-directory everywhere, and a commit covers
 one (method, shard). Parquet bytes depend only on the data (fixed writer settings, no times in
-metadata, rows in shard order), so a retried shard rewrites identical files.
+metadata, rows in shard order), zarr chunks are compressed deterministically, and commit records
+hold no time or attempt, so a retried shard rewrites identical bytes in every file it touches:
+its maps and errors Parquet files, its zarr chunks, and its commit record (the time a shard was
+committed is its record's modification time on the store).
 """
 
 from __future__ import annotations
@@ -277,7 +280,7 @@ class MapStore:
                 files.append(zarr_job.result())
         record = {"method": method, "shard_id": shard_id, "shard_index": shard_index,
                   "n_samples": len(records), "n_errors": len(errors),
-                  "sample_ids_sha256": _sha256("\n".join(order).encode()), "files": files, "committed_at": now()}
+                  "sample_ids_sha256": _sha256("\n".join(order).encode()), "files": files}
         return write_commit(self.fs, self.root, self.url, record, self.storage_options)
 
     def _pool(self) -> ThreadPoolExecutor:

@@ -19,7 +19,7 @@ import pytest
 import torch
 from torch import nn
 
-from attribution import AttributionError, get
+from attribution import get
 from attribution.pathway import PathwayGrad
 from models.tv import models as tv_models
 from tests.attribution.reference import (reference_map, reference_pathway,

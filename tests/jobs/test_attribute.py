@@ -80,8 +80,11 @@ def parquet_bytes(url: str, options: dict | None) -> dict[str, bytes]:
             for m in METHODS for shard in MapStore(url, options).committed(m)}
 
 
-def commit_times(url: str, options: dict | None = None) -> dict[str, str]:
-    return {key: rec["committed_at"] for key, rec in MapStore(url, options).committed().items()}
+def commit_times(url: str) -> dict[str, int]:
+    """When each (method, shard) of a local output was committed: its record's mtime in ns.
+    (Records hold no time themselves, so that a retry rewrites them byte for byte.)"""
+    return {key: os.stat(os.path.join(url, "manifest", f"{key}.json")).st_mtime_ns
+            for key in MapStore(url).committed()}
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ from storage import (MapRecords, MapStore, SampleError, StorageError, join_with_
                      read_maps, read_maps_table, read_run)
 from storage.fs import join, open_fs
 from storage.sources import open_source
+from tests.helpers import every_file
 from tests.storage.conftest import put, write_parquet
 
 H, W, S = 6, 5, 4  # map shape and shard size
@@ -83,10 +84,12 @@ def test_rewrite_is_byte_identical(storage_root):
     ids = [i for i in ids_of(0) if i != ids_of(0)[2]]
     first = store.write_shard("a", 0, "m", records(ids), errs, sample_ids=ids_of(0))
     blobs = {f["path"]: cat(url, options, f["path"]) for f in first["files"] if f["path"].endswith(".parquet")}
+    tree = every_file(url, options)
+    assert "manifest/m/a.json" in tree and any(p.startswith("zarr/m/maps/c/") for p in tree)
     again = MapStore(url, options).write_shard("a", 0, "m", records(ids), errs, sample_ids=ids_of(0))
-    assert [f for f in again["files"]] == first["files"]
+    assert again == first
+    assert every_file(url, options) == tree  # Parquet, zarr chunks and the commit record, byte for byte
     for rel, data in blobs.items():
-        assert cat(url, options, rel) == data
         assert next(f for f in first["files"] if f["path"] == rel)["bytes"] == len(data)
     assert pq.ParquetFile(pa.BufferReader(blobs["maps/m/a.parquet"])).metadata.num_row_groups == 1
 

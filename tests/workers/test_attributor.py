@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from storage.fs import join, open_fs
 from storage.maps import MapStore
 from storage.plan import update_plan
 from storage.reader import maps_array, read_errors, read_maps
 from storage.sources import open_source
+from tests.helpers import every_file
 from tests.jobs.ray_cluster import fmnist_test, png, tiny_checkpoint, write_folder
 from workers.attributor import JobConfig, ShardAttributor
 
@@ -48,18 +48,21 @@ def test_shard_is_committed_and_a_retry_rewrites_the_same_bytes(storage_root, ch
     assert (result.shard_id, result.samples, result.errors) == ("000001", 12, 0)
     store = MapStore(url, options or None)
     assert {m: sorted(store.committed(m)) for m in METHODS} == {m: ["000001"] for m in METHODS}
-    fs, root = open_fs(url, options or None)
-    first = {m: fs.cat_file(join(root, "maps", m, "000001.parquet")) for m in METHODS}
+    first = every_file(url, options)
+    assert {p for p in first if "/000001." in p} == {f"{kind}/{m}/000001.{ext}" for m in METHODS
+                                                     for kind, ext in (("maps", "parquet"), ("manifest", "json"))}
+    assert any(p.startswith("zarr/pathway/maps/c/") for p in first)  # the shard's zarr chunk
     maps = read_maps(url, "pathway", options or None)
     assert list(maps.sample_id) == [r.sample_id for r in plan.shards[1].refs]
     rows = maps_array(url, "pathway", options or None)[:]
     assert np.isnan(rows[:12]).all()  # shard 0 not written
     np.testing.assert_array_equal(rows[12:24], np.stack(maps["map"]))
 
-    # A retry (e.g. after the actor died before Ray saw the result), by a fresh replica: same bytes.
+    # A retry (e.g. after the actor died before Ray saw the result), by a fresh replica: the same
+    # bytes in every file, Parquet, zarr chunks and commit records alike, and no other file.
     again = ShardAttributor(config, threads=1).process_shard(*shard_args(plan.shards[1]))
     assert again.samples == 12
-    assert {m: fs.cat_file(join(root, "maps", m, "000001.parquet")) for m in METHODS} == first
+    assert every_file(url, options) == first
 
 
 def test_ray_data_batch_interface_and_method_subset(tmp_path, checkpoint) -> None:
