@@ -7,7 +7,10 @@ For each model, on the same inputs and batch size, this measures:
 - ``gradient``: the plain input gradient (one forward, one backward);
 - ``integrated_gradients``: 50 steps (Captum), on fewer samples when it would take long;
 - ``threshold``: only the per-sample percentile selection on real scores, against
-  ``kthvalue`` on the concatenated scores (what a simple batched version does).
+  ``kthvalue`` on the concatenated scores (what a simple batched version does);
+- on CUDA, ``pathway`` and ``gradient`` once more with cuDNN autotuning instead of the
+  deterministic kernels the job runs by default (``--nondeterministic``), for the cost of
+  exact retries (models/determinism.py).
 
 It prints maps/s, the ratios the targets are stated in, and peak memory (CUDA: peak
 allocated; CPU: peak RSS growth of one call in a fresh process). On CPU the process tunes
@@ -35,6 +38,7 @@ from attribution.neurons import ReluCalls
 from attribution.pathway import PathwayGrad
 from attribution.scores import taylor
 from attribution.threshold import batched_percentile
+from models.determinism import deterministic_kernels
 from models.registry import build_model, fashion_mnist_spec
 from models.tv import models as tv_models
 from workers.allocator import keep_freed_memory
@@ -156,15 +160,23 @@ def bench_model(name: str, batch: int, device: torch.device, repeats: int, ig_sa
         for i in range(loop_x.shape[0]):
             pathway.attribute(loop_x[i : i + 1], target=loop_t[i : i + 1])
 
-    results = {
-        "pathway": measure(lambda: pathway.attribute(x, target=targets), device, batch, repeats),
-        "gradient": measure(lambda: gradient.attribute(x, target=targets), device, batch, repeats),
-        "pathway-loop": measure(per_sample_loop, device, loop_x.shape[0], max(1, repeats // 2)),
-        "integrated_gradients": measure(
-            lambda: ig.attribute(x[:ig_samples], target=targets[:ig_samples]), device, min(ig_samples, batch), 1
-        ),
-        "threshold": threshold_cost(model, x, device, repeats),
-    }
+    def throughput(method: attribution.Attribution) -> dict:
+        return measure(lambda: method.attribute(x, target=targets), device, batch, repeats)
+
+    autotuned = {}
+    if device.type == "cuda":  # the job's workers run deterministic kernels, unless --nondeterministic
+        with deterministic_kernels(device, enabled=False):
+            autotuned = {"pathway": throughput(pathway), "gradient": throughput(gradient)}
+    with deterministic_kernels(device, enabled=True):
+        results = {
+            "pathway": throughput(pathway),
+            "gradient": throughput(gradient),
+            "pathway-loop": measure(per_sample_loop, device, loop_x.shape[0], max(1, repeats // 2)),
+            "integrated_gradients": measure(
+                lambda: ig.attribute(x[:ig_samples], target=targets[:ig_samples]), device, min(ig_samples, batch), 1
+            ),
+            "threshold": threshold_cost(model, x, device, repeats),
+        }
     for method in ("pathway", "gradient"):
         results[method]["peak_mib"] = peak_memory_mib(name, method, batch, device)
     p, g, loop = results["pathway"], results["gradient"], results["pathway-loop"]
@@ -176,13 +188,19 @@ def bench_model(name: str, batch: int, device: torch.device, repeats: int, ig_sa
         "threshold share of pathway time": results["threshold"]["band_s"] / p["seconds"],
         "kthvalue/band selection time": results["threshold"]["kthvalue_s"] / results["threshold"]["band_s"],
     }
+    if autotuned:
+        results["autotuned"] = autotuned
+        for method in ("pathway", "gradient"):
+            results["ratios"][f"deterministic/autotuned {method} throughput"] = (
+                results[method]["maps_per_s"] / autotuned[method]["maps_per_s"])
     return {"model": name, "batch": batch, "input": list(x.shape[1:]), **results}
 
 
 def print_table(result: dict) -> None:
     print(f"\n== {result['model']}  input {result['input']}  batch {result['batch']}")
-    for key in ("pathway", "pathway-loop", "gradient", "integrated_gradients"):
-        r = result[key]
+    rows = [(key, result[key]) for key in ("pathway", "pathway-loop", "gradient", "integrated_gradients")]
+    rows += [(f"{key} (autotuned)", r) for key, r in result.get("autotuned", {}).items()]
+    for key, r in rows:
         peak = f"   peak {r['peak_mib']:9.1f} MiB" if "peak_mib" in r else ""
         print(f"  {key:22s} {r['maps_per_s']:10.2f} maps/s (best run {r['best_maps_per_s']:9.2f}){peak}")
     t = result["threshold"]

@@ -53,6 +53,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--shard-size", type=int, default=512, help="samples per shard (fixed for an output)")
     p.add_argument("--device", default="auto", help="auto: one GPU per actor where there are GPUs, else CPU")
+    p.add_argument("--nondeterministic", action="store_true",
+                   help="on CUDA, allow cuDNN autotuning and non-deterministic kernels: faster, but a retried shard "
+                        "may differ in the last bits (CPU runs are deterministic either way)")
     p.add_argument("--storage-options", default=None, help="fsspec options as JSON or @file (default $STORAGE_OPTIONS)")
     p.add_argument("--ray-address", default=None, help="Ray cluster (default: $RAY_ADDRESS, else a local Ray)")
     p.add_argument("--no-progress", action="store_true")
@@ -159,7 +162,8 @@ def run(args: argparse.Namespace) -> int:
     store = MapStore(args.output, options or None)
     config = JobConfig(source=args.source, checkpoint=checkpoint, output=args.output, methods=methods,
                        method_names=names, split=args.split, batch_size=args.batch_size, reduction=args.reduction,
-                       target=args.target, device=args.device, storage_options=options)
+                       target=args.target, device=args.device, storage_options=options,
+                       deterministic=not args.nondeterministic)
     run_record = {"config": {k: v for k, v in config.to_dict().items() if k != "storage_options"},
                   "method_params": params, "model": spec.to_dict(), "started_at": started, "status": "running"}
     store.write_run(run_record)

@@ -70,6 +70,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=None, help="cells at once (default: GPUs, else CPUs with 1 thread each)")
     p.add_argument("--device", default="auto", help="auto: one GPU per cell where there are GPUs, else CPU")
     p.add_argument("--retries", type=int, default=2, help="Ray retries of a failed cell")
+    p.add_argument("--nondeterministic", action="store_true",
+                   help="on CUDA, allow cuDNN autotuning and non-deterministic kernels: faster, but a retried "
+                        "cell may differ in the last bits (CPU runs are deterministic either way)")
     p.add_argument("--storage-options", default=None, help="fsspec options as JSON or @file (default $STORAGE_OPTIONS)")
     p.add_argument("--ray-address", default=None, help="Ray cluster (default: $RAY_ADDRESS, else a local Ray)")
     p.add_argument("--no-progress", action="store_true")
@@ -335,6 +338,7 @@ def run(args: argparse.Namespace) -> int:
                     train_ids=hashlib.sha256("\n".join(train["ids"]).encode()).hexdigest(),
                     test_ids=hashlib.sha256("\n".join(test["ids"]).encode()).hexdigest())
     config["fingerprint"] = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+    config["deterministic"] = not args.nondeterministic  # how, not what: outside the fingerprint
 
     cells = plan_cells(methods, args.thresholds, args.seeds, args.kar)
     fs, root = open_fs(output, options or None)

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.determinism import deterministic_kernels
 from models.preprocess import preprocess
 from models.registry import ModelError, ModelSpec, build_model
 
@@ -165,6 +166,7 @@ def train_classifier(
     eval_each_epoch: bool = True,
     num_threads: int | None = None,
     pretrained: bool = False,
+    deterministic: bool = True,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Train ``build_model(spec)`` from scratch on uint8 ``[N, H, W, C]`` images.
 
@@ -172,6 +174,8 @@ def train_classifier(
     hyperparameters, the per-epoch train loss and accuracy, a loss curve every few
     steps, test accuracy (per epoch when ``eval_each_epoch``, and final), and seconds.
     SGD uses Nesterov momentum 0.9; ``lr`` is the peak learning rate of the schedule.
+    On CUDA, ``deterministic`` (default) makes a retrain repeat its weights bit for bit
+    (:func:`models.determinism.deterministic_kernels`); False trades that for cuDNN autotuning.
     """
     for name, value in (("epochs", epochs), ("batch_size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -209,10 +213,7 @@ def train_classifier(
         metrics["num_threads"] = threads
         fork_devices = [dev.index if dev.index is not None else torch.cuda.current_device()] if dev.type == "cuda" else []
         stack.enter_context(torch.random.fork_rng(devices=fork_devices))
-        if dev.type == "cuda":
-            old_flags = (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
-            torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = False, True
-            stack.callback(lambda: _restore_cudnn(*old_flags))
+        metrics["deterministic"] = stack.enter_context(deterministic_kernels(dev, deterministic))
         torch.manual_seed(seed)  # weight init (and dropout, for archs that have it)
         order_gen = torch.Generator().manual_seed(seed)
         aug_gen = torch.Generator().manual_seed(seed + 1_000_003)
@@ -304,8 +305,3 @@ def train_classifier(
     metrics["seconds"] = seconds
     metrics["samples_per_second"] = epochs * n / seconds if seconds > 0 else None
     return model, metrics
-
-
-def _restore_cudnn(benchmark: bool, deterministic: bool) -> None:
-    torch.backends.cudnn.benchmark = benchmark
-    torch.backends.cudnn.deterministic = deterministic

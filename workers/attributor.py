@@ -12,6 +12,7 @@ depends only on the shard, so a retried shard rewrites the same bytes.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import logging
@@ -29,6 +30,7 @@ import torch
 
 import attribution
 from attribution.pathway import PathwayGrad
+from models.determinism import deterministic_kernels
 from models.preprocess import preprocess
 from models.training import resolve_device
 from storage.checkpoints import load_checkpoint
@@ -54,6 +56,7 @@ class JobConfig:
     target: str = "predicted"  # or "label"
     device: str = "auto"
     storage_options: dict[str, Any] = field(default_factory=dict)
+    deterministic: bool = True  # CUDA: deterministic kernels, so a retried shard rewrites the same bytes
     method_names: dict[str, str] = field(default_factory=dict)  # label -> registry name, where they differ
 
     def to_dict(self) -> dict[str, Any]:
@@ -109,6 +112,9 @@ class ShardAttributor:
         self.device = resolve_device(self.config.device)
         if self.device.type == "cpu":
             keep_freed_memory()
+        # For the actor's lifetime (it owns its process): set before the model touches the GPU.
+        self._settings = contextlib.ExitStack()
+        self._settings.enter_context(deterministic_kernels(self.device, self.config.deterministic))
         options = self.config.storage_options or None
         self.model, self.spec = load_checkpoint(self.config.checkpoint, options, map_location=self.device)
         self.model.to(self.device).eval()

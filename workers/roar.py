@@ -98,7 +98,7 @@ def run_cell(cell: dict[str, Any], config: dict[str, Any], train_images: np.ndar
 
     ``config``: ``spec`` (dict), training recipe (``epochs``, ``batch_size``, ``lr``,
     ``optimizer``, ``schedule``, ``weight_decay``, ``augment``), ``kar``, ``fill``,
-    ``device``, ``threads``, ``output``, ``storage_options``, ``fingerprint``.
+    ``device``, ``threads``, ``deterministic``, ``output``, ``storage_options``, ``fingerprint``.
     """
     method, t, seed = str(cell["method"]), int(cell["t"]), int(cell["seed"])
     start = time.perf_counter()
@@ -112,7 +112,7 @@ def run_cell(cell: dict[str, Any], config: dict[str, Any], train_images: np.ndar
         lr=float(config["lr"]), seed=seed, device=config.get("device", "auto"), test_images=test_x,
         test_labels=test_labels, progress=False, optimizer=config["optimizer"], schedule=config["schedule"],
         weight_decay=float(config["weight_decay"]), augment=bool(config["augment"]), eval_each_epoch=False,
-        num_threads=config.get("threads") or None,
+        num_threads=config.get("threads") or None, deterministic=bool(config.get("deterministic", True)),
     )
     height, width = train_images.shape[1:3]
     result = {

@@ -65,6 +65,19 @@ def test_shard_is_committed_and_a_retry_rewrites_the_same_bytes(storage_root, ch
     assert every_file(url, options) == first
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_retry_rewrites_the_same_bytes(tmp_path, checkpoint) -> None:
+    """On CUDA the worker runs deterministic kernels (models.determinism), so a retried shard
+    repeats every byte there too; with --nondeterministic this would not be promised."""
+    url = str(tmp_path / "maps")
+    plan, config = prepare("fashion-mnist", url, checkpoint, {}, shard_size=24, limit=24)
+    config = {**config, "device": "cuda"}
+    ShardAttributor(config).process_shard(*shard_args(plan.shards[0]))
+    first = every_file(url)
+    ShardAttributor(config).process_shard(*shard_args(plan.shards[0]))
+    assert every_file(url) == first
+
+
 def test_ray_data_batch_interface_and_method_subset(tmp_path, checkpoint) -> None:
     """__call__ takes the driver's rows (one shard each) and returns one summary row per shard."""
     url = str(tmp_path / "maps")
