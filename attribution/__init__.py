@@ -1,15 +1,16 @@
 """Feature attribution by input-specific network pruning, and the baselines it is compared with.
 
-Pure torch: no Ray, no I/O. Every method shares :class:`Attribution` and is built by
-name with :func:`get`.
+Pure torch: no Ray, no I/O. Every method shares :class:`Attribution` (one ``attribute`` call
+that returns maps, and ``(maps, details)`` on request) and is built by name with :func:`get`.
 """
 
 from . import baselines, controls  # noqa: F401  (importing registers the methods)
-from .base import Attribution, AttributionError, available, get, register
-from .pathway import PathwayDetails, PathwayGrad
+from .base import MODEL_DETAILS, Attribution, AttributionError, Detail, Details
+from .pathway import PathwayGrad
 from .reduce import REDUCTIONS, reduce_map
+from .registry import MethodSpec, available, get, method_class, register
 
 __all__ = [
-    "Attribution", "AttributionError", "PathwayDetails", "PathwayGrad", "REDUCTIONS",
-    "available", "get", "reduce_map", "register",
+    "MODEL_DETAILS", "Attribution", "AttributionError", "Detail", "Details", "MethodSpec", "PathwayGrad",
+    "REDUCTIONS", "available", "get", "method_class", "reduce_map", "register",
 ]

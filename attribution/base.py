@@ -1,8 +1,10 @@
-"""One interface for every attribution method, and the registry that names them.
+"""One interface for every attribution method (the registry that names them is
+:mod:`attribution.registry`).
 
-Like Captum, each method is a class with ``attribute(inputs, target=...)``; like a
-plugin registry, a new method is one class plus ``@register("name")``. Jobs select
-methods by name and store their ``params`` next to every map.
+Like Captum, each method is a class with ``attribute(inputs, target=..., return_details=...)``,
+and per-sample targets work in a batch. Every method returns ``(maps, details)`` on request, with
+the details it declares in ``detail_schema``: a job's worker and its map sink store whatever a
+method declares, so a new per-sample output is one entry in one method.
 """
 
 from __future__ import annotations
@@ -10,8 +12,9 @@ from __future__ import annotations
 import abc
 import contextlib
 import hashlib
-from collections.abc import Callable, Iterator, Sequence
-from typing import Any, ClassVar, TypeVar, Union
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Union
 
 import torch
 from torch import nn
@@ -24,19 +27,63 @@ class AttributionError(ValueError):
     """Bad input to an attribution method: the message names the input and the fix."""
 
 
-class Attribution(abc.ABC):
-    """Base class: holds the model and the method's parameters, computes maps.
+class Details(dict):
+    """Per-sample facts a method reports next to its maps: name -> tensor with one row per sample
+    ([B], or [B, k] for a list per sample). Read them as ``details["threshold"]`` or
+    ``details.threshold``; each method declares their types in :attr:`Attribution.detail_schema`."""
 
-    Subclasses implement :meth:`_attribute`, which receives a detached float input
-    batch, one target class per sample and one integer seed per sample.
+    def __getattr__(self, name: str) -> torch.Tensor:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(f"no detail {name!r}; this method reports {', '.join(self)}") from None
+
+
+@dataclass(frozen=True)
+class Detail:
+    """The declared type of one detail, which is how a map dataset stores it as a column.
+
+    ``dtype`` is one of torch.int64, torch.float64, torch.bool; ``per_sample`` is ``"scalar"``
+    (a [B] tensor) or ``"list"`` (a [B, k] tensor, stored as a list per sample).
+    """
+
+    dtype: torch.dtype
+    doc: str
+    per_sample: str = "scalar"
+
+
+#: What every method that holds a model reports: the model's own view of each sample.
+MODEL_DETAILS: dict[str, Detail] = {
+    "target": Detail(torch.int64, "the class the map explains"),
+    "predicted": Detail(torch.int64, "the class the model predicts"),
+    "logit": Detail(torch.float64, "the model's target logit (pre-softmax)"),
+}
+
+
+class Attribution(abc.ABC):
+    """Base class: holds the model and the method's parameters; :meth:`attribute` computes maps.
+
+    Every method goes through :meth:`attribute`, which checks the inputs, puts the model in eval
+    mode (restoring every module's flag afterwards), resolves targets, seeds stochastic methods
+    per sample, and collects :class:`Details`. Subclasses implement :meth:`_attribute`.
     """
 
     name: ClassVar[str] = ""
     #: Modules the method imports on its first call (not at construction, to keep start-up
     #: short); a worker can import them ahead, in the background, while it starts computing.
     lazy_imports: ClassVar[tuple[str, ...]] = ()
+    #: False for maps computed from the pixels alone (controls): ``model`` may then be None.
+    needs_model: ClassVar[bool] = True
+    #: True when :meth:`_attribute` runs the model itself and reports ``MODEL_DETAILS``, so the
+    #: base class need not run a forward pass to resolve targets (the pathway's scoring pass).
+    resolves_targets: ClassVar[bool] = False
+    #: Whether maps are random, drawn per sample from a seed (its id, else a hash of its pixels).
+    seeded: bool = False
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module | None) -> None:
+        if model is None and not self.needs_model:
+            self.model = None
+            return
         if not isinstance(model, nn.Module):
             raise AttributionError(
                 f"model must be a torch.nn.Module returning logits [B, K], got {type(model).__name__}"
@@ -48,67 +95,62 @@ class Attribution(abc.ABC):
         """The method's parameters, as stored next to every map it produces."""
         return {}
 
-    def attribute(
-        self, inputs: torch.Tensor, target: Target = None, *, sample_ids: SampleIds = None
-    ) -> torch.Tensor:
-        """Return one map per sample, shaped like ``inputs`` ([B, C, H, W]).
+    @property
+    def detail_schema(self) -> dict[str, Detail]:
+        """The details :meth:`attribute` reports, in order (the map dataset's extra columns)."""
+        return dict(MODEL_DETAILS) if self.model is not None else {}
 
-        ``target`` is None (the class the model predicts), one int for the whole batch,
-        or one class per sample. ``sample_ids`` seed the stochastic methods per sample,
-        so a sample's map never depends on the rest of its batch; by default the seed
-        is a hash of the sample's pixels.
+    def attribute(self, inputs: torch.Tensor, target: Target = None, *, sample_ids: SampleIds = None,
+                  return_details: bool = False) -> torch.Tensor | tuple[torch.Tensor, Details]:
+        """One map per sample: [B, C, H, W] like ``inputs`` ([B, 1, H, W] for single-channel maps).
+
+        ``target`` is None (the class the model predicts), one int for the whole batch, or one
+        class per sample. ``sample_ids`` seed the stochastic methods per sample, so a sample's
+        map never depends on the rest of its batch; by default the seed is a hash of its pixels.
+        With ``return_details`` also the :class:`Details` of :attr:`detail_schema`.
         """
+        details = Details()
+        with self._prepared(inputs, target, sample_ids) as (inputs, targets, seeds):
+            resolve = return_details or (targets is None and self.needs_model)  # controls ignore targets
+            if self.model is not None and not self.resolves_targets and resolve:
+                details = model_details(self.model, inputs, targets)
+                targets = details["target"]
+            out = self._attribute(inputs, targets, seeds)
+        maps, extra = out if isinstance(out, tuple) else (out, {})
+        if not return_details:
+            return maps
+        details.update(extra)
+        if targets is not None and "target" in self.detail_schema:
+            details.setdefault("target", targets)
+        missing = [name for name in self.detail_schema if name not in details]
+        if missing:
+            raise AssertionError(f"{type(self).__name__} declared details {missing} but did not report them")
+        return maps, Details((name, details[name]) for name in self.detail_schema)
+
+    @contextlib.contextmanager
+    def _prepared(self, inputs: torch.Tensor, target: Target, sample_ids: SampleIds
+                  ) -> Iterator[tuple[torch.Tensor, torch.Tensor | None, list[int]]]:
+        """Checked inputs, parsed targets (None: predicted) and per-sample seeds, with the model in
+        eval mode for the block: what every public entry point of a method starts from."""
         inputs = check_inputs(inputs)
-        with eval_mode(self.model):
-            targets = resolve_targets(self.model, inputs, target)
-            seeds = sample_seeds(inputs, sample_ids)
-            return self._attribute(inputs, targets, seeds)
+        targets = parse_target(target, inputs.shape[0], inputs.device)
+        seeds = sample_seeds(inputs, sample_ids) if self.seeded else []
+        with eval_mode(self.model) if self.model is not None else contextlib.nullcontext():
+            yield inputs, targets, seeds
 
     @abc.abstractmethod
-    def _attribute(self, inputs: torch.Tensor, targets: torch.Tensor, seeds: list[int]) -> torch.Tensor:
-        """Compute maps for a checked batch with resolved targets."""
+    def _attribute(self, inputs: torch.Tensor, targets: torch.Tensor | None, seeds: list[int]
+                   ) -> torch.Tensor | tuple[torch.Tensor, Mapping[str, torch.Tensor]]:
+        """The maps of a checked batch, or (maps, details of the method's own).
+
+        ``targets`` holds one class per sample; it is None only for methods that resolve targets
+        themselves (``resolves_targets``) or need no model. ``seeds`` has one seed per sample for
+        ``seeded`` methods, else it is empty.
+        """
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
         return f"{type(self).__name__}({args})"
-
-
-# --------------------------------------------------------------------------- registry
-
-_REGISTRY: dict[str, type[Attribution]] = {}
-A = TypeVar("A", bound=type[Attribution])
-
-
-def register(name: str) -> Callable[[A], A]:
-    """Class decorator that makes a method available as ``get(name, model, ...)``."""
-
-    def decorate(cls: A) -> A:
-        if name in _REGISTRY and _REGISTRY[name] is not cls:
-            raise ValueError(f"attribution method {name!r} is registered twice")
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return decorate
-
-
-def available() -> list[str]:
-    """Names of all registered methods."""
-    return sorted(_REGISTRY)
-
-
-def get(name: str, model: nn.Module, **params: Any) -> Attribution:
-    """Build the method registered as ``name`` around ``model``."""
-    try:
-        cls = _REGISTRY[name]
-    except KeyError:
-        raise AttributionError(
-            f"unknown attribution method {name!r}; choose one of {', '.join(available())}"
-        ) from None
-    try:
-        return cls(model, **params)
-    except TypeError as err:
-        raise AttributionError(f"bad parameters for method {name!r}: {err}") from None
 
 
 # --------------------------------------------------------------------------- helpers
@@ -151,14 +193,14 @@ def parse_target(target: Target, batch: int, device: torch.device) -> torch.Tens
     return targets.to(device=device, dtype=torch.long)
 
 
-def resolve_targets(model: nn.Module, inputs: torch.Tensor, target: Target) -> torch.Tensor:
-    """One target class per sample; None means the class the model predicts for each sample."""
-    targets = parse_target(target, inputs.shape[0], inputs.device)
-    if targets is not None:
-        return targets
+def model_details(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor | None) -> Details:
+    """:data:`MODEL_DETAILS` from one forward pass without gradients; None targets become the
+    predicted classes."""
     with torch.no_grad():
-        logits = check_logits(model(inputs), inputs.shape[0])
-    return logits.argmax(dim=1)
+        logits = check_logits(model(inputs), inputs.shape[0], targets)
+    predicted = logits.argmax(dim=1)
+    targets = predicted if targets is None else targets
+    return Details(target=targets, predicted=predicted, logit=logits.gather(1, targets[:, None]).squeeze(1))
 
 
 def check_logits(logits: Any, batch: int, targets: torch.Tensor | None = None) -> torch.Tensor:

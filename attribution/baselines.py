@@ -30,7 +30,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .base import Attribution, AttributionError, check_logits, eval_mode, input_gradient, register
+from .base import Attribution, AttributionError, check_logits, eval_mode, input_gradient
+from .registry import register
 from .canonizers import forward_hooks, guided_relus, relu_out_of_place
 
 CAPTUM = ("captum.attr",)
@@ -353,6 +354,8 @@ class SmoothGrad(Attribution):
     ``internal_batch_size`` bounds the images per forward pass; the default None runs
     one noisy copy of the whole batch per pass (the memory of one plain gradient).
     """
+
+    seeded = True
 
     def __init__(
         self,

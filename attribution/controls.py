@@ -4,8 +4,7 @@
 * ``sobel``: the image's edge magnitude, a model-free prior on where the evidence is.
 
 Both return ``[B, 1, H, W]`` and share the interface and registry of the real methods,
-but never run the model: ``target`` is only checked for its shape, and ``model`` may
-be None.
+but their maps never depend on the model, which may be None.
 """
 
 from __future__ import annotations
@@ -16,43 +15,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import (
-    Attribution,
-    AttributionError,
-    SampleIds,
-    Target,
-    check_inputs,
-    register,
-    resolve_targets,
-    sample_seeds,
-)
+from .base import Attribution, AttributionError
+from .registry import register
 
 __all__ = ["RandomControl", "SobelControl", "sobel_magnitude"]
 
 
 class ModelFreeAttribution(Attribution):
-    """A map computed from the pixels (and the sample's seed) alone."""
+    """A map computed from the pixels (and the sample's seed) alone: ``model`` may be None.
+
+    With a model, ``attribute`` still resolves and reports targets like every method (a given
+    ``target`` is validated against it), but the map does not depend on them.
+    """
+
+    needs_model = False
 
     def __init__(self, model: nn.Module | None = None) -> None:
-        if model is None:
-            self.model = None  # type: ignore[assignment]
-        else:
-            super().__init__(model)
-
-    def attribute(
-        self, inputs: torch.Tensor, target: Target = None, *, sample_ids: SampleIds = None
-    ) -> torch.Tensor:
-        """Return one map per sample, [B, 1, H, W]; no forward pass is run.
-
-        A given ``target`` is validated like the other methods' (one class per sample)
-        but does not change the map.
-        """
-        inputs = check_inputs(inputs)
-        targets = None if target is None else resolve_targets(self.model, inputs, target)
-        return self._attribute(inputs, targets, self._seeds(inputs, sample_ids))  # type: ignore[arg-type]
-
-    def _seeds(self, inputs: torch.Tensor, sample_ids: SampleIds) -> list[int]:
-        return []
+        super().__init__(model)
 
 
 @register("random")
@@ -64,8 +43,7 @@ class RandomControl(ModelFreeAttribution):
     and in every batch.
     """
 
-    def _seeds(self, inputs: torch.Tensor, sample_ids: SampleIds) -> list[int]:
-        return sample_seeds(inputs, sample_ids)
+    seeded = True
 
     def _attribute(self, inputs: torch.Tensor, targets: torch.Tensor | None, seeds: list[int]) -> torch.Tensor:
         height, width = inputs.shape[-2:]

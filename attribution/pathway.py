@@ -29,37 +29,18 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from . import scores as scoring
-from .base import Attribution, AttributionError, SampleIds, Target, check_inputs, eval_mode, parse_target, sample_seeds
-from .base import register
+from .base import MODEL_DETAILS, Attribution, AttributionError, Detail, Details, SampleIds, Target
 from .neurons import ReluCalls
+from .registry import register
 from .threshold import batched_percentile, count, masks_above
 
 SCORES = ("taylor", "integrated", "random", "greedy")
 DEFAULT_STEPS = {"integrated": 10, "greedy": 5}
-
-
-@dataclass
-class PathwayDetails:
-    """Per-sample facts about the pruned network (all tensors have B rows)."""
-
-    target: torch.Tensor
-    threshold: torch.Tensor  # [B], or [B, layers] with per_layer=True or scores="random"
-    kept_fraction: torch.Tensor  # kept neurons / all neurons
-    logit: torch.Tensor  # target logit of the unpruned network
-    pruned_logit: torch.Tensor  # target logit of the pruned network
-    predicted: torch.Tensor  # class the unpruned network predicts
-    pruned_predicted: torch.Tensor  # class the pruned network predicts
-
-    @property
-    def prediction_kept(self) -> torch.Tensor:
-        """Whether the pruned network still predicts the target class."""
-        return self.pruned_predicted == self.target
 
 
 @register("pathway")
@@ -91,6 +72,7 @@ class PathwayGrad(Attribution):
             )
         self.percentile = float(percentile)
         self.scores = scores
+        self.seeded = scores == "random"
         self.per_layer = bool(per_layer) or scores == "random"
         self.steps = int(steps) if steps is not None else DEFAULT_STEPS.get(scores)
 
@@ -101,50 +83,50 @@ class PathwayGrad(Attribution):
             params["steps"] = self.steps
         return params
 
-    def attribute(self, inputs: torch.Tensor, target: Target = None, *, sample_ids: SampleIds = None,
-                  return_details: bool = False) -> torch.Tensor | tuple[torch.Tensor, PathwayDetails]:
-        """Maps shaped like ``inputs``; with ``return_details`` also :class:`PathwayDetails`."""
-        inputs = check_inputs(inputs)
-        targets = parse_target(target, inputs.shape[0], inputs.device)
-        seeds = sample_seeds(inputs, sample_ids) if self.scores == "random" else []
-        with eval_mode(self.model), torch.enable_grad(), ReluCalls(self.model) as relus:
-            maps, details = self._run(relus, inputs, targets, seeds)
-        return (maps, details) if return_details else maps
+    @property
+    def detail_schema(self) -> dict[str, Detail]:
+        return {
+            **MODEL_DETAILS,
+            "threshold": Detail(torch.float64, "the sample's pruning threshold q (one per layer with per_layer, "
+                                "which scores='random' implies)", "list" if self.per_layer else "scalar"),
+            "kept_fraction": Detail(torch.float64, "kept neurons / all neurons"),
+            "pruned_logit": Detail(torch.float64, "the pruned network's target logit"),
+            "pruned_predicted": Detail(torch.int64, "the class the pruned network predicts"),
+            "prediction_kept": Detail(torch.bool, "whether the pruned network still predicts the target"),
+        }
 
     def masks(self, inputs: torch.Tensor, target: Target = None, *, sample_ids: SampleIds = None
               ) -> tuple[list[torch.Tensor], torch.Tensor]:
         """The pruning itself: one uint8 keep mask per ReLU call (1 kept, 0 pruned), shaped like that
-        call's output [B, ...], in call order, and each sample's threshold(s) (as in PathwayDetails).
+        call's output [B, ...], in call order, and each sample's threshold(s) (the ``threshold``
+        detail).
 
         These are the masks :meth:`attribute` applies; they let a caller inspect the pathway, or
         check a map against a reference computed with the very same masks.
         """
-        with self._scoring_session(inputs, target, sample_ids) as (relus, x, targets, seeds):
-            keep, thresholds, _ = self._masks(relus, x, targets, seeds)
+        with self._prepared(inputs, target, sample_ids) as (x, targets, seeds), self._relu_calls() as relus:
+            keep, thresholds, _ = self._masks(relus, x.requires_grad_(True), targets, seeds)
         return keep, thresholds
 
     def neuron_scores(self, inputs: torch.Tensor, target: Target = None, *, sample_ids: SampleIds = None
                       ) -> list[torch.Tensor]:
         """Every neuron's score in the unpruned network (for ``greedy``, the first round's): one
         tensor per ReLU call, shaped like its output, float32 (float64 for float64 inputs)."""
-        with self._scoring_session(inputs, target, sample_ids) as (relus, x, targets, seeds):
-            return self._scored(relus, x, targets, seeds).scores
+        with self._prepared(inputs, target, sample_ids) as (x, targets, seeds), self._relu_calls() as relus:
+            return self._scored(relus, x.requires_grad_(True), targets, seeds).scores
 
     @contextlib.contextmanager
-    def _scoring_session(self, inputs: torch.Tensor, target: Target, sample_ids: SampleIds
-                         ) -> Iterator[tuple[ReluCalls, torch.Tensor, torch.Tensor | None, list[int]]]:
-        inputs = check_inputs(inputs)
-        targets = parse_target(target, inputs.shape[0], inputs.device)
-        seeds = sample_seeds(inputs, sample_ids) if self.scores == "random" else []
-        with eval_mode(self.model), torch.enable_grad(), ReluCalls(self.model) as relus:
-            yield relus, inputs.detach().requires_grad_(True), targets, seeds
-
-    def _attribute(self, inputs: torch.Tensor, targets: torch.Tensor, seeds: list[int]) -> torch.Tensor:
+    def _relu_calls(self) -> Iterator[ReluCalls]:
         with torch.enable_grad(), ReluCalls(self.model) as relus:
-            return self._run(relus, inputs, targets, seeds)[0]
+            yield relus
+
+    def _attribute(self, inputs: torch.Tensor, targets: torch.Tensor | None, seeds: list[int]
+                   ) -> tuple[torch.Tensor, Details]:
+        with self._relu_calls() as relus:
+            return self._run(relus, inputs, targets, seeds)
 
     def _run(self, relus: ReluCalls, inputs: torch.Tensor, targets: torch.Tensor | None,
-             seeds: list[int]) -> tuple[torch.Tensor, PathwayDetails]:
+             seeds: list[int]) -> tuple[torch.Tensor, Details]:
         x = inputs.detach().requires_grad_(True)
         keep, thresholds, scored = self._masks(relus, x, targets, seeds)
         targets = scored.targets
@@ -159,16 +141,17 @@ class PathwayGrad(Attribution):
             )
         (grad,) = torch.autograd.grad(selected, x)
         relus.reset()
-        logits = scored.logits
-        details = PathwayDetails(
+        logits, pruned_logits = scored.logits, pruned_logits.detach()
+        details = Details(
             target=targets,
+            predicted=logits.argmax(1),
+            logit=logits.gather(1, targets[:, None]).squeeze(1),
             threshold=thresholds,
             kept_fraction=kept,
-            logit=logits.gather(1, targets[:, None]).squeeze(1),
-            pruned_logit=pruned_logits.detach().gather(1, targets[:, None]).squeeze(1),
-            predicted=logits.argmax(1),
-            pruned_predicted=pruned_logits.detach().argmax(1),
+            pruned_logit=pruned_logits.gather(1, targets[:, None]).squeeze(1),
+            pruned_predicted=pruned_logits.argmax(1),
         )
+        details["prediction_kept"] = details.pruned_predicted == targets
         return grad, details
 
     def _masks(self, relus: ReluCalls, x: torch.Tensor, targets: torch.Tensor | None, seeds: list[int]

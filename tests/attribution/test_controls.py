@@ -8,7 +8,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import attribution.controls as controls
-from attribution.base import AttributionError, available, get, sample_seeds
+from attribution import AttributionError, available, get
+from attribution.base import sample_seeds
 
 
 class CountingNet(nn.Module):
