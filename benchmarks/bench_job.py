@@ -24,7 +24,6 @@ Run: ``python benchmarks/bench_job.py [--n 10000] [--shard-size 250] [--workers 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
@@ -37,13 +36,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from attribution import MethodSpec  # noqa: E402
 from jobs import attribute  # noqa: E402
 from storage.maps import MapStore  # noqa: E402
-from storage.plan import update_plan  # noqa: E402
 from storage.sources import load_arrays, open_source  # noqa: E402
-from workers.attributor import JobConfig, ShardAttributor  # noqa: E402
+from workers.attributor import ShardAttributor  # noqa: E402
+from workers.tasks import JobConfig, plan_shard_tasks  # noqa: E402
 
-METHODS = {"pathway": {}, "gradient": {}}
+METHODS = ("pathway", "gradient")
 
 
 def train_checkpoint(directory: Path) -> str:
@@ -61,17 +61,13 @@ def train_checkpoint(directory: Path) -> str:
 
 
 def prepare(output: str, checkpoint: str, n: int, shard_size: int, batch_size: int, options: dict | None = None):
-    """Plan the shards and create the zarr arrays (the driver's part); returns (tasks, config dict)."""
+    """The driver's part, as the job does it (workers.tasks.plan_shard_tasks); returns (tasks, config)."""
     refs = open_source("fashion-mnist").list()[:n]
-    plan, _ = update_plan(output, refs, shard_size, options)
-    store = MapStore(output, options)
-    for name in METHODS:
-        store.ensure_zarr(name, plan.total_rows, (28, 28), shard_size)
-    config = JobConfig(source="fashion-mnist", checkpoint=checkpoint, output=output, methods=METHODS,
-                       batch_size=batch_size, device="cpu", storage_options=options or {})
-    tasks = [{"shard_index": s.index, "shard_id": s.shard_id, "methods": json.dumps(list(METHODS)),
-              "refs": json.dumps([[r.sample_id, r.locator] for r in s.refs])} for s in plan.shards]
-    return tasks, config.to_dict()
+    planned = plan_shard_tasks(MapStore(output, options), refs, shard_size, METHODS, (28, 28))
+    config = JobConfig(source="fashion-mnist", checkpoint=checkpoint, output=output,
+                       methods=tuple(MethodSpec(m) for m in METHODS), batch_size=batch_size, device="cpu",
+                       storage_options=options or {})
+    return planned.tasks, config
 
 
 def in_process(output: str, checkpoint: str, args: argparse.Namespace, threads: int,
@@ -95,7 +91,7 @@ def in_process(output: str, checkpoint: str, args: argparse.Namespace, threads: 
     worker.store.write_shard = timed
     samples = 0
     for task in tasks:
-        samples += worker.process_shard(task["shard_index"], task["shard_id"], json.loads(task["refs"])).samples
+        samples += worker.process_shard(task).samples
     seconds = time.perf_counter() - start
     torch.set_num_threads(old)
     return {"samples": samples, "seconds": seconds, "build": built, "write": sum(writes), "shards": len(tasks)}
@@ -105,7 +101,7 @@ def with_ray(output: str, checkpoint: str, args: argparse.Namespace, workers: in
     tasks, config = prepare(output, checkpoint, args.n, args.shard_size, args.batch_size)
     job_args = attribute.parse_args(["--workers", str(workers), "--device", "cpu", "--no-progress"])
     start = time.perf_counter()
-    results = attribute.run_shards(tasks, config, job_args, args.n)
+    results = attribute.run_shards(tasks, config, job_args)
     seconds = time.perf_counter() - start
     busy: dict[str, float] = {}
     for r in results:

@@ -37,7 +37,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from storage import MapRecords, MapStore, load_arrays, open_source  # noqa: E402
 from storage.fs import join, open_fs  # noqa: E402
-from storage.maps import parquet_bytes  # noqa: E402
+from storage.tables import parquet_bytes  # noqa: E402
+
+#: The details every method with a model reports (attribution.MODEL_DETAILS), as the job stores them.
+DETAIL_TYPES = {"target": "int64", "predicted": "int64", "logit": "float64"}
 
 
 def compute_maps(n: int, methods: list[str], train: bool) -> tuple[dict[str, MapRecords], dict[str, np.ndarray], str]:
@@ -73,8 +76,9 @@ def compute_maps(n: int, methods: list[str], train: bool) -> tuple[dict[str, Map
             targets.append(target)
         target = torch.cat(targets).numpy()
         raw[method] = torch.cat(chunks).detach().numpy().astype(np.float32)
-        out[method] = MapRecords(ids, labels, target, target, raw[method], params=explainer.params,
-                                 logit_before=np.zeros(n))
+        details = {"target": target, "predicted": target, "logit": np.zeros(n)}
+        out[method] = MapRecords(ids, labels, raw[method], params=explainer.params, details=details,
+                                 detail_types=DETAIL_TYPES)
     return out, raw, origin + " on real Fashion-MNIST test images"
 
 
@@ -90,12 +94,17 @@ def float32_bytes(records: MapRecords, maps32: np.ndarray, mapstore_settings: bo
     return len(buf.getvalue())
 
 
+def with_maps(records: MapRecords, maps: np.ndarray, rows: slice = slice(None)) -> MapRecords:
+    """``records``' rows ``rows`` with other maps (a shard, or upsampled maps)."""
+    return MapRecords(records.sample_ids[rows], records.labels[rows], maps, params=records.params,
+                      details={k: v[rows] for k, v in records.details.items()}, detail_types=records.detail_types)
+
+
 def shards_of(records: MapRecords, size: int) -> list[MapRecords]:
     out = []
     for s in range(0, len(records), size):
         sl = slice(s, s + size)
-        out.append(MapRecords(records.sample_ids[sl], records.labels[sl], records.targets[sl], records.predicted[sl],
-                              records.maps[sl], params=records.params, logit_before=records.logit_before[sl]))
+        out.append(with_maps(records, records.maps[sl], sl))
     return out
 
 
@@ -136,8 +145,7 @@ def time_writes(url: str, options: dict, shards: list[MapRecords], repeats: int)
 def upsample(records: MapRecords, size: int) -> MapRecords:
     maps = torch.nn.functional.interpolate(torch.from_numpy(records.maps.astype(np.float32))[:, None], size=(size, size),
                                            mode="bilinear", align_corners=False)[:, 0].numpy()
-    return MapRecords(records.sample_ids, records.labels, records.targets, records.predicted, maps,
-                      params=records.params, logit_before=records.logit_before)
+    return with_maps(records, maps)
 
 
 def main() -> None:

@@ -1,4 +1,6 @@
-"""What every job's command line shares: method specs and one-line errors with exit status 1.
+"""What every job's command line shares: the common flags, argument types, method specs, the
+default checkpoint, and :func:`run_main`, which turns the project's own errors into one line and
+exit status 1 (anything else is a bug and keeps its traceback).
 
 Methods are named ``[label=]name[:key=value,...]`` so one method can appear twice with
 different parameters, e.g. ``pathway_integrated=pathway:scores=integrated``; the label names
@@ -9,12 +11,114 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from jobs.train import JobError
+STORAGE_OPTIONS_ENV = "STORAGE_OPTIONS"
+#: Where ``python -m jobs.train`` puts the embedded default model; jobs train it when it is absent.
+DEFAULT_CHECKPOINT = "outputs/models/resnet8-fashion-mnist.pt"
+
+
+class JobError(Exception):
+    """A problem the user can fix; reported as one line, exit status 1."""
+
+
+# --------------------------------------------------------------------------- argument types
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def reduction(text: str) -> str:
+    from attribution import REDUCTIONS
+
+    if text not in REDUCTIONS:
+        raise argparse.ArgumentTypeError(f"choose one of {', '.join(REDUCTIONS)}, got {text!r}")
+    return text
+
+
+# --------------------------------------------------------------------------- common flags
+
+
+def storage_flags() -> argparse.ArgumentParser:
+    """``--storage-options``: the parent parser of every job that reads or writes storage."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--storage-options", default=None,
+                   help=f"fsspec options as JSON or @file.json, for every URL (default ${STORAGE_OPTIONS_ENV})")
+    return p
+
+
+def ray_flags() -> argparse.ArgumentParser:
+    """The flags of every job that runs on Ray (includes :func:`storage_flags`)."""
+    p = argparse.ArgumentParser(add_help=False, parents=[storage_flags()])
+    p.add_argument("--ray-address", default=None, help="Ray cluster (default: $RAY_ADDRESS, else a local Ray)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def worker_flags(default_workers: str) -> argparse.ArgumentParser:
+    """``--device`` and ``--workers`` of the jobs that size a pool of model workers (jobs.cluster)."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--device", default="auto", help="auto: one GPU per worker where there are GPUs, else CPU; "
+                   "cuda asks for GPUs even before an autoscaling cluster has started them")
+    p.add_argument("--workers", type=positive_int, default=None,
+                   help=f"concurrent workers (default: one per GPU, else {default_workers})")
+    p.add_argument("--nondeterministic", action="store_true",
+                   help="on CUDA, allow cuDNN autotuning and non-deterministic kernels: faster, but a retry may "
+                        "differ in the last bits (CPU runs are deterministic either way)")
+    return p
+
+
+def job_parser(prog: str, doc: str | None, parents: Sequence[argparse.ArgumentParser]) -> argparse.ArgumentParser:
+    """A job's parser: its module docstring's first paragraph as the description, defaults shown."""
+    return argparse.ArgumentParser(prog=prog, description=(doc or "").split("\n\n")[0], parents=list(parents),
+                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+
+
+def storage_options_from(text: str | None) -> dict[str, Any]:
+    """Parse ``--storage-options`` (JSON or ``@path``), falling back to ``$STORAGE_OPTIONS``."""
+    origin = "--storage-options"
+    if text is None:
+        text, origin = os.environ.get(STORAGE_OPTIONS_ENV), f"${STORAGE_OPTIONS_ENV}"
+    if not text:
+        return {}
+    if text.startswith("@"):
+        try:
+            with open(text[1:], encoding="utf-8") as fh:
+                text = fh.read()
+        except OSError as err:
+            raise JobError(f"cannot read {origin} file {text[1:]!r}: {err.strerror}") from None
+    try:
+        options = json.loads(text)
+    except json.JSONDecodeError as err:
+        # Never echo the text: it may hold credentials.
+        raise JobError(f"{origin} is not valid JSON ({err.msg} at position {err.pos})") from None
+    if not isinstance(options, dict):
+        raise JobError(f"{origin} must be a JSON object, got {type(options).__name__}")
+    return options
+
+
+# --------------------------------------------------------------------------- methods, checkpoint
 
 
 def parse_params(item: str, rest: str) -> dict[str, Any]:
@@ -31,20 +135,11 @@ def parse_params(item: str, rest: str) -> dict[str, Any]:
     return params
 
 
-@dataclass(frozen=True)
-class MethodSpec:
-    """One method to evaluate: its label in the outputs, its registry name, its parameters."""
-
-    label: str
-    name: str
-    params: dict[str, Any]
-
-
-def parse_method_specs(text: str) -> dict[str, MethodSpec]:
-    """``"pt=pathway:scores=taylor gradient"`` -> {label: MethodSpec}; unknown names are an error."""
+def parse_method_specs(text: str) -> list[Any]:
+    """``"pt=pathway:scores=taylor gradient"`` -> [MethodSpec, ...]; unknown names are an error."""
     import attribution
 
-    specs: dict[str, MethodSpec] = {}
+    specs: dict[str, attribution.MethodSpec] = {}
     for item in text.replace(";", " ").split():
         head, _, rest = item.partition(":")
         label, eq, name = head.partition("=")
@@ -54,31 +149,45 @@ def parse_method_specs(text: str) -> dict[str, MethodSpec]:
             raise JobError(f"--methods: cannot read {item!r}; write [label=]name[:key=value,...]")
         if name not in attribution.available():
             raise JobError(f"--methods: unknown method {name!r}; choose one of {', '.join(attribution.available())}")
-        params = parse_params(item, rest)
         if label in specs:
             raise JobError(f"--methods: label {label!r} appears twice; give one a label, e.g. {label}2={item}")
-        specs[label] = MethodSpec(label, name, params)
+        specs[label] = attribution.MethodSpec(name, parse_params(item, rest), label)
     if not specs:
         raise JobError("--methods names no method")
-    return specs
+    return list(specs.values())
 
 
-def build_methods(model: Any, specs: dict[str, MethodSpec]) -> dict[str, Any]:
-    """Every method built around ``model`` (fails early on bad parameters)."""
-    import attribution
+def build_methods(model: Any, specs: Sequence[Any]) -> dict[str, Any]:
+    """Every method built around ``model``, by label (fails early on bad parameters)."""
+    return {spec.label: spec.build(model) for spec in specs}
 
-    return {label: attribution.get(s.name, model, **s.params) for label, s in specs.items()}
+
+def checkpoint_or_default(checkpoint: str | None) -> str:
+    """``checkpoint``, or the embedded default model, trained first (jobs.train) when absent."""
+    if checkpoint:
+        return checkpoint
+    if not os.path.exists(DEFAULT_CHECKPOINT):
+        print(f"no checkpoint at {DEFAULT_CHECKPOINT}: training the default model first (python -m jobs.train)")
+        from jobs import train
+
+        if train.main(["--output", DEFAULT_CHECKPOINT]) != 0:
+            raise JobError("training the default model failed (see above)")
+    return DEFAULT_CHECKPOINT
+
+
+# --------------------------------------------------------------------------- entry point
 
 
 def run_main(prog: str, run: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
-    """Run a job; a problem the user can fix is one line on stderr and exit status 1, no traceback."""
+    """Run a job; a problem the user can fix (the project's own error types) is one line on stderr
+    and exit status 1, without a traceback. Anything else is a bug and raises as usual."""
     from attribution import AttributionError
+    from attribution.evaluation import EvaluationError
     from models.registry import ModelError
     from storage.fs import StorageError
 
     try:
         return run(args)
-    except (JobError, AttributionError, ModelError, StorageError, ValueError, KeyError) as err:
-        message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
-        print(f"{prog}: error: {message}", file=sys.stderr)
+    except (JobError, AttributionError, EvaluationError, ModelError, StorageError) as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
         return 1

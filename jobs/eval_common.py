@@ -5,14 +5,13 @@ Methods are named ``[label=]name[:key=value,...]`` (jobs.cli.parse_method_specs)
 
 from __future__ import annotations
 
-import io
 import zlib
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from jobs.train import JobError
+from jobs.cli import JobError
 
 
 def sample_seeds(sample_ids: Sequence[str]) -> list[int]:
@@ -95,21 +94,18 @@ def rebuild_model(payload: dict[str, Any]) -> Any:
 
 def write_table(output: str, name: str, frame: Any, options: dict[str, Any]) -> list[str]:
     """``<output>/<name>.parquet`` and ``.csv``, each written atomically; returns their URLs."""
-    from storage.fs import join, open_fs, write_bytes_atomic
+    from storage.location import Location
 
-    fs, root = open_fs(output, options or None)
-    root = root.rstrip("/")
-    parquet = io.BytesIO()
-    frame.to_parquet(parquet, index=False)
-    write_bytes_atomic(fs, join(root, f"{name}.parquet"), parquet.getvalue())
-    write_bytes_atomic(fs, join(root, f"{name}.csv"), frame.to_csv(index=False).encode())
-    return [join(output, f"{name}.parquet"), join(output, f"{name}.csv")]
+    where = Location(output, options)
+    where.put(f"{name}.parquet", frame.to_parquet(index=False))
+    where.put(f"{name}.csv", frame.to_csv(index=False).encode())
+    return [where.url_of(f"{name}.parquet"), where.url_of(f"{name}.csv")]
 
 
 def write_file(output: str, name: str, data: bytes, options: dict[str, Any]) -> str:
     """``<output>/<name>`` written atomically; returns its URL."""
-    from storage.fs import join, open_fs, write_bytes_atomic
+    from storage.location import Location
 
-    fs, root = open_fs(output, options or None)
-    write_bytes_atomic(fs, join(root.rstrip("/"), name), data)
-    return join(output, name)
+    where = Location(output, options)
+    where.put(name, data)
+    return where.url_of(name)

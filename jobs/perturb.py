@@ -41,7 +41,8 @@ from typing import Any
 
 import numpy as np
 
-from jobs.train import JobError, storage_options_from
+from jobs.cli import (JobError, build_methods, checkpoint_or_default, job_parser, parse_method_specs, positive_int,
+                      ray_flags, reduction, run_main, storage_options_from)
 
 DEFAULT_METHODS = "pathway gradient"
 DEFAULT_OUTPUT = "outputs/eval/perturbation"
@@ -62,8 +63,7 @@ def _fractions(text: str) -> list[float]:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     from attribution.evaluation import DEFAULT_FRACTIONS
 
-    p = argparse.ArgumentParser(prog="python -m jobs.perturb", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = job_parser("python -m jobs.perturb", __doc__, [ray_flags()])
     p.add_argument("--maps", default=None, help="map dataset URL written by jobs.attribute (source, split, "
                    "checkpoint and methods come from its run.json); without it maps are computed here")
     p.add_argument("--methods", default=None, help="with --maps: stored method names (default all); without: "
@@ -71,26 +71,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--source", default=None, help="dataset name or URL (default: the maps' source, else fashion-mnist)")
     p.add_argument("--split", default=None, help="default: the maps' split, else test")
     p.add_argument("--checkpoint", default=None, help="default: the maps' checkpoint, else the embedded default")
-    p.add_argument("--limit", type=int, default=None,
+    p.add_argument("--limit", type=positive_int, default=None,
                    help=f"first N samples (default: every stored map; {DEFAULT_LIMIT} when computing maps)")
     p.add_argument("--fractions", type=_fractions, default=list(DEFAULT_FRACTIONS),
                    help="increasing pixel fractions in [0, 1], comma- or space-separated")
     p.add_argument("--fill", default="spec", choices=("spec", "train"), help="per-channel mean: see above")
-    p.add_argument("--reduction", default="signed_max_abs", choices=("signed_max_abs", "max_abs", "sum_abs"),
+    p.add_argument("--reduction", default="signed_max_abs", type=reduction,
                    help="channel reduction of maps computed here (as jobs.attribute)")
     p.add_argument("--rank", default="abs", choices=("abs", "signed"), help="rank pixels by |map| or the signed map")
-    p.add_argument("--shard-size", type=int, default=64, help="samples per Ray task")
+    p.add_argument("--shard-size", type=positive_int, default=64, help="samples per Ray task")
     p.add_argument("--seed", type=int, default=0, help="added to each sample's seed for the random order")
     p.add_argument("--output", default=None, help="output folder URL (see above)")
-    p.add_argument("--storage-options", default=None, help="fsspec options as JSON or @file (default $STORAGE_OPTIONS)")
-    p.add_argument("--ray-address", default=None, help="Ray cluster (default: $RAY_ADDRESS, else a local Ray)")
-    p.add_argument("--no-progress", action="store_true")
-    args = p.parse_args(argv)
-    if args.limit is not None and args.limit < 1:
-        p.error("--limit must be >= 1")
-    if args.shard_size < 1:
-        p.error("--shard-size must be >= 1")
-    return args
+    return p.parse_args(argv)
 
 
 # --------------------------------------------------------------------------- Ray task
@@ -104,7 +96,6 @@ def perturb_shard(payload: dict[str, Any], x: Any, maps: np.ndarray | None, targ
     import torch
 
     from attribution.evaluation import relative_drops
-    from jobs.cli import build_methods
     from jobs.eval_common import compute_maps, rebuild_model, sample_seeds
 
     torch.set_num_threads(1)
@@ -114,8 +105,7 @@ def perturb_shard(payload: dict[str, Any], x: Any, maps: np.ndarray | None, targ
         seeds = [s + seed for s in sample_seeds(sample_ids)]
         return {RANDOM: relative_drops(model, x, None, fractions, fill, RANDOM, target, seeds).numpy()}
     if maps is None:
-        built = build_methods(model, {method.label: method})[method.label]
-        maps = compute_maps(built, x, target, sample_ids, reduction)
+        maps = compute_maps(method.build(model), x, target, sample_ids, reduction)
     m = torch.tensor(np.array(maps, dtype=np.float32))
     m = m.abs() if rank == "abs" else m
     return {order: relative_drops(model, x, m, fractions, fill, order, target).numpy() for order in ("morf", "lerf")}
@@ -128,6 +118,7 @@ def stored_inputs(args: argparse.Namespace, options: dict[str, Any]) -> dict[str
     """Maps, targets and ids from a jobs.attribute dataset, plus where its images and model live."""
     from storage.fs import StorageNotFound, join
     from storage.reader import read_maps, read_run
+    from workers.tasks import stored_methods
 
     try:
         run = read_run(args.maps, options or None)
@@ -135,7 +126,7 @@ def stored_inputs(args: argparse.Namespace, options: dict[str, Any]) -> dict[str
         raise JobError(f"--maps {args.maps}: no map dataset there (no run.json); write one with "
                        f"`python -m jobs.attribute --output {args.maps}` or leave --maps out") from None
     config = run.get("config", {})
-    stored = list(config.get("methods", {}))
+    stored = [m.label for m in stored_methods(config)]
     methods = args.methods.split() if args.methods else stored
     unknown = [m for m in methods if m not in stored]
     if unknown:
@@ -159,8 +150,7 @@ def run(args: argparse.Namespace) -> int:
     import ray
     from tqdm import tqdm
 
-    from jobs.attribute import ensure_checkpoint, start_ray
-    from jobs.cli import build_methods, parse_method_specs
+    from jobs.cluster import start_ray
     from jobs.eval_common import chunks, fill_value, load_samples, model_payload
     from models.preprocess import preprocess
     from storage.checkpoints import load_checkpoint
@@ -172,15 +162,14 @@ def run(args: argparse.Namespace) -> int:
         inputs = stored_inputs(args, options)
         specs = None
     else:
-        specs = parse_method_specs(args.methods or DEFAULT_METHODS)
+        specs = {spec.label: spec for spec in parse_method_specs(args.methods or DEFAULT_METHODS)}
         inputs = {"source": args.source or "fashion-mnist", "split": args.split or "test",
                   "checkpoint": args.checkpoint, "methods": list(specs), "ids": None,
                   "output": args.output or DEFAULT_OUTPUT}
-    args.checkpoint = inputs["checkpoint"]
-    checkpoint = ensure_checkpoint(args, options)
+    checkpoint = checkpoint_or_default(inputs["checkpoint"])
     model, spec = load_checkpoint(checkpoint, options or None)
     if specs is not None:
-        build_methods(model, specs)  # bad parameters fail here, before any scheduling
+        build_methods(model, list(specs.values()))  # bad parameters fail here, before any scheduling
     source = open_source(inputs["source"], split=inputs["split"], storage_options=options or None)
     images, _, ids = load_samples(source, args.limit or DEFAULT_LIMIT, inputs["ids"])
     keep = None
@@ -291,8 +280,6 @@ def print_summary(table: Any, fractions: Sequence[float], paths: list[str], seco
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from jobs.cli import run_main
-
     return run_main("jobs.perturb", run, parse_args(argv))
 
 

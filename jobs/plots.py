@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 from collections.abc import Sequence
 
 import matplotlib
@@ -97,5 +98,52 @@ def sanity_curves(table, metrics: Sequence[str]) -> bytes:  # noqa: ANN001 - a p
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("similarity to the original map")
     axes[0][-1].legend(fontsize=7)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def roar_curves(summary, kar: bool, title: str, controls: Sequence[str], unmodified: str) -> bytes:  # noqa: ANN001
+    """Accuracy vs t, one line per method (mean +- std over seeds; controls dashed); each line starts
+    at the unmodified model's accuracy. ``summary`` has columns method, t, mean, std."""
+    import pandas as pd
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    base = summary[summary.method == unmodified]
+    for method, rows in summary[summary.method != unmodified].groupby("method", sort=True):
+        rows = (rows if base.empty else pd.concat([base.assign(method=method), rows])).sort_values("t")
+        style = "--" if method in controls else "-"
+        ax.errorbar(rows.t, rows["mean"], yerr=rows["std"].fillna(0), fmt=f"o{style}", capsize=3, label=method)
+    if not base.empty:
+        ax.errorbar(base.t, base["mean"], yerr=base["std"].fillna(0), fmt="k*", ms=10, capsize=3, label="unmodified")
+    ax.set(xlabel=f"% pixels {'kept (KAR)' if kar else 'removed (ROAR)'}", ylabel="test accuracy after retraining",
+           title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def training_curves(metrics: dict) -> bytes:
+    """Train loss over (fractional) epochs, and train / test accuracy per epoch (jobs.train's metrics)."""
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    steps_per_epoch = max(1, math.ceil(metrics["steps"] / metrics["epochs"]))
+    if metrics["train_loss_steps"]:
+        s, loss = zip(*metrics["train_loss_steps"])
+        ax_loss.plot(np.asarray(s) / steps_per_epoch, loss, lw=1, alpha=0.6, label="train (running)")
+    epochs = np.arange(1, len(metrics["train_loss"]) + 1)
+    ax_loss.plot(epochs - 0.5, metrics["train_loss"], "o-", label="train (epoch mean)")
+    ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="training loss")
+    ax_loss.grid(alpha=0.3)
+    ax_loss.legend()
+    ax_acc.plot(epochs, metrics["train_accuracy"], "o-", label="train")
+    if metrics["test_accuracy_curve"]:
+        e, acc = zip(*metrics["test_accuracy_curve"])
+        ax_acc.plot(e, acc, "s-", label="test")
+        ax_acc.annotate(f"{acc[-1]:.2%}", (e[-1], acc[-1]), textcoords="offset points", xytext=(-10, -15))
+    ax_acc.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
+    ax_acc.grid(alpha=0.3)
+    ax_acc.legend()
+    fig.suptitle(f"{metrics['arch']} on {metrics.get('source', '?')}: {metrics['epochs']} epochs, "
+                 f"bs {metrics['batch_size']}, lr {metrics['lr']}, seed {metrics['seed']}")
     fig.tight_layout()
     return _png(fig)

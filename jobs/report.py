@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from jobs.train import JobError, storage_options_from
+from jobs.cli import JobError, job_parser, run_main, storage_flags, storage_options_from
 
 DEFAULT_MAPS = "outputs/maps/fashion-mnist"
 DEFAULT_OUTPUT = "outputs/report"
@@ -49,15 +49,13 @@ class Section:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m jobs.report", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = job_parser("python -m jobs.report", __doc__, [storage_flags()])
     p.add_argument("--maps", default=DEFAULT_MAPS, help="map dataset URL (run.json, examples.png)")
     p.add_argument("--perturbation", default=None,
                    help=f"jobs.perturb output (default <maps>/eval/perturbation, else {PERTURBATION_FALLBACK})")
     p.add_argument("--sanity", default=SANITY_DEFAULT, help="jobs.sanity output")
     p.add_argument("--roar", default=None, help="jobs.roar output (default <maps>/eval/roar)")
     p.add_argument("--output", default=DEFAULT_OUTPUT, help="folder URL for report.html and report.md")
-    p.add_argument("--storage-options", default=None, help="fsspec options as JSON or @file (default $STORAGE_OPTIONS)")
     return p.parse_args(argv)
 
 
@@ -66,15 +64,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def read_optional(url: str, name: str, options: dict[str, Any]) -> bytes | None:
     """``<url>/<name>``, or None where it does not exist (a section not run yet is not an error)."""
-    from storage.fs import StorageNotFound, join, open_fs, storage_errors
+    from storage.location import Location
 
-    fs, root = open_fs(url, options or None)
-    path = join(root.rstrip("/"), name)
-    try:
-        with storage_errors(join(url, name), "read", options or None):
-            return fs.cat_file(path)
-    except StorageNotFound:
-        return None
+    return Location(url, options).get_optional(name)
 
 
 def _csv(data: bytes) -> Any:
@@ -151,11 +143,10 @@ def examples_section(maps: str, options: dict[str, Any]) -> Section:
 
 
 def _has_outputs(url: str, names: Sequence[str], options: dict[str, Any]) -> bool:
-    from storage.fs import join, open_fs, storage_errors
+    from storage.location import Location
 
-    fs, root = open_fs(url, options or None)
-    with storage_errors(url, "list", options or None):
-        return any(fs.exists(join(root.rstrip("/"), n)) for n in names)
+    where = Location(url, options)
+    return any(where.exists(n) for n in names)
 
 
 # --------------------------------------------------------------------------- rendering
@@ -225,7 +216,8 @@ def render_markdown(run: dict, maps: str, sections: list[Section]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from storage.fs import StorageError, join, open_fs, redact_url, write_bytes_atomic
+    from storage.fs import StorageError, join, redact_url
+    from storage.location import Location
     from storage.reader import read_run
 
     options = storage_options_from(args.storage_options)
@@ -248,13 +240,12 @@ def run(args: argparse.Namespace) -> int:
     for section in sections:
         section.source = redact_url(section.source)
 
-    fs, root = open_fs(args.output, options or None)
-    root = root.rstrip("/")
+    where = Location(args.output, options)
     for section in sections:
         for name, png in section.figures:
-            write_bytes_atomic(fs, join(root, name), png)
-    write_bytes_atomic(fs, join(root, "report.html"), render_html(run_config, shown, sections).encode())
-    write_bytes_atomic(fs, join(root, "report.md"), render_markdown(run_config, shown, sections).encode())
+            where.put(name, png)
+    where.put("report.html", render_html(run_config, shown, sections).encode())
+    where.put("report.md", render_markdown(run_config, shown, sections).encode())
 
     for section in sections:
         state = f"not run yet: {section.missing}" if section.missing else "included"
@@ -270,8 +261,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from jobs.cli import run_main
-
     return run_main("jobs.report", run, parse_args(argv))
 
 

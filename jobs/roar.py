@@ -34,7 +34,8 @@ from typing import Any
 
 import numpy as np
 
-from jobs.train import JobError, storage_options_from
+from jobs.cli import (JobError, job_parser, positive_float, positive_int, ray_flags, run_main, storage_options_from,
+                      worker_flags)
 
 CONTROLS = ("random", "sobel")
 DEFAULT_THRESHOLDS = "10,30,50,70,90"
@@ -51,8 +52,7 @@ def _int_list(text: str) -> list[int]:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m jobs.roar", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = job_parser("python -m jobs.roar", __doc__, [ray_flags(), worker_flags("one per CPU, 1 thread each")])
     p.add_argument("--train-maps", required=True, help="map dataset of the train split (jobs.attribute --split train)")
     p.add_argument("--test-maps", required=True, help="map dataset of the test split")
     p.add_argument("--output", default=None, help="results URL (default <test-maps>/eval/roar, eval/kar with --kar)")
@@ -62,20 +62,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seeds", default="3", help="a count N (seeds 0..N-1) or a comma-separated list; >= 3 advised")
     p.add_argument("--kar", action="store_true", help="keep the top t %% and replace the rest (Keep And Retrain)")
     p.add_argument("--checkpoint", default=None, help="model whose spec and recipe are retrained (default: the maps')")
-    p.add_argument("--epochs", type=int, default=None, help="default: the checkpoint's training epochs")
-    p.add_argument("--batch-size", type=int, default=None, help="default: the checkpoint's")
-    p.add_argument("--lr", type=float, default=None, help="default: the checkpoint's")
-    p.add_argument("--train-limit", type=int, default=None, help="train on a seeded subset of this size (same for all cells)")
-    p.add_argument("--test-limit", type=int, default=None, help="evaluate on the first N test maps")
-    p.add_argument("--workers", type=int, default=None, help="cells at once (default: GPUs, else CPUs with 1 thread each)")
-    p.add_argument("--device", default="auto", help="auto: one GPU per cell where there are GPUs, else CPU")
+    p.add_argument("--epochs", type=positive_int, default=None, help="default: the checkpoint's training epochs")
+    p.add_argument("--batch-size", type=positive_int, default=None, help="default: the checkpoint's")
+    p.add_argument("--lr", type=positive_float, default=None, help="default: the checkpoint's")
+    p.add_argument("--train-limit", type=positive_int, default=None,
+                   help="train on a seeded subset of this size (same for all cells)")
+    p.add_argument("--test-limit", type=positive_int, default=None, help="evaluate on the first N test maps")
     p.add_argument("--retries", type=int, default=2, help="Ray retries of a failed cell")
-    p.add_argument("--nondeterministic", action="store_true",
-                   help="on CUDA, allow cuDNN autotuning and non-deterministic kernels: faster, but a retried "
-                        "cell may differ in the last bits (CPU runs are deterministic either way)")
-    p.add_argument("--storage-options", default=None, help="fsspec options as JSON or @file (default $STORAGE_OPTIONS)")
-    p.add_argument("--ray-address", default=None, help="Ray cluster (default: $RAY_ADDRESS, else a local Ray)")
-    p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     seeds = _int_list(args.seeds)
     args.seeds = list(range(seeds[0])) if len(seeds) == 1 and "," not in args.seeds else seeds
@@ -83,9 +76,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         p.error(f"--seeds: need distinct seeds, got {args.seeds}")
     if any(not 0 < t < 100 for t in args.thresholds):
         p.error(f"--thresholds must lie in 1..99 (%), got {args.thresholds}")
-    for name in ("epochs", "batch_size", "train_limit", "test_limit", "workers"):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be a positive integer")
     return args
 
 
@@ -97,11 +87,12 @@ def load_split(url: str, methods: Sequence[str], options: dict, limit: int | Non
     source order; ``limit`` keeps a seeded subset (or the first N)."""
     from storage.reader import read_maps, read_run
     from storage.sources import load_arrays, open_source
+    from workers.tasks import stored_methods
 
     run = read_run(url, options or None)
     config = run.get("config") or {}
     rows = read_maps(url, None, options or None, columns=["sample_id", "method"])
-    stored = list(config.get("methods") or {}) or sorted(set(rows.method))
+    stored = [m.label for m in stored_methods(config)] or sorted(set(rows.method))
     for method in list(methods) or stored[:1]:
         if not (rows.method == method).any():
             raise JobError(f"{url} holds no committed maps of method {method!r}; compute them with "
@@ -165,14 +156,13 @@ def plan_cells(methods: Sequence[str], thresholds: Sequence[int], seeds: Sequenc
     return cells + [{"method": m, "t": t, "seed": s} for s in seeds for m in methods for t in thresholds]
 
 
-def read_cell(fs: Any, root: str, cell: dict) -> dict | None:
+def read_cell(where: Any, cell: dict) -> dict | None:
+    """A finished cell's result file under the output ``where`` (a Location), or None."""
     from workers.roar import CELL_DIR, cell_name
 
-    path = f"{root}/{CELL_DIR}/{cell_name(cell['method'], cell['t'], cell['seed'])}.json"
+    data = where.get_optional(f"{CELL_DIR}/{cell_name(cell['method'], cell['t'], cell['seed'])}.json")
     try:
-        return json.loads(fs.cat_file(path))
-    except FileNotFoundError:
-        return None
+        return None if data is None else json.loads(data)
     except ValueError:
         return None  # a torn or foreign file: recompute the cell
 
@@ -182,23 +172,18 @@ def run_cells(todo: list[dict], config: dict, arrays: dict, args: argparse.Names
     import ray
     from tqdm import tqdm
 
-    from jobs.attribute import start_ray
+    from jobs.cluster import size_workers, start_ray
     from workers.roar import NONE, remote_cell
 
     start_ray(args.ray_address)
-    resources = ray.cluster_resources()
-    gpus = int(resources.get("GPU", 0)) if args.device in ("auto", "cuda") else 0
-    gpus = max(gpus, 1) if args.device == "cuda" else gpus
-    cpus = max(1, int(resources.get("CPU", 1)))
-    workers = args.workers or (gpus or cpus)
-    threads = 1 if gpus else max(1, cpus // workers)
-    config = {**config, "threads": None if gpus else threads, "device": "cuda" if gpus else
-              ("cpu" if args.device == "auto" else args.device)}
-    task = remote_cell(1 if gpus else 0, 1 if gpus else threads, args.retries)
+    sizing = size_workers(args.device, args.workers, default_cpu_workers="cpus")
+    workers = sizing.workers
+    config = {**config, "threads": sizing.threads or None, "device": sizing.device}
+    task = remote_cell(sizing.gpus, sizing.cpus, args.retries)
     refs = {k: ray.put(v) for k, v in arrays.items() if not k.endswith("maps")}
     map_refs: dict[str, tuple[Any, Any]] = {}
     pending, running, results, failures = list(todo), {}, [], []
-    print(f"{len(todo)} cells on {workers} workers ({'1 GPU' if gpus else f'{threads} CPU threads'} each)")
+    print(f"{len(todo)} cells on {sizing.describe}")
     with tqdm(total=len(todo), unit="cell", disable=args.no_progress, desc="roar", dynamic_ncols=True) as bar:
         while pending or running:
             while pending and len(running) < workers:
@@ -233,61 +218,35 @@ def summarize(table: Any) -> Any:
     return grouped.agg(["mean", "std", "count"]).reset_index()
 
 
-def plot(summary: Any, kar: bool, title: str) -> bytes:
-    """Accuracy vs t, one line per method (mean +- std over seeds); each line starts at the unmodified accuracy."""
-    import io
-
-    import pandas as pd
-
-    from jobs.plots import plt
-    from workers.roar import NONE
-
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    base = summary[summary.method == NONE]
-    for method, rows in summary[summary.method != NONE].groupby("method", sort=True):
-        rows = (rows if base.empty else
-                pd.concat([base.assign(method=method), rows])).sort_values("t")
-        style = "--" if method in CONTROLS else "-"
-        ax.errorbar(rows.t, rows["mean"], yerr=rows["std"].fillna(0), fmt=f"o{style}", capsize=3, label=method)
-    if not base.empty:
-        ax.errorbar(base.t, base["mean"], yerr=base["std"].fillna(0), fmt="k*", ms=10, capsize=3, label="unmodified")
-    ax.set(xlabel=f"% pixels {'kept (KAR)' if kar else 'removed (ROAR)'}", ylabel="test accuracy after retraining",
-           title=title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
-    return buffer.getvalue()
-
-
 def write_outputs(output: str, options: dict, records: list[dict], kar: bool, title: str,
                   run_record: dict) -> Any:
     import pandas as pd
 
-    from storage.fs import join, open_fs, write_bytes_atomic, write_json_atomic
+    from jobs.plots import roar_curves
+    from storage.location import Location
+    from workers.roar import NONE
 
     columns = ["method", "t", "seed", "accuracy", "epochs", "seconds", "mode", "train_samples", "test_samples",
                "removed_per_image", "train_accuracy", "device", "num_threads", "finished_at"]
     table = pd.DataFrame(records, columns=columns).sort_values(["method", "t", "seed"]).reset_index(drop=True)
-    fs, root = open_fs(output, options or None)
-    root = root.rstrip("/")
-    write_bytes_atomic(fs, join(root, "results.parquet"), table.to_parquet(index=False, compression="zstd"))
-    write_bytes_atomic(fs, join(root, "results.csv"), table.to_csv(index=False).encode())
+    where = Location(output, options)
+    where.put("results.parquet", table.to_parquet(index=False, compression="zstd"))
+    where.put("results.csv", table.to_csv(index=False).encode())
     summary = summarize(table)
-    write_bytes_atomic(fs, join(root, "roar.png" if not kar else "kar.png"), plot(summary, kar, title))
-    write_json_atomic(fs, join(root, "run.json"), run_record)
+    where.put("kar.png" if kar else "roar.png", roar_curves(summary, kar, title, controls=CONTROLS, unmodified=NONE))
+    where.put_json("run.json", run_record)
     return summary
 
 
 # -- the job ---------------------------------------------------------------------------------
 def run(args: argparse.Namespace) -> int:
     from storage.checkpoints import load_checkpoint, load_metrics
-    from storage.fs import join, open_fs
+    from storage.fs import join
+    from storage.location import Location
     from storage.manifest import now
     from storage.reader import read_run
     from workers.roar import channel_mean
+    from workers.tasks import stored_methods
 
     started, clock = now(), time.perf_counter()
     options = storage_options_from(args.storage_options)
@@ -295,7 +254,7 @@ def run(args: argparse.Namespace) -> int:
         raise JobError("--train-maps and --test-maps are the same dataset; ROAR needs maps of both splits "
                        "(python -m jobs.attribute --split train --output <train-maps>)")
     runs = {k: read_run(u, options or None) for k, u in (("train", args.train_maps), ("test", args.test_maps))}
-    stored = {k: list((r.get("config") or {}).get("methods") or {}) for k, r in runs.items()}
+    stored = {k: [m.label for m in stored_methods(r.get("config") or {})] for k, r in runs.items()}
     if runs["train"]["config"].get("split") == runs["test"]["config"].get("split"):
         print(f"warning: both map datasets are of split {runs['test']['config'].get('split')!r}; "
               "the train maps should come from jobs.attribute --split train", file=sys.stderr)
@@ -341,11 +300,10 @@ def run(args: argparse.Namespace) -> int:
     config["deterministic"] = not args.nondeterministic  # how, not what: outside the fingerprint
 
     cells = plan_cells(methods, args.thresholds, args.seeds, args.kar)
-    fs, root = open_fs(output, options or None)
-    root = root.rstrip("/")
+    where = Location(output, options)
     finished, stale = {}, 0
     for cell in cells:
-        record = read_cell(fs, root, cell)
+        record = read_cell(where, cell)
         if record is not None and record.get("fingerprint") == config["fingerprint"]:
             finished[(cell["method"], cell["t"], cell["seed"])] = record
         stale += record is not None and record.get("fingerprint") != config["fingerprint"]
@@ -393,8 +351,6 @@ def print_summary(summary: Any, results: list[dict], reused: int, failures: list
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from jobs.cli import run_main
-
     return run_main("jobs.roar", run, parse_args(argv))
 
 

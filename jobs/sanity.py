@@ -35,7 +35,8 @@ from typing import Any
 
 import numpy as np
 
-from jobs.train import storage_options_from
+from jobs.cli import (build_methods, checkpoint_or_default, job_parser, parse_method_specs, positive_int, ray_flags,
+                      reduction, run_main, storage_options_from)
 
 DEFAULT_METHODS = ("pathway_taylor=pathway:scores=taylor pathway_integrated=pathway:scores=integrated,steps=4 "
                    "gradient gradient_x_input integrated_gradients:n_steps=16 guided_backprop grad_cam")
@@ -44,26 +45,20 @@ ORIGINAL = "original"
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m jobs.sanity", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = job_parser("python -m jobs.sanity", __doc__, [ray_flags()])
     p.add_argument("--checkpoint", default=None, help="model checkpoint URL (default: the embedded default, "
                    "trained with jobs.train if absent)")
     p.add_argument("--source", default="fashion-mnist", help="dataset name or URL")
     p.add_argument("--split", default="test")
-    p.add_argument("--limit", type=int, default=32, help="the first N samples of the split")
+    p.add_argument("--limit", type=positive_int, default=32, help="the first N samples of the split")
     p.add_argument("--methods", default=DEFAULT_METHODS, help="space-separated [label=]name[:key=value,...]")
-    p.add_argument("--reduction", default="signed_max_abs", choices=("signed_max_abs", "max_abs", "sum_abs"),
+    p.add_argument("--reduction", default="signed_max_abs", type=reduction,
                    help="channel reduction of the maps (as jobs.attribute)")
     p.add_argument("--group", default="block", choices=("block", "module"), help="one step per block or module")
     p.add_argument("--std", type=float, default=0.1, help="std of the re-drawn weights and biases")
     p.add_argument("--seed", type=int, default=0, help="seed of the re-drawn weights")
     p.add_argument("--output", default=DEFAULT_OUTPUT, help="output folder URL")
-    p.add_argument("--storage-options", default=None, help="fsspec options as JSON or @file (default $STORAGE_OPTIONS)")
-    p.add_argument("--ray-address", default=None, help="Ray cluster (default: $RAY_ADDRESS, else a local Ray)")
-    p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
-    if args.limit < 1:
-        p.error("--limit must be >= 1")
     if not args.std >= 0:
         p.error("--std must be >= 0")
     return args
@@ -77,13 +72,11 @@ def original_maps(payload: dict[str, Any], x: Any, targets: np.ndarray, method: 
     """One method's maps [N, H, W] on the unrandomized model."""
     import torch
 
-    from jobs.cli import build_methods
     from jobs.eval_common import compute_maps, rebuild_model
 
     torch.set_num_threads(1)
     model = rebuild_model(payload)
-    built = build_methods(model, {method.label: method})[method.label]
-    return compute_maps(built, x, torch.tensor(np.array(targets)), sample_ids, reduction)
+    return compute_maps(method.build(model), x, torch.tensor(np.array(targets)), sample_ids, reduction)
 
 
 def step_scores(payload: dict[str, Any], x: Any, targets: np.ndarray, method: Any, sample_ids: list[str],
@@ -93,15 +86,13 @@ def step_scores(payload: dict[str, Any], x: Any, targets: np.ndarray, method: An
     import torch
 
     from attribution.evaluation import compare, randomized
-    from jobs.cli import build_methods
     from jobs.eval_common import compute_maps, rebuild_model
 
     torch.set_num_threads(1)
     model = rebuild_model(payload)
     if step > 0:
         model = randomized(model, step - 1, std=std, seed=seed, steps=steps).eval()
-    built = build_methods(model, {method.label: method})[method.label]
-    maps = compute_maps(built, x, torch.tensor(np.array(targets)), sample_ids, reduction)
+    maps = compute_maps(method.build(model), x, torch.tensor(np.array(targets)), sample_ids, reduction)
     return compare(originals, maps)
 
 
@@ -114,8 +105,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from attribution.evaluation import METRICS, cascade
-    from jobs.attribute import ensure_checkpoint, start_ray
-    from jobs.cli import build_methods, parse_method_specs
+    from jobs.cluster import start_ray
     from jobs.eval_common import load_samples, model_payload
     from models.preprocess import preprocess
     from storage.checkpoints import load_checkpoint
@@ -124,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     options = storage_options_from(args.storage_options)
     specs = parse_method_specs(args.methods)
-    checkpoint = ensure_checkpoint(args, options)
+    checkpoint = checkpoint_or_default(args.checkpoint)
     model, spec = load_checkpoint(checkpoint, options or None)
     model.eval()
     build_methods(model, specs)  # bad parameters fail here, before any scheduling
@@ -143,7 +133,8 @@ def run(args: argparse.Namespace) -> int:
     later = ray.remote(num_cpus=1)(step_scores)
     payload, x_ref = ray.put(model_payload(model, spec)), ray.put(x)
     pending: dict[Any, tuple[str, int]] = {}
-    for label, method in specs.items():
+    for method in specs:
+        label = method.label
         originals = first.remote(payload, x_ref, targets, method, ids, args.reduction)
         for step in range(len(names)):
             ref = later.remote(payload, x_ref, targets, method, ids, args.reduction, steps, step, args.std,
@@ -155,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
             done, _ = ray.wait(list(pending), num_returns=1)
             scores[pending.pop(done[0])] = ray.get(done[0])
             bar.update(1)
-    table = summarize(scores, list(specs), names, METRICS)
+    table = summarize(scores, [m.label for m in specs], names, METRICS)
     paths = write_outputs(args, options, table, checkpoint, steps, len(ids), METRICS)
     print_summary(table, names, paths, time.perf_counter() - start)
     return 0
@@ -204,8 +195,6 @@ def print_summary(table: Any, names: Sequence[str], paths: list[str], seconds: f
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from jobs.cli import run_main
-
     return run_main("jobs.sanity", run, parse_args(argv))
 
 

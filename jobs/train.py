@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -31,38 +29,16 @@ from typing import Any
 
 import numpy as np
 
-DEFAULT_OUTPUT = "outputs/models/resnet8-fashion-mnist.pt"
-STORAGE_OPTIONS_ENV = "STORAGE_OPTIONS"
+from jobs.cli import (DEFAULT_CHECKPOINT, JobError, job_parser, positive_float, positive_int, run_main,
+                      storage_flags, storage_options_from)
+
+DEFAULT_OUTPUT = DEFAULT_CHECKPOINT
 # Defaults chosen to pass 90 % Fashion-MNIST test accuracy in a few CPU minutes (2 cores).
 # Measured (benchmarks/bench_train.py, 2 shared cores, load 2-3): 91.8 % in 226 s of training;
 # per epoch 78.1 / 88.7 / 90.4 / 91.8 %. Five epochs gave 92.2 %.
 DEFAULT_EPOCHS = 4
 DEFAULT_BATCH_SIZE = 128
 DEFAULT_LR = 0.1
-
-
-class JobError(Exception):
-    """A problem the user can fix; reported as one line, exit status 1."""
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
 
 
 def _input_size(text: str) -> tuple[int, int]:
@@ -82,54 +58,29 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     from models.registry import available_archs
     from models.training import OPTIMIZERS, SCHEDULES
 
-    p = argparse.ArgumentParser(prog="python -m jobs.train", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = job_parser("python -m jobs.train", __doc__, [storage_flags()])
     p.add_argument("--source", default="fashion-mnist", help="dataset source name or URL (storage.sources)")
     p.add_argument("--test-split", default="test", help="split to evaluate on; 'none' to skip evaluation")
     p.add_argument("--arch", default="resnet8", choices=available_archs(), metavar="ARCH",
                    help=f"architecture, one of: {', '.join(available_archs())}")
     p.add_argument("--pretrained", action="store_true", help="start from torchvision's ImageNet weights (needs network)")
     p.add_argument("--input-size", type=_input_size, default=None, help="resize images to H,W (default: as stored)", metavar="H,W")
-    p.add_argument("--epochs", type=_positive_int, default=DEFAULT_EPOCHS, help="passes over the train set")
-    p.add_argument("--batch-size", type=_positive_int, default=DEFAULT_BATCH_SIZE, help="samples per step")
-    p.add_argument("--lr", type=_positive_float, default=DEFAULT_LR, help="peak learning rate")
+    p.add_argument("--epochs", type=positive_int, default=DEFAULT_EPOCHS, help="passes over the train set")
+    p.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE, help="samples per step")
+    p.add_argument("--lr", type=positive_float, default=DEFAULT_LR, help="peak learning rate")
     p.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd", help="sgd: Nesterov momentum 0.9")
     p.add_argument("--schedule", choices=SCHEDULES, default="onecycle", help="learning-rate schedule")
     p.add_argument("--weight-decay", type=float, default=5e-4, help="on weights, not on BN or biases")
     p.add_argument("--augment", action="store_true", help="random crop with 2 px padding (seeded)")
     p.add_argument("--seed", type=int, default=0, help="seeds init, data order, augmentation and --limit")
-    p.add_argument("--limit", type=_positive_int, default=None, help="train on a seeded random subset of this size")
+    p.add_argument("--limit", type=positive_int, default=None, help="train on a seeded random subset of this size")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
-    p.add_argument("--threads", type=_positive_int, default=None, help="CPU threads (default: $OMP_NUM_THREADS if set, else every CPU this process may use)")
+    p.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: $OMP_NUM_THREADS if set, else every CPU this process may use)")
     p.add_argument("--output", default=DEFAULT_OUTPUT, help="checkpoint URL (local path, s3://...)")
-    p.add_argument("--storage-options", default=None,
-                   help=f"fsspec options as JSON (or @file.json), for the source and the output; "
-                        f"falls back to ${STORAGE_OPTIONS_ENV}")
+    p.add_argument("--nondeterministic", action="store_true",
+                   help="on CUDA, allow cuDNN autotuning: faster, but a rerun may differ in the last bits")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p.parse_args(argv)
-
-
-def storage_options_from(text: str | None) -> dict[str, Any]:
-    """Parse ``--storage-options`` (JSON or ``@path``), falling back to ``$STORAGE_OPTIONS``."""
-    origin = "--storage-options"
-    if text is None:
-        text, origin = os.environ.get(STORAGE_OPTIONS_ENV), f"${STORAGE_OPTIONS_ENV}"
-    if not text:
-        return {}
-    if text.startswith("@"):
-        try:
-            with open(text[1:], encoding="utf-8") as fh:
-                text = fh.read()
-        except OSError as err:
-            raise JobError(f"cannot read {origin} file {text[1:]!r}: {err.strerror}") from None
-    try:
-        options = json.loads(text)
-    except json.JSONDecodeError as err:
-        # Never echo the text: it may hold credentials.
-        raise JobError(f"{origin} is not valid JSON ({err.msg} at position {err.pos})") from None
-    if not isinstance(options, dict):
-        raise JobError(f"{origin} must be a JSON object, got {type(options).__name__}")
-    return options
 
 
 def _open(name: str, split: str, options: dict[str, Any]):
@@ -165,46 +116,13 @@ def make_spec(args: argparse.Namespace, images: np.ndarray, labels: np.ndarray, 
                      input_size=args.input_size or tuple(images.shape[1:3]), mean=mean, std=std, class_names=classes)
 
 
-def plot_curves(metrics: dict[str, Any]) -> bytes:
-    """A PNG: train loss over (fractional) epochs, and train / test accuracy per epoch."""
-    import io
-
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(10, 4), dpi=100)
-    FigureCanvasAgg(fig)
-    ax_loss, ax_acc = fig.subplots(1, 2)
-    steps_per_epoch = max(1, math.ceil(metrics["steps"] / metrics["epochs"]))
-    if metrics["train_loss_steps"]:
-        s, loss = zip(*metrics["train_loss_steps"])
-        ax_loss.plot(np.asarray(s) / steps_per_epoch, loss, lw=1, alpha=0.6, label="train (running)")
-    epochs = np.arange(1, len(metrics["train_loss"]) + 1)
-    ax_loss.plot(epochs - 0.5, metrics["train_loss"], "o-", label="train (epoch mean)")
-    ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="training loss")
-    ax_loss.grid(alpha=0.3)
-    ax_loss.legend()
-    ax_acc.plot(epochs, metrics["train_accuracy"], "o-", label="train")
-    if metrics["test_accuracy_curve"]:
-        e, acc = zip(*metrics["test_accuracy_curve"])
-        ax_acc.plot(e, acc, "s-", label="test")
-        ax_acc.annotate(f"{acc[-1]:.2%}", (e[-1], acc[-1]), textcoords="offset points", xytext=(-10, -15))
-    ax_acc.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
-    ax_acc.grid(alpha=0.3)
-    ax_acc.legend()
-    fig.suptitle(f"{metrics['arch']} on {metrics.get('source', '?')}: {metrics['epochs']} epochs, "
-                 f"bs {metrics['batch_size']}, lr {metrics['lr']}, seed {metrics['seed']}")
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return buf.getvalue()
-
-
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def train(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
+    from jobs.plots import training_curves
     from models.training import resolve_device, train_classifier
-    from storage.checkpoints import put_bytes, redact_url, save_checkpoint
+    from storage.checkpoints import redact_url, save_checkpoint
+    from storage.location import put_url
     from storage.sources import load_arrays
 
     options = storage_options_from(args.storage_options)
@@ -239,7 +157,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         spec, images, labels, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
         device=device, test_images=test_images, test_labels=test_labels, progress=not args.no_progress,
         optimizer=args.optimizer, schedule=args.schedule, weight_decay=args.weight_decay, augment=args.augment,
-        num_threads=args.threads, pretrained=args.pretrained,
+        num_threads=args.threads, pretrained=args.pretrained, deterministic=not args.nondeterministic,
     )
     metrics.update({
         "source": args.source, "test_split": None if test_images is None else args.test_split,
@@ -248,24 +166,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "pretrained": args.pretrained, "torch_version": str(torch.__version__),
     })
     save_checkpoint(args.output, model.cpu(), spec, storage_options=options, metrics=metrics)
-    put_bytes(f"{args.output}.metrics.json",
+    put_url(f"{args.output}.metrics.json",
                        (json.dumps(metrics, indent=2, default=float) + "\n").encode(), options)
-    put_bytes(f"{args.output}.metrics.png", plot_curves(metrics), options)
+    put_url(f"{args.output}.metrics.png", training_curves(metrics), options)
     return metrics
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    from models.registry import ModelError
-    from storage.checkpoints import redact_url
-    from storage.fs import StorageError
+def run(args: argparse.Namespace) -> int:
+    from storage.fs import redact_url
 
-    try:
-        metrics = run(args)
-    except (JobError, ModelError, StorageError, FileNotFoundError, ValueError, KeyError) as err:
-        message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
-        print(f"jobs.train: error: {message}", file=sys.stderr)
-        return 1
+    metrics = train(args)
     acc = metrics["test_accuracy"]
     print(f"{metrics['arch']} on {metrics['source']}: "
           f"test accuracy {'n/a' if acc is None else f'{acc:.4f}'}, "
@@ -273,6 +183,10 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"{metrics['seconds']:.1f} s on {metrics['device']} ({metrics['num_threads']} threads)\n"
           f"checkpoint: {redact_url(args.output)} (+ .metrics.json, .metrics.png)")
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_main("jobs.train", run, parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -5,7 +5,6 @@ Sources (``storage.sources``)::
     source = open_source("fashion-mnist")            # or an image folder / Parquet URL
     refs = source.list()                             # SampleRef(sample_id, locator), cheap
     for item in source.read(refs[:256]): ...         # Sample(sample_id, image uint8 HWC, label) | SampleError
-    shards = source.shards(256)                      # contiguous chunks of list()
     images, labels, ids = load_arrays(source)
 
 Map datasets (``storage.maps``, ``storage.reader``; layout in storage/maps.py)::
@@ -13,20 +12,24 @@ Map datasets (``storage.maps``, ``storage.reader``; layout in storage/maps.py)::
     store = MapStore("s3://bucket/run1", storage_options)
     store.write_run({"config": ..., "params": ...})                  # driver, at start and end
     store.ensure_zarr("pathway", n=len(refs), shape=(28, 28), shard_size=256)   # driver, once
-    if store.commit_record("pathway", shard_id) is None:             # worker
-        store.write_shard(shard_id, k, "pathway", MapRecords(...), errors, sample_ids=[r.sample_id for r in shard])
+    done = store.committed("pathway")                                # driver: shards to skip
+    store.write_shard(shard_id, k, "pathway", MapRecords(...), errors, sample_ids=[...])  # worker
     df = read_maps("s3://bucket/run1", "pathway", storage_options)  # committed shards only
+
+Everything under one prefix goes through a :class:`storage.location.Location` (fs, root, URL and
+options, opened once); the Parquet schemas and writer settings are in :mod:`storage.tables`.
 
 Errors are :class:`StorageError` (an ``OSError``; ``StorageNotFound`` / ``StorageAccessDenied``
 also subclass ``FileNotFoundError`` / ``PermissionError``); messages name the URL and a fix and
 never contain credentials. Model checkpoints live in ``storage.checkpoints``.
 """
 
-from storage.fs import StorageAccessDenied, StorageError, StorageNotFound, open_fs
+from storage.fs import InvalidStorageInput, StorageAccessDenied, StorageError, StorageNotFound, open_fs
+from storage.location import Location, put_url
 from storage.maps import MapRecords, MapStore
 from storage.reader import join_with_source, maps_array, read_errors, read_maps, read_maps_table, read_run
 from storage.sources import Sample, SampleError, SampleRef, Source, load_arrays, open_source
 
-__all__ = ["MapRecords", "MapStore", "Sample", "SampleError", "SampleRef", "Source", "StorageAccessDenied",
+__all__ = ["InvalidStorageInput", "Location", "MapRecords", "MapStore", "put_url", "Sample", "SampleError", "SampleRef", "Source", "StorageAccessDenied",
            "StorageError", "StorageNotFound", "join_with_source", "load_arrays", "maps_array", "open_fs",
            "open_source", "read_errors", "read_maps", "read_maps_table", "read_run"]

@@ -27,17 +27,11 @@ import torch
 from torch import nn
 
 from models.registry import ModelError, ModelSpec, build_model
-from storage.fs import (
-    StorageError,
-    StorageNotFound,
-    open_fs,
-    redact_url,
-    storage_errors,
-    write_bytes_atomic,
-)
+from storage.fs import StorageError, StorageNotFound, open_fs, redact_url, storage_errors
+from storage.location import put_url
 
-__all__ = ["CheckpointError", "CheckpointNotFound", "load_checkpoint", "load_metrics", "put_bytes",
-           "read_checkpoint", "save_checkpoint"]
+__all__ = ["CheckpointError", "CheckpointNotFound", "load_checkpoint", "load_metrics", "read_checkpoint",
+           "save_checkpoint"]
 
 FORMAT = "pathway-attribution.checkpoint"
 VERSION = 1
@@ -85,16 +79,6 @@ def _open_fs(url: str, storage_options: Mapping[str, Any] | None):
         raise CheckpointError(str(err)) from None
 
 
-def put_bytes(url: str, data: bytes, storage_options: Mapping[str, Any] | None = None) -> None:
-    """Write ``data`` to ``url`` atomically: readers see the old file or the whole new one, never a part.
-
-    For files that go next to a checkpoint (metrics JSON, plots).
-    """
-    fs, path = open_fs(url, storage_options)
-    with storage_errors(url, "write", storage_options):
-        write_bytes_atomic(fs, path, data)
-
-
 def save_checkpoint(url: str, model: nn.Module, spec: ModelSpec, storage_options: Mapping[str, Any] | None = None,
                     metrics: Mapping[str, Any] | None = None) -> None:
     """Save ``model``'s weights with its ``spec`` (and optional JSON-able ``metrics``) to ``url``."""
@@ -115,7 +99,7 @@ def save_checkpoint(url: str, model: nn.Module, spec: ModelSpec, storage_options
     buf = io.BytesIO()
     torch.save(payload, buf)
     try:
-        put_bytes(url, buf.getvalue(), storage_options)
+        put_url(url, buf.getvalue(), storage_options)
     except StorageError as err:
         raise CheckpointError(f"cannot save checkpoint: {err}") from None
 

@@ -4,7 +4,7 @@ Every error that leaves this package is a :class:`StorageError` (an ``OSError``)
 names the URL (with any ``user:password@`` part removed) and says what to fix. Messages never
 carry credentials: values of secret-looking ``storage_options`` keys are scrubbed from them.
 
-S3 notes (see ../shared/ENVIRONMENT.md): an endpoint goes in
+S3 notes: an endpoint goes in
 ``storage_options={"client_kwargs": {"endpoint_url": ...}}`` (or ``endpoint_url=...``, moved there
 by :func:`open_fs`); the region comes from ``AWS_DEFAULT_REGION``.
 """
@@ -36,6 +36,11 @@ class StorageNotFound(StorageError, FileNotFoundError):
 
 class StorageAccessDenied(StorageError, PermissionError):
     """The store refused the credentials or the operation."""
+
+
+class InvalidStorageInput(StorageError, ValueError):
+    """An argument storage cannot use as given (a name that is not a safe file name, a shard size
+    that contradicts the stored plan...); the message says what to change."""
 
 
 def redact_url(url: str) -> str:

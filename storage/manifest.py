@@ -25,9 +25,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-import fsspec
-
-from storage.fs import StorageError, join, storage_errors, write_json_atomic
+from storage.fs import InvalidStorageInput, StorageError
+from storage.location import Location
 
 FORMAT = "pathway-attribution.shard"
 VERSION = 1
@@ -35,9 +34,9 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=-]{0,127}$")
 
 
 def check_name(kind: str, name: str) -> str:
-    """``name`` if it is safe as one path component (letters, digits, ``._=-``), else ValueError."""
+    """``name`` if it is safe as one path component (letters, digits, ``._=-``), else a clear error."""
     if not isinstance(name, str) or not _NAME.match(name) or name in (".", ".."):
-        raise ValueError(f"{kind} {name!r} must be 1-128 letters, digits or ._=- (it names files)")
+        raise InvalidStorageInput(f"{kind} {name!r} must be 1-128 letters, digits or ._=- (it names files)")
     return name
 
 
@@ -49,47 +48,28 @@ def now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def write_commit(fs: fsspec.AbstractFileSystem, root: str, url: str, record: Mapping[str, Any],
-                 storage_options: Mapping[str, Any] | None = None) -> dict:
+def write_commit(where: Location, record: Mapping[str, Any]) -> dict:
     """Write the commit record of ``record['method']`` / ``record['shard_id']`` atomically."""
     record = {"format": FORMAT, "version": VERSION, **record}
-    rel = commit_path(record["method"], record["shard_id"])
-    with storage_errors(join(url, rel), "write", storage_options):
-        write_json_atomic(fs, join(root, rel), record)
+    where.put_json(commit_path(record["method"], record["shard_id"]), record)
     return record
 
 
-def read_commit(fs: fsspec.AbstractFileSystem, root: str, url: str, method: str, shard_id: str,
-                storage_options: Mapping[str, Any] | None = None) -> dict | None:
+def read_commit(where: Location, method: str, shard_id: str) -> dict | None:
     """The commit record of one shard, or None if it is not committed."""
     rel = commit_path(method, shard_id)
-    try:
-        with storage_errors(join(url, rel), "read", storage_options):
-            data = fs.cat_file(join(root, rel))
-    except FileNotFoundError:
-        return None
-    return _parse(data, join(url, rel))
+    data = where.get_optional(rel)
+    return None if data is None else _parse(data, where.url_of(rel))
 
 
-def read_commits(fs: fsspec.AbstractFileSystem, root: str, url: str, method: str | None = None,
-                 storage_options: Mapping[str, Any] | None = None) -> dict[tuple[str, str], dict]:
-    """All commit records (of one method, or of all), keyed by (method, shard_id), in shard order."""
-    base = join(root, "manifest", check_name("method", method)) if method else join(root, "manifest")
-    with storage_errors(join(url, "manifest"), "list", storage_options):
-        try:
-            paths = sorted(p for p in fs.find(base, detail=False) if p.endswith(".json"))
-        except FileNotFoundError:
-            paths = []
-        blobs = fs.cat(paths, on_error="return") if paths else {}
-    records = []
-    for path in paths:
-        data = blobs.get(path, blobs.get(fs._strip_protocol(path)))
-        if isinstance(data, FileNotFoundError) or data is None:
-            continue  # removed between listing and reading
-        if isinstance(data, BaseException):
-            with storage_errors(join(url, path[len(root.rstrip('/')) + 1:]), "read", storage_options):
-                raise data
-        records.append(_parse(data, path))
+def read_commits(where: Location, method: str | None = None) -> dict[tuple[str, str], dict]:
+    """All commit records (of one method, or of all), keyed by (method, shard_id), in shard order.
+
+    One fresh listing, then the records read in parallel by their exact keys.
+    """
+    base = f"manifest/{check_name('method', method)}" if method else "manifest"
+    blobs = where.get_many(where.find(base, ".json"))
+    records = [_parse(data, where.url_of(rel)) for rel, data in blobs.items() if data is not None]
     records.sort(key=lambda r: (r["method"], r.get("shard_index") if r.get("shard_index") is not None else -1,
                                 r["shard_id"]))
     return {(r["method"], r["shard_id"]): r for r in records}

@@ -4,7 +4,8 @@ Layout (paths relative to the root URL; ``<method>`` and ``<shard_id>`` are chec
 file-name components)::
 
     run.json                              config, method params, versions, start/end times
-    maps/<method>/<shard_id>.parquet      one row per sample that has a map (schema: MAP_SCHEMA)
+    maps/<method>/<shard_id>.parquet      one row per sample with a map (storage.tables.map_schema:
+                                          sample, method, params, label, the method's details, map)
     errors/<method>/<shard_id>.parquet    one row per sample that could not be processed
     zarr/<method>/                        zarr v3 group: maps [N, H, W] float16 (NaN = no map),
                                           sample_id [N] string; chunks of shard_size rows
@@ -22,87 +23,55 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
-import io
 import json
 import logging
 import platform
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from storage.fs import StorageError, is_local, join, open_fs, storage_errors, write_bytes_atomic, \
-    write_json_atomic
-from storage.manifest import check_name, now, read_commit, read_commits, write_commit
+from storage.fs import join
+from storage.location import Location
+from storage.manifest import check_name, now, read_commits, write_commit
 from storage.sources.base import SampleError
+from storage.tables import ERRORS_SCHEMA, detail_type, map_schema, parquet_bytes
 
 log = logging.getLogger(__name__)
 
-ZSTD_LEVEL = 3
-#: Parquet writer settings: fixed, so equal tables give equal bytes.
-#: No dictionary for the map column: it only costs time and bytes there; byte-stream-split made
-#: float16 maps larger (benchmarks/bench_storage.py measured both).
-PARQUET_OPTIONS = dict(compression="zstd", compression_level=ZSTD_LEVEL, use_dictionary=["method", "params", "shard_id"],
-                       write_statistics=["sample_id", "label", "target", "predicted", "shard_id"],
-                       data_page_version="2.0")
-ERRORS_SCHEMA = pa.schema([("sample_id", pa.string()), ("reason", pa.string()), ("shard_id", pa.string()),
-                           ("method", pa.string())])
 _VERSIONED = ("pathway-attribution", "torch", "torchvision", "ray", "pyarrow", "zarr", "numpy", "fsspec", "s3fs")
 
 
-def map_schema(height: int, width: int) -> pa.Schema:
-    """The maps Parquet schema for [H, W] maps."""
-    return pa.schema([
-        ("sample_id", pa.string()), ("shard_id", pa.string()),
-        ("label", pa.int64()), ("target", pa.int64()), ("predicted", pa.int64()),
-        ("method", pa.string()), ("params", pa.string()),
-        ("kept_fraction", pa.float64()), ("threshold", pa.float64()),
-        ("logit_before", pa.float64()), ("logit_after", pa.float64()), ("still_predicts", pa.bool_()),
-        ("map", pa.fixed_shape_tensor(pa.float16(), [int(height), int(width)])),
-    ])
-
-
-def _column(values: Any, n: int, name: str, dtype: Any) -> np.ndarray | None:
-    if values is None:
-        return None
-    arr = np.asarray(values.detach().cpu() if hasattr(values, "detach") else values)
-    if arr.shape != (n,):
-        raise ValueError(f"MapRecords.{name} must have shape ({n},), got {arr.shape}")
-    return arr.astype(dtype)
+def _array(values: Any) -> np.ndarray:
+    return np.asarray(values.detach().cpu() if hasattr(values, "detach") else values)
 
 
 @dataclass
 class MapRecords:
     """The maps of one shard, column by column, in shard (source) order.
 
-    ``maps`` is [n, H, W] (numpy or torch, any float dtype; stored as float16). The optional
-    columns (None = null for every row) follow the method's extras: kept fraction, threshold,
-    target logit before/after pruning, and whether the pruned net still predicts the target.
-    ``params`` are the method's parameters (stored as sorted JSON on every row).
+    ``maps`` is [n, H, W] (numpy or torch, any float dtype; stored as float16); an empty shard
+    passes [0, H, W]. ``details`` are the method's per-sample outputs (name -> n values, or [n, k]
+    for lists) and ``detail_types`` their kinds in column order (:func:`storage.tables.detail_type`),
+    as the method declares them. ``params`` are the method's parameters (stored as sorted JSON).
     """
 
     sample_ids: Sequence[str]
     labels: Any
-    targets: Any
-    predicted: Any
     maps: Any
     params: Mapping[str, Any] = field(default_factory=dict)
-    kept_fraction: Any = None
-    threshold: Any = None
-    logit_before: Any = None
-    logit_after: Any = None
-    still_predicts: Any = None
+    details: Mapping[str, Any] = field(default_factory=dict)
+    detail_types: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.sample_ids = [str(s) for s in self.sample_ids]
         n = len(self.sample_ids)
         if len(set(self.sample_ids)) != n:
             raise ValueError("MapRecords.sample_ids must be unique")
-        maps = self.maps.detach().cpu().numpy() if hasattr(self.maps, "detach") else np.asarray(self.maps)
+        maps = _array(self.maps)
         if maps.ndim != 3 or maps.shape[0] != n:
             raise ValueError(f"MapRecords.maps must be [n={n}, H, W], got {maps.shape}")
         with np.errstate(over="ignore", invalid="ignore"):
@@ -111,11 +80,16 @@ class MapRecords:
         if overflow:
             log.warning("%d map values exceed the float16 range (|x| > 65504) and are stored as inf", overflow)
         self.maps = half
-        for name, dtype in (("labels", np.int64), ("targets", np.int64), ("predicted", np.int64)):
-            setattr(self, name, _column(getattr(self, name), n, name, dtype))
-        for name in ("kept_fraction", "threshold", "logit_before", "logit_after"):
-            setattr(self, name, _column(getattr(self, name), n, name, np.float64))
-        self.still_predicts = _column(self.still_predicts, n, "still_predicts", bool)
+        self.labels = _array(self.labels).astype(np.int64).reshape(-1)
+        if self.labels.shape != (n,):
+            raise ValueError(f"MapRecords.labels must have {n} entries, got {self.labels.shape}")
+        if set(self.details) != set(self.detail_types):
+            raise ValueError(f"MapRecords.details {sorted(self.details)} do not match the declared "
+                             f"{sorted(self.detail_types)}")
+        self.details = {name: _array(self.details[name]) for name in self.detail_types}
+        for name, values in self.details.items():
+            if values.shape[:1] != (n,):
+                raise ValueError(f"MapRecords.details[{name!r}] must have {n} rows, got {values.shape}")
 
     def __len__(self) -> int:
         return len(self.sample_ids)
@@ -127,21 +101,19 @@ class MapRecords:
     def to_table(self, method: str, shard_id: str) -> pa.Table:
         n = len(self)
         params = json.dumps(dict(self.params), sort_keys=True, separators=(",", ":"), default=str)
-        schema = map_schema(*self.shape)
+        schema = map_schema(*self.shape, self.detail_types)
         tensor_type = schema.field("map").type
-        flat = pa.array(self.maps.reshape(n, -1).reshape(-1), type=pa.float16())
+        flat = pa.array(self.maps.reshape(-1), type=pa.float16())
         storage = pa.FixedSizeListArray.from_arrays(flat, int(np.prod(self.shape)))
-        cols = {
+        columns = {
             "sample_id": pa.array(self.sample_ids, pa.string()), "shard_id": pa.array([shard_id] * n, pa.string()),
-            "label": self.labels, "target": self.targets, "predicted": self.predicted,
             "method": pa.array([method] * n, pa.string()), "params": pa.array([params] * n, pa.string()),
-            "kept_fraction": self.kept_fraction, "threshold": self.threshold, "logit_before": self.logit_before,
-            "logit_after": self.logit_after, "still_predicts": self.still_predicts,
+            "label": pa.array(self.labels, pa.int64()),
+            **{name: pa.array(list(values) if values.ndim > 1 else values, detail_type(self.detail_types[name]))
+               for name, values in self.details.items()},
             "map": pa.ExtensionArray.from_storage(tensor_type, storage),
         }
-        arrays = [cols[f.name] if isinstance(cols[f.name], pa.Array) else
-                  pa.nulls(n, f.type) if cols[f.name] is None else pa.array(cols[f.name], f.type) for f in schema]
-        return pa.Table.from_arrays(arrays, schema=schema)
+        return pa.Table.from_arrays([columns[f.name] for f in schema], schema=schema)
 
 
 def _errors_table(errors: Sequence[SampleError], shard_id: str, method: str) -> pa.Table | None:
@@ -149,17 +121,6 @@ def _errors_table(errors: Sequence[SampleError], shard_id: str, method: str) -> 
         return None
     return pa.table({"sample_id": [e.sample_id for e in errors], "reason": [str(e.reason) for e in errors],
                      "shard_id": [shard_id] * len(errors), "method": [method] * len(errors)}, schema=ERRORS_SCHEMA)
-
-
-def parquet_bytes(table: pa.Table, **overrides: Any) -> bytes:
-    """``table`` as Parquet bytes with the fixed settings (one row group per shard)."""
-    options = {**PARQUET_OPTIONS, **overrides}
-    if "map" not in table.column_names:
-        options["write_statistics"] = True
-        options["use_dictionary"] = [c for c in ("method", "shard_id") if c in table.column_names]
-    buf = io.BytesIO()
-    pq.write_table(table, buf, row_group_size=max(1, table.num_rows), **options)
-    return buf.getvalue()
 
 
 def _sha256(data: bytes | memoryview) -> str:
@@ -181,17 +142,15 @@ class MapStore:
     """Writer (and commit index) of one map dataset at ``url``; picklable, so workers can hold one.
 
     Driver: ``ensure_zarr`` once per method (before any worker writes), ``write_run`` at start and
-    end. Workers: ``commit_record`` to skip done shards, ``write_shard`` to write and commit one.
+    end, ``committed`` to skip done shards. Workers: ``write_shard`` to write and commit one.
     """
 
     #: Modules imported on the first zarr write, not at construction (zarr costs ~0.15 s).
     lazy_imports: tuple[str, ...] = ("storage.zarr_maps",)
 
     def __init__(self, url: str, storage_options: Mapping[str, Any] | None = None):
-        self.url = str(url).rstrip("/")
-        self.storage_options = dict(storage_options or {})
-        self.fs, root = open_fs(self.url, self.storage_options)
-        self.root = root.rstrip("/")
+        self.where = Location(url, storage_options)
+        self.url, self.storage_options = self.where.url, self.where.storage_options
         self._zarr: dict[str, tuple] = {}  # method -> opened (maps, sample_id) arrays; not pickled
         self._executor: ThreadPoolExecutor | None = None
 
@@ -201,12 +160,6 @@ class MapStore:
     def __repr__(self) -> str:
         return f"MapStore({self.url!r})"
 
-    def _put(self, rel: str, data: bytes) -> None:
-        with storage_errors(join(self.url, rel), "write", self.storage_options):
-            if is_local(self.fs):
-                self.fs.makedirs(join(self.root, rel.rsplit("/", 1)[0]), exist_ok=True)
-            write_bytes_atomic(self.fs, join(self.root, rel), data)
-
     def zarr_url(self, method: str) -> str:
         return join(self.url, "zarr", check_name("method", method))
 
@@ -214,14 +167,10 @@ class MapStore:
     def committed(self, method: str | None = None) -> dict[str, dict]:
         """Commit records in shard order: ``{shard_id: record}`` for one method, or
         ``{"<method>/<shard_id>": record}`` for all methods when ``method`` is None."""
-        records = read_commits(self.fs, self.root, self.url, method, self.storage_options)
+        records = read_commits(self.where, method)
         if method is not None:
             return {shard: rec for (_, shard), rec in records.items()}
         return {f"{m}/{shard}": rec for (m, shard), rec in records.items()}
-
-    def commit_record(self, method: str, shard_id: str) -> dict | None:
-        """The commit record of one shard (one small read), or None: a worker's 'already done?' check."""
-        return read_commit(self.fs, self.root, self.url, method, shard_id, self.storage_options)
 
     # -- zarr ---------------------------------------------------------------------------------
     def ensure_zarr(self, method: str, n: int, shape: tuple[int, int], shard_size: int) -> None:
@@ -273,7 +222,7 @@ class MapStore:
                     continue
                 rel = f"{kind}/{method}/{shard_id}.parquet"
                 data = parquet_bytes(table)
-                self._put(rel, data)
+                self.where.put(rel, data)
                 files.append({"path": rel, "bytes": len(data), "sha256": _sha256(data)})
         finally:
             if zarr_job is not None:
@@ -281,7 +230,7 @@ class MapStore:
         record = {"method": method, "shard_id": shard_id, "shard_index": shard_index,
                   "n_samples": len(records), "n_errors": len(errors),
                   "sample_ids_sha256": _sha256("\n".join(order).encode()), "files": files}
-        return write_commit(self.fs, self.root, self.url, record, self.storage_options)
+        return write_commit(self.where, record)
 
     def _pool(self) -> ThreadPoolExecutor:
         if self._executor is None:
@@ -308,6 +257,5 @@ class MapStore:
         run = dict(run)
         run["versions"] = {**versions(), **dict(run.get("versions") or {})}
         run.setdefault("started_at", now())
-        with storage_errors(join(self.url, "run.json"), "write", self.storage_options):
-            write_json_atomic(self.fs, join(self.root, "run.json"), run)
+        self.where.put_json("run.json", run)
         return run

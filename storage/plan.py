@@ -10,16 +10,16 @@ appended as new shards: only they are processed on the next run.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from storage.fs import join, open_fs, storage_errors, write_bytes_atomic
-from storage.maps import parquet_bytes
+from storage.fs import InvalidStorageInput
+from storage.location import Location
 from storage.sources.base import SampleRef
+from storage.tables import parquet_bytes
 
 PLAN_PATH = "plan/shards.parquet"
 _SCHEMA = pa.schema([("shard_index", pa.int64()), ("shard_id", pa.string()),
@@ -43,24 +43,17 @@ class ShardPlan:
         """Rows the zarr arrays need: every shard owns shard_size rows (the last ones may be partly empty)."""
         return len(self.shards) * self.shard_size
 
-    @property
-    def samples(self) -> int:
-        return sum(len(s.refs) for s in self.shards)
-
 
 def shard_id(index: int) -> str:
     return f"{index:06d}"
 
 
-def read_plan(url: str, storage_options: Mapping[str, Any] | None = None) -> tuple[list[Shard], int | None]:
+def read_plan(where: Location) -> tuple[list[Shard], int | None]:
     """The stored plan's shards in order and its shard size, or ([], None) without a plan."""
-    fs, root = open_fs(url, storage_options)
-    path = join(root.rstrip("/"), PLAN_PATH)
-    with storage_errors(join(url, PLAN_PATH), "read", storage_options):
-        if not fs.exists(path):
-            return [], None
-        with fs.open(path, "rb") as f:
-            table = pq.read_table(f)
+    data = where.get_optional(PLAN_PATH)
+    if data is None:
+        return [], None
+    table = pq.read_table(pa.BufferReader(data))
     size = int((table.schema.metadata or {}).get(b"shard_size", b"0")) or None
     shards: dict[int, list[SampleRef]] = {}
     ids: dict[int, str] = {}
@@ -70,38 +63,36 @@ def read_plan(url: str, storage_options: Mapping[str, Any] | None = None) -> tup
     return [Shard(i, ids[i], tuple(shards[i])) for i in sorted(shards)], size
 
 
-def update_plan(url: str, refs: Sequence[SampleRef], shard_size: int,
-                storage_options: Mapping[str, Any] | None = None) -> tuple[ShardPlan, int]:
+def update_plan(where: Location, refs: Sequence[SampleRef], shard_size: int) -> tuple[ShardPlan, int]:
     """Read the stored plan, append shards for samples it lacks, store it; returns (plan, new shards).
 
     A stored plan fixes the shard size: asking for another one is an error, since it would
     move samples between shards that are already committed.
     """
     if shard_size < 1:
-        raise ValueError(f"shard size must be >= 1, got {shard_size}")
-    shards, stored = read_plan(url, storage_options)
+        raise InvalidStorageInput(f"shard size must be >= 1, got {shard_size}")
+    shards, stored = read_plan(where)
     if stored is not None and stored != shard_size:
-        raise ValueError(
-            f"{url} was planned with shard size {stored}; rerun with --shard-size {stored} or write to a new output"
+        raise InvalidStorageInput(
+            f"{where.url} was planned with shard size {stored}; rerun with --shard-size {stored} or write to a "
+            "new output"
         )
     planned = {r.sample_id for s in shards for r in s.refs}
     new = [r for r in refs if r.sample_id not in planned]
     if len({r.sample_id for r in new}) != len(new):
-        raise ValueError("the source lists duplicate sample ids; they must be unique to be committed exactly once")
+        raise InvalidStorageInput("the source lists duplicate sample ids; they must be unique to be committed "
+                                  "exactly once")
     first = len(shards)
     for offset in range(0, len(new), shard_size):
         index = first + offset // shard_size
         shards.append(Shard(index, shard_id(index), tuple(new[offset : offset + shard_size])))
     if new:
-        _write(url, shards, shard_size, storage_options)
+        _write(where, shards, shard_size)
     return ShardPlan(tuple(shards), shard_size), len(shards) - first
 
 
-def _write(url: str, shards: Sequence[Shard], shard_size: int, storage_options: Mapping[str, Any] | None) -> None:
+def _write(where: Location, shards: Sequence[Shard], shard_size: int) -> None:
     rows = [(s.index, s.shard_id, r.sample_id, json.dumps(r.locator)) for s in shards for r in s.refs]
     schema = _SCHEMA.with_metadata({"shard_size": str(shard_size)})
     table = pa.table({name: [row[i] for row in rows] for i, name in enumerate(_SCHEMA.names)}, schema=schema)
-    fs, root = open_fs(url, storage_options)
-    with storage_errors(join(url, PLAN_PATH), "write", storage_options):
-        fs.makedirs(join(root.rstrip("/"), "plan"), exist_ok=True)
-        write_bytes_atomic(fs, join(root.rstrip("/"), PLAN_PATH), parquet_bytes(table))
+    where.put(PLAN_PATH, parquet_bytes(table))

@@ -20,10 +20,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from storage.fs import StorageError, StorageNotFound, join, open_fs, storage_errors
+from storage.fs import InvalidStorageInput, StorageError, StorageNotFound, join
+from storage.location import Location
 from storage.manifest import check_name, read_commits
-from storage.maps import ERRORS_SCHEMA
 from storage.sources.base import SampleError, Source
+from storage.tables import ERRORS_SCHEMA, map_schema
 
 if TYPE_CHECKING:  # pyarrow's to_pandas imports pandas when a reader needs it; workers never do (0.24 s)
     import pandas as pd
@@ -35,20 +36,18 @@ def _committed_tables(url: str, kind: str, method: str | None, storage_options: 
                       columns: Sequence[str] | None = None) -> list[pa.Table]:
     """The committed ``kind`` ("maps" or "errors") Parquet files, in shard order; read a few at a
     time, since object stores answer slowly but in parallel."""
-    fs, root = open_fs(url, storage_options)
-    root = root.rstrip("/")
-    records = read_commits(fs, root, url, method, storage_options)
+    where = Location(url, storage_options)
+    records = read_commits(where, method)
     rels = [f["path"] for rec in records.values() for f in rec["files"]
             if f["path"].startswith(f"{kind}/") and f["path"].endswith(".parquet")]
 
     def read(rel: str) -> pa.Table:
-        with storage_errors(join(url, rel), "read", storage_options):
-            try:
-                with fs.open(join(root, rel), "rb") as fh:
-                    return pq.read_table(fh, columns=list(columns) if columns else None)
-            except pa.ArrowInvalid as err:
-                raise StorageError(f"committed file {join(url, rel)} is not readable Parquet (truncated or "
-                                   f"corrupt?): {err}; delete its manifest record to recompute the shard") from None
+        data = where.get(rel)
+        try:
+            return pq.read_table(pa.BufferReader(data), columns=list(columns) if columns else None)
+        except pa.ArrowInvalid as err:
+            raise StorageError(f"committed file {where.url_of(rel)} is not readable Parquet (truncated or "
+                               f"corrupt?): {err}; delete its manifest record to recompute the shard") from None
 
     if len(rels) <= 1:
         return [read(r) for r in rels]
@@ -63,11 +62,9 @@ def read_maps_table(url: str, method: str | None = None, storage_options: Mappin
         check_name("method", method)
     tables = _committed_tables(url, "maps", method, storage_options, columns)
     if not tables:
-        from storage.maps import map_schema
-
         schema = map_schema(0, 0)
         return schema.empty_table().select(list(columns)) if columns else schema.empty_table()
-    return pa.concat_tables(tables)
+    return pa.concat_tables(tables, promote_options="default")  # methods declare different details
 
 
 def read_maps(url: str, method: str | None = None, storage_options: Mapping[str, Any] | None = None,
@@ -99,25 +96,22 @@ def maps_array(url: str, method: str | None = None, storage_options: Mapping[str
     if method is None:
         methods = sorted({rec["method"] for rec in _records(url, storage_options)})
         if len(methods) != 1:
-            raise ValueError(f"{url} holds methods {methods}: pass method=")
+            raise InvalidStorageInput(f"{url} holds methods {methods}: pass method=")
         method = methods[0]
     return open_maps(join(url, "zarr", check_name("method", method)), storage_options)
 
 
 def _records(url: str, storage_options: Mapping[str, Any] | None) -> list[dict]:
-    fs, root = open_fs(url, storage_options)
-    return list(read_commits(fs, root.rstrip("/"), url, None, storage_options).values())
+    return list(read_commits(Location(url, storage_options)).values())
 
 
 def read_run(url: str, storage_options: Mapping[str, Any] | None = None) -> dict:
     """``run.json`` of the dataset at ``url``."""
-    fs, root = open_fs(url, storage_options)
-    with storage_errors(join(url, "run.json"), "read", storage_options):
-        data = fs.cat_file(join(root, "run.json"))
+    where = Location(url, storage_options)
     try:
-        return json.loads(data)
+        return json.loads(where.get("run.json"))
     except ValueError as err:
-        raise StorageError(f"{join(url, 'run.json')} is not JSON: {err}") from None
+        raise StorageError(f"{where.url_of('run.json')} is not JSON: {err}") from None
 
 
 def join_with_source(maps_df: pd.DataFrame, source: Source) -> pd.DataFrame:

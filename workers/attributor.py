@@ -14,22 +14,20 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import json
 import logging
 import os
 import socket
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
 import attribution
-from attribution.pathway import PathwayGrad
 from models.determinism import deterministic_kernels
 from models.preprocess import preprocess
 from models.training import resolve_device
@@ -38,29 +36,18 @@ from storage.maps import MapRecords, MapStore
 from storage.sources import Sample, SampleError, SampleRef, open_source
 
 from .allocator import keep_freed_memory
+from .tasks import JobConfig, ShardTask
+
+#: How a declared detail's dtype is stored (storage.tables.detail_type).
+_KINDS = {torch.int64: "int64", torch.float64: "float64", torch.bool: "bool"}
+
+
+def column_kinds(schema: Mapping[str, attribution.Detail]) -> dict[str, str]:
+    """A method's declared details as the column kinds of its maps table."""
+    return {name: _KINDS[d.dtype] if d.per_sample == "scalar" else f"list<{_KINDS[d.dtype]}>"
+            for name, d in schema.items()}
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class JobConfig:
-    """Everything a worker needs, as plain data (it travels to Ray actors and into run.json)."""
-
-    source: str
-    checkpoint: str
-    output: str
-    methods: dict[str, dict[str, Any]]  # label -> parameters
-    split: str = "test"
-    batch_size: int = 64
-    reduction: str = "signed_max_abs"
-    target: str = "predicted"  # or "label"
-    device: str = "auto"
-    storage_options: dict[str, Any] = field(default_factory=dict)
-    deterministic: bool = True  # CUDA: deterministic kernels, so a retried shard rewrites the same bytes
-    method_names: dict[str, str] = field(default_factory=dict)  # label -> registry name, where they differ
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def _import_ahead(modules: Sequence[str]) -> None:
@@ -89,8 +76,8 @@ class ShardResult:
 class ShardAttributor:
     """Holds one model replica and the methods built around it; ``__call__`` processes shards."""
 
-    def __init__(self, config: dict[str, Any], threads: int | None = None) -> None:
-        self.config = JobConfig(**config)
+    def __init__(self, config: dict[str, Any] | JobConfig, threads: int | None = None) -> None:
+        self.config = config if isinstance(config, JobConfig) else JobConfig.from_dict(config)
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
         self._decoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode")
         self._compute_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="compute")
@@ -120,44 +107,39 @@ class ShardAttributor:
         self.model.to(self.device).eval()
         self.source = open_source(self.config.source, split=self.config.split, storage_options=options)
         self.store = MapStore(self.config.output, options)
-        self.methods = {label: attribution.get(self.config.method_names.get(label, label), self.model, **params)
-                        for label, params in self.config.methods.items()}
+        self.methods = {spec.label: spec.build(self.model) for spec in self.config.methods}
+        self.kinds = {label: column_kinds(method.detail_schema) for label, method in self.methods.items()}
         self.worker = f"{self.worker}:{self.device}"
         lazy = {module for part in (self.store, *self.methods.values()) for module in part.lazy_imports}
         threading.Thread(target=_import_ahead, args=(sorted(lazy),), daemon=True, name="import-ahead").start()
 
     # -- Ray Data entry point: one row per shard -----------------------------------------
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        results = [
-            self.process_shard(int(index), str(shard_id), json.loads(str(refs)), json.loads(str(methods)))
-            for index, shard_id, refs, methods in zip(batch["shard_index"], batch["shard_id"], batch["refs"], batch["methods"])
-        ]
+        rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
+        results = [self.process_shard(ShardTask.from_row(row)) for row in rows]
         return {key: np.array([getattr(r, key) for r in results]) for key in ShardResult.__dataclass_fields__}
 
-    def process_shard(self, shard_index: int, shard_id: str, refs: Sequence[Sequence[Any]],
-                      methods: Sequence[str] | None = None) -> ShardResult:
-        """Compute, write and commit one shard for the given methods (default: all)."""
-        return self._on_compute_thread(self._process_shard, shard_index, shard_id, refs, methods)
+    def process_shard(self, task: ShardTask) -> ShardResult:
+        """Compute, write and commit one shard for the task's methods."""
+        return self._on_compute_thread(self._process_shard, task)
 
-    def _process_shard(self, shard_index: int, shard_id: str, refs: Sequence[Sequence[Any]],
-                       methods: Sequence[str] | None) -> ShardResult:
+    def _process_shard(self, task: ShardTask) -> ShardResult:
         start = time.perf_counter()
-        methods = list(methods or self.methods)
-        sample_refs = [SampleRef(str(sample_id), locator) for sample_id, locator in refs]
-        columns: dict[str, list] = {name: [] for name in methods}
+        parts: dict[str, list[tuple[list[Sample], torch.Tensor, attribution.Details]]] = {m: [] for m in task.methods}
         errors: list[SampleError] = []
-        for samples, bad in self._decoded_batches(sample_refs):
+        for samples, bad in self._decoded_batches(task.refs):
             errors.extend(bad)
             if samples:
-                computed, failed = self._compute(samples, methods)
+                computed, failed = self._compute(samples, task.methods)
                 errors.extend(failed)
-                for name in methods:
-                    columns[name].extend(computed[name])
-        for name in methods:
-            self.store.write_shard(shard_id, shard_index, name, self._records(name, columns[name]), errors,
-                                   sample_ids=[r.sample_id for r in sample_refs])
-        count = sum(len(columns[methods[0]][i]["sample_ids"]) for i in range(len(columns[methods[0]])))
-        return ShardResult(shard_id, count, len(errors), time.perf_counter() - start, self.worker)
+                for name in task.methods:
+                    parts[name].extend(computed[name])
+        sample_ids = [r.sample_id for r in task.refs]
+        for name in task.methods:
+            self.store.write_shard(task.shard_id, task.index, name, self._records(name, parts[name]), errors,
+                                   sample_ids=sample_ids)
+        mapped = sum(len(samples) for samples, _, _ in parts[task.methods[0]]) if task.methods else 0
+        return ShardResult(task.shard_id, mapped, len(errors), time.perf_counter() - start, self.worker)
 
     # -- reading, overlapped with compute ------------------------------------------------
     def _decode(self, refs: Sequence[SampleRef]) -> tuple[list[Sample], list[SampleError]]:
@@ -194,67 +176,48 @@ class ShardAttributor:
                 errors.append(SampleError(sample.sample_id, f"preprocessing failed: {err}"))
         return good, (torch.cat(tensors) if tensors else None), errors
 
-    def _compute(self, samples: list[Sample], methods: Sequence[str]) -> tuple[dict[str, list[dict]], list[SampleError]]:
-        """Maps of every method for a batch; a sample that fails alone becomes an error row."""
+    def _compute(self, samples: list[Sample], methods: Sequence[str]
+                 ) -> tuple[dict[str, list[tuple[list[Sample], torch.Tensor, attribution.Details]]], list[SampleError]]:
+        """Maps and details of every method for a batch, as (samples, maps, details) parts; a sample
+        that fails alone becomes an error row."""
         good, x, errors = self._inputs(samples)
         if x is None:
             return {name: [] for name in methods}, errors
         try:
-            return {name: [row] for name, row in self._attribute(methods, good, x).items()}, errors
+            return {name: [part] for name, part in self._attribute(methods, good, x).items()}, errors
         except Exception as batch_error:  # noqa: BLE001 - find out whether one sample is to blame
-            per_sample: dict[str, list[dict]] = {name: [] for name in methods}
+            parts: dict[str, list] = {name: [] for name in methods}
             failures = []
             for i, sample in enumerate(good):
                 try:
-                    rows = self._attribute(methods, [sample], x[i : i + 1])
+                    computed = self._attribute(methods, [sample], x[i : i + 1])
                 except Exception as err:  # noqa: BLE001
                     failures.append(SampleError(sample.sample_id, f"attribution failed: {type(err).__name__}: {err}"))
                     continue
                 for name in methods:
-                    per_sample[name].append(rows[name])
+                    parts[name].append(computed[name])
             if len(failures) == len(good):
                 raise batch_error  # every sample fails alone: not the data's fault
-            return per_sample, errors + failures
+            return parts, errors + failures
 
-    def _attribute(self, methods: Sequence[str], samples: Sequence[Sample], x: torch.Tensor) -> dict[str, dict[str, Any]]:
-        """One forward pass for predictions and targets, then each method's maps and extras."""
+    def _attribute(self, methods: Sequence[str], samples: Sequence[Sample], x: torch.Tensor
+                   ) -> dict[str, tuple[list[Sample], torch.Tensor, attribution.Details]]:
+        """Each method's reduced maps [B, H, W] and declared details for one batch."""
         ids = [s.sample_id for s in samples]
-        labels = torch.tensor([s.label for s in samples])
-        with torch.no_grad():
-            logits = self.model(x)
-        predicted = logits.argmax(1)
-        targets = labels.to(self.device) if self.config.target == "label" else predicted
-        common = {"sample_ids": ids, "labels": labels.numpy(), "predicted": predicted.cpu().numpy(),
-                  "targets": targets.cpu().numpy(),
-                  "logit_before": logits.gather(1, targets[:, None]).squeeze(1).float().cpu().numpy()}
-        rows = {}
+        targets = torch.tensor([s.label for s in samples], device=self.device) if self.config.target == "label" else None
+        out = {}
         for name in methods:
-            method, row = self.methods[name], dict(common)
-            if isinstance(method, PathwayGrad):
-                maps, details = method.attribute(x, target=targets, sample_ids=ids, return_details=True)
-                row.update(kept_fraction=details.kept_fraction.cpu().numpy(),
-                           threshold=details.threshold.cpu().numpy() if details.threshold.dim() == 1 else None,
-                           logit_after=details.pruned_logit.float().cpu().numpy(),
-                           still_predicts=details.prediction_kept.cpu().numpy())
-            else:
-                maps = method.attribute(x, target=targets, sample_ids=ids)
-            row["maps"] = attribution.reduce_map(maps.float(), self.config.reduction).cpu().numpy()
-            rows[name] = row
-        return rows
+            maps, details = self.methods[name].attribute(x, target=targets, sample_ids=ids, return_details=True)
+            out[name] = (list(samples), attribution.reduce_map(maps.float(), self.config.reduction).cpu(), details)
+        return out
 
-    def _records(self, name: str, parts: list[dict[str, Any]]) -> MapRecords:
+    def _records(self, name: str, parts: list[tuple[list[Sample], torch.Tensor, attribution.Details]]) -> MapRecords:
+        """One shard's rows of one method, whatever details the method declares."""
         height, width = self.spec.input_size
-        keys = ("sample_ids", "labels", "targets", "predicted", "maps", "kept_fraction", "threshold",
-                "logit_before", "logit_after", "still_predicts")
-        merged: dict[str, Any] = {}
-        for key in keys:
-            values = [p.get(key) for p in parts]
-            if key == "sample_ids":
-                merged[key] = [s for v in values for s in v]
-            elif key == "maps":
-                merged[key] = np.concatenate(values) if values else np.zeros((0, height, width), np.float32)
-            elif not values or any(v is None for v in values):
-                merged[key] = None if values or key not in ("labels", "targets", "predicted") else np.zeros(0, np.int64)
-            else:
-                merged[key] = np.concatenate(values)
-        return MapRecords(params=self.methods[name].params, **merged)
+        kinds = self.kinds[name]
+        samples = [s for part, _, _ in parts for s in part]
+        maps = torch.cat([m for _, m, _ in parts]) if parts else torch.zeros(0, height, width)
+        details = {key: np.concatenate([d[key].detach().cpu().numpy() for _, _, d in parts]) if parts
+                   else np.zeros((0,) if kinds[key] in _KINDS.values() else (0, 0)) for key in kinds}
+        return MapRecords([s.sample_id for s in samples], [s.label for s in samples], maps,
+                          params=self.methods[name].params, details=details, detail_types=kinds)

@@ -32,7 +32,8 @@ import torch
 from attribution.evaluation.removal import remove_count, remove_top
 from models.registry import ModelSpec
 from models.training import train_classifier
-from storage.fs import join, open_fs, write_json_atomic
+from storage.fs import join
+from storage.location import Location
 
 NONE = "none"  # the unmodified baseline: no pixel removed (one cell per seed)
 CELL_DIR = "cells"
@@ -126,8 +127,8 @@ def run_cell(cell: dict[str, Any], config: dict[str, Any], train_images: np.ndar
         "host": socket.gethostname(), "pid": os.getpid(), "fingerprint": config["fingerprint"],
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    fs, root = open_fs(config["output"], config.get("storage_options") or None)
-    write_json_atomic(fs, join(root.rstrip("/"), CELL_DIR, f"{cell_name(method, t, seed)}.json"), result)
+    Location(config["output"], config.get("storage_options")).put_json(f"{CELL_DIR}/{cell_name(method, t, seed)}.json",
+                                                                       result)
     return result
 
 

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from storage.fs import StorageError, open_fs, storage_errors
+from storage.fs import InvalidStorageInput, StorageError, open_fs, storage_errors
 from storage.sources.base import Sample, SampleError, SampleRef, Source, decode_image
 from storage.sources.folder import IMAGE_EXTENSIONS, ImageFolderSource
 from storage.sources.idx import FASHION_MNIST_CLASSES, IDXSource, find_idx_files, has_idx_files
@@ -49,7 +49,7 @@ def open_source(url: str, *, split: str = "test", storage_options: dict | None =
                                "`sudo apt-get install dataset-fashion-mnist` (or set FASHION_MNIST_DIR)")
         return IDXSource(alias, split=split, classes=classes, name="fashion-mnist")
     if kind is not None and kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        raise InvalidStorageInput(f"kind must be one of {KINDS}, got {kind!r}")
     if kind is None:
         kind = _detect(str(url), storage_options)
     cls = {"idx": IDXSource, "folder": ImageFolderSource, "parquet": ParquetSource}[kind]
@@ -106,5 +106,5 @@ def load_arrays(source: Source, refs: Sequence[SampleRef] | None = None
         return np.zeros((0, 0, 0, 0), np.uint8), np.zeros(0, np.int64), ids
     shapes = sorted({im.shape for im in images})
     if len(shapes) > 1:
-        raise ValueError(f"{source.url}: images have different shapes {shapes[:5]}; resize them before stacking")
+        raise InvalidStorageInput(f"{source.url}: images have different shapes {shapes[:5]}; resize them before stacking")
     return np.stack(images), np.asarray(labels, dtype=np.int64), ids

@@ -72,13 +72,6 @@ class Source(abc.ABC):
         A store that cannot be reached at all raises :class:`storage.fs.StorageError`.
         """
 
-    def shards(self, shard_size: int) -> list[list[SampleRef]]:
-        """``list()`` cut into contiguous chunks of ``shard_size`` (the last may be shorter)."""
-        if int(shard_size) < 1:
-            raise ValueError(f"shard_size must be >= 1, got {shard_size}")
-        refs = self.list()
-        return [refs[i:i + shard_size] for i in range(0, len(refs), shard_size)]
-
     def __len__(self) -> int:
         return len(self.list())
 

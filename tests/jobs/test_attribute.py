@@ -105,7 +105,9 @@ def test_end_to_end_to_s3(reference, checkpoint) -> None:
     expected = source_ids(limit=400)
     frames = check_exactly_once(url, options, expected)
     assert list(frames["pathway"].sample_id) == expected  # shard order is source order
-    assert frames["pathway"].kept_fraction.between(0, 1).all() and frames["gradient"].kept_fraction.isna().all()
+    assert frames["pathway"].kept_fraction.between(0, 1).all() and "kept_fraction" not in frames["gradient"]
+    for frame in frames.values():  # every method reports the model's own view of each sample
+        assert (frame.target == frame.predicted).all() and frame.logit.notna().all()
     run = read_run(url, options)
     assert run["status"] == "complete" and run["maps"] == 2 * 400 and run["errors"] == 0
     assert run["config"]["checkpoint"] == checkpoint and "storage_options" not in run["config"]
@@ -201,9 +203,10 @@ def test_new_source_files_are_processed_incrementally(checkpoint, ray_session, s
     after = commit_times(out)
     assert {k: after[k] for k in before} == before and len(after) == 2 * 5
     # The planned order of a grown folder is old files first, then new ones: check against the plan.
+    from storage.location import Location
     from storage.plan import read_plan
 
-    planned = [r.sample_id for shard in read_plan(out)[0] for r in shard.refs]
+    planned = [r.sample_id for shard in read_plan(Location(out))[0] for r in shard.refs]
     assert sorted(planned) == sorted(source_ids(src, options))
     check_exactly_once(out, None, planned)
 
@@ -241,7 +244,8 @@ def test_labeled_methods_store_one_method_twice(checkpoint, ray_session, tmp_pat
                            "--methods", "pathway p30=pathway:percentile=30", "--workers", "1", "--no-progress"])
     assert code == 0
     run = read_run(out)
-    assert run["config"]["method_names"] == {"p30": "pathway"}
+    assert [m["label"] for m in run["config"]["methods"]] == ["pathway", "p30"]
+    assert {m["name"] for m in run["config"]["methods"]} == {"pathway"}
     assert run["method_params"]["p30"]["percentile"] == 30 and run["method_params"]["pathway"]["percentile"] == 70
     p70, p30 = read_maps(out, "pathway"), read_maps(out, "p30")
     assert list(p30.sample_id) == source_ids(limit=40)

@@ -12,7 +12,6 @@ import json
 
 import numpy as np
 import pandas as pd
-import pytest
 
 from jobs import attribute, perturb
 from storage.fs import join, open_fs

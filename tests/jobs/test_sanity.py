@@ -11,7 +11,6 @@ import json
 
 import numpy as np
 import pandas as pd
-import pytest
 import torch
 
 from attribution.evaluation import METRICS, cascade

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from jobs import train as train_job
+from jobs.cli import STORAGE_OPTIONS_ENV
 from models import fashion_mnist_spec
 from models.training import evaluate
 from storage.checkpoints import load_checkpoint, load_metrics
@@ -33,7 +34,7 @@ def test_trains_and_writes_checkpoint_metrics_and_plot(storage_root, monkeypatch
     url = f"{root}/models/fm.pt"
     argv = [*SMALL, "--output", url]
     if options:  # S3: the options come from the environment, as on a cluster
-        monkeypatch.setenv(train_job.STORAGE_OPTIONS_ENV, json.dumps(options))
+        monkeypatch.setenv(STORAGE_OPTIONS_ENV, json.dumps(options))
     assert train_job.main(argv) == 0
     out = capsys.readouterr().out
     assert "test accuracy" in out and url in out

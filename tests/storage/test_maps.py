@@ -10,8 +10,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from storage import (MapRecords, MapStore, SampleError, StorageError, join_with_source, maps_array, read_errors,
-                     read_maps, read_maps_table, read_run)
+from storage import (InvalidStorageInput, MapRecords, MapStore, SampleError, StorageError, join_with_source,
+                     maps_array, read_errors, read_maps, read_maps_table, read_run)
 from storage.fs import join, open_fs
 from storage.sources import open_source
 from tests.helpers import every_file
@@ -20,12 +20,19 @@ from tests.storage.conftest import put, write_parquet
 H, W, S = 6, 5, 4  # map shape and shard size
 
 
-def records(ids, seed=0, **extra) -> MapRecords:
+DETAIL_TYPES = {"target": "int64", "predicted": "int64", "logit": "float64", "kept_fraction": "float64",
+                "threshold": "list<float64>", "prediction_kept": "bool"}
+
+
+def records(ids, seed=0) -> MapRecords:
+    """A shard of ``ids`` with every kind of detail a method can declare."""
     rng = np.random.default_rng(seed)
     n = len(ids)
-    return MapRecords(ids, labels=np.arange(n) % 3, targets=np.arange(n) % 3, predicted=(np.arange(n) + 1) % 3,
-                      maps=rng.normal(size=(n, H, W)).astype(np.float32), params={"p": 70, "score": "taylor"},
-                      kept_fraction=np.linspace(0.2, 0.4, n), logit_before=np.arange(n, dtype=float), **extra)
+    details = {"target": np.arange(n) % 3, "predicted": (np.arange(n) + 1) % 3, "logit": np.arange(n, dtype=float),
+               "kept_fraction": np.linspace(0.2, 0.4, n), "threshold": rng.random((n, 3)),
+               "prediction_kept": np.arange(n) % 2 == 0}
+    return MapRecords(ids, labels=np.arange(n) % 3, maps=rng.normal(size=(n, H, W)).astype(np.float32),
+                      params={"p": 70, "score": "taylor"}, details=details, detail_types=DETAIL_TYPES)
 
 
 def ids_of(k, n=S):
@@ -50,14 +57,15 @@ def test_write_commit_read(storage_root):
     assert [f["path"] for f in rec1["files"]] == ["maps/pathway/s00001.parquet", "errors/pathway/s00001.parquet",
                                                   "zarr/pathway/maps"]
     assert store.committed("pathway") == {"s00000": rec0, "s00001": rec1}
-    assert store.commit_record("pathway", "s00002") is None
 
     df = read_maps(url, "pathway", storage_options=options)
     assert df["sample_id"].tolist() == ids_of(0) + [ids_of(1)[0], *ids_of(1)[2:]]
     np.testing.assert_array_equal(np.stack(df["map"][:4]), shard0.maps)
     assert df["map"][0].dtype == np.float16 and df["map"][0].shape == (H, W)
     assert json.loads(df["params"][0]) == {"p": 70, "score": "taylor"}
-    assert df["logit_after"].isna().all() and df["kept_fraction"].notna().all()
+    assert df.columns.tolist() == ["sample_id", "shard_id", "method", "params", "label", *DETAIL_TYPES, "map"]
+    np.testing.assert_array_equal(np.stack(df["threshold"][:4]), shard0.details["threshold"])
+    assert df["prediction_kept"].tolist()[:4] == [True, False, True, False]
     assert set(df["method"]) == {"pathway"}
 
     table = read_maps_table(url, storage_options=options)
@@ -99,7 +107,7 @@ def test_uncommitted_shard_is_invisible(storage_root):
     store = MapStore(url, options)
     store.write_shard("done", None, "m", records(ids_of(0)))
     # a crashed attempt: data files written, no commit record
-    from storage.maps import parquet_bytes
+    from storage.tables import parquet_bytes
 
     put(join(url, "maps/m/crashed.parquet"), options, parquet_bytes(records(ids_of(1)).to_table("m", "crashed")))
     put(join(url, "errors/m/crashed.parquet"), options, b"half a file")
@@ -149,7 +157,7 @@ def test_errors_need_source_order(tmp_path):
         store.write_shard("s0", 0, "m", records(ids_of(0)[:3]), [SampleError(ids_of(0)[3], "x")])
     with pytest.raises(ValueError, match="exactly"):
         store.write_shard("s0", 0, "m", records(ids_of(0)[:3]), [], sample_ids=ids_of(0))
-    with pytest.raises(ValueError, match="file"):
+    with pytest.raises(InvalidStorageInput, match="file"):
         store.write_shard("../evil", 0, "m", records(ids_of(0)))
 
 
@@ -166,8 +174,29 @@ def test_several_methods_share_a_root(storage_root):
 
 
 def test_float16_overflow_is_logged(caplog):
-    rec = MapRecords(["a"], [0], [0], [0], np.full((1, 2, 2), 1e6, np.float32))
+    rec = MapRecords(["a"], [0], np.full((1, 2, 2), 1e6, np.float32))
     assert np.isinf(rec.maps).all() and "exceed the float16 range" in caplog.text
+
+
+def test_details_must_be_as_declared():
+    with pytest.raises(ValueError, match="do not match the declared"):
+        MapRecords(["a"], [0], np.zeros((1, 2, 2)), details={"x": [1]}, detail_types={"y": "int64"})
+    with pytest.raises(ValueError, match="clash"):
+        MapRecords(["a"], [0], np.zeros((1, 2, 2)), details={"label": [1]},
+                   detail_types={"label": "int64"}).to_table("m", "s0")
+
+
+def test_a_shard_with_no_maps_commits_its_errors(storage_root):
+    url, options = storage_root
+    store = MapStore(url, options)
+    store.ensure_zarr("m", n=S, shape=(H, W), shard_size=S)
+    empty = MapRecords([], [], np.zeros((0, H, W)), details={k: np.zeros(0) for k in DETAIL_TYPES if k != "threshold"}
+                       | {"threshold": np.zeros((0, 3))}, detail_types=DETAIL_TYPES)
+    errors = [SampleError(i, "cannot decode image") for i in ids_of(0)]
+    record = store.write_shard("s0", 0, "m", empty, errors, sample_ids=ids_of(0))
+    assert record["n_samples"] == 0 and record["n_errors"] == S
+    assert read_maps(url, "m", options).empty and read_errors(url, "m", options).sample_id.tolist() == ids_of(0)
+    assert np.isnan(maps_array(url, "m", options)[:]).all()
 
 
 def test_run_json(storage_root):

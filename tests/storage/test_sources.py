@@ -15,6 +15,7 @@ import pytest
 from storage.fs import StorageError, join
 from storage.sources import (FASHION_MNIST_CLASSES, IDXSource, ImageFolderSource, ParquetSource, Sample, SampleError,
                              SampleRef, load_arrays, open_source)
+from tests.helpers import chunks
 from tests.storage.conftest import N_IMAGES, png_bytes, put, write_folder, write_idx, write_parquet
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -49,7 +50,7 @@ def test_idx_round_trip(storage_root, fmnist, gz):
     write_idx(join(url, "fashion-copy"), options, images[..., 0], labels, gz=gz)
     source = open_source(join(url, "fashion-copy"), storage_options=options)
     assert isinstance(source, IDXSource) and source.classes == FASHION_MNIST_CLASSES
-    shards = source.shards(8)
+    shards = chunks(source.list(), 8)
     assert [len(s) for s in shards] == [8, 8, 8, 6]
     got = list(source.read(shards[2]))
     assert [s.sample_id for s in got] == [f"fashion-copy/test/{i:05d}" for i in range(16, 24)]
@@ -64,10 +65,10 @@ def test_idx_shard_reads_only_its_bytes(tmp_path, fmnist):
     path = tmp_path / "t10k-images-idx3-ubyte"
     path.write_bytes(path.read_bytes()[:16 + 10 * 28 * 28])
     source = open_source(str(tmp_path))
-    first = list(source.read(source.shards(10)[0]))
+    first = list(source.read(chunks(source.list(), 10)[0]))
     assert all(isinstance(s, Sample) for s in first)
     with pytest.raises(StorageError, match="truncated IDX"):
-        list(source.read(source.shards(10)[1]))
+        list(source.read(chunks(source.list(), 10)[1]))
 
 
 def test_image_folder_round_trip(storage_root, fmnist):
@@ -80,7 +81,7 @@ def test_image_folder_round_trip(storage_root, fmnist):
     refs = source.list()
     assert [r.sample_id for r in refs] == rels
     by_id = {f"{FASHION_MNIST_CLASSES[k].replace('/', '-')}/{i:03d}.png": i for i, k in enumerate(labels)}
-    for shard in source.shards(7):
+    for shard in chunks(source.list(), 7):
         for sample in source.read(shard):
             i = by_id[sample.sample_id]
             np.testing.assert_array_equal(sample.image, images[i])
@@ -142,7 +143,7 @@ def test_parquet_round_trip(storage_root, fmnist, variant):
     assert len(refs) == N_IMAGES
     assert refs[0].sample_id == ("img-0000" if variant == "sample_ids" else "data/test-00000.parquet#0")
     assert source.classes == [str(i) for i in range(int(labels.max()) + 1)]
-    got = [s for shard in source.shards(6) for s in source.read(shard)]
+    got = [s for shard in chunks(source.list(), 6) for s in source.read(shard)]
     assert [g.sample_id for g in got] == [r.sample_id for r in refs]
     assert isinstance(got[9], SampleError)
     for i, g in enumerate(got):

@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pytest
 import torch
 
 from storage.maps import MapStore
-from storage.plan import update_plan
 from storage.reader import maps_array, read_errors, read_maps
 from storage.sources import open_source
 from tests.helpers import every_file
 from tests.jobs.ray_cluster import fmnist_test, png, tiny_checkpoint, write_folder
-from workers.attributor import JobConfig, ShardAttributor
+from attribution import MethodSpec
+from workers.attributor import ShardAttributor
+from workers.tasks import JobConfig, ShardTask, plan_shard_tasks
 
-METHODS = {"pathway": {}, "gradient": {}}
+METHODS = ("pathway", "gradient")
 
 
 @pytest.fixture(scope="module")
@@ -24,27 +24,23 @@ def checkpoint(tmp_path_factory) -> str:
     return tiny_checkpoint(tmp_path_factory.mktemp("checkpoint"))
 
 
-def prepare(source: str, output: str, checkpoint: str, options: dict, shard_size: int, limit: int | None = None):
-    """What the driver does before workers start: plan shards and create the zarr arrays."""
+def prepare(source: str, output: str, checkpoint: str, options: dict, shard_size: int, limit: int | None = None
+            ) -> tuple[list[ShardTask], JobConfig]:
+    """What the driver does before workers start (workers.tasks.plan_shard_tasks): the tasks and the config."""
     refs = open_source(source, storage_options=options or None).list()
-    plan, _ = update_plan(output, refs[:limit] if limit else refs, shard_size, options or None)
-    store = MapStore(output, options or None)
-    for name in METHODS:
-        store.ensure_zarr(name, plan.total_rows, (28, 28), shard_size)
-    config = JobConfig(source=source, checkpoint=checkpoint, output=output, methods=METHODS, batch_size=8,
-                       device="cpu", storage_options=options)
-    return plan, config.to_dict()
-
-
-def shard_args(shard) -> tuple:
-    return shard.index, shard.shard_id, [[r.sample_id, r.locator] for r in shard.refs]
+    planned = plan_shard_tasks(MapStore(output, options or None), refs[:limit] if limit else refs, shard_size,
+                               METHODS, (28, 28))
+    config = JobConfig(source=source, checkpoint=checkpoint, output=output,
+                       methods=tuple(MethodSpec(m) for m in METHODS), batch_size=8, device="cpu",
+                       storage_options=options)
+    return list(planned.tasks), config
 
 
 def test_shard_is_committed_and_a_retry_rewrites_the_same_bytes(storage_root, checkpoint) -> None:
     url, options = storage_root
-    plan, config = prepare("fashion-mnist", url, checkpoint, options, shard_size=12, limit=24)
-    worker = ShardAttributor(config, threads=1)
-    result = worker.process_shard(*shard_args(plan.shards[1]))
+    tasks, config = prepare("fashion-mnist", url, checkpoint, options, shard_size=12, limit=24)
+    worker = ShardAttributor(config.to_dict(), threads=1)  # as Ray hands it over: plain data
+    result = worker.process_shard(tasks[1])
     assert (result.shard_id, result.samples, result.errors) == ("000001", 12, 0)
     store = MapStore(url, options or None)
     assert {m: sorted(store.committed(m)) for m in METHODS} == {m: ["000001"] for m in METHODS}
@@ -53,14 +49,14 @@ def test_shard_is_committed_and_a_retry_rewrites_the_same_bytes(storage_root, ch
                                                      for kind, ext in (("maps", "parquet"), ("manifest", "json"))}
     assert any(p.startswith("zarr/pathway/maps/c/") for p in first)  # the shard's zarr chunk
     maps = read_maps(url, "pathway", options or None)
-    assert list(maps.sample_id) == [r.sample_id for r in plan.shards[1].refs]
+    assert list(maps.sample_id) == [r.sample_id for r in tasks[1].refs]
     rows = maps_array(url, "pathway", options or None)[:]
     assert np.isnan(rows[:12]).all()  # shard 0 not written
     np.testing.assert_array_equal(rows[12:24], np.stack(maps["map"]))
 
     # A retry (e.g. after the actor died before Ray saw the result), by a fresh replica: the same
     # bytes in every file, Parquet, zarr chunks and commit records alike, and no other file.
-    again = ShardAttributor(config, threads=1).process_shard(*shard_args(plan.shards[1]))
+    again = ShardAttributor(config, threads=1).process_shard(tasks[1])
     assert again.samples == 12
     assert every_file(url, options) == first
 
@@ -70,27 +66,31 @@ def test_cuda_retry_rewrites_the_same_bytes(tmp_path, checkpoint) -> None:
     """On CUDA the worker runs deterministic kernels (models.determinism), so a retried shard
     repeats every byte there too; with --nondeterministic this would not be promised."""
     url = str(tmp_path / "maps")
-    plan, config = prepare("fashion-mnist", url, checkpoint, {}, shard_size=24, limit=24)
-    config = {**config, "device": "cuda"}
-    ShardAttributor(config).process_shard(*shard_args(plan.shards[0]))
+    tasks, config = prepare("fashion-mnist", url, checkpoint, {}, shard_size=24, limit=24)
+    config = {**config.to_dict(), "device": "cuda"}
+    ShardAttributor(config).process_shard(tasks[0])
     first = every_file(url)
-    ShardAttributor(config).process_shard(*shard_args(plan.shards[0]))
+    ShardAttributor(config).process_shard(tasks[0])
     assert every_file(url) == first
 
 
 def test_ray_data_batch_interface_and_method_subset(tmp_path, checkpoint) -> None:
     """__call__ takes the driver's rows (one shard each) and returns one summary row per shard."""
     url = str(tmp_path / "maps")
-    plan, config = prepare("fashion-mnist", url, checkpoint, {}, shard_size=5, limit=10)
+    tasks, config = prepare("fashion-mnist", url, checkpoint, {}, shard_size=5, limit=10)
     worker = ShardAttributor(config, threads=1)
-    batch = {"shard_index": np.array([0, 1]), "shard_id": np.array(["000000", "000001"]),
-             "refs": np.array([json.dumps(shard_args(s)[2]) for s in plan.shards]),
-             "methods": np.array([json.dumps(["gradient"]), json.dumps(["gradient"])])}
-    out = worker(batch)
+    rows = [ShardTask(t.index, t.shard_id, t.refs, ("gradient",)).to_row() for t in tasks]
+    out = worker({key: np.array([row[key] for row in rows]) for key in rows[0]})
     assert list(out["shard_id"]) == ["000000", "000001"] and list(out["samples"]) == [5, 5]
     assert set(out) == {"shard_id", "samples", "errors", "seconds", "worker"}
     store = MapStore(url)
     assert sorted(store.committed("gradient")) == ["000000", "000001"] and store.committed("pathway") == {}
+
+
+def test_task_rows_round_trip(tmp_path) -> None:
+    tasks, _ = prepare("fashion-mnist", str(tmp_path / "maps"), "unused.pt", {}, shard_size=3, limit=7)
+    assert [t.samples for t in tasks] == [3, 3, 1] and all(t.methods == METHODS for t in tasks)
+    assert [ShardTask.from_row(t.to_row()) for t in tasks] == tasks
 
 
 def test_undecodable_samples_become_errors_and_the_rest_is_mapped(tmp_path, checkpoint) -> None:
@@ -98,9 +98,9 @@ def test_undecodable_samples_become_errors_and_the_rest_is_mapped(tmp_path, chec
     images, labels = fmnist_test(6)
     good = png(images[0])
     write_folder(src, {}, images, labels, extra={"Bag/zz-truncated.png": good[:40], "Bag/zz-noise.png": b"\x00" * 64})
-    plan, config = prepare(src, url, checkpoint, {}, shard_size=8)
+    tasks, config = prepare(src, url, checkpoint, {}, shard_size=8)
     worker = ShardAttributor(config, threads=1)
-    results = [worker.process_shard(*shard_args(s)) for s in plan.shards]
+    results = [worker.process_shard(task) for task in tasks]
     assert sum(r.samples for r in results) == 6 and sum(r.errors for r in results) == 2
     for method in METHODS:
         errors = read_errors(url, method)
@@ -117,8 +117,9 @@ def test_in_process_maps_match_the_method_called_directly(tmp_path, checkpoint) 
     from storage.checkpoints import load_checkpoint
 
     url = str(tmp_path / "maps")
-    plan, config = prepare("fashion-mnist", url, checkpoint, {}, shard_size=4, limit=4)
-    ShardAttributor(config, threads=1).process_shard(*shard_args(plan.shards[0]), methods=["gradient"])
+    tasks, config = prepare("fashion-mnist", url, checkpoint, {}, shard_size=4, limit=4)
+    only_gradient = ShardTask(tasks[0].index, tasks[0].shard_id, tasks[0].refs, ("gradient",))
+    ShardAttributor(config, threads=1).process_shard(only_gradient)
     stored = read_maps(url, "gradient")
     model, spec = load_checkpoint(checkpoint)
     model.eval()
@@ -133,10 +134,12 @@ def test_in_process_maps_match_the_method_called_directly(tmp_path, checkpoint) 
 
 IMPORT_AHEAD_PROBE = """
 import sys, threading
-from workers.attributor import JobConfig, ShardAttributor
+from attribution import MethodSpec
+from workers.attributor import ShardAttributor
+from workers.tasks import JobConfig
 before = [m for m in ("captum.attr", "zarr") if m in sys.modules]
 config = JobConfig(source="fashion-mnist", checkpoint=sys.argv[1], output=sys.argv[2],
-                   methods={"pathway": {}, "gradient": {}}, device="cpu")
+                   methods=(MethodSpec("pathway"), MethodSpec("gradient")), device="cpu")
 ShardAttributor(config.to_dict(), threads=1)
 for thread in threading.enumerate():
     if thread.name == "import-ahead":

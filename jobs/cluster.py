@@ -1,0 +1,63 @@
+"""The Ray side every distributed job shares: connecting to (or starting) Ray, and sizing workers.
+
+A job runs unchanged locally (it starts a local Ray) and under ``ray job submit`` (it joins the
+cluster it runs in, via ``$RAY_ADDRESS`` or ``--ray-address``).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+
+def start_ray(address: str | None) -> None:
+    """Join the Ray at ``address`` (or ``$RAY_ADDRESS``), reuse one already initialized in this
+    process (tests, notebooks), or start a local one; Ray Data's own progress bars stay off."""
+    import ray
+
+    address = address or os.environ.get("RAY_ADDRESS")
+    if ray.is_initialized():
+        pass
+    elif address:
+        ray.init(address=address, log_to_driver=True)
+    else:
+        ray.init(include_dashboard=False, log_to_driver=True)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+
+
+@dataclass(frozen=True)
+class WorkerSizing:
+    """How many workers run at once and what each one asks Ray for."""
+
+    workers: int
+    gpus: int  # per worker: 1 on GPU clusters, else 0
+    cpus: int  # per worker (Ray's num_cpus)
+    threads: int  # torch CPU threads per worker; 0 leaves torch's default (GPU workers)
+    device: str  # what the worker computes on: "cuda", "cpu", or the --device given
+
+    @property
+    def describe(self) -> str:
+        each = "1 GPU" if self.gpus else f"{self.threads} CPU thread{'s' if self.threads != 1 else ''}"
+        return f"{self.workers} worker{'s' if self.workers != 1 else ''} ({each} each)"
+
+
+def size_workers(device: str, workers: int | None, default_cpu_workers: int | str = 1) -> WorkerSizing:
+    """Size a job's workers from the cluster's resources (Ray must be started).
+
+    ``--device auto``/``cuda``: one GPU per worker where the cluster has GPUs, as many workers as
+    GPUs unless ``workers`` says otherwise. ``cuda`` asks for a GPU per worker even when none is
+    up yet, so an autoscaling cluster (min 0 GPU nodes) starts them. On CPUs, ``workers``
+    (default ``default_cpu_workers``, or ``"cpus"`` for one per CPU) split the CPUs as torch
+    threads.
+    """
+    import ray
+
+    resources = ray.cluster_resources()
+    gpus = int(resources.get("GPU", 0)) if device in ("auto", "cuda") else 0
+    gpus = max(gpus, 1) if device == "cuda" else gpus
+    cpus = max(1, int(resources.get("CPU", 1)))
+    if gpus:
+        return WorkerSizing(workers or gpus, 1, 1, 0, "cuda")
+    count = workers or (cpus if default_cpu_workers == "cpus" else int(default_cpu_workers))
+    threads = max(1, cpus // count)
+    return WorkerSizing(count, 0, threads, threads, "cpu" if device == "auto" else device)

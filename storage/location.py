@@ -1,0 +1,114 @@
+"""A storage prefix opened once: every read and write of a map dataset (or any output folder) under it.
+
+    where = Location("s3://bucket/maps/run1", storage_options)
+    where.put("run.json", data)          # atomic: readers see the old object or the whole new one
+    where.get("manifest/pathway/000003.json")
+    where.find("manifest/pathway", ".json")
+
+Paths are relative to the prefix; errors are :class:`storage.fs.StorageError` naming the full URL
+(never a credential). Keys are used exactly as given: no glob expansion, so file names holding
+``[``, ``]``, ``*`` or ``?`` are data, not patterns. Listings bypass fsspec's directory cache, so a
+long-lived reader sees records written after its first listing.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from storage.fs import (StorageNotFound, is_local, join, open_fs, storage_errors, write_bytes_atomic,
+                        write_json_atomic)
+
+#: Parallel requests for many small objects (commit records): object stores answer slowly but in parallel.
+PARALLEL_READS = 16
+
+
+class Location:
+    """An opened prefix: ``fs``, its ``root`` path, the ``url`` and its ``storage_options``. Picklable."""
+
+    def __init__(self, url: str, storage_options: Mapping[str, Any] | None = None) -> None:
+        self.url = str(url).rstrip("/")
+        self.storage_options = dict(storage_options or {})
+        self.fs, root = open_fs(self.url, self.storage_options)
+        self.root = root.rstrip("/")
+
+    def __repr__(self) -> str:
+        return f"Location({self.url!r})"
+
+    def path(self, rel: str) -> str:
+        """The filesystem path of ``rel``."""
+        return join(self.root, rel) if rel else self.root
+
+    def url_of(self, rel: str) -> str:
+        """The URL of ``rel``, for messages and for users."""
+        return join(self.url, rel) if rel else self.url
+
+    def put(self, rel: str, data: bytes) -> None:
+        """Write ``data`` at ``rel`` atomically (parent folders are made where a filesystem has them)."""
+        with storage_errors(self.url_of(rel), "write", self.storage_options):
+            write_bytes_atomic(self.fs, self.path(rel), data)
+
+    def put_json(self, rel: str, obj: Any) -> bytes:
+        """``obj`` as sorted, indented JSON at ``rel``, atomically; returns the bytes."""
+        with storage_errors(self.url_of(rel), "write", self.storage_options):
+            return write_json_atomic(self.fs, self.path(rel), obj)
+
+    def get(self, rel: str) -> bytes:
+        """The bytes at ``rel``; :class:`StorageNotFound` when there are none."""
+        with storage_errors(self.url_of(rel), "read", self.storage_options):
+            return self.fs.cat_file(self.path(rel))
+
+    def get_optional(self, rel: str) -> bytes | None:
+        """The bytes at ``rel``, or None when it does not exist."""
+        try:
+            return self.get(rel)
+        except StorageNotFound:
+            return None
+
+    def get_json(self, rel: str) -> Any:
+        return json.loads(self.get(rel))
+
+    def get_many(self, rels: Sequence[str]) -> dict[str, bytes | None]:
+        """``{rel: bytes}`` for many small objects, read in parallel; None where one is gone."""
+        if len(rels) <= 1:
+            return {rel: self.get_optional(rel) for rel in rels}
+        with ThreadPoolExecutor(max_workers=min(PARALLEL_READS, len(rels))) as pool:
+            return dict(zip(rels, pool.map(self.get_optional, rels)))
+
+    def exists(self, rel: str) -> bool:
+        with storage_errors(self.url_of(rel), "check", self.storage_options):
+            self._forget(rel)
+            return self.fs.exists(self.path(rel))
+
+    def find(self, rel: str, suffix: str = "") -> list[str]:
+        """Every file under ``rel`` (recursively) whose name ends with ``suffix``, as sorted paths
+        relative to the prefix; [] when ``rel`` does not exist. Always a fresh listing."""
+        base = self.path(rel)
+        with storage_errors(self.url_of(rel), "list", self.storage_options):
+            self._forget(rel)
+            try:
+                paths = self.fs.find(base, detail=False)
+            except FileNotFoundError:
+                return []
+        start = len(self.root) + 1
+        return sorted(p[start:] for p in (self.fs._strip_protocol(p) for p in paths) if p.endswith(suffix))
+
+    def _forget(self, rel: str) -> None:
+        """Drop fsspec's cached listings of ``rel`` (s3fs caches directories per instance, and
+        instances are shared per process), so what others wrote since is seen."""
+        if not is_local(self.fs):
+            self.fs.invalidate_cache(self.path(rel))
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"url": self.url, "storage_options": self.storage_options}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["url"], state["storage_options"])  # type: ignore[misc]
+
+
+def put_url(url: str, data: bytes, storage_options: Mapping[str, Any] | None = None) -> None:
+    """Write ``data`` to a single URL atomically (a file next to another output: metrics, a plot)."""
+    parent, _, name = str(url).rstrip("/").rpartition("/")
+    Location(parent or ".", storage_options).put(name, data)

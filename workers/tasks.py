@@ -1,0 +1,136 @@
+"""What the driver hands to attribution workers, and the one function that plans it.
+
+- :class:`JobConfig`: everything a worker needs to rebuild the job (source, checkpoint, output,
+  methods as :class:`attribution.MethodSpec`), as plain data that travels to Ray actors and into
+  ``run.json``, and comes back from it (:meth:`JobConfig.from_dict`).
+- :class:`ShardTask`: one shard of the plan and the methods still to commit for it; it owns its
+  conversion to and from a Ray Data row.
+- :func:`plan_shard_tasks`: the plan (stored under the output, extended by new samples), the zarr
+  arrays sized for it, and a task for every shard that some method has not committed yet. The
+  job, the tests and the benchmarks all plan through it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from attribution import MethodSpec
+from storage.maps import MapStore
+from storage.plan import ShardPlan, update_plan
+from storage.sources import SampleRef
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    """Everything a worker needs, as plain data (it travels to Ray actors and into run.json)."""
+
+    source: str
+    checkpoint: str
+    output: str
+    methods: tuple[MethodSpec, ...]
+    split: str = "test"
+    batch_size: int = 64
+    reduction: str = "signed_max_abs"
+    target: str = "predicted"  # or "label"
+    device: str = "auto"
+    storage_options: dict[str, Any] = field(default_factory=dict)
+    deterministic: bool = True  # CUDA: deterministic kernels, so a retried shard rewrites the same bytes
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "methods", tuple(self.methods))
+        labels = [m.label for m in self.methods]
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"method labels must be unique, got {labels}")
+
+    @property
+    def labels(self) -> list[str]:
+        return [m.label for m in self.methods]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "methods": [m.to_dict() for m in self.methods]}
+
+    def public_dict(self) -> dict[str, Any]:
+        """:meth:`to_dict` without the storage options, which may hold credentials (for run.json)."""
+        return {k: v for k, v in self.to_dict().items() if k != "storage_options"}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> JobConfig:
+        """The config of :meth:`to_dict`, or of a ``run.json`` (which has no storage options)."""
+        known = set(cls.__dataclass_fields__) - {"methods"}
+        return cls(methods=stored_methods(data), **{k: v for k, v in data.items() if k in known})
+
+
+def stored_methods(config: Mapping[str, Any]) -> tuple[MethodSpec, ...]:
+    """The methods of a job config (:meth:`JobConfig.to_dict`, or a ``run.json``'s ``config``).
+
+    Outputs written before methods were stored as specs hold ``methods`` as {label: params} and
+    ``method_names`` as {label: name} where the two differed; those are read too.
+    """
+    methods = config.get("methods") or []
+    if isinstance(methods, Mapping):
+        names = config.get("method_names") or {}
+        return tuple(MethodSpec(names.get(label, label), params, label) for label, params in methods.items())
+    return tuple(MethodSpec.from_dict(m) for m in methods)
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    """One shard to process: its position in the plan, its samples and the methods still to commit."""
+
+    index: int
+    shard_id: str
+    refs: tuple[SampleRef, ...]
+    methods: tuple[str, ...]
+
+    @property
+    def samples(self) -> int:
+        return len(self.refs)
+
+    def to_row(self) -> dict[str, Any]:
+        """A Ray Data row: plain strings and ints (refs and methods as JSON)."""
+        return {"shard_index": self.index, "shard_id": self.shard_id, "samples": self.samples,
+                "refs": json.dumps([[r.sample_id, r.locator] for r in self.refs]),
+                "methods": json.dumps(list(self.methods))}
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> ShardTask:
+        return cls(int(row["shard_index"]), str(row["shard_id"]),
+                   tuple(SampleRef(str(sid), locator) for sid, locator in json.loads(str(row["refs"]))),
+                   tuple(json.loads(str(row["methods"]))))
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """The plan of an output and the tasks a run has to do."""
+
+    plan: ShardPlan
+    new_shards: int
+    tasks: tuple[ShardTask, ...]
+
+    @property
+    def pending_samples(self) -> int:
+        return sum(task.samples for task in self.tasks)
+
+    @property
+    def committed_shards(self) -> int:
+        """Shards every method has committed already."""
+        return len(self.plan.shards) - len(self.tasks)
+
+
+def plan_shard_tasks(store: MapStore, refs: Sequence[SampleRef], shard_size: int, methods: Sequence[str],
+                     map_shape: tuple[int, int]) -> PlannedRun:
+    """Extend the stored plan by the samples it lacks, size every method's zarr arrays for it, and
+    return a task for each shard that some method has not committed, naming those methods."""
+    plan, new_shards = update_plan(store.where, refs, shard_size)
+    for method in methods:
+        store.ensure_zarr(method, plan.total_rows, map_shape, plan.shard_size)
+    done = {method: set(store.committed(method)) for method in methods}
+    tasks = []
+    for shard in plan.shards:
+        pending = tuple(m for m in methods if shard.shard_id not in done[m])
+        if pending:
+            tasks.append(ShardTask(shard.index, shard.shard_id, shard.refs, pending))
+    return PlannedRun(plan, new_shards, tuple(tasks))
