@@ -1,13 +1,17 @@
-"""Shared fixtures: deterministic seeds, a real S3 server, and storage roots to test against."""
+"""Shared fixtures: deterministic seeds, real Fashion-MNIST images, a real S3 server, and storage
+roots to test against. Helpers that are not fixtures live in tests/helpers.py."""
 
 from __future__ import annotations
 
 import os
 import uuid
 
+import numpy as np
 import pytest
 import torch
 
+from storage.sources import FASHION_MNIST_DIR
+from tests.helpers import N_IMAGES, fashion_mnist
 from tests.servers import S3Server, seaweedfs
 
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
@@ -16,6 +20,24 @@ os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def fmnist() -> tuple[np.ndarray, np.ndarray]:
+    """The first N_IMAGES Fashion-MNIST test images (uint8 [N, 28, 28, 1]) and labels."""
+    if not os.path.isdir(FASHION_MNIST_DIR):
+        pytest.skip("Fashion-MNIST is missing: sudo apt-get install dataset-fashion-mnist")
+    return fashion_mnist("test", N_IMAGES)
+
+
+@pytest.fixture(scope="session")
+def fmnist_train() -> tuple[np.ndarray, np.ndarray]:
+    return fashion_mnist("train", 4000)
+
+
+@pytest.fixture(scope="session")
+def fmnist_test() -> tuple[np.ndarray, np.ndarray]:
+    return fashion_mnist("test", 400)
 
 
 @pytest.fixture(scope="session")

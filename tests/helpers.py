@@ -1,8 +1,119 @@
-"""Helpers shared by test modules (fixtures live in the conftest files)."""
+"""Helpers shared by test modules (fixtures live in the conftest files).
+
+Real data only: Fashion-MNIST from the Debian package, written out as the formats users have
+(image folders, Parquet of encoded images, IDX), and a small ResNet-8 trained on it.
+"""
 
 from __future__ import annotations
 
-from storage.fs import open_fs
+import gzip
+import io
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from storage.fs import join, open_fs
+from storage.location import put_url
+from storage.maps import MapRecords
+
+# --------------------------------------------------------------------------- data
+
+#: How many Fashion-MNIST test images the ``fmnist`` fixture holds.
+N_IMAGES = 30
+
+
+def fashion_mnist(split: str, count: int | None = None, start: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``count`` uint8 images [N, 28, 28, 1] and labels of the split from ``start`` (all without count)."""
+    from storage.sources import load_arrays, open_source
+
+    source = open_source("fashion-mnist", split=split)
+    refs = source.list()
+    images, labels, _ = load_arrays(source, refs[start:] if count is None else refs[start:start + count])
+    return images, labels
+
+
+def png_bytes(image: np.ndarray, mode: str = "L", fmt: str = "PNG") -> bytes:
+    """A [H, W, 1] uint8 image encoded as ``fmt``, converted to Pillow ``mode`` first."""
+    from PIL import Image
+
+    img = Image.fromarray(image[:, :, 0])
+    if mode != "L":
+        img = img.convert(mode)
+    buf = io.BytesIO()
+    img.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def put(url: str, storage_options: dict | None, data: bytes) -> None:
+    """``data`` at ``url`` (parent folders made on local disk)."""
+    put_url(url, data, storage_options)
+
+
+def write_folder(url: str, storage_options: dict | None, images: np.ndarray, labels: np.ndarray, first: int = 0,
+                 extra: dict[str, bytes] | None = None) -> list[str]:
+    """``url/<class>/<first+i:05d>.png`` for every image, plus ``extra`` {relative path: bytes}; returns the
+    relative paths in sorted order."""
+    from storage.sources import FASHION_MNIST_CLASSES
+
+    files = {f"{FASHION_MNIST_CLASSES[int(y)].replace('/', '-')}/{first + i:05d}.png": png_bytes(im)
+             for i, (im, y) in enumerate(zip(images, labels))}
+    files.update(extra or {})
+    for rel, data in files.items():
+        put(join(url, rel), storage_options, data)
+    return sorted(files)
+
+
+def write_parquet(url: str, storage_options: dict | None, images: np.ndarray, labels: np.ndarray, *,
+                  row_group_size: int = 7, hf_struct: bool = False, sample_ids: bool = False,
+                  corrupt_rows: tuple[int, ...] = ()) -> None:
+    """A Parquet file of PNG-encoded images and labels (as a Hugging Face export when ``hf_struct``)."""
+    blobs = [b"\x89PNG not really" if i in corrupt_rows else png_bytes(im) for i, im in enumerate(images)]
+    cols = {"label": pa.array(labels.astype(np.int64))}
+    if hf_struct:
+        cols["image"] = pa.array([{"bytes": b, "path": f"{i}.png"} for i, b in enumerate(blobs)],
+                                 pa.struct([("bytes", pa.binary()), ("path", pa.string())]))
+    else:
+        cols["image"] = pa.array(blobs, pa.binary())
+    if sample_ids:
+        cols["sample_id"] = pa.array([f"img-{i:04d}" for i in range(len(images))])
+    buf = io.BytesIO()
+    pq.write_table(pa.table(cols), buf, row_group_size=row_group_size)
+    put(url, storage_options, buf.getvalue())
+
+
+def write_idx(url: str, storage_options: dict | None, images: np.ndarray, labels: np.ndarray, prefix: str = "t10k",
+              gz: bool = False) -> None:
+    """The two IDX files of a split, as the Fashion-MNIST distribution ships them."""
+    n, h, w = images.shape[:3]
+    img = struct.pack(">IIII", 0x803, n, h, w) + images.astype(np.uint8).tobytes()
+    lab = struct.pack(">II", 0x801, n) + labels.astype(np.uint8).tobytes()
+    ext = ".gz" if gz else ""
+    put(join(url, f"{prefix}-images-idx3-ubyte{ext}"), storage_options, gzip.compress(img) if gz else img)
+    put(join(url, f"{prefix}-labels-idx1-ubyte{ext}"), storage_options, gzip.compress(lab) if gz else lab)
+
+
+# --------------------------------------------------------------------------- map datasets
+
+MAP_SHAPE = (6, 5)
+#: Every kind of detail a method can declare (attribution.Detail), as the sink stores them.
+DETAIL_TYPES = {"target": "int64", "predicted": "int64", "logit": "float64", "kept_fraction": "float64",
+                "threshold": "list<float64>", "prediction_kept": "bool"}
+
+
+def map_records(ids: list[str], seed: int = 0) -> MapRecords:
+    """A shard of maps of ``ids`` (random, seeded) with every kind of detail."""
+    rng = np.random.default_rng(seed)
+    n = len(ids)
+    details = {"target": np.arange(n) % 3, "predicted": (np.arange(n) + 1) % 3, "logit": np.arange(n, dtype=float),
+               "kept_fraction": np.linspace(0.2, 0.4, n), "threshold": rng.random((n, 3)),
+               "prediction_kept": np.arange(n) % 2 == 0}
+    return MapRecords(ids, labels=np.arange(n) % 3, maps=rng.normal(size=(n, *MAP_SHAPE)).astype(np.float32),
+                      params={"p": 70, "score": "taylor"}, details=details, detail_types=DETAIL_TYPES)
 
 
 def every_file(url: str, options: dict | None = None) -> dict[str, bytes]:
@@ -15,3 +126,34 @@ def every_file(url: str, options: dict | None = None) -> dict[str, bytes]:
 def chunks(items: list, size: int) -> list[list]:
     """``items`` cut into consecutive pieces of ``size`` (the last may be shorter)."""
     return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+# --------------------------------------------------------------------------- torch
+
+_CHECKPOINTS: dict[str, str] = {}
+
+
+def one_thread() -> Iterator[None]:
+    """Body of the autouse fixtures of test packages with tiny models: one intra-op thread, since
+    idle OpenMP threads spinning against other processes make each small op ~100x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_checkpoint(directory: Path, n: int = 1000) -> str:
+    """A resnet8 trained for 1 epoch on ``n`` Fashion-MNIST train images (seeded); trained once per process."""
+    key = str(directory)
+    if key not in _CHECKPOINTS:
+        from models import fashion_mnist_spec
+        from models.training import train_classifier
+        from storage.checkpoints import save_checkpoint
+
+        images, labels = fashion_mnist("train", n)
+        model, _metrics = train_classifier(fashion_mnist_spec(), images, labels, epochs=1, batch_size=100,
+                                           lr=0.05, seed=0, device="cpu", progress=False, num_threads=1)
+        path = str(directory / "resnet8-tiny.pt")
+        save_checkpoint(path, model.cpu(), fashion_mnist_spec())
+        _CHECKPOINTS[key] = path
+    return _CHECKPOINTS[key]

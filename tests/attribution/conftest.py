@@ -6,64 +6,14 @@ import pytest
 import torch
 from torch import nn
 
-from models.tv import models as tv_models
+from tests.helpers import one_thread
+from tests.nets import make_resnet18, make_tiny_net
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a shared CPU idle OpenMP
-    threads spinning against other processes make each small op ~100x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-class TinyConvNet(nn.Module):
-    """A small CNN with biases that reuses one in-place ``nn.ReLU`` like torchvision's blocks.
-
-    Shapes for [B, 3, 8, 8] inputs: conv1 -> [B, 6, 8, 8], conv2 -> [B, 8, 8, 8],
-    pool -> [B, 8, 4, 4], conv3 -> [B, 8, 4, 4], GAP -> fc -> [B, classes].
-    """
-
-    def __init__(self, classes: int = 5, in_channels: int = 3) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, 6, 3, padding=1)
-        self.relu = nn.ReLU(inplace=True)  # called twice per forward
-        self.conv2 = nn.Conv2d(6, 8, 3, padding=1)
-        self.pool = nn.MaxPool2d(2)
-        self.conv3 = nn.Conv2d(8, 8, 3, padding=1)
-        self.relu3 = nn.ReLU()
-        self.gap = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(8, classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.pool(self.relu(self.conv2(self.relu(self.conv1(x)))))
-        x = self.relu3(self.conv3(x))
-        return self.fc(self.gap(x).flatten(1))
-
-
-def make_tiny_net(seed: int = 0, classes: int = 5) -> TinyConvNet:
-    torch.manual_seed(seed)
-    return TinyConvNet(classes).eval()
-
-
-def make_resnet18(seed: int = 0) -> nn.Module:
-    """torchvision ResNet-18 with 10 classes, for 32 px inputs; BN statistics made non-trivial
-    so the network is not positively homogeneous (IG would equal gradient x input)."""
-    torch.manual_seed(seed)
-    model = tv_models.resnet18(num_classes=10)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                module.running_mean.uniform_(-0.2, 0.2)
-                module.running_var.uniform_(0.5, 1.5)
-                module.bias.uniform_(-0.1, 0.1)
-    return model.eval()
+_one_thread = pytest.fixture(autouse=True)(one_thread)
 
 
 @pytest.fixture
-def tiny_net() -> TinyConvNet:
+def tiny_net() -> nn.Module:
     return make_tiny_net()
 
 

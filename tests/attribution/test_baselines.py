@@ -13,7 +13,7 @@ import attribution.baselines as baselines
 import attribution.controls  # noqa: F401 - registers the controls
 from attribution import AttributionError, available, get
 from attribution.base import sample_seeds
-from tests.attribution.conftest import make_resnet18, make_tiny_net
+from tests.nets import make_resnet18, make_tiny_net
 
 METHODS = ["gradient", "gradient_x_input", "integrated_gradients", "guided_backprop", "grad_cam", "smoothgrad"]
 

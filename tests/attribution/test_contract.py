@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from attribution import AttributionError, Details, MethodSpec, available, get, method_class
-from tests.attribution.conftest import TinyConvNet, make_tiny_net
+from tests.nets import TinyConvNet, make_tiny_net
 
 #: Fewer steps where a method has them, so that every method runs in well under a second here.
 FAST = {"integrated_gradients": {"n_steps": 5}, "smoothgrad": {"n_samples": 4}}

@@ -9,7 +9,7 @@ from torch import nn
 from attribution import AttributionError, get
 from attribution.pathway import PathwayGrad
 from models.tv import models as tv_models
-from tests.attribution.test_neurons import hooks_left
+from tests.nets import hooks_left
 
 
 @pytest.fixture

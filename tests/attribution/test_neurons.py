@@ -10,15 +10,7 @@ from attribution import AttributionError
 from attribution.neurons import ReluCalls
 from attribution.pathway import PathwayGrad
 from models.tv import models as tv_models
-
-
-def hooks_left(model: nn.Module) -> int:
-    """Hooks and replaced ``forward`` methods still on the model."""
-    return sum(
-        len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) + len(getattr(m, "_backward_pre_hooks", {}))
-        + ("forward" in m.__dict__)
-        for m in model.modules()
-    )
+from tests.nets import hooks_left
 
 
 def count_calls(model: nn.Module, x: torch.Tensor) -> tuple[int, int]:

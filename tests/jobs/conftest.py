@@ -7,7 +7,8 @@ import shutil
 import pytest
 import torch
 
-from tests.jobs.ray_cluster import short_tmp, tiny_checkpoint
+from tests.helpers import tiny_checkpoint
+from tests.ray_cluster import short_tmp
 
 
 @pytest.fixture(scope="module")

@@ -24,8 +24,10 @@ from storage.fs import join, open_fs
 from storage.maps import MapStore
 from storage.reader import maps_array, read_errors, read_maps, read_run
 from storage.sources import open_source
-from tests.jobs.ray_cluster import ROOT, fmnist_test, job_env, kill_tree, png, ray_head, short_tmp, \
-    tiny_checkpoint, wait_for, worker_pids, write_folder
+from tests.helpers import fashion_mnist, png_bytes, tiny_checkpoint, write_folder
+from tests.ray_cluster import ROOT, job_env, kill_tree, ray_head, short_tmp, wait_for, worker_pids
+
+pytestmark = pytest.mark.slow  # starts Ray or trains a model
 
 METHODS = ("pathway", "gradient")
 # The plan every Fashion-MNIST run here uses: 8 shards of 50 samples, so a fault lands mid-job.
@@ -187,7 +189,7 @@ def test_new_source_files_are_processed_incrementally(checkpoint, ray_session, s
     """An image folder on S3 grows: the rerun maps only the new files, in new shards."""
     src, options = s3_server.url("folder-incremental"), s3_server.storage_options
     out = str(tmp_path / "maps")
-    images, labels = fmnist_test(42)
+    images, labels = fashion_mnist("test", 42)
     write_folder(src, options, images[:30], labels[:30])
     args = ["--source", src, "--checkpoint", checkpoint, "--output", out, "--shard-size", "10", "--batch-size",
             "10", "--workers", "1", "--no-progress", "--storage-options", json.dumps(options)]
@@ -213,8 +215,8 @@ def test_new_source_files_are_processed_incrementally(checkpoint, ray_session, s
 
 def test_corrupt_images_become_error_rows(checkpoint, ray_session, tmp_path, capsys) -> None:
     src, out = str(tmp_path / "folder"), str(tmp_path / "maps")
-    images, labels = fmnist_test(20)
-    good = png(images[0])
+    images, labels = fashion_mnist("test", 20)
+    good = png_bytes(images[0])
     files = write_folder(src, {}, images, labels, extra={
         "Bag/truncated.png": good[: len(good) // 2],
         "Coat/random.png": np.random.default_rng(0).integers(0, 256, 300, dtype=np.uint8).tobytes(),
@@ -253,7 +255,7 @@ def test_labeled_methods_store_one_method_twice(checkpoint, ray_session, tmp_pat
     assert (p30.kept_fraction <= 0.701).all() and (p70.kept_fraction <= 0.301).all()
     assert (p30.kept_fraction > p70.kept_fraction + 0.1).all()
     model, spec = load_checkpoint(checkpoint)
-    images, _ = fmnist_test(4)
+    images, _ = fashion_mnist("test", 4)
     expected = attribution.reduce_map(attribution.get("pathway", model, percentile=30).attribute(
         preprocess(spec, images)), "signed_max_abs")
     stored = np.stack(p30["map"][:4]).astype(np.float32)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import yaml
 
-from tests.jobs.ray_cluster import ROOT
+from tests.ray_cluster import ROOT
 
 
 def load(name: str) -> dict:

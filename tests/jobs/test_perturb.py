@@ -7,6 +7,8 @@ its least relevant ones do (LeRF).
 
 from __future__ import annotations
 
+import pytest
+
 import io
 import json
 
@@ -15,6 +17,8 @@ import pandas as pd
 
 from jobs import attribute, perturb
 from storage.fs import join, open_fs
+
+pytestmark = pytest.mark.slow  # starts Ray or trains a model
 
 FRACTIONS = [0.0, 0.02, 0.05, 0.1, 0.3, 0.6, 1.0]
 FRACTIONS_ARG = ",".join(str(f) for f in FRACTIONS)

@@ -15,8 +15,11 @@ import pytest
 import torch
 
 from jobs import attribute, roar
-from tests.jobs.ray_cluster import short_tmp, tiny_checkpoint, wait_for
+from tests.helpers import tiny_checkpoint
+from tests.ray_cluster import short_tmp, wait_for
 from workers.roar import NONE, cell_arrays, channel_mean
+
+pytestmark = pytest.mark.slow  # starts Ray or trains a model
 
 TRAIN, TEST = 300, 200
 GRID = ["--thresholds", "30,70", "--seeds", "2", "--epochs", "1", "--workers", "2", "--no-progress"]

@@ -7,6 +7,8 @@ longer looks like the original one.
 
 from __future__ import annotations
 
+import pytest
+
 import json
 
 import numpy as np
@@ -16,6 +18,8 @@ import torch
 from attribution.evaluation import METRICS, cascade
 from jobs import sanity
 from storage.checkpoints import load_checkpoint
+
+pytestmark = pytest.mark.slow  # starts Ray or trains a model
 
 METHODS = ["gradient", "pt=pathway:scores=taylor", "grad_cam"]
 LABELS = ["gradient", "pt", "grad_cam"]

@@ -20,6 +20,8 @@ from models.training import evaluate
 from storage.checkpoints import load_checkpoint, load_metrics
 from storage.sources import load_arrays, open_source
 
+pytestmark = pytest.mark.slow  # starts Ray or trains a model
+
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = ["--limit", "2000", "--epochs", "1", "--batch-size", "32", "--no-progress", "--threads", "1"]
 

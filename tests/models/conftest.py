@@ -3,13 +3,7 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
+from tests.helpers import one_thread
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
+_one_thread = pytest.fixture(autouse=True)(one_thread)

@@ -15,7 +15,7 @@ from models import (
     fashion_mnist_spec,
     imagenet_spec,
 )
-from tests.models.relu_calls import relu_call_shapes
+from tests.nets import relu_call_shapes
 
 
 def test_fashion_mnist_spec_defaults() -> None:

@@ -7,7 +7,7 @@ from torch import nn
 
 from models import ModelSpec, build_model, fashion_mnist_spec
 from models.small import ResNet8
-from tests.models.relu_calls import relu_call_shapes
+from tests.nets import relu_call_shapes
 
 
 def test_resnet8_structure() -> None:

@@ -9,19 +9,17 @@ import torch
 
 from models import ModelError, fashion_mnist_spec
 from models.training import cpu_threads, evaluate, predict, random_crop_flip, train_classifier
-from storage.sources import load_arrays, open_source
+from tests.helpers import fashion_mnist
+
+pytestmark = pytest.mark.slow  # starts Ray or trains a model
 
 N_TRAIN, N_TEST = 3000, 1000
 
 
 @pytest.fixture(scope="module")
 def fashion() -> dict[str, np.ndarray]:
-    train_images, train_labels, _ = load_arrays(open_source("fashion-mnist", split="train"))
-    test_images, test_labels, _ = load_arrays(open_source("fashion-mnist", split="test"))
-    return {
-        "x": train_images[:N_TRAIN], "y": train_labels[:N_TRAIN],
-        "xt": test_images[:N_TEST], "yt": test_labels[:N_TEST],
-    }
+    (x, y), (xt, yt) = fashion_mnist("train", N_TRAIN), fashion_mnist("test", N_TEST)
+    return {"x": x, "y": y, "xt": xt, "yt": yt}
 
 
 def _train(data: dict, **kw):

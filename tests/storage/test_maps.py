@@ -14,25 +14,11 @@ from storage import (InvalidStorageInput, MapRecords, MapStore, SampleError, Sto
                      maps_array, read_errors, read_maps, read_maps_table, read_run)
 from storage.fs import join, open_fs
 from storage.sources import open_source
-from tests.helpers import every_file
-from tests.storage.conftest import put, write_parquet
+from tests.helpers import DETAIL_TYPES, MAP_SHAPE, every_file, map_records, put, write_parquet
 
-H, W, S = 6, 5, 4  # map shape and shard size
-
-
-DETAIL_TYPES = {"target": "int64", "predicted": "int64", "logit": "float64", "kept_fraction": "float64",
-                "threshold": "list<float64>", "prediction_kept": "bool"}
-
-
-def records(ids, seed=0) -> MapRecords:
-    """A shard of ``ids`` with every kind of detail a method can declare."""
-    rng = np.random.default_rng(seed)
-    n = len(ids)
-    details = {"target": np.arange(n) % 3, "predicted": (np.arange(n) + 1) % 3, "logit": np.arange(n, dtype=float),
-               "kept_fraction": np.linspace(0.2, 0.4, n), "threshold": rng.random((n, 3)),
-               "prediction_kept": np.arange(n) % 2 == 0}
-    return MapRecords(ids, labels=np.arange(n) % 3, maps=rng.normal(size=(n, H, W)).astype(np.float32),
-                      params={"p": 70, "score": "taylor"}, details=details, detail_types=DETAIL_TYPES)
+H, W = MAP_SHAPE
+S = 4  # shard size
+records = map_records
 
 
 def ids_of(k, n=S):
@@ -48,7 +34,7 @@ def test_write_commit_read(storage_root):
     url, options = storage_root
     store = MapStore(url, options)
     store.ensure_zarr("pathway", n=10, shape=(H, W), shard_size=S)
-    shard0, shard1 = records(ids_of(0), seed=0), records(ids_of(1, 3), seed=1)
+    shard0 = records(ids_of(0), seed=0)
     errors1 = [SampleError(ids_of(1)[1], "cannot decode image: broken")]
     rec0 = store.write_shard("s00000", 0, "pathway", shard0)
     rec1 = store.write_shard("s00001", 1, "pathway", records([ids_of(1)[0], *ids_of(1)[2:]], seed=1), errors1,

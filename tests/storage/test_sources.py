@@ -15,8 +15,7 @@ import pytest
 from storage.fs import StorageError, join
 from storage.sources import (FASHION_MNIST_CLASSES, IDXSource, ImageFolderSource, ParquetSource, Sample, SampleError,
                              SampleRef, load_arrays, open_source)
-from tests.helpers import chunks
-from tests.storage.conftest import N_IMAGES, png_bytes, put, write_folder, write_idx, write_parquet
+from tests.helpers import N_IMAGES, chunks, png_bytes, put, write_folder, write_idx, write_parquet
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -80,7 +79,7 @@ def test_image_folder_round_trip(storage_root, fmnist):
     assert source.classes == sorted({FASHION_MNIST_CLASSES[k].replace("/", "-") for k in labels})
     refs = source.list()
     assert [r.sample_id for r in refs] == rels
-    by_id = {f"{FASHION_MNIST_CLASSES[k].replace('/', '-')}/{i:03d}.png": i for i, k in enumerate(labels)}
+    by_id = {f"{FASHION_MNIST_CLASSES[k].replace('/', '-')}/{i:05d}.png": i for i, k in enumerate(labels)}
     for shard in chunks(source.list(), 7):
         for sample in source.read(shard):
             i = by_id[sample.sample_id]

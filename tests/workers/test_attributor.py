@@ -11,7 +11,7 @@ from storage.maps import MapStore
 from storage.reader import maps_array, read_errors, read_maps
 from storage.sources import open_source
 from tests.helpers import every_file
-from tests.jobs.ray_cluster import fmnist_test, png, tiny_checkpoint, write_folder
+from tests.helpers import fashion_mnist, png_bytes, tiny_checkpoint, write_folder
 from attribution import MethodSpec
 from workers.attributor import ShardAttributor
 from workers.tasks import JobConfig, ShardTask, plan_shard_tasks
@@ -95,8 +95,8 @@ def test_task_rows_round_trip(tmp_path) -> None:
 
 def test_undecodable_samples_become_errors_and_the_rest_is_mapped(tmp_path, checkpoint) -> None:
     src, url = str(tmp_path / "folder"), str(tmp_path / "maps")
-    images, labels = fmnist_test(6)
-    good = png(images[0])
+    images, labels = fashion_mnist("test", 6)
+    good = png_bytes(images[0])
     write_folder(src, {}, images, labels, extra={"Bag/zz-truncated.png": good[:40], "Bag/zz-noise.png": b"\x00" * 64})
     tasks, config = prepare(src, url, checkpoint, {}, shard_size=8)
     worker = ShardAttributor(config, threads=1)
@@ -123,7 +123,7 @@ def test_in_process_maps_match_the_method_called_directly(tmp_path, checkpoint) 
     stored = read_maps(url, "gradient")
     model, spec = load_checkpoint(checkpoint)
     model.eval()
-    images, _ = fmnist_test(4)
+    images, _ = fashion_mnist("test", 4)
     x = preprocess(spec, images, torch.device("cpu"))
     target = model(x).argmax(1)
     direct = attribution.reduce_map(attribution.get("gradient", model).attribute(x, target=target).float(),

@@ -1,7 +1,7 @@
-"""Helpers for the Ray job tests: a tiny real checkpoint, image folders, process trees, a `ray start` head.
+"""Processes and Ray clusters for the job tests: process trees, waiting, and a `ray start` head.
 
-Everything here is real: the checkpoint is trained on Fashion-MNIST, the head is a real
-``ray start --head`` on loopback, and processes are found through /proc and killed by pid.
+Everything here is real: the head is a real ``ray start --head`` on loopback, and processes are
+found through /proc and killed by pid.
 Only processes that descend from a pid we started (or from this test process) are touched,
 so other Ray clusters on a shared machine are left alone.
 """
@@ -9,7 +9,6 @@ so other Ray clusters on a shared machine are left alone.
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 import shutil
 import signal
@@ -20,73 +19,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 
 from tests.servers import free_port
 
-ROOT = Path(__file__).resolve().parents[2]
-_CHECKPOINTS: dict[str, str] = {}
-
-
-def tiny_checkpoint(directory: Path, n: int = 1000) -> str:
-    """A resnet8 trained for 1 epoch on ``n`` Fashion-MNIST train images (seeded); trained once per process."""
-    key = str(directory)
-    if key not in _CHECKPOINTS:
-        import torch
-
-        from models import fashion_mnist_spec
-        from models.training import train_classifier
-        from storage.checkpoints import save_checkpoint
-        from storage.sources import load_arrays, open_source
-
-        source = open_source("fashion-mnist", split="train")
-        images, labels, _ = load_arrays(source, source.list()[:n])
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            model, _metrics = train_classifier(fashion_mnist_spec(), images, labels, epochs=1, batch_size=100,
-                                               lr=0.05, seed=0, device="cpu", progress=False, num_threads=1)
-        finally:
-            torch.set_num_threads(threads)
-        path = str(directory / "resnet8-tiny.pt")
-        save_checkpoint(path, model.cpu(), fashion_mnist_spec())
-        _CHECKPOINTS[key] = path
-    return _CHECKPOINTS[key]
-
-
-def fmnist_test(n: int, start: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Fashion-MNIST test images [start, start+n) as uint8 [n, 28, 28, 1] and their labels."""
-    from storage.sources import load_arrays, open_source
-
-    source = open_source("fashion-mnist", split="test")
-    images, labels, _ = load_arrays(source, source.list()[start:start + n])
-    return images, labels
-
-
-def png(image: np.ndarray) -> bytes:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(image[:, :, 0]).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def write_folder(url: str, options: dict, images: np.ndarray, labels: np.ndarray, first: int = 0,
-                 extra: dict[str, bytes] | None = None) -> list[str]:
-    """``url/<class>/<first+i>.png`` for every image, plus ``extra`` {relative path: bytes}; returns the paths."""
-    from storage.fs import join, open_fs
-    from storage.sources import FASHION_MNIST_CLASSES
-
-    fs, root = open_fs(url, options)
-    files = {f"{FASHION_MNIST_CLASSES[int(y)].replace('/', '-')}/{first + i:05d}.png": png(im)
-             for i, (im, y) in enumerate(zip(images, labels))}
-    files.update(extra or {})
-    for rel, data in files.items():
-        path = join(root, rel)
-        if fs.protocol in ("file", "local") or "file" in fs.protocol:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-        fs.pipe_file(path, data)
-    return sorted(files)
+ROOT = Path(__file__).resolve().parents[1]
 
 
 # -- processes -------------------------------------------------------------------------------

@@ -1,0 +1,70 @@
+"""Small real models for the tests, and what the attribution methods see of a model."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from attribution.neurons import ReluCalls
+from models.tv import models as tv_models
+
+
+class TinyConvNet(nn.Module):
+    """A small CNN with biases that reuses one in-place ``nn.ReLU`` like torchvision's blocks.
+
+    Shapes for [B, 3, 8, 8] inputs: conv1 -> [B, 6, 8, 8], conv2 -> [B, 8, 8, 8],
+    pool -> [B, 8, 4, 4], conv3 -> [B, 8, 4, 4], GAP -> fc -> [B, classes].
+    """
+
+    def __init__(self, classes: int = 5, in_channels: int = 3) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, 6, 3, padding=1)
+        self.relu = nn.ReLU(inplace=True)  # called twice per forward
+        self.conv2 = nn.Conv2d(6, 8, 3, padding=1)
+        self.pool = nn.MaxPool2d(2)
+        self.conv3 = nn.Conv2d(8, 8, 3, padding=1)
+        self.relu3 = nn.ReLU()
+        self.gap = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(8, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(self.relu(self.conv2(self.relu(self.conv1(x)))))
+        x = self.relu3(self.conv3(x))
+        return self.fc(self.gap(x).flatten(1))
+
+
+def make_tiny_net(seed: int = 0, classes: int = 5) -> TinyConvNet:
+    torch.manual_seed(seed)
+    return TinyConvNet(classes).eval()
+
+
+def make_resnet18(seed: int = 0) -> nn.Module:
+    """torchvision ResNet-18 with 10 classes, for 32 px inputs; BN statistics made non-trivial
+    so the network is not positively homogeneous (IG would equal gradient x input)."""
+    torch.manual_seed(seed)
+    model = tv_models.resnet18(num_classes=10)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.2, 0.2)
+                module.running_var.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.1, 0.1)
+    return model.eval()
+
+
+def hooks_left(model: nn.Module) -> int:
+    """Hooks and replaced ``forward`` methods still on the model."""
+    return sum(
+        len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) + len(getattr(m, "_backward_pre_hooks", {}))
+        + ("forward" in m.__dict__)
+        for m in model.modules()
+    )
+
+
+
+def relu_call_shapes(model: torch.nn.Module, x: torch.Tensor) -> list[tuple[int, ...]]:
+    """Output shape of every nn.ReLU call, in call order: the neurons the attribution method sees."""
+    with torch.no_grad(), ReluCalls(model) as relus:
+        relus.reset(record=True)
+        model(x)
+        return [tuple(out.shape) for out in relus.outputs]
