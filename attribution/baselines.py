@@ -32,7 +32,7 @@ from torch import nn
 
 from .base import Attribution, AttributionError, check_logits, eval_mode, input_gradient
 from .registry import register
-from .canonizers import forward_hooks, guided_relus, relu_out_of_place
+from .rules import forward_hooks, guided_relus, relu_out_of_place
 
 CAPTUM = ("captum.attr",)
 
@@ -178,7 +178,7 @@ class GuidedBackprop(Attribution):
     *input tensor*, which is wrong when the tensor has other consumers besides the
     ReLU (e.g. a residual branch that reads the pre-activation). Here every call of
     every ``nn.ReLU`` module is replaced, during the attribution only, by a ReLU with
-    the guided backward rule (:func:`attribution.canonizers.guided_relus`), with
+    the guided backward rule (:func:`attribution.rules.guided_relus`), with
     in-place ReLUs switched to out-of-place meanwhile. ReLUs called as
     ``torch.nn.functional.relu`` are not modules and keep their plain gradient.
     """

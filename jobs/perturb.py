@@ -4,7 +4,7 @@
     python -m jobs.perturb --limit 256 --methods "pathway gradient"   # no map dataset: maps computed here
     python -m jobs.perturb --maps s3://bucket/maps/r50 --fill train --ray-address auto
 
-DESIGN.md §2. For every image, its single-channel map ranks the pixels; the top (MoRF) or
+docs/design.md §2. For every image, its single-channel map ranks the pixels; the top (MoRF) or
 bottom (LeRF) k % of pixels are replaced, in all channels, by the per-channel dataset mean,
 and the score is the relative drop (p_0 - p_k) / p_0 of the softmax probability of the
 class the map explains (the stored ``target``; the predicted class when maps are computed

@@ -315,7 +315,7 @@ def run(args: argparse.Namespace) -> int:
           f"images, methods {methods}, t {args.thresholds} %, seeds {args.seeds}, {config['epochs']} epochs; "
           f"{len(cells)} cells, {len(finished)} already done, {len(todo)} to compute -> {output}")
     if len(args.seeds) < 3:
-        print("note: fewer than 3 seeds; DESIGN.md asks for >= 3 to report mean +- std", file=sys.stderr)
+        print("note: fewer than 3 seeds; ROAR needs >= 3 to report mean +- std (docs/design.md §2)", file=sys.stderr)
 
     results, failures = [], []
     if todo:

@@ -3,7 +3,7 @@
     python -m jobs.sanity                                   # default ResNet-8 on Fashion-MNIST, 32 samples
     python -m jobs.sanity --limit 128 --methods "gradient pt=pathway:scores=taylor" --output s3://bucket/sanity
 
-DESIGN.md §2. The model's parameterized blocks are randomized from the logits down to the
+docs/design.md §2. The model's parameterized blocks are randomized from the logits down to the
 first layer, one step at a time (``attribution.evaluation.cascade``: for ResNet-8 ``fc,
 layer3.0, layer2.0, layer1.0, bn1, conv1``); each step re-draws every weight and bias of
 its modules from N(0, ``--std``), seeded per module name, so step k holds step k-1's draws.

@@ -1,7 +1,7 @@
 """Evaluation math for attribution maps: pixel removal (ROAR / KAR, MoRF / LeRF), pixel
 perturbation curves, cascading parameter randomization and map similarity.
 
-Pure torch / numpy (no Ray, no I/O): jobs feed it stored maps and models. See DESIGN.md §2.
+Pure torch / numpy (no Ray, no I/O): jobs feed it stored maps and models. See docs/design.md §2.
 """
 
 from .perturbation import DEFAULT_FRACTIONS, auc, perturbation_curve, random_ranking, relative_drops

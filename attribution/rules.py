@@ -1,7 +1,8 @@
-"""Temporary, fully reverted model changes that some attribution methods need.
+"""Rules: how some methods change what a ReLU does in the backward pass, for one attribution.
 
-Like Zennit's canonizers: a context manager changes the model for the duration of one
-attribution and restores every changed attribute on exit, also when the body raises.
+In Zennit's terms these are rules (a modified gradient of one kind of layer), not canonizers
+(which restructure a model). Each is a context manager that changes the model for the duration
+of one attribution and restores every changed attribute on exit, also when the body raises.
 """
 
 from __future__ import annotations
