@@ -58,6 +58,9 @@ class PathwayGrad(Attribution):
             (``greedy``, default 5).
     """
 
+    #: The scoring pass resolves targets and yields the model's logits: no extra forward pass.
+    resolves_targets = True
+
     def __init__(self, model: nn.Module, percentile: float = 70.0, scores: str = "taylor",
                  per_layer: bool = False, steps: int | None = None) -> None:
         super().__init__(model)

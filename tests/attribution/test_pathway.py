@@ -366,3 +366,15 @@ def test_reduced_precision_runs_and_stays_close(resnet18: nn.Module, dtype: torc
     torch.testing.assert_close(details.kept_fraction.float(), reference.kept_fraction, atol=0.02, rtol=0)
     for a, b in zip(single, half.float()):
         assert np.corrcoef(a.flatten().numpy(), b.flatten().numpy())[0, 1] > 0.5
+
+
+def test_two_forward_passes_give_the_map_and_every_detail(shared_net: nn.Module) -> None:
+    """The scoring pass and the pruned pass: targets and the model's logits come from the first,
+    so neither resolving targets nor reporting details costs another pass."""
+    calls = []
+    handle = shared_net.register_forward_pre_hook(lambda module, args: calls.append(1))
+    try:
+        PathwayGrad(shared_net).attribute(images(2), return_details=True)
+    finally:
+        handle.remove()
+    assert len(calls) == 2
