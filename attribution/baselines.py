@@ -195,15 +195,16 @@ def _is_pooling(module: nn.Module) -> bool:
     return "Pool" in type(module).__name__
 
 
-def _probe_layers(model: nn.Module, inputs: torch.Tensor) -> tuple[list[tuple[str, bool]], Counter]:
-    """Run one sample and record, in the order modules *finish*, each module call's name
-    and whether it is a Grad-CAM candidate; count the calls per module name.
+def _probe_layers(model: nn.Module, inputs: torch.Tensor) -> tuple[list[tuple[str, bool, bool]], Counter]:
+    """Run one sample and record, in the order modules *finish*, each module call's name, whether
+    it is a Grad-CAM candidate, and whether its output is a token sequence; count the calls per name.
 
     A candidate's output is a 4-D tensor with more than one spatial position that is not
     the output of a pooling layer (a pooling module itself, or a container whose output
-    tensor was last produced by a pooling leaf).
+    tensor was last produced by a pooling leaf). A token sequence is a 3-D output [1, N, D]
+    with N > 1 (a transformer's hidden states).
     """
-    events: list[tuple[str, bool]] = []
+    events: list[tuple[str, bool, bool]] = []
     calls: Counter = Counter()
     keep: list[torch.Tensor] = []  # keeps output tensors alive so their id()s stay unique
     pooled_by_id: dict[int, bool] = {}
@@ -213,7 +214,7 @@ def _probe_layers(model: nn.Module, inputs: torch.Tensor) -> tuple[list[tuple[st
         name = names[id(module)]
         calls[name] += 1
         if not isinstance(output, torch.Tensor):
-            events.append((name, False))
+            events.append((name, False, False))
             return
         keep.append(output)
         leaf = next(module.children(), None) is None
@@ -221,7 +222,7 @@ def _probe_layers(model: nn.Module, inputs: torch.Tensor) -> tuple[list[tuple[st
             pooled_by_id[id(output)] = _is_pooling(module)
         pooled = _is_pooling(module) or pooled_by_id.get(id(output), False)
         spatial = output.dim() == 4 and output.shape[-2] * output.shape[-1] > 1
-        events.append((name, spatial and not pooled))
+        events.append((name, spatial and not pooled, output.dim() == 3 and output.shape[1] > 1))
 
     modules = [m for n, m in model.named_modules() if n]
     with eval_mode(model), relu_out_of_place(model), forward_hooks(modules, hook), torch.no_grad():
@@ -236,11 +237,20 @@ def find_gradcam_layer(model: nn.Module, inputs: torch.Tensor) -> str:
     (H * W > 1) and not a pooling result, among modules called once per forward. On
     torchvision ResNets at 224 px this is ``layer4``; at 32 px, where layer4 is 1 x 1,
     it is ``layer3``. On VGG it is the last ReLU of ``features`` (before the last max
-    pool), as in the Grad-CAM paper.
+    pool), as in the Grad-CAM paper. When token sequences follow that map (a vision
+    transformer, whose only 4-D map is its patch embedding), there is no spatial layer near
+    the output, and the caller must choose one.
     """
     events, calls = _probe_layers(model, inputs)
-    for name, candidate in reversed(events):
+    for position in range(len(events) - 1, -1, -1):
+        name, candidate, _ = events[position]
         if candidate and calls[name] == 1:
+            if any(tokens for _, _, tokens in events[position + 1:]):
+                raise AttributionError(
+                    f"grad_cam: the last spatial feature map of this model ({name!r}) is followed by token "
+                    "sequences (a transformer), so no spatial layer sits near the output; pass layer='<module "
+                    "name>' (one whose output is [B, C, H, W]) to choose one"
+                )
             return name
     raise AttributionError(
         "grad_cam found no module with a 4-D output of spatial size > 1 that runs once per forward; "

@@ -4,8 +4,9 @@ Khakzar et al., "Neural Response Interpretation through the Lens of Critical Pat
 (CVPR 2021; arXiv 1911.11081 "Improving Feature Attribution through Input-specific
 Network Pruning"). For each sample:
 
-1. score every neuron (every element of every ReLU call's output) by its contribution
-   to the target logit;
+1. score every neuron (every element of every ReLU call's output, however the model writes
+   the ReLU: module, function, tensor method, in place or not) by its contribution to the
+   target logit;
 2. prune the neurons whose score is at or below the sample's p-th percentile, taken over
    all layers at once (or inside each layer with ``per_layer=True``);
 3. return the gradient of the target logit of the pruned network with respect to the
@@ -35,7 +36,8 @@ from torch import nn
 
 from . import scores as scoring
 from .base import MODEL_DETAILS, Attribution, AttributionError, Detail, Details, SampleIds, Target
-from .neurons import ReluCalls
+from . import activations as acts
+from .neurons import NeuronCalls
 from .registry import register
 from .threshold import batched_percentile, count, masks_above
 
@@ -48,7 +50,8 @@ class PathwayGrad(Attribution):
     """Input-specific pruning attribution ("pathway gradient").
 
     Args:
-        model: classifier returning logits [B, K]; its neurons are its ``nn.ReLU`` calls.
+        model: classifier returning logits [B, K]; its neurons are its ReLU calls (see
+            :mod:`attribution.neurons`).
         percentile: p, the share of each sample's neurons to prune (0-100; default 70).
         scores: ``taylor`` |a * dy/da| (default), ``integrated`` (per-layer integrated
             gradients), ``random`` (p % of each layer at random, a control) or
@@ -56,13 +59,21 @@ class PathwayGrad(Attribution):
         per_layer: apply the percentile inside each layer instead of across all layers.
         steps: integration steps (``integrated``, default 10) or pruning rounds
             (``greedy``, default 5).
+        activations: which activation calls are neurons: ``"relu"`` (the paper's; ReLU only),
+            ``"all"`` (also ReLU6/Hardtanh, LeakyReLU, ELU, SELU, CELU, GELU, SiLU, Hardswish,
+            Mish, PReLU), or a tuple of those names. Beyond ReLU this is our extension of the
+            paper: such activations have few exact zeros and negative outputs, so fewer neurons
+            are dead and a pruned neuron removes a negative contribution as well as a positive one.
+        allow_partial: when elementwise activations outside ``activations`` run (GELU in a net
+            pruned at its ReLUs only), prune the chosen ones anyway instead of raising.
     """
 
     #: The scoring pass resolves targets and yields the model's logits: no extra forward pass.
     resolves_targets = True
 
     def __init__(self, model: nn.Module, percentile: float = 70.0, scores: str = "taylor",
-                 per_layer: bool = False, steps: int | None = None) -> None:
+                 per_layer: bool = False, steps: int | None = None,
+                 activations: str | tuple[str, ...] = "relu", allow_partial: bool = False) -> None:
         super().__init__(model)
         if not 0.0 <= float(percentile) < 100.0:
             raise AttributionError(f"percentile must be in [0, 100), got {percentile}; 100 would prune every neuron")
@@ -73,17 +84,25 @@ class PathwayGrad(Attribution):
                 f"steps applies to scores='integrated' or 'greedy' and must be >= 1, got steps={steps} "
                 f"with scores={scores!r}"
             )
+        families = acts.resolve(activations if isinstance(activations, str) else tuple(activations))
         self.percentile = float(percentile)
         self.scores = scores
         self.seeded = scores == "random"
         self.per_layer = bool(per_layer) or scores == "random"
         self.steps = int(steps) if steps is not None else DEFAULT_STEPS.get(scores)
+        self.activations = ("all" if families == frozenset(acts.FAMILIES) else "relu" if families == {"relu"}
+                            else tuple(f for f in acts.FAMILIES if f in families))
+        self.allow_partial = bool(allow_partial)
 
     @property
     def params(self) -> dict:
-        params = {"percentile": self.percentile, "scores": self.scores, "per_layer": self.per_layer}
+        params: dict = {"percentile": self.percentile, "scores": self.scores, "per_layer": self.per_layer}
         if self.steps is not None:
             params["steps"] = self.steps
+        if self.activations != "relu":  # the paper's neurons are left implicit, as before the option
+            params["activations"] = list(self.activations) if isinstance(self.activations, tuple) else self.activations
+        if self.allow_partial:
+            params["allow_partial"] = True
         return params
 
     @property
@@ -96,6 +115,10 @@ class PathwayGrad(Attribution):
             "pruned_logit": Detail(torch.float64, "the pruned network's target logit"),
             "pruned_predicted": Detail(torch.int64, "the class the pruned network predicts"),
             "prediction_kept": Detail(torch.bool, "whether the pruned network still predicts the target"),
+            "neuron_calls": Detail(torch.int64, "activation calls that are neurons (pruning candidates)"),
+            "activation_calls": Detail(torch.int64, "elementwise activation calls that ran"),
+            "neuron_elements": Detail(torch.int64, "neurons per sample"),
+            "activation_elements": Detail(torch.int64, "elementwise activation outputs per sample"),
         }
 
     def masks(self, inputs: torch.Tensor, target: Target = None, *, sample_ids: SampleIds = None
@@ -119,8 +142,8 @@ class PathwayGrad(Attribution):
             return self._scored(relus, x.requires_grad_(True), targets, seeds).scores
 
     @contextlib.contextmanager
-    def _relu_calls(self) -> Iterator[ReluCalls]:
-        with torch.enable_grad(), ReluCalls(self.model) as relus:
+    def _relu_calls(self) -> Iterator[NeuronCalls]:
+        with torch.enable_grad(), NeuronCalls(self.model, self.activations, self.allow_partial) as relus:
             yield relus
 
     def _attribute(self, inputs: torch.Tensor, targets: torch.Tensor | None, seeds: list[int]
@@ -128,7 +151,7 @@ class PathwayGrad(Attribution):
         with self._relu_calls() as relus:
             return self._run(relus, inputs, targets, seeds)
 
-    def _run(self, relus: ReluCalls, inputs: torch.Tensor, targets: torch.Tensor | None,
+    def _run(self, relus: NeuronCalls, inputs: torch.Tensor, targets: torch.Tensor | None,
              seeds: list[int]) -> tuple[torch.Tensor, Details]:
         x = inputs.detach().requires_grad_(True)
         keep, thresholds, scored = self._masks(relus, x, targets, seeds)
@@ -139,7 +162,7 @@ class PathwayGrad(Attribution):
         pruned_logits, _, selected = scoring.forward_target(self.model, x, targets)
         if relus.calls != len(keep):
             raise AttributionError(
-                f"the model made {relus.calls} ReLU calls with pruning but {len(keep)} without; "
+                f"the model made {relus.calls} activation calls with pruning but {len(keep)} without; "
                 "its forward pass must not depend on the activations' values"
             )
         (grad,) = torch.autograd.grad(selected, x)
@@ -155,9 +178,12 @@ class PathwayGrad(Attribution):
             pruned_predicted=pruned_logits.argmax(1),
         )
         details["prediction_kept"] = details.pruned_predicted == targets
+        coverage, batch = scored.coverage, targets.shape[0]
+        for name in ("neuron_calls", "activation_calls", "neuron_elements", "activation_elements"):
+            details[name] = torch.full((batch,), getattr(coverage, name), dtype=torch.int64)
         return grad, details
 
-    def _masks(self, relus: ReluCalls, x: torch.Tensor, targets: torch.Tensor | None, seeds: list[int]
+    def _masks(self, relus: NeuronCalls, x: torch.Tensor, targets: torch.Tensor | None, seeds: list[int]
                ) -> tuple[list[torch.Tensor], torch.Tensor, scoring.Scored]:
         """Keep masks (1 keep / 0 pruned, one per ReLU call), thresholds, the unpruned scoring pass."""
         if self.scores == "greedy":
@@ -167,7 +193,7 @@ class PathwayGrad(Attribution):
         scored.scores = []
         return keep, thresholds, scored
 
-    def _scored(self, relus: ReluCalls, x: torch.Tensor, targets: torch.Tensor | None, seeds: list[int]
+    def _scored(self, relus: NeuronCalls, x: torch.Tensor, targets: torch.Tensor | None, seeds: list[int]
                 ) -> scoring.Scored:
         """The scoring pass of the unpruned network (greedy's first round is a Taylor pass)."""
         if self.scores in ("taylor", "greedy"):
@@ -176,7 +202,7 @@ class PathwayGrad(Attribution):
             return scoring.integrated(self.model, relus, x, targets, self.steps)
         return scoring.random(self.model, relus, x, targets, seeds)
 
-    def _greedy_masks(self, relus: ReluCalls, x: torch.Tensor, targets: torch.Tensor | None
+    def _greedy_masks(self, relus: NeuronCalls, x: torch.Tensor, targets: torch.Tensor | None
                       ) -> tuple[list[torch.Tensor], torch.Tensor, scoring.Scored]:
         """Prune p/steps % more in each round, re-scoring the pruned net; pruned stays pruned."""
         keep: list[torch.Tensor] | None = None

@@ -68,22 +68,19 @@ class _GuidedReLU(torch.autograd.Function):
         return grad_out.clamp(min=0) * (out > 0).to(grad_out.dtype)
 
 
-def _guided_relu_hook(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
-    return _GuidedReLU.apply(args[0])
-
-
 @contextlib.contextmanager
 def guided_relus(model: nn.Module) -> Iterator[nn.Module]:
-    """Make every call of every ``nn.ReLU`` in ``model`` backpropagate the guided way.
+    """Make every ReLU call of ``model`` backpropagate the guided way, however it is written.
 
-    Each call's output is replaced by :class:`_GuidedReLU` applied to that call's
-    input, so a ReLU module called several times per forward (torchvision ResNets)
-    is handled per call, and the rule touches only the gradient that flows through
-    the ReLU, not other uses of its input tensor (Captum's GuidedBackprop clamps the
-    input tensor's *total* gradient, which is wrong when that tensor also feeds a skip
-    connection). ReLUs run out of place meanwhile, so the hook sees the true input.
-    ``nn.functional.relu`` calls are not modules and stay plain ReLUs.
+    Each ReLU call (module, ``F.relu``, ``torch.relu``, ``x.relu()``; see
+    :class:`attribution.neurons.NeuronCalls`) returns :class:`_GuidedReLU` of its input, so a
+    ReLU module called several times per forward (torchvision ResNets) is handled per call, and
+    the rule touches only the gradient that flows through the ReLU, not other uses of its input
+    tensor (Captum's GuidedBackprop clamps the input tensor's *total* gradient, which is wrong
+    when that tensor also feeds a skip connection). Other activations keep their gradient.
     """
-    relus = [m for m in model.modules() if isinstance(m, nn.ReLU)]
-    with relu_out_of_place(model), forward_hooks(relus, _guided_relu_hook):
+    from .neurons import NeuronCalls
+
+    with NeuronCalls(model, "relu", allow_partial=True) as calls:
+        calls.reset(relu_rule=_GuidedReLU.apply)
         yield model

@@ -1,7 +1,7 @@
-"""Neuron scores: how much each ReLU output element contributes to the target logit.
+"""Neuron scores: how much each activation output element contributes to the target logit.
 
 Each function runs the forward/backward passes it needs inside an active
-:class:`~attribution.neurons.ReluCalls` session and returns one score tensor per ReLU
+:class:`~attribution.neurons.NeuronCalls` session and returns one score tensor per neuron
 call, shaped like that call's output and never negative. Scores are float32, or float64 for
 float64 inputs: a threshold over float64 activations must be taken in float64, or rounding the
 scores to float32 would move neurons across it (and float64's batched maps would no longer
@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .base import check_logits
-from .neurons import ReluCalls
+from .neurons import Coverage, NeuronCalls
 
 
 @dataclass
@@ -27,6 +27,7 @@ class Scored:
     scores: list[torch.Tensor]
     logits: torch.Tensor  # unpruned logits [B, K] (detached)
     targets: torch.Tensor  # [B]
+    coverage: Coverage  # what the unpruned pass ran
 
 
 def forward_target(model: nn.Module, x: torch.Tensor, targets: torch.Tensor | None
@@ -56,20 +57,20 @@ def _magnitude(grad: torch.Tensor, activation: torch.Tensor) -> torch.Tensor:
     return (grad.abs_() if owned else grad.abs()).mul_(activation)
 
 
-def taylor(model: nn.Module, relus: ReluCalls, x: torch.Tensor, targets: torch.Tensor | None,
+def taylor(model: nn.Module, relus: NeuronCalls, x: torch.Tensor, targets: torch.Tensor | None,
            keep: list[torch.Tensor] | None = None) -> Scored:
     """First-order Taylor scores |a * dy_t/da| (NeuronMCT), optionally in a pruned net."""
     relus.reset(record=True, keep=keep)
     logits, targets, selected = forward_target(model, x, targets)
     relus.check_recorded()
-    activations = relus.outputs
+    activations, coverage = relus.outputs, relus.coverage
     grads = torch.autograd.grad(selected, activations, allow_unused=True, materialize_grads=True)
     relus.reset()
     scores = [_magnitude(g, a.detach()) for g, a in zip(grads, activations)]
-    return Scored(scores, logits.detach(), targets)
+    return Scored(scores, logits.detach(), targets, coverage)
 
 
-def integrated(model: nn.Module, relus: ReluCalls, x: torch.Tensor, targets: torch.Tensor | None,
+def integrated(model: nn.Module, relus: NeuronCalls, x: torch.Tensor, targets: torch.Tensor | None,
                steps: int) -> Scored:
     """Integrated-gradient scores (NeuronIntGrad), one layer at a time.
 
@@ -81,7 +82,7 @@ def integrated(model: nn.Module, relus: ReluCalls, x: torch.Tensor, targets: tor
         relus.reset(record=True)
         logits, targets, _ = forward_target(model, x, targets)
         relus.check_recorded()
-        activations = relus.outputs
+        activations, coverage = relus.outputs, relus.coverage
     scores = []
     for layer, activation in enumerate(activations):
         total = torch.zeros_like(activation, dtype=score_dtype(activation.dtype))
@@ -92,20 +93,21 @@ def integrated(model: nn.Module, relus: ReluCalls, x: torch.Tensor, targets: tor
             total += grad
         relus.reset()
         scores.append(total.div_(steps).abs_().mul_(activation.to(total.dtype)))
-    return Scored(scores, logits.detach(), targets)
+    return Scored(scores, logits.detach(), targets, coverage)
 
 
-def random(model: nn.Module, relus: ReluCalls, x: torch.Tensor, targets: torch.Tensor | None,
+def random(model: nn.Module, relus: NeuronCalls, x: torch.Tensor, targets: torch.Tensor | None,
            seeds: list[int]) -> Scored:
     """Uniform random scores, drawn per sample from a generator seeded by that sample."""
     with torch.no_grad():
         relus.reset(record=True)
         logits, targets, _ = forward_target(model, x, targets)
-        shapes = [out.shape for out in relus.outputs]
+        relus.check_recorded()
+        shapes, coverage = [out.shape for out in relus.outputs], relus.coverage
         relus.reset()
     scores = [torch.empty(shape, dtype=torch.float32, device=x.device) for shape in shapes]
     for row, seed in enumerate(seeds):
         generator = torch.Generator(device=x.device).manual_seed(seed)
         for layer in scores:
             layer[row] = torch.rand(layer.shape[1:], generator=generator, device=x.device)
-    return Scored(scores, logits.detach(), targets)
+    return Scored(scores, logits.detach(), targets, coverage)

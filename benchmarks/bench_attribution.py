@@ -34,7 +34,7 @@ import torch
 
 import attribution
 import attribution.baselines  # noqa: F401  (registers the baselines)
-from attribution.neurons import ReluCalls
+from attribution.neurons import NeuronCalls
 from attribution.pathway import PathwayGrad
 from attribution.scores import taylor
 from attribution.threshold import batched_percentile
@@ -132,7 +132,7 @@ def measure(fn: Callable[[], object], device: torch.device, samples: int, repeat
 def threshold_cost(model: torch.nn.Module, x: torch.Tensor, device: torch.device, repeats: int) -> dict:
     """Time the percentile selection alone on the real scores of this batch."""
     xr = x.detach().requires_grad_(True)
-    with torch.enable_grad(), ReluCalls(model) as relus:
+    with torch.enable_grad(), NeuronCalls(model) as relus:
         scores = [s.flatten(1) for s in taylor(model, relus, xr, None).scores]
     total = sum(s.shape[1] for s in scores)
     rank = int(0.7 * (total - 1)) + 1

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from attribution.neurons import ReluCalls
+from attribution.neurons import NeuronCalls
 from models.tv import models as tv_models
 
 
@@ -61,10 +62,53 @@ def hooks_left(model: nn.Module) -> int:
     )
 
 
+class BlockNet(nn.Module):
+    """A small residual CNN whose ReLUs are written in one of several ways, so that twins with the
+    same weights differ only in how they call ReLU. ``style``: ``module`` (one shared in-place
+    ``nn.ReLU``), ``functional`` (``F.relu``), ``torch`` (``torch.relu``), ``method``
+    (``x.relu()``), ``inplace`` (``F.relu(x, inplace=True)``, ``torch.relu_``, ``x.relu_()``)
+    or ``mixed`` (a different one at each call). The block's output adds a skip connection."""
+
+    STYLES = ("module", "functional", "torch", "method", "inplace", "mixed")
+
+    def __init__(self, style: str = "module", classes: int = 5) -> None:
+        super().__init__()
+        self.style = style
+        self.conv1 = nn.Conv2d(3, 6, 3, padding=1)
+        self.conv2 = nn.Conv2d(6, 6, 3, padding=1)
+        self.conv3 = nn.Conv2d(6, 8, 3, padding=1, stride=2)
+        self.relu = nn.ReLU(inplace=True)  # declared always; called only in the "module" style
+        self.fc = nn.Linear(8, classes)
+
+    def act(self, x: torch.Tensor, call: int) -> torch.Tensor:
+        style = self.style if self.style != "mixed" else ("module", "functional", "method", "inplace")[call % 4]
+        if style == "module":
+            return self.relu(x)
+        if style == "functional":
+            return F.relu(x)
+        if style == "torch":
+            return torch.relu(x)
+        if style == "method":
+            return x.relu()
+        return (lambda t: F.relu(t, inplace=True), torch.relu_, torch.Tensor.relu_)[call % 3](x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.act(self.conv1(x), 0)
+        h = self.act(self.conv2(h) + h, 1)
+        h = self.act(self.conv3(h), 2)
+        return self.fc(h.mean(dim=(2, 3)))
+
+
+def twin(style: str, source: nn.Module) -> BlockNet:
+    """A BlockNet of ``style`` with ``source``'s weights and dtype."""
+    net = BlockNet(style)
+    net.load_state_dict(source.state_dict())
+    return net.to(next(source.parameters()).dtype).eval()
+
 
 def relu_call_shapes(model: torch.nn.Module, x: torch.Tensor) -> list[tuple[int, ...]]:
-    """Output shape of every nn.ReLU call, in call order: the neurons the attribution method sees."""
-    with torch.no_grad(), ReluCalls(model) as relus:
+    """Output shape of every ReLU call, in call order: the neurons the attribution method sees."""
+    with torch.no_grad(), NeuronCalls(model) as relus:
         relus.reset(record=True)
         model(x)
         return [tuple(out.shape) for out in relus.outputs]

@@ -1,20 +1,22 @@
-"""ReluCalls finds every ReLU call, and leaves no trace on the model, even after errors."""
+"""NeuronCalls finds every activation call, however it is written, and leaves no trace on the model,
+even after errors."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from attribution import AttributionError
-from attribution.neurons import ReluCalls
+from attribution.neurons import NeuronCalls
 from attribution.pathway import PathwayGrad
 from models.tv import models as tv_models
-from tests.nets import hooks_left
+from tests.nets import BlockNet, hooks_left, relu_call_shapes, twin
 
 
 def count_calls(model: nn.Module, x: torch.Tensor) -> tuple[int, int]:
-    with torch.no_grad(), ReluCalls(model) as relus:
+    with torch.no_grad(), NeuronCalls(model) as relus:
         relus.reset(record=True)
         model(x)
         return relus.calls, sum(o[0].numel() for o in relus.outputs)
@@ -60,10 +62,82 @@ def test_hooks_are_removed_when_the_forward_pass_raises() -> None:
     assert hooks_left(model) == 0
 
 
-def test_model_without_relu_is_a_clear_error() -> None:
+def test_model_without_relu_is_a_clear_error_naming_the_option() -> None:
     model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 2))
-    with pytest.raises(AttributionError, match="no nn.ReLU modules"):
+    with pytest.raises(AttributionError, match="makes no relu activation calls.*activations='all'"):
         PathwayGrad(model).attribute(torch.randn(2, 1, 2, 2))
+    gelu = nn.Sequential(nn.Flatten(), nn.Linear(4, 3), nn.GELU(), nn.Linear(3, 2))
+    with pytest.raises(AttributionError, match=r"activation calls that ran: 1 gelu\).*activations='all'"):
+        PathwayGrad(gelu).attribute(torch.randn(2, 1, 2, 2))
+    assert hooks_left(gelu) == 0 and not torch.overrides._get_current_function_mode_stack()
+
+
+@pytest.mark.parametrize("style", BlockNet.STYLES)
+def test_every_way_of_writing_relu_is_a_neuron_call(style: str) -> None:
+    torch.manual_seed(0)
+    net = twin(style, BlockNet().eval())
+    shapes = relu_call_shapes(net, torch.zeros(2, 3, 8, 8))
+    assert shapes == [(2, 6, 8, 8), (2, 6, 8, 8), (2, 8, 4, 4)]
+    assert hooks_left(net) == 0 and not torch.overrides._get_current_function_mode_stack()
+
+
+@pytest.mark.parametrize("write", ["F.relu", "F.relu_inplace", "torch.relu", "torch.relu_", "Tensor.relu",
+                                   "Tensor.relu_"])
+def test_functional_pruned_call_is_relu_times_mask_with_the_same_gradient(write: str) -> None:
+    call = {"F.relu": F.relu, "F.relu_inplace": lambda t: F.relu(t, inplace=True), "torch.relu": torch.relu,
+            "torch.relu_": torch.relu_, "Tensor.relu": torch.Tensor.relu, "Tensor.relu_": torch.Tensor.relu_}[write]
+
+    class Net(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return call(x * 1.0)
+
+    generator = torch.Generator().manual_seed(0)
+    z = torch.randn(4, 50, generator=generator)
+    z[:, :5] = 0.0
+    keep = (torch.rand(4, 50, generator=generator) > 0.5).to(torch.uint8)
+    weight = torch.randn(4, 50, generator=generator)
+    x, net = z.clone().requires_grad_(True), Net()
+    with NeuronCalls(net) as calls:
+        calls.reset(keep=[keep])
+        out = net(x)
+        assert calls.calls == 1
+    (grad,) = torch.autograd.grad((out * weight).sum(), x)
+    y = z.clone().requires_grad_(True)
+    (expected,) = torch.autograd.grad((torch.relu(y) * keep * weight).sum(), y)
+    assert torch.equal(out.detach(), torch.relu(z) * keep) and torch.equal(grad, expected)
+
+
+def test_activations_of_parameters_are_not_neurons() -> None:
+    """Only tensors computed from the input hold neurons (Swin-V2's position-bias MLP applies a ReLU
+    to coordinates, the same for every sample)."""
+
+    class ParamGate(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+            self.scale = nn.Parameter(torch.randn(4))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return F.relu(self.fc(x.flatten(1))) * F.relu(self.scale)
+
+    net = ParamGate()
+    with torch.no_grad(), NeuronCalls(net) as calls:
+        calls.reset(record=True)
+        net(torch.randn(3, 1, 2, 2))
+        assert calls.calls == 1 and calls.outputs[0].shape == (3, 4) and not calls.coverage.missed
+
+
+def test_a_declared_relu_module_that_is_never_called_is_no_problem() -> None:
+    torch.manual_seed(0)
+    net = BlockNet("functional").eval()  # holds self.relu, calls F.relu
+    maps, details = PathwayGrad(net).attribute(torch.randn(2, 3, 8, 8), return_details=True)
+    assert torch.isfinite(maps).all() and details.neuron_calls.tolist() == [3, 3]
+
+
+def test_torchscript_is_refused_with_the_fix() -> None:
+    scripted = torch.jit.script(nn.Sequential(nn.Flatten(), nn.Linear(4, 2), nn.ReLU(), nn.Linear(2, 2)))
+    with pytest.raises(AttributionError, match="TorchScript.*pass the eager"):
+        PathwayGrad(scripted).attribute(torch.randn(2, 1, 2, 2))
 
 
 def test_relu_output_modified_in_place_later_is_a_clear_error() -> None:
@@ -92,7 +166,7 @@ def test_pruned_call_is_relu_times_mask_with_the_same_gradient(inplace: bool) ->
     weight = torch.randn(4, 50, generator=generator)
     model = nn.Sequential(nn.Identity(), nn.ReLU(inplace=inplace))
     x = z.clone().requires_grad_(True)
-    with ReluCalls(model) as relus:
+    with NeuronCalls(model) as relus:
         relus.reset(keep=[keep])
         out = model(x.clone())
     (grad,) = torch.autograd.grad((out * weight).sum(), x)
@@ -114,7 +188,7 @@ def test_relu_subclass_with_its_own_forward_is_pruned_on_its_output_and_user_hoo
     model = nn.Sequential(nn.Flatten(), relu)
     x = torch.randn(2, 6)
     keep = torch.tensor([[1.0, 0, 1, 0, 1, 0]] * 2)
-    with ReluCalls(model) as relus:
+    with NeuronCalls(model) as relus:
         relus.reset(keep=[keep])
         out = model(x)
     assert torch.equal(out, (torch.relu(x) + 0.5) * keep)
