@@ -52,11 +52,13 @@ def build(name: str, batch: int, seed: int = 0) -> tuple[torch.nn.Module, torch.
     torch.manual_seed(seed)
     if name == "small":
         return build_model(fashion_mnist_spec()).eval(), torch.randn(batch, 1, 28, 28)
-    return getattr(tv_models, name)().eval(), torch.randn(batch, 3, 224, 224)
+    return tv_models.get_model(name).eval(), torch.randn(batch, 3, 224, 224)
 
 
 def make_method(name: str, model: torch.nn.Module):
-    return PathwayGrad(model) if name == "pathway" else attribution.get(name, model)
+    """PathwayGrad with ``activations="all"``: the paper's ReLU neurons on ReLU nets, and every
+    elementwise activation on the others (ConvNeXt's GELUs)."""
+    return PathwayGrad(model, activations="all") if name == "pathway" else attribution.get(name, model)
 
 
 def peak_memory_mib(model_name: str, method: str, batch: int, device: torch.device) -> float:
@@ -132,7 +134,7 @@ def measure(fn: Callable[[], object], device: torch.device, samples: int, repeat
 def threshold_cost(model: torch.nn.Module, x: torch.Tensor, device: torch.device, repeats: int) -> dict:
     """Time the percentile selection alone on the real scores of this batch."""
     xr = x.detach().requires_grad_(True)
-    with torch.enable_grad(), NeuronCalls(model) as relus:
+    with torch.enable_grad(), NeuronCalls(model, "all") as relus:
         scores = [s.flatten(1) for s in taylor(model, relus, xr, None).scores]
     total = sum(s.shape[1] for s in scores)
     rank = int(0.7 * (total - 1)) + 1
@@ -151,7 +153,7 @@ def bench_model(name: str, batch: int, device: torch.device, repeats: int, ig_sa
     model, x = model.to(device), x.to(device)
     batch = x.shape[0]
     targets = model(x).argmax(1)
-    pathway = PathwayGrad(model)
+    pathway = make_method("pathway", model)
     gradient = attribution.get("gradient", model)
     ig = attribution.get("integrated_gradients", model, n_steps=50)
     loop_x, loop_t = x[:loop_samples], targets[:loop_samples]
@@ -213,7 +215,9 @@ def print_table(result: dict) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--models", default="small,resnet50", help="comma list of: small, resnet18, resnet50")
+    parser.add_argument("--models", default="small,resnet50",
+                        help="comma list of: small, or any torchvision classification model at 224 px, e.g. "
+                             "resnet18,vgg16_bn,densenet121,convnext_tiny")
     parser.add_argument("--batch-size", type=int, default=None, help="default: 64 on CUDA; 64 small / 8 resnet50 on CPU")
     parser.add_argument("--repeats", type=int, default=7, help="timed runs per figure (median reported)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")

@@ -126,9 +126,10 @@ def run(args: argparse.Namespace) -> int:
 
     results: list[dict] = []
     if planned.tasks:
-        from jobs.cluster import start_ray
+        from jobs.cluster import check_workers_import, start_ray
 
         start_ray(args.ray_address)
+        check_workers_import(spec.arch)
         results = run_shards(planned.tasks, config, args)
 
     committed = {name: store.committed(name) for name in config.labels}

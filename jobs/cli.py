@@ -49,6 +49,17 @@ def positive_float(text: str) -> float:
     return value
 
 
+def json_object(text: str) -> dict[str, Any]:
+    """A JSON object argument (e.g. an arch's keyword arguments)."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r} ({err.msg})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
+    return value
+
+
 def reduction(text: str) -> str:
     from attribution import REDUCTIONS
 
@@ -121,10 +132,29 @@ def storage_options_from(text: str | None) -> dict[str, Any]:
 # --------------------------------------------------------------------------- methods, checkpoint
 
 
+def _split_top_level(text: str) -> list[str]:
+    """``text`` split at commas outside brackets and quotes (a value may be a JSON list)."""
+    parts, depth, quote, start = [], 0, "", 0
+    for i, char in enumerate(text):
+        if quote:
+            quote = "" if char == quote else quote
+        elif char in "\"'":
+            quote = char
+        elif char in "[{":
+            depth += 1
+        elif char in "]}":
+            depth -= 1
+        elif char == "," and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    return [*parts, text[start:]]
+
+
 def parse_params(item: str, rest: str) -> dict[str, Any]:
-    """``"percentile=70,scores=taylor"`` -> {"percentile": 70, "scores": "taylor"}; values parsed as JSON."""
+    """``'percentile=70,activations=["relu","gelu"]'`` -> {"percentile": 70, "activations": ["relu", "gelu"]};
+    values parsed as JSON where they are JSON, else kept as strings."""
     params: dict[str, Any] = {}
-    for pair in filter(None, rest.split(",")):
+    for pair in filter(None, _split_top_level(rest)):
         key, eq, value = pair.partition("=")
         if not eq:
             raise JobError(f"--methods: expected key=value in {item!r}, got {pair!r}")

@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from jobs.cli import JobError
+
 
 def start_ray(address: str | None) -> None:
     """Join the Ray at ``address`` (or ``$RAY_ADDRESS``), reuse one already initialized in this
@@ -61,3 +63,30 @@ def size_workers(device: str, workers: int | None, default_cpu_workers: int | st
     count = workers or (cpus if default_cpu_workers == "cpus" else int(default_cpu_workers))
     threads = max(1, cpus // count)
     return WorkerSizing(count, 0, threads, threads, "cpu" if device == "auto" else device)
+
+
+def check_workers_import(arch: str) -> None:
+    """When ``arch`` is an import path (the user's model code), check that a Ray worker can import
+    its module before any actor starts, so that a missing module is one clear line, not an actor
+    traceback per retry."""
+    if ":" not in arch or arch.startswith("timm:"):
+        return
+    import ray
+
+    module = arch.partition(":")[0]
+    error = ray.get(ray.remote(num_cpus=0)(_try_import).remote(module), timeout=300)
+    if error:
+        raise JobError(f"the Ray workers cannot import {module!r}, which the checkpoint's arch {arch!r} names "
+                       f"({error}); locally, put it on PYTHONPATH before the job starts Ray; with ray job submit, "
+                       "pass --working-dir . (or runtime_env py_modules)")
+
+
+def _try_import(module: str) -> str | None:
+    """Runs on a Ray worker: None if ``module`` imports there, else why not."""
+    import importlib
+
+    try:
+        importlib.import_module(module)
+    except Exception as err:  # noqa: BLE001 - reported to the driver as one line
+        return f"{type(err).__name__}: {err}"
+    return None

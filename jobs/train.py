@@ -29,8 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from jobs.cli import (DEFAULT_CHECKPOINT, JobError, job_parser, positive_float, positive_int, run_main,
-                      storage_flags, storage_options_from)
+from jobs.cli import (DEFAULT_CHECKPOINT, JobError, job_parser, json_object, positive_float, positive_int,
+                      run_main, storage_flags, storage_options_from)
 
 DEFAULT_OUTPUT = DEFAULT_CHECKPOINT
 # Defaults chosen to pass 90 % Fashion-MNIST test accuracy in a few CPU minutes (2 cores).
@@ -54,15 +54,29 @@ def _input_size(text: str) -> tuple[int, int]:
     return size  # type: ignore[return-value]
 
 
+def arch_name(text: str) -> str:
+    """An arch that resolves here (an import path is imported now, so a typo fails at once)."""
+    from models.archs import resolve
+    from models.registry import ModelError
+
+    try:
+        resolve(text)
+    except ModelError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    from models.registry import available_archs
     from models.training import OPTIMIZERS, SCHEDULES
 
     p = job_parser("python -m jobs.train", __doc__, [storage_flags()])
     p.add_argument("--source", default="fashion-mnist", help="dataset source name or URL (storage.sources)")
     p.add_argument("--test-split", default="test", help="split to evaluate on; 'none' to skip evaluation")
-    p.add_argument("--arch", default="resnet8", choices=available_archs(), metavar="ARCH",
-                   help=f"architecture, one of: {', '.join(available_archs())}")
+    p.add_argument("--arch", default="resnet8", metavar="ARCH", type=arch_name,
+                   help="resnet8, a torchvision classification model (resnet18, densenet121, convnext_tiny, ...), "
+                        "timm:<name>, or your own package.module:ClassOrFactory (on PYTHONPATH)")
+    p.add_argument("--arch-kwargs", type=json_object, default={}, metavar="JSON",
+                   help="keyword arguments of the arch's constructor, e.g. '{\"width\": 16}'")
     p.add_argument("--pretrained", action="store_true", help="start from torchvision's ImageNet weights (needs network)")
     p.add_argument("--input-size", type=_input_size, default=None, help="resize images to H,W (default: as stored)", metavar="H,W")
     p.add_argument("--epochs", type=positive_int, default=DEFAULT_EPOCHS, help="passes over the train set")
@@ -113,7 +127,8 @@ def make_spec(args: argparse.Namespace, images: np.ndarray, labels: np.ndarray, 
     else:
         mean, std = channel_stats(images)
     return ModelSpec(arch=args.arch, num_classes=len(classes), in_channels=channels,
-                     input_size=args.input_size or tuple(images.shape[1:3]), mean=mean, std=std, class_names=classes)
+                     input_size=args.input_size or tuple(images.shape[1:3]), mean=mean, std=std, class_names=classes,
+                     arch_kwargs=args.arch_kwargs)
 
 
 def train(args: argparse.Namespace) -> dict[str, Any]:

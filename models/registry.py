@@ -1,8 +1,9 @@
-"""Model specs and the architectures a spec can name. Pure torch: no file or network I/O
+"""Model specs, and building the model a spec names. Pure torch: no file or network I/O
 except torchvision's own download of pretrained weights when asked for.
 
-A :class:`ModelSpec` holds everything a job needs to rebuild a classifier and feed it:
-the architecture, its input shape, the normalization and the class names. Checkpoints
+A :class:`ModelSpec` holds everything a job needs to rebuild a classifier and feed it: the
+architecture (:mod:`models.archs`) and its keyword arguments, its input shape, the
+normalization and the class names. Checkpoints
 store the spec next to the weights, so preprocessing travels with the model, not with
 the data reader.
 """
@@ -10,15 +11,16 @@ the data reader.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
-from models.small import resnet8
+from models import archs
 
 
 class ModelError(ValueError):
@@ -52,6 +54,7 @@ class ModelSpec:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     class_names: list[str] = field(default_factory=list)
+    arch_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         def fail(msg: str) -> None:
@@ -75,6 +78,12 @@ class ModelSpec:
         names = [str(n) for n in self.class_names] or [str(i) for i in range(self.num_classes)]
         if len(names) != self.num_classes:
             fail(f"{len(names)} class_names for num_classes={self.num_classes}")
+        kwargs = dict(self.arch_kwargs or {})
+        try:
+            json.dumps(kwargs, allow_nan=False)
+        except (TypeError, ValueError):
+            fail(f"arch_kwargs must be plain JSON data (they are stored in the checkpoint), got {kwargs!r}")
+        object.__setattr__(self, "arch_kwargs", kwargs)
         object.__setattr__(self, "input_size", (int(size[0]), int(size[1])))
         object.__setattr__(self, "mean", mean)
         object.__setattr__(self, "std", std)
@@ -90,6 +99,7 @@ class ModelSpec:
             "mean": list(self.mean),
             "std": list(self.std),
             "class_names": list(self.class_names),
+            "arch_kwargs": dict(self.arch_kwargs),
         }
 
     @classmethod
@@ -97,7 +107,7 @@ class ModelSpec:
         if not isinstance(data, Mapping):
             raise ModelError(f"a ModelSpec must be a mapping, got {type(data).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
-        missing = sorted(known - set(data) - {"class_names"})
+        missing = sorted(known - set(data) - {"class_names", "arch_kwargs"})
         if missing:
             raise ModelError(f"ModelSpec is missing field(s) {missing}")
         unknown = sorted(set(data) - known)
@@ -123,9 +133,9 @@ def fashion_mnist_spec(arch: str = "resnet8") -> ModelSpec:
 def imagenet_spec(arch: str = "resnet50", input_size: tuple[int, int] = (224, 224)) -> ModelSpec:
     """An ImageNet classifier with torchvision's normalization and the 1000 class names
     (the names ship with torchvision's code; no download)."""
-    _arch_entry(arch)
+    archs.resolve(arch)
     try:
-        categories = list(_tv_models().get_model_weights(arch).DEFAULT.meta["categories"])
+        categories = list(archs.tv_models().get_model_weights(arch).DEFAULT.meta["categories"])
     except (ValueError, KeyError, AttributeError):
         categories = []
     return ModelSpec(
@@ -134,112 +144,60 @@ def imagenet_spec(arch: str = "resnet50", input_size: tuple[int, int] = (224, 22
     )
 
 
-# --------------------------------------------------------------------------- architectures
-
-
-@dataclass(frozen=True)
-class _Arch:
-    build: Callable[..., nn.Module]  # (num_classes=..., weights=...) or (num_classes, in_channels)
-    torchvision: bool
-    first_conv: str  # dotted path of the conv that sees the input
-    head: str  # dotted path of the final nn.Linear
-
-
-def _tv_models() -> Any:
-    """torchvision.models, imported on first use (about 0.9 s; the default ResNet-8 needs none)."""
-    from models.tv import models
-
-    return models
-
-
-def _torchvision(name: str) -> Callable[..., nn.Module]:
-    def build(**kwargs: Any) -> nn.Module:
-        return getattr(_tv_models(), name)(**kwargs)
-
-    return build
-
-
-_ARCHS: dict[str, _Arch] = {"resnet8": _Arch(resnet8, False, "conv1", "fc")}
-# Only architectures whose nonlinearities are all nn.ReLU modules (the attribution
-# method hooks ReLU calls; DenseNet's functional relu or MobileNet's ReLU6 would escape).
-for _name in ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
-              "wide_resnet50_2", "wide_resnet101_2", "resnext50_32x4d"):
-    _ARCHS[_name] = _Arch(_torchvision(_name), True, "conv1", "fc")
-for _name in ("vgg11", "vgg13", "vgg16", "vgg19", "vgg11_bn", "vgg13_bn", "vgg16_bn", "vgg19_bn", "alexnet"):
-    _ARCHS[_name] = _Arch(_torchvision(_name), True, "features.0", "classifier.6")
+# --------------------------------------------------------------------------- building
 
 
 def available_archs() -> list[str]:
-    return sorted(_ARCHS)
-
-
-def _arch_entry(arch: str) -> _Arch:
-    try:
-        return _ARCHS[arch]
-    except KeyError:
-        raise ModelError(f"unknown arch {arch!r}; known: {', '.join(available_archs())}") from None
+    """Named archs (ours and torchvision's); ``timm:<name>`` and import paths work too."""
+    return archs.available()
 
 
 def build_model(spec: ModelSpec, pretrained: bool = False) -> nn.Module:
-    """Build the classifier ``spec`` names, in train mode (call ``.eval()`` to explain it).
+    """Build the classifier ``spec`` names (:mod:`models.archs`), in train mode (call ``.eval()``
+    to explain it), checked to take ``spec.input_size`` and to return ``num_classes`` logits.
 
-    ``pretrained=True`` loads torchvision's default ImageNet weights (downloaded by
-    torchvision into ``$TORCH_HOME``); a head of another size than 1000 classes and a
-    first conv for ``in_channels != 3`` are then replaced (the new conv starts from the
-    pretrained RGB filters, summed or repeated across channels).
+    ``pretrained=True`` loads torchvision's default ImageNet weights (downloaded by torchvision
+    into ``$TORCH_HOME``); a head of another size than 1000 classes and a first conv for
+    ``in_channels != 3`` are then replaced (the new conv starts from the pretrained RGB filters,
+    summed or repeated across channels).
     """
-    entry = _arch_entry(spec.arch)
-    if entry.torchvision:  # on meta, before initializing or downloading weights (torchvision imports torch._dynamo anyway)
+    arch = archs.resolve(spec.arch)
+    if arch.torchvision:  # on meta, before initializing or downloading weights (torchvision imports torch._dynamo anyway)
         check_input_size(spec)
-    model = _construct(spec, entry, pretrained)
-    if not entry.torchvision:  # our small archs: one real pass costs less than the meta kernels' import of torch._dynamo
+    if pretrained:
+        model = _pretrained(spec, arch)
+    else:
+        model = arch.build(spec)
+    if not arch.torchvision:  # one real pass costs less than the meta kernels' import of torch._dynamo
         _check_forward(model, spec)
     return model
 
 
-def _construct(spec: ModelSpec, entry: _Arch, pretrained: bool) -> nn.Module:
-    if pretrained:
-        if not entry.torchvision:
-            raise ModelError(f"arch {spec.arch!r} has no pretrained weights; train it with jobs.train")
-        model = _pretrained(spec.arch, entry)
-        if _get(model, entry.head).out_features != spec.num_classes:
-            old = _get(model, entry.head)
-            _set(model, entry.head, nn.Linear(old.in_features, spec.num_classes))
-    elif entry.torchvision:
-        model = entry.build(weights=None, num_classes=spec.num_classes)
-    else:
-        model = entry.build(num_classes=spec.num_classes, in_channels=spec.in_channels)
-    if entry.torchvision and spec.in_channels != 3:
-        old = _get(model, entry.first_conv)
-        new = nn.Conv2d(spec.in_channels, old.out_channels, kernel_size=old.kernel_size, stride=old.stride,
-                        padding=old.padding, dilation=old.dilation, groups=old.groups, bias=old.bias is not None)
-        if pretrained:
-            with torch.no_grad():
-                w = old.weight
-                if spec.in_channels == 1:
-                    new.weight.copy_(w.sum(dim=1, keepdim=True))
-                else:
-                    reps = math.ceil(spec.in_channels / 3)
-                    new.weight.copy_(w.repeat(1, reps, 1, 1)[:, : spec.in_channels] * (3.0 / spec.in_channels))
-                if old.bias is not None:
-                    new.bias.copy_(old.bias)
-        _set(model, entry.first_conv, new)
-    return model
-
-
-def _pretrained(arch: str, entry: _Arch) -> nn.Module:
+def _pretrained(spec: ModelSpec, arch: archs.Arch) -> nn.Module:
+    if not arch.torchvision:
+        raise ModelError(f"arch {spec.arch!r} has no pretrained weights here; train it with jobs.train, or save "
+                         "your own weights as a checkpoint (python -m jobs.convert)")
     try:
-        weights = _tv_models().get_model_weights(arch).DEFAULT
+        weights = archs.tv_models().get_model_weights(spec.arch).DEFAULT
     except ValueError as err:
-        raise ModelError(f"torchvision has no pretrained weights for {arch!r}") from err
+        raise ModelError(f"torchvision has no pretrained weights for {spec.arch!r}") from err
     try:
-        return entry.build(weights=weights)
+        model = archs.tv_models().get_model(spec.arch, weights=weights, **spec.arch_kwargs)
     except Exception as err:  # urllib / OSError / hash mismatch: all mean "no usable weights"
         raise ModelError(
-            f"could not get pretrained weights for {arch!r} from {weights.url}: {type(err).__name__}: {err}. "
+            f"could not get pretrained weights for {spec.arch!r} from {weights.url}: {type(err).__name__}: {err}. "
             "The machine may have no network access; download the file elsewhere and place it in "
             f"{torch.hub.get_dir()}/checkpoints/, or train the model with jobs.train."
         ) from err
+    head = next((n for n, m in reversed(list(model.named_modules()))
+                 if isinstance(m, nn.Linear) and m.out_features == 1000), None)
+    if head is not None and spec.num_classes != 1000:
+        old = model.get_submodule(head)
+        parent, _, attr = head.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, attr, nn.Linear(old.in_features, spec.num_classes))
+    if spec.in_channels != 3:
+        archs.replace_first_conv(model, spec.in_channels, pretrained=True)
+    return model
 
 
 def check_input_size(spec: ModelSpec) -> None:
@@ -250,7 +208,7 @@ def check_input_size(spec: ModelSpec) -> None:
     :func:`build_model` checks on the model it has just built instead.
     """
     with torch.device("meta"):
-        model = _construct(spec, _arch_entry(spec.arch), pretrained=False)
+        model = archs.resolve(spec.arch).build(spec)
     _check_forward(model, spec)
 
 
@@ -272,12 +230,3 @@ def _check_forward(model: nn.Module, spec: ModelSpec) -> None:
     if tuple(out.shape) != (1, spec.num_classes):
         raise ModelError(f"arch {spec.arch!r} returns shape {tuple(out.shape)} for one {h}x{w} input, "
                          f"expected (1, {spec.num_classes})")
-
-
-def _get(model: nn.Module, path: str) -> nn.Module:
-    return model.get_submodule(path)
-
-
-def _set(model: nn.Module, path: str, module: nn.Module) -> None:
-    parent, _, name = path.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, name, module)

@@ -4,10 +4,13 @@ A checkpoint is one ``torch.save`` file holding only plain types and tensors::
 
     {"format": "pathway-attribution.checkpoint", "version": 1,
      "spec": ModelSpec.to_dict(), "state_dict": {name: tensor},
+     "fingerprint": {"modules": [...], "probe": [...]},   # models.fingerprint
      "metrics": {...JSON types...}, "torch_version": "...", "created": "ISO-8601 UTC"}
 
-It is read with ``torch.load(..., weights_only=True)`` only, so a checkpoint from an
-untrusted bucket cannot run code. Writes are atomic: a local file is written under a
+It is read with ``torch.load(..., weights_only=True)`` only, so the file itself cannot run code.
+Its ``spec.arch`` can, when it is an import path of the user's model code (models/archs.py
+says what is allowed): load checkpoints whose arch you trust. The fingerprint is checked on
+save (the arch must rebuild the model being saved) and on load (it must still build it). Writes are atomic: a local file is written under a
 temporary name in the same directory and renamed; an object store gets the whole
 object in one PUT (objects appear whole or not at all).
 """
@@ -26,6 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from models.fingerprint import differences, fingerprint
 from models.registry import ModelError, ModelSpec, build_model
 from storage.fs import StorageError, StorageNotFound, open_fs, redact_url, storage_errors
 from storage.location import put_url
@@ -87,11 +91,14 @@ def save_checkpoint(url: str, model: nn.Module, spec: ModelSpec, storage_options
     if not isinstance(model, nn.Module):
         raise CheckpointError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     state = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
+    saved = fingerprint(model, spec.in_channels, spec.input_size)
+    _check_rebuilds(spec, state, saved, f"the model to save as {redact_url(url)}")
     payload = {
         "format": FORMAT,
         "version": VERSION,
         "spec": spec.to_dict(),
         "state_dict": state,
+        "fingerprint": saved,
         "metrics": _plain(dict(metrics or {})),
         "torch_version": str(torch.__version__),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -102,6 +109,21 @@ def save_checkpoint(url: str, model: nn.Module, spec: ModelSpec, storage_options
         put_url(url, buf.getvalue(), storage_options)
     except StorageError as err:
         raise CheckpointError(f"cannot save checkpoint: {err}") from None
+
+
+def _check_rebuilds(spec: ModelSpec, state: dict[str, torch.Tensor], saved: dict[str, Any], what: str) -> None:
+    """Refuse a checkpoint whose spec would load the weights into another network."""
+    try:
+        rebuilt = build_model(spec)
+        rebuilt.load_state_dict(state, strict=True)
+    except ModelError as err:
+        raise CheckpointError(f"{what}: {err}") from None
+    except RuntimeError as err:
+        raise CheckpointError(f"{what}: its weights do not fit arch {spec.arch!r}: {_safe(err)}") from None
+    problem = differences(saved, rebuilt, spec.in_channels, spec.input_size)
+    if problem:
+        raise CheckpointError(f"{what} is not the network arch {spec.arch!r} builds ({problem}); name the arch that "
+                              "builds it, e.g. an import path package.module:ClassOrFactory with arch_kwargs")
 
 
 def read_checkpoint(url: str, storage_options: Mapping[str, Any] | None = None,
@@ -158,6 +180,11 @@ def load_checkpoint(url: str, storage_options: Mapping[str, Any] | None = None,
         model.load_state_dict(payload["state_dict"], strict=True)
     except RuntimeError as err:
         raise CheckpointError(f"checkpoint {shown}: weights do not fit arch {spec.arch!r}: {_safe(err)}") from None
+    if payload.get("fingerprint"):  # checkpoints written before fingerprints have none
+        problem = differences(payload["fingerprint"], model, spec.in_channels, spec.input_size)
+        if problem:
+            raise CheckpointError(f"checkpoint {shown}: arch {spec.arch!r} no longer builds the saved network "
+                                  f"({problem}); load it with the model code that saved it")
     if map_location is not None and not callable(map_location) and not isinstance(map_location, dict):
         model = model.to(map_location)
     return model.eval(), spec

@@ -106,9 +106,10 @@ def twin(style: str, source: nn.Module) -> BlockNet:
     return net.to(next(source.parameters()).dtype).eval()
 
 
-def relu_call_shapes(model: torch.nn.Module, x: torch.Tensor) -> list[tuple[int, ...]]:
-    """Output shape of every ReLU call, in call order: the neurons the attribution method sees."""
-    with torch.no_grad(), NeuronCalls(model) as relus:
+def relu_call_shapes(model: torch.nn.Module, x: torch.Tensor, activations: str = "relu") -> list[tuple[int, ...]]:
+    """Output shape of every ReLU (or other ``activations``) call, in call order: the neurons the
+    attribution method sees."""
+    with torch.no_grad(), NeuronCalls(model, activations, allow_partial=True) as relus:
         relus.reset(record=True)
         model(x)
         return [tuple(out.shape) for out in relus.outputs]

@@ -76,7 +76,7 @@ def test_limit_is_a_seeded_subset(tmp_path) -> None:
 @pytest.mark.parametrize("args, code, message", [
     (["--epochs", "0"], 2, "--epochs: expected a positive integer"),
     (["--lr", "-1"], 2, "--lr: expected a positive number"),
-    (["--arch", "resnet9"], 2, "invalid choice: 'resnet9'"),
+    (["--arch", "resnet9"], 2, "--arch: unknown arch 'resnet9'; use resnet8, a torchvision"),
     (["--source", "/nonexistent/data"], 1, "jobs.train: error: .*nonexistent/data"),
     (["--storage-options", '{"secret": "hunter2"'], 1, "--storage-options is not valid JSON"),
     (["--arch", "vgg16"], 1, "vgg16.*28x28.*larger input_size"),

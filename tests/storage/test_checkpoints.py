@@ -124,8 +124,65 @@ def test_unknown_arch_is_named(tmp_path) -> None:
 def test_weights_that_do_not_fit(tmp_path) -> None:
     spec = fashion_mnist_spec()
     url = str(tmp_path / "net.pt")
-    save_checkpoint(url, build_model(spec.replace(num_classes=3, class_names=[])), spec)
+    other = build_model(spec.replace(num_classes=3, class_names=[]))
     with pytest.raises(CheckpointError, match="weights do not fit arch 'resnet8'"):
+        save_checkpoint(url, other, spec)  # refused when saving
+    payload = {"format": "pathway-attribution.checkpoint", "version": 1, "spec": spec.to_dict(),
+               "state_dict": other.state_dict(), "metrics": {}}
+    torch.save(payload, url)  # written by other code
+    with pytest.raises(CheckpointError, match="weights do not fit arch 'resnet8'"):
+        load_checkpoint(url)
+
+
+def test_a_model_its_arch_does_not_build_is_refused_on_save(tmp_path) -> None:
+    """A ResNet-18 trained without its max-pool loads into a stock ResNet-18 with strict=True: the
+    structural fingerprint names the difference instead."""
+    spec = ModelSpec("resnet18", 10, 3, (32, 32), (0.5,) * 3, (0.25,) * 3)
+    model = build_model(spec)
+    model.maxpool = torch.nn.Identity()
+    with pytest.raises(CheckpointError, match=r"not the network arch 'resnet18' builds.*maxpool is Identity in the "
+                                              r"saved network, MaxPool2d in the built one"):
+        save_checkpoint(str(tmp_path / "r18.pt"), model, spec)
+
+
+USER_NET = """
+import torch
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self, width: int = 4) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, width, 3, padding=1)
+        self.act = nn.{act}()
+        self.fc = nn.Linear(width, 10)
+
+    def forward(self, x):
+        return self.fc(self.act(self.conv(x)).{pool}(dim=(2, 3)))
+"""
+
+
+@pytest.mark.parametrize(("name", "change", "match"), [
+    ("usernet_act", {"act": "GELU"}, "its modules differ: act is ReLU in the saved network, GELU in the built one"),
+    ("usernet_pool", {"pool": "sum"}, "forward pass changed"),
+])
+def test_a_checkpoint_whose_arch_changed_since_saving_is_refused_on_load(tmp_path, monkeypatch, name, change,
+                                                                         match) -> None:
+    import importlib
+    import sys
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(sys, "dont_write_bytecode", True)  # the module is rewritten within the same second
+    source = tmp_path / f"{name}.py"
+    source.write_text(USER_NET.format(act="ReLU", pool="mean"))
+    spec = ModelSpec(f"{name}:Net", 10, 1, (8, 8), (0.5,), (0.25,), arch_kwargs={"width": 4})
+    url = str(tmp_path / "user.pt")
+    save_checkpoint(url, importlib.import_module(name).Net(width=4), spec)
+    assert type(load_checkpoint(url)[0]).__name__ == "Net"
+    source.write_text(USER_NET.format(**{"act": "ReLU", "pool": "mean", **change}))  # the user edits the model
+    monkeypatch.delitem(sys.modules, name)
+    importlib.invalidate_caches()
+    with pytest.raises(CheckpointError, match=f"no longer builds the saved network.*{match}"):
         load_checkpoint(url)
 
 
