@@ -27,7 +27,13 @@ _SECRET_KEYS = ("key", "secret", "token", "password", "passwd", "session_token",
 
 
 class StorageError(OSError):
-    """A storage operation failed; the message names the URL and a fix, never a credential."""
+    """A storage operation failed; the message names the URL and a fix, never a credential.
+
+    ``transient`` says whether the store failed in a way that passes (throttling, 5xx, timeouts,
+    dropped connections: retried already, for the retry budget) or not (missing, denied, invalid).
+    """
+
+    transient = False
 
 
 class StorageNotFound(StorageError, FileNotFoundError):
@@ -127,6 +133,14 @@ def translate(err: BaseException, url: str, action: str, storage_options: Mappin
     shown = redact_url(url)
     detail = scrub(f"{type(err).__name__}: {err}", storage_options)
     text = str(err)
+    from storage.retry import budget, is_transient
+
+    if is_transient(err):
+        failure = StorageError(f"cannot {action} {shown}: the store kept failing for {budget():.0f} s of retries "
+                               f"({detail}); it is overloaded or unreachable: rerun the same command when it "
+                               "answers again (committed work is kept)")
+        failure.transient = True
+        return failure
     if isinstance(err, FileNotFoundError) or "NoSuchBucket" in text or "NoSuchKey" in text:
         if "bucket does not exist" in text or "NoSuchBucket" in text:
             fix = "the bucket does not exist: create it or fix the bucket name in the URL"

@@ -6,7 +6,8 @@
     where.find("manifest/pathway", ".json")
 
 Paths are relative to the prefix; errors are :class:`storage.fs.StorageError` naming the full URL
-(never a credential). Keys are used exactly as given: no glob expansion, so file names holding
+(never a credential). Transient store failures (throttling, 5xx, timeouts, dropped connections)
+are retried with backoff first (:mod:`storage.retry`). Keys are used exactly as given: no glob expansion, so file names holding
 ``[``, ``]``, ``*`` or ``?`` are data, not patterns. Listings bypass fsspec's directory cache, so a
 long-lived reader sees records written after its first listing.
 """
@@ -20,6 +21,7 @@ from typing import Any
 
 from storage.fs import (StorageNotFound, is_local, join, open_fs, storage_errors, write_bytes_atomic,
                         write_json_atomic)
+from storage.retry import retrying
 
 #: Parallel requests for many small objects (commit records): object stores answer slowly but in parallel.
 PARALLEL_READS = 16
@@ -48,17 +50,17 @@ class Location:
     def put(self, rel: str, data: bytes) -> None:
         """Write ``data`` at ``rel`` atomically (parent folders are made where a filesystem has them)."""
         with storage_errors(self.url_of(rel), "write", self.storage_options):
-            write_bytes_atomic(self.fs, self.path(rel), data)
+            retrying(lambda: write_bytes_atomic(self.fs, self.path(rel), data), f"writing {self.url_of(rel)}")
 
     def put_json(self, rel: str, obj: Any) -> bytes:
         """``obj`` as sorted, indented JSON at ``rel``, atomically; returns the bytes."""
         with storage_errors(self.url_of(rel), "write", self.storage_options):
-            return write_json_atomic(self.fs, self.path(rel), obj)
+            return retrying(lambda: write_json_atomic(self.fs, self.path(rel), obj), f"writing {self.url_of(rel)}")
 
     def get(self, rel: str) -> bytes:
         """The bytes at ``rel``; :class:`StorageNotFound` when there are none."""
         with storage_errors(self.url_of(rel), "read", self.storage_options):
-            return self.fs.cat_file(self.path(rel))
+            return retrying(lambda: self.fs.cat_file(self.path(rel)), f"reading {self.url_of(rel)}")
 
     def get_optional(self, rel: str) -> bytes | None:
         """The bytes at ``rel``, or None when it does not exist."""
@@ -80,18 +82,22 @@ class Location:
     def exists(self, rel: str) -> bool:
         with storage_errors(self.url_of(rel), "check", self.storage_options):
             self._forget(rel)
-            return self.fs.exists(self.path(rel))
+            return retrying(lambda: self.fs.exists(self.path(rel)), f"checking {self.url_of(rel)}")
 
     def find(self, rel: str, suffix: str = "") -> list[str]:
         """Every file under ``rel`` (recursively) whose name ends with ``suffix``, as sorted paths
         relative to the prefix; [] when ``rel`` does not exist. Always a fresh listing."""
         base = self.path(rel)
-        with storage_errors(self.url_of(rel), "list", self.storage_options):
+
+        def listing() -> list[str]:
             self._forget(rel)
             try:
-                paths = self.fs.find(base, detail=False)
+                return self.fs.find(base, detail=False)
             except FileNotFoundError:
                 return []
+
+        with storage_errors(self.url_of(rel), "list", self.storage_options):
+            paths = retrying(listing, f"listing {self.url_of(rel)}")
         start = len(self.root) + 1
         return sorted(p[start:] for p in (self.fs._strip_protocol(p) for p in paths) if p.endswith(suffix))
 
