@@ -22,6 +22,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import re
+import uuid
 from collections.abc import Mapping
 from typing import Any
 
@@ -65,14 +66,72 @@ def read_commit(where: Location, method: str, shard_id: str) -> dict | None:
 def read_commits(where: Location, method: str | None = None) -> dict[tuple[str, str], dict]:
     """All commit records (of one method, or of all), keyed by (method, shard_id), in shard order.
 
-    One fresh listing, then the records read in parallel by their exact keys.
+    One fresh listing says which shards are committed (the records are the source of truth: a
+    deleted record un-commits its shard). Their contents come from the index segments (a few
+    files, one per earlier run: :func:`index_commits`) and only records no segment holds yet are
+    read one by one, so a rerun costs a listing plus the records of the last run, not one read per
+    shard.
     """
     base = f"manifest/{check_name('method', method)}" if method else "manifest"
-    blobs = where.get_many(where.find(base, ".json"))
-    records = [_parse(data, where.url_of(rel)) for rel, data in blobs.items() if data is not None]
+    listed = where.find(base)
+    records_at = [rel for rel in listed if rel.endswith(".json") and f"/{INDEX}/" not in rel]
+    indexed = _read_index(where, [rel for rel in listed if f"/{INDEX}/" in rel and rel.endswith(".parquet")])
+    missing = [rel for rel in records_at if rel not in indexed]
+    blobs = where.get_many(missing)
+    records = [indexed[rel] for rel in records_at if rel in indexed]
+    records += [_parse(data, where.url_of(rel)) for rel, data in blobs.items() if data is not None]
     records.sort(key=lambda r: (r["method"], r.get("shard_index") if r.get("shard_index") is not None else -1,
                                 r["shard_id"]))
     return {(r["method"], r["shard_id"]): r for r in records}
+
+
+#: Folder (under each method's manifest folder) of index segments: compact copies of records.
+INDEX = "_index"
+#: More segments than this are merged into one when the next segment is written.
+MAX_SEGMENTS = 16
+
+
+def index_commits(where: Location, method: str, records: Mapping[str, dict]) -> None:
+    """Write one index segment holding the commit records ``{shard_id: record}`` of ``method`` that no
+    segment holds yet; merge the segments into one when there are too many. The driver calls this
+    at the end of a run, so the next run reads its records in one request."""
+    import pyarrow as pa
+
+    from storage.tables import parquet_bytes
+
+    folder = f"manifest/{check_name('method', method)}/{INDEX}"
+    segments = where.find(folder, ".parquet")
+    known = _read_index(where, segments)
+    fresh = {commit_path(method, sid): rec for sid, rec in records.items() if commit_path(method, sid) not in known}
+    if not fresh and len(segments) <= MAX_SEGMENTS:
+        return
+    rows = fresh
+    if len(segments) + 1 > MAX_SEGMENTS:
+        rows = {**known, **fresh}
+    table = pa.table({"path": list(rows), "record": [json.dumps(rec, sort_keys=True) for rec in rows.values()]})
+    name = f"{folder}/{now().replace(':', '')}-{uuid.uuid4().hex[:8]}.parquet"
+    where.put(name, parquet_bytes(table))
+    if rows is not fresh:
+        for old in segments:
+            where.fs.rm_file(where.path(old))
+
+
+def _read_index(where: Location, segments: list[str]) -> dict[str, dict]:
+    """``{record path: record}`` from index segments (a missing or damaged segment is skipped: the
+    records themselves are then read)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    out: dict[str, dict] = {}
+    for rel, data in where.get_many(segments).items():
+        if data is None:
+            continue
+        try:
+            table = pq.read_table(pa.BufferReader(data))
+            out.update(zip(table.column("path").to_pylist(), (json.loads(r) for r in table.column("record").to_pylist())))
+        except (pa.ArrowInvalid, KeyError, ValueError):
+            continue
+    return out
 
 
 def _parse(data: bytes, where: str) -> dict:

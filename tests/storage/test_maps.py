@@ -220,3 +220,29 @@ def test_join_with_source(tmp_path, fmnist):
     joined = join_with_source(read_maps(str(tmp_path / "out")), source)
     for sid, image in zip(joined["sample_id"], joined["image"]):
         np.testing.assert_array_equal(image, images[int(sid[-4:])])
+
+
+def test_an_index_of_commit_records_keeps_reruns_to_one_listing(s3_server) -> None:
+    """After index_commits, reading the committed set reads one segment, not a record per shard; the
+    records stay the source of truth (a deleted record un-commits its shard, a new one counts)."""
+    from storage.location import Location
+    from storage.manifest import index_commits, read_commits
+    from tests.faultproxy import fault_proxy
+
+    with fault_proxy(s3_server.endpoint_url) as proxy:
+        url = s3_server.url("indexed")
+        options = proxy.storage_options(s3_server.storage_options)
+        store = MapStore(url, options)
+        for k in range(6):
+            store.write_shard(f"s{k}", None, "m", records(ids_of(k), seed=k))
+        where = Location(url, options)
+        index_commits(where, "m", store.committed("m"))
+        where.fs.rm_file(where.path("manifest/m/s2.json"))  # a user un-commits shard 2
+        store.write_shard("s6", None, "m", records(ids_of(6), seed=6))
+        proxy.rules, proxy.injected = [], []
+        before = proxy.forwarded
+        committed = read_commits(Location(url, options), "m")
+        requests = proxy.forwarded - before
+    assert [shard for _, shard in committed] == ["s0", "s1", "s3", "s4", "s5", "s6"]
+    assert committed[("m", "s6")]["n_samples"] == S
+    assert requests <= 3  # one listing, one segment, the one record written since
