@@ -83,7 +83,8 @@ def write_examples(output: str, options: dict[str, Any], source: Any, methods: S
     from storage.location import Location
     from storage.reader import join_with_source, read_maps
 
-    frames = {m: read_maps(output, m, options, columns=["sample_id", "target", "map"]).head(EXAMPLES) for m in methods}
+    frames = {m: read_maps(output, m, options, columns=["sample_id", "target", "map"], shards=1).head(EXAMPLES)
+              for m in methods}
     first = next(iter(frames.values()))
     if first.empty:
         return []
@@ -93,6 +94,17 @@ def write_examples(output: str, options: dict[str, Any], source: Any, methods: S
     maps = {m: [frame.set_index("sample_id").loc[sid, "map"] for sid in first.sample_id] for m, frame in frames.items()}
     Location(output, options).put("examples.png", map_grid(list(joined["image"]), maps, titles))
     return [join(output, "examples.png")]
+
+
+def finish_outputs(store: Any, plan: Any, committed: dict[str, dict[str, dict]]) -> None:
+    """End of a run: index the commit records (so the next run reads them in one request), trim the
+    zarr arrays to the planned rows and consolidate their metadata."""
+    from storage.manifest import index_commits
+
+    rows = (len(plan.shards) - 1) * plan.shard_size + len(plan.shards[-1].refs) if plan.shards else 0
+    for name, records in committed.items():
+        index_commits(store.where, name, records)
+        store.finish_zarr(name, rows)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -118,6 +130,9 @@ def run(args: argparse.Namespace) -> int:
                   "started_at": started, "status": "running"}
     store.write_run(run_record)
 
+    published = store.repair()  # tables of shards an earlier attempt committed but did not publish
+    if published:
+        print(f"published {len(published)} committed tables an interrupted run left in _pending/")
     refs = source.list()[: args.limit] if args.limit else source.list()
     planned = plan_shard_tasks(store, refs, args.shard_size, config.labels, spec.input_size)
     print(f"{len(refs)} samples in {len(planned.plan.shards)} shards ({planned.new_shards} new); "
@@ -133,6 +148,7 @@ def run(args: argparse.Namespace) -> int:
         results = run_shards(planned.tasks, config, args)
 
     committed = {name: store.committed(name) for name in config.labels}
+    finish_outputs(store, planned.plan, committed)
     missing = {name: [s.shard_id for s in planned.plan.shards if s.shard_id not in committed[name]]
                for name in config.labels}
     samples = sum(r["n_samples"] for name in config.labels for r in committed[name].values())

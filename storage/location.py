@@ -15,6 +15,7 @@ long-lived reader sees records written after its first listing.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -56,6 +57,31 @@ class Location:
         """``obj`` as sorted, indented JSON at ``rel``, atomically; returns the bytes."""
         with storage_errors(self.url_of(rel), "write", self.storage_options):
             return retrying(lambda: write_json_atomic(self.fs, self.path(rel), obj), f"writing {self.url_of(rel)}")
+
+    def move(self, source: str, target: str) -> None:
+        """Move ``source`` to ``target`` (a rename on local disk; a server-side copy and a delete on
+        object stores, so ``target`` appears whole)."""
+        def move() -> None:
+            if is_local(self.fs):
+                os.makedirs(os.path.dirname(self.fs._strip_protocol(self.path(target))), exist_ok=True)
+                os.replace(self.fs._strip_protocol(self.path(source)), self.fs._strip_protocol(self.path(target)))
+            else:
+                self.fs.copy(self.path(source), self.path(target))
+                self.fs.rm_file(self.path(source))
+
+        with storage_errors(self.url_of(target), "publish", self.storage_options):
+            retrying(move, f"moving {self.url_of(source)} to {self.url_of(target)}")
+
+    def remove(self, rel: str) -> None:
+        """Delete ``rel`` (no error when it is gone already)."""
+        def remove() -> None:
+            try:
+                self.fs.rm_file(self.path(rel))
+            except FileNotFoundError:
+                pass
+
+        with storage_errors(self.url_of(rel), "delete", self.storage_options):
+            retrying(remove, f"deleting {self.url_of(rel)}")
 
     def get(self, rel: str) -> bytes:
         """The bytes at ``rel``; :class:`StorageNotFound` when there are none."""

@@ -36,9 +36,10 @@ import pyarrow as pa
 
 from storage.fs import join
 from storage.location import Location
-from storage.manifest import check_name, now, read_commits, write_commit
+from storage.manifest import check_name, now, read_commit, read_commits, write_commit
 from storage.sources.base import SampleError
-from storage.tables import ERRORS_SCHEMA, detail_type, map_schema, parquet_bytes
+from storage.tables import (FORMAT, FORMAT_VERSION, data_path, detail_type, errors_table, map_schema, parquet_bytes,
+                            pending_path)
 
 log = logging.getLogger(__name__)
 
@@ -102,25 +103,18 @@ class MapRecords:
         n = len(self)
         params = json.dumps(dict(self.params), sort_keys=True, separators=(",", ":"), default=str)
         schema = map_schema(*self.shape, self.detail_types)
-        tensor_type = schema.field("map").type
+        height, width = self.shape
         flat = pa.array(self.maps.reshape(-1), type=pa.float16())
-        storage = pa.FixedSizeListArray.from_arrays(flat, int(np.prod(self.shape)))
+        rows = pa.FixedSizeListArray.from_arrays(flat, width)
         columns = {
             "sample_id": pa.array(self.sample_ids, pa.string()), "shard_id": pa.array([shard_id] * n, pa.string()),
             "method": pa.array([method] * n, pa.string()), "params": pa.array([params] * n, pa.string()),
             "label": pa.array(self.labels, pa.int64()),
             **{name: pa.array(list(values) if values.ndim > 1 else values, detail_type(self.detail_types[name]))
                for name, values in self.details.items()},
-            "map": pa.ExtensionArray.from_storage(tensor_type, storage),
+            "map": pa.FixedSizeListArray.from_arrays(rows, height),
         }
         return pa.Table.from_arrays([columns[f.name] for f in schema], schema=schema)
-
-
-def _errors_table(errors: Sequence[SampleError], shard_id: str, method: str) -> pa.Table | None:
-    if not errors:
-        return None
-    return pa.table({"sample_id": [e.sample_id for e in errors], "reason": [str(e.reason) for e in errors],
-                     "shard_id": [shard_id] * len(errors), "method": [method] * len(errors)}, schema=ERRORS_SCHEMA)
 
 
 def _sha256(data: bytes | memoryview) -> str:
@@ -209,52 +203,106 @@ class MapStore:
             if sorted(order) != sorted(list(records.sample_ids) + error_ids):
                 raise ValueError(f"shard {shard_id}: sample_ids must be exactly the mapped plus the errored ids")
 
-        # The zarr rows are compressed and written on a second thread while the Parquet file is
-        # encoded and written here (zstd releases the GIL); the commit waits for both.
+        # The zarr rows are compressed and written on a second thread while the Parquet files are
+        # encoded and written here (zstd releases the GIL); the commit waits for both. The tables go
+        # to _pending/ first and are published after the commit record (see publish()).
         zarr_job = None
         if shard_index is not None:
             zarr_job = self._pool().submit(self._write_zarr_rows, method, int(shard_index), order, records)
         files = []
         try:
-            tables = {"maps": records.to_table(method, shard_id), "errors": _errors_table(errors, shard_id, method)}
+            tables = {"maps": records.to_table(method, shard_id),
+                      "errors": errors_table(error_ids, [str(e.reason) for e in errors], shard_id, method)}
             for kind, table in tables.items():
-                if table is None:
-                    continue
-                rel = f"{kind}/{method}/{shard_id}.parquet"
                 data = parquet_bytes(table)
-                self.where.put(rel, data)
-                files.append({"path": rel, "bytes": len(data), "sha256": _sha256(data)})
+                self.where.put(pending_path(kind, method, shard_id), data)
+                files.append({"path": data_path(kind, method, shard_id), "bytes": len(data), "sha256": _sha256(data)})
         finally:
-            if zarr_job is not None:
-                files.append(zarr_job.result())
+            zarr_entry = zarr_job.result() if zarr_job is not None else None
+        if zarr_entry is not None:
+            files.append(zarr_entry)
         record = {"method": method, "shard_id": shard_id, "shard_index": shard_index,
                   "n_samples": len(records), "n_errors": len(errors),
                   "sample_ids_sha256": _sha256("\n".join(order).encode()), "files": files}
-        return write_commit(self.where, record)
+        record = write_commit(self.where, record)
+        self.publish(record)
+        if shard_index is not None:
+            self._mark_committed(method, record, order, set(records.sample_ids), records.shape)
+        return record
+
+    def publish(self, record: Mapping[str, Any]) -> None:
+        """Move a committed shard's tables from ``_pending/`` to ``maps/`` and ``errors/``.
+
+        This runs after the commit record, so a reader that globs ``maps/`` never sees a row of an
+        attempt that did not commit, nor a row twice (a retry writes the same bytes to the same
+        path). A crash between the record and this step leaves the tables in ``_pending/``: readers
+        that follow the manifest read them there, and the driver publishes them on its next run
+        (:meth:`repair`).
+        """
+        for entry in record["files"]:
+            if entry["path"].endswith(".parquet"):
+                self.where.move(f"_pending/{entry['path']}", entry["path"])
+
+    def repair(self) -> list[str]:
+        """Publish the tables of shards committed by an attempt that died before publishing them, and
+        drop those of attempts that never committed (their retry writes them again); returns what
+        it published. One listing of ``_pending/``, usually empty."""
+        published = []
+        for rel in self.where.find("_pending", ".parquet"):
+            final = rel[len("_pending/"):]
+            kind, method, name = final.split("/", 2)
+            record = read_commit(self.where, method, name.removesuffix(".parquet"))
+            if record is not None and any(f["path"] == final for f in record["files"]):
+                self.where.move(rel, final)
+                published.append(final)
+            else:
+                self.where.remove(rel)
+        return published
 
     def _pool(self) -> ThreadPoolExecutor:
         if self._executor is None:
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mapstore-zarr")
         return self._executor
 
+    def _zarr_arrays(self, method: str, shard_index: int, n: int, shape: tuple[int, int]) -> dict:
+        from storage.zarr_maps import fits, open_for_writing
+
+        arrays = self._zarr.get(method)
+        if arrays is None or not fits(arrays, shard_index, n, shape):
+            arrays = self._zarr[method] = open_for_writing(self.zarr_url(method), self.storage_options)  # grown
+        return arrays
+
     def _write_zarr_rows(self, method: str, shard_index: int, order: list[str], records: MapRecords) -> dict:
         """Write the shard's zarr rows (NaN for errored samples); returns its manifest entry."""
-        from storage.zarr_maps import fits, open_for_writing, write_rows
+        from storage.zarr_maps import write_rows
 
         position = {sid: i for i, sid in enumerate(order)}
         block = np.full((len(order), *records.shape), np.nan, dtype=np.float16)
         block[[position[s] for s in records.sample_ids]] = records.maps
-        url = self.zarr_url(method)
-        arrays = self._zarr.get(method)
-        if arrays is None or not fits(arrays, shard_index, len(order), records.shape):
-            arrays = self._zarr[method] = open_for_writing(url, self.storage_options)  # new, or grown by the driver
-        start, stop = write_rows(url, arrays, shard_index, order, block, self.storage_options)
+        arrays = self._zarr_arrays(method, shard_index, len(order), records.shape)
+        start, stop = write_rows(self.zarr_url(method), arrays, shard_index, order, block, self.storage_options)
         return {"path": f"zarr/{method}/maps", "rows": [start, stop], "sha256": _sha256(block.tobytes())}
+
+    def _mark_committed(self, method: str, record: Mapping[str, Any], order: list[str], mapped: set[str],
+                        shape: tuple[int, int]) -> None:
+        from storage.zarr_maps import mark_committed
+
+        entry = next(f for f in record["files"] if "rows" in f)
+        arrays = self._zarr_arrays(method, int(record["shard_index"]), len(order), shape)
+        flags = np.array([sid in mapped for sid in order], dtype=bool)
+        mark_committed(self.zarr_url(method), arrays, entry["rows"][0], flags, self.storage_options)
+
+    def finish_zarr(self, method: str, rows: int) -> None:
+        """At the end of a run: trim the method's arrays to ``rows`` and consolidate their metadata."""
+        from storage.zarr_maps import finish
+
+        finish(self.zarr_url(method), rows, self.storage_options)
 
     # -- run ----------------------------------------------------------------------------------
     def write_run(self, run: Mapping[str, Any]) -> dict:
         """Write ``run.json`` (config, method params, start/end times...); adds ``versions``."""
         run = dict(run)
+        run.setdefault("format", {"name": FORMAT, "version": FORMAT_VERSION})
         run["versions"] = {**versions(), **dict(run.get("versions") or {})}
         run.setdefault("started_at", now())
         self.where.put_json("run.json", run)

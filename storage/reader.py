@@ -33,16 +33,27 @@ log = logging.getLogger(__name__)
 
 
 def _committed_tables(url: str, kind: str, method: str | None, storage_options: Mapping[str, Any] | None,
-                      columns: Sequence[str] | None = None) -> list[pa.Table]:
-    """The committed ``kind`` ("maps" or "errors") Parquet files, in shard order; read a few at a
-    time, since object stores answer slowly but in parallel."""
+                      columns: Sequence[str] | None = None, shards: int | None = None) -> list[pa.Table]:
+    """The committed ``kind`` ("maps" or "errors") Parquet files, in shard order (only the first
+    ``shards`` committed shards of each method, when given); read a few at a time, since object
+    stores answer slowly but in parallel."""
     where = Location(url, storage_options)
-    records = read_commits(where, method)
-    rels = [f["path"] for rec in records.values() for f in rec["files"]
+    records = list(read_commits(where, method).values())
+    if shards is not None:
+        taken: dict[str, int] = {}
+        first = []
+        for record in records:
+            if taken.get(record["method"], 0) < shards:
+                taken[record["method"]] = taken.get(record["method"], 0) + 1
+                first.append(record)
+        records = first
+    rels = [f["path"] for rec in records for f in rec["files"]
             if f["path"].startswith(f"{kind}/") and f["path"].endswith(".parquet")]
 
     def read(rel: str) -> pa.Table:
-        data = where.get(rel)
+        data = where.get_optional(rel)
+        if data is None:  # committed by an attempt that died before publishing it (MapStore.publish)
+            data = where.get(f"_pending/{rel}")
         try:
             return pq.read_table(pa.BufferReader(data), columns=list(columns) if columns else None)
         except pa.ArrowInvalid as err:
@@ -56,27 +67,62 @@ def _committed_tables(url: str, kind: str, method: str | None, storage_options: 
 
 
 def read_maps_table(url: str, method: str | None = None, storage_options: Mapping[str, Any] | None = None,
-                    columns: Sequence[str] | None = None) -> pa.Table:
-    """The committed maps (of one method, or all) as one Arrow table, in shard order."""
+                    columns: Sequence[str] | None = None, shards: int | None = None) -> pa.Table:
+    """The committed maps (of one method, or all) as one Arrow table, in shard order; ``map`` is the
+    canonical ``arrow.fixed_shape_tensor`` [H, W] (``.to_numpy_ndarray()`` gives [N, H, W]), viewed
+    without a copy over the nested lists the files store."""
     if method is not None:
         check_name("method", method)
-    tables = _committed_tables(url, "maps", method, storage_options, columns)
+    tables = _committed_tables(url, "maps", method, storage_options, columns, shards)
     if not tables:
         schema = map_schema(0, 0)
-        return schema.empty_table().select(list(columns)) if columns else schema.empty_table()
-    return pa.concat_tables(tables, promote_options="default")  # methods declare different details
+        table = schema.empty_table().select(list(columns)) if columns else schema.empty_table()
+    else:
+        table = pa.concat_tables(tables, promote_options="default")  # methods declare different details
+    if "map" in table.column_names:
+        table = table.set_column(table.column_names.index("map"), "map", tensor_column(table.column("map")))
+    return table
+
+
+def tensor_column(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    """Nested fixed-size lists [H][W] as the canonical fixed-shape tensor type (no copy of values)."""
+    if isinstance(column.type, pa.FixedShapeTensorType):  # format version 1 stored it so
+        return column
+    height, width = column.type.list_size, column.type.value_type.list_size
+    if height * width == 0:  # an empty dataset, whose map shape is unknown
+        return column
+    tensor = pa.fixed_shape_tensor(column.type.value_type.value_type, [height, width])
+    chunks = [pa.ExtensionArray.from_storage(tensor, pa.FixedSizeListArray.from_arrays(c.flatten().flatten(),
+                                                                                     height * width))
+              for c in column.chunks]
+    return pa.chunked_array(chunks, type=tensor)
 
 
 def read_maps(url: str, method: str | None = None, storage_options: Mapping[str, Any] | None = None,
-              columns: Sequence[str] | None = None) -> pd.DataFrame:
-    """The committed maps as a DataFrame; ``map`` holds one float16 [H, W] array per row."""
-    table = read_maps_table(url, method, storage_options, columns)
+              columns: Sequence[str] | None = None, shards: int | None = None) -> pd.DataFrame:
+    """The committed maps as a DataFrame; ``map`` holds one float16 [H, W] array per row. ``shards``
+    reads only the first that many committed shards of each method (a preview)."""
+    table = read_maps_table(url, method, storage_options, columns, shards)
     has_map = "map" in table.column_names
     df = (table.drop_columns(["map"]) if has_map else table).to_pandas()
     if has_map:
-        column = table.column("map").combine_chunks() if table.num_rows else None
-        df["map"] = list(column.to_numpy_ndarray()) if column is not None and len(column) else []
+        df["map"] = list(table.column("map").combine_chunks().to_numpy_ndarray()) if table.num_rows else []
     return df
+
+
+def map_arrays(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """A ``map`` column as one float16 array [N, H, W], without a copy per row.
+
+    The same one-liner works for a column read by any Arrow-based reader (pyarrow, Ray Data's
+    ``batch_format="pyarrow"``)::
+
+        column.combine_chunks().flatten().flatten().to_numpy().reshape(len(column), H, W)
+    """
+    column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if isinstance(column.type, pa.FixedShapeTensorType):  # read_maps_table's, or format version 1
+        return column.to_numpy_ndarray()
+    height, width = column.type.list_size, column.type.value_type.list_size
+    return column.flatten().flatten().to_numpy(zero_copy_only=False).reshape(len(column), height, width)
 
 
 def read_errors(url: str, method: str | None = None, storage_options: Mapping[str, Any] | None = None
@@ -86,19 +132,55 @@ def read_errors(url: str, method: str | None = None, storage_options: Mapping[st
     return (pa.concat_tables(tables) if tables else ERRORS_SCHEMA.empty_table()).to_pandas()
 
 
-def maps_array(url: str, method: str | None = None, storage_options: Mapping[str, Any] | None = None):
-    """The method's zarr ``maps`` array [N, H, W] float16, lazy; rows of uncommitted shards or errors are NaN.
+def maps_array(url: str, method: str | None = None, storage_options: Mapping[str, Any] | None = None
+               ) -> CommittedMaps:
+    """The method's zarr maps [N, H, W] float16, lazy: index it to read rows. Rows that are not
+    committed (a shard not done yet, or an attempt that died) and errored samples read as NaN.
 
     ``method`` may be left out when the dataset holds one method only.
     """
-    from storage.zarr_maps import open_maps
+    from storage.zarr_maps import open_group
 
     if method is None:
         methods = sorted({rec["method"] for rec in _records(url, storage_options)})
         if len(methods) != 1:
             raise InvalidStorageInput(f"{url} holds methods {methods}: pass method=")
         method = methods[0]
-    return open_maps(join(url, "zarr", check_name("method", method)), storage_options)
+    group = open_group(join(url, "zarr", check_name("method", method)), storage_options)
+    if "committed" not in group:
+        raise StorageError(f"{url} was written by format version 1 (no committed flags in its zarr arrays); "
+                           "read it with that version, or recompute it into a new output")
+    return CommittedMaps(group["maps"], group["committed"])
+
+
+class CommittedMaps:
+    """A zarr ``maps`` array seen through its ``committed`` flags (NaN elsewhere)."""
+
+    def __init__(self, maps: Any, committed: Any) -> None:
+        self.maps, self.committed = maps, committed
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.maps.shape)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.maps.dtype
+
+    @property
+    def chunks(self) -> tuple[int, ...]:
+        return tuple(self.maps.chunks)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, rows: Any) -> np.ndarray:
+        if not isinstance(rows, (slice, int, np.integer)):
+            raise TypeError("index the rows with an int or a slice (then numpy for the rest)")
+        values = np.array(self.maps[rows])
+        valid = np.asarray(self.committed[rows], dtype=bool)
+        values[~valid] = np.nan
+        return values
 
 
 def _records(url: str, storage_options: Mapping[str, Any] | None) -> list[dict]:

@@ -46,7 +46,8 @@ def test_shard_is_committed_and_a_retry_rewrites_the_same_bytes(storage_root, ch
     assert {m: sorted(store.committed(m)) for m in METHODS} == {m: ["000001"] for m in METHODS}
     first = every_file(url, options)
     assert {p for p in first if "/000001." in p} == {f"{kind}/{m}/000001.{ext}" for m in METHODS
-                                                     for kind, ext in (("maps", "parquet"), ("manifest", "json"))}
+                                                     for kind, ext in (("maps", "parquet"), ("errors", "parquet"),
+                                                                       ("manifest", "json"))}
     assert any(p.startswith("zarr/pathway/maps/c/") for p in first)  # the shard's zarr chunk
     maps = read_maps(url, "pathway", options or None)
     assert list(maps.sample_id) == [r.sample_id for r in tasks[1].refs]
