@@ -44,7 +44,8 @@ class Detail:
     """The declared type of one detail, which is how a map dataset stores it as a column.
 
     ``dtype`` is one of torch.int64, torch.float64, torch.bool; ``per_sample`` is ``"scalar"``
-    (a [B] tensor) or ``"list"`` (a [B, k] tensor, stored as a list per sample).
+    (a [B] tensor) or ``"list"`` (a [B, k] tensor stored as a list per sample; a [B] tensor is a
+    one-item list per sample).
     """
 
     dtype: torch.dtype

@@ -109,8 +109,10 @@ class PathwayGrad(Attribution):
     def detail_schema(self) -> dict[str, Detail]:
         return {
             **MODEL_DETAILS,
-            "threshold": Detail(torch.float64, "the sample's pruning threshold q (one per layer with per_layer, "
-                                "which scores='random' implies)", "list" if self.per_layer else "scalar"),
+            # A list column always (one value, or one per layer with per_layer, which scores='random'
+            # implies), so that outputs holding both kinds have one column type.
+            "threshold": Detail(torch.float64, "the sample's pruning threshold q: [q], or one per layer with "
+                                "per_layer", "list"),
             "kept_fraction": Detail(torch.float64, "kept neurons / all neurons"),
             "pruned_logit": Detail(torch.float64, "the pruned network's target logit"),
             "pruned_predicted": Detail(torch.int64, "the class the pruned network predicts"),

@@ -56,8 +56,9 @@ class MapRecords:
 
     ``maps`` is [n, H, W] (numpy or torch, any float dtype; stored as float16); an empty shard
     passes [0, H, W]. ``details`` are the method's per-sample outputs (name -> n values, or [n, k]
-    for lists) and ``detail_types`` their kinds in column order (:func:`storage.tables.detail_type`),
-    as the method declares them. ``params`` are the method's parameters (stored as sorted JSON).
+    for lists) and ``detail_types`` the kinds of the output's detail columns in order
+    (:func:`storage.tables.detail_type`): the union over all its methods, so that every table of
+    an output has the same columns; a detail a method does not report is null. ``params`` are the method's parameters (stored as sorted JSON).
     """
 
     sample_ids: Sequence[str]
@@ -84,10 +85,10 @@ class MapRecords:
         self.labels = _array(self.labels).astype(np.int64).reshape(-1)
         if self.labels.shape != (n,):
             raise ValueError(f"MapRecords.labels must have {n} entries, got {self.labels.shape}")
-        if set(self.details) != set(self.detail_types):
-            raise ValueError(f"MapRecords.details {sorted(self.details)} do not match the declared "
+        if not set(self.details) <= set(self.detail_types):
+            raise ValueError(f"MapRecords.details {sorted(self.details)} are not all among the declared "
                              f"{sorted(self.detail_types)}")
-        self.details = {name: _array(self.details[name]) for name in self.detail_types}
+        self.details = {name: _array(values) for name, values in self.details.items()}
         for name, values in self.details.items():
             if values.shape[:1] != (n,):
                 raise ValueError(f"MapRecords.details[{name!r}] must have {n} rows, got {values.shape}")
@@ -110,11 +111,22 @@ class MapRecords:
             "sample_id": pa.array(self.sample_ids, pa.string()), "shard_id": pa.array([shard_id] * n, pa.string()),
             "method": pa.array([method] * n, pa.string()), "params": pa.array([params] * n, pa.string()),
             "label": pa.array(self.labels, pa.int64()),
-            **{name: pa.array(list(values) if values.ndim > 1 else values, detail_type(self.detail_types[name]))
-               for name, values in self.details.items()},
+            **{name: _detail_column(self.details.get(name), kind, n) for name, kind in self.detail_types.items()},
             "map": pa.FixedSizeListArray.from_arrays(rows, height),
         }
         return pa.Table.from_arrays([columns[f.name] for f in schema], schema=schema)
+
+
+def _detail_column(values: np.ndarray | None, kind: str, n: int) -> pa.Array:
+    """One detail column: nulls where the method does not report it (every method of an output writes
+    the same columns, so that each reader sees one table), one-item lists for a scalar in a list
+    column (a global threshold beside per-layer ones)."""
+    dtype = detail_type(kind)
+    if values is None:
+        return pa.nulls(n, dtype)
+    if pa.types.is_list(dtype) and values.ndim == 1:
+        values = values[:, None]
+    return pa.array(list(values) if values.ndim > 1 else values, dtype)
 
 
 def _sha256(data: bytes | memoryview) -> str:

@@ -121,8 +121,11 @@ def map_arrays(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
     column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
     if isinstance(column.type, pa.FixedShapeTensorType):  # read_maps_table's, or format version 1
         return column.to_numpy_ndarray()
-    height, width = column.type.list_size, column.type.value_type.list_size
-    return column.flatten().flatten().to_numpy(zero_copy_only=False).reshape(len(column), height, width)
+    rows = column.flatten()  # also variable-size lists, which some readers turn fixed-size ones into
+    values = rows.flatten().to_numpy(zero_copy_only=False)
+    if not len(column):
+        return values.reshape(0, 0, 0)
+    return values.reshape(len(column), len(rows) // len(column), -1)
 
 
 def read_errors(url: str, method: str | None = None, storage_options: Mapping[str, Any] | None = None

@@ -42,10 +42,16 @@ from .tasks import JobConfig, ShardTask
 _KINDS = {torch.int64: "int64", torch.float64: "float64", torch.bool: "bool"}
 
 
-def column_kinds(schema: Mapping[str, attribution.Detail]) -> dict[str, str]:
-    """A method's declared details as the column kinds of its maps table."""
-    return {name: _KINDS[d.dtype] if d.per_sample == "scalar" else f"list<{_KINDS[d.dtype]}>"
-            for name, d in schema.items()}
+def column_kinds(schemas: Sequence[Mapping[str, attribution.Detail]]) -> dict[str, str]:
+    """The detail columns of an output's tables: the union of its methods' declared details, in
+    order of first appearance; a detail that is a scalar for one method and a list for another
+    (a global threshold beside per-layer ones) is a list column."""
+    kinds: dict[str, str] = {}
+    for schema in schemas:
+        for name, detail in schema.items():
+            listed = detail.per_sample == "list" or kinds.get(name, "").startswith("list<")
+            kinds[name] = f"list<{_KINDS[detail.dtype]}>" if listed else _KINDS[detail.dtype]
+    return kinds
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +114,7 @@ class ShardAttributor:
         self.source = open_source(self.config.source, split=self.config.split, storage_options=options)
         self.store = MapStore(self.config.output, options)
         self.methods = {spec.label: spec.build(self.model) for spec in self.config.methods}
-        self.kinds = {label: column_kinds(method.detail_schema) for label, method in self.methods.items()}
+        self.kinds = column_kinds([method.detail_schema for method in self.methods.values()])
         self.worker = f"{self.worker}:{self.device}"
         lazy = {module for part in (self.store, *self.methods.values()) for module in part.lazy_imports}
         threading.Thread(target=_import_ahead, args=(sorted(lazy),), daemon=True, name="import-ahead").start()
@@ -214,10 +220,10 @@ class ShardAttributor:
     def _records(self, name: str, parts: list[tuple[list[Sample], torch.Tensor, attribution.Details]]) -> MapRecords:
         """One shard's rows of one method, whatever details the method declares."""
         height, width = self.spec.input_size
-        kinds = self.kinds[name]
+        declared = self.methods[name].detail_schema
         samples = [s for part, _, _ in parts for s in part]
         maps = torch.cat([m for _, m, _ in parts]) if parts else torch.zeros(0, height, width)
         details = {key: np.concatenate([d[key].detach().cpu().numpy() for _, _, d in parts]) if parts
-                   else np.zeros((0,) if kinds[key] in _KINDS.values() else (0, 0)) for key in kinds}
+                   else np.zeros((0,) if declared[key].per_sample == "scalar" else (0, 0)) for key in declared}
         return MapRecords([s.sample_id for s in samples], [s.label for s in samples], maps,
-                          params=self.methods[name].params, details=details, detail_types=kinds)
+                          params=self.methods[name].params, details=details, detail_types=self.kinds)
