@@ -18,6 +18,7 @@ object in one PUT (objects appear whole or not at all).
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import io
 import json
 import pickle
@@ -128,7 +129,8 @@ def _check_rebuilds(spec: ModelSpec, state: dict[str, torch.Tensor], saved: dict
 
 def read_checkpoint(url: str, storage_options: Mapping[str, Any] | None = None,
                     map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """The checkpoint's raw dict (spec as a dict, state_dict, metrics), checked for format."""
+    """The checkpoint's raw dict (spec as a dict, state_dict, metrics), checked for format, plus the
+    ``sha256`` of the file's bytes."""
     shown = redact_url(url)
     fs, path = _open_fs(url, storage_options)
     try:
@@ -163,12 +165,20 @@ def read_checkpoint(url: str, storage_options: Mapping[str, Any] | None = None,
     for key in ("spec", "state_dict"):
         if not isinstance(payload.get(key), dict):
             raise CheckpointError(f"checkpoint {shown} is damaged: {key!r} is missing or not a dict")
+    payload["sha256"] = hashlib.sha256(data).hexdigest()  # what the file holds, whatever its URL
     return payload
 
 
 def load_checkpoint(url: str, storage_options: Mapping[str, Any] | None = None,
                     map_location: str | torch.device = "cpu") -> tuple[nn.Module, ModelSpec]:
     """Rebuild the model saved at ``url``; returns ``(model in eval mode, spec)``."""
+    model, spec, _ = load_checkpoint_with_digest(url, storage_options, map_location)
+    return model, spec
+
+
+def load_checkpoint_with_digest(url: str, storage_options: Mapping[str, Any] | None = None,
+                                map_location: str | torch.device = "cpu") -> tuple[nn.Module, ModelSpec, str]:
+    """:func:`load_checkpoint`, plus the SHA-256 of the file (what binds an output to its model)."""
     shown = redact_url(url)
     payload = read_checkpoint(url, storage_options, map_location)
     try:
@@ -187,7 +197,7 @@ def load_checkpoint(url: str, storage_options: Mapping[str, Any] | None = None,
                                   f"({problem}); load it with the model code that saved it")
     if map_location is not None and not callable(map_location) and not isinstance(map_location, dict):
         model = model.to(map_location)
-    return model.eval(), spec
+    return model.eval(), spec, payload["sha256"]
 
 
 def load_metrics(url: str, storage_options: Mapping[str, Any] | None = None) -> dict[str, Any]:

@@ -1,0 +1,68 @@
+"""An output is bound to the configuration that made its maps.
+
+Committed shards are skipped on a rerun, so a rerun with another percentile, checkpoint or split
+would silently mix maps of two configurations in one output. The first run therefore records a
+fingerprint of everything that determines the maps, and every later run compares its own:
+
+- the source and split, and the checkpoint's content (a SHA-256 of the file, not its URL);
+- the model's input: size, channels, normalization and preprocessing policy;
+- the reduction and the target mode;
+- each method's label, registry name and parameters.
+
+A run whose fingerprint differs is refused with one line saying what differs and the fix. The
+exception is a new method label: it adds that method to the output (its maps are computed for
+every shard), and the stored fingerprint grows by it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from jobs.cli import JobError
+
+#: Fields of the fingerprint that are not methods, in the order differences are reported.
+FIELDS = ("source", "split", "checkpoint_sha256", "model_input", "reduction", "target", "format_version")
+
+
+def fingerprint(config: Any, spec: Any, checkpoint_sha256: str, params: Mapping[str, Mapping[str, Any]],
+                format_version: int) -> dict[str, Any]:
+    """What determines the maps of a run (``config``: a JobConfig, ``spec``: the model's ModelSpec,
+    ``params``: each method label's full parameters, as the built method reports them)."""
+    model_input = {k: v for k, v in spec.to_dict().items() if k not in ("arch", "arch_kwargs", "class_names")}
+    return {
+        "source": config.source, "split": config.split, "checkpoint_sha256": checkpoint_sha256,
+        "model_input": model_input, "reduction": config.reduction, "target": config.target,
+        "format_version": format_version,
+        "methods": {m.label: {"name": m.name, "params": _plain(params[m.label])} for m in config.methods},
+    }
+
+
+def check(stored: Mapping[str, Any] | None, current: Mapping[str, Any], output: str) -> tuple[dict, list[str]]:
+    """The fingerprint to keep, and the method labels this run adds; :class:`JobError` when the run
+    would mix configurations in ``output``."""
+    if not stored:
+        return dict(current), list(current["methods"])
+    differences = [f"{name} was {_show(stored.get(name))}, is {_show(current.get(name))}"
+                   for name in FIELDS if stored.get(name) != current.get(name)]
+    for label, method in current["methods"].items():
+        before = stored.get("methods", {}).get(label)
+        if before is not None and before != method:
+            differences.append(f"method {label!r} was {_show(before)}, is {_show(method)}")
+    if differences:
+        raise JobError(f"{output} holds maps made with another configuration: {'; '.join(differences[:3])}. "
+                       "Write to a new --output, or give a changed method a new label (label=name:params) "
+                       "to add it beside the old one")
+    added = [label for label in current["methods"] if label not in stored.get("methods", {})]
+    kept = {**stored, "methods": {**stored.get("methods", {}), **{k: current["methods"][k] for k in added}}}
+    return kept, added
+
+
+def _plain(value: Any) -> Any:
+    return json.loads(json.dumps(value, sort_keys=True, default=str))
+
+
+def _show(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True, default=str)
+    return text if len(text) <= 120 else text[:117] + "..."
