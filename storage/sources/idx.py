@@ -46,6 +46,8 @@ def has_idx_files(names: Sequence[str]) -> bool:
 class IDXSource(Source):
     """One split of an IDX dataset directory on any fsspec URL."""
 
+    kind = "idx"
+
     def __init__(self, url: str, split: str = "test", storage_options: dict | None = None,
                  classes: Sequence[str] | None = None, name: str | None = None,
                  files: tuple[str, str] | None = None):
@@ -71,6 +73,8 @@ class IDXSource(Source):
             self.classes = list(FASHION_MNIST_CLASSES)
         else:
             self.classes = [str(i) for i in range(int(self._labels().max()) + 1)]
+        if self.classes == [str(i) for i in range(len(self.classes))]:
+            self.label_kind = "integers"
 
     def _init_cache(self) -> None:
         self._cache_lock = threading.Lock()

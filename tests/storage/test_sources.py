@@ -108,9 +108,13 @@ def test_image_folder_modes_splits_and_corrupt(storage_root, fmnist):
     assert out["a/gray.png"].image.shape == (28, 28, 1)
     np.testing.assert_array_equal(out["a/gray.png"].image, images[0])
     assert out["a/rgb.jpg"].image.shape == (28, 28, 3) and out["a/rgb.jpg"].label == 0
-    assert out["b/palette.png"].image.shape == (28, 28, 3) and out["b/rgba.png"].image.shape == (28, 28, 3)
+    assert out["b/palette.png"].image.shape == (28, 28, 3) and out["b/rgba.png"].image.shape == (28, 28, 4)
     np.testing.assert_array_equal(out["b/rgba.png"].image[..., 0], images[3][..., 0])
+    assert (out["b/rgba.png"].image[:, :14, 3] == 128).all() and (out["b/rgba.png"].image[:, 14:, 3] == 255).all()
     assert isinstance(out["b/broken.png"], SampleError) and "decode" in out["b/broken.png"].reason
+    assert join(url, "test", "b", "broken.png") in out["b/broken.png"].reason
+    assert [(s.path, s.reason) for s in source.skipped()] == [("b/notes.txt", "not an image file (no extension "
+                                                                              "Pillow decodes)")]
     with pytest.raises(StorageError, match="not 'val'|but not"):
         open_source(url, storage_options=options, split="train2")
     with pytest.raises(StorageError, match=r"\['b'\]"):
