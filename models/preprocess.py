@@ -129,7 +129,15 @@ def _prepare_chunk(spec: ModelSpec, x: torch.Tensor, device: torch.device | str 
     x = _fit(spec, x)
     if x.shape[1] == 1 and spec.in_channels == 3:
         x = x.expand(-1, 3, -1, -1)
-    return x.contiguous()
+    return _standard_layout(x)
+
+
+def _standard_layout(x: torch.Tensor) -> torch.Tensor:
+    """``x`` with row-major strides. A one-channel permute looks channels-last to torch (strides
+    (HW, 1, W, 1)), and convolutions round differently for it; one layout for every input keeps a
+    sample's map independent of how its batch was put together."""
+    n, c, h, w = x.shape
+    return x if x.stride() == (c * h * w, h * w, w, 1) else x.clone(memory_format=torch.contiguous_format)
 
 
 def _fit(spec: ModelSpec, x: torch.Tensor) -> torch.Tensor:
