@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -63,12 +64,14 @@ def open_source(url: str, *, split: str = "test", storage_options: dict | None =
     return _CLASSES[kind](url, split=split, storage_options=storage_options, classes=classes)
 
 
-def load_arrays(source: Source, refs: Sequence[SampleRef] | None = None
+def load_arrays(source: Source, refs: Sequence[SampleRef] | None = None, spec: Any = None
                 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """All (or ``refs``') samples as arrays: images uint8 [N, H, W, C], labels int64 [N], sample_ids.
 
-    Samples that fail to decode are skipped; their count and first reasons are logged. Images of
-    different shapes are an error (resize them first, e.g. with models.preprocess).
+    Samples that fail to decode are skipped; their count and first reasons are logged. With a model's
+    ``spec`` (models.ModelSpec) every image is brought to what that model sees (its channels and input
+    size, models.preprocess.model_view), so any source stacks; without one, images of different shapes
+    (sizes, or modes such as RGB beside RGBA) are an error.
     """
     refs = source.list() if refs is None else refs
     images, labels, ids, errors = [], [], [], []
@@ -84,7 +87,12 @@ def load_arrays(source: Source, refs: Sequence[SampleRef] | None = None
                     len(refs), "; ".join(f"{e.sample_id}: {e.reason}" for e in errors[:3]))
     if not images:
         return np.zeros((0, 0, 0, 0), np.uint8), np.zeros(0, np.int64), ids
+    if spec is not None:
+        from models.preprocess import model_view
+
+        images = model_view(spec, images)
     shapes = sorted({im.shape for im in images})
     if len(shapes) > 1:
-        raise InvalidStorageInput(f"{source.url}: images have different shapes {shapes[:5]}; resize them before stacking")
+        raise InvalidStorageInput(f"{source.url}: images have different shapes {shapes[:5]} (height, width, "
+                                  "channels); pass the model's spec to load_arrays to bring them to its input")
     return np.stack(images), np.asarray(labels, dtype=np.int64), ids

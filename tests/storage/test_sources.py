@@ -224,3 +224,18 @@ def test_source_travels_to_another_process(storage_root, fmnist, tmp_path):
                          env={**os.environ, "PYTHONPATH": REPO}, timeout=120, check=True)
     got = json.loads(out.stdout)
     assert got == [[r.sample_id, int(labels[10 + i]), int(images[10 + i].sum())] for i, r in enumerate(refs)]
+
+
+def test_load_arrays_brings_any_images_to_the_model_with_its_spec(tmp_path, fmnist):
+    from models import fashion_mnist_spec
+
+    images, labels = fmnist
+    put(str(tmp_path / "Bag" / "a.png"), {}, png_bytes(images[0], "RGBA"))
+    put(str(tmp_path / "Bag" / "b.jpg"), {}, png_bytes(images[1], "RGB", "JPEG", size=56))
+    put(str(tmp_path / "Bag" / "c.png"), {}, png_bytes(images[2]))
+    source = open_source(str(tmp_path))
+    with pytest.raises(StorageError, match="different shapes.*spec"):
+        load_arrays(source)
+    x, y, ids = load_arrays(source, spec=fashion_mnist_spec())
+    assert x.shape == (3, 28, 28, 1) and ids == ["Bag/a.png", "Bag/b.jpg", "Bag/c.png"]
+    np.testing.assert_array_equal(x[2], images[2])
