@@ -175,7 +175,7 @@ def attribute(args: argparse.Namespace, options: dict[str, Any], store: Any, run
     model, spec = load_checkpoint(checkpoint, options or None)
     params = {label: method.params for label, method in build_methods(model, specs).items()}
     source = open_source(args.source, split=args.split, storage_options=options or None, kind=args.source_format)
-    labels = match_labels(source.classes, source.label_kind, spec.class_names)
+    labels = match_labels(source.classes, source.label_kind, spec.class_names, source.intrinsic_indices)
     if args.target == "label" and not labels.labels_are_model_classes:
         raise JobError(f"--target label: {source.url} has no labels" if labels.kind == "none" else
                        f"--target label: {labels.warning}; rename the classes to the model's, or use --target predicted")
@@ -206,7 +206,7 @@ def attribute(args: argparse.Namespace, options: dict[str, Any], store: Any, run
           f"{planned.committed_shards} already committed, {len(planned.tasks)} to do; "
           f"methods: {', '.join(config.labels)}")
     print(f"{source.kind} source {source.url}; images {run_record['preprocessing']['geometry']}; labels: "
-          f"{labels.kind}")
+          f"{labels.describe}")
 
     results: list[dict] = []
     if planned.tasks:

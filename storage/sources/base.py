@@ -109,13 +109,16 @@ class Source(abc.ABC):
     ``kind`` names the format (``open_source(kind=...)``, ``--source-format``). ``label_kind`` says what
     the labels are: ``"names"`` (``classes`` are real class names, which jobs match against a model's
     class names), ``"integers"`` (``classes`` are "0".."K-1": the labels are class indices already) or
-    ``"none"`` (no sample has a label).
+    ``"none"`` (no sample has a label); ``intrinsic_indices`` is described below.
     """
 
     url: str
     classes: list[str]
     kind: str = ""
     label_kind: str = "names"
+    #: True where label indices are the data's own (an IDX labels file, a Parquet label column), not the
+    #: position of a name in a sorted list: they stay valid for a model that names no classes.
+    intrinsic_indices: bool = False
 
     @abc.abstractmethod
     def list(self) -> list[SampleRef]:

@@ -8,6 +8,9 @@ whenever that is possible (:func:`match_labels`):
 - the source has class names, and every one of them equals one of the model's ``class_names`` after
   :func:`normalize_class_name` (case, and ``_``, ``-``, ``/`` or spaces between words): labels become
   the model's indices, whatever order the source lists its classes in;
+- the model names no classes (its ``class_names`` are the default "0".."K-1") and the source's label
+  indices are its own data rather than an order of names (IDX labels files, Parquet label columns,
+  ``Source.intrinsic_indices``): they are kept, as integers are;
 - otherwise the labels stay the source's own indices into its class list, and the match carries a
   warning saying so (``label == predicted`` then means nothing, and a job refuses ``--target label``).
 """
@@ -53,6 +56,13 @@ def classes_of(raw_labels: Iterable[object]) -> tuple[list[str], str]:
     return sorted({str(label).strip() for label in present}), "names"
 
 
+def kind_of_classes(classes: Sequence[str]) -> str:
+    """The label kind of a given class list: "none" when empty, "integers" for "0".."K-1", else "names"."""
+    if not classes:
+        return "none"
+    return "integers" if list(classes) == [str(i) for i in range(len(classes))] else "names"
+
+
 @dataclass(frozen=True)
 class LabelMatch:
     """How a job stores a source's labels for one model.
@@ -72,18 +82,28 @@ class LabelMatch:
     def labels_are_model_classes(self) -> bool:
         return self.kind in ("model", "integers")
 
+    @property
+    def describe(self) -> str:
+        """How labels are stored, in words (for job summaries)."""
+        return {"model": "class names matched to the checkpoint's indices", "integers": "integer labels, kept",
+                "source": "the source's own class indices (names do not match the checkpoint's)",
+                "none": "none (the source has no labels)"}[self.kind]
+
     def to_dict(self) -> dict[str, object]:
         return {"kind": self.kind, "classes": list(self.classes), "warning": self.warning,
                 "mapped": None if self.label_map is None else dict(zip(self.source_classes, self.label_map))}
 
 
-def match_labels(source_classes: Sequence[str], label_kind: str, model_classes: Sequence[str]) -> LabelMatch:
-    """Decide how labels of a source with ``source_classes`` (its ``label_kind``) are stored for a model
-    with ``model_classes`` (see the module docstring)."""
+def match_labels(source_classes: Sequence[str], label_kind: str, model_classes: Sequence[str],
+                 intrinsic: bool = False) -> LabelMatch:
+    """Decide how labels of a source with ``source_classes`` (its ``label_kind``; ``intrinsic``: its
+    label indices are data, not an order of names) are stored for a model with ``model_classes``
+    (see the module docstring)."""
     model = [str(c) for c in model_classes]
+    unnamed = kind_of_classes(model) == "integers"
     if label_kind == "none":
         return LabelMatch("none", ())
-    if label_kind == "integers":
+    if label_kind == "integers" or (unnamed and intrinsic and label_kind == "names"):
         warning = None
         if len(source_classes) > len(model):
             warning = (f"the source's integer labels go up to {len(source_classes) - 1}, but the model has "
@@ -102,6 +122,12 @@ def match_labels(source_classes: Sequence[str], label_kind: str, model_classes: 
     if not unmatched and len(set(mapping)) == len(mapping):
         return LabelMatch("model", tuple(model), tuple(mapping), source_classes=tuple(source_classes))
     shown = ", ".join(repr(n) for n in unmatched[:5]) + (" ..." if len(unmatched) > 5 else "")
+    if unnamed:
+        warning = (f"the checkpoint names no classes (class_names are 0..{len(model) - 1}), so the source's "
+                   f"{len(source_classes)} class names ({shown}) cannot be matched: labels are stored as the source's "
+                   "own indices in sorted name order (run.json labels.classes), which are the model's only if it was "
+                   "trained with that order; --target label is refused")
+        return LabelMatch("source", tuple(source_classes), warning=warning, source_classes=tuple(source_classes))
     warning = (f"{len(unmatched) or 'some'} of the source's {len(source_classes)} class names ({shown}) match none of "
                f"the model's class_names ({', '.join(repr(n) for n in model[:5])}{' ...' if len(model) > 5 else ''}) "
                "after normalizing case and _ - / spaces: labels are stored as the source's own class indices "

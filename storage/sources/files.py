@@ -17,7 +17,7 @@ from typing import Any
 
 from storage.fs import join, open_fs, scrub, storage_errors, translate
 from storage.sources.base import NO_LABEL, Sample, SampleError, SampleRef, SkippedFile, Source, decoded_sample
-from storage.sources.classes import classes_of, integer_label
+from storage.sources.classes import classes_of, integer_label, kind_of_classes
 from storage.sources.images import is_image_name
 
 #: Files fetched concurrently (one async batch) per round trip.
@@ -128,7 +128,7 @@ class FileListSource(Source):
             self.classes, self.label_kind = classes_of(raw for _, _, raw in self._listing()[0])
         else:
             self.classes = [str(c) for c in classes]
-            self.label_kind = "integers" if self.classes == [str(i) for i in range(len(self.classes))] else "names"
+            self.label_kind = kind_of_classes(self.classes)
         self._class_index = {c: i for i, c in enumerate(self.classes)}
 
     def _init_cache(self) -> None:

@@ -19,6 +19,7 @@ from collections.abc import Iterator, Sequence
 from storage.fs import StorageError, join, open_fs, storage_errors
 from storage.sources.base import NO_LABEL, SPLIT_WORDS, Sample, SampleError, SampleRef, SkippedFile, Source, \
     split_aliases
+from storage.sources.classes import kind_of_classes
 from storage.sources.files import fetch, file_sample, relative_files, skip_reason
 
 
@@ -62,6 +63,7 @@ class ImageFolderSource(Source):
             self.classes = [str(i) for i in range(max(map(int, found)) + 1)] if numbered else found
         else:
             self.classes = list(classes)
+            self.label_kind = kind_of_classes(self.classes)
             unknown = sorted(set(found) - set(self.classes))
             if unknown:
                 raise StorageError(f"{self.url} has class directories {unknown} that are not among the given classes "

@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 
 from storage.fs import StorageError, join, open_fs, storage_errors
 from storage.sources.base import NO_LABEL, Sample, SampleError, SampleRef, SkippedFile, Source, decoded_sample, files_of_split
-from storage.sources.classes import classes_of
+from storage.sources.classes import classes_of, kind_of_classes
 from storage.sources.files import fetch_urls, file_sample, resolve_path
 from storage.sources.images import is_image_name
 
@@ -88,9 +88,9 @@ class ParquetSource(Source):
         named = self._hf_names(schema, self.label_column)
         if classes is not None:
             self.classes = list(classes)
-            self.label_kind = "integers" if self.classes == [str(i) for i in range(len(self.classes))] else "names"
-        elif named:
-            self.classes, self.label_kind = named, "names"
+            self.label_kind = kind_of_classes(self.classes)
+        elif named:  # HF ClassLabel: the column holds indices, the metadata names them
+            self.classes, self.label_kind, self.intrinsic_indices = named, "names", True
         elif self.label_column is None:
             self.classes, self.label_kind = [], "none"
         else:

@@ -43,3 +43,13 @@ def test_integer_labels_stay_and_missing_labels_are_none():
     assert classes_of([3, "1", None, ""]) == (["0", "1", "2", "3"], "integers")
     assert classes_of(["cat", 1, None]) == (["1", "cat"], "names")
     assert classes_of([None, ""]) == ([], "none")
+
+
+def test_a_model_that_names_no_classes():
+    """Its class names are 0..K-1: a source whose indices are its own data (an IDX labels file, HF
+    ClassLabel) keeps them; names in sorted order (folders) cannot be matched and say so."""
+    unnamed = [str(i) for i in range(10)]
+    idx = match_labels(FASHION_MNIST_CLASSES, "names", unnamed, intrinsic=True)
+    assert idx.kind == "integers" and idx.warning is None and idx.labels_are_model_classes
+    folders = match_labels(sorted(FASHION_MNIST_CLASSES), "names", unnamed)
+    assert folders.kind == "source" and "names no classes" in folders.warning
