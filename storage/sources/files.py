@@ -15,7 +15,7 @@ import posixpath
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from storage.fs import join, open_fs, scrub, storage_errors, translate
+from storage.fs import open_fs, scrub, storage_errors, translate
 from storage.sources.base import NO_LABEL, Sample, SampleError, SampleRef, SkippedFile, Source, decoded_sample
 from storage.sources.classes import classes_of, integer_label, kind_of_classes
 from storage.sources.images import is_image_name
