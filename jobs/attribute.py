@@ -14,6 +14,11 @@ Reads top to bottom like a Ray batch-inference job:
    model replica on one device and turns a shard into committed Parquet + zarr output;
 5. write run.json, example PNGs per method, and a summary. Exit status 0 means every
    planned shard is committed for every method.
+
+Labels are stored as the model's class indices where the source's class names match the model's
+(storage.sources.classes); files under the source that are not samples are counted and listed in
+the summary and run.json. run.json always ends "complete", "incomplete" or "failed" (with the
+reason); "running" is left only by a driver that was killed.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
-from jobs.cli import (DEFAULT_CHECKPOINT, build_methods, checkpoint_or_default, job_parser, parse_method_specs,
+from jobs.cli import (DEFAULT_CHECKPOINT, JobError, build_methods, checkpoint_or_default, job_parser, parse_method_specs,
                       positive_int, ray_flags, reduction, run_main, storage_options_from, worker_flags)
 
 DEFAULT_OUTPUT = "outputs/maps/fashion-mnist"
@@ -35,7 +40,11 @@ EXAMPLES = 12
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = job_parser("python -m jobs.attribute", __doc__, [ray_flags(), worker_flags("1 on CPUs")])
-    p.add_argument("--source", default="fashion-mnist", help="dataset name or URL (IDX dir, image folder, Parquet)")
+    p.add_argument("--source", default="fashion-mnist", help="dataset name or URL: an image folder, a folder with "
+                   "labels.csv or metadata.jsonl, a CSV/JSONL index, WebDataset .tar shards, Parquet, IDX")
+    p.add_argument("--source-format", default=None, metavar="FORMAT",
+                   help="the source's format instead of detecting it: idx, folder, labeled-folder, index, "
+                        "webdataset or parquet")
     p.add_argument("--split", default="test")
     p.add_argument("--checkpoint", default=None,
                    help=f"model checkpoint URL (default {DEFAULT_CHECKPOINT}, trained with jobs.train if absent)")
@@ -52,11 +61,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def run_shards(tasks: Sequence[Any], config: Any, args: argparse.Namespace) -> list[dict]:
     """Process the pending shards on an actor pool; returns one summary per finished shard."""
+    import gc
+
     import ray
     from tqdm import tqdm
 
     from jobs.cluster import size_workers
-    from workers.attributor import ShardAttributor
+    from workers.attributor import ShardAttributor, failure_line
 
     sizing = size_workers(args.device, args.workers)
     dataset = ray.data.from_items([task.to_row() for task in tasks], override_num_blocks=len(tasks)).map_batches(
@@ -70,14 +81,22 @@ def run_shards(tasks: Sequence[Any], config: Any, args: argparse.Namespace) -> l
     results = []
     with tqdm(total=sum(t.samples for t in tasks), unit="sample", disable=args.no_progress, desc="attribute",
               dynamic_ncols=True) as bar:
-        for row in dataset.iter_rows():
-            results.append(row)
-            bar.update(int(row["samples"]) + int(row["errors"]))
+        failure = None
+        try:
+            for row in dataset.iter_rows():
+                results.append(row)
+                bar.update(int(row["samples"]) + int(row["errors"]))
+        except ray.exceptions.RayError as err:  # a worker failed, not because of a sample: stop, in one line
+            failure = failure_line(err)
+    if failure is not None:
+        del dataset
+        gc.collect()  # the failed execution's frames hold its actor pool, and the pool its CPUs and GPUs
+        raise JobError(f"the job stopped after {len(results)} of {len(tasks)} shards: {failure}")
     return results
 
 
-def write_examples(output: str, options: dict[str, Any], source: Any, methods: Sequence[str]) -> list[str]:
-    """A PNG grid of the first maps of each method, next to the outputs."""
+def write_examples(output: str, options: dict[str, Any], source: Any, methods: Sequence[str], spec: Any) -> list[str]:
+    """A PNG grid of the first maps of each method over the images as the model saw them, next to the outputs."""
     from jobs.plots import map_grid
     from storage.fs import join
     from storage.location import Location
@@ -88,8 +107,8 @@ def write_examples(output: str, options: dict[str, Any], source: Any, methods: S
     first = next(iter(frames.values()))
     if first.empty:
         return []
-    joined = join_with_source(first, source)
-    names = source.classes
+    joined = join_with_source(first, source, spec)
+    names = spec.class_names
     titles = [f"{sid.split('/')[-1]}\n{names[t] if t < len(names) else t}" for sid, t in zip(first.sample_id, first.target)]
     maps = {m: [frame.set_index("sample_id").loc[sid, "map"] for sid in first.sample_id] for m, frame in frames.items()}
     Location(output, options).put("examples.png", map_grid(list(joined["image"]), maps, titles))
@@ -107,37 +126,87 @@ def finish_outputs(store: Any, plan: Any, committed: dict[str, dict[str, dict]])
         store.finish_zarr(name, rows)
 
 
+#: Files under a source that are not samples, listed in run.json (all are counted).
+SKIPPED_LISTED = 1000
+
+
 def run(args: argparse.Namespace) -> int:
-    from storage.checkpoints import load_checkpoint
+    """The job; run.json ends "complete", "incomplete" or "failed" with the reason, whatever happens."""
     from storage.manifest import now
     from storage.maps import MapStore
-    from storage.sources import open_source
-    from workers.tasks import JobConfig, plan_shard_tasks
 
     options = storage_options_from(args.storage_options)
+    record: dict[str, Any] = {"status": "running", "started_at": now()}
+    store = None
+    try:
+        store = MapStore(args.output, options or None)
+        return attribute(args, options, store, record)
+    except BaseException as err:
+        if store is not None:
+            record_failure(store, record, err)
+        raise
+
+
+def record_failure(store: Any, record: dict[str, Any], err: BaseException) -> None:
+    """Write run.json with status "failed" and the reason; a store that refuses that too is left as it is
+    (the original error is what gets reported)."""
+    from storage.fs import StorageError
+    from storage.manifest import now
+
+    reason = "interrupted" if isinstance(err, KeyboardInterrupt) else " ".join(str(err).split()) or type(err).__name__
+    record.update(status="failed", reason=reason[:2000], failed_at=now())
+    try:
+        store.write_run(record)
+    except (StorageError, OSError, ValueError, TypeError):
+        pass
+
+
+def attribute(args: argparse.Namespace, options: dict[str, Any], store: Any, run_record: dict[str, Any]) -> int:
+    from models.preprocess import describe
+    from storage.checkpoints import load_checkpoint
+    from storage.manifest import now
+    from storage.sources import match_labels, open_source
+    from workers.tasks import JobConfig, plan_shard_tasks
+
     specs = parse_method_specs(args.methods)
     checkpoint = checkpoint_or_default(args.checkpoint)
     started, start_clock = now(), time.perf_counter()  # after any training of the default model
     # Fail before any scheduling when the model, the methods, the source or the output are unusable.
     model, spec = load_checkpoint(checkpoint, options or None)
     params = {label: method.params for label, method in build_methods(model, specs).items()}
-    source = open_source(args.source, split=args.split, storage_options=options or None)
-    store = MapStore(args.output, options or None)
+    source = open_source(args.source, split=args.split, storage_options=options or None, kind=args.source_format)
+    labels = match_labels(source.classes, source.label_kind, spec.class_names, source.intrinsic_indices)
+    if args.target == "label" and not labels.labels_are_model_classes:
+        raise JobError(f"--target label: {source.url} has no labels" if labels.kind == "none" else
+                       f"--target label: {labels.warning}; rename the classes to the model's, or use --target predicted")
     config = JobConfig(source=args.source, checkpoint=checkpoint, output=args.output, methods=tuple(specs),
                        split=args.split, batch_size=args.batch_size, reduction=args.reduction, target=args.target,
-                       device=args.device, storage_options=options, deterministic=not args.nondeterministic)
-    run_record = {"config": config.public_dict(), "method_params": params, "model": spec.to_dict(),
-                  "started_at": started, "status": "running"}
+                       device=args.device, storage_options=options, deterministic=not args.nondeterministic,
+                       source_format=source.kind, source_classes=tuple(source.classes), label_map=labels.label_map)
+    refs = source.list()[: args.limit] if args.limit else source.list()
+    skipped = source.skipped()
+    warnings = [w for w in (labels.warning,) if w]
+    run_record.update({"config": config.public_dict(), "method_params": params, "model": spec.to_dict(),
+                       "preprocessing": describe(spec), "labels": labels.to_dict(), "started_at": started,
+                       "source": {"url": source.url, "format": source.kind, "label_kind": source.label_kind,
+                                  "samples": len(refs)},
+                       "skipped_files": {"count": len(skipped), "files": [{"path": f.path, "reason": f.reason}
+                                                                          for f in skipped[:SKIPPED_LISTED]]},
+                       "warnings": warnings, "status": "running"})
     store.write_run(run_record)
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
 
     published = store.repair()  # tables of shards an earlier attempt committed but did not publish
     if published:
         print(f"published {len(published)} committed tables an interrupted run left in _pending/")
-    refs = source.list()[: args.limit] if args.limit else source.list()
+
     planned = plan_shard_tasks(store, refs, args.shard_size, config.labels, spec.input_size)
     print(f"{len(refs)} samples in {len(planned.plan.shards)} shards ({planned.new_shards} new); "
           f"{planned.committed_shards} already committed, {len(planned.tasks)} to do; "
           f"methods: {', '.join(config.labels)}")
+    print(f"{source.kind} source {source.url}; images {run_record['preprocessing']['geometry']}; labels: "
+          f"{labels.describe}")
 
     results: list[dict] = []
     if planned.tasks:
@@ -155,11 +224,18 @@ def run(args: argparse.Namespace) -> int:
     errors = sum(r["n_errors"] for name in config.labels for r in committed[name].values())
     seconds = time.perf_counter() - start_clock
     complete = not any(missing.values())
-    pngs = write_examples(args.output, options or None, source, config.labels) if complete else []
+    pngs = write_examples(args.output, options or None, source, config.labels, spec) if complete else []
+    kinds = errors_by_kind(args.output, options, config.labels[0]) if errors else {}
     run_record.update(status="complete" if complete else "incomplete", finished_at=now(),
-                      seconds=seconds, maps=samples, errors=errors, examples=pngs)
+                      seconds=seconds, maps=samples, errors=errors, errors_by_kind=kinds, examples=pngs)
+    if not complete:
+        run_record["reason"] = f"{sum(map(len, missing.values()))} (method, shard) pairs not committed; rerun to finish"
     store.write_run(run_record)
     print_summary(results, samples, errors, seconds, args.output, pngs, missing)
+    if kinds:
+        print(f"error rows of {config.labels[0]} by kind: {', '.join(f'{k} {n}' for k, n in kinds.items())} "
+              f"(storage.read_errors({args.output!r}) has each reason)")
+    print_skipped(skipped, source.url)
     return 0 if complete else 1
 
 
@@ -180,6 +256,25 @@ def print_summary(results: list[dict], samples: int, errors: int, seconds: float
     if pngs:
         print(f"example maps: {', '.join(pngs)}")
     print(f"read them with: storage.read_maps({output!r}, 'pathway')")
+
+
+def errors_by_kind(output: str, options: dict[str, Any], method: str) -> dict[str, int]:
+    """How many committed error rows of ``method`` each kind (read, decode, preprocess, label, attribution) has."""
+    from storage.reader import read_errors
+
+    kinds = read_errors(output, method, options or None).kind.fillna("unknown")
+    return {str(k): int(n) for k, n in kinds.value_counts().sort_index().items()}
+
+
+def print_skipped(skipped: Sequence[Any], url: str, shown: int = 5) -> None:
+    """Files under the source that are not samples: how many, and the first few with why."""
+    if not skipped:
+        return
+    print(f"{len(skipped)} files under {url} are not samples (listed in run.json skipped_files):")
+    for f in skipped[:shown]:
+        print(f"  {f.path}: {f.reason}")
+    if len(skipped) > shown:
+        print(f"  ... and {len(skipped) - shown} more")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

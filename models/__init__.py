@@ -3,7 +3,7 @@ preprocessing, and a pure-torch training loop. No file I/O (checkpoints live in
 ``storage.checkpoints``).
 """
 
-from models.preprocess import denormalize, preprocess
+from models.preprocess import denormalize, model_view, preprocess
 from models.registry import (
     ModelError,
     ModelSpec,
@@ -25,6 +25,7 @@ __all__ = [
     "evaluate",
     "fashion_mnist_spec",
     "imagenet_spec",
+    "model_view",
     "predict",
     "preprocess",
     "resolve_device",

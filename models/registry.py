@@ -38,6 +38,13 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+#: How images reach the model's input size (``ModelSpec.resize``; models.preprocess does it):
+#: ``plain`` resizes to (H, W), not keeping the aspect ratio (what jobs.train has always trained with);
+#: ``center_crop`` resizes the shorter side to ``resize_size`` and crops the center (H, W), as
+#: torchvision's eval transforms (Resize(resize_size) + CenterCrop(H, W)) do.
+RESIZE_POLICIES = ("plain", "center_crop")
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """What a classifier is and how its inputs are prepared.
@@ -45,6 +52,12 @@ class ModelSpec:
     ``input_size`` is (H, W) of the tensor the model sees; ``mean`` / ``std`` have one
     entry per input channel and apply to pixels scaled to [0, 1]. ``class_names`` may be
     left empty, in which case the classes are named "0" .. "K-1".
+
+    ``resize`` (one of :data:`RESIZE_POLICIES`) and ``resize_size`` (the shorter side before the
+    center crop; default the larger of H and W) say how any image reaches ``input_size``;
+    ``background`` is the gray level in [0, 1] that transparent pixels are composited on. Specs
+    stored without these fields (older checkpoints) get the defaults, which are what those
+    checkpoints were trained with: a plain resize, and no transparency in the training data.
     """
 
     arch: str
@@ -55,6 +68,9 @@ class ModelSpec:
     std: tuple[float, ...]
     class_names: list[str] = field(default_factory=list)
     arch_kwargs: dict[str, Any] = field(default_factory=dict)
+    resize: str = "plain"
+    resize_size: int | None = None
+    background: float = 0.0
 
     def __post_init__(self) -> None:
         def fail(msg: str) -> None:
@@ -84,6 +100,20 @@ class ModelSpec:
         except (TypeError, ValueError):
             fail(f"arch_kwargs must be plain JSON data (they are stored in the checkpoint), got {kwargs!r}")
         object.__setattr__(self, "arch_kwargs", kwargs)
+        if self.resize not in RESIZE_POLICIES:
+            fail(f"resize must be one of {', '.join(RESIZE_POLICIES)}, got {self.resize!r}")
+        if self.resize_size is not None:
+            if isinstance(self.resize_size, bool) or not isinstance(self.resize_size, int) or self.resize_size < 1:
+                fail(f"resize_size must be a positive int or None, got {self.resize_size!r}")
+            if self.resize != "center_crop":
+                fail(f"resize_size applies to resize='center_crop', not {self.resize!r}")
+            if self.resize_size < max(size):
+                fail(f"resize_size {self.resize_size} is smaller than the crop {tuple(size)}: the shorter side "
+                     "must be at least the crop's larger side")
+        if isinstance(self.background, bool) or not isinstance(self.background, (int, float)) \
+                or not 0.0 <= float(self.background) <= 1.0:
+            fail(f"background must be a gray level in [0, 1], got {self.background!r}")
+        object.__setattr__(self, "background", float(self.background))
         object.__setattr__(self, "input_size", (int(size[0]), int(size[1])))
         object.__setattr__(self, "mean", mean)
         object.__setattr__(self, "std", std)
@@ -100,14 +130,20 @@ class ModelSpec:
             "std": list(self.std),
             "class_names": list(self.class_names),
             "arch_kwargs": dict(self.arch_kwargs),
+            "resize": self.resize,
+            "resize_size": self.resize_size,
+            "background": self.background,
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ModelSpec:
         if not isinstance(data, Mapping):
             raise ModelError(f"a ModelSpec must be a mapping, got {type(data).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        missing = sorted(known - set(data) - {"class_names", "arch_kwargs"})
+        fields = dataclasses.fields(cls)
+        known = {f.name for f in fields}
+        optional = {f.name for f in fields if f.default is not dataclasses.MISSING
+                    or f.default_factory is not dataclasses.MISSING}  # older specs lack them
+        missing = sorted(known - set(data) - optional)
         if missing:
             raise ModelError(f"ModelSpec is missing field(s) {missing}")
         unknown = sorted(set(data) - known)
@@ -131,16 +167,24 @@ def fashion_mnist_spec(arch: str = "resnet8") -> ModelSpec:
 
 
 def imagenet_spec(arch: str = "resnet50", input_size: tuple[int, int] = (224, 224)) -> ModelSpec:
-    """An ImageNet classifier with torchvision's normalization and the 1000 class names
-    (the names ship with torchvision's code; no download)."""
+    """An ImageNet classifier with torchvision's normalization, eval transform (shorter side to the
+    weights' resize size, e.g. 232 or 256, then a center crop) and the 1000 class names (they ship
+    with torchvision's code; no download)."""
     archs.resolve(arch)
+    categories: list[str] = []
+    resize_size = round(max(input_size) * 256 / 224)  # torchvision's classic Resize(256) + CenterCrop(224)
     try:
-        categories = list(archs.tv_models().get_model_weights(arch).DEFAULT.meta["categories"])
-    except (ValueError, KeyError, AttributeError):
-        categories = []
+        weights = archs.tv_models().get_model_weights(arch).DEFAULT
+        categories = list(weights.meta["categories"])
+        crop, shorter = weights.transforms.keywords.get("crop_size"), weights.transforms.keywords.get("resize_size")
+        if crop and shorter:
+            resize_size = round(max(input_size) * int(shorter) / int(crop))
+    except (ValueError, KeyError, AttributeError, TypeError):
+        pass
     return ModelSpec(
         arch=arch, num_classes=1000, in_channels=3, input_size=input_size,
         mean=IMAGENET_MEAN, std=IMAGENET_STD, class_names=categories,
+        resize="center_crop", resize_size=resize_size,
     )
 
 

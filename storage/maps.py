@@ -224,7 +224,8 @@ class MapStore:
         files = []
         try:
             tables = {"maps": records.to_table(method, shard_id),
-                      "errors": errors_table(error_ids, [str(e.reason) for e in errors], shard_id, method)}
+                      "errors": errors_table(error_ids, [str(e.reason) for e in errors], shard_id, method,
+                                             [e.kind for e in errors])}
             for kind, table in tables.items():
                 data = parquet_bytes(table)
                 self.where.put(pending_path(kind, method, shard_id), data)

@@ -5,7 +5,8 @@
     maps_array(url, method)            -> zarr.Array [N, H, W] float16 (NaN: no map), lazy
     read_errors(url, method=None)      -> pandas.DataFrame (sample_id, reason, shard_id, method)
     read_run(url)                      -> dict (run.json)
-    join_with_source(maps_df, source)  -> maps_df with an "image" column (uint8 [H, W, C])
+    join_with_source(maps_df, source, spec)  -> maps_df with an "image" column: uint8 [H, W, C] as the
+                                       model saw it (the maps' size), or as stored with original=True
 """
 
 from __future__ import annotations
@@ -131,8 +132,14 @@ def map_arrays(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
 def read_errors(url: str, method: str | None = None, storage_options: Mapping[str, Any] | None = None
                 ) -> pd.DataFrame:
     """The committed errors: one row per sample that could not be processed."""
-    tables = _committed_tables(url, "errors", method, storage_options)
+    tables = [_with_columns(t, ERRORS_SCHEMA) for t in _committed_tables(url, "errors", method, storage_options)]
     return (pa.concat_tables(tables) if tables else ERRORS_SCHEMA.empty_table()).to_pandas()
+
+
+def _with_columns(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """``table`` with ``schema``'s columns in its order; columns added to the schema later are null."""
+    return pa.table({f.name: table.column(f.name) if f.name in table.column_names else pa.nulls(len(table), f.type)
+                     for f in schema}, schema=schema)
 
 
 def maps_array(url: str, method: str | None = None, storage_options: Mapping[str, Any] | None = None
@@ -199,12 +206,27 @@ def read_run(url: str, storage_options: Mapping[str, Any] | None = None) -> dict
         raise StorageError(f"{where.url_of('run.json')} is not JSON: {err}") from None
 
 
-def join_with_source(maps_df: pd.DataFrame, source: Source) -> pd.DataFrame:
-    """``maps_df`` plus an ``image`` column (uint8 [H, W, C]) read from ``source`` by ``sample_id``.
+def join_with_source(maps_df: pd.DataFrame, source: Source, spec: Any = None, *, original: bool = False
+                     ) -> pd.DataFrame:
+    """``maps_df`` plus an ``image`` column read from ``source`` by ``sample_id``.
+
+    By default each image is shown as the model saw it (``models.preprocess.model_view``: channels
+    converted, resized or cropped to the input size, not normalized), so it lies exactly under its map.
+    ``spec`` is the model's :class:`models.ModelSpec`, its dict, or the dataset's ``read_run(url)``
+    (which holds it under "model"). ``original=True`` gives the images as the source holds them (any
+    size; uint8 [H, W, C] with C = 1, 2, 3 or 4) and needs no spec.
 
     Only the rows' samples are read. A sample missing from the source, or unreadable, gets
     ``image=None`` (logged), so rows stay aligned with ``maps_df``.
     """
+    model_spec = None
+    if not original:
+        if spec is None:
+            raise InvalidStorageInput("join_with_source shows images as the model saw them: pass spec= (a ModelSpec, "
+                                      "or read_run(url) of the map dataset), or original=True for the stored images")
+        from models.registry import ModelSpec
+
+        model_spec = spec if isinstance(spec, ModelSpec) else ModelSpec.from_dict(spec.get("model", spec))
     by_id = {ref.sample_id: ref for ref in source.list()}
     ids = [str(s) for s in maps_df["sample_id"]]
     wanted = list(dict.fromkeys(s for s in ids if s in by_id))
@@ -218,6 +240,10 @@ def join_with_source(maps_df: pd.DataFrame, source: Source) -> pd.DataFrame:
     if failed:
         log.warning("join_with_source(%s): %d samples missing or unreadable, e.g. %s", source.url, len(failed),
                     "; ".join(failed[:3]))
+    if model_spec is not None and images:
+        from models.preprocess import model_view
+
+        images = dict(zip(images, model_view(model_spec, list(images.values()))))
     out = maps_df.copy()
     out["image"] = [images.get(s) for s in ids]
     return out

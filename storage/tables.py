@@ -46,8 +46,10 @@ PARQUET_OPTIONS = dict(compression="zstd", compression_level=ZSTD_LEVEL, use_dic
                        write_statistics=["sample_id", "method", "label", "target", "predicted", "shard_id"],
                        data_page_version="2.0")
 
+#: ``kind`` (storage.sources.base.ERROR_KINDS: read, decode, preprocess, label, attribution) came last;
+#: errors written before it have no such column, and read back with kind null.
 ERRORS_SCHEMA = pa.schema([("sample_id", pa.string()), ("reason", pa.string()), ("shard_id", pa.string()),
-                           ("method", pa.string())])
+                           ("method", pa.string()), ("kind", pa.string())])
 
 _SCALARS = {"int64": pa.int64(), "float64": pa.float64(), "bool": pa.bool_()}
 #: Columns every maps table has before the method's details, and after them the map itself.
@@ -103,12 +105,14 @@ def _hf_features(fields: list[tuple[str, pa.DataType]], height: int, width: int)
     return {"info": {"features": features}}
 
 
-def errors_table(sample_ids: list[str], reasons: list[str], shard_id: str, method: str) -> pa.Table:
+def errors_table(sample_ids: list[str], reasons: list[str], shard_id: str, method: str,
+                 kinds: list[str | None] | None = None) -> pa.Table:
     """A shard's error rows (a table is written for every shard, even with no rows, so that globbing
-    ``errors/`` works on a clean run)."""
+    ``errors/`` works on a clean run); ``kinds`` says at which step each sample failed."""
     n = len(sample_ids)
-    return pa.table({"sample_id": sample_ids, "reason": reasons, "shard_id": [shard_id] * n, "method": [method] * n},
-                    schema=ERRORS_SCHEMA)
+    kinds = [k or None for k in kinds] if kinds is not None else [None] * n
+    return pa.table({"sample_id": sample_ids, "reason": reasons, "shard_id": [shard_id] * n, "method": [method] * n,
+                     "kind": kinds}, schema=ERRORS_SCHEMA)
 
 
 def parquet_bytes(table: pa.Table, **overrides: Any) -> bytes:

@@ -37,12 +37,22 @@ def fashion_mnist(split: str, count: int | None = None, start: int = 0) -> tuple
     return images, labels
 
 
-def png_bytes(image: np.ndarray, mode: str = "L", fmt: str = "PNG") -> bytes:
-    """A [H, W, 1] uint8 image encoded as ``fmt``, converted to Pillow ``mode`` first."""
+def png_bytes(image: np.ndarray, mode: str = "L", fmt: str = "PNG", size: int | None = None) -> bytes:
+    """A [H, W, 1] uint8 image encoded as ``fmt``, resized to ``size`` x ``size`` (bilinear) and converted to
+    Pillow ``mode`` first; mode "I;16" scales to 16 bits (x 257), "LA" / "RGBA" get a half-transparent left half."""
     from PIL import Image
 
     img = Image.fromarray(image[:, :, 0])
-    if mode != "L":
+    if size is not None:
+        img = img.resize((size, size), Image.Resampling.BILINEAR)
+    if mode == "I;16":
+        img = Image.fromarray(np.asarray(img).astype(np.uint16) * 257)
+    elif mode in ("LA", "RGBA"):
+        img = img.convert(mode)
+        alpha = np.full(img.size[::-1], 255, np.uint8)
+        alpha[:, : img.size[0] // 2] = 128
+        img.putalpha(Image.fromarray(alpha))
+    elif mode != "L":
         img = img.convert(mode)
     buf = io.BytesIO()
     img.save(buf, format=fmt)
@@ -157,3 +167,39 @@ def tiny_checkpoint(directory: Path, n: int = 1000) -> str:
         save_checkpoint(path, model.cpu(), fashion_mnist_spec())
         _CHECKPOINTS[key] = path
     return _CHECKPOINTS[key]
+
+
+def class_dir(label: int) -> str:
+    """A Fashion-MNIST class name as people name folders: ``T-shirt_top``, ``Ankle_boot``."""
+    from storage.sources import FASHION_MNIST_CLASSES
+
+    return FASHION_MNIST_CLASSES[int(label)].replace("/", "_").replace(" ", "_")
+
+
+def write_index(url: str, storage_options: dict | None, rows: list[dict]) -> None:
+    """An index file at ``url``: CSV (header from the first row) or JSONL, by its extension."""
+    import csv
+    import json
+
+    if url.endswith((".jsonl", ".ndjson")):
+        text = "".join(json.dumps(row) + "\n" for row in rows)
+    else:
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=list(rows[0]), delimiter="\t" if url.endswith(".tsv") else ",")
+        writer.writeheader()
+        writer.writerows(rows)
+        text = buf.getvalue()
+    put(url, storage_options, text.encode())
+
+
+def tar_bytes(members: list[tuple[str, bytes]]) -> bytes:
+    """An uncompressed tar of ``(name, data)`` members, in that order (fixed mtime)."""
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime = len(data), 0
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()

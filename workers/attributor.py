@@ -8,6 +8,12 @@ Per shard: decode the next batch in a background thread while the device compute
 current one, compute every requested method's maps, reduce them to [H, W], and write the
 shard through :class:`storage.maps.MapStore`, whose commit record comes last. The output
 depends only on the shard, so a retried shard rewrites the same bytes.
+
+No sample can fail a shard: one that cannot be read, decoded, preprocessed, labelled (with
+``target="label"``) or attributed becomes an error row with the reason and its kind, and a shard
+whose every sample is bad commits with zero maps. What is not the data's fault (the store refuses
+a request, every sample of a batch fails attribution alone, a write fails) raises
+:class:`ShardFailed`, whose one-line message names the shard and the cause; the job stops there.
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ from models.preprocess import preprocess
 from models.training import resolve_device
 from storage.checkpoints import load_checkpoint
 from storage.maps import MapRecords, MapStore
-from storage.sources import Sample, SampleError, SampleRef, open_source
+from storage.sources import NO_LABEL, Sample, SampleError, SampleRef, open_source
 
 from .allocator import keep_freed_memory
 from .tasks import JobConfig, ShardTask
@@ -68,6 +74,22 @@ def _import_ahead(modules: Sequence[str]) -> None:
             importlib.import_module(module)
         except Exception:  # noqa: BLE001 - reported where the module is really needed
             log.debug("importing %s ahead failed", module, exc_info=True)
+
+
+class ShardFailed(RuntimeError):
+    """A shard failed for a reason that is not its data's; the message is one line naming the shard."""
+
+
+def failure_line(err: BaseException) -> str:
+    """The one-line reason of a worker failure, also from Ray's wrapping of it (which keeps only text)."""
+    text = str(err)
+    marker = f"{ShardFailed.__name__}: "
+    for line in text.splitlines():
+        if marker in line:
+            return line.split(marker, 1)[1].strip()
+    lines = [line.strip() for line in text.split("The above exception was the direct cause")[0].splitlines()
+             if line.strip()]
+    return (lines[-1] if lines else f"{type(err).__name__}")[:1000]
 
 
 @dataclass
@@ -111,7 +133,8 @@ class ShardAttributor:
         options = self.config.storage_options or None
         self.model, self.spec = load_checkpoint(self.config.checkpoint, options, map_location=self.device)
         self.model.to(self.device).eval()
-        self.source = open_source(self.config.source, split=self.config.split, storage_options=options)
+        self.source = open_source(self.config.source, split=self.config.split, storage_options=options,
+                                  kind=self.config.source_format, classes=self.config.source_classes)
         self.store = MapStore(self.config.output, options)
         self.methods = {spec.label: spec.build(self.model) for spec in self.config.methods}
         self.kinds = column_kinds([method.detail_schema for method in self.methods.values()])
@@ -126,8 +149,14 @@ class ShardAttributor:
         return {key: np.array([getattr(r, key) for r in results]) for key in ShardResult.__dataclass_fields__}
 
     def process_shard(self, task: ShardTask) -> ShardResult:
-        """Compute, write and commit one shard for the task's methods."""
-        return self._on_compute_thread(self._process_shard, task)
+        """Compute, write and commit one shard for the task's methods; :class:`ShardFailed` when that
+        fails for a reason that is not the data's."""
+        try:
+            return self._on_compute_thread(self._process_shard, task)
+        except Exception as err:  # noqa: BLE001 - every cause is reported as one line naming the shard
+            first = task.refs[0].sample_id if task.refs else "-"
+            raise ShardFailed(f"shard {task.shard_id} ({task.samples} samples from {first!r}) failed on worker "
+                              f"{self.worker}: {type(err).__name__}: {' '.join(str(err).split())}"[:1000]) from err
 
     def _process_shard(self, task: ShardTask) -> ShardResult:
         start = time.perf_counter()
@@ -151,8 +180,22 @@ class ShardAttributor:
     def _decode(self, refs: Sequence[SampleRef]) -> tuple[list[Sample], list[SampleError]]:
         samples, errors = [], []
         for item in self.source.read(refs):
+            if isinstance(item, Sample):
+                item = self._labelled(item)
             (errors if isinstance(item, SampleError) else samples).append(item)
         return samples, errors
+
+    def _labelled(self, sample: Sample) -> Sample | SampleError:
+        """The sample with its label as the model's class index where the driver matched names; with
+        ``target="label"``, an error row when it has no label the model knows."""
+        label_map = self.config.label_map
+        if label_map is not None and 0 <= sample.label < len(label_map):
+            sample.label = label_map[sample.label]
+        if self.config.target == "label" and not 0 <= sample.label < self.spec.num_classes:
+            why = "has no label" if sample.label == NO_LABEL else \
+                f"has label {sample.label}, which is not a class of the model ({self.spec.num_classes} classes)"
+            return SampleError(sample.sample_id, f"{sample.sample_id} {why}; --target label needs one", "label")
+        return sample
 
     def _decoded_batches(self, refs: Sequence[SampleRef]) -> Iterator[tuple[list[Sample], list[SampleError]]]:
         """Batches of decoded samples; the next batch decodes while the caller computes."""
@@ -166,20 +209,21 @@ class ShardAttributor:
 
     # -- computing -----------------------------------------------------------------------
     def _inputs(self, samples: Sequence[Sample]) -> tuple[list[Sample], torch.Tensor | None, list[SampleError]]:
-        """Preprocess; a sample the model cannot take (wrong channels, ...) becomes an error."""
-        shapes = {s.image.shape for s in samples}
-        if len(shapes) == 1:
-            try:
-                return list(samples), preprocess(self.spec, np.stack([s.image for s in samples]), self.device), []
-            except Exception:  # noqa: BLE001 - isolate the offending samples below
-                pass
+        """Preprocess (any sizes and modes, models.preprocess); a sample the model cannot take becomes an
+        error row."""
+        try:
+            return list(samples), preprocess(self.spec, [s.image for s in samples], self.device), []
+        except Exception:  # noqa: BLE001 - isolate the offending samples below
+            pass
         good, tensors, errors = [], [], []
         for sample in samples:
             try:
-                tensors.append(preprocess(self.spec, sample.image[None], self.device))
+                tensors.append(preprocess(self.spec, [sample.image], self.device))
                 good.append(sample)
             except Exception as err:  # noqa: BLE001 - recorded per sample
-                errors.append(SampleError(sample.sample_id, f"preprocessing failed: {err}"))
+                errors.append(SampleError(sample.sample_id, f"cannot preprocess {sample.sample_id} (image of shape "
+                                                            f"{tuple(sample.image.shape)}): {type(err).__name__}: "
+                                                            f"{err}"[:500], "preprocess"))
         return good, (torch.cat(tensors) if tensors else None), errors
 
     def _compute(self, samples: list[Sample], methods: Sequence[str]
@@ -198,7 +242,8 @@ class ShardAttributor:
                 try:
                     computed = self._attribute(methods, [sample], x[i : i + 1])
                 except Exception as err:  # noqa: BLE001
-                    failures.append(SampleError(sample.sample_id, f"attribution failed: {type(err).__name__}: {err}"))
+                    failures.append(SampleError(sample.sample_id, f"attribution of {sample.sample_id} failed: "
+                                                                  f"{type(err).__name__}: {err}"[:500], "attribution"))
                     continue
                 for name in methods:
                     parts[name].append(computed[name])

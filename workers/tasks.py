@@ -38,9 +38,16 @@ class JobConfig:
     device: str = "auto"
     storage_options: dict[str, Any] = field(default_factory=dict)
     deterministic: bool = True  # CUDA: deterministic kernels, so a retried shard rewrites the same bytes
+    # What the driver found, so that workers neither detect nor list the source again:
+    source_format: str | None = None                  # the source's kind (storage.sources.FORMATS)
+    source_classes: tuple[str, ...] | None = None     # the source's class list, which its labels index
+    label_map: tuple[int, ...] | None = None          # source class index -> model class index (names matched)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "methods", tuple(self.methods))
+        for name in ("source_classes", "label_map"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, tuple(getattr(self, name)))
         labels = [m.label for m in self.methods]
         if len(set(labels)) != len(labels):
             raise ValueError(f"method labels must be unique, got {labels}")

@@ -8,12 +8,15 @@ them in its plan, and a worker calls ``read(refs)`` on an equal Source opened in
 from __future__ import annotations
 
 import abc
-import io
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from storage.fs import StorageError
+from storage.sources.images import decode_image, decode_reason, to_uint8_hwc  # noqa: F401 - the contract's decoder
 
 #: Top-level names that mark a split rather than a class or a data directory.
 SPLIT_ALIASES = {
@@ -22,6 +25,32 @@ SPLIT_ALIASES = {
     "val": ("val", "valid", "validation"),
 }
 SPLIT_WORDS = frozenset(w for ws in SPLIT_ALIASES.values() for w in ws)
+
+
+_WORD = re.compile(r"[A-Za-z0-9]+")
+
+
+def split_words(rel: str) -> set[str]:
+    """Split words named by a relative path's directories or by its file name's leading word."""
+    *dirs, name = rel.split("/")
+    first = _WORD.match(name)
+    words = {d.lower() for d in dirs} | ({first.group(0).lower()} if first else set())
+    return words & SPLIT_WORDS
+
+
+def files_of_split(rel: Sequence[str], split: str, url: str, what: str) -> list[str]:
+    """The files among ``rel`` that belong to ``split`` when some are named by split (``test-0000.parquet``,
+    ``data/train/...``), else all of them. "test" falls back to "val" only where there is no test split."""
+    marked = [r for r in rel if split_words(r)]
+    if not marked:
+        return list(rel)
+    chosen: list[str] = []
+    for alias in split_aliases(split):
+        chosen = chosen or [r for r in rel if alias in split_words(r)]
+    if not chosen:
+        have = sorted(set().union(*(split_words(r) for r in marked)))
+        raise StorageError(f"{url} holds {what} for splits {have} but not {split!r}")
+    return chosen
 
 
 def split_aliases(split: str) -> tuple[str, ...]:
@@ -44,21 +73,52 @@ class SampleRef:
 @dataclass
 class Sample:
     sample_id: str
-    image: np.ndarray     # uint8, [H, W, C] (C=1 for grayscale, 3 for RGB)
-    label: int
+    image: np.ndarray     # uint8 [H, W, C]: C = 1 (L), 2 (LA), 3 (RGB) or 4 (RGBA); see decode_image
+    label: int            # index into the source's ``classes``; NO_LABEL when the sample has none
+
+
+#: The label of a sample its source gives no class (an image outside any class directory, an index row
+#: without a label). Stored as -1 in the maps' ``label`` column.
+NO_LABEL = -1
+
+#: What went wrong with a sample (the ``kind`` of its error row).
+ERROR_KINDS = ("read", "decode", "preprocess", "label", "attribution")
 
 
 @dataclass
 class SampleError:
+    """A sample that could not be processed. ``reason`` names the file (or row) and the cause;
+    ``kind`` says at which step: read, decode, preprocess, label or attribution."""
+
     sample_id: str
+    reason: str
+    kind: str = "read"
+
+
+@dataclass(frozen=True)
+class SkippedFile:
+    """A file under a source that is not a sample (not an image, not a label file the source uses)."""
+
+    path: str             # relative to the source URL
     reason: str
 
 
 class Source(abc.ABC):
-    """A dataset on any fsspec URL. Subclasses set ``url`` and ``classes``."""
+    """A dataset on any fsspec URL. Subclasses set ``url`` and ``classes``.
+
+    ``kind`` names the format (``open_source(kind=...)``, ``--source-format``). ``label_kind`` says what
+    the labels are: ``"names"`` (``classes`` are real class names, which jobs match against a model's
+    class names), ``"integers"`` (``classes`` are "0".."K-1": the labels are class indices already) or
+    ``"none"`` (no sample has a label); ``intrinsic_indices`` is described below.
+    """
 
     url: str
     classes: list[str]
+    kind: str = ""
+    label_kind: str = "names"
+    #: True where label indices are the data's own (an IDX labels file, a Parquet label column), not the
+    #: position of a name in a sorted list: they stay valid for a model that names no classes.
+    intrinsic_indices: bool = False
 
     @abc.abstractmethod
     def list(self) -> list[SampleRef]:
@@ -71,6 +131,10 @@ class Source(abc.ABC):
         A sample that cannot be decoded yields a :class:`SampleError`, never an exception.
         A store that cannot be reached at all raises :class:`storage.fs.StorageError`.
         """
+
+    def skipped(self) -> list[SkippedFile]:
+        """Files under the source that are not samples, with why (complete once :meth:`list` ran)."""
+        return []
 
     def __len__(self) -> int:
         return len(self.list())
@@ -90,47 +154,9 @@ class Source(abc.ABC):
         """Create the per-object caches (names start with ``_cache``); called on init and unpickle."""
 
 
-def to_uint8_hwc(image: Any) -> np.ndarray:
-    """A decoded Pillow image as uint8 [H, W, C]: grayscale stays C=1, everything else becomes RGB.
-
-    Palette images with transparency and RGBA/LA images drop the alpha channel (as
-    ``PIL.Image.convert`` does); 16-bit and float grayscale are rescaled/clipped to 0..255.
-    """
-    mode = image.mode
-    if mode in ("1", "L"):
-        arr = np.asarray(image.convert("L"), dtype=np.uint8)
-    elif mode in ("I;16", "I;16B", "I;16L", "I;16N"):
-        arr = (np.asarray(image, dtype=np.uint16) >> 8).astype(np.uint8)
-    elif mode in ("I", "F"):
-        arr = np.clip(np.asarray(image, dtype=np.float64), 0, 255).astype(np.uint8)
-    elif mode == "LA":
-        arr = np.asarray(image.convert("L"), dtype=np.uint8)
-    elif mode == "P":  # via RGBA where the palette has transparency, so Pillow resolves it first
-        arr = np.asarray(image.convert("RGBA" if "transparency" in image.info else "RGB").convert("RGB"),
-                         dtype=np.uint8)
-    else:
-        arr = np.asarray(image if mode == "RGB" else image.convert("RGB"), dtype=np.uint8)
-    if arr.ndim == 2:
-        arr = arr[:, :, None]
-    return np.ascontiguousarray(arr)
-
-
-def decode_image(data: bytes) -> np.ndarray:
-    """Decode PNG/JPEG/... bytes with Pillow to uint8 [H, W, C]; raises on corrupt data."""
-    from PIL import Image
-
-    with Image.open(io.BytesIO(data)) as img:
-        img.load()
-        return to_uint8_hwc(img)
-
-
-def decode_reason(err: BaseException) -> str:
-    return f"cannot decode image: {type(err).__name__}: {err}"[:500]
-
-
-def decoded_sample(sample_id: str, data: bytes, label: int) -> Sample | SampleError:
-    """The sample, or an error record naming why its bytes do not decode (never an exception)."""
+def decoded_sample(sample_id: str, data: bytes | None, label: int, where: str) -> Sample | SampleError:
+    """The sample, or an error row naming ``where`` (the file or row) and why its bytes do not decode."""
     try:
         return Sample(sample_id, decode_image(data), label)
     except Exception as err:  # noqa: BLE001 - Pillow raises many types for corrupt data
-        return SampleError(sample_id, decode_reason(err))
+        return SampleError(sample_id, decode_reason(err, where, data), "decode")

@@ -1,25 +1,26 @@
-"""Image folders, ImageNet style: ``root/<class>/<file>.png|jpg|jpeg`` on any fsspec URL.
+"""Image folders, ImageNet style: ``root/<class>/<file>`` on any fsspec URL.
 
 If every top-level directory of ``root`` is a split name (train, test, val, ...), the split's
 directory is the class root. Classes are the sorted class directory names, unless ``classes`` is
-given (then an unknown directory is an error naming it). ``sample_id`` and locator are the file's
-path relative to the class root, with '/' separators. Files may sit deeper inside a class
-directory; files directly in the root, and non-image files, are skipped (and counted in a log line).
+given (then an unknown directory is an error naming it); directories named 0, 1, 2, ... are integer
+labels and keep their number. ``sample_id`` and locator are the file's path relative to the class
+root, with '/' separators. Files may sit deeper inside a class directory.
+
+Every file is accounted for: a file whose extension Pillow decodes (.png, .jpg, .webp, .bmp, .gif,
+.tif, ...: :func:`storage.sources.images.image_extensions`) is a sample, also directly in the root,
+where it has no label (``NO_LABEL``); every other file, and hidden files (``.DS_Store``, ``._x.jpg``),
+are listed by :meth:`ImageFolderSource.skipped` with the reason.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator, Sequence
 
-from storage.fs import StorageError, join, open_fs, storage_errors, translate
-from storage.sources.base import SPLIT_WORDS, Sample, SampleError, SampleRef, Source, decoded_sample, \
+from storage.fs import StorageError, join, open_fs, storage_errors
+from storage.sources.base import NO_LABEL, SPLIT_WORDS, Sample, SampleError, SampleRef, SkippedFile, Source, \
     split_aliases
-
-log = logging.getLogger(__name__)
-
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
-_FETCH_BATCH = 64  # files fetched concurrently (one async batch) per round trip
+from storage.sources.classes import kind_of_classes
+from storage.sources.files import fetch, file_sample, relative_files, skip_reason
 
 
 def split_root(root: str, url: str, split: str, top_dirs: Sequence[str]) -> tuple[str, str]:
@@ -34,71 +35,73 @@ def split_root(root: str, url: str, split: str, top_dirs: Sequence[str]) -> tupl
     return root, url
 
 
+def open_split_root(url: str, split: str, storage_options: dict) -> tuple[object, str, str, list[dict]]:
+    """``(fs, root path, root url, entries)`` of a folder's split directory (or the folder itself)."""
+    fs, root = open_fs(url, storage_options)
+    with storage_errors(url, "list", storage_options):
+        entries = fs.ls(root, detail=True)
+    top_dirs = sorted(e["name"].rstrip("/") for e in entries if e.get("type") == "directory")
+    class_root, class_url = split_root(root.rstrip("/"), str(url).rstrip("/"), split, top_dirs)
+    if class_root != root.rstrip("/"):
+        with storage_errors(class_url, "list", storage_options):
+            entries = fs.ls(class_root, detail=True)
+    return fs, class_root, class_url, entries
+
+
 class ImageFolderSource(Source):
+    kind = "folder"
+
     def __init__(self, url: str, split: str = "test", storage_options: dict | None = None,
                  classes: Sequence[str] | None = None):
         self.storage_options = dict(storage_options or {})
-        fs, root = open_fs(url, self.storage_options)
-        with storage_errors(url, "list", self.storage_options):
-            entries = fs.ls(root, detail=True)
-        top_dirs = sorted(e["name"].rstrip("/") for e in entries if e.get("type") == "directory")
-        class_root, url = split_root(root.rstrip("/"), str(url).rstrip("/"), split, top_dirs)
-        if class_root != root.rstrip("/"):
-            with storage_errors(url, "list", self.storage_options):
-                entries = fs.ls(class_root, detail=True)
-            top_dirs = sorted(e["name"].rstrip("/") for e in entries if e.get("type") == "directory")
-        self.fs, self.root, self.url = fs, class_root, url
-        found = [d.rstrip("/").rsplit("/", 1)[-1] for d in top_dirs]
+        self.fs, self.root, self.url, entries = open_split_root(url, split, self.storage_options)
+        found = sorted(e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries if e.get("type") == "directory")
+        found = [d for d in found if not d.startswith(".")]
         if classes is None:
-            self.classes = sorted(found)
+            numbered = bool(found) and all(d.isdigit() for d in found)
+            self.label_kind = "integers" if numbered else "names"
+            self.classes = [str(i) for i in range(max(map(int, found)) + 1)] if numbered else found
         else:
             self.classes = list(classes)
+            self.label_kind = kind_of_classes(self.classes)
             unknown = sorted(set(found) - set(self.classes))
             if unknown:
-                raise StorageError(f"{url} has class directories {unknown} that are not among the given classes "
+                raise StorageError(f"{self.url} has class directories {unknown} that are not among the given classes "
                                    f"{self.classes}: add them to classes or remove them")
         if not self.classes:
-            raise StorageError(f"{url} has no class directories: expected root/<class>/<image>.png|jpg|jpeg")
+            self.label_kind = "none"
         self._class_index = {c: i for i, c in enumerate(self.classes)}
         self._init_cache()
 
     def _init_cache(self) -> None:
-        self._cache_refs: list[SampleRef] | None = None
+        self._cache_listing: tuple[list[SampleRef], list[SkippedFile]] | None = None
+
+    def _listing(self) -> tuple[list[SampleRef], list[SkippedFile]]:
+        if self._cache_listing is None:
+            refs, skipped = [], []
+            for rel in relative_files(self.fs, self.root, self.url, self.storage_options):
+                reason = skip_reason(rel)
+                if reason:
+                    skipped.append(SkippedFile(rel, reason))
+                else:
+                    refs.append(SampleRef(rel, rel))
+            self._cache_listing = refs, skipped
+        return self._cache_listing
 
     def list(self) -> list[SampleRef]:
-        if self._cache_refs is None:
-            with storage_errors(self.url, "list", self.storage_options):
-                paths = self.fs.find(self.root, detail=False)
-            prefix = self.root.rstrip("/") + "/"
-            refs, skipped = [], 0
-            for path in sorted(paths):
-                rel = path[len(prefix):] if path.startswith(prefix) else path
-                if "/" not in rel or not rel.lower().endswith(IMAGE_EXTENSIONS) or \
-                        rel.split("/", 1)[0] not in self._class_index:
-                    skipped += 1
-                    continue
-                refs.append(SampleRef(rel, rel))
-            if skipped:
-                log.info("%s: skipped %d files that are not <class>/<image>.png|jpg|jpeg", self.url, skipped)
-            self._cache_refs = refs
-        return list(self._cache_refs)
+        return list(self._listing()[0])
+
+    def skipped(self) -> list[SkippedFile]:
+        return list(self._listing()[1])
 
     def read(self, refs: Sequence[SampleRef]) -> Iterator[Sample | SampleError]:
-        for start in range(0, len(refs), _FETCH_BATCH):
-            batch = refs[start:start + _FETCH_BATCH]
-            paths = [join(self.root, str(r.locator)) for r in batch]
-            with storage_errors(self.url, "read", self.storage_options):
-                blobs = self.fs.cat(paths, on_error="return") if paths else {}
-            for ref, path in zip(batch, paths):
-                label = self._class_index.get(str(ref.locator).split("/", 1)[0])
-                if label is None:
-                    yield SampleError(ref.sample_id, f"{ref.locator!r} is not inside a class directory of {self.url}")
-                    continue
-                data = blobs.get(path, blobs.get(self.fs._strip_protocol(path)))
-                if isinstance(data, PermissionError):
-                    raise translate(data, self.url, "read", self.storage_options)
-                if isinstance(data, BaseException) or data is None:
-                    yield SampleError(ref.sample_id, f"cannot read {join(self.url, str(ref.locator))}: "
-                                                     f"{type(data).__name__}: {data}"[:500])
-                    continue
-                yield decoded_sample(ref.sample_id, data, label)
+        rels = [str(r.locator) for r in refs]
+        blobs = fetch(self.fs, [join(self.root, rel) for rel in rels], self.url, self.storage_options)
+        for ref, rel, data in zip(refs, rels, blobs):
+            top = rel.split("/", 1)[0] if "/" in rel else None
+            label = NO_LABEL if top is None else self._class_index.get(top)
+            if label is None:
+                yield SampleError(ref.sample_id, f"{join(self.url, rel)} is not inside a class directory of "
+                                                 f"{self.url} (classes: {len(self.classes)})", "label")
+                continue
+            yield file_sample(ref.sample_id, label, join(self.url, rel), data, self.storage_options)

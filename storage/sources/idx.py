@@ -18,6 +18,7 @@ import numpy as np
 
 from storage.fs import StorageError, join, open_fs, storage_errors
 from storage.sources.base import Sample, SampleError, SampleRef, Source, split_aliases
+from storage.sources.classes import kind_of_classes
 
 FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                          "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
@@ -46,6 +47,9 @@ def has_idx_files(names: Sequence[str]) -> bool:
 class IDXSource(Source):
     """One split of an IDX dataset directory on any fsspec URL."""
 
+    kind = "idx"
+    intrinsic_indices = True  # the labels file holds the indices; the names are ours
+
     def __init__(self, url: str, split: str = "test", storage_options: dict | None = None,
                  classes: Sequence[str] | None = None, name: str | None = None,
                  files: tuple[str, str] | None = None):
@@ -71,6 +75,7 @@ class IDXSource(Source):
             self.classes = list(FASHION_MNIST_CLASSES)
         else:
             self.classes = [str(i) for i in range(int(self._labels().max()) + 1)]
+        self.label_kind = kind_of_classes(self.classes)
 
     def _init_cache(self) -> None:
         self._cache_lock = threading.Lock()

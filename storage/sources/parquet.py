@@ -1,43 +1,52 @@
 """Parquet files of encoded images (the Hugging Face datasets layout, among others).
 
-Columns: ``image`` (binary PNG/JPEG bytes, or a struct with a ``bytes`` field as HF writes it),
-``label`` (integer) and optionally ``sample_id`` (string; otherwise ``"<file>#<row>"``, with
-``<file>`` relative to the URL). The URL is one ``.parquet`` file or a prefix holding several
-(found recursively, sorted). If file or directory names carry split words (``test-0000.parquet``,
-``data/train/...``), only the requested split's files are used.
+Columns: the image (``image`` or ``img``: binary PNG/JPEG/... bytes, a struct ``{bytes, path}`` as HF
+writes it, or a path string), the label (``label``, ``labels``, ``fine_label``, ``class`` or
+``category``: integers, or class names as strings; optional) and optionally ``sample_id`` (string;
+otherwise ``"<file>#<row>"``, with ``<file>`` relative to the URL). The URL is one ``.parquet`` file or
+a prefix holding several (found recursively, sorted). If file or directory names carry split words
+(``test-0000.parquet``, ``data/train/...``), only the requested split's files are used.
+
+Rows without image bytes but with a path (HF exports built from files) read the file that path
+names, relative to the Parquet file's directory (absolute paths and URLs as they are); when there is
+none, the row's error says where it looked.
 
 Listing reads each file's footer (and the ``sample_id`` column when present). Reading a shard
 reads only the row groups that hold its rows. Class names come from ``classes``, else from the
-HF ``ClassLabel`` names in the schema metadata, else ``"0".."K-1"``.
+HF ``ClassLabel`` names in the schema metadata, else the sorted string labels, else ``"0".."K-1"``.
+A file whose footer is unreadable, and files under the URL that are neither Parquet nor images (which
+rows may name), are listed by :meth:`ParquetSource.skipped`; rows of a row group that cannot be read
+become error rows. Neither stops a job.
 """
 
 from __future__ import annotations
 
 import json
-import re
 import threading
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from storage.fs import StorageError, join, open_fs, storage_errors
-from storage.sources.base import SPLIT_WORDS, Sample, SampleError, SampleRef, Source, decoded_sample, \
-    split_aliases
+from storage.sources.base import NO_LABEL, Sample, SampleError, SampleRef, SkippedFile, Source, decoded_sample, files_of_split
+from storage.sources.classes import classes_of, kind_of_classes
+from storage.sources.files import fetch_urls, file_sample, resolve_path
+from storage.sources.images import is_image_name
 
-_WORD = re.compile(r"[A-Za-z0-9]+")
+IMAGE_COLUMNS = ("image", "img")
+LABEL_COLUMNS = ("label", "labels", "fine_label", "class", "category")
 
 
-def _split_words(rel: str) -> set[str]:
-    """Split words named by a relative path's directories or by its file name's leading word."""
-    *dirs, name = rel.split("/")
-    first = _WORD.match(name)
-    words = {d.lower() for d in dirs} | ({first.group(0).lower()} if first else set())
-    return words & SPLIT_WORDS
+class UnreadableParquet(StorageError):
+    """A Parquet file (or part of one) that cannot be decoded: the data's fault, not the store's."""
 
 
 class ParquetSource(Source):
+    kind = "parquet"
+
     def __init__(self, url: str, split: str = "test", storage_options: dict | None = None,
                  classes: Sequence[str] | None = None):
         self.url = str(url).rstrip("/")
@@ -46,32 +55,48 @@ class ParquetSource(Source):
         self.root = path.rstrip("/")
         with storage_errors(self.url, "list", self.storage_options):
             single = self.root.endswith(".parquet") and self.fs.isfile(self.root)
-            found = [] if single else sorted(p for p in self.fs.find(self.root, detail=False) if p.endswith(".parquet"))
+            found = [] if single else sorted(self.fs.find(self.root, detail=False))
         self._single = single
+        self._skipped: list[SkippedFile] = []
         if single:
             self.root, name = self.root.rsplit("/", 1)
-            self.files = [name]
+            files = [name]
         else:
             rel = [p[len(self.root) + 1:] for p in found]
+            self._skipped = [SkippedFile(r, "not a .parquet file") for r in rel  # images are read where rows name them
+                             if not r.endswith(".parquet") and not is_image_name(r)]
+            rel = [r for r in rel if r.endswith(".parquet")]
             if not rel:
                 raise StorageError(f"no .parquet files under {self.url}")
-            marked = [r for r in rel if _split_words(r)]
-            if marked:
-                chosen = []
-                for alias in split_aliases(split):  # "test" falls back to "val" only where there is no test split
-                    chosen = chosen or [r for r in rel if alias in _split_words(r)]
-                if not chosen:
-                    have = sorted(set().union(*(_split_words(r) for r in marked)))
-                    raise StorageError(f"{self.url} holds Parquet files for splits {have} but not {split!r}")
-                rel = chosen
-            self.files = rel
+            files = files_of_split(rel, split, self.url, "Parquet files")
         self._init_cache()
+        self.files = []
+        for rel in files:  # a file whose footer does not decode is reported, not fatal
+            try:
+                self._file(rel)
+                self.files.append(rel)
+            except UnreadableParquet as err:
+                self._skipped.append(SkippedFile(rel, str(err)))
+        if not self.files:
+            raise StorageError(f"no readable Parquet file under {self.url}: {self._skipped[-1].reason}")
         schema = self._file(self.files[0]).schema_arrow
-        for col in ("image", "label"):
-            if col not in schema.names:
-                raise StorageError(f"{self._url(self.files[0])} has no {col!r} column "
-                                   f"(columns: {schema.names}); expected image, label[, sample_id]")
-        self.classes = list(classes) if classes is not None else (self._hf_names(schema) or self._label_range())
+        self.image_column = next((c for c in IMAGE_COLUMNS if c in schema.names), None)
+        if self.image_column is None:
+            raise StorageError(f"{self._url(self.files[0])} has no image column ({' or '.join(IMAGE_COLUMNS)}); "
+                               f"its columns: {schema.names}; expected image[, label][, sample_id]")
+        self.label_column = next((c for c in LABEL_COLUMNS if c in schema.names), None)
+        named = self._hf_names(schema, self.label_column)
+        if classes is not None:
+            self.classes = list(classes)
+            self.label_kind = kind_of_classes(self.classes)
+        elif named:  # HF ClassLabel: the column holds indices, the metadata names them
+            self.classes, self.label_kind, self.intrinsic_indices = named, "names", True
+        elif self.label_column is None:
+            self.classes, self.label_kind = [], "none"
+        else:
+            self.classes, self.label_kind = classes_of(
+                v for rel in self.files for v in set(self._read_column(rel, self.label_column).tolist()))
+        self._class_index = {c: i for i, c in enumerate(self.classes)}
 
     def _init_cache(self) -> None:
         self._cache_lock = threading.Lock()
@@ -91,26 +116,18 @@ class ParquetSource(Source):
                         self._cache_files[rel] = pq.ParquetFile(handle)
                     except (pa.ArrowInvalid, OSError) as err:
                         handle.close()
-                        raise StorageError(f"{self._url(rel)} is not a readable Parquet file "
-                                           f"(truncated or corrupt?): {err}") from None
+                        raise UnreadableParquet(f"{self._url(rel)} is not a readable Parquet file "
+                                                f"(truncated or corrupt?): {err}") from None
             return self._cache_files[rel]
 
     @staticmethod
-    def _hf_names(schema: pa.Schema) -> list[str] | None:
+    def _hf_names(schema: pa.Schema, column: str | None) -> list[str] | None:
         try:
             meta = json.loads((schema.metadata or {}).get(b"huggingface", b"{}"))
-            names = meta.get("info", {}).get("features", {}).get("label", {}).get("names")
+            names = meta.get("info", {}).get("features", {}).get(column or "", {}).get("names")
             return [str(n) for n in names] if names else None
         except (ValueError, AttributeError):
             return None
-
-    def _label_range(self) -> list[str]:
-        top = -1
-        for rel in self.files:
-            labels = self._read_column(rel, "label")
-            if len(labels):
-                top = max(top, int(np.max(labels)))
-        return [str(i) for i in range(top + 1)]
 
     def _read_column(self, rel: str, column: str) -> np.ndarray:
         with storage_errors(self._url(rel), "read", self.storage_options):
@@ -132,6 +149,9 @@ class ParquetSource(Source):
             self._cache_refs = refs
         return list(self._cache_refs)
 
+    def skipped(self) -> list[SkippedFile]:
+        return list(self._skipped)
+
     def read(self, refs: Sequence[SampleRef]) -> Iterator[Sample | SampleError]:
         i = 0
         while i < len(refs):  # consecutive refs of one file are read together
@@ -142,6 +162,38 @@ class ParquetSource(Source):
             yield from self._read_file(rel, refs[i:j])
             i = j
 
+    def _rows(self, rel: str, rows: Sequence[int]) -> tuple[dict[int, tuple[Any, Any]], int]:
+        """``({row: (image value, label value)}, rows in the file)`` for the wanted rows inside the file;
+        only the row groups that hold them are read."""
+        meta = self._file(rel).metadata
+        bounds = np.cumsum([0] + [meta.row_group(g).num_rows for g in range(meta.num_row_groups)])
+        inside = sorted({r for r in rows if 0 <= r < bounds[-1]})
+        groups = sorted({int(np.searchsorted(bounds, r, side="right")) - 1 for r in inside})
+        if not groups:
+            return {}, int(bounds[-1])
+        columns = [self.image_column] + ([self.label_column] if self.label_column else [])
+        with storage_errors(self._url(rel), "read", self.storage_options):
+            try:
+                table = self._file(rel).read_row_groups(groups, columns=columns)
+            except (pa.ArrowInvalid, OSError) as err:
+                raise UnreadableParquet(f"cannot read row groups {groups} of {self._url(rel)} "
+                                        f"(truncated or corrupt?): {err}") from None
+        start = {g: int(sum(meta.row_group(h).num_rows for h in groups[:k])) for k, g in enumerate(groups)}
+        images, labels = table.column(self.image_column), table.column(self.label_column) if self.label_column else None
+        out = {}
+        for r in inside:
+            g = int(np.searchsorted(bounds, r, side="right")) - 1
+            k = start[g] + r - int(bounds[g])
+            out[r] = images[k].as_py(), None if labels is None else labels[k].as_py()
+        return out, int(bounds[-1])
+
+    def _label(self, raw: Any) -> int | None:
+        if raw is None:
+            return NO_LABEL
+        if self.label_kind == "names" and isinstance(raw, str):
+            return self._class_index.get(raw.strip())
+        return int(raw) if isinstance(raw, (int, np.integer)) and raw >= 0 else None
+
     def _read_file(self, rel: str, refs: Sequence[SampleRef]) -> Iterator[Sample | SampleError]:
         try:
             rows = [int(str(r.locator).rsplit("#", 1)[1]) for r in refs]
@@ -149,35 +201,45 @@ class ParquetSource(Source):
             for r in refs:
                 yield SampleError(r.sample_id, f"bad locator {r.locator!r} for {self.url}")
             return
-        pf = self._file(rel)
-        meta = pf.metadata
-        bounds = np.cumsum([0] + [meta.row_group(g).num_rows for g in range(meta.num_row_groups)])
-        groups = sorted({int(np.searchsorted(bounds, r, side="right")) - 1 for r in rows if 0 <= r < bounds[-1]})
-        table = None
-        if groups:
-            with storage_errors(self._url(rel), "read", self.storage_options):
-                try:
-                    table = pf.read_row_groups(groups, columns=["image", "label"])
-                except (pa.ArrowInvalid, OSError) as err:
-                    raise StorageError(f"cannot read {self._url(rel)} (truncated or corrupt?): {err}") from None
-        # position of each row group's first row inside the table read above
-        offsets, pos = {}, 0
-        for g in groups:
-            offsets[g] = pos
-            pos += meta.row_group(g).num_rows
-        images = table.column("image") if table is not None else None
-        labels = table.column("label") if table is not None else None
+        try:
+            values, total = self._rows(rel, rows)
+        except UnreadableParquet as err:  # the data's fault: every sample of these rows gets the reason
+            for r in refs:
+                yield SampleError(r.sample_id, str(err)[:500], "read")
+            return
+        pending: list[tuple[int, SampleRef, str, int]] = []  # path-only rows, fetched together
+        out: list[Sample | SampleError | None] = []
         for ref, row in zip(refs, rows):
-            if not 0 <= row < bounds[-1]:
-                yield SampleError(ref.sample_id, f"row {row} is outside {self._url(rel)} ({bounds[-1]} rows)")
+            where = f"row {row} of {self._url(rel)}"
+            if row not in values:
+                out.append(SampleError(ref.sample_id, f"row {row} is outside {self._url(rel)} ({total} rows)"))
                 continue
-            g = int(np.searchsorted(bounds, row, side="right")) - 1
-            k = offsets[g] + row - int(bounds[g])
-            value = images[k].as_py()
-            if isinstance(value, dict):
-                value = value.get("bytes")
-            label = labels[k].as_py()
-            if value is None or label is None:
-                yield SampleError(ref.sample_id, f"row {row} of {self._url(rel)} has no image bytes or label")
-                continue
-            yield decoded_sample(ref.sample_id, value, int(label))
+            value, raw = values[row]
+            label = self._label(raw)
+            path = value.get("path") if isinstance(value, dict) else value if isinstance(value, str) else None
+            data = value.get("bytes") if isinstance(value, dict) else value if isinstance(value, bytes) else None
+            if label is None:
+                out.append(SampleError(ref.sample_id, f"{where}: label {raw!r} is not among the classes of "
+                                                      f"{self.url} ({len(self.classes)})", "label"))
+            elif data is not None:
+                out.append(decoded_sample(ref.sample_id, data, label, where))
+            elif path:
+                pending.append((len(out), ref, self._resolve(rel, path), label))
+                out.append(None)
+            else:
+                out.append(SampleError(ref.sample_id, f"{where} has neither image bytes nor a path"))
+        self._fetch_paths(pending, out, rel)
+        yield from out  # type: ignore[misc]
+
+    def _resolve(self, rel: str, path: str) -> str:
+        """A row's image path: relative to the Parquet file's directory, or absolute as it is."""
+        return resolve_path(self._url(rel).rsplit("/", 1)[0], path)
+
+    def _fetch_paths(self, pending: list[tuple[int, SampleRef, str, int]], out: list, rel: str) -> None:
+        """Read the files path-only rows name, into their places in ``out``."""
+        blobs = fetch_urls([url for _, _, url, _ in pending], self._url(rel), self.storage_options)
+        for (slot, ref, url, label), data in zip(pending, blobs):
+            sample = file_sample(ref.sample_id, label, url, data, self.storage_options)
+            if isinstance(sample, SampleError) and sample.kind == "read":
+                sample.reason = f"{ref.sample_id} has no image bytes; its path: {sample.reason}"[:500]
+            out[slot] = sample

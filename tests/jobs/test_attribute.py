@@ -107,7 +107,8 @@ def test_end_to_end_to_s3(reference, checkpoint) -> None:
     expected = source_ids(limit=400)
     frames = check_exactly_once(url, options, expected)
     assert list(frames["pathway"].sample_id) == expected  # shard order is source order
-    assert frames["pathway"].kept_fraction.between(0, 1).all() and "kept_fraction" not in frames["gradient"]
+    # every method's table has the same columns: a detail a method does not report is null
+    assert frames["pathway"].kept_fraction.between(0, 1).all() and frames["gradient"].kept_fraction.isna().all()
     for frame in frames.values():  # every method reports the model's own view of each sample
         assert (frame.target == frame.predicted).all() and frame.logit.notna().all()
     run = read_run(url, options)

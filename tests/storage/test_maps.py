@@ -14,7 +14,7 @@ from storage import (InvalidStorageInput, MapRecords, MapStore, SampleError, Sto
                      maps_array, read_errors, read_maps, read_maps_table, read_run)
 from storage.fs import join, open_fs
 from storage.sources import open_source
-from tests.helpers import DETAIL_TYPES, MAP_SHAPE, every_file, map_records, put, write_parquet
+from tests.helpers import DETAIL_TYPES, MAP_SHAPE, every_file, map_records, png_bytes, put, write_parquet
 
 H, W = MAP_SHAPE
 S = 4  # shard size
@@ -61,7 +61,7 @@ def test_write_commit_read(storage_root):
 
     errors = read_errors(url, storage_options=options)
     assert errors.to_dict("records") == [{"sample_id": ids_of(1)[1], "reason": "cannot decode image: broken",
-                                          "shard_id": "s00001", "method": "pathway"}]
+                                          "shard_id": "s00001", "method": "pathway", "kind": "read"}]
 
     arr = maps_array(url, "pathway", storage_options=options)
     assert arr.shape == (10, H, W) and arr.dtype == np.float16 and arr.chunks == (S, H, W)
@@ -165,7 +165,7 @@ def test_float16_overflow_is_logged(caplog):
 
 
 def test_details_must_be_as_declared():
-    with pytest.raises(ValueError, match="do not match the declared"):
+    with pytest.raises(ValueError, match="are not all among the declared"):
         MapRecords(["a"], [0], np.zeros((1, 2, 2)), details={"x": [1]}, detail_types={"y": "int64"})
     with pytest.raises(ValueError, match="clash"):
         MapRecords(["a"], [0], np.zeros((1, 2, 2)), details={"label": [1]},
@@ -217,9 +217,11 @@ def test_join_with_source(tmp_path, fmnist):
     source = open_source(str(tmp_path / "src.parquet"))
     ids = ["img-0003", "img-0007", "img-0001"]
     MapStore(str(tmp_path / "out")).write_shard("s0", None, "m", records([*ids, "not-in-source"][:3]))
-    joined = join_with_source(read_maps(str(tmp_path / "out")), source)
+    joined = join_with_source(read_maps(str(tmp_path / "out")), source, original=True)
     for sid, image in zip(joined["sample_id"], joined["image"]):
         np.testing.assert_array_equal(image, images[int(sid[-4:])])
+    with pytest.raises(InvalidStorageInput, match="original=True"):
+        join_with_source(read_maps(str(tmp_path / "out")), source)
 
 
 def test_an_index_of_commit_records_keeps_reruns_to_one_listing(s3_server) -> None:
@@ -246,3 +248,40 @@ def test_an_index_of_commit_records_keeps_reruns_to_one_listing(s3_server) -> No
     assert [shard for _, shard in committed] == ["s0", "s1", "s3", "s4", "s5", "s6"]
     assert committed[("m", "s6")]["n_samples"] == S
     assert requests <= 3  # one listing, one segment, the one record written since
+
+
+def test_join_with_source_shows_images_as_the_model_saw_them(tmp_path, fmnist):
+    """A 56 px RGB folder under a 28 px grayscale model: the joined image is the map's size and channels,
+    the model's own view of the file; original=True gives the file as it is."""
+    from models import fashion_mnist_spec, model_view
+
+    images, labels = fmnist
+    big = [np.repeat(np.kron(im, np.ones((2, 2, 1), np.uint8)), 3, axis=-1) for im in images[:3]]
+    for i, image in enumerate(big):
+        put(str(tmp_path / "src" / "Bag" / f"{i}.png"), {}, png_bytes(image[:, :, :1], "RGB"))
+    source = open_source(str(tmp_path / "src"))
+    spec = fashion_mnist_spec()
+    ids = ["Bag/0.png", "Bag/2.png"]
+    MapStore(str(tmp_path / "out")).write_shard("s0", None, "m", records(ids))
+    maps = read_maps(str(tmp_path / "out"))
+    seen = join_with_source(maps, source, {"model": spec.to_dict()})  # as read_run(url) gives it
+    for sid, image in zip(seen.sample_id, seen.image):
+        assert image.shape == (28, 28, 1)
+        np.testing.assert_array_equal(image, model_view(spec, [big[int(sid[-5])]])[0])
+    stored = join_with_source(maps, source, original=True)
+    assert [im.shape for im in stored.image] == [(56, 56, 3)] * 2
+
+
+def test_errors_written_before_kinds_read_back_with_kind_null(tmp_path):
+    """Error rows carry a kind now; an output written before that still reads, with kind null."""
+    url = str(tmp_path)
+    store = MapStore(url)
+    store.write_shard("s0", None, "m", records(ids_of(0, 3)), [SampleError(ids_of(0)[3], "broken", "decode")],
+                      sample_ids=ids_of(0))
+    store.write_shard("s1", None, "m", records(ids_of(1, 3)), [SampleError(ids_of(1)[3], "old")],
+                      sample_ids=ids_of(1))
+    old = pq.read_table(tmp_path / "errors/m/s1.parquet").drop_columns(["kind"])
+    pq.write_table(old, tmp_path / "errors/m/s1.parquet")
+    errors = read_errors(url, "m")
+    assert errors.sample_id.tolist() == [ids_of(0)[3], ids_of(1)[3]]
+    assert errors.kind.tolist()[0] == "decode" and errors.kind.isna().tolist() == [False, True]

@@ -108,9 +108,13 @@ def test_image_folder_modes_splits_and_corrupt(storage_root, fmnist):
     assert out["a/gray.png"].image.shape == (28, 28, 1)
     np.testing.assert_array_equal(out["a/gray.png"].image, images[0])
     assert out["a/rgb.jpg"].image.shape == (28, 28, 3) and out["a/rgb.jpg"].label == 0
-    assert out["b/palette.png"].image.shape == (28, 28, 3) and out["b/rgba.png"].image.shape == (28, 28, 3)
+    assert out["b/palette.png"].image.shape == (28, 28, 3) and out["b/rgba.png"].image.shape == (28, 28, 4)
     np.testing.assert_array_equal(out["b/rgba.png"].image[..., 0], images[3][..., 0])
+    assert (out["b/rgba.png"].image[:, :14, 3] == 128).all() and (out["b/rgba.png"].image[:, 14:, 3] == 255).all()
     assert isinstance(out["b/broken.png"], SampleError) and "decode" in out["b/broken.png"].reason
+    assert join(url, "test", "b", "broken.png") in out["b/broken.png"].reason
+    assert [(s.path, s.reason) for s in source.skipped()] == [("b/notes.txt", "not an image file (no extension "
+                                                                              "Pillow decodes)")]
     with pytest.raises(StorageError, match="not 'val'|but not"):
         open_source(url, storage_options=options, split="train2")
     with pytest.raises(StorageError, match=r"\['b'\]"):
@@ -220,3 +224,18 @@ def test_source_travels_to_another_process(storage_root, fmnist, tmp_path):
                          env={**os.environ, "PYTHONPATH": REPO}, timeout=120, check=True)
     got = json.loads(out.stdout)
     assert got == [[r.sample_id, int(labels[10 + i]), int(images[10 + i].sum())] for i, r in enumerate(refs)]
+
+
+def test_load_arrays_brings_any_images_to_the_model_with_its_spec(tmp_path, fmnist):
+    from models import fashion_mnist_spec
+
+    images, labels = fmnist
+    put(str(tmp_path / "Bag" / "a.png"), {}, png_bytes(images[0], "RGBA"))
+    put(str(tmp_path / "Bag" / "b.jpg"), {}, png_bytes(images[1], "RGB", "JPEG", size=56))
+    put(str(tmp_path / "Bag" / "c.png"), {}, png_bytes(images[2]))
+    source = open_source(str(tmp_path))
+    with pytest.raises(StorageError, match="different shapes.*spec"):
+        load_arrays(source)
+    x, y, ids = load_arrays(source, spec=fashion_mnist_spec())
+    assert x.shape == (3, 28, 28, 1) and ids == ["Bag/a.png", "Bag/b.jpg", "Bag/c.png"]
+    np.testing.assert_array_equal(x[2], images[2])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ from storage.maps import MapStore
 from storage.reader import maps_array, read_errors, read_maps
 from storage.sources import open_source
 from tests.helpers import every_file
-from tests.helpers import fashion_mnist, png_bytes, tiny_checkpoint, write_folder
+from tests.helpers import fashion_mnist, png_bytes, put, tiny_checkpoint, write_folder
 from attribution import MethodSpec
 from workers.attributor import ShardAttributor
 from workers.tasks import JobConfig, ShardTask, plan_shard_tasks
@@ -157,3 +158,67 @@ def test_worker_imports_what_the_first_shard_needs_in_the_background(checkpoint,
     out = subprocess.run([sys.executable, "-c", IMPORT_AHEAD_PROBE, checkpoint, str(tmp_path / "maps")],
                          capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[] ['captum.attr', 'zarr']"
+
+
+def test_an_all_bad_shard_commits_its_errors_and_mixed_images_are_mapped(tmp_path, checkpoint) -> None:
+    """Shards of 4 over a folder sorted so that one shard holds only bad files: it commits with zero
+    maps; RGB, RGBA and 56 px images beside grayscale ones reach the 28 px grayscale model."""
+    src, url = str(tmp_path / "folder"), str(tmp_path / "maps")
+    images, labels = fashion_mnist("test", 4)
+    files = {"a/0.png": png_bytes(images[0]), "a/1.jpg": png_bytes(images[1], "RGB", "JPEG", size=56),
+             "a/2.png": png_bytes(images[2], "RGBA"), "a/3.png": png_bytes(images[3], "LA", size=20),
+             "b/0.png": b"", "b/1.png": b"not an image", "b/2.jpg": png_bytes(images[0])[:50], "b/3.png": b"\0" * 9}
+    for rel, data in files.items():
+        put(os.path.join(src, rel), {}, data)
+    tasks, config = prepare(src, url, checkpoint, {}, shard_size=4)
+    worker = ShardAttributor(config, threads=1)
+    results = [worker.process_shard(task) for task in tasks]
+    assert [(r.samples, r.errors) for r in results] == [(4, 0), (0, 4)]
+    for method in METHODS:
+        maps, errors = read_maps(url, method), read_errors(url, method)
+        assert list(maps.sample_id) == ["a/0.png", "a/1.jpg", "a/2.png", "a/3.png"]
+        assert all(m.shape == (28, 28) and np.isfinite(m).all() for m in maps["map"])
+        assert list(errors.sample_id) == ["b/0.png", "b/1.png", "b/2.jpg", "b/3.png"] and set(errors.kind) == {"decode"}
+        assert errors.reason.str.contains(str(tmp_path / "folder" / "b")).all()
+        assert not errors.reason.str.contains("object at 0x").any()
+        assert np.isnan(maps_array(url, method)[4:8]).all()
+
+
+def test_labels_follow_the_driver_mapping_and_target_label_needs_one(tmp_path, checkpoint) -> None:
+    """The worker stores the model's class index the driver mapped names to; with --target label a
+    sample without a label is an error row of kind label, the others are explained for their label."""
+    from storage.sources import FASHION_MNIST_CLASSES, match_labels
+
+    src, url = str(tmp_path / "folder"), str(tmp_path / "maps")
+    images, labels = fashion_mnist("test", 6)
+    for i in range(5):
+        put(os.path.join(src, FASHION_MNIST_CLASSES[labels[i]].replace("/", "_"), f"{i}.png"), {}, png_bytes(images[i]))
+    put(os.path.join(src, "root.png"), {}, png_bytes(images[5]))
+    source = open_source(src)
+    match = match_labels(source.classes, source.label_kind, FASHION_MNIST_CLASSES)
+    tasks, config = prepare(src, url, checkpoint, {}, shard_size=8)
+    config = JobConfig(**{**config.__dict__, "target": "label", "source_format": source.kind,
+                          "source_classes": tuple(source.classes), "label_map": match.label_map})
+    ShardAttributor(config.to_dict(), threads=1).process_shard(tasks[0])
+    maps, errors = read_maps(url, "gradient"), read_errors(url, "gradient")
+    expected = {f"{FASHION_MNIST_CLASSES[labels[i]].replace('/', '_')}/{i}.png": int(labels[i]) for i in range(5)}
+    assert dict(zip(maps.sample_id, maps.label)) == expected and (maps.target == maps.label).all()
+    assert errors.to_dict("records")[0] | {"shard_id": None} == {
+        "sample_id": "root.png", "reason": "root.png has no label; --target label needs one", "kind": "label",
+        "method": "gradient", "shard_id": None}
+
+
+def test_a_failure_that_is_not_the_data_s_names_the_shard(tmp_path, checkpoint) -> None:
+    """Every sample fails attribution alone (a Grad-CAM layer with no spatial output): the worker raises
+    one line naming the shard and the cause, and commits nothing."""
+    from workers.attributor import ShardFailed, failure_line
+
+    url = str(tmp_path / "maps")
+    tasks, config = prepare("fashion-mnist", url, checkpoint, {}, shard_size=4, limit=4)
+    config = JobConfig(**{**config.__dict__, "methods": (MethodSpec("grad_cam", {"layer": "fc"}),)})
+    with pytest.raises(ShardFailed) as info:
+        ShardAttributor(config, threads=1).process_shard(ShardTask(0, tasks[0].shard_id, tasks[0].refs, ("grad_cam",)))
+    line = failure_line(info.value)
+    assert line.startswith("shard 000000 (4 samples from 'fashion-mnist/test/00000') failed on worker ")
+    assert "AttributionError" in line and "fc" in line and "\n" not in line
+    assert MapStore(url).committed("grad_cam") == {}

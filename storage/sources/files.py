@@ -1,0 +1,199 @@
+"""Reading samples that are files: fetching many at once, and sources whose refs carry their labels.
+
+:class:`FileListSource` is the base of the sources that list samples with their labels from an
+index: a CSV / JSONL index (:mod:`storage.sources.index`), a folder with a labels file
+(:mod:`storage.sources.labeled`) and WebDataset tars (:mod:`storage.sources.webdataset`). Their
+locator is ``json.dumps([location, raw_label])``: where the image is (for files, the path relative to
+``base_url``, or an absolute URL / path) and the label as the index wrote it (a class name, an
+integer, or null). A worker reads a shard from its refs alone, without listing or reading the index.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+from storage.fs import open_fs, scrub, storage_errors, translate
+from storage.sources.base import NO_LABEL, Sample, SampleError, SampleRef, SkippedFile, Source, decoded_sample
+from storage.sources.classes import classes_of, integer_label, kind_of_classes
+from storage.sources.images import is_image_name
+
+#: Files fetched concurrently (one async batch) per round trip.
+FETCH_BATCH = 64
+
+
+def fetch(fs: Any, paths: Sequence[str], url: str, storage_options: Mapping[str, Any] | None
+          ) -> list[bytes | BaseException]:
+    """The contents of ``paths`` (one filesystem), in order; a missing or unreadable file gives its
+    exception. A refused request raises :class:`storage.fs.StorageError`: that is not the data's fault."""
+    out: list[bytes | BaseException] = []
+    for start in range(0, len(paths), FETCH_BATCH):
+        batch = list(paths[start:start + FETCH_BATCH])
+        with storage_errors(url, "read", storage_options):
+            blobs = fs.cat(batch, on_error="return")
+        for path in batch:
+            data = blobs.get(path, blobs.get(fs._strip_protocol(path)))
+            if isinstance(data, PermissionError):
+                raise translate(data, url, "read", storage_options)
+            out.append(FileNotFoundError(path) if data is None else data)
+    return out
+
+
+def fetch_urls(urls: Sequence[str], url: str, storage_options: Mapping[str, Any] | None
+               ) -> list[bytes | BaseException]:
+    """:func:`fetch` for URLs that may live on different filesystems (an index naming s3:// and local
+    files), grouped by filesystem, in order."""
+    groups: dict[int, tuple[Any, list[str], list[int]]] = {}
+    for i, each in enumerate(urls):
+        fs, path = open_fs(each, storage_options)
+        group = groups.setdefault(id(fs), (fs, [], []))
+        group[1].append(path)
+        group[2].append(i)
+    out: list[bytes | BaseException] = [b""] * len(urls)
+    for fs, paths, positions in groups.values():
+        for i, blob in zip(positions, fetch(fs, paths, url, storage_options)):
+            out[i] = blob
+    return out
+
+
+def read_reason(err: BaseException, shown: str, storage_options: Mapping[str, Any] | None = None) -> str:
+    """A one-line reason for a file that could not be read, naming it."""
+    if isinstance(err, FileNotFoundError):
+        cause = "no such file"
+    elif isinstance(err, IsADirectoryError):
+        cause = "a directory, not a file"
+    else:
+        cause = scrub(f"{type(err).__name__}: {err}", storage_options)
+    return f"cannot read {shown}: {cause}"[:500]
+
+
+def file_sample(sample_id: str, label: int, shown: str, data: bytes | BaseException,
+                storage_options: Mapping[str, Any] | None = None) -> Sample | SampleError:
+    """A fetched file as a sample, or the error row that names it."""
+    if isinstance(data, BaseException):
+        return SampleError(sample_id, read_reason(data, shown, storage_options), "read")
+    return decoded_sample(sample_id, data, label, shown)
+
+
+def is_url(path: str) -> bool:
+    return "://" in path or path.startswith("/")
+
+
+def resolve_path(base: str, path: str) -> str:
+    """``path`` as written in an index or a Parquet row: absolute URLs and paths as they are, others
+    relative to the directory URL ``base`` (``..`` allowed)."""
+    if is_url(path):
+        return path
+    scheme, sep, rest = base.rstrip("/").rpartition("://")
+    return f"{scheme}{sep}{posixpath.normpath(f'{rest}/{path}')}"
+
+
+def skip_reason(rel: str) -> str | None:
+    """Why a file found under a folder source is not a sample, or None when it is one: hidden files
+    (.DS_Store, ._x.jpg, anything in .ipynb_checkpoints/...) and files Pillow does not decode."""
+    if any(part.startswith(".") for part in rel.split("/")):
+        return "hidden file"
+    if not is_image_name(rel):
+        return "not an image file (no extension Pillow decodes)"
+    return None
+
+
+def relative_files(fs: Any, root: str, url: str, storage_options: Mapping[str, Any] | None) -> list[str]:
+    """Every file under ``root`` (recursively), as sorted paths relative to it."""
+    with storage_errors(url, "list", storage_options):
+        paths = fs.find(root, detail=False)
+    prefix = root.rstrip("/") + "/"
+    return sorted(p[len(prefix):] if p.startswith(prefix) else p for p in paths)
+
+
+Entry = tuple[str, Any, Any]  # (sample_id, location, raw label)
+
+
+class FileListSource(Source):
+    """Samples listed with their location and raw label; :meth:`_entries` lists them (driver side only),
+    :meth:`_read_located` reads them (files by default).
+
+    With ``classes`` given (as a job's workers get them from the driver) nothing is listed on open.
+    """
+
+    def __init__(self, url: str, storage_options: Mapping[str, Any] | None, classes: Sequence[str] | None,
+                 base_url: str) -> None:
+        self.url = str(url).rstrip("/")
+        self.storage_options = dict(storage_options or {})
+        self.base_url = base_url.rstrip("/")
+        self._init_cache()
+        if classes is None:
+            self.classes, self.label_kind = classes_of(raw for _, _, raw in self._listing()[0])
+        else:
+            self.classes = [str(c) for c in classes]
+            self.label_kind = kind_of_classes(self.classes)
+        self._class_index = {c: i for i, c in enumerate(self.classes)}
+
+    def _init_cache(self) -> None:
+        self._cache_listing: tuple[list[Entry], list[SkippedFile]] | None = None
+
+    def _entries(self) -> tuple[list[Entry], list[SkippedFile]]:
+        """``([(sample_id, location, raw_label), ...] in source order, [skipped files])``."""
+        raise NotImplementedError
+
+    def _listing(self) -> tuple[list[Entry], list[SkippedFile]]:
+        if self._cache_listing is None:
+            self._cache_listing = self._entries()
+        return self._cache_listing
+
+    def list(self) -> list[SampleRef]:
+        return [SampleRef(sid, json.dumps([location, raw])) for sid, location, raw in self._listing()[0]]
+
+    def skipped(self) -> list[SkippedFile]:
+        return list(self._listing()[1])
+
+    def label_of(self, raw: Any) -> int | None:
+        """The class index of a raw label; NO_LABEL for none; None when it names no class of this source."""
+        if raw is None or str(raw).strip() == "":
+            return NO_LABEL
+        if self.label_kind == "integers":
+            number = integer_label(raw)
+            return number if number is not None and number < len(self.classes) else None
+        return self._class_index.get(str(raw).strip())
+
+    def resolve(self, path: str) -> str:
+        """The URL of an entry's path: absolute URLs and paths as they are, others under ``base_url``."""
+        return resolve_path(self.base_url, path)
+
+    def describe(self, location: Any) -> str:
+        """A location as users know it (for messages)."""
+        return self.resolve(str(location))
+
+    def read(self, refs: Sequence[SampleRef]) -> Iterator[Sample | SampleError]:
+        located: list[tuple[SampleRef, Any, int] | SampleError] = []
+        for ref in refs:
+            try:
+                location, raw = json.loads(str(ref.locator))
+            except (ValueError, TypeError):
+                located.append(SampleError(ref.sample_id, f"bad locator {ref.locator!r} for {self.url}"))
+                continue
+            label = self.label_of(raw)
+            if label is None:
+                located.append(SampleError(ref.sample_id, f"label {raw!r} of {self.describe(location)} is not among "
+                                                          f"the classes of {self.url} ({len(self.classes)})", "label"))
+            else:
+                located.append((ref, location, label))
+        yield from self._read_located(located)
+
+    def _read_located(self, entries: Sequence[tuple[SampleRef, Any, int] | SampleError]
+                      ) -> Iterator[Sample | SampleError]:
+        """Fetch each entry's file (grouped by filesystem, in batches), in order."""
+        for start in range(0, len(entries), FETCH_BATCH):
+            batch = entries[start:start + FETCH_BATCH]
+            wanted = [(ref, self.resolve(str(location)), label) for ref, location, label in
+                      (e for e in batch if not isinstance(e, SampleError))]
+            data = fetch_urls([url for _, url, _ in wanted], self.url, self.storage_options)
+            it = iter(zip(wanted, data))
+            for entry in batch:
+                if isinstance(entry, SampleError):
+                    yield entry
+                    continue
+                (ref, url, label), blob = next(it)
+                yield file_sample(ref.sample_id, label, url, blob, self.storage_options)

@@ -1,0 +1,177 @@
+"""WebDataset tar shards: ``<url>/*.tar`` (or one ``.tar``), each holding samples as ``<key>.<ext>`` members.
+
+    shard-000000.tar:  n01440764_10026.jpg  n01440764_10026.cls  n01443537_1002.png  n01443537_1002.json ...
+
+- A member's key is its path up to the first dot of its file name, and its extension the rest
+  (WebDataset's own rule). Members of one key form one sample.
+- The sample's image is its first member with an extension Pillow decodes (``jpg``, ``png``,
+  ``webp``, ...). Its label comes from ``cls`` / ``class`` / ``label`` (a number or a class name as
+  text), else from ``json`` (a number, a name, or an object with ``label``, ``cls``, ``class``,
+  ``category`` or ``class_name``); without either the sample has no label.
+- If tar names carry split words (``train-000.tar``, ``test/...``) only the split's tars are used.
+- ``sample_id`` is ``<tar>#<key>`` (the tar relative to the URL). The locator holds the image
+  member's byte range, so a worker reads a shard with ranged requests (neighbouring members merged)
+  and never lists a tar.
+
+Listing reads every tar's headers and its label members. Keys without an image, other files under
+the URL (compressed ``.tar.gz`` included: they cannot be read by range), and a tar that ends in a
+corrupt header (everything before it is used) are listed by :meth:`WebDatasetSource.skipped`.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import tarfile
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from storage.fs import StorageError, join, open_fs, storage_errors
+from storage.sources.base import Sample, SampleError, SampleRef, SkippedFile, files_of_split
+from storage.sources.files import Entry, FileListSource, file_sample
+from storage.sources.images import is_image_name
+
+LABEL_EXTENSIONS = ("cls", "class", "label", "cls.txt")
+JSON_LABEL_KEYS = ("label", "cls", "class", "category", "class_name")
+#: Byte ranges of one tar closer than this are read in one request.
+_MERGE_GAP = 1 << 20
+_MAX_SPAN = 64 << 20
+
+
+def split_key(name: str) -> tuple[str, str]:
+    """``"dir/n0144_1.seg.png"`` -> ``("dir/n0144_1", "seg.png")``, as WebDataset splits member names."""
+    folder, base = posixpath.split(name)
+    key, _, ext = base.partition(".")
+    return posixpath.join(folder, key) if folder else key, ext.lower()
+
+
+def _label_value(ext: str, data: bytes) -> Any:
+    text = data.decode("utf-8", "replace").strip()
+    if ext != "json":
+        return text or None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    if isinstance(value, dict):
+        value = next((value[k] for k in JSON_LABEL_KEYS if k in value), None)
+    return value if isinstance(value, (int, str)) and not isinstance(value, bool) else None
+
+
+class WebDatasetSource(FileListSource):
+    kind = "webdataset"
+
+    def __init__(self, url: str, split: str = "test", storage_options: dict | None = None,
+                 classes: Sequence[str] | None = None):
+        url = str(url).rstrip("/")
+        self.split = split
+        single = url.endswith(".tar")
+        super().__init__(url, storage_options, classes, base_url=url.rsplit("/", 1)[0] if single else url)
+
+    def _tars(self) -> tuple[list[str], list[SkippedFile]]:
+        """The split's tar files relative to ``base_url``, and the other files under the URL."""
+        fs, root = open_fs(self.base_url, self.storage_options)
+        if self.url.endswith(".tar"):
+            return [self.url.rsplit("/", 1)[-1]], []
+        with storage_errors(self.url, "list", self.storage_options):
+            found = sorted(fs.find(root, detail=False))
+        rel = [p[len(root.rstrip("/")) + 1:] for p in found]
+        other = [SkippedFile(r, "a compressed tar cannot be read by byte range: store it uncompressed"
+                             if r.endswith((".tar.gz", ".tgz")) else "not a .tar shard") for r in rel
+                 if not r.endswith(".tar")]
+        tars = [r for r in rel if r.endswith(".tar")]
+        if not tars:
+            raise StorageError(f"no .tar files under {self.url}")
+        return files_of_split(tars, self.split, self.url, "tar shards"), other
+
+    def _entries(self) -> tuple[list[Entry], list[SkippedFile]]:
+        tars, skipped = self._tars()
+        entries: list[Entry] = []
+        for rel in tars:
+            members, problems = self._members(rel)
+            skipped += problems
+            for key, parts in members.items():
+                image = next(((ext, span) for ext, span in parts.items() if is_image_name(f"x.{ext}")), None)
+                if image is None:
+                    skipped.append(SkippedFile(f"{rel}#{key}", f"no image member (has .{', .'.join(parts)})"))
+                    continue
+                raw = next((parts[ext] for ext in (*LABEL_EXTENSIONS, "json") if ext in parts
+                            and not isinstance(parts[ext], tuple)), None)
+                entries.append((f"{rel}#{key}", [rel, f"{key}.{image[0]}", *image[1]], raw))
+        return entries, skipped
+
+    def _members(self, rel: str) -> tuple[dict[str, dict[str, Any]], list[SkippedFile]]:
+        """``{key: {ext: (offset, size) for images and others, raw label for label members}}`` of one tar,
+        and its hidden members and what stopped the reading early (a corrupt header), if anything."""
+        url = join(self.base_url, rel)
+        fs, path = open_fs(url, self.storage_options)
+        members: dict[str, dict[str, Any]] = {}
+        problems = []
+        with storage_errors(url, "read", self.storage_options), fs.open(path, "rb") as fh:
+            try:
+                with tarfile.open(fileobj=fh, mode="r:") as tar:
+                    for member in tar:
+                        if not member.isfile():
+                            continue
+                        if posixpath.basename(member.name).startswith("."):  # ._x.jpg that tar tools add
+                            problems.append(SkippedFile(f"{rel}#{member.name}", "hidden file"))
+                            continue
+                        key, ext = split_key(member.name)
+                        parts = members.setdefault(key, {})
+                        if ext in LABEL_EXTENSIONS or ext == "json":
+                            handle = tar.extractfile(member)
+                            parts[ext] = _label_value(ext, handle.read() if handle else b"")
+                        else:
+                            parts[ext] = (member.offset_data, member.size)
+                    fh.seek(tar.offset)  # tarfile ends quietly at a corrupt header: it must be the end marker
+                    if fh.read(tarfile.BLOCKSIZE).strip(b"\0"):
+                        raise tarfile.ReadError(f"a corrupt header at byte {tar.offset}")
+            except tarfile.TarError as err:
+                problems.append(SkippedFile(rel, f"not a readable tar after {sum(map(len, members.values()))} "
+                                                 f"members (the rest of it is not read): {err}"))
+        return members, problems
+
+    def describe(self, location: Any) -> str:
+        return f"{join(self.base_url, str(location[0]))}#{location[1]}"
+
+    def _read_located(self, entries: Sequence[tuple[SampleRef, Any, int] | SampleError]
+                      ) -> Iterator[Sample | SampleError]:
+        """Ranged reads of each tar's members (neighbours merged into one request), in order."""
+        blobs: dict[int, bytes | BaseException] = {}
+        by_tar: dict[str, list[tuple[int, int, int]]] = {}
+        for i, entry in enumerate(entries):
+            if not isinstance(entry, SampleError):
+                tar, _, offset, size = entry[1]
+                by_tar.setdefault(tar, []).append((int(offset), int(size), i))
+        for tar, items in by_tar.items():
+            blobs.update(self._ranges(tar, sorted(items)))
+        for i, entry in enumerate(entries):
+            if isinstance(entry, SampleError):
+                yield entry
+            else:
+                ref, location, label = entry
+                yield file_sample(ref.sample_id, label, self.describe(location), blobs[i], self.storage_options)
+
+    def _ranges(self, tar: str, items: list[tuple[int, int, int]]) -> dict[int, bytes | BaseException]:
+        url = join(self.base_url, tar)
+        fs, path = open_fs(url, self.storage_options)
+        spans: list[list] = []  # [start, end, [(offset, size, i), ...]]
+        for offset, size, i in items:
+            if spans and offset - spans[-1][1] <= _MERGE_GAP and offset + size - spans[-1][0] <= _MAX_SPAN:
+                spans[-1][1] = max(spans[-1][1], offset + size)
+                spans[-1][2].append((offset, size, i))
+            else:
+                spans.append([offset, offset + size, [(offset, size, i)]])
+        with storage_errors(url, "read", self.storage_options):
+            data = fs.cat_ranges([path] * len(spans), [s[0] for s in spans], [s[1] for s in spans],
+                                 on_error="return")
+        out: dict[int, bytes | BaseException] = {}
+        for (start, _, members), blob in zip(spans, data):
+            for offset, size, i in members:
+                if isinstance(blob, BaseException):
+                    out[i] = blob
+                elif len(blob) < offset - start + size:
+                    out[i] = EOFError(f"{url} ends before byte {offset + size} (truncated since it was listed?)")
+                else:
+                    out[i] = blob[offset - start:offset - start + size]
+        return out
