@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from storage.fs import join
 from storage.location import Location
@@ -238,9 +239,9 @@ class MapStore:
                   "n_samples": len(records), "n_errors": len(errors),
                   "sample_ids_sha256": _sha256("\n".join(order).encode()), "files": files}
         record = write_commit(self.where, record)
-        self.publish(record)
-        if shard_index is not None:
+        if shard_index is not None:  # before publishing: what is left in _pending/ tells repair() what to finish
             self._mark_committed(method, record, order, set(records.sample_ids), records.shape)
+        self.publish(record)
         return record
 
     def publish(self, record: Mapping[str, Any]) -> None:
@@ -257,20 +258,42 @@ class MapStore:
                 self.where.move(f"_pending/{entry['path']}", entry["path"])
 
     def repair(self) -> list[str]:
-        """Publish the tables of shards committed by an attempt that died before publishing them, and
-        drop those of attempts that never committed (their retry writes them again); returns what
-        it published. One listing of ``_pending/``, usually empty."""
+        """Finish the shards committed by an attempt that died before it had flagged their zarr rows
+        and published their tables, and drop the tables of attempts that never committed (their retry
+        writes them again); returns the tables it published. One listing of ``_pending/``, usually
+        empty: a shard's tables leave it only after its zarr rows are flagged (:meth:`write_shard`)."""
+        finished: dict[tuple[str, str], dict | None] = {}
         published = []
         for rel in self.where.find("_pending", ".parquet"):
             final = rel[len("_pending/"):]
             kind, method, name = final.split("/", 2)
-            record = read_commit(self.where, method, name.removesuffix(".parquet"))
+            key = (method, name.removesuffix(".parquet"))
+            if key not in finished:
+                record = read_commit(self.where, *key)
+                finished[key] = record
+                if record is not None and record.get("shard_index") is not None:
+                    self._reflag(record)
+            record = finished[key]
             if record is not None and any(f["path"] == final for f in record["files"]):
                 self.where.move(rel, final)
                 published.append(final)
             else:
                 self.where.remove(rel)
         return published
+
+    def _reflag(self, record: Mapping[str, Any]) -> None:
+        """Flag a committed shard's zarr rows from what it committed: its rows' ids and its maps table."""
+        from storage.zarr_maps import mark_committed, open_for_writing
+
+        method = record["method"]
+        start, stop = next(f for f in record["files"] if "rows" in f)["rows"]
+        maps_path = next(f["path"] for f in record["files"] if f["path"].startswith("maps/"))
+        data = self.where.get_optional(f"_pending/{maps_path}") or self.where.get(maps_path)
+        mapped = set(pq.read_table(pa.BufferReader(data), columns=["sample_id"]).column(0).to_pylist())
+        arrays = open_for_writing(self.zarr_url(method), self.storage_options)
+        order = arrays["sample_id"][start:stop].tolist()
+        flags = np.array([sid in mapped for sid in order], dtype=bool)
+        mark_committed(self.zarr_url(method), arrays, start, flags, self.storage_options)
 
     def _pool(self) -> ThreadPoolExecutor:
         if self._executor is None:
