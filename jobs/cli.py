@@ -60,6 +60,20 @@ def json_object(text: str) -> dict[str, Any]:
     return value
 
 
+def choice_list(*allowed: str) -> Callable[[str], list[str]]:
+    """An argparse type: a comma- or space-separated list of distinct values from ``allowed``, in order."""
+
+    def parse(text: str) -> list[str]:
+        values = list(dict.fromkeys(v for v in text.replace(",", " ").split()))
+        unknown = [v for v in values if v not in allowed]
+        if not values or unknown:
+            raise argparse.ArgumentTypeError(f"choose one or more of {', '.join(allowed)} (comma-separated), "
+                                             f"got {text!r}")
+        return values
+
+    return parse
+
+
 def reduction(text: str) -> str:
     from attribution import REDUCTIONS
 

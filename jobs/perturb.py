@@ -2,32 +2,40 @@
 
     python -m jobs.perturb --maps outputs/maps/fashion-mnist          # maps written by jobs.attribute
     python -m jobs.perturb --limit 256 --methods "pathway gradient"   # no map dataset: maps computed here
-    python -m jobs.perturb --maps s3://bucket/maps/r50 --fill train --ray-address auto
+    python -m jobs.perturb --maps s3://bucket/maps/r50 --mean train --ray-address auto
+    python -m jobs.perturb --maps outputs/maps/fashion-mnist --fill mean,nli --rank abs,signed
 
 docs/design.md §2. For every image, its single-channel map ranks the pixels; the top (MoRF) or
-bottom (LeRF) k % of pixels are replaced, in all channels, by the per-channel dataset mean,
-and the score is the relative drop (p_0 - p_k) / p_0 of the softmax probability of the
-class the map explains (the stored ``target``; the predicted class when maps are computed
-here). Pixels are ranked by |map| (``--rank abs``, default): the sign of a gradient-type map
-(gradient, guided backprop, pathway) says which way the class score moves, not whether the
-pixel supports the class, so a signed ranking puts strongly relevant pixels with negative
-values at the LeRF end (default model, 128 images: gradient MoRF / LeRF areas 0.47 / 0.80
-signed, 0.74 / 0.54 by |map|). ``--rank signed`` ranks by the signed map, which suits
-contribution maps (gradient x input, integrated gradients). k runs over 0, 1..10 % and
+bottom (LeRF) k % of pixels are replaced, in all channels, and the score is the relative drop
+(p_0 - p_k) / p_0 of the softmax probability of the class the map explains (the stored
+``target``; the predicted class when maps are computed here), and ROAD's accuracy: the
+fraction of perturbed images still classified as their label. k runs over 0, 1..10 % and
 20..100 % (``--fractions``). A random pixel order, seeded per sample id, is the reference
 line ("random"); it scores the predicted class.
 
-Fill (``--fill``): ``spec`` (default) uses the model spec's normalization mean, which
-jobs.train takes from the train split, so it is 0 in model-input units; ``train`` averages
-up to 10,000 images of the source's train split (for models normalized with other
-statistics, e.g. ImageNet's).
+Fill (``--fill``, one or both, comma-separated): ``mean`` replaces the pixels by the
+per-channel dataset mean; ``nli`` imputes them from their neighbours with ROAD's noisy linear
+imputation (Rong et al. 2022; noise std ``--noise`` in model-input units), so the filled
+region is neither flat nor at a value the class never shows. Ranking (``--rank``, one or
+both): ``abs`` ranks by |map|, ``signed`` by the signed map. Measured with both fills
+(benchmarks/RESULTS.md): gradient-type maps (gradient, guided backprop, pathway) need ``abs``,
+since their sign says which way the class score moves, not whether the pixel matters (signed,
+they score below the random order); contribution maps (gradient x input, integrated gradients)
+do best ``signed``, since their sign says for or against the class.
+
+The mean (``--mean``): ``spec`` (default) uses the model spec's normalization mean, which
+jobs.train takes from the train split, so it is 0 in model-input units; ``train`` averages up
+to 10,000 images of the source's train split (for models normalized with other statistics,
+e.g. ImageNet's). ``nli`` uses it only for an image with every pixel removed.
 
 Work: one Ray task per (method, shard of ``--shard-size`` samples), plus one random task
-per shard; each returns per-image drops and the driver averages. Outputs, under
-``--output`` (default ``<maps>/eval/perturbation``, or ``outputs/eval/perturbation``):
-``perturbation.parquet|csv`` (method, order, fraction, mean_drop, std_drop, n_images),
-``auc.json|csv`` (area under each curve, trapezoid over the fraction axis) and
-``perturbation.png`` (MoRF and LeRF panels). Exit 1 with one line on bad input.
+per shard; each returns per-image drops and predictions for every fill and ranking, and the
+driver averages. Outputs, under ``--output`` (default ``<maps>/eval/perturbation``, or
+``outputs/eval/perturbation``): ``perturbation.parquet|csv`` (method, fill, rank, order,
+fraction, mean_drop, std_drop, accuracy, n_images), ``auc.json|csv`` (areas under the drop
+curve and under ROAD's accuracy curve, trapezoid over the fraction axis) and
+``perturbation.png`` (a row per fill and ranking: MoRF, LeRF, ROAD accuracy). Exit 1 with one
+line on bad input.
 """
 
 from __future__ import annotations
@@ -41,13 +49,17 @@ from typing import Any
 
 import numpy as np
 
-from jobs.cli import (JobError, build_methods, checkpoint_or_default, job_parser, parse_method_specs, positive_int,
-                      ray_flags, reduction, run_main, storage_options_from)
+from jobs.cli import (JobError, build_methods, checkpoint_or_default, choice_list, job_parser, parse_method_specs,
+                      positive_int, ray_flags, reduction, run_main, storage_options_from)
 
 DEFAULT_METHODS = "pathway gradient"
 DEFAULT_OUTPUT = "outputs/eval/perturbation"
 DEFAULT_LIMIT = 256
 RANDOM = "random"
+NO_RANK = "-"  # the random order ranks nothing
+FILLS = ("mean", "nli")
+RANKS = ("abs", "signed")
+MEANS = ("spec", "train")
 
 
 def _fractions(text: str) -> list[float]:
@@ -75,14 +87,26 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help=f"first N samples (default: every stored map; {DEFAULT_LIMIT} when computing maps)")
     p.add_argument("--fractions", type=_fractions, default=list(DEFAULT_FRACTIONS),
                    help="increasing pixel fractions in [0, 1], comma- or space-separated")
-    p.add_argument("--fill", default="spec", choices=("spec", "train"), help="per-channel mean: see above")
+    p.add_argument("--fill", default="mean,nli", type=choice_list(*FILLS, *MEANS),
+                   help="mean, nli or both: how removed pixels are filled (see above)")
+    p.add_argument("--mean", default="spec", choices=MEANS, help="where the per-channel mean comes from: see above")
+    p.add_argument("--noise", default=0.01, type=float, help="nli: std of the noise added to imputed values, "
+                   "in model-input units (ROAD's 0.01)")
     p.add_argument("--reduction", default="signed_max_abs", type=reduction,
                    help="channel reduction of maps computed here (as jobs.attribute)")
-    p.add_argument("--rank", default="abs", choices=("abs", "signed"), help="rank pixels by |map| or the signed map")
+    p.add_argument("--rank", default="abs", type=choice_list(*RANKS),
+                   help="abs, signed or both: rank pixels by |map| or by the signed map")
     p.add_argument("--shard-size", type=positive_int, default=64, help="samples per Ray task")
-    p.add_argument("--seed", type=int, default=0, help="added to each sample's seed for the random order")
+    p.add_argument("--seed", type=int, default=0, help="added to each sample's seed for the random order and noise")
     p.add_argument("--output", default=None, help="output folder URL (see above)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    legacy = [f for f in args.fill if f in MEANS]  # --fill spec|train before --fill named the imputation
+    if legacy:
+        args.mean = legacy[-1]
+        args.fill = list(dict.fromkeys("mean" if f in MEANS else f for f in args.fill))
+    if not (args.noise >= 0):
+        p.error(f"--noise must be >= 0, got {args.noise}")
+    return args
 
 
 # --------------------------------------------------------------------------- Ray task
@@ -90,25 +114,33 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def perturb_shard(payload: dict[str, Any], x: Any, maps: np.ndarray | None, targets: np.ndarray | None,
                   method: Any, sample_ids: list[str], fractions: list[float], fill: list[float], reduction: str,
-                  seed: int, rank: str = "abs") -> dict[str, np.ndarray]:
-    """Per-image drops [n, F] for one method's shard: {"morf": ..., "lerf": ...}, or {"random": ...}
-    when ``method`` is None and ``maps`` is None. Maps are computed here when only ``method`` is given."""
+                  seed: int, ranks: Sequence[str] = ("abs",), fills: Sequence[str] = ("mean",),
+                  noise: float = 0.01) -> dict[tuple[str, str, str], tuple[np.ndarray, np.ndarray]]:
+    """Per-image (drops, predicted classes), each [n, F], for one method's shard, keyed by
+    (fill, rank, order) over ``fills`` x ``ranks`` x (morf, lerf); keyed (fill, "-", "random") when
+    ``method`` and ``maps`` are None. Maps are computed here when only ``method`` is given."""
     import torch
 
-    from attribution.evaluation import relative_drops
+    from attribution.evaluation import perturbation_scores
     from jobs.eval_common import compute_maps, rebuild_model, sample_seeds
 
     torch.set_num_threads(1)
     model = rebuild_model(payload)
     target = None if targets is None else torch.tensor(np.array(targets))
+    seeds = [s + seed for s in sample_seeds(sample_ids)]
+
+    def scores(maps_t: Any, order: str, how: str) -> tuple[np.ndarray, np.ndarray]:
+        out = perturbation_scores(model, x, maps_t, fractions, fill, order, target, seeds, how, noise)
+        return out.drops.numpy(), out.predicted.numpy()
+
     if maps is None and method is None:
-        seeds = [s + seed for s in sample_seeds(sample_ids)]
-        return {RANDOM: relative_drops(model, x, None, fractions, fill, RANDOM, target, seeds).numpy()}
+        return {(how, NO_RANK, RANDOM): scores(None, RANDOM, how) for how in fills}
     if maps is None:
         maps = compute_maps(method.build(model), x, target, sample_ids, reduction)
-    m = torch.tensor(np.array(maps, dtype=np.float32))
-    m = m.abs() if rank == "abs" else m
-    return {order: relative_drops(model, x, m, fractions, fill, order, target).numpy() for order in ("morf", "lerf")}
+    signed = torch.tensor(np.array(maps, dtype=np.float32))
+    ranked = {"abs": signed.abs(), "signed": signed}
+    return {(how, rank, order): scores(ranked[rank], order, how)
+            for how in fills for rank in ranks for order in ("morf", "lerf")}
 
 
 # --------------------------------------------------------------------------- inputs
@@ -171,16 +203,17 @@ def run(args: argparse.Namespace) -> int:
     if specs is not None:
         build_methods(model, list(specs.values()))  # bad parameters fail here, before any scheduling
     source = open_source(inputs["source"], split=inputs["split"], storage_options=options or None)
-    images, _, ids = load_samples(source, args.limit or DEFAULT_LIMIT, inputs["ids"])
+    images, labels, ids = load_samples(source, args.limit or DEFAULT_LIMIT, inputs["ids"])
     keep = None
     if inputs["ids"] is not None and len(ids) != len(inputs["ids"]):  # unreadable images: keep rows aligned
         position = {s: i for i, s in enumerate(inputs["ids"])}
         keep = [position[s] for s in ids]
     x = preprocess(spec, images)
-    fill = fill_value(args.fill, spec, inputs["source"], options)
+    fill = fill_value(args.mean, spec, inputs["source"], options)
     methods = inputs["methods"]
     print(f"{len(ids)} samples from {source.url} ({inputs['split']}), methods: {', '.join(methods)}; "
-          f"{len(args.fractions)} fractions, fill {[round(v, 4) for v in fill]} (--fill {args.fill})")
+          f"{len(args.fractions)} fractions, fill {', '.join(args.fill)} (mean {[round(v, 4) for v in fill]}, "
+          f"--mean {args.mean}), ranking {', '.join(args.rank)}")
 
     start_ray(args.ray_address)
     task = ray.remote(num_cpus=1)(perturb_shard)
@@ -195,23 +228,22 @@ def run(args: argparse.Namespace) -> int:
             else:
                 maps, targets, method = None, None, specs[label]
             ref = task.remote(payload, x_ref, maps, targets, method, shard_ids, args.fractions, fill,
-                              args.reduction, args.seed, args.rank)
+                              args.reduction, args.seed, args.rank, args.fill, args.noise)
             pending[ref] = (label, lo)
         # The random order explains no class: it scores the predicted class.
         ref = task.remote(payload, x_ref, None, None, None, shard_ids, args.fractions, fill, args.reduction,
-                          args.seed)
+                          args.seed, args.rank, args.fill, args.noise)
         pending[ref] = (RANDOM, lo)
 
-    drops: dict[tuple[str, str], dict[int, np.ndarray]] = {}
-    with tqdm(total=len(ids) * (len(methods) + 1), unit="image", desc="perturb", disable=args.no_progress,
-              dynamic_ncols=True) as bar:
+    results: dict[tuple[str, str, str, str], dict[int, tuple[np.ndarray, np.ndarray]]] = {}
+    with tqdm(total=len(pending), unit="task", desc="perturb", disable=args.no_progress, dynamic_ncols=True) as bar:
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
             label, lo = pending.pop(done[0])
-            for order, values in ray.get(done[0]).items():
-                drops.setdefault((label, order), {})[lo] = values
-                bar.update(values.shape[0] if order != "lerf" else 0)
-    table = summarize(drops, args.fractions, [*methods, RANDOM])
+            for key, values in ray.get(done[0]).items():
+                results.setdefault((label, *key), {})[lo] = values
+            bar.update(1)
+    table = summarize(results, args.fractions, [*methods, RANDOM], np.asarray(labels))
     outputs = write_outputs(inputs["output"], options, table, args, fill, checkpoint, inputs, len(ids))
     print_summary(table, args.fractions, outputs, time.perf_counter() - start)
     return 0
@@ -220,34 +252,37 @@ def run(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- outputs
 
 
-def summarize(drops: dict[tuple[str, str], dict[int, np.ndarray]], fractions: Sequence[float],
-              methods: Sequence[str]) -> Any:
-    """Long table: one row per (method, order, fraction), methods in the given order, with the mean
-    drop over images (shards concatenated in sample order)."""
+def summarize(results: dict[tuple[str, str, str, str], dict[int, tuple[np.ndarray, np.ndarray]]],
+              fractions: Sequence[float], methods: Sequence[str], labels: np.ndarray) -> Any:
+    """Long table: one row per (method, fill, rank, order, fraction), methods in the given order, with
+    the mean and std of the drop and ROAD's accuracy (predicted == label) over images (shards
+    concatenated in sample order; ``labels`` are the samples' labels in that order)."""
     import pandas as pd
 
     rows = []
-    for (label, order), shards in sorted(drops.items(), key=lambda item: list(methods).index(item[0][0])):
-        values = np.concatenate([shards[k] for k in sorted(shards)], axis=0)
+    for (label, how, rank, order), shards in sorted(results.items(), key=lambda item: list(methods).index(item[0][0])):
+        drops = np.concatenate([shards[k][0] for k in sorted(shards)], axis=0)
+        correct = np.concatenate([shards[k][1] for k in sorted(shards)], axis=0) == labels[:, None]
         for j, fraction in enumerate(fractions):
-            column = values[:, j]
-            rows.append({"method": label, "order": order, "fraction": float(fraction),
-                         "mean_drop": float(column.mean()), "std_drop": float(column.std()),
-                         "n_images": int(column.shape[0])})
+            rows.append({"method": label, "fill": how, "rank": rank, "order": order, "fraction": float(fraction),
+                         "mean_drop": float(drops[:, j].mean()), "std_drop": float(drops[:, j].std()),
+                         "accuracy": float(correct[:, j].mean()), "n_images": int(drops.shape[0])})
     return pd.DataFrame(rows)
 
 
 def areas(table: Any, fractions: Sequence[float]) -> Any:
-    """Area under every (method, order) curve."""
+    """Areas under every (method, fill, rank, order) curve: of the mean drop (``auc``) and of ROAD's
+    accuracy (``accuracy_auc``)."""
     import pandas as pd
 
     from attribution.evaluation import auc
 
     rows = []
-    for (label, order), group in table.groupby(["method", "order"], sort=False):
+    for (label, how, rank, order), group in table.groupby(["method", "fill", "rank", "order"], sort=False):
         curve = group.sort_values("fraction")
-        value = auc(fractions, curve["mean_drop"].to_numpy()) if len(fractions) > 1 else float("nan")
-        rows.append({"method": label, "order": order, "auc": value, "n_images": int(curve["n_images"].iloc[0])})
+        area = (lambda col: auc(fractions, curve[col].to_numpy()) if len(fractions) > 1 else float("nan"))
+        rows.append({"method": label, "fill": how, "rank": rank, "order": order, "auc": area("mean_drop"),
+                     "accuracy_auc": area("accuracy"), "n_images": int(curve["n_images"].iloc[0])})
     return pd.DataFrame(rows)
 
 
@@ -259,8 +294,9 @@ def write_outputs(output: str, options: dict[str, Any], table: Any, args: argpar
     auc_table = areas(table, args.fractions)
     summary = {"config": {"maps": args.maps, "source": inputs["source"], "split": inputs["split"],
                           "checkpoint": checkpoint, "methods": inputs["methods"], "fractions": args.fractions,
-                          "fill": fill, "fill_mode": args.fill, "rank": args.rank, "seed": args.seed, "samples": n},
-               "auc": {m: {o: a for o, a in zip(g["order"], g["auc"])} for m, g in auc_table.groupby("method")}}
+                          "fill": args.fill, "mean": fill, "mean_from": args.mean, "noise": args.noise,
+                          "rank": args.rank, "seed": args.seed, "samples": n},
+               "areas": auc_table.to_dict(orient="records")}
     paths = write_table(output, "perturbation", table, options)
     paths += write_table(output, "auc", auc_table, options)
     paths.append(write_file(output, "auc.json", (json.dumps(summary, indent=2) + "\n").encode(), options))
@@ -270,13 +306,23 @@ def write_outputs(output: str, options: dict[str, Any], table: Any, args: argpar
 
 def print_summary(table: Any, fractions: Sequence[float], paths: list[str], seconds: float) -> None:
     auc_table = areas(table, fractions)
-    print(f"\narea under the curve (mean relative drop of the explained class' probability; "
-          f"{int(table.n_images.max())} images, {seconds:.1f} s):")
-    wide = auc_table.pivot(index="method", columns="order", values="auc").loc[list(dict.fromkeys(auc_table.method))]
-    for method, row in wide.iterrows():
-        cells = "  ".join(f"{o}={row[o]:.4f}" for o in ("morf", "lerf", RANDOM) if o in row and not np.isnan(row[o]))
-        print(f"  {method:24s} {cells}")
+    print(f"\nareas under the curves ({int(table.n_images.max())} images, {seconds:.1f} s): mean relative drop "
+          "of the explained class' probability (MoRF high, LeRF low) | ROAD accuracy (MoRF low, LeRF high)")
+    for (how, rank), group in auc_table[auc_table["rank"] != NO_RANK].groupby(["fill", "rank"], sort=False):
+        reference = auc_table[(auc_table.fill == how) & (auc_table.order == RANDOM)]
+        print(f"  fill {how}, ranked by {rank}:")
+        for method, rows in pd_rows(group, reference):
+            cells = "  ".join(f"{r.order}={r.auc:.4f}|{r.accuracy_auc:.4f}" for r in rows.itertuples())
+            print(f"    {method:24s} {cells}")
     print("outputs: " + ", ".join(paths))
+
+
+def pd_rows(group: Any, reference: Any) -> list[tuple[str, Any]]:
+    """(method, its rows) in table order, the random reference last."""
+    import pandas as pd
+
+    both = pd.concat([group, reference])
+    return [(m, both[both.method == m]) for m in dict.fromkeys(both.method)]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

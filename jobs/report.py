@@ -103,33 +103,88 @@ def _if_columns(columns: set[str], reshape: Callable[[Any], Any]) -> Callable[[A
     return lambda table: reshape(table) if columns <= set(table.columns) else table
 
 
+def _plus_minus(mean: Any, sd: Any, scale: float = 1.0, digits: int = 3) -> str:
+    """``mean ± sd`` as text ("" for a missing mean; no ± without an sd)."""
+    if mean != mean:
+        return ""
+    text = f"{scale * mean:.{digits}f}"
+    return text if sd != sd else f"{text} ± {scale * sd:.{digits}f}"
+
+
+def perturbation_tables(table: Any) -> Any:
+    """Areas per method, one column per (fill, ranking, order): the drop's area and ROAD's accuracy area."""
+    if "fill" not in table.columns:  # a table from before fills and rankings
+        return _ordered_pivot(table, ["method"], "order", "auc")
+    table = table.assign(curve=table["fill"] + " " + table["rank"].replace("-", "") + " " + table["order"])
+    drops = _ordered_pivot(table, ["method"], "curve", "auc")
+    road = _ordered_pivot(table, ["method"], "curve", "accuracy_auc")
+    road.columns = ["method", *[f"ROAD acc. {c}" for c in road.columns[1:]]]
+    return drops.merge(road, on="method", sort=False)
+
+
 def perturbation_section(url: str, options: dict[str, Any], maps: str) -> Section:
     return _result_section(
-        "Pixel perturbation (MoRF / LeRF)", url, options, "auc.csv",
-        "Area under the mean relative-drop curve (MoRF: higher is better; LeRF: lower is better)",
-        _if_columns({"method", "order", "auc"}, lambda t: _ordered_pivot(t, ["method"], "order", "auc")),
+        "Pixel perturbation (MoRF / LeRF) and ROAD", url, options, "auc.csv",
+        "Area under the mean relative-drop curve (MoRF: higher is better; LeRF: lower is better) and under ROAD's "
+        "accuracy curve (MoRF: lower is better; LeRF: higher is better), per fill (mean / nli) and ranking "
+        "(|map| / signed)",
+        _if_columns({"method", "order", "auc"}, perturbation_tables),
         "perturbation.png", f"python -m jobs.perturb --maps {maps}")
 
 
+def sanity_table(table: Any) -> Any:
+    """Mean ± sd over randomization draws (or ± std over samples for a table without draws) per step."""
+    spread = "sd_draws" if "sd_draws" in table.columns else "std"
+    cells = table.assign(value=[_plus_minus(m, s) for m, s in zip(table["mean"], table[spread])])
+    return _ordered_pivot(cells, ["metric", "method"], "step_name", "value")
+
+
 def sanity_section(url: str, options: dict[str, Any]) -> Section:
-    return _result_section(
+    section = _result_section(
         "Sanity checks (cascading parameter randomization)", url, options, "sanity.csv",
-        "Mean similarity to the original maps after each randomization step "
-        "(lower once randomized = the method depends on the weights)",
-        _if_columns({"method", "metric", "step_name", "mean"},
-                    lambda t: _ordered_pivot(t, ["metric", "method"], "step_name", "mean")),
+        "Similarity to the original maps after each randomization step, mean ± sd over independent draws of the "
+        "random weights, for all four metrics (lower once randomized = the method depends on the weights)",
+        _if_columns({"method", "metric", "step_name", "mean"}, sanity_table),
         "sanity.png", "python -m jobs.sanity")
+    config = read_optional(url, "sanity.json", options)
+    if config is not None:
+        info = json.loads(config)
+        how = ("weights re-drawn from N(0, {std})" if info.get("randomize", "normal") == "normal"
+               else "modules reset with reset_parameters()").format(std=info.get("std"))
+        section.notes.append(f"{info.get('samples')} samples, {info.get('draws', 1)} draws, {how}, "
+                             f"one step per {info.get('group', 'block')}.")
+    return section
+
+
+def roar_table(table: Any) -> Any:
+    """The verdict table: ROAR and mask-only accuracy (%) per method x t x fill, the p-value, the verdict."""
+    return table.assign(
+        roar=[_plus_minus(m, s, 100, 1) for m, s in zip(table["accuracy"], table["std"])],
+        mask_only=[_plus_minus(m, s, 100, 1) for m, s in zip(table["mask_accuracy"], table["mask_std"])],
+    )[["method", "t", "fill", "roar", "mask_only", "p_value", "verdict"]]
 
 
 def roar_section(url: str, options: dict[str, Any], maps: str) -> Section:
-    return _result_section(
-        "ROAR (remove and retrain)", url, options, "results.csv",
-        "Test accuracy after retraining without the top t % pixels, over seeds "
-        "(lower = the removed pixels mattered)",
-        _if_columns({"method", "t", "accuracy"},
-                    lambda t: t.groupby(["method", "t"], sort=True)["accuracy"]
-                    .agg(mean="mean", std="std", seeds="count").reset_index()),
-        "roar.png", f"python -m jobs.roar --train-maps <train-split maps> --test-maps {maps}")
+    command = f"python -m jobs.roar --train-maps <train-split maps> --test-maps {maps}"
+    if read_optional(url, "summary.csv", options) is None:  # a grid from before the leakage control
+        return _result_section(
+            "ROAR (remove and retrain)", url, options, "results.csv",
+            "Test accuracy after retraining without the top t % pixels, over seeds (lower = the removed pixels mattered)",
+            _if_columns({"method", "t", "accuracy"}, lambda t: t.groupby(["method", "t"], sort=True)["accuracy"]
+                        .agg(mean="mean", std="std", seeds="count").reset_index()), "roar.png", command)
+    section = _result_section(
+        "ROAR (remove and retrain) with the mask-leakage control", url, options, "summary.csv",
+        "Test accuracy (%) after retraining without the top t % pixels (lower = the removed pixels mattered), and "
+        "after training on the removal mask alone; a cell is valid only where the mask alone is at chance or "
+        "ROAR's accuracy is above it (one-sided Welch t-test over seeds, alpha 0.05)",
+        _if_columns({"method", "t", "accuracy", "mask_accuracy", "verdict"}, roar_table), "roar.png", command)
+    run = read_optional(url, "run.json", options)
+    check = json.loads(run).get("budget") if run is not None else None
+    if check:
+        from jobs.roar_summary import budget_line
+
+        section.notes.append(budget_line(check))
+    return section
 
 
 def examples_section(maps: str, options: dict[str, Any]) -> Section:
@@ -184,6 +239,8 @@ def render_html(run: dict, maps: str, sections: list[Section]) -> str:
         if section.missing:
             parts.append(f"<p class=\"missing\">Not run yet. Produce it with: <code>{esc(section.missing)}</code></p>")
             continue
+        for note in section.notes:
+            parts.append(f"<p><b>{esc(note)}</b></p>")
         for caption, table in section.tables:
             parts.append(f"<p>{esc(caption)}</p>")
             parts.append(table.to_html(index=False, float_format=lambda v: f"{v:.4f}", na_rep=""))
@@ -204,6 +261,7 @@ def render_markdown(run: dict, maps: str, sections: list[Section]) -> str:
         if section.missing:
             lines += [f"**Not run yet.** Produce it with: `{section.missing}`", ""]
             continue
+        lines += [f"**{note}**\n" for note in section.notes]
         for caption, table in section.tables:
             lines += [caption, "", markdown_table(table), ""]
         for name, _ in section.figures:

@@ -1,4 +1,5 @@
-"""ROAR (RemOve And Retrain, Hooker et al. 2019) and KAR over stored maps, one Ray task per retrain.
+"""ROAR (RemOve And Retrain, Hooker et al. 2019) and KAR over stored maps, one Ray task per retrain,
+with a mask-leakage control and a training-budget check.
 
 ROAR needs maps for the train split too. Produce both splits with jobs.attribute, same
 checkpoint and methods, then run ROAR::
@@ -6,20 +7,32 @@ checkpoint and methods, then run ROAR::
     python -m jobs.attribute --split train --output outputs/maps/fm-train --methods "pathway gradient"
     python -m jobs.attribute --split test  --output outputs/maps/fm-test  --methods "pathway gradient"
     python -m jobs.roar --train-maps outputs/maps/fm-train --test-maps outputs/maps/fm-test
-    python -m jobs.roar ... --train-limit 5000 --epochs 1 --thresholds 10,50,90   # reduced CPU grid
+    python -m jobs.roar ... --train-limit 20000 --epochs 5 --thresholds 50,90 --fill mean,nli   # a CPU grid
 
-For every method x threshold t (% of pixels) x seed, one Ray task (workers.roar) replaces
-the top t % pixels (by |map|, see workers.roar) of every train and test image with the
-per-channel train mean, retrains the checkpoint's architecture from scratch with that
-seed and the checkpoint's recipe, and reports test accuracy. Controls: ``random`` and
-``sobel`` (computed here from the images, no stored maps), and the unmodified
-accuracy (method ``none``, t = 0; t = 100 under ``--kar``) per seed. ``--kar`` keeps the
-top t % and replaces the rest (use another --output; it is the default).
+For every method x threshold t (% of pixels) x seed x fill, one Ray task (workers.roar) removes
+the top t % pixels (by |map|) of every train and test image, filling them with the per-channel
+train mean (``--fill mean``) or ROAD's noisy linear imputation (``--fill nli``, noise std
+``--noise`` in model-input units), retrains the checkpoint's architecture from scratch with
+that seed and the checkpoint's recipe (``--augment on`` adds random crops after removal), and
+reports test accuracy. Controls: ``random`` and ``sobel`` (computed here from the images, no
+stored maps; ``--random-per-read`` draws a fresh random mask every time ``random`` reads a
+training image, so no fixed pattern can be learned), and the unmodified accuracy (method
+``none``, t = 0; t = 100 under ``--kar``) per seed. ``--kar`` keeps the top t % and replaces the
+rest (use another --output; it is the default).
+
+Leakage control (on by default, ``--no-mask-control`` to skip): for each method x t x seed also
+a retrain on the binary removal mask alone, same budget; each ROAR cell is then valid or "not
+valid: the mask leaks the class" (jobs.roar_summary says exactly how). Budget check: the
+unmodified retrain must land within ``--budget-tolerance`` points (3) of the checkpoint's own
+accuracy on the same test images, or the summary says the grid is under-trained.
 
 Outputs under --output (default <test-maps>/eval/roar, or eval/kar):
-``cells/<method>-t<t>-s<seed>.json`` (one per finished cell: a rerun skips them),
-``results.parquet`` / ``results.csv`` (method, t, seed, accuracy, epochs, seconds, ...),
-``roar.png`` (accuracy vs t, mean +- std over seeds) and ``run.json``.
+``cells/<method>-t<t>-s<seed>-<fill|mask>.json`` (one per finished cell: a rerun skips them),
+``results.parquet`` / ``results.csv`` (method, t, seed, input, fill, accuracy, epochs, seconds,
+...), ``summary.csv`` (per method x t x fill: accuracy and mask-only accuracy, mean and std over
+seeds, the test's p-value and the verdict), ``roar.png`` (accuracy vs t, one panel per fill,
+mask-only dotted, the checkpoint's accuracy and the budget band) and ``run.json`` (with the
+budget check).
 """
 
 from __future__ import annotations
@@ -34,11 +47,12 @@ from typing import Any
 
 import numpy as np
 
-from jobs.cli import (JobError, job_parser, positive_float, positive_int, ray_flags, run_main, storage_options_from,
-                      worker_flags)
+from jobs.cli import (JobError, choice_list, job_parser, positive_float, positive_int, ray_flags, run_main,
+                      storage_options_from, worker_flags)
 
 CONTROLS = ("random", "sobel")
 DEFAULT_THRESHOLDS = "10,30,50,70,90"
+FILLS = ("mean", "nli")
 
 
 def _int_list(text: str) -> list[int]:
@@ -68,8 +82,24 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--train-limit", type=positive_int, default=None,
                    help="train on a seeded subset of this size (same for all cells)")
     p.add_argument("--test-limit", type=positive_int, default=None, help="evaluate on the first N test maps")
+    p.add_argument("--fill", type=choice_list(*FILLS), default=["nli"],
+                   help="mean, nli or both: fill removed pixels with the train mean or ROAD's noisy linear imputation")
+    p.add_argument("--noise", type=float, default=0.01, help="nli noise std in model-input units (ROAD's 0.01)")
+    p.add_argument("--mask-control", action=argparse.BooleanOptionalAction, default=True,
+                   help="also train on the removal mask alone, per method x t x seed (the leakage control)")
+    p.add_argument("--mask-skip", default="random",
+                   help="methods without a leakage control: random's mask is random per image, so it holds no class "
+                        "by construction ('' to train it anyway)")
+    p.add_argument("--augment", choices=("recipe", "on", "off"), default="recipe",
+                   help="random crops (2 px) after removal: as the checkpoint was trained, or on / off")
+    p.add_argument("--random-per-read", action="store_true",
+                   help="the random control removes a fresh random mask every time it reads a training image")
+    p.add_argument("--budget-tolerance", type=positive_float, default=3.0,
+                   help="points the unmodified retrain may lie below the checkpoint before the grid is under-trained")
     p.add_argument("--retries", type=int, default=2, help="Ray retries of a failed cell")
     args = p.parse_args(argv)
+    if not args.noise >= 0:
+        p.error(f"--noise must be >= 0, got {args.noise}")
     seeds = _int_list(args.seeds)
     args.seeds = list(range(seeds[0])) if len(seeds) == 1 and "," not in args.seeds else seeds
     if not args.seeds or len(set(args.seeds)) != len(args.seeds):
@@ -85,6 +115,7 @@ def load_split(url: str, methods: Sequence[str], options: dict, limit: int | Non
     """Images, labels, ids and the stored maps ``[N, H, W]`` of ``methods`` for the samples that have
     a map of every method stored in the dataset (controls need none, but use the same samples), in
     source order; ``limit`` keeps a seeded subset (or the first N)."""
+    from jobs.eval_common import sample_seeds
     from storage.reader import read_maps, read_run
     from storage.sources import load_arrays, open_source
     from workers.tasks import stored_methods
@@ -120,7 +151,7 @@ def load_split(url: str, methods: Sequence[str], options: dict, limit: int | Non
         images = images[..., None]
     stacked = {m: np.stack([maps[m][i] for i in ids]).astype(np.float16) for m in methods}
     return {"images": images, "labels": labels, "ids": ids, "maps": stacked, "run": run,
-            "source": config["source"], "split": config.get("split")}
+            "source": config["source"], "split": config.get("split"), "seeds": sample_seeds(ids)}
 
 
 def fit_to_maps(images: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -148,104 +179,26 @@ def control_maps(name: str, images: np.ndarray, ids: Sequence[str], spec: Any) -
     return np.concatenate(out).astype(np.float32)
 
 
-# -- cells -----------------------------------------------------------------------------------
-def plan_cells(methods: Sequence[str], thresholds: Sequence[int], seeds: Sequence[int], kar: bool) -> list[dict]:
-    from workers.roar import NONE
+# -- the job ---------------------------------------------------------------------------------
+def checkpoint_accuracy(model: Any, spec: Any, images: np.ndarray, labels: np.ndarray) -> float:
+    """The fully trained checkpoint's accuracy on the (unmodified) test images the grid uses."""
+    from models.training import cpu_threads, evaluate
 
-    cells = [{"method": NONE, "t": 100 if kar else 0, "seed": s} for s in seeds]
-    return cells + [{"method": m, "t": t, "seed": s} for s in seeds for m in methods for t in thresholds]
-
-
-def read_cell(where: Any, cell: dict) -> dict | None:
-    """A finished cell's result file under the output ``where`` (a Location), or None."""
-    from workers.roar import CELL_DIR, cell_name
-
-    data = where.get_optional(f"{CELL_DIR}/{cell_name(cell['method'], cell['t'], cell['seed'])}.json")
-    try:
-        return None if data is None else json.loads(data)
-    except ValueError:
-        return None  # a torn or foreign file: recompute the cell
+    with cpu_threads():
+        return evaluate(model.eval(), spec, images, labels, device="cpu")
 
 
-def run_cells(todo: list[dict], config: dict, arrays: dict, args: argparse.Namespace) -> tuple[list[dict], list[str]]:
-    """Submit the pending cells as Ray tasks, at most ``workers`` at once; returns (results, failures)."""
-    import ray
-    from tqdm import tqdm
-
-    from jobs.cluster import size_workers, start_ray
-    from workers.roar import NONE, remote_cell
-
-    start_ray(args.ray_address)
-    sizing = size_workers(args.device, args.workers, default_cpu_workers="cpus")
-    workers = sizing.workers
-    config = {**config, "threads": sizing.threads or None, "device": sizing.device}
-    task = remote_cell(sizing.gpus, sizing.cpus, args.retries)
-    refs = {k: ray.put(v) for k, v in arrays.items() if not k.endswith("maps")}
-    map_refs: dict[str, tuple[Any, Any]] = {}
-    pending, running, results, failures = list(todo), {}, [], []
-    print(f"{len(todo)} cells on {sizing.describe}")
-    with tqdm(total=len(todo), unit="cell", disable=args.no_progress, desc="roar", dynamic_ncols=True) as bar:
-        while pending or running:
-            while pending and len(running) < workers:
-                cell = pending.pop(0)
-                method = cell["method"]
-                if method != NONE and method not in map_refs:
-                    map_refs[method] = (ray.put(arrays["train_maps"][method]), ray.put(arrays["test_maps"][method]))
-                train_m, test_m = map_refs.get(method, (None, None))
-                ref = task.remote(cell, config, refs["train_images"], refs["train_labels"], refs["test_images"],
-                                  refs["test_labels"], train_m, test_m)
-                running[ref] = cell
-            done, _ = ray.wait(list(running), num_returns=1)
-            for ref in done:
-                cell = running.pop(ref)
-                name = f"{cell['method']}-t{cell['t']}-s{cell['seed']}"
-                try:
-                    result = ray.get(ref)
-                except ray.exceptions.RayError as err:
-                    failures.append(f"{name}: {str(err).strip().splitlines()[-1][:300]}")
-                    bar.write(f"cell {name} failed after {args.retries} retries: {failures[-1]}")
-                else:
-                    results.append(result)
-                    bar.set_postfix_str(f"{name}: acc {result['accuracy']:.3f} in {result['seconds']:.1f}s")
-                bar.update(1)
-    return results, failures
-
-
-# -- outputs ---------------------------------------------------------------------------------
-def summarize(table: Any) -> Any:
-    """Mean, std and count of accuracy per (method, t)."""
-    grouped = table.groupby(["method", "t"])["accuracy"]
-    return grouped.agg(["mean", "std", "count"]).reset_index()
-
-
-def write_outputs(output: str, options: dict, records: list[dict], kar: bool, title: str,
-                  run_record: dict) -> Any:
+def run(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from jobs.plots import roar_curves
-    from storage.location import Location
-    from workers.roar import NONE
-
-    columns = ["method", "t", "seed", "accuracy", "epochs", "seconds", "mode", "train_samples", "test_samples",
-               "removed_per_image", "train_accuracy", "device", "num_threads", "finished_at"]
-    table = pd.DataFrame(records, columns=columns).sort_values(["method", "t", "seed"]).reset_index(drop=True)
-    where = Location(output, options)
-    where.put("results.parquet", table.to_parquet(index=False, compression="zstd"))
-    where.put("results.csv", table.to_csv(index=False).encode())
-    summary = summarize(table)
-    where.put("kar.png" if kar else "roar.png", roar_curves(summary, kar, title, controls=CONTROLS, unmodified=NONE))
-    where.put_json("run.json", run_record)
-    return summary
-
-
-# -- the job ---------------------------------------------------------------------------------
-def run(args: argparse.Namespace) -> int:
+    from jobs.roar_cells import finished_cells, name_of, plan_cells, run_cells
+    from jobs.roar_summary import budget, verdict_lines, write_outputs
     from storage.checkpoints import load_checkpoint, load_metrics
     from storage.fs import join
     from storage.location import Location
     from storage.manifest import now
     from storage.reader import read_run
-    from workers.roar import channel_mean
+    from workers.roar_data import channel_mean, pixel_noise
     from workers.tasks import stored_methods
 
     started, clock = now(), time.perf_counter()
@@ -265,14 +218,14 @@ def run(args: argparse.Namespace) -> int:
         raise JobError(f"no stored maps of {missing} in both {args.train_maps} (has {stored['train']}) and "
                        f"{args.test_maps} (has {stored['test']}); compute them with jobs.attribute --methods ... "
                        f"or drop them from --methods (controls {list(CONTROLS)} need no maps)")
-    stored_methods = [m for m in methods if m not in CONTROLS]
+    with_maps = [m for m in methods if m not in CONTROLS]
     checkpoint = args.checkpoint or runs["test"]["config"]["checkpoint"]
-    _model, spec = load_checkpoint(checkpoint, options or None)
+    model, spec = load_checkpoint(checkpoint, options or None)
     recipe = load_metrics(checkpoint, options or None)
     output = args.output or join(args.test_maps, "eval", "kar" if args.kar else "roar")
 
-    train = load_split(args.train_maps, stored_methods, options, args.train_limit, subset_seed=0)
-    test = load_split(args.test_maps, stored_methods, options, args.test_limit, subset_seed=None)
+    train = load_split(args.train_maps, with_maps, options, args.train_limit, subset_seed=0)
+    test = load_split(args.test_maps, with_maps, options, args.test_limit, subset_seed=None)
     height, width = spec.input_size
     for split in (train, test):
         split["images"] = fit_to_maps(split["images"], height, width)
@@ -283,14 +236,15 @@ def run(args: argparse.Namespace) -> int:
         for name in methods:
             if name in CONTROLS:
                 split["maps"][name] = control_maps(name, split["images"], split["ids"], spec)
-    fill = channel_mean(train["images"])
+    augment = bool(recipe.get("augment", False)) if args.augment == "recipe" else args.augment == "on"
     config = {
-        "spec": spec.to_dict(), "kar": args.kar, "fill": fill, "output": output, "storage_options": options,
+        "spec": spec.to_dict(), "kar": args.kar, "fill": channel_mean(train["images"]), "output": output,
+        "storage_options": options, "noise": pixel_noise(args.noise, spec.std), "per_read": args.random_per_read,
         "epochs": args.epochs or int(recipe.get("epochs", 4)),
         "batch_size": args.batch_size or int(recipe.get("batch_size", 128)),
         "lr": args.lr or float(recipe.get("lr", 0.1)), "optimizer": recipe.get("optimizer", "sgd"),
         "schedule": str(recipe.get("schedule", "onecycle")).split(" ")[0],
-        "weight_decay": float(recipe.get("weight_decay", 5e-4)), "augment": bool(recipe.get("augment", False)),
+        "weight_decay": float(recipe.get("weight_decay", 5e-4)), "augment": augment,
     }
     settings = {k: v for k, v in config.items() if k not in ("output", "storage_options")}
     settings.update(train_maps=args.train_maps, test_maps=args.test_maps, checkpoint=checkpoint,
@@ -299,55 +253,59 @@ def run(args: argparse.Namespace) -> int:
     config["fingerprint"] = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
     config["deterministic"] = not args.nondeterministic  # how, not what: outside the fingerprint
 
-    cells = plan_cells(methods, args.thresholds, args.seeds, args.kar)
+    skip = set(args.mask_skip.replace(",", " ").split()) | ({"random"} if args.random_per_read else set())
+    cells = plan_cells(methods, args.thresholds, args.seeds, args.kar, args.fill, args.mask_control, sorted(skip))
     where = Location(output, options)
-    finished, stale = {}, 0
-    for cell in cells:
-        record = read_cell(where, cell)
-        if record is not None and record.get("fingerprint") == config["fingerprint"]:
-            finished[(cell["method"], cell["t"], cell["seed"])] = record
-        stale += record is not None and record.get("fingerprint") != config["fingerprint"]
+    finished, stale = finished_cells(where, cells, config["fingerprint"])
     if stale:
         print(f"note: {stale} cell files under {output} were computed with other settings (epochs, data, maps...); "
               "they are recomputed and replaced (use another --output to keep them)", file=sys.stderr)
-    todo = [c for c in cells if (c["method"], c["t"], c["seed"]) not in finished]
+    todo = [c for c in cells if name_of(c) not in finished]
     print(f"ROAR{' (KAR)' if args.kar else ''}: {spec.arch}, {len(train['ids'])} train / {len(test['ids'])} test "
-          f"images, methods {methods}, t {args.thresholds} %, seeds {args.seeds}, {config['epochs']} epochs; "
+          f"images, methods {methods}, t {args.thresholds} %, seeds {args.seeds}, fill {','.join(args.fill)}, "
+          f"mask control {'on' if args.mask_control else 'off'}, {config['epochs']} epochs, augment {augment}; "
           f"{len(cells)} cells, {len(finished)} already done, {len(todo)} to compute -> {output}")
     if len(args.seeds) < 3:
         print("note: fewer than 3 seeds; ROAR needs >= 3 to report mean +- std (docs/design.md §2)", file=sys.stderr)
+    reference = checkpoint_accuracy(model, spec, test["images"], test["labels"])
 
     results, failures = [], []
     if todo:
         arrays = {"train_images": train["images"], "train_labels": train["labels"], "test_images": test["images"],
-                  "test_labels": test["labels"], "train_maps": train["maps"], "test_maps": test["maps"]}
+                  "test_labels": test["labels"], "train_maps": train["maps"], "test_maps": test["maps"],
+                  "train_seeds": train["seeds"], "test_seeds": test["seeds"]}
         results, failures = run_cells(todo, config, arrays, args)
     records = list(finished.values()) + results
     seconds = time.perf_counter() - clock
     title = f"{'KAR' if args.kar else 'ROAR'}: {spec.arch}, {len(train['ids'])} train imgs, {config['epochs']} ep"
+    chance = float(np.bincount(test["labels"]).max() / len(test["labels"]))
+    check = budget(pd.DataFrame(records, columns=["method", "accuracy"]), reference, args.budget_tolerance)
     run_record = {"config": {**{k: v for k, v in vars(args).items() if k != "storage_options"}, "output": output},
                   "settings": settings, "fingerprint": config["fingerprint"], "cells": len(cells),
-                  "computed": len(results), "reused": len(finished), "failed": failures,
-                  "status": "complete" if not failures else "incomplete", "started_at": started,
+                  "computed": len(results), "reused": len(finished), "failed": failures, "budget": check,
+                  "chance": chance, "status": "complete" if not failures else "incomplete", "started_at": started,
                   "finished_at": now(), "seconds": seconds}
-    summary = write_outputs(output, options, records, args.kar, title, run_record)
-    print_summary(summary, results, len(finished), failures, seconds, output, args.kar)
+    table, verdicts = write_outputs(output, options, records, args.kar, title, run_record, chance, CONTROLS)
+    print_summary(table, verdict_lines(verdicts, check), results, len(finished), failures, seconds, output, args.kar)
     return 0 if not failures else 1
 
 
-def print_summary(summary: Any, results: list[dict], reused: int, failures: list[str], seconds: float,
-                  output: str, kar: bool) -> None:
+def print_summary(table: Any, verdicts: list[str], results: list[dict], reused: int, failures: list[str],
+                  seconds: float, output: str, kar: bool) -> None:
     busy = [r["seconds"] for r in results]
     print(f"\ncomputed {len(results)} cells in {seconds:.1f} s"
           f"{f' (median {float(np.median(busy)):.1f} s per cell)' if busy else ''}; reused {reused}")
     print("test accuracy, mean +- std over seeds:")
-    for method, rows in summary.groupby("method", sort=True):
-        cells = ", ".join(f"t={int(r.t)}: {r['mean']:.4f} +- {0 if np.isnan(r['std']) else r['std']:.4f} "
-                          f"(n={int(r['count'])})" for _, r in rows.iterrows())
-        print(f"  {method:>12}: {cells}")
+    for (method, inp, fill), rows in table.groupby(["method", "input", "fill"], sort=True):
+        stats = rows.groupby("t")["accuracy"].agg(["mean", "std", "count"])
+        cells = ", ".join(f"t={int(t)}: {r['mean']:.4f} +- {0 if np.isnan(r['std']) else r['std']:.4f} "
+                          f"(n={int(r['count'])})" for t, r in stats.iterrows())
+        what = "" if method == "none" else (" mask only" if inp == "mask" else f" {fill}")
+        print(f"  {method + what:>24}: {cells}")
+    print("\n".join(verdicts))
     for failure in failures:
         print(f"  FAILED {failure}; rerun the same command to finish")
-    print(f"results: {output}/results.parquet, results.csv, {'kar' if kar else 'roar'}.png")
+    print(f"results: {output}/results.parquet, results.csv, summary.csv, {'kar' if kar else 'roar'}.png")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -2,26 +2,36 @@
 
     python -m jobs.sanity                                   # default ResNet-8 on Fashion-MNIST, 32 samples
     python -m jobs.sanity --limit 128 --methods "gradient pt=pathway:scores=taylor" --output s3://bucket/sanity
+    python -m jobs.sanity --randomize reset --group module  # Quantus' MPRT: reset_parameters(), module by module
 
 docs/design.md §2. The model's parameterized blocks are randomized from the logits down to the
 first layer, one step at a time (``attribution.evaluation.cascade``: for ResNet-8 ``fc,
 layer3.0, layer2.0, layer1.0, bn1, conv1``); each step re-draws every weight and bias of
-its modules from N(0, ``--std``), seeded per module name, so step k holds step k-1's draws.
-After each step every method's maps of the same samples, for the class the *original*
-model predicts, are compared with the original maps: Spearman of |map|, signed Spearman,
-SSIM and HOG Pearson (``attribution.evaluation.similarity.compare``). Step 0
-("original") recomputes the maps without randomization: 1.0 for a deterministic method.
+its modules from N(0, ``--std``) (``--randomize normal``, the reference's) or re-initializes
+them with their ``reset_parameters()`` (``--randomize reset``, Quantus'), seeded per module
+name, so step k holds step k-1's draws. After each step every method's maps of the same
+samples, for the class the *original* model predicts, are compared with the original maps:
+Spearman of |map|, signed Spearman, SSIM and HOG Pearson
+(``attribution.evaluation.similarity.compare``). Step 0 ("original") recomputes the maps
+without randomization: 1.0 for a deterministic method.
+
+Spread: the whole cascade is repeated for ``--draws`` randomization seeds (``--seed`` ..
+``--seed + draws - 1``, default 3 draws). A step's ``mean`` is the mean over draws of the mean
+over samples, ``sd_draws`` the standard deviation of those per-draw means (how much one draw
+of random weights moves the curve), ``std`` the spread over samples and draws. Methods whose
+curves differ by less than ``sd_draws`` cannot be told apart at that step.
 
 Methods are ``[label=]name[:key=value,...]``. Default: pathway with taylor and with
 integrated scores, gradient, gradient x input, integrated gradients, guided backprop and
 Grad-CAM. Integration steps are small by default so the CPU default run stays short
 (pathway integrated: 4 steps, integrated gradients: 16); raise them on a GPU.
 
-Work: one Ray task per method computes the original maps; one task per (method, step)
+Work: one Ray task per method computes the original maps; one task per (method, draw, step)
 recomputes and compares them (Ray passes the originals by reference). Outputs, under
 ``--output`` (default ``outputs/eval/sanity``): ``sanity.parquet|csv`` (method, step,
-step_name, metric, mean, std, n: samples with a defined score), ``sanity.json`` (config,
-steps and their modules) and ``sanity.png`` (one panel per metric, one line per method).
+step_name, metric, mean, sd_draws, std, n: samples with a defined score, draws),
+``sanity_draws.parquet|csv`` (the per-draw means), ``sanity.json`` (config, steps and their
+modules) and ``sanity.png`` (one panel per metric, one line per method, a band of +- sd over draws).
 """
 
 from __future__ import annotations
@@ -55,8 +65,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--reduction", default="signed_max_abs", type=reduction,
                    help="channel reduction of the maps (as jobs.attribute)")
     p.add_argument("--group", default="block", choices=("block", "module"), help="one step per block or module")
-    p.add_argument("--std", type=float, default=0.1, help="std of the re-drawn weights and biases")
-    p.add_argument("--seed", type=int, default=0, help="seed of the re-drawn weights")
+    p.add_argument("--randomize", default="normal", choices=("normal", "reset"),
+                   help="normal: redraw from N(0, --std); reset: each module's reset_parameters() (Quantus)")
+    p.add_argument("--std", type=float, default=0.1, help="std of the re-drawn weights and biases (normal)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the first draw of random weights")
+    p.add_argument("--draws", type=positive_int, default=3, help="independent draws of random weights (>= 3 for a spread)")
     p.add_argument("--output", default=DEFAULT_OUTPUT, help="output folder URL")
     args = p.parse_args(argv)
     if not args.std >= 0:
@@ -80,8 +93,8 @@ def original_maps(payload: dict[str, Any], x: Any, targets: np.ndarray, method: 
 
 
 def step_scores(payload: dict[str, Any], x: Any, targets: np.ndarray, method: Any, sample_ids: list[str],
-                reduction: str, steps: list, step: int, std: float, seed: int, originals: np.ndarray
-                ) -> dict[str, np.ndarray]:
+                reduction: str, steps: list, step: int, std: float, seed: int, originals: np.ndarray,
+                mode: str = "normal") -> dict[str, np.ndarray]:
     """Similarity per sample {metric: [N]} of the maps after randomizing steps 0..step-1 (none for step 0)."""
     import torch
 
@@ -91,7 +104,7 @@ def step_scores(payload: dict[str, Any], x: Any, targets: np.ndarray, method: An
     torch.set_num_threads(1)
     model = rebuild_model(payload)
     if step > 0:
-        model = randomized(model, step - 1, std=std, seed=seed, steps=steps).eval()
+        model = randomized(model, step - 1, std=std, seed=seed, steps=steps, mode=mode).eval()
     maps = compute_maps(method.build(model), x, torch.tensor(np.array(targets)), sample_ids, reduction)
     return compare(originals, maps)
 
@@ -125,72 +138,99 @@ def run(args: argparse.Namespace) -> int:
         targets = model(x).argmax(1).numpy()
     steps = [(name, list(modules)) for name, modules in cascade(model, example=x[:1], group=args.group)]
     names = [ORIGINAL] + [name for name, _ in steps]
+    how = f"re-drawn from N(0, {args.std})" if args.randomize == "normal" else "reset (reset_parameters)"
     print(f"{len(ids)} samples from {source.url} ({args.split}); {len(specs)} methods x {len(names)} steps "
-          f"({', '.join(names)}); weights re-drawn from N(0, {args.std}), seed {args.seed}")
+          f"({', '.join(names)}); weights {how}, {args.draws} draws from seed {args.seed}")
 
     start_ray(args.ray_address)
     first = ray.remote(num_cpus=1)(original_maps)
     later = ray.remote(num_cpus=1)(step_scores)
     payload, x_ref = ray.put(model_payload(model, spec)), ray.put(x)
-    pending: dict[Any, tuple[str, int]] = {}
+    pending: dict[Any, tuple[str, int, int]] = {}
     for method in specs:
         label = method.label
         originals = first.remote(payload, x_ref, targets, method, ids, args.reduction)
-        for step in range(len(names)):
-            ref = later.remote(payload, x_ref, targets, method, ids, args.reduction, steps, step, args.std,
-                               args.seed, originals)
-            pending[ref] = (label, step)
-    scores: dict[tuple[str, int], dict[str, np.ndarray]] = {}
+        for draw in range(args.draws):
+            for step in range(1 if draw else 0, len(names)):  # step 0 randomizes nothing: one draw of it is enough
+                ref = later.remote(payload, x_ref, targets, method, ids, args.reduction, steps, step, args.std,
+                                   args.seed + draw, originals, args.randomize)
+                pending[ref] = (label, draw, step)
+    scores: dict[tuple[str, int, int], dict[str, np.ndarray]] = {}
     with tqdm(total=len(pending), unit="step", desc="sanity", disable=args.no_progress, dynamic_ncols=True) as bar:
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
             scores[pending.pop(done[0])] = ray.get(done[0])
             bar.update(1)
-    table = summarize(scores, [m.label for m in specs], names, METRICS)
-    paths = write_outputs(args, options, table, checkpoint, steps, len(ids), METRICS)
+    per_draw = draw_means(scores, [m.label for m in specs], names, METRICS, args.draws)
+    table = summarize(per_draw)
+    paths = write_outputs(args, options, table, per_draw, checkpoint, steps, len(ids), METRICS)
     print_summary(table, names, paths, time.perf_counter() - start)
     return 0
 
 
-def summarize(scores: dict[tuple[str, int], dict[str, np.ndarray]], methods: Sequence[str], names: Sequence[str],
-              metrics: Sequence[str]) -> Any:
-    """Long table: one row per (method, step, metric); NaN scores (constant maps) are left out of mean and n."""
+def draw_means(scores: dict[tuple[str, int, int], dict[str, np.ndarray]], methods: Sequence[str],
+               names: Sequence[str], metrics: Sequence[str], draws: int) -> Any:
+    """One row per (method, step, metric, draw): the mean, sum of squares and count of the finite
+    per-sample scores (NaN scores, from constant maps, are left out). Step 0 has one draw."""
     import pandas as pd
 
     rows = []
     for label in methods:
         for step, name in enumerate(names):
-            for metric in metrics:
-                values = np.asarray(scores[(label, step)][metric], dtype=np.float64)
-                finite = values[np.isfinite(values)]
-                rows.append({"method": label, "step": step, "step_name": name, "metric": metric,
-                             "mean": float(finite.mean()) if finite.size else float("nan"),
-                             "std": float(finite.std()) if finite.size else float("nan"),
-                             "n": int(finite.size)})
+            for draw in range(draws if step else 1):
+                for metric in metrics:
+                    values = np.asarray(scores[(label, draw, step)][metric], dtype=np.float64)
+                    finite = values[np.isfinite(values)]
+                    rows.append({"method": label, "step": step, "step_name": name, "metric": metric, "draw": draw,
+                                 "mean": float(finite.mean()) if finite.size else float("nan"),
+                                 "sum_sq": float(np.square(finite).sum()), "n": int(finite.size)})
     return pd.DataFrame(rows)
 
 
-def write_outputs(args: argparse.Namespace, options: dict[str, Any], table: Any, checkpoint: str, steps: list,
-                  n: int, metrics: Sequence[str]) -> list[str]:
+def summarize(per_draw: Any) -> Any:
+    """One row per (method, step, metric): mean over draws of the per-draw means, their sd over draws
+    (ddof 1; NaN with one draw), the std over every finite per-sample score, n (fewest samples with
+    a defined score in one draw) and the number of draws."""
+    import pandas as pd
+
+    rows = []
+    for (label, step, name, metric), group in per_draw.groupby(["method", "step", "step_name", "metric"], sort=False):
+        means, counts = group["mean"].to_numpy(), group["n"].to_numpy()
+        total = counts.sum()
+        pooled = float(np.sum(means * counts) / total) if total else float("nan")
+        spread = float(np.sqrt(max(0.0, group["sum_sq"].sum() / total - pooled ** 2))) if total else float("nan")
+        finite = means[np.isfinite(means)]
+        rows.append({"method": label, "step": int(step), "step_name": name, "metric": metric,
+                     "mean": float(finite.mean()) if finite.size else float("nan"),
+                     "sd_draws": float(finite.std(ddof=1)) if finite.size > 1 else float("nan"),
+                     "std": spread, "n": int(counts.min()), "draws": int(len(group))})
+    return pd.DataFrame(rows)
+
+
+def write_outputs(args: argparse.Namespace, options: dict[str, Any], table: Any, per_draw: Any, checkpoint: str,
+                  steps: list, n: int, metrics: Sequence[str]) -> list[str]:
     from jobs.eval_common import write_file, write_table
     from jobs.plots import sanity_curves
 
     config = {"checkpoint": checkpoint, "source": args.source, "split": args.split, "samples": n,
-              "methods": args.methods, "reduction": args.reduction, "group": args.group, "std": args.std,
-              "seed": args.seed, "steps": [{"step": i + 1, "name": s, "modules": m} for i, (s, m) in enumerate(steps)]}
+              "methods": args.methods, "reduction": args.reduction, "group": args.group,
+              "randomize": args.randomize, "std": args.std, "seed": args.seed, "draws": args.draws,
+              "steps": [{"step": i + 1, "name": s, "modules": m} for i, (s, m) in enumerate(steps)]}
     paths = write_table(args.output, "sanity", table, options)
+    paths += write_table(args.output, "sanity_draws", per_draw.drop(columns="sum_sq"), options)
     paths.append(write_file(args.output, "sanity.json", (json.dumps(config, indent=2) + "\n").encode(), options))
     paths.append(write_file(args.output, "sanity.png", sanity_curves(table, metrics), options))
     return paths
 
 
 def print_summary(table: Any, names: Sequence[str], paths: list[str], seconds: float) -> None:
-    print(f"\nSpearman |map| vs the original maps, mean over samples ({seconds:.1f} s):")
-    wide = table[table.metric == "spearman_abs"].pivot(index="method", columns="step", values="mean")
-    wide = wide.loc[list(dict.fromkeys(table.method))]
-    print("  " + " " * 20 + " ".join(f"{n[:9]:>9s}" for n in names))
-    for method, row in wide.iterrows():
-        print(f"  {method:20s}" + " ".join(f"{v:9.3f}" for v in row.to_numpy()))
+    print(f"\nSpearman |map| vs the original maps, mean +- sd over draws ({seconds:.1f} s):")
+    rows = table[table.metric == "spearman_abs"]
+    print("  " + " " * 20 + " ".join(f"{n[:13]:>13s}" for n in names))
+    for method in dict.fromkeys(rows.method):
+        mine = rows[rows.method == method].sort_values("step")
+        print(f"  {method:20s}" + " ".join(f"{m:6.3f}+-{0.0 if np.isnan(sd) else sd:5.3f}"
+                                            for m, sd in zip(mine["mean"], mine["sd_draws"])))
     print("outputs: " + ", ".join(paths))
 
 

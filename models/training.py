@@ -17,7 +17,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -167,6 +167,7 @@ def train_classifier(
     num_threads: int | None = None,
     pretrained: bool = False,
     deterministic: bool = True,
+    batch_transform: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Train ``build_model(spec)`` from scratch on uint8 ``[N, H, W, C]`` images.
 
@@ -176,6 +177,9 @@ def train_classifier(
     SGD uses Nesterov momentum 0.9; ``lr`` is the peak learning rate of the schedule.
     On CUDA, ``deterministic`` (default) makes a retrain repeat its weights bit for bit
     (:func:`models.determinism.deterministic_kernels`); False trades that for cuDNN autotuning.
+    ``batch_transform(batch, generator)`` rewrites every uint8 ``[B, H, W, C]`` training batch as it
+    is read, before augmentation, drawing from a generator of its own seeded from ``seed`` (ROAR's
+    control that removes a fresh random mask on every read uses it).
     """
     for name, value in (("epochs", epochs), ("batch_size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -217,6 +221,7 @@ def train_classifier(
         torch.manual_seed(seed)  # weight init (and dropout, for archs that have it)
         order_gen = torch.Generator().manual_seed(seed)
         aug_gen = torch.Generator().manual_seed(seed + 1_000_003)
+        transform_gen = torch.Generator().manual_seed(seed + 2_000_003)
 
         model = build_model(spec, pretrained=pretrained).to(dev)
         decay, no_decay = [], []
@@ -258,6 +263,8 @@ def train_classifier(
             for b in range(steps_per_epoch):
                 idx = perm[b * batch_size:(b + 1) * batch_size]
                 xb = _batch(train_images, idx)
+                if batch_transform is not None:
+                    xb = batch_transform(xb, transform_gen)
                 if augment:
                     xb = random_crop_flip(xb, augment_padding, augment_flip, aug_gen)
                 x = preprocess(spec, xb, device=dev)

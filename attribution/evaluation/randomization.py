@@ -14,10 +14,20 @@ ResNet-50 the steps are ``fc, layer4.2, layer4.1, ..., layer1.0, bn1, conv1``: t
 is random. For a plain ``nn.Sequential`` each layer is its own step. ``group="module"``
 makes every parameterized module its own step.
 
-:func:`randomized` follows the reference: every parameter of a chosen module, weights AND
-biases (and BatchNorm's gamma / beta), is redrawn from N(0, std). Buffers (BatchNorm's
-running statistics) are kept. Draws are seeded per module name, so a module gets the same
-random weights at every later cascade step.
+:func:`randomized` has two modes:
+
+* ``normal`` (the reference's): every parameter of a chosen module, weights AND biases (and
+  BatchNorm's gamma / beta), is redrawn from N(0, std). Buffers (BatchNorm's running
+  statistics) are kept.
+* ``reset`` (Quantus' MPRT): each chosen module's own ``reset_parameters()``, i.e. its
+  initialization (Kaiming-uniform convolutions and linear layers; BatchNorm back to gamma 1,
+  beta 0 *and* running mean 0 / variance 1). With ``group="module"`` this is Quantus' cascade
+  module by module; Quantus orders modules by definition, this module by execution (the same
+  order for ResNets), and Quantus reseeds torch's global RNG with ``seed + 1`` before every module.
+
+Draws are seeded per module name (on the CPU, then copied to the module's device), so a module
+gets the same random weights at every later cascade step and on every device, and the caller's
+RNG state is left alone.
 """
 
 from __future__ import annotations
@@ -31,12 +41,13 @@ import torch
 from torch import nn
 
 from ..base import eval_mode
-from .removal import EvaluationError
+from .errors import EvaluationError
 
-__all__ = ["GROUPS", "Step", "cascade", "execution_order", "randomized"]
+__all__ = ["GROUPS", "MODES", "Step", "cascade", "execution_order", "randomized"]
 
 Step = tuple[str, list[str]]
 GROUPS = ("block", "module")
+MODES = ("normal", "reset")
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 
 
@@ -128,14 +139,33 @@ def _seed_for(seed: int, name: str) -> int:
     return (int(seed) * 1_000_003 + zlib.crc32(name.encode())) % (2**63)
 
 
+def _reset(module: nn.Module, name: str, generator_seed: int) -> None:
+    """``module.reset_parameters()`` drawn from a CPU generator seeded with ``generator_seed``; the
+    result (parameters and buffers) is copied into ``module`` in place, on its device and dtype."""
+    if not callable(getattr(module, "reset_parameters", None)):
+        raise EvaluationError(f"module {name!r} ({type(module).__name__}) has no reset_parameters(); "
+                              "use mode='normal' (redraw from N(0, std)) for this model")
+    fresh = copy.deepcopy(module).cpu()
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(generator_seed)
+        fresh.reset_parameters()
+    state = dict(fresh.named_parameters(recurse=False)) | dict(fresh.named_buffers(recurse=False))
+    for key, value in list(module.named_parameters(recurse=False)) + list(module.named_buffers(recurse=False)):
+        if value is not None and state.get(key) is not None:
+            value.copy_(state[key].to(device=value.device, dtype=value.dtype))
+
+
 def randomized(model: nn.Module, upto_step: Union[str, int], std: float = 0.1, seed: int = 0,
-               steps: Sequence[Step] | None = None, independent: bool = False) -> nn.Module:
-    """A deep copy of ``model`` with every module in steps 0..``upto_step`` re-drawn from N(0, std).
+               steps: Sequence[Step] | None = None, independent: bool = False, mode: str = "normal") -> nn.Module:
+    """A deep copy of ``model`` with every module in steps 0..``upto_step`` randomized: re-drawn from
+    N(0, std) (``mode="normal"``) or re-initialized by ``reset_parameters()`` (``mode="reset"``).
 
     ``upto_step`` is a step name or index into ``steps`` (default :func:`cascade(model)`;
     pass it to trace once). ``independent=True`` randomizes that one step only (the paper's
     independent layer randomization). ``model`` itself is never changed.
     """
+    if mode not in MODES:
+        raise EvaluationError(f"mode must be one of {MODES}, got {mode!r}")
     if not (isinstance(std, (int, float)) and not isinstance(std, bool) and std >= 0):
         raise EvaluationError(f"std must be a number >= 0, got {std!r}")
     steps = cascade(model) if steps is None else list(steps)
@@ -149,6 +179,9 @@ def randomized(model: nn.Module, upto_step: Union[str, int], std: float = 0.1, s
                 if name not in modules:
                     raise EvaluationError(f"step module {name!r} is not in {type(model).__name__}; "
                                           "were the steps traced on another model?")
+                if mode == "reset":
+                    _reset(modules[name], name, _seed_for(seed, name))
+                    continue
                 generator = torch.Generator().manual_seed(_seed_for(seed, name))
                 for pname, param in sorted(modules[name].named_parameters(recurse=False)):
                     draw = torch.randn(param.shape, generator=generator, dtype=torch.float32) * std

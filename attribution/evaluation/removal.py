@@ -5,8 +5,9 @@ A *ranking* lists each image's pixels most relevant first by its single-channel 
 pixel's raster index (row-major ``h * W + w``), lower index first, so a ranking never
 depends on the device, the sort backend or the rest of the batch.
 
-Removing a pixel replaces it in every channel with a fill value, the per-channel dataset
-mean, given in the same units as the images (e.g. about 0 for standardized inputs).
+Removing a pixel replaces it in every channel: by default with the per-channel dataset mean
+``fill``, given in the same units as the images (e.g. about 0 for standardized inputs), or with
+ROAD's noisy linear imputation (``imputation="nli"``, :mod:`.imputation`).
 ``round`` here means round half up: ``count = floor(fraction * H * W + 0.5)``.
 """
 
@@ -14,19 +15,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Union
 
 import torch
 
+from .errors import EvaluationError
+from .imputation import DEFAULT_NOISE, Fill, Seeds, fill_tensor, replace
+
 __all__ = ["ORDERS", "EvaluationError", "check_images", "check_maps", "fill_tensor", "mask_first", "ranking",
-           "remove", "remove_bottom", "remove_count", "remove_ranked", "remove_top"]
+           "remove", "remove_bottom", "remove_count", "remove_ranked", "remove_top", "removed_mask"]
 
-Fill = Union[torch.Tensor, Sequence[float], float]
 ORDERS = ("top", "bottom")
-
-
-class EvaluationError(ValueError):
-    """Bad input to an evaluation function: the message names the input and the fix."""
 
 
 def check_maps(maps: torch.Tensor) -> torch.Tensor:
@@ -73,25 +71,10 @@ def mask_first(order: torch.Tensor, count: int) -> torch.Tensor:
     return mask.scatter_(1, order[:, :count], True)
 
 
-def fill_tensor(fill: Fill, images: torch.Tensor) -> torch.Tensor:
-    """The per-channel fill as [1, C, 1, 1] in the images' dtype and device (rounded for integer images)."""
-    channels = images.shape[1]
-    value = torch.as_tensor(fill, dtype=torch.float64).reshape(-1)
-    if value.numel() == 1:
-        value = value.expand(channels)
-    if value.numel() != channels:
-        raise EvaluationError(
-            f"fill has {value.numel()} values for images with {channels} channels; "
-            "give the per-channel dataset mean, one value per channel")
-    if not bool(torch.isfinite(value).all()):
-        raise EvaluationError(f"fill must be finite, got {value.tolist()}")
-    if not images.is_floating_point():
-        value = value.round()
-    return value.to(device=images.device, dtype=images.dtype).reshape(1, channels, 1, 1)
-
-
-def remove_ranked(images: torch.Tensor, order: torch.Tensor, count: int, fill: Fill) -> torch.Tensor:
-    """Replace the first ``count`` pixels of each row of ``order`` [B, H*W], in all channels.
+def remove_ranked(images: torch.Tensor, order: torch.Tensor, count: int, fill: Fill, *, imputation: str = "mean",
+                  noise: float | Sequence[float] = DEFAULT_NOISE, seed: Seeds = 0) -> torch.Tensor:
+    """Replace the first ``count`` pixels of each row of ``order`` [B, H*W], in all channels, with
+    ``fill`` or by ``imputation="nli"`` (``noise`` and per-image ``seed`` as in :mod:`.imputation`).
 
     Returns a new tensor; ``images`` is left as it was.
     """
@@ -99,8 +82,8 @@ def remove_ranked(images: torch.Tensor, order: torch.Tensor, count: int, fill: F
     batch, _, height, width = images.shape
     if order.shape != (batch, height * width):
         raise EvaluationError(f"order must have shape [B, H*W] = {[batch, height * width]}, got {list(order.shape)}")
-    mask = mask_first(order.to(images.device), count).reshape(batch, 1, height, width)
-    return torch.where(mask, fill_tensor(fill, images), images)
+    mask = mask_first(order.to(images.device), count).reshape(batch, height, width)
+    return replace(images, mask, fill, imputation, noise, seed)
 
 
 def check_images(images: torch.Tensor) -> None:
@@ -121,28 +104,40 @@ def check_pair(images: torch.Tensor, maps: torch.Tensor) -> None:
             "need one [H, W] map per image")
 
 
-def remove(images: torch.Tensor, maps: torch.Tensor, fraction: float, fill: Fill,
-           order: str = "top", keep: bool = False) -> torch.Tensor:
-    """Replace ``round(fraction * H * W)`` pixels per image, ranked by ``maps``, with ``fill``.
+def removed_mask(maps: torch.Tensor, fraction: float, order: str = "top", keep: bool = False) -> torch.Tensor:
+    """Boolean [B, H, W]: the pixels :func:`remove` replaces (ROAR's mask-only control trains on it)."""
+    maps = check_maps(maps)
+    idx = ranking(maps, order)
+    count = remove_count(fraction, idx.shape[1])
+    if keep:
+        idx, count = idx.flip(1), idx.shape[1] - count
+    return mask_first(idx, count).reshape(maps.shape)
+
+
+def remove(images: torch.Tensor, maps: torch.Tensor, fraction: float, fill: Fill, order: str = "top",
+           keep: bool = False, *, imputation: str = "mean", noise: float | Sequence[float] = DEFAULT_NOISE,
+           seed: Seeds = 0) -> torch.Tensor:
+    """Replace ``round(fraction * H * W)`` pixels per image, ranked by ``maps``, with ``fill`` (or
+    by ``imputation="nli"``).
 
     ``order="top"`` removes the most relevant pixels (ROAR, MoRF), ``"bottom"`` the least
     relevant (LeRF). ``keep=True`` keeps those pixels and replaces all the others instead
     (KAR with ``order="top"``).
     """
     check_pair(images, maps)
-    idx = ranking(maps, order)
-    count = remove_count(fraction, idx.shape[1])
-    if keep:
-        return remove_ranked(images, idx.flip(1), idx.shape[1] - count, fill)
-    return remove_ranked(images, idx, count, fill)
+    mask = removed_mask(maps, fraction, order, keep).to(images.device)
+    return replace(images, mask, fill, imputation, noise, seed)
 
 
-def remove_top(images: torch.Tensor, maps: torch.Tensor, fraction: float, fill: Fill,
-               keep: bool = False) -> torch.Tensor:
+def remove_top(images: torch.Tensor, maps: torch.Tensor, fraction: float, fill: Fill, keep: bool = False, *,
+               imputation: str = "mean", noise: float | Sequence[float] = DEFAULT_NOISE, seed: Seeds = 0
+               ) -> torch.Tensor:
     """ROAR / MoRF: replace the top ``fraction`` of pixels; ``keep=True`` is KAR (replace the rest)."""
-    return remove(images, maps, fraction, fill, order="top", keep=keep)
+    return remove(images, maps, fraction, fill, "top", keep, imputation=imputation, noise=noise, seed=seed)
 
 
-def remove_bottom(images: torch.Tensor, maps: torch.Tensor, fraction: float, fill: Fill) -> torch.Tensor:
+def remove_bottom(images: torch.Tensor, maps: torch.Tensor, fraction: float, fill: Fill, *,
+                  imputation: str = "mean", noise: float | Sequence[float] = DEFAULT_NOISE, seed: Seeds = 0
+                  ) -> torch.Tensor:
     """LeRF: replace the bottom (least relevant) ``fraction`` of pixels."""
-    return remove(images, maps, fraction, fill, order="bottom")
+    return remove(images, maps, fraction, fill, "bottom", imputation=imputation, noise=noise, seed=seed)

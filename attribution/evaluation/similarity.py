@@ -27,7 +27,7 @@ from scipy.stats import rankdata
 from skimage.feature import hog
 from skimage.metrics import structural_similarity
 
-from .removal import EvaluationError
+from .errors import EvaluationError
 
 __all__ = ["HOG_CELLS", "METRICS", "compare", "hog_features", "hog_pearson", "normalize", "pearson_rows",
            "spearman", "ssim"]

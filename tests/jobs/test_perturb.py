@@ -24,40 +24,47 @@ FRACTIONS = [0.0, 0.02, 0.05, 0.1, 0.3, 0.6, 1.0]
 FRACTIONS_ARG = ",".join(str(f) for f in FRACTIONS)
 
 
-def check_table(table: pd.DataFrame, methods: list[str], n: int) -> None:
-    """Every (method, order, fraction) cell once, finite, 0 at fraction 0, counted over n images."""
-    cells = {(m, o, f) for m in methods for o in ("morf", "lerf") for f in FRACTIONS}
-    cells |= {("random", "random", f) for f in FRACTIONS}
-    got = list(zip(table.method, table.order, table.fraction))
+def check_table(table: pd.DataFrame, methods: list[str], n: int, fills=("mean",), ranks=("abs",)) -> None:
+    """Every (method, fill, rank, order, fraction) cell once, finite, 0 at fraction 0, counted over n images."""
+    cells = {(m, f, r, o, x) for m in methods for f in fills for r in ranks for o in ("morf", "lerf") for x in FRACTIONS}
+    cells |= {("random", f, "-", "random", x) for f in fills for x in FRACTIONS}
+    got = list(zip(table.method, table.fill, table["rank"], table.order, table.fraction))
     assert len(got) == len(set(got)) and set(got) == cells
     assert np.isfinite(table.mean_drop).all() and (table.n_images == n).all()
     assert np.allclose(table[table.fraction == 0].mean_drop, 0.0)
-    assert (table.mean_drop <= 1.0).all()
+    assert (table.mean_drop <= 1.0).all() and table.accuracy.between(0, 1).all()
+    unperturbed = table[table.fraction == 0].accuracy  # the model's own accuracy, the same in every row
+    assert unperturbed.nunique() == 1
 
 
-def curve(table: pd.DataFrame, method: str, order: str) -> np.ndarray:
-    return table[(table.method == method) & (table.order == order)].sort_values("fraction").mean_drop.to_numpy()
+def curve(table: pd.DataFrame, method: str, order: str, fill: str = "mean", column: str = "mean_drop") -> np.ndarray:
+    rows = table[(table.method == method) & (table.order == order) & (table.fill == fill)]
+    return rows[rows["rank"].isin(["abs", "-"])].sort_values("fraction")[column].to_numpy()
 
 
 def test_maps_computed_in_process(checkpoint, ray_session, tmp_path, capsys) -> None:
     out = str(tmp_path / "perturbation")
     code = perturb.main(["--checkpoint", checkpoint, "--limit", "40", "--shard-size", "16",
                          "--methods", "gradient gxi=gradient_x_input", "--fractions", FRACTIONS_ARG,
-                         "--output", out, "--no-progress"])
+                         "--fill", "mean,nli", "--rank", "abs,signed", "--output", out, "--no-progress"])
     assert code == 0
     table = pd.read_parquet(f"{out}/perturbation.parquet")
-    check_table(table, ["gradient", "gxi"], 40)
+    check_table(table, ["gradient", "gxi"], 40, fills=("mean", "nli"), ranks=("abs", "signed"))
     pd.testing.assert_frame_equal(pd.read_csv(f"{out}/perturbation.csv"), table, check_dtype=False)
-    for method in ("gradient", "gxi"):  # the most relevant pixels matter more than the least relevant
-        assert curve(table, method, "morf").mean() > curve(table, method, "lerf").mean()
+    for fill in ("mean", "nli"):
+        for method in ("gradient", "gxi"):  # the most relevant pixels matter more than the least relevant
+            assert curve(table, method, "morf", fill).mean() > curve(table, method, "lerf", fill).mean()
     summary = json.loads(open(f"{out}/auc.json").read())
     areas = pd.read_csv(f"{out}/auc.csv")
-    assert set(summary["auc"]) == {"gradient", "gxi", "random"} and len(areas) == 5
-    assert summary["auc"]["gradient"]["morf"] > summary["auc"]["gradient"]["lerf"]
-    assert summary["config"]["fill"] == [0.0] and summary["config"]["rank"] == "abs"
+    assert len(areas) == len(summary["areas"]) == 2 * (2 * 2 * 2 + 1)  # fills x (methods x ranks x orders + random)
+    assert {"auc", "accuracy_auc"} <= set(areas.columns)
+    grad = areas[(areas.method == "gradient") & (areas["rank"] == "abs")].set_index(["fill", "order"]).auc
+    assert grad["mean", "morf"] > grad["mean", "lerf"] and grad["nli", "morf"] > grad["nli", "lerf"]
+    config = summary["config"]
+    assert config["mean"] == [0.0] and config["rank"] == ["abs", "signed"] and config["fill"] == ["mean", "nli"]
     with open(f"{out}/perturbation.png", "rb") as fh:
         assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
-    assert "area under the curve" in capsys.readouterr().out
+    assert "areas under the curves" in capsys.readouterr().out
 
 
 def test_stored_maps_on_s3(checkpoint, ray_session, s3_server, capsys) -> None:
@@ -67,15 +74,16 @@ def test_stored_maps_on_s3(checkpoint, ray_session, s3_server, capsys) -> None:
     assert attribute.main(["--checkpoint", checkpoint, "--output", url, "--methods", "gradient pathway",
                            "--limit", "30", "--shard-size", "15", "--workers", "1", "--no-progress", *opts]) == 0
     code = perturb.main(["--maps", url, "--methods", "gradient", "--fractions", FRACTIONS_ARG, "--fill", "train",
-                         "--shard-size", "12", "--no-progress", *opts])
+                         "--shard-size", "12", "--no-progress", *opts])  # the old spelling of --fill mean --mean train
     assert code == 0
     fs, root = open_fs(url, options)
     table = pd.read_parquet(io.BytesIO(fs.cat_file(join(root, "eval/perturbation/perturbation.parquet"))))
     check_table(table, ["gradient"], 30)
     assert fs.cat_file(join(root, "eval/perturbation/perturbation.png"))[:4] == b"\x89PNG"
     summary = json.loads(fs.cat_file(join(root, "eval/perturbation/auc.json")))
-    # --fill train: the Fashion-MNIST train mean is the spec's normalization mean, so about 0 in input units
-    assert summary["config"]["fill_mode"] == "train" and abs(summary["config"]["fill"][0]) < 0.01
+    # --mean train: the Fashion-MNIST train mean is the spec's normalization mean, so about 0 in input units
+    assert summary["config"]["mean_from"] == "train" and abs(summary["config"]["mean"][0]) < 0.01
+    assert summary["config"]["fill"] == ["mean"]
     assert summary["config"]["samples"] == 30 and summary["config"]["methods"] == ["gradient"]
 
 

@@ -98,11 +98,13 @@ def test_duckdb(dataset) -> None:
     np.testing.assert_array_equal(maps[[r[1] == "pathway" for r in rows]], expected["pathway"].astype(np.float32))
 
 
-def test_hugging_face_datasets(dataset) -> None:
+def test_hugging_face_datasets(dataset, tmp_path) -> None:
     import datasets
 
     url, options, expected = dataset
+    # a cache of its own: datasets keys its cache on the files' URLs, which the S3 fixture reuses across runs
     data = datasets.load_dataset("parquet", data_files=join(url, "maps/*/*.parquet"), split="train",
+                                 cache_dir=str(tmp_path / "hf-cache"),
                                  storage_options=copy.deepcopy(options) or None)  # datasets adds keys to it
     assert data.num_rows == len(METHODS) * N
     rows = data.with_format("numpy")

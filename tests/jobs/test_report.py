@@ -36,22 +36,28 @@ def make_maps(tmp_path: Path) -> tuple[Path, bytes]:
 
 def make_perturbation(folder: Path) -> bytes:
     folder.mkdir(parents=True)
-    rows = [{"method": m, "order": o, "fraction": f, "mean_drop": d, "std_drop": 0.1, "n_images": 4}
+    rows = [{"method": m, "fill": "mean", "rank": "abs", "order": o, "fraction": f, "mean_drop": d, "std_drop": 0.1,
+             "accuracy": 0.5, "n_images": 4}
             for m, d in (("pathway", 0.5), ("gradient", 0.3)) for o in ("morf", "lerf") for f in (0.0, 0.5, 1.0)]
     pd.DataFrame(rows).to_csv(folder / "perturbation.csv", index=False)
-    pd.DataFrame([{"method": "pathway", "order": "morf", "auc": 0.7512, "n_images": 4},
-                  {"method": "pathway", "order": "lerf", "auc": 0.2101, "n_images": 4},
-                  {"method": "gradient", "order": "morf", "auc": 0.6003, "n_images": 4},
-                  {"method": "random", "order": "random", "auc": 0.4004, "n_images": 4}]).to_csv(
-        folder / "auc.csv", index=False)
+    pd.DataFrame([{"method": "pathway", "fill": f, "rank": "abs", "order": "morf", "auc": 0.7512, "accuracy_auc": 0.3, "n_images": 4}
+                  for f in ("mean", "nli")] +
+                 [{"method": "pathway", "fill": "nli", "rank": "abs", "order": "lerf", "auc": 0.2101, "accuracy_auc": 0.8,
+                   "n_images": 4},
+                  {"method": "gradient", "fill": "nli", "rank": "signed", "order": "morf", "auc": 0.6003,
+                   "accuracy_auc": 0.4, "n_images": 4},
+                  {"method": "random", "fill": "nli", "rank": "-", "order": "random", "auc": 0.4004, "accuracy_auc": 0.7,
+                   "n_images": 4}]).to_csv(folder / "auc.csv", index=False)
     return png(folder / "perturbation.png", "perturbation")
 
 
 def make_sanity(folder: Path) -> None:
     folder.mkdir(parents=True)
-    rows = [{"method": m, "step": i, "step_name": s, "metric": k, "mean": 1.0 - 0.3 * i, "std": 0.0, "n": 4}
+    rows = [{"method": m, "step": i, "step_name": s, "metric": k, "mean": 1.0 - 0.3 * i, "sd_draws": 0.0123 * i,
+             "std": 0.2, "n": 4, "draws": 3}
             for m in ("grad_cam", "guided") for i, s in enumerate(("original", "fc")) for k in ("ssim", "spearman_abs")]
     pd.DataFrame(rows).to_csv(folder / "sanity.csv", index=False)
+    (folder / "sanity.json").write_text(json.dumps({"samples": 4, "draws": 3, "randomize": "reset", "group": "module"}))
     png(folder / "sanity.png", "sanity")
 
 
@@ -60,6 +66,13 @@ def make_roar(folder: Path) -> None:
     rows = [{"method": m, "t": t, "seed": s, "accuracy": 0.8 - t / 200 + s / 100, "epochs": 1, "seconds": 2.0}
             for m, t in (("none", 0), ("sobel", 50), ("pathway", 50)) for s in (0, 1)]
     pd.DataFrame(rows).to_csv(folder / "results.csv", index=False)
+    pd.DataFrame([{"method": m, "t": 50, "fill": "nli", "accuracy": 0.55, "std": 0.01, "n": 2, "mask_accuracy": a,
+                   "mask_std": 0.02, "mask_n": 2, "p_value": p, "verdict": v}
+                  for m, a, p, v in (("pathway", 0.56, 0.7, "not valid: the mask leaks the class"),
+                                     ("sobel", 0.1, 0.001, "valid: the mask alone is at chance"))]).to_csv(
+        folder / "summary.csv", index=False)
+    (folder / "run.json").write_text(json.dumps({"budget": {"checkpoint_accuracy": 0.9, "unmodified_mean": 0.8,
+                                                            "unmodified_std": 0.01, "verdict": "UNDER-TRAINED: 10.0"}}))
     png(folder / "roar.png", "roar")
 
 
@@ -76,9 +89,13 @@ def test_report_gathers_every_section(tmp_path, capsys) -> None:
     for figure in (examples, perturbation):
         assert f"data:image/png;base64,{base64.b64encode(figure).decode()}" in page
     assert page.count("data:image/png;base64,") == 4
-    for method in ("pathway", "gradient", "random", "grad_cam", "guided", "sobel", "none"):
+    for method in ("pathway", "gradient", "random", "grad_cam", "guided", "sobel"):
         assert f"<td>{method}</td>" in page
     assert "0.7512" in page and "0.2101" in page  # AUC values from auc.csv
+    assert "nli abs morf" in page and "ROAD acc. nli abs lerf" in page
+    assert "0.700 ± 0.012" in page and "4 samples, 3 draws, modules reset" in page  # sanity: mean ± sd over draws
+    assert "not valid: the mask leaks the class" in page and "55.0 ± 1.0" in page and "56.0 ± 2.0" in page
+    assert "budget check: unmodified retrain 80.0 ± 1.0 % vs checkpoint 90.0 %" in page and "UNDER-TRAINED" in page
     assert '"checkpoint": "tiny.pt"' in page and "<pre>" in page
     assert "not run yet" not in page.lower()
 

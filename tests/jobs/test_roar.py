@@ -17,7 +17,8 @@ import torch
 from jobs import attribute, roar
 from tests.helpers import tiny_checkpoint
 from tests.ray_cluster import short_tmp, wait_for
-from workers.roar import NONE, cell_arrays, channel_mean
+from workers.roar import NONE, prepare
+from workers.roar_data import channel_mean
 
 pytestmark = pytest.mark.slow  # starts Ray or trains a model
 
@@ -67,64 +68,85 @@ def counts(text: str) -> tuple[int, int]:
 
 
 def test_roar_end_to_end_and_resume(maps, capsys) -> None:
-    args = ["--train-maps", maps["train"], "--test-maps", maps["test"], *GRID]
+    args = ["--train-maps", maps["train"], "--test-maps", maps["test"], *GRID, "--mask-skip", "", "--fill", "mean"]
     output = os.path.join(maps["test"], "eval", "roar")  # the default
 
-    # An interrupted run: only some methods got done.
-    assert roar.main([*args, "--methods", "pathway random"]) == 0
+    # An interrupted run: only some methods got done, without the mask control.
+    assert roar.main([*args, "--methods", "pathway random", "--no-mask-control"]) == 0
     assert counts(capsys.readouterr().out) == (0, 2 + 2 * 2 * 2)
     first = cell_files(output)
-    assert len(first) == 10
+    assert len(first) == 10 and "pathway-t30-s0-mean.json" in first and "none-t0-s1.json" in first
 
-    # The full run computes only the missing method's cells.
+    # The full run computes only what is missing: sobel, and every method's mask control.
     assert roar.main(args) == 0
     out = capsys.readouterr().out
-    assert counts(out) == (10, 4)
+    assert counts(out) == (10, 3 * 2 * 2 * 2 - 8)
     table = pd.read_parquet(os.path.join(output, "results.parquet"))
-    expected = {(NONE, 0, s) for s in (0, 1)} | {(m, t, s) for m in ("pathway", "random", "sobel")
-                                                   for t in (30, 70) for s in (0, 1)}
-    assert set(zip(table.method, table.t, table.seed)) == expected and len(table) == len(expected)
+    methods = ("pathway", "random", "sobel")
+    expected = {(NONE, 0, s, "pixels", "-") for s in (0, 1)}
+    expected |= {(m, t, s, "pixels", "mean") for m in methods for t in (30, 70) for s in (0, 1)}
+    expected |= {(m, t, s, "mask", "-") for m in methods for t in (30, 70) for s in (0, 1)}
+    assert set(zip(table.method, table.t, table.seed, table.input, table.fill)) == expected
+    assert len(table) == len(expected)
     assert table.accuracy.between(0, 1).all() and (table.epochs == 1).all() and (table.seconds > 0).all()
     assert (table.train_samples == TRAIN).all() and (table.test_samples == TEST).all()
     removed = table[table.method != NONE]
     assert (removed.removed_per_image.to_numpy() == np.floor(removed.t.to_numpy() * 784 / 100 + 0.5)).all()
     csv = pd.read_csv(os.path.join(output, "results.csv"))
-    assert len(csv) == len(table) and list(csv.columns[:6]) == ["method", "t", "seed", "accuracy", "epochs", "seconds"]
+    assert len(csv) == len(table) and list(csv.columns[:6]) == ["method", "t", "seed", "input", "fill", "accuracy"]
     with open(os.path.join(output, "roar.png"), "rb") as fh:
         assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
     second = cell_files(output)
     assert {k: second[k] for k in first} == first  # finished cells were not rewritten
-    assert "pathway" in out and "sobel" in out
+    assert "pathway" in out and "sobel" in out and "budget check" in out
+
+    # The verdicts: one row per method x t x fill, next to the mask-only accuracy of the same seeds.
+    summary = pd.read_csv(os.path.join(output, "summary.csv"))
+    assert set(zip(summary.method, summary.t, summary.fill)) == {(m, t, "mean") for m in methods for t in (30, 70)}
+    for row in summary.itertuples():
+        mine = table[(table.method == row.method) & (table.t == row.t)]
+        assert row.accuracy == pytest.approx(mine[mine.input == "pixels"].accuracy.mean())
+        assert row.mask_accuracy == pytest.approx(mine[mine.input == "mask"].accuracy.mean())
+        assert row.n == row.mask_n == 2 and row.verdict.startswith(("valid", "not valid: the mask leaks the class"))
+    run = json.load(open(os.path.join(output, "run.json")))
+    check = run["budget"]
+    assert 0 < check["checkpoint_accuracy"] <= 1 and check["seeds"] == 2
+    assert check["gap_points"] == pytest.approx(100 * (check["checkpoint_accuracy"] - check["unmodified_mean"]))
+    assert check["verdict"].startswith(("within 3 points", "UNDER-TRAINED"))
+    assert check["under_trained"] == (check["gap_points"] > 3)
 
     # Delete one cell: a rerun recomputes exactly that cell.
-    os.remove(os.path.join(output, "cells", "sobel-t70-s1.json"))
+    os.remove(os.path.join(output, "cells", "sobel-t70-s1-mean.json"))
     assert roar.main(args) == 0
-    assert counts(capsys.readouterr().out) == (13, 1)
+    assert counts(capsys.readouterr().out) == (25, 1)
     third = cell_files(output)
     changed = sorted(k for k in third if third[k] != second.get(k))
-    assert changed == ["sobel-t70-s1.json"]
+    assert changed == ["sobel-t70-s1-mean.json"]
     rerun = pd.read_parquet(os.path.join(output, "results.parquet"))
-    row = rerun[(rerun.method == "sobel") & (rerun.t == 70) & (rerun.seed == 1)]
-    old = table[(table.method == "sobel") & (table.t == 70) & (table.seed == 1)]
-    assert float(row.accuracy.iloc[0]) == float(old.accuracy.iloc[0])  # same seed, same data -> same model
+    pick = (lambda t: t[(t.method == "sobel") & (t.t == 70) & (t.seed == 1) & (t.input == "pixels")])
+    assert float(pick(rerun).accuracy.iloc[0]) == float(pick(table).accuracy.iloc[0])  # same seed, same data
     run = json.load(open(os.path.join(output, "run.json")))
-    assert run["status"] == "complete" and run["computed"] == 1 and run["reused"] == 13
+    assert run["status"] == "complete" and run["computed"] == 1 and run["reused"] == 25
 
     # Other settings (epochs) are other cells: nothing is reused. Controls alone use the samples that have maps.
-    assert roar.main([*args, "--methods", "sobel", "--thresholds", "30", "--seeds", "1", "--epochs", "2"]) == 0
-    assert counts(capsys.readouterr().out) == (0, 2)
+    assert roar.main([*args[:-2], "--fill", "nli", "--methods", "sobel random", "--thresholds", "30", "--seeds", "1",
+                      "--epochs", "2", "--mask-skip", "random"]) == 0
+    assert counts(capsys.readouterr().out) == (0, 4)
     other = pd.read_parquet(os.path.join(output, "results.parquet"))
-    assert len(other) == 2 and (other.train_samples == TRAIN).all() and (other.test_samples == TEST).all()
-    assert (other.epochs == 2).all()
+    assert sorted(zip(other.method, other.input, other.fill)) == [(NONE, "pixels", "-"), ("random", "pixels", "nli"),
+                                                                   ("sobel", "mask", "-"), ("sobel", "pixels", "nli")]
+    verdicts = pd.read_csv(os.path.join(output, "summary.csv")).set_index("method").verdict
+    assert verdicts["random"] == "no mask control" and verdicts["sobel"] != "no mask control"
+    assert (other.train_samples == TRAIN).all() and (other.test_samples == TEST).all() and (other.epochs == 2).all()
 
 
 def test_kar_keeps_top_pixels(maps, capsys) -> None:
     output = os.path.join(maps["root"], "kar")
     assert roar.main(["--train-maps", maps["train"], "--test-maps", maps["test"], "--kar", "--methods", "pathway",
-                      "--thresholds", "20", "--seeds", "1", "--epochs", "1", "--output", output,
+                      "--thresholds", "20", "--seeds", "1", "--epochs", "1", "--output", output, "--no-mask-control",
                       "--no-progress"]) == 0
     table = pd.read_parquet(os.path.join(output, "results.parquet"))
-    assert sorted(zip(table.method, table.t)) == [(NONE, 100), ("pathway", 20)]
+    assert sorted(zip(table.method, table.t, table.fill)) == [(NONE, 100, "-"), ("pathway", 20, "nli")]
     assert (table["mode"] == "kar").all()
     assert int(table[table.method == "pathway"].removed_per_image.iloc[0]) == 784 - 157
     assert os.path.exists(os.path.join(output, "kar.png"))
@@ -136,8 +158,10 @@ def test_training_images_have_exactly_the_top_pixels_mean_filled(maps, kar) -> N
     train = roar.load_split(maps["train"], ["pathway"], {}, None, subset_seed=0)
     test = roar.load_split(maps["test"], ["pathway"], {}, None, subset_seed=None)
     fill = channel_mean(train["images"])
-    train_x, test_x = cell_arrays("pathway", 30, train["images"], test["images"], train["maps"]["pathway"],
-                                  test["maps"]["pathway"], fill, keep=kar)
+    config = {"kar": kar, "fill": fill, "noise": [0.9]}
+    cell = {"method": "pathway", "t": 30, "seed": 0, "input": "pixels", "fill": "mean"}
+    train_x, test_x = prepare(cell, config, train["images"], train["maps"]["pathway"], train["seeds"],
+                              test["images"], test["maps"]["pathway"], test["seeds"])
     value = np.uint8(round(fill[0]))
     for original, changed, m in ((train["images"], train_x, train["maps"]["pathway"]),
                                  (test["images"], test_x, test["maps"]["pathway"])):

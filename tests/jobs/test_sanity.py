@@ -29,7 +29,7 @@ N = 6
 def test_cascade_curves(checkpoint, ray_session, tmp_path, capsys) -> None:
     out = str(tmp_path / "sanity")
     code = sanity.main(["--checkpoint", checkpoint, "--limit", str(N), "--methods", " ".join(METHODS),
-                        "--output", out, "--no-progress"])
+                        "--draws", "2", "--output", out, "--no-progress"])
     assert code == 0
     table = pd.read_parquet(f"{out}/sanity.parquet")
     model, _ = load_checkpoint(checkpoint)
@@ -46,6 +46,15 @@ def test_cascade_curves(checkpoint, ray_session, tmp_path, capsys) -> None:
     assert (table[table.method != "grad_cam"].n == N).all()  # gradient maps are never constant
     original = table[table.step == 0]
     assert (original.n == N).all() and np.allclose(original["mean"], 1.0, atol=1e-6)
+    assert (original.draws == 1).all() and (table[table.step > 0].draws == 2).all()
+    draws = pd.read_parquet(f"{out}/sanity_draws.parquet")
+    assert len(draws) == len(LABELS) * len(METRICS) * (1 + 2 * (len(steps) - 1))
+    spread = draws[draws.step > 0].groupby(["method", "step", "metric"])["mean"]
+    merged = table[table.step > 0].set_index(["method", "step", "metric"])
+    np.testing.assert_allclose(spread.mean().loc[merged.index], merged["mean"], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(spread.std(ddof=1).loc[merged.index], merged["sd_draws"], rtol=0, atol=1e-12)
+    gradient_fc = merged.loc[("gradient", 1, "spearman_abs")]
+    assert gradient_fc["sd_draws"] > 0  # two draws of the random fc give two different curves
 
     def mean(method: str, step: str, metric: str = "spearman_abs") -> float:
         row = table[(table.method == method) & (table.step_name == step) & (table.metric == metric)]
@@ -57,10 +66,24 @@ def test_cascade_curves(checkpoint, ray_session, tmp_path, capsys) -> None:
 
     config = json.loads(open(f"{out}/sanity.json").read())
     assert [s["name"] for s in config["steps"]] == steps[1:] and config["samples"] == N
+    assert config["draws"] == 2 and config["randomize"] == "normal"
     assert config["steps"][0]["modules"] == ["fc"]
     with open(f"{out}/sanity.png", "rb") as fh:
         assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
     assert "Spearman |map|" in capsys.readouterr().out
+
+
+def test_reset_mode_module_by_module(checkpoint, ray_session, tmp_path) -> None:
+    """Quantus' configuration: reset_parameters(), one module per step; the cascade ends fully random."""
+    out = str(tmp_path / "reset")
+    assert sanity.main(["--checkpoint", checkpoint, "--limit", "4", "--methods", "gradient", "--randomize", "reset",
+                        "--group", "module", "--draws", "1", "--output", out, "--no-progress"]) == 0
+    table = pd.read_parquet(f"{out}/sanity.parquet")
+    names = list(dict.fromkeys(table.sort_values("step").step_name))
+    assert names[:3] == ["original", "fc", "layer3.0.downsample.1"] and names[-1] == "conv1"
+    assert table.sd_draws.isna().all()  # one draw: no spread to report
+    last = table[(table.step_name == "conv1") & (table.metric == "spearman_abs")]["mean"].iloc[0]
+    assert last < 0.6
 
 
 def test_unknown_method_exits_1(checkpoint, tmp_path, capsys) -> None:

@@ -3,10 +3,11 @@ import pytest
 import torch
 from torch import nn
 
+from attribution.evaluation.imputation import noisy_linear_imputation
 from attribution.evaluation.perturbation import (
-    DEFAULT_FRACTIONS, EvaluationError, auc, perturbation_curve, random_ranking, relative_drops,
+    DEFAULT_FRACTIONS, EvaluationError, auc, perturbation_curve, perturbation_scores, random_ranking, relative_drops,
 )
-from attribution.evaluation.removal import remove_top
+from attribution.evaluation.removal import remove_top, removed_mask
 
 CLASSES = (2, 4)  # Pullover vs Coat: similar classes, so the fitted probabilities are not all saturated
 
@@ -126,3 +127,24 @@ def test_bad_inputs(linear_setup):
         relative_drops(model, images, effect, (0.1,), fill, target=5)
     with pytest.raises(EvaluationError, match="float"):
         relative_drops(model, (images * 255).to(torch.uint8), effect, (0.1,), fill)
+
+
+def test_nli_scores_are_those_of_the_imputed_images(linear_setup):
+    """perturbation_scores with ROAD's imputation: drops and predictions of exactly the images that
+    noisy_linear_imputation makes (same per-image seeds), and MoRF still above LeRF."""
+    model, images, fill, effect, pred = linear_setup
+    seeds = list(range(500, 500 + len(images)))
+    fr = (0.0, 0.1, 0.5)
+    scores = perturbation_scores(model, images, effect, fr, fill, "morf", seed=seeds, imputation="nli")
+    assert torch.equal(scores.predicted[:, 0], pred)
+    mask = removed_mask(effect, 0.1, "top")
+    imputed = noisy_linear_imputation(images, mask, 0.01, seeds, fill)
+    logits = model(imputed).double()
+    p0 = torch.softmax(model(images).double(), 1).gather(1, pred[:, None]).squeeze(1)
+    pk = torch.softmax(logits, 1).gather(1, pred[:, None]).squeeze(1)
+    torch.testing.assert_close(scores.drops[:, 1], (p0 - pk) / p0)
+    assert torch.equal(scores.predicted[:, 1], logits.argmax(1))
+    lerf = perturbation_scores(model, images, effect, fr, fill, "lerf", seed=seeds, imputation="nli")
+    assert float(scores.drops[:, 1:].mean()) > float(lerf.drops[:, 1:].mean()) + 0.05
+    with pytest.raises(EvaluationError, match="imputation"):
+        perturbation_scores(model, images, effect, fr, fill, imputation="black")

@@ -118,3 +118,52 @@ def test_bad_steps():
         randomized(model, 3, steps=steps)
     with pytest.raises(EvaluationError, match="group"):
         cascade(model, group="layer")
+
+
+class NoReset(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale
+
+
+def test_reset_mode_reinitializes_like_quantus_and_leaves_the_callers_rng_alone():
+    torch.manual_seed(0)
+    model = tv_models.resnet18(num_classes=10).eval()
+    with torch.no_grad():  # trained-looking BN statistics, so a reset is visible
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_mean.normal_()
+                module.running_var.uniform_(0.5, 2.0)
+                module.weight.normal_()
+    steps = cascade(model, example=torch.zeros(1, 3, 32, 32), group="module")
+    state = torch.get_rng_state()
+    copy = randomized(model, "layer4.1.bn2", seed=3, steps=steps, mode="reset")
+    assert torch.equal(torch.get_rng_state(), state)
+    names = [s for s, _ in steps]
+    assert names[:3] == ["fc", "layer4.1.bn2", "layer4.1.conv2"]
+    bn = copy.layer4[1].bn2
+    assert torch.equal(bn.weight, torch.ones_like(bn.weight)) and torch.equal(bn.bias, torch.zeros_like(bn.bias))
+    assert torch.equal(bn.running_mean, torch.zeros_like(bn.running_mean))  # reset resets the statistics too
+    assert torch.equal(bn.running_var, torch.ones_like(bn.running_var))
+    assert torch.equal(copy.layer4[1].conv2.weight, model.layer4[1].conv2.weight)  # not chosen
+    assert torch.equal(copy.layer4[1].bn1.running_mean, model.layer4[1].bn1.running_mean)
+    fc = copy.fc.weight.detach()
+    bound = 1 / 512 ** 0.5  # nn.Linear's init: U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+    assert float(fc.abs().max()) <= bound and float(fc.std()) > 0.5 * bound / 3 ** 0.5
+    again = randomized(model, 1, seed=3, steps=steps, mode="reset")
+    assert torch.equal(again.fc.weight, copy.fc.weight)  # seeded per module name
+    assert not torch.equal(randomized(model, 0, seed=4, steps=steps, mode="reset").fc.weight, copy.fc.weight)
+
+
+def test_reset_mode_names_modules_it_cannot_reset():
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), NoReset(), nn.Flatten(), nn.Linear(2 * 4 * 4, 3))
+    steps = cascade(model, example=torch.zeros(1, 1, 6, 6))
+    assert [s for s, _ in steps] == ["3", "1", "0"]
+    randomized(model, 0, steps=steps, mode="reset")
+    with pytest.raises(EvaluationError, match="reset_parameters"):
+        randomized(model, 1, steps=steps, mode="reset")
+    with pytest.raises(EvaluationError, match="mode"):
+        randomized(model, 0, steps=steps, mode="zero")
