@@ -13,7 +13,11 @@
    here for one short epoch on 12k training images (about 45 s on 2 cores); ``--no-train``
    uses the random initialisation instead. The output says which. Target <= 50 %.
 
-Run: ``python benchmarks/bench_storage.py [--n 4096] [--shard-size 512] [--no-train] [--no-s3]``.
+3. Readers: one method's maps read into numpy [N, H, W] by pyarrow, the project's readers,
+   pandas, polars, DuckDB, HF datasets, Ray Data and xarray, against pyarrow alone on the same
+   files (``benchmarks/bench_readers.py``); target <= 1.5x.
+
+Run: ``python benchmarks/bench_storage.py [--n 4096] [--shard-size 512] [--no-train] [--no-s3] [--no-readers]``.
 """
 
 from __future__ import annotations
@@ -155,6 +159,8 @@ def main() -> None:
     parser.add_argument("--large", type=int, default=224, help="also time maps upsampled to this size (0: skip)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--no-s3", action="store_true", help="skip the SeaweedFS run")
+    parser.add_argument("--no-readers", dest="readers", action="store_false",
+                        help="skip timing the readers (benchmarks/bench_readers.py)")
     parser.add_argument("--no-train", action="store_true", help="maps of a random-init model (skips ~45 s)")
     args = parser.parse_args()
     os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
@@ -206,6 +212,15 @@ def main() -> None:
                 print(f"{label:>8} {name:>26}: {len(shards)} shards x {args.shard_size}: {row}; "
                       f"ratio MapStore/plain {mb / best['MapStore'] / plain:.2f} "
                       f"(+zarr {mb / best['MapStore + zarr'] / plain:.2f}) (target >= 0.8)")
+        if args.readers:
+            import ray
+
+            from benchmarks.bench_readers import write_and_time
+
+            ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+            for name, url, options in targets:
+                write_and_time(name, join(url, "readers"), options, "pathway", maps["pathway"], args.shard_size,
+                               args.repeats)
     finally:
         if server_cm is not None:
             server_cm.__exit__(None, None, None)

@@ -66,14 +66,14 @@ def roar(folder: Path) -> None:
 
 def main() -> None:
     maps = Path(sys.argv[1])
-    perturbation(maps / "eval" / "perturbation")
+    perturbation(maps / "_eval" / "perturbation")
     names = {"spearman_abs": "Spearman of |map|", "spearman": "Spearman of the signed map", "ssim": "SSIM",
              "hog_pearson": "HOG Pearson"}
-    sanity(maps / "eval" / "sanity", names)
-    if (maps / "eval" / "sanity-reset").exists():
-        sanity(maps / "eval" / "sanity-reset", {"spearman_abs": names["spearman_abs"]})
-    if (maps / "eval" / "roar" / "summary.csv").exists():
-        roar(maps / "eval" / "roar")
+    sanity(maps / "_eval" / "sanity", names)
+    if (maps / "_eval" / "sanity-reset").exists():
+        sanity(maps / "_eval" / "sanity-reset", {"spearman_abs": names["spearman_abs"]})
+    if (maps / "_eval" / "roar" / "summary.csv").exists():
+        roar(maps / "_eval" / "roar")
 
 
 if __name__ == "__main__":

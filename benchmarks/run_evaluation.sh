@@ -59,10 +59,10 @@ stage maps "$PY" -m jobs.attribute --source "$SOURCE" --checkpoint "$CKPT" --spl
   --output "$OUT-train" --methods "pathway gradient" --no-progress
 stage perturb "$PY" -m jobs.perturb --maps "$OUT-test" --limit 1000 --fill mean,nli --rank abs,signed --no-progress
 stage sanity "$PY" -m jobs.sanity --source "$SOURCE" --checkpoint "$CKPT" --limit 100 --methods "$M" --draws 3 \
-  --output "$OUT-test/eval/sanity" --no-progress
+  --output "$OUT-test/_eval/sanity" --no-progress
 stage sanity-reset "$PY" -m jobs.sanity --source "$SOURCE" --checkpoint "$CKPT" --limit 100 \
   --methods "pathway gradient guided_backprop" --draws 3 --randomize reset --group module \
-  --output "$OUT-test/eval/sanity-reset" --no-progress
+  --output "$OUT-test/_eval/sanity-reset" --no-progress
 stage roar "$PY" -m jobs.roar --train-maps "$OUT-train" --test-maps "$OUT-test" --methods "$ROAR_METHODS" \
   "${ROAR_GRID[@]}" --fill "${ROAR_FILLS:-nli}" --no-progress
-stage report "$PY" -m jobs.report --maps "$OUT-test" --sanity "$OUT-test/eval/sanity" --output "outputs/report/$DATASET"
+stage report "$PY" -m jobs.report --maps "$OUT-test" --sanity "$OUT-test/_eval/sanity" --output "outputs/report/$DATASET"

@@ -101,6 +101,7 @@ def write_examples(output: str, options: dict[str, Any], source: Any, methods: S
     from storage.fs import join
     from storage.location import Location
     from storage.reader import join_with_source, read_maps
+    from storage.tables import EXAMPLES_PATH
 
     frames = {m: read_maps(output, m, options, columns=["sample_id", "target", "map"], shards=1).head(EXAMPLES)
               for m in methods}
@@ -111,8 +112,8 @@ def write_examples(output: str, options: dict[str, Any], source: Any, methods: S
     names = spec.class_names
     titles = [f"{sid.split('/')[-1]}\n{names[t] if t < len(names) else t}" for sid, t in zip(first.sample_id, first.target)]
     maps = {m: [frame.set_index("sample_id").loc[sid, "map"] for sid in first.sample_id] for m, frame in frames.items()}
-    Location(output, options).put("examples.png", map_grid(list(joined["image"]), maps, titles))
-    return [join(output, "examples.png")]
+    Location(output, options).put(EXAMPLES_PATH, map_grid(list(joined["image"]), maps, titles))
+    return [join(output, EXAMPLES_PATH)]
 
 
 def finish_outputs(store: Any, plan: Any, committed: dict[str, dict[str, dict]]) -> None:
@@ -134,12 +135,15 @@ def run(args: argparse.Namespace) -> int:
     """The job; run.json ends "complete", "incomplete" or "failed" with the reason, whatever happens."""
     from storage.manifest import now
     from storage.maps import MapStore
+    from storage.versions import check_format
 
     options = storage_options_from(args.storage_options)
     record: dict[str, Any] = {"status": "running", "started_at": now()}
     store = None
     try:
-        store = MapStore(args.output, options or None)
+        output = MapStore(args.output, options or None)
+        check_format(output.where)  # an output of another format is refused before anything is written to it
+        store = output
         return attribute(args, options, store, record)
     except BaseException as err:
         if store is not None:

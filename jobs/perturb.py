@@ -30,7 +30,7 @@ e.g. ImageNet's). ``nli`` uses it only for an image with every pixel removed.
 
 Work: one Ray task per (method, shard of ``--shard-size`` samples), plus one random task
 per shard; each returns per-image drops and predictions for every fill and ranking, and the
-driver averages. Outputs, under ``--output`` (default ``<maps>/eval/perturbation``, or
+driver averages. Outputs, under ``--output`` (default ``<maps>/_eval/perturbation``, or
 ``outputs/eval/perturbation``): ``perturbation.parquet|csv`` (method, fill, rank, order,
 fraction, mean_drop, std_drop, accuracy, n_images), ``auc.json|csv`` (areas under the drop
 curve and under ROAD's accuracy curve, trapezoid over the fraction axis) and
@@ -150,6 +150,7 @@ def stored_inputs(args: argparse.Namespace, options: dict[str, Any]) -> dict[str
     """Maps, targets and ids from a jobs.attribute dataset, plus where its images and model live."""
     from storage.fs import StorageNotFound, join
     from storage.reader import read_maps, read_run
+    from storage.tables import EVAL_DIR
     from workers.tasks import stored_methods
 
     try:
@@ -175,7 +176,7 @@ def stored_inputs(args: argparse.Namespace, options: dict[str, Any]) -> dict[str
             "checkpoint": args.checkpoint or config.get("checkpoint"), "methods": methods, "ids": ids,
             "maps": {m: np.stack(f["map"].to_numpy()).astype(np.float32) for m, f in indexed.items()},
             "targets": {m: f["target"].to_numpy().astype(np.int64) for m, f in indexed.items()},
-            "output": args.output or join(args.maps, "eval/perturbation")}
+            "output": args.output or join(args.maps, EVAL_DIR, "perturbation")}
 
 
 def run(args: argparse.Namespace) -> int:

@@ -188,8 +188,10 @@ def roar_section(url: str, options: dict[str, Any], maps: str) -> Section:
 
 
 def examples_section(maps: str, options: dict[str, Any]) -> Section:
+    from storage.tables import EXAMPLES_PATH
+
     section = Section("Example maps", maps)
-    figure = read_optional(maps, "examples.png", options)
+    figure = read_optional(maps, EXAMPLES_PATH, options)
     if figure is None:
         section.missing = f"python -m jobs.attribute --output {maps}"
     else:
@@ -277,6 +279,7 @@ def run(args: argparse.Namespace) -> int:
     from storage.fs import StorageError, join, redact_url
     from storage.location import Location
     from storage.reader import read_run
+    from storage.tables import EVAL_DIR
 
     options = storage_options_from(args.storage_options)
     maps = args.maps.rstrip("/")
@@ -288,13 +291,13 @@ def run(args: argparse.Namespace) -> int:
 
     perturbation = args.perturbation
     if perturbation is None:
-        own = join(maps, "eval", "perturbation")
+        own = join(maps, EVAL_DIR, "perturbation")
         perturbation = own if _has_outputs(own, ("auc.csv", "perturbation.png"), options) else PERTURBATION_FALLBACK
     shown = redact_url(maps)
     sections = [examples_section(maps, options),
                 perturbation_section(perturbation, options, shown),
                 sanity_section(args.sanity, options),
-                roar_section(args.roar or join(maps, "eval", "roar"), options, shown)]
+                roar_section(args.roar or join(maps, EVAL_DIR, "roar"), options, shown)]
     for section in sections:
         section.source = redact_url(section.source)
 

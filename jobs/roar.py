@@ -26,7 +26,7 @@ valid: the mask leaks the class" (jobs.roar_summary says exactly how). Budget ch
 unmodified retrain must land within ``--budget-tolerance`` points (3) of the checkpoint's own
 accuracy on the same test images, or the summary says the grid is under-trained.
 
-Outputs under --output (default <test-maps>/eval/roar, or eval/kar):
+Outputs under --output (default <test-maps>/_eval/roar, or _eval/kar):
 ``cells/<method>-t<t>-s<seed>-<fill|mask>.json`` (one per finished cell: a rerun skips them),
 ``results.parquet`` / ``results.csv`` (method, t, seed, input, fill, accuracy, epochs, seconds,
 ...), ``summary.csv`` (per method x t x fill: accuracy and mask-only accuracy, mean and std over
@@ -69,7 +69,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = job_parser("python -m jobs.roar", __doc__, [ray_flags(), worker_flags("one per CPU, 1 thread each")])
     p.add_argument("--train-maps", required=True, help="map dataset of the train split (jobs.attribute --split train)")
     p.add_argument("--test-maps", required=True, help="map dataset of the test split")
-    p.add_argument("--output", default=None, help="results URL (default <test-maps>/eval/roar, eval/kar with --kar)")
+    p.add_argument("--output", default=None, help="results URL (default <test-maps>/_eval/roar, _eval/kar with --kar)")
     p.add_argument("--methods", default=None,
                    help="methods (space/comma separated); default: every method stored for both splits + random sobel")
     p.add_argument("--thresholds", type=_int_list, default=_int_list(DEFAULT_THRESHOLDS), help="t in %%, 1..99")
@@ -198,6 +198,7 @@ def run(args: argparse.Namespace) -> int:
     from storage.location import Location
     from storage.manifest import now
     from storage.reader import read_run
+    from storage.tables import EVAL_DIR
     from workers.roar_data import channel_mean, pixel_noise
     from workers.tasks import stored_methods
 
@@ -222,7 +223,7 @@ def run(args: argparse.Namespace) -> int:
     checkpoint = args.checkpoint or runs["test"]["config"]["checkpoint"]
     model, spec = load_checkpoint(checkpoint, options or None)
     recipe = load_metrics(checkpoint, options or None)
-    output = args.output or join(args.test_maps, "eval", "kar" if args.kar else "roar")
+    output = args.output or join(args.test_maps, EVAL_DIR, "kar" if args.kar else "roar")
 
     train = load_split(args.train_maps, with_maps, options, args.train_limit, subset_seed=0)
     test = load_split(args.test_maps, with_maps, options, args.test_limit, subset_seed=None)

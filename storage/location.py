@@ -1,9 +1,9 @@
 """A storage prefix opened once: every read and write of a map dataset (or any output folder) under it.
 
     where = Location("s3://bucket/maps/run1", storage_options)
-    where.put("run.json", data)          # atomic: readers see the old object or the whole new one
-    where.get("manifest/pathway/000003.json")
-    where.find("manifest/pathway", ".json")
+    where.put("_meta/run.json", data)    # atomic: readers see the old object or the whole new one
+    where.get("_manifest/pathway/000003.json")
+    where.find("_manifest/pathway", ".json")
 
 Paths are relative to the prefix; errors are :class:`storage.fs.StorageError` naming the full URL
 (never a credential). Transient store failures (throttling, 5xx, timeouts, dropped connections)

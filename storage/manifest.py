@@ -1,16 +1,16 @@
 """The commit log of a map dataset: one JSON record per committed (method, shard).
 
-``manifest/<method>/<shard_id>.json`` is written last, atomically, after every file it lists.
+``_manifest/<method>/<shard_id>.json`` is written last, atomically, after every file it lists.
 A shard's outputs count only once this record exists; readers take the files it lists and
 nothing else, so leftovers of a crashed attempt are invisible. A record::
 
     {"format": "pathway-attribution.shard", "version": 1,
-     "method": "pathway", "shard_id": "s00003", "shard_index": 3,
+     "method": "pathway", "shard_id": "000003", "shard_index": 3,
      "n_samples": 254,            # rows in the maps Parquet file
      "n_errors": 2,               # rows in the errors Parquet file
      "sample_ids_sha256": "...",  # of the shard's sample ids in source order, '\\n'-joined
-     "files": [{"path": "maps/pathway/s00003.parquet", "bytes": 123, "sha256": "..."},
-               {"path": "errors/pathway/s00003.parquet", "bytes": 45, "sha256": "..."},
+     "files": [{"path": "maps/pathway/000003.parquet", "bytes": 123, "sha256": "..."},
+               {"path": "errors/pathway/000003.parquet", "bytes": 45, "sha256": "..."},
                {"path": "zarr/pathway/maps", "rows": [768, 1024], "sha256": "<of the float16 rows>"}]}
 
 Paths are relative to the dataset's root URL. A record holds no time and nothing about the attempt
@@ -28,6 +28,7 @@ from typing import Any
 
 from storage.fs import InvalidStorageInput, StorageError
 from storage.location import Location
+from storage.tables import MANIFEST_DIR
 
 FORMAT = "pathway-attribution.shard"
 VERSION = 1
@@ -42,7 +43,7 @@ def check_name(kind: str, name: str) -> str:
 
 
 def commit_path(method: str, shard_id: str) -> str:
-    return f"manifest/{check_name('method', method)}/{check_name('shard_id', shard_id)}.json"
+    return f"{MANIFEST_DIR}/{check_name('method', method)}/{check_name('shard_id', shard_id)}.json"
 
 
 def now() -> str:
@@ -72,7 +73,7 @@ def read_commits(where: Location, method: str | None = None) -> dict[tuple[str, 
     read one by one, so a rerun costs a listing plus the records of the last run, not one read per
     shard.
     """
-    base = f"manifest/{check_name('method', method)}" if method else "manifest"
+    base = f"{MANIFEST_DIR}/{check_name('method', method)}" if method else MANIFEST_DIR
     listed = where.find(base)
     records_at = [rel for rel in listed if rel.endswith(".json") and f"/{INDEX}/" not in rel]
     indexed = _read_index(where, [rel for rel in listed if f"/{INDEX}/" in rel and rel.endswith(".parquet")])
@@ -99,7 +100,7 @@ def index_commits(where: Location, method: str, records: Mapping[str, dict]) -> 
 
     from storage.tables import parquet_bytes
 
-    folder = f"manifest/{check_name('method', method)}/{INDEX}"
+    folder = f"{MANIFEST_DIR}/{check_name('method', method)}/{INDEX}"
     segments = where.find(folder, ".parquet")
     known = _read_index(where, segments)
     fresh = {commit_path(method, sid): rec for sid, rec in records.items() if commit_path(method, sid) not in known}

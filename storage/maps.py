@@ -1,15 +1,16 @@
-"""The map sink: Parquet + zarr v3 + errors + commit manifest + run.json under one root URL.
+"""The map sink: Parquet + zarr v3 + errors + commit manifest + run record under one root URL.
 
 Layout (paths relative to the root URL; ``<method>`` and ``<shard_id>`` are checked to be plain
-file-name components)::
+file-name components; docs/format.md is the full reference)::
 
-    run.json                              config, method params, versions, start/end times
     maps/<method>/<shard_id>.parquet      one row per sample with a map (storage.tables.map_schema:
-                                          sample, method, params, label, the method's details, map)
+                                          sample, method, params, label, the details, map)
     errors/<method>/<shard_id>.parquet    one row per sample that could not be processed
     zarr/<method>/                        zarr v3 group: maps [N, H, W] float16 (NaN = no map),
-                                          sample_id [N] string; chunks of shard_size rows
-    manifest/<method>/<shard_id>.json     the shard's commit record, written last (storage.manifest)
+                                          sample_id [N], committed [N]; chunks of shard_size rows
+    _pending/                             tables written but not yet published
+    _manifest/<method>/<shard_id>.json    the shard's commit record (storage.manifest)
+    _meta/run.json                        config, method params, versions, start/end times
 
 Several methods share one root: each has its own sub-directory everywhere, and a commit covers
 one (method, shard). Parquet bytes depend only on the data (fixed writer settings, no times in
@@ -39,8 +40,8 @@ from storage.fs import join
 from storage.location import Location
 from storage.manifest import check_name, now, read_commit, read_commits, write_commit
 from storage.sources.base import SampleError
-from storage.tables import (FORMAT, FORMAT_VERSION, data_path, detail_type, errors_table, map_schema, parquet_bytes,
-                            pending_path)
+from storage.tables import (FORMAT, FORMAT_VERSION, RUN_PATH, data_path, detail_type, errors_table, map_schema,
+                            parquet_bytes, pending_path)
 
 log = logging.getLogger(__name__)
 
@@ -341,5 +342,5 @@ class MapStore:
         run.setdefault("format", {"name": FORMAT, "version": FORMAT_VERSION})
         run["versions"] = {**versions(), **dict(run.get("versions") or {})}
         run.setdefault("started_at", now())
-        self.where.put_json("run.json", run)
+        self.where.put_json(RUN_PATH, run)
         return run

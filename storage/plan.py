@@ -1,7 +1,7 @@
 """The shard plan of a map dataset: which samples make up which shard, fixed once written.
 
 The driver cuts the source into shards once and stores the plan under the output
-(``plan/shards.parquet``: shard_index, shard_id, sample_id, locator). Reruns read it back,
+(``_plan/shards.parquet``: shard_index, shard_id, sample_id, locator). Reruns read it back,
 so a shard always holds the same samples and lands on the same zarr rows, whatever the
 source looks like later. Samples that appear in the source afterwards (new files) are
 appended as new shards: only they are processed on the next run.
@@ -19,9 +19,9 @@ import pyarrow.parquet as pq
 from storage.fs import InvalidStorageInput
 from storage.location import Location
 from storage.sources.base import SampleRef
-from storage.tables import parquet_bytes
+from storage.tables import PLAN_DIR, parquet_bytes
 
-PLAN_PATH = "plan/shards.parquet"
+PLAN_PATH = f"{PLAN_DIR}/shards.parquet"
 _SCHEMA = pa.schema([("shard_index", pa.int64()), ("shard_id", pa.string()),
                      ("sample_id", pa.string()), ("locator", pa.string())])
 

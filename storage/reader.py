@@ -2,11 +2,15 @@
 
     read_maps(url, method=None)        -> pandas.DataFrame ("map" holds [H, W] float16 arrays)
     read_maps_table(url, method=None)  -> pyarrow.Table ("map" is an arrow.fixed_shape_tensor column)
-    maps_array(url, method)            -> zarr.Array [N, H, W] float16 (NaN: no map), lazy
-    read_errors(url, method=None)      -> pandas.DataFrame (sample_id, reason, shard_id, method)
-    read_run(url)                      -> dict (run.json)
+    read_sample(url, sample_id)        -> one sample's rows, reading only its shard's files
+    maps_array(url, method)            -> [N, H, W] float16, lazy (NaN: no committed map)
+    read_errors(url, method=None)      -> pandas.DataFrame (sample_id, reason, shard_id, method, kind)
+    read_run(url)                      -> dict (_meta/run.json)
     join_with_source(maps_df, source, spec)  -> maps_df with an "image" column: uint8 [H, W, C] as the
-                                       model saw it (the maps' size), or as stored with original=True
+                                       model saw it (the maps' size), or as stored with original=True;
+                                       ``source`` is a Source or its URL
+
+docs/format.md describes the files and columns, and the one-liners of other readers.
 """
 
 from __future__ import annotations
@@ -23,9 +27,10 @@ import pyarrow.parquet as pq
 
 from storage.fs import InvalidStorageInput, StorageError, StorageNotFound, join
 from storage.location import Location
-from storage.manifest import check_name, read_commits
+from storage.manifest import check_name, read_commit, read_commits
 from storage.sources.base import SampleError, Source
-from storage.tables import ERRORS_SCHEMA, map_schema
+from storage.tables import ERRORS_SCHEMA, RUN_PATH, map_schema
+from storage.versions import check_format, run_format, table_format
 
 if TYPE_CHECKING:  # pyarrow's to_pandas imports pandas when a reader needs it; workers never do (0.24 s)
     import pandas as pd
@@ -40,6 +45,8 @@ def _committed_tables(url: str, kind: str, method: str | None, storage_options: 
     stores answer slowly but in parallel."""
     where = Location(url, storage_options)
     records = list(read_commits(where, method).values())
+    if not records:  # empty, or a layout whose commit records this version does not look for
+        check_format(where)
     if shards is not None:
         taken: dict[str, int] = {}
         first = []
@@ -56,10 +63,13 @@ def _committed_tables(url: str, kind: str, method: str | None, storage_options: 
         if data is None:  # committed by an attempt that died before publishing it (MapStore.publish)
             data = where.get(f"_pending/{rel}")
         try:
-            return pq.read_table(pa.BufferReader(data), columns=list(columns) if columns else None)
+            table = pq.read_table(pa.BufferReader(data), columns=list(columns) if columns else None)
         except pa.ArrowInvalid as err:
             raise StorageError(f"committed file {where.url_of(rel)} is not readable Parquet (truncated or "
                                f"corrupt?): {err}; delete its manifest record to recompute the shard") from None
+        if kind == "maps":
+            table_format(table.schema, where.url_of(rel))
+        return table
 
     if len(rels) <= 1:
         return [read(r) for r in rels]
@@ -103,12 +113,56 @@ def read_maps(url: str, method: str | None = None, storage_options: Mapping[str,
               columns: Sequence[str] | None = None, shards: int | None = None) -> pd.DataFrame:
     """The committed maps as a DataFrame; ``map`` holds one float16 [H, W] array per row. ``shards``
     reads only the first that many committed shards of each method (a preview)."""
-    table = read_maps_table(url, method, storage_options, columns, shards)
+    return _frame(read_maps_table(url, method, storage_options, columns, shards))
+
+
+def _frame(table: pa.Table) -> pd.DataFrame:
+    """A maps table (``map`` as the tensor type) as a DataFrame with one [H, W] array per row."""
     has_map = "map" in table.column_names
     df = (table.drop_columns(["map"]) if has_map else table).to_pandas()
     if has_map:
         df["map"] = list(table.column("map").combine_chunks().to_numpy_ndarray()) if table.num_rows else []
     return df
+
+
+def read_sample(url: str, sample_id: str, method: str | None = None,
+                storage_options: Mapping[str, Any] | None = None) -> pd.DataFrame:
+    """One sample's rows (one per method, or of ``method``), like :func:`read_maps`, without scanning
+    the maps: the plan says which shard holds the sample, and only that shard's files are read.
+
+    An empty frame when the sample is planned but has no committed map (not done yet, or an error
+    row: see :func:`read_errors`); :class:`StorageNotFound` when the dataset never planned it.
+    """
+    import pandas as pd
+
+    from storage.plan import PLAN_PATH
+
+    where = Location(url, storage_options)
+    check_format(where)
+    plan = where.get_optional(PLAN_PATH)
+    hit = None if plan is None else pq.read_table(pa.BufferReader(plan), columns=["sample_id", "shard_id"],
+                                                  filters=[("sample_id", "==", str(sample_id))])
+    if hit is None or not hit.num_rows:
+        raise StorageNotFound(f"{url} has no sample {sample_id!r} in its plan")
+    shard = hit.column("shard_id")[0].as_py()
+    labels = [check_name("method", method)] if method else _method_labels(read_run(url, storage_options))
+    frames = []
+    for label in labels:
+        record = read_commit(where, label, shard)
+        rel = next((f["path"] for f in (record or {}).get("files", []) if f["path"].startswith("maps/")), None)
+        if rel is None:
+            continue
+        data = where.get_optional(rel) or where.get(f"_pending/{rel}")
+        table = pq.read_table(pa.BufferReader(data), filters=[("sample_id", "==", str(sample_id))])
+        frames.append(_frame(table.set_column(table.column_names.index("map"), "map",
+                                              tensor_column(table.column("map")))))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["sample_id", "method", "map"])
+
+
+def _method_labels(run: Mapping[str, Any]) -> list[str]:
+    """The method labels a run record's config names (a list of method specs, or {label: params})."""
+    methods = (run.get("config") or {}).get("methods") or []
+    return list(methods) if isinstance(methods, Mapping) else [m.get("label") or m["name"] for m in methods]
 
 
 def map_arrays(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
@@ -201,14 +255,22 @@ def read_run(url: str, storage_options: Mapping[str, Any] | None = None) -> dict
     """``run.json`` of the dataset at ``url``."""
     where = Location(url, storage_options)
     try:
-        return json.loads(where.get("run.json"))
+        run = json.loads(where.get(RUN_PATH))
+    except StorageNotFound:
+        check_format(where)  # format 1 kept run.json at the root: say so rather than "not found"
+        raise
     except ValueError as err:
-        raise StorageError(f"{where.url_of('run.json')} is not JSON: {err}") from None
+        raise StorageError(f"{where.url_of(RUN_PATH)} is not JSON: {err}") from None
+    run_format(run, url)
+    return run
 
 
-def join_with_source(maps_df: pd.DataFrame, source: Source, spec: Any = None, *, original: bool = False
-                     ) -> pd.DataFrame:
+def join_with_source(maps_df: pd.DataFrame, source: Source | str, spec: Any = None, *, original: bool = False,
+                     split: str | None = None, storage_options: Mapping[str, Any] | None = None) -> pd.DataFrame:
     """``maps_df`` plus an ``image`` column read from ``source`` by ``sample_id``.
+
+    ``source`` is a :class:`Source` or its URL (opened with ``split``, by default the one the
+    dataset's run record names when ``spec`` is that record, else "test", and ``storage_options``).
 
     By default each image is shown as the model saw it (``models.preprocess.model_view``: channels
     converted, resized or cropped to the input size, not normalized), so it lies exactly under its map.
@@ -216,9 +278,16 @@ def join_with_source(maps_df: pd.DataFrame, source: Source, spec: Any = None, *,
     (which holds it under "model"). ``original=True`` gives the images as the source holds them (any
     size; uint8 [H, W, C] with C = 1, 2, 3 or 4) and needs no spec.
 
-    Only the rows' samples are read. A sample missing from the source, or unreadable, gets
-    ``image=None`` (logged), so rows stay aligned with ``maps_df``.
+    Only the rows' samples are read. A sample the source lacks, or can no longer read, means it is
+    not the source the maps were computed from (or it changed since): an :class:`InvalidStorageInput`
+    naming the samples, never a silent gap.
     """
+    if isinstance(source, str):
+        from storage.sources import open_source
+
+        config = spec.get("config", {}) if isinstance(spec, Mapping) else {}
+        source = open_source(source, split=split or config.get("split") or "test", storage_options=storage_options,
+                             kind=config.get("source_format") if config.get("source") == source else None)
     model_spec = None
     if not original:
         if spec is None:
@@ -238,8 +307,10 @@ def join_with_source(maps_df: pd.DataFrame, source: Source, spec: Any = None, *,
         else:
             images[item.sample_id] = item.image
     if failed:
-        log.warning("join_with_source(%s): %d samples missing or unreadable, e.g. %s", source.url, len(failed),
-                    "; ".join(failed[:3]))
+        raise InvalidStorageInput(
+            f"{source.url} is not the source these maps were computed from, or it changed since: {len(failed)} of "
+            f"their samples are missing or unreadable there (e.g. {'; '.join(failed[:3])}); pass the source the "
+            "run record names (read_run(url)['config']['source'] and its split)")
     if model_spec is not None and images:
         from models.preprocess import model_view
 
@@ -250,4 +321,4 @@ def join_with_source(maps_df: pd.DataFrame, source: Source, spec: Any = None, *,
 
 
 __all__ = ["StorageNotFound", "join_with_source", "maps_array", "read_errors", "read_maps", "read_maps_table",
-           "read_run"]
+           "read_run", "read_sample"]

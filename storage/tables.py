@@ -17,11 +17,24 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-#: What a map dataset is, in the Parquet key-value metadata, run.json and the commit records.
+#: What a map dataset is, in the Parquet key-value metadata and run.json (commit records name their own format).
 FORMAT = "pathway-attribution.maps"
 FORMAT_VERSION = 2
 #: Key of that metadata in each Parquet file's schema.
 METADATA_KEY = b"pathway_attribution"
+
+
+# Where everything that is not a data table lives: folders that start with an underscore, which
+# pyarrow, Ray Data, Spark and DuckDB's Hive discovery skip, so that no reader takes them for rows.
+#: Commit records and their index segments (storage.manifest).
+MANIFEST_DIR = "_manifest"
+#: The shard plan (storage.plan).
+PLAN_DIR = "_plan"
+#: The run record and its pictures.
+RUN_PATH = "_meta/run.json"
+EXAMPLES_PATH = "_meta/examples.png"
+#: Evaluations of the maps (jobs.perturb, jobs.roar) by default.
+EVAL_DIR = "_eval"
 
 
 def data_path(kind: str, method: str, shard_id: str) -> str:

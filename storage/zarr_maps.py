@@ -81,6 +81,7 @@ def ensure_arrays(url: str, n: int, shape: tuple[int, int], shard_size: int,
                                f"rows, not {(height, width)} in chunks of {shard_size}: use another output URL")
         if maps.shape[0] < n:
             resize(group, n)
+            zarr.consolidate_metadata(group.store)  # so that readers opening it consolidated see the new shape
         return group
 
 

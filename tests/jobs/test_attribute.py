@@ -116,7 +116,7 @@ def test_end_to_end_to_s3(reference, checkpoint) -> None:
     assert run["config"]["checkpoint"] == checkpoint and "storage_options" not in run["config"]
     assert options["secret"] not in json.dumps(run)
     fs, root = open_fs(url, options)
-    assert fs.cat_file(join(root, "examples.png"))[:8] == b"\x89PNG\r\n\x1a\n"
+    assert fs.cat_file(join(root, "_meta/examples.png"))[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def commits(url: str) -> int:
@@ -267,7 +267,8 @@ def test_labeled_methods_store_one_method_twice(checkpoint, ray_session, tmp_pat
     assert "unknown method 'nosuch'" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("case", ["checkpoint missing", "wrong S3 credentials", "output not writable"])
+@pytest.mark.parametrize("case", ["checkpoint missing", "wrong S3 credentials", "output not writable",
+                                  "output of format 1"])
 def test_failures_not_caused_by_data_exit_1_fast(case, checkpoint, s3_server, tmp_path, capfd, monkeypatch
                                                   ) -> None:
     """Errors of setup, not of samples: one clear line on stderr, exit 1, before any Ray work."""
@@ -280,10 +281,14 @@ def test_failures_not_caused_by_data_exit_1_fast(case, checkpoint, s3_server, tm
         args[3] = s3_server.url("maps-denied")
         monkeypatch.setenv("STORAGE_OPTIONS", json.dumps({**s3_server.storage_options, "secret": secret}))
         expected = r"s3://.*maps-denied.*credentials"
-    else:
+    elif case == "output not writable":
         (tmp_path / "file").write_text("a file, not a directory")
         args[3] = str(tmp_path / "file" / "maps")
         expected = r"file/maps"
+    else:
+        (tmp_path / "maps").mkdir()
+        (tmp_path / "maps" / "run.json").write_text("{}")  # format 1 kept it at the root
+        expected = r"format version 1;.*another output URL"
     start = time.perf_counter()
     assert attribute.main(args) == 1
     seconds = time.perf_counter() - start
@@ -294,6 +299,8 @@ def test_failures_not_caused_by_data_exit_1_fast(case, checkpoint, s3_server, tm
     assert secret not in captured.err + captured.out and s3_server.secret not in captured.err + captured.out
     assert seconds < 30, f"{case}: took {seconds:.1f} s to fail"
     assert "Started a local Ray" not in captured.err + captured.out
+    if case == "output of format 1":
+        assert sorted(os.listdir(tmp_path / "maps")) == ["run.json"]  # nothing written into it
 
 
 def test_ray_job_submit(checkpoint, tmp_path) -> None:

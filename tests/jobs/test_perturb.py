@@ -77,10 +77,10 @@ def test_stored_maps_on_s3(checkpoint, ray_session, s3_server, capsys) -> None:
                          "--shard-size", "12", "--no-progress", *opts])  # the old spelling of --fill mean --mean train
     assert code == 0
     fs, root = open_fs(url, options)
-    table = pd.read_parquet(io.BytesIO(fs.cat_file(join(root, "eval/perturbation/perturbation.parquet"))))
+    table = pd.read_parquet(io.BytesIO(fs.cat_file(join(root, "_eval/perturbation/perturbation.parquet"))))
     check_table(table, ["gradient"], 30)
-    assert fs.cat_file(join(root, "eval/perturbation/perturbation.png"))[:4] == b"\x89PNG"
-    summary = json.loads(fs.cat_file(join(root, "eval/perturbation/auc.json")))
+    assert fs.cat_file(join(root, "_eval/perturbation/perturbation.png"))[:4] == b"\x89PNG"
+    summary = json.loads(fs.cat_file(join(root, "_eval/perturbation/auc.json")))
     # --mean train: the Fashion-MNIST train mean is the spec's normalization mean, so about 0 in input units
     assert summary["config"]["mean_from"] == "train" and abs(summary["config"]["mean"][0]) < 0.01
     assert summary["config"]["fill"] == ["mean"]
@@ -105,8 +105,8 @@ def test_unknown_method_exits_1(checkpoint, tmp_path, capsys) -> None:
 def test_method_not_in_map_dataset_exits_1(checkpoint, tmp_path, capsys) -> None:
     """A stored dataset names its methods; asking for another says which ones it holds."""
     maps = tmp_path / "maps"
-    maps.mkdir()
-    (maps / "run.json").write_text(json.dumps({"config": {"methods": {"gradient": {}}, "source": "fashion-mnist",
+    (maps / "_meta").mkdir(parents=True)
+    (maps / "_meta" / "run.json").write_text(json.dumps({"config": {"methods": {"gradient": {}}, "source": "fashion-mnist",
                                                           "checkpoint": checkpoint}}))
     assert perturb.main(["--maps", str(maps), "--methods", "pathway", "--no-progress"]) == 1
     err = capsys.readouterr().err

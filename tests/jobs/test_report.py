@@ -30,8 +30,9 @@ def png(path: Path, label: str) -> bytes:
 def make_maps(tmp_path: Path) -> tuple[Path, bytes]:
     maps = tmp_path / "maps"
     maps.mkdir()
-    (maps / "run.json").write_text(json.dumps(RUN))
-    return maps, png(maps / "examples.png", "examples")
+    (maps / "_meta").mkdir()
+    (maps / "_meta" / "run.json").write_text(json.dumps(RUN))
+    return maps, png(maps / "_meta" / "examples.png", "examples")
 
 
 def make_perturbation(folder: Path) -> bytes:
@@ -78,9 +79,9 @@ def make_roar(folder: Path) -> None:
 
 def test_report_gathers_every_section(tmp_path, capsys) -> None:
     maps, examples = make_maps(tmp_path)
-    perturbation = make_perturbation(maps / "eval" / "perturbation")  # the default location under --maps
+    perturbation = make_perturbation(maps / "_eval" / "perturbation")  # the default location under --maps
     make_sanity(tmp_path / "sanity")
-    make_roar(maps / "eval" / "roar")
+    make_roar(maps / "_eval" / "roar")
     out = tmp_path / "report"
     code = report.main(["--maps", str(maps), "--sanity", str(tmp_path / "sanity"), "--output", str(out)])
     assert code == 0
@@ -139,15 +140,15 @@ def test_report_reads_and_writes_s3(s3_server, tmp_path, capsys) -> None:
     from storage.fs import open_fs
 
     maps, examples = make_maps(tmp_path)
-    perturbation = make_perturbation(maps / "eval" / "perturbation")
-    make_sanity(maps / "eval" / "sanity")
-    make_roar(maps / "eval" / "roar")
+    perturbation = make_perturbation(maps / "_eval" / "perturbation")
+    make_sanity(maps / "_eval" / "sanity")
+    make_roar(maps / "_eval" / "roar")
     options = s3_server.storage_options
     root = s3_server.url("report-e2e")
     fs, path = open_fs(root, options)
     fs.put(str(maps), path + "/maps", recursive=True)
     out = f"{root}/report"
-    code = report.main(["--maps", f"{root}/maps", "--sanity", f"{root}/maps/eval/sanity", "--output", out,
+    code = report.main(["--maps", f"{root}/maps", "--sanity", f"{root}/maps/_eval/sanity", "--output", out,
                         "--storage-options", json.dumps(options)])
     assert code == 0, capsys.readouterr().err
     page = fs.cat_file(f"{path}/report/report.html").decode()

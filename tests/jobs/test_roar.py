@@ -69,7 +69,7 @@ def counts(text: str) -> tuple[int, int]:
 
 def test_roar_end_to_end_and_resume(maps, capsys) -> None:
     args = ["--train-maps", maps["train"], "--test-maps", maps["test"], *GRID, "--mask-skip", "", "--fill", "mean"]
-    output = os.path.join(maps["test"], "eval", "roar")  # the default
+    output = os.path.join(maps["test"], "_eval", "roar")  # the default
 
     # An interrupted run: only some methods got done, without the mask control.
     assert roar.main([*args, "--methods", "pathway random", "--no-mask-control"]) == 0

@@ -10,8 +10,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from storage import (InvalidStorageInput, MapRecords, MapStore, SampleError, StorageError, join_with_source,
-                     maps_array, read_errors, read_maps, read_maps_table, read_run)
+from storage import (InvalidStorageInput, MapRecords, MapStore, SampleError, StorageError, StorageNotFound,
+                     join_with_source, maps_array, read_errors, read_maps, read_maps_table, read_run, read_sample)
 from storage.fs import join, open_fs
 from storage.sources import open_source
 from tests.helpers import DETAIL_TYPES, MAP_SHAPE, every_file, map_records, png_bytes, put, write_parquet
@@ -79,7 +79,7 @@ def test_rewrite_is_byte_identical(storage_root):
     first = store.write_shard("a", 0, "m", records(ids), errs, sample_ids=ids_of(0))
     blobs = {f["path"]: cat(url, options, f["path"]) for f in first["files"] if f["path"].endswith(".parquet")}
     tree = every_file(url, options)
-    assert "manifest/m/a.json" in tree and any(p.startswith("zarr/m/maps/c/") for p in tree)
+    assert "_manifest/m/a.json" in tree and any(p.startswith("zarr/m/maps/c/") for p in tree)
     again = MapStore(url, options).write_shard("a", 0, "m", records(ids), errs, sample_ids=ids_of(0))
     assert again == first
     assert every_file(url, options) == tree  # Parquet, zarr chunks and the commit record, byte for byte
@@ -236,12 +236,43 @@ def test_join_with_source(tmp_path, fmnist):
     write_parquet(str(tmp_path / "src.parquet"), {}, images, labels, sample_ids=True)
     source = open_source(str(tmp_path / "src.parquet"))
     ids = ["img-0003", "img-0007", "img-0001"]
-    MapStore(str(tmp_path / "out")).write_shard("s0", None, "m", records([*ids, "not-in-source"][:3]))
-    joined = join_with_source(read_maps(str(tmp_path / "out")), source, original=True)
-    for sid, image in zip(joined["sample_id"], joined["image"]):
-        np.testing.assert_array_equal(image, images[int(sid[-4:])])
+    MapStore(str(tmp_path / "out")).write_shard("s0", None, "m", records(ids))
+    maps = read_maps(str(tmp_path / "out"))
+    for given in (source, str(tmp_path / "src.parquet")):  # a Source, or its URL
+        joined = join_with_source(maps, given, original=True)
+        for sid, image in zip(joined["sample_id"], joined["image"]):
+            np.testing.assert_array_equal(image, images[int(sid[-4:])])
     with pytest.raises(InvalidStorageInput, match="original=True"):
-        join_with_source(read_maps(str(tmp_path / "out")), source)
+        join_with_source(maps, source)
+    MapStore(str(tmp_path / "other")).write_shard("s0", None, "m", records([*ids[:2], "not-in-source"]))
+    with pytest.raises(InvalidStorageInput, match=r"not the source.*1 of their samples.*not-in-source"):
+        join_with_source(read_maps(str(tmp_path / "other")), source, original=True)
+
+
+def test_read_sample_reads_only_its_shard(tmp_path):
+    """By id: the plan names the shard, and that shard's files are all that is read."""
+    from storage.location import Location
+    from storage.plan import update_plan
+    from storage.sources.base import SampleRef
+
+    url = str(tmp_path / "out")
+    where = Location(url)
+    plan, _ = update_plan(where, [SampleRef(s, {}) for k in range(3) for s in ids_of(k)], S)
+    store = MapStore(url)
+    written = {}
+    for shard in plan.shards:
+        for method in ("a", "b"):
+            rec = records([r.sample_id for r in shard.refs], seed=shard.index)
+            written[method, shard.shard_id] = rec
+            store.write_shard(shard.shard_id, None, method, rec)
+    store.write_run({"config": {"methods": [{"name": "a"}, {"name": "pathway", "label": "b"}]}})
+    where.remove(f"maps/a/{plan.shards[0].shard_id}.parquet")  # only shard 1's files may be read
+    row = read_sample(url, ids_of(1)[2])
+    assert row.method.tolist() == ["a", "b"] and row.sample_id.tolist() == [ids_of(1)[2]] * 2
+    np.testing.assert_array_equal(row["map"][0], written["a", plan.shards[1].shard_id].maps[2])
+    assert read_sample(url, ids_of(2)[0], "b").method.tolist() == ["b"]
+    with pytest.raises(StorageNotFound, match="no sample 'nope'"):
+        read_sample(url, "nope")
 
 
 def test_an_index_of_commit_records_keeps_reruns_to_one_listing(s3_server) -> None:
@@ -259,7 +290,7 @@ def test_an_index_of_commit_records_keeps_reruns_to_one_listing(s3_server) -> No
             store.write_shard(f"s{k}", None, "m", records(ids_of(k), seed=k))
         where = Location(url, options)
         index_commits(where, "m", store.committed("m"))
-        where.fs.rm_file(where.path("manifest/m/s2.json"))  # a user un-commits shard 2
+        where.fs.rm_file(where.path("_manifest/m/s2.json"))  # a user un-commits shard 2
         store.write_shard("s6", None, "m", records(ids_of(6), seed=6))
         proxy.rules, proxy.injected = [], []
         before = proxy.forwarded
