@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import uuid
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
@@ -116,6 +117,21 @@ def write_examples(output: str, options: dict[str, Any], source: Any, methods: S
     return [join(output, EXAMPLES_PATH)]
 
 
+def examples_or_warning(output: str, options: dict[str, Any] | None, source: Any, methods: Sequence[str], spec: Any,
+                        run_record: dict[str, Any]) -> list[str]:
+    """The example PNG, or a warning (stderr and run.json) when it cannot be drawn: pictures never
+    fail a job whose shards are committed (a source file deleted since it was mapped, say)."""
+    from storage.fs import StorageError
+
+    try:
+        return write_examples(output, options, source, methods, spec)
+    except (StorageError, OSError, ValueError, KeyError, TypeError) as err:
+        warning = f"no example maps drawn: {' '.join(str(err).split())[:500]}"
+        print(f"warning: {warning}", file=sys.stderr)
+        run_record.setdefault("warnings", []).append(warning)
+        return []
+
+
 def finish_outputs(store: Any, plan: Any, committed: dict[str, dict[str, dict]]) -> None:
     """End of a run: index the commit records (so the next run reads them in one request), trim the
     zarr arrays to the planned rows and consolidate their metadata."""
@@ -133,42 +149,55 @@ SKIPPED_LISTED = 1000
 
 def run(args: argparse.Namespace) -> int:
     """The job; run.json ends "complete", "incomplete" or "failed" with the reason, whatever happens."""
+    from jobs.binding import carried_forward
+    from storage.lease import Lease, LeaseLost
     from storage.manifest import now
     from storage.maps import MapStore
     from storage.versions import check_format
 
     options = storage_options_from(args.storage_options)
-    record: dict[str, Any] = {"status": "running", "started_at": now()}
-    store = None
+    record: dict[str, Any] = {}
+    store = prior = None
     try:
         output = MapStore(args.output, options or None)
-        check_format(output.where)  # an output of another format is refused before anything is written to it
-        store = output
-        return attribute(args, options, store, record)
+        prior = check_format(output.where)  # an output of another format is refused before anything is written
+        with Lease(output.where, purpose="jobs.attribute") as lease:  # one driver per output
+            store = output
+            record = carried_forward(prior, now())
+            return attribute(args, options, store, record, lease)
     except BaseException as err:
-        if store is not None:
-            record_failure(store, record, err)
+        if store is not None and not isinstance(err, LeaseLost):  # a taken-over output is the other driver's
+            record_failure(store, record, err, prior)
         raise
 
 
-def record_failure(store: Any, record: dict[str, Any], err: BaseException) -> None:
-    """Write run.json with status "failed" and the reason; a store that refuses that too is left as it is
-    (the original error is what gets reported)."""
+def record_failure(store: Any, record: dict[str, Any], err: BaseException, prior: dict[str, Any] | None) -> None:
+    """Write run.json with status "failed" and the reason. A run that failed before it wrote its own
+    record (a refused configuration, a missing checkpoint) leaves an existing output's record as it
+    was, its attempt added to the history, since the output itself is unchanged. A store that
+    refuses the write too is left as it is (the original error is what gets reported)."""
     from storage.fs import StorageError
     from storage.manifest import now
 
     reason = "interrupted" if isinstance(err, KeyboardInterrupt) else " ".join(str(err).split()) or type(err).__name__
-    record.update(status="failed", reason=reason[:2000], failed_at=now())
+    failure = {"status": "failed", "reason": reason[:2000], "failed_at": now()}
+    if "attempt" not in record and prior:
+        record = {**prior, "history": [*prior.get("history", []), {"started_at": record.get("started_at"), **failure}]}
+    else:
+        record.update(failure)
     try:
         store.write_run(record)
     except (StorageError, OSError, ValueError, TypeError):
         pass
 
 
-def attribute(args: argparse.Namespace, options: dict[str, Any], store: Any, run_record: dict[str, Any]) -> int:
+def attribute(args: argparse.Namespace, options: dict[str, Any], store: Any, run_record: dict[str, Any],
+              lease: Any = None) -> int:
+    from jobs import binding
     from models.preprocess import describe
-    from storage.checkpoints import load_checkpoint
+    from storage.checkpoints import load_checkpoint_with_digest
     from storage.manifest import now
+    from storage.tables import FORMAT_VERSION
     from storage.sources import match_labels, open_source
     from workers.tasks import JobConfig, plan_shard_tasks
 
@@ -176,7 +205,7 @@ def attribute(args: argparse.Namespace, options: dict[str, Any], store: Any, run
     checkpoint = checkpoint_or_default(args.checkpoint)
     started, start_clock = now(), time.perf_counter()  # after any training of the default model
     # Fail before any scheduling when the model, the methods, the source or the output are unusable.
-    model, spec = load_checkpoint(checkpoint, options or None)
+    model, spec, checkpoint_sha256 = load_checkpoint_with_digest(checkpoint, options or None)
     params = {label: method.params for label, method in build_methods(model, specs).items()}
     source = open_source(args.source, split=args.split, storage_options=options or None, kind=args.source_format)
     labels = match_labels(source.classes, source.label_kind, spec.class_names, source.intrinsic_indices)
@@ -187,10 +216,19 @@ def attribute(args: argparse.Namespace, options: dict[str, Any], store: Any, run
                        split=args.split, batch_size=args.batch_size, reduction=args.reduction, target=args.target,
                        device=args.device, storage_options=options, deterministic=not args.nondeterministic,
                        source_format=source.kind, source_classes=tuple(source.classes), label_map=labels.label_map)
+    # Bound to its configuration: a run that would mix maps of two configurations is refused here,
+    # before it writes anything; a new method label joins the output.
+    bound, added = binding.check(run_record.get("fingerprint"),
+                                 binding.fingerprint(config, spec, checkpoint_sha256, params, FORMAT_VERSION),
+                                 args.output)
+    if run_record.get("fingerprint") and added:
+        print(f"adding {', '.join(added)} to {args.output} (its other methods stay as they are)")
     refs = source.list()[: args.limit] if args.limit else source.list()
     skipped = source.skipped()
     warnings = [w for w in (labels.warning,) if w]
-    run_record.update({"config": config.public_dict(), "method_params": params, "model": spec.to_dict(),
+    run_record.update({"attempt": uuid.uuid4().hex[:12], "fingerprint": bound,
+                       "config": binding.merged_config(run_record.get("config"), config.public_dict()),
+                       "method_params": {**run_record.get("method_params", {}), **params}, "model": spec.to_dict(),
                        "preprocessing": describe(spec), "labels": labels.to_dict(), "started_at": started,
                        "source": {"url": source.url, "format": source.kind, "label_kind": source.label_kind,
                                   "samples": len(refs)},
@@ -220,6 +258,8 @@ def attribute(args: argparse.Namespace, options: dict[str, Any], store: Any, run
         check_workers_import(spec.arch)
         results = run_shards(planned.tasks, config, args)
 
+    if lease is not None:
+        lease.check()  # another driver took the output over: it finishes it, this one stops here
     committed = {name: store.committed(name) for name in config.labels}
     finish_outputs(store, planned.plan, committed)
     missing = {name: [s.shard_id for s in planned.plan.shards if s.shard_id not in committed[name]]
@@ -228,12 +268,14 @@ def attribute(args: argparse.Namespace, options: dict[str, Any], store: Any, run
     errors = sum(r["n_errors"] for name in config.labels for r in committed[name].values())
     seconds = time.perf_counter() - start_clock
     complete = not any(missing.values())
-    pngs = write_examples(args.output, options or None, source, config.labels, spec) if complete else []
+    pngs = examples_or_warning(args.output, options or None, source, config.labels, spec, run_record) if complete else []
     kinds = errors_by_kind(args.output, options, config.labels[0]) if errors else {}
     run_record.update(status="complete" if complete else "incomplete", finished_at=now(),
                       seconds=seconds, maps=samples, errors=errors, errors_by_kind=kinds, examples=pngs)
     if not complete:
         run_record["reason"] = f"{sum(map(len, missing.values()))} (method, shard) pairs not committed; rerun to finish"
+    if lease is not None:
+        lease.check()
     store.write_run(run_record)
     print_summary(results, samples, errors, seconds, args.output, pngs, missing)
     if kinds:

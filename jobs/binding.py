@@ -59,6 +59,40 @@ def check(stored: Mapping[str, Any] | None, current: Mapping[str, Any], output: 
     return kept, added
 
 
+#: Fields of a run record that a new run starts from (what the output is), and those of its history entry.
+CARRIED = ("fingerprint", "config", "method_params", "model", "preprocessing", "labels", "source", "format")
+SUMMARIZED = ("attempt", "started_at", "finished_at", "failed_at", "status", "reason", "maps", "errors", "seconds")
+#: Runs kept in a record's history (the oldest are dropped; each entry is a few hundred bytes).
+HISTORY = 200
+
+
+def carried_forward(prior: Mapping[str, Any] | None, started_at: str) -> dict[str, Any]:
+    """A new run's record before it writes anything: what the output is (binding, config, model) from
+    the prior record, the prior run appended to the history, and this run's start."""
+    if not prior:
+        return {"status": "running", "started_at": started_at}
+    history = [*prior.get("history", []), {k: prior[k] for k in SUMMARIZED if k in prior}
+               | {"methods": [m.get("label") or m.get("name") for m in _methods(prior)]}]
+    history.sort(key=lambda run: str(run.get("started_at") or ""))  # refused attempts were added after the prior run
+    return {**{k: prior[k] for k in CARRIED if k in prior}, "status": "running", "started_at": started_at,
+            "history": history[-HISTORY:]}
+
+
+def merged_config(prior_config: Mapping[str, Any] | None, config: Mapping[str, Any]) -> dict[str, Any]:
+    """This run's public config, listing every method the output holds: this run's, then earlier
+    runs' that this one did not name (readers learn the output's methods from it)."""
+    labels = {m.get("label") or m["name"] for m in config["methods"]}
+    earlier = [m for m in _methods({"config": prior_config or {}}) if (m.get("label") or m.get("name")) not in labels]
+    return {**config, "methods": [*config["methods"], *earlier]}
+
+
+def _methods(run: Mapping[str, Any]) -> list[dict[str, Any]]:
+    methods = (run.get("config") or {}).get("methods") or []
+    if isinstance(methods, Mapping):  # outputs written before methods were stored as specs
+        return [{"name": label, "label": label, "params": params} for label, params in methods.items()]
+    return list(methods)
+
+
 def _plain(value: Any) -> Any:
     return json.loads(json.dumps(value, sort_keys=True, default=str))
 

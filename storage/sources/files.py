@@ -16,6 +16,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from storage.fs import open_fs, scrub, storage_errors, translate
+from storage.retry import is_transient, retrying
 from storage.sources.base import NO_LABEL, Sample, SampleError, SampleRef, SkippedFile, Source, decoded_sample
 from storage.sources.classes import classes_of, integer_label, kind_of_classes
 from storage.sources.images import is_image_name
@@ -27,17 +28,47 @@ FETCH_BATCH = 64
 def fetch(fs: Any, paths: Sequence[str], url: str, storage_options: Mapping[str, Any] | None
           ) -> list[bytes | BaseException]:
     """The contents of ``paths`` (one filesystem), in order; a missing or unreadable file gives its
-    exception. A refused request raises :class:`storage.fs.StorageError`: that is not the data's fault."""
+    exception, which becomes the sample's error row.
+
+    Paths are exact keys, never patterns: a file named ``shot [1].png`` is read as named. What is
+    not the data's fault is never an error row: a request that fails transiently (throttling, 5xx,
+    a dropped connection) is retried with backoff, and one that still fails, or is refused, raises
+    :class:`storage.fs.StorageError`, which fails the shard (it is retried, or left uncommitted for
+    a rerun), so no sample is recorded as bad because the store was busy.
+    """
     out: list[bytes | BaseException] = []
     for start in range(0, len(paths), FETCH_BATCH):
         batch = list(paths[start:start + FETCH_BATCH])
         with storage_errors(url, "read", storage_options):
-            blobs = fs.cat(batch, on_error="return")
-        for path in batch:
-            data = blobs.get(path, blobs.get(fs._strip_protocol(path)))
+            blobs = cat_exact(fs, batch)
+        for path, data in zip(batch, blobs):
+            if isinstance(data, BaseException) and is_transient(data):
+                with storage_errors(fs.unstrip_protocol(path), "read", storage_options):
+                    data = retrying(lambda path=path: fs.cat_file(path), f"reading {fs.unstrip_protocol(path)}")
             if isinstance(data, PermissionError):
                 raise translate(data, url, "read", storage_options)
-            out.append(FileNotFoundError(path) if data is None else data)
+            out.append(data)
+    return out
+
+
+def cat_exact(fs: Any, paths: Sequence[str]) -> list[bytes | BaseException]:
+    """Each path's bytes or exception, concurrently on async filesystems (s3, gcs, http); the paths
+    are not expanded as globs, unlike ``fs.cat(list)``."""
+    if getattr(fs, "async_impl", False):
+        import asyncio
+
+        from fsspec.asyn import sync
+
+        async def gather() -> list[bytes | BaseException]:
+            return await asyncio.gather(*(fs._cat_file(p) for p in paths), return_exceptions=True)
+
+        return sync(fs.loop, gather)
+    out: list[bytes | BaseException] = []
+    for path in paths:
+        try:
+            out.append(fs.cat_file(path))
+        except Exception as err:  # noqa: BLE001 - each backend raises its own; the caller sorts them
+            out.append(err)
     return out
 
 

@@ -85,7 +85,7 @@ def parquet_bytes(url: str, options: dict | None) -> dict[str, bytes]:
 def commit_times(url: str) -> dict[str, int]:
     """When each (method, shard) of a local output was committed: its record's mtime in ns.
     (Records hold no time themselves, so that a retry rewrites them byte for byte.)"""
-    return {key: os.stat(os.path.join(url, "manifest", f"{key}.json")).st_mtime_ns
+    return {key: os.stat(os.path.join(url, "_manifest", f"{key}.json")).st_mtime_ns
             for key in MapStore(url).committed()}
 
 
@@ -121,7 +121,7 @@ def test_end_to_end_to_s3(reference, checkpoint) -> None:
 
 def commits(url: str) -> int:
     """Commit records written so far for pathway (one per shard)."""
-    directory = os.path.join(url, "manifest", "pathway")
+    directory = os.path.join(url, "_manifest", "pathway")
     return sum(name.endswith(".json") for name in os.listdir(directory)) if os.path.isdir(directory) else 0
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import re
+
 import pytest
 
 from attribution import MethodSpec
@@ -51,3 +54,48 @@ def test_a_new_method_label_is_added() -> None:
                      methods=(*base.methods, MethodSpec("pathway", {"percentile": 50.0}, "p50")))
     kept, added = check(stored, print_of(more), "out")
     assert added == ["p50"] and set(kept["methods"]) == {"pathway", "gradient", "p50"}
+
+
+def test_a_job_is_bound_to_its_output(checkpoint, ray_session, tmp_path, capfd) -> None:
+    """On a real output: another configuration is refused in one line and leaves run.json as it was; a
+    new method label joins the output; run.json keeps the history of the runs that wrote it."""
+    from jobs import attribute
+    from storage.reader import read_maps, read_run
+
+    out = str(tmp_path / "maps")
+    base = ["--checkpoint", checkpoint, "--output", out, "--limit", "8", "--shard-size", "4", "--workers", "1",
+            "--no-progress"]
+    assert attribute.main([*base, "--methods", "pathway:percentile=70"]) == 0
+    record = read_run(out)
+    capfd.readouterr()
+    for change, message in ((["--methods", "pathway:percentile=50"], r"method 'pathway' was .*70.*is .*50"),
+                            (["--methods", "pathway:percentile=70", "--split", "train"], r'split was "test", is "train"'),
+                            (["--methods", "pathway:percentile=70", "--reduction", "sum_abs"], "reduction was")):
+        assert attribute.main([*base, *change]) == 1
+        lines = capfd.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and re.search(message, lines[0]) and "new --output" in lines[0], lines
+        after = read_run(out)  # what the output is stays as it was; the refused attempt joins the history
+        assert {k: v for k, v in after.items() if k != "history"} == {k: v for k, v in record.items() if k != "history"}
+        assert after["history"][-1]["status"] == "failed" and re.search(message, after["history"][-1]["reason"])
+    assert attribute.main([*base, "--methods", "p50=pathway:percentile=50"]) == 0
+    assert "adding p50" in capfd.readouterr().out
+    run = read_run(out)
+    assert [m["label"] for m in run["config"]["methods"]] == ["p50", "pathway"]
+    assert set(run["fingerprint"]["methods"]) == {"pathway", "p50"} and len(run["history"]) == 4
+    assert [h["status"] for h in run["history"]] == ["complete"] + ["failed"] * 3  # in the order they ran
+    assert run["history"][0]["methods"] == ["pathway"]
+    maps = read_maps(out)
+    assert sorted(set(maps.method)) == ["p50", "pathway"] and len(maps) == 16
+
+
+def test_a_second_driver_is_refused_naming_the_holder(checkpoint, tmp_path, capfd) -> None:
+    from jobs import attribute
+    from storage.lease import Lease
+    from storage.location import Location
+
+    out = str(tmp_path / "maps")
+    with Lease(Location(out), purpose="another driver"):
+        assert attribute.main(["--checkpoint", checkpoint, "--output", out, "--limit", "8", "--no-progress"]) == 1
+    line = capfd.readouterr().err.strip().splitlines()[-1]
+    assert "jobs.attribute: error: " in line and "another driver" in line and str(os.getpid()) in line, line
+    assert not os.path.exists(os.path.join(out, "_meta"))

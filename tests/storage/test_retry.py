@@ -82,3 +82,57 @@ def test_retrying_gives_up_at_once_on_permanent_errors() -> None:
     with pytest.raises(FileNotFoundError):
         retrying(fails, "test", seconds=10)
     assert len(calls) == 1
+
+
+def one_attempt(options: dict) -> dict:
+    """botocore's own retries off (s3fs still makes a few quick attempts), so that the retries this
+    test sees are ours; with botocore's defaults a refused GET alone takes ~45 s before we see it."""
+    return options | {"config_kwargs": {"retries": {"max_attempts": 1}}}
+
+
+def _folder_on_s3(s3_server, fmnist, names):
+    from tests.helpers import png_bytes, put
+
+    images, _ = fmnist
+    url = s3_server.url(f"src-{uuid.uuid4().hex[:8]}")
+    for i, name in enumerate(names):
+        put(f"{url}/Bag/{name}", s3_server.storage_options, png_bytes(images[i]))
+    return url
+
+
+@pytest.mark.parametrize("fault", ["503", "500", "drop"])
+def test_source_reads_ride_out_transient_faults_and_names_are_not_patterns(s3_server, fmnist, fault) -> None:
+    """Throttled or dropped image GETs are retried, never recorded as bad samples; a file named with
+    glob characters is read as named."""
+    from storage.sources import SampleError, open_source
+
+    names = ["shot [1].png", "a*b?.png", "{x}.png", *[f"{i:02d}.png" for i in range(9)]]
+    url = _folder_on_s3(s3_server, fmnist, names)
+    with fault_proxy(s3_server.endpoint_url, seed=2) as proxy:
+        source = open_source(url, storage_options=one_attempt(proxy.storage_options(s3_server.storage_options)))
+        refs = source.list()
+        proxy.rules = [Rule(fault, method="GET", path=r"\.png", rate=0.6)]
+        read = list(source.read(refs))
+    assert not [r for r in read if isinstance(r, SampleError)], [r.reason for r in read if isinstance(r, SampleError)]
+    assert sorted(r.sample_id.split("/")[-1] for r in read) == sorted(names)
+    assert proxy.injected, "the proxy injected no fault: the test proved nothing"
+
+
+def test_a_source_the_store_keeps_refusing_fails_the_read_not_the_sample(s3_server, fmnist, monkeypatch) -> None:
+    """Past the retry budget the read raises a transient StorageError (the shard is retried or left for a
+    rerun) instead of committing an error row; a missing file stays the sample's own error."""
+    from storage.sources import SampleError, open_source
+
+    url = _folder_on_s3(s3_server, fmnist, ["00.png", "01.png"])
+    monkeypatch.setenv("PATHWAY_STORAGE_RETRY_SECONDS", "2")
+    with fault_proxy(s3_server.endpoint_url) as proxy:
+        source = open_source(url, storage_options=one_attempt(proxy.storage_options(s3_server.storage_options)))
+        refs = source.list()
+        proxy.rules = [Rule("503", method="GET", path=r"01\.png")]
+        with pytest.raises(StorageError, match=r"01\.png.*kept failing") as info:
+            list(source.read(refs))
+        assert info.value.transient
+        proxy.rules = []
+        Location(url, s3_server.storage_options).remove("Bag/01.png")
+        read = list(source.read(refs))
+    assert isinstance(read[1], SampleError) and "no such file" in read[1].reason and read[1].kind == "read"

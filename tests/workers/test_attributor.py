@@ -48,7 +48,7 @@ def test_shard_is_committed_and_a_retry_rewrites_the_same_bytes(storage_root, ch
     first = every_file(url, options)
     assert {p for p in first if "/000001." in p} == {f"{kind}/{m}/000001.{ext}" for m in METHODS
                                                      for kind, ext in (("maps", "parquet"), ("errors", "parquet"),
-                                                                       ("manifest", "json"))}
+                                                                       ("_manifest", "json"))}
     assert any(p.startswith("zarr/pathway/maps/c/") for p in first)  # the shard's zarr chunk
     maps = read_maps(url, "pathway", options or None)
     assert list(maps.sample_id) == [r.sample_id for r in tasks[1].refs]
