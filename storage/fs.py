@@ -133,12 +133,13 @@ def translate(err: BaseException, url: str, action: str, storage_options: Mappin
     shown = redact_url(url)
     detail = scrub(f"{type(err).__name__}: {err}", storage_options)
     text = str(err)
-    from storage.retry import budget, is_transient
+    from storage.retry import is_transient
 
     if is_transient(err):
-        failure = StorageError(f"cannot {action} {shown}: the store kept failing for {budget():.0f} s of retries "
-                               f"({detail}); it is overloaded or unreachable: rerun the same command when it "
-                               "answers again (committed work is kept)")
+        retried = getattr(err, "retried", None)
+        tried = f"kept failing for {retried[1]:.0f} s ({retried[0]} attempts; " if retried else "failed ("
+        failure = StorageError(f"cannot {action} {shown}: the store {tried}{detail}); it is overloaded or "
+                               "unreachable: rerun the same command when it answers again (committed work is kept)")
         failure.transient = True
         return failure
     if isinstance(err, FileNotFoundError) or "NoSuchBucket" in text or "NoSuchKey" in text:

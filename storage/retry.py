@@ -14,6 +14,7 @@ which :func:`is_transient` recognizes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import http.client
 import logging
@@ -88,11 +89,22 @@ def is_transient(err: BaseException) -> bool:
     return any(marker in text for marker in _TRANSIENT_TEXT)
 
 
+def _note_retries(err: BaseException, attempts: int, seconds: float) -> None:
+    """Let the error's message say how long it was retried (storage.fs.translate words it; an error
+    it already worded on the first attempt is reworded)."""
+    with contextlib.suppress(AttributeError, TypeError):
+        err.retried = (attempts, seconds)
+        if err.args and isinstance(err.args[0], str) and "the store failed (" in err.args[0]:
+            err.args = (err.args[0].replace("the store failed (", f"the store kept failing for {seconds:.0f} s "
+                                            f"({attempts} attempts; ", 1), *err.args[1:])
+
+
 def retrying(operation: Callable[[], T], what: str, *, seconds: float | None = None,
              sleep: Callable[[float], None] = time.sleep) -> T:
     """``operation()``, retried with backoff while it fails transiently, for up to ``seconds``
     (default :func:`budget`); a permanent failure, or a transient one past the budget, is raised."""
-    deadline = time.monotonic() + (budget() if seconds is None else seconds)
+    start = time.monotonic()
+    deadline = start + (budget() if seconds is None else seconds)
     wait, attempt = _FIRST_WAIT, 1
     while True:
         try:
@@ -104,6 +116,8 @@ def retrying(operation: Callable[[], T], what: str, *, seconds: float | None = N
                 reached()  # the store answered, if only to refuse
             left = deadline - time.monotonic()
             if not is_transient(err) or left <= 0:
+                if is_transient(err):
+                    _note_retries(err, attempt, time.monotonic() - start)
                 raise
             pause = min(wait * (0.5 + random.random()), left)
             log.info("%s failed transiently (attempt %d: %s: %s); retrying in %.1f s", what, attempt,

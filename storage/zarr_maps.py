@@ -70,7 +70,7 @@ def ensure_arrays(url: str, n: int, shape: tuple[int, int], shard_size: int,
     height, width = (int(x) for x in shape)
     if n < 0 or shard_size < 1:
         raise ValueError(f"need n >= 0 and shard_size >= 1, got n={n}, shard_size={shard_size}")
-    with storage_errors(url, "create zarr arrays at", storage_options):
+    def ensure() -> zarr.Group:  # idempotent, so a store blip is simply retried
         group = zarr.open_group(store=zarr_store(url, storage_options), mode="a", zarr_format=3)
         if any(name not in group for name in ARRAYS):
             _create(group, n, height, width, shard_size)
@@ -84,6 +84,9 @@ def ensure_arrays(url: str, n: int, shape: tuple[int, int], shard_size: int,
             zarr.consolidate_metadata(group.store)  # so that readers opening it consolidated see the new shape
         return group
 
+    with storage_errors(url, "create zarr arrays at", storage_options):
+        return retrying(ensure, f"creating zarr arrays at {url}")
+
 
 def resize(group: zarr.Group, n: int) -> None:
     """Every array of the group to ``n`` rows (the rows kept are untouched)."""
@@ -95,20 +98,24 @@ def resize(group: zarr.Group, n: int) -> None:
 def finish(url: str, rows: int, storage_options: Mapping[str, Any] | None = None) -> None:
     """At the end of a run: trim to the ``rows`` planned rows and consolidate the metadata, so that
     readers see exactly the planned rows and open the group with one request."""
-    with storage_errors(url, "finish zarr arrays at", storage_options):
+    def trim() -> None:
         store = zarr_store(url, storage_options)
         group = zarr.open_group(store=store, mode="r+", zarr_format=3)
         if group["maps"].shape[0] != rows:
             resize(group, rows)
         zarr.consolidate_metadata(store)
 
+    with storage_errors(url, "finish zarr arrays at", storage_options):
+        retrying(trim, f"finishing zarr arrays at {url}")
+
 
 def open_for_writing(url: str, storage_options: Mapping[str, Any] | None = None) -> dict[str, zarr.Array]:
     """The arrays of ``url`` opened for writing rows."""
     with storage_errors(url, "open zarr arrays at", storage_options):
         try:
-            group = zarr.open_group(store=zarr_store(url, storage_options), mode="r+", zarr_format=3,
-                                    use_consolidated=False)
+            group = retrying(lambda: zarr.open_group(store=zarr_store(url, storage_options), mode="r+",
+                                                     zarr_format=3, use_consolidated=False),
+                             f"opening zarr arrays at {url}")
             return {name: group[name] for name in ARRAYS}
         except (FileNotFoundError, KeyError, zarr.errors.GroupNotFoundError) as err:
             raise StorageNotFound(f"no zarr maps at {url}: the driver must call MapStore.ensure_zarr first "
