@@ -21,6 +21,8 @@ become error rows. Neither stops a job.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import threading
 from collections.abc import Iterator, Sequence
@@ -38,6 +40,10 @@ from storage.sources.images import is_image_name
 
 IMAGE_COLUMNS = ("image", "img")
 LABEL_COLUMNS = ("label", "labels", "fine_label", "class", "category")
+
+
+#: Bytes a Parquet file's reader buffers per request (fsspec's default on S3 is 50 MiB per open file).
+READ_BLOCK = 4 * 2**20
 
 
 class UnreadableParquet(StorageError):
@@ -73,13 +79,13 @@ class ParquetSource(Source):
         self.files = []
         for rel in files:  # a file whose footer does not decode is reported, not fatal
             try:
-                self._file(rel)
+                self._meta(rel)
                 self.files.append(rel)
             except UnreadableParquet as err:
                 self._skipped.append(SkippedFile(rel, str(err)))
         if not self.files:
             raise StorageError(f"no readable Parquet file under {self.url}: {self._skipped[-1].reason}")
-        schema = self._file(self.files[0]).schema_arrow
+        schema = self._meta(self.files[0]).schema.to_arrow_schema()
         self.image_column = next((c for c in IMAGE_COLUMNS if c in schema.names), None)
         if self.image_column is None:
             raise StorageError(f"{self._url(self.files[0])} has no image column ({' or '.join(IMAGE_COLUMNS)}); "
@@ -100,25 +106,38 @@ class ParquetSource(Source):
 
     def _init_cache(self) -> None:
         self._cache_lock = threading.Lock()
-        self._cache_files: dict[str, pq.ParquetFile] = {}
+        self._cache_meta: dict[str, pq.FileMetaData] = {}
         self._cache_refs: list[SampleRef] | None = None
 
     def _url(self, rel: str) -> str:
         return self.url if self._single else join(self.url, rel)
 
-    def _file(self, rel: str) -> pq.ParquetFile:
-        """The file's ParquetFile (footer read once per Source object)."""
+    def _meta(self, rel: str) -> pq.FileMetaData:
+        """The file's footer (row groups, row counts, schema), read once per Source object; no file
+        stays open (a source of thousands of files would exhaust ``ulimit -n``)."""
         with self._cache_lock:
-            if rel not in self._cache_files:
-                with storage_errors(self._url(rel), "open Parquet file", self.storage_options):
-                    handle = self.fs.open(join(self.root, rel), "rb")
-                    try:
-                        self._cache_files[rel] = pq.ParquetFile(handle)
-                    except (pa.ArrowInvalid, OSError) as err:
-                        handle.close()
-                        raise UnreadableParquet(f"{self._url(rel)} is not a readable Parquet file "
-                                                f"(truncated or corrupt?): {err}") from None
-            return self._cache_files[rel]
+            if rel not in self._cache_meta:
+                with self._open(rel) as parquet:
+                    self._cache_meta[rel] = parquet.metadata
+            return self._cache_meta[rel]
+
+    @contextlib.contextmanager
+    def _open(self, rel: str) -> Iterator[pq.ParquetFile]:
+        """The file, open for the block; reads go through a bounded buffer (READ_BLOCK bytes)."""
+        with storage_errors(self._url(rel), "open Parquet file", self.storage_options):
+            handle = self.fs.open(join(self.root, rel), "rb", block_size=READ_BLOCK)
+        try:
+            try:
+                parquet = pq.ParquetFile(handle, metadata=self._cache_meta.get(rel))
+            except (pa.ArrowInvalid, OSError) as err:
+                if isinstance(err, OSError) and err.errno == errno.EMFILE:
+                    raise StorageError(f"cannot open {self._url(rel)}: too many open files in this process; raise "
+                                       "the limit (ulimit -n)") from None
+                raise UnreadableParquet(f"{self._url(rel)} is not a readable Parquet file "
+                                        f"(truncated or corrupt?): {err}") from None
+            yield parquet
+        finally:
+            handle.close()
 
     @staticmethod
     def _hf_names(schema: pa.Schema, column: str | None) -> list[str] | None:
@@ -132,7 +151,8 @@ class ParquetSource(Source):
     def _read_column(self, rel: str, column: str) -> np.ndarray:
         with storage_errors(self._url(rel), "read", self.storage_options):
             try:
-                return self._file(rel).read(columns=[column]).column(column).to_numpy(zero_copy_only=False)
+                with self._open(rel) as parquet:
+                    return parquet.read(columns=[column]).column(column).to_numpy(zero_copy_only=False)
             except (pa.ArrowInvalid, OSError) as err:
                 raise StorageError(f"cannot read column {column!r} of {self._url(rel)} "
                                    f"(truncated or corrupt?): {err}") from None
@@ -141,11 +161,11 @@ class ParquetSource(Source):
         if self._cache_refs is None:
             refs: list[SampleRef] = []
             for rel in self.files:
-                if "sample_id" in self._file(rel).schema_arrow.names:
+                if "sample_id" in self._meta(rel).schema.names:
                     ids = self._read_column(rel, "sample_id")
                     refs += [SampleRef(str(s), f"{rel}#{i}") for i, s in enumerate(ids)]
                 else:
-                    refs += [SampleRef(f"{rel}#{i}", f"{rel}#{i}") for i in range(self._file(rel).metadata.num_rows)]
+                    refs += [SampleRef(f"{rel}#{i}", f"{rel}#{i}") for i in range(self._meta(rel).num_rows)]
             self._cache_refs = refs
         return list(self._cache_refs)
 
@@ -165,7 +185,7 @@ class ParquetSource(Source):
     def _rows(self, rel: str, rows: Sequence[int]) -> tuple[dict[int, tuple[Any, Any]], int]:
         """``({row: (image value, label value)}, rows in the file)`` for the wanted rows inside the file;
         only the row groups that hold them are read."""
-        meta = self._file(rel).metadata
+        meta = self._meta(rel)
         bounds = np.cumsum([0] + [meta.row_group(g).num_rows for g in range(meta.num_row_groups)])
         inside = sorted({r for r in rows if 0 <= r < bounds[-1]})
         groups = sorted({int(np.searchsorted(bounds, r, side="right")) - 1 for r in inside})
@@ -174,7 +194,8 @@ class ParquetSource(Source):
         columns = [self.image_column] + ([self.label_column] if self.label_column else [])
         with storage_errors(self._url(rel), "read", self.storage_options):
             try:
-                table = self._file(rel).read_row_groups(groups, columns=columns)
+                with self._open(rel) as parquet:
+                    table = parquet.read_row_groups(groups, columns=columns)
             except (pa.ArrowInvalid, OSError) as err:
                 raise UnreadableParquet(f"cannot read row groups {groups} of {self._url(rel)} "
                                         f"(truncated or corrupt?): {err}") from None

@@ -239,3 +239,27 @@ def test_load_arrays_brings_any_images_to_the_model_with_its_spec(tmp_path, fmni
     x, y, ids = load_arrays(source, spec=fashion_mnist_spec())
     assert x.shape == (3, 28, 28, 1) and ids == ["Bag/a.png", "Bag/b.jpg", "Bag/c.png"]
     np.testing.assert_array_equal(x[2], images[2])
+
+
+def test_a_parquet_source_of_many_files_holds_none_open(tmp_path, fmnist):
+    """300 files under a limit of 128 open files: the source keeps footers, never handles."""
+    images, labels = fmnist
+    folder = tmp_path / "many"
+    for k in range(300):
+        write_parquet(str(folder / "test" / f"part-{k:04d}.parquet"), {}, images[k % 8:k % 8 + 1],
+                      labels[k % 8:k % 8 + 1])
+    script = """
+import os, resource, sys
+resource.setrlimit(resource.RLIMIT_NOFILE, (128, 128))
+from storage.sources import open_source
+source = open_source(sys.argv[1])
+refs = source.list()
+held = len(os.listdir("/proc/self/fd"))
+read = [s for s in source.read(refs) if hasattr(s, "image")]
+print(len(refs), len(read), held)
+"""
+    out = subprocess.run([sys.executable, "-c", script, str(folder)], capture_output=True, text=True, cwd=REPO,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    n_refs, n_read, held = map(int, out.stdout.split())
+    assert n_refs == n_read == 300 and held < 64
