@@ -57,6 +57,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--limit", type=positive_int, default=None, help="only the first N samples of the source")
     p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--shard-size", type=positive_int, default=512, help="samples per shard (fixed for an output)")
+    p.add_argument("--recompute-changed", action="store_true",
+                   help="recompute the shards of samples whose source file changed or was deleted since they were "
+                        "mapped (without it they are reported and kept)")
     return p.parse_args(argv)
 
 
@@ -243,7 +246,19 @@ def attribute(args: argparse.Namespace, options: dict[str, Any], store: Any, run
     if published:
         print(f"published {len(published)} committed tables an interrupted run left in _pending/")
 
-    planned = plan_shard_tasks(store, refs, args.shard_size, config.labels, spec.input_size)
+    planned = plan_shard_tasks(store, refs, args.shard_size, config.labels, spec.input_size,
+                               listing_complete=not args.limit, recompute_changed=args.recompute_changed)
+    if planned.changes:
+        changes = planned.changes
+        run_record["source_changes"] = {"changed": len(changes.changed), "deleted": len(changes.deleted),
+                                        "examples": [*changes.changed[:10], *changes.deleted[:10]],
+                                        "recomputed_shards": list(planned.recomputed)}
+        if planned.recomputed:
+            print(f"{changes.describe()}: recomputing those {len(planned.recomputed)} shards")
+        else:
+            warning = f"{changes.describe()}; their maps are of the files as they were: rerun with --recompute-changed"
+            print(f"warning: {warning}", file=sys.stderr)
+            run_record.setdefault("warnings", []).append(warning)
     print(f"{len(refs)} samples in {len(planned.plan.shards)} shards ({planned.new_shards} new); "
           f"{planned.committed_shards} already committed, {len(planned.tasks)} to do; "
           f"methods: {', '.join(config.labels)}")
@@ -252,10 +267,11 @@ def attribute(args: argparse.Namespace, options: dict[str, Any], store: Any, run
 
     results: list[dict] = []
     if planned.tasks:
-        from jobs.cluster import check_workers_import, start_ray
+        from jobs.cluster import check_workers_import, check_workers_reach, start_ray
 
         start_ray(args.ray_address)
         check_workers_import(spec.arch)
+        check_workers_reach([source.url, checkpoint, args.output], options or None)
         results = run_shards(planned.tasks, config, args)
 
     if lease is not None:

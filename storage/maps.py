@@ -329,6 +329,20 @@ class MapStore:
         flags = np.array([sid in mapped for sid in order], dtype=bool)
         mark_committed(self.zarr_url(method), arrays, entry["rows"][0], flags, self.storage_options)
 
+    def uncommit(self, method: str, shard_id: str, shard_index: int | None, rows: int) -> None:
+        """Take a shard out of the committed set (its record first, then its zarr flags), so that the
+        next computation of it replaces its maps; its tables stay until that rewrites them."""
+        from storage.manifest import commit_path
+        from storage.zarr_maps import mark_committed, open_for_writing
+
+        self.where.remove(commit_path(method, shard_id))
+        if shard_index is not None and self.where.exists(f"zarr/{method}/zarr.json"):
+            arrays = open_for_writing(self.zarr_url(method), self.storage_options)
+            start = int(shard_index) * arrays["maps"].chunks[0]
+            if start < arrays["maps"].shape[0]:
+                rows = min(rows, arrays["maps"].shape[0] - start)
+                mark_committed(self.zarr_url(method), arrays, start, np.zeros(rows, dtype=bool), self.storage_options)
+
     def finish_zarr(self, method: str, rows: int) -> None:
         """At the end of a run: trim the method's arrays to ``rows`` and consolidate their metadata."""
         from storage.zarr_maps import finish

@@ -23,7 +23,7 @@ from storage.tables import PLAN_DIR, parquet_bytes
 
 PLAN_PATH = f"{PLAN_DIR}/shards.parquet"
 _SCHEMA = pa.schema([("shard_index", pa.int64()), ("shard_id", pa.string()),
-                     ("sample_id", pa.string()), ("locator", pa.string())])
+                     ("sample_id", pa.string()), ("locator", pa.string()), ("stamp", pa.string())])
 
 
 @dataclass(frozen=True)
@@ -57,8 +57,10 @@ def read_plan(where: Location) -> tuple[list[Shard], int | None]:
     size = int((table.schema.metadata or {}).get(b"shard_size", b"0")) or None
     shards: dict[int, list[SampleRef]] = {}
     ids: dict[int, str] = {}
-    for index, sid, sample_id, locator in zip(*(table.column(c).to_pylist() for c in _SCHEMA.names)):
-        shards.setdefault(index, []).append(SampleRef(sample_id, json.loads(locator)))
+    if "stamp" not in table.column_names:  # planned before stamps were recorded
+        table = table.append_column("stamp", pa.array([""] * table.num_rows, pa.string()))
+    for index, sid, sample_id, locator, stamp in zip(*(table.column(c).to_pylist() for c in _SCHEMA.names)):
+        shards.setdefault(index, []).append(SampleRef(sample_id, json.loads(locator), stamp or ""))
         ids[index] = sid
     return [Shard(i, ids[i], tuple(shards[i])) for i in sorted(shards)], size
 
@@ -91,8 +93,61 @@ def update_plan(where: Location, refs: Sequence[SampleRef], shard_size: int) -> 
     return ShardPlan(tuple(shards), shard_size), len(shards) - first
 
 
+#: The stamp of a planned sample whose file was deleted (and whose shard was recomputed since).
+DELETED = "deleted"
+
+
+@dataclass(frozen=True)
+class SourceChanges:
+    """Planned samples whose file changed (another stamp) or vanished since they were planned."""
+
+    changed: tuple[str, ...] = ()
+    deleted: tuple[str, ...] = ()
+    shards: tuple[int, ...] = ()  # the shards that hold them
+
+    def __bool__(self) -> bool:
+        return bool(self.changed or self.deleted)
+
+    def describe(self) -> str:
+        examples = [*self.changed[:2], *self.deleted[:2]]
+        return (f"{len(self.changed)} samples changed and {len(self.deleted)} deleted in the source since they were "
+                f"mapped, in {len(self.shards)} shards (e.g. {', '.join(examples)})")
+
+
+def source_changes(plan: ShardPlan, refs: Sequence[SampleRef], listing_complete: bool = True) -> SourceChanges:
+    """What changed in the source since the plan: a stamp that differs (both known), or a planned
+    sample the listing lacks (only when ``refs`` is the whole listing, not a ``--limit`` of it)."""
+    current = {r.sample_id: r for r in refs}
+    changed, deleted, shards = [], [], set()
+    for shard in plan.shards:
+        for ref in shard.refs:
+            now = current.get(ref.sample_id)
+            if now is None and listing_complete and ref.stamp != DELETED:
+                deleted.append(ref.sample_id)
+                shards.add(shard.index)
+            elif now is not None and ref.stamp and now.stamp and ref.stamp != now.stamp:
+                changed.append(ref.sample_id)
+                shards.add(shard.index)
+    return SourceChanges(tuple(changed), tuple(deleted), tuple(sorted(shards)))
+
+
+def restamp(where: Location, plan: ShardPlan, refs: Sequence[SampleRef], listing_complete: bool = True) -> ShardPlan:
+    """The plan with the samples' current locators and stamps (same shards, same rows), stored; a
+    sample the listing lacks is stamped deleted, so it is reported once, not on every run."""
+    current = {r.sample_id: r for r in refs}
+
+    def now(ref: SampleRef) -> SampleRef:
+        if ref.sample_id in current:
+            return current[ref.sample_id]
+        return SampleRef(ref.sample_id, ref.locator, DELETED) if listing_complete else ref
+
+    shards = tuple(Shard(s.index, s.shard_id, tuple(now(r) for r in s.refs)) for s in plan.shards)
+    _write(where, shards, plan.shard_size)
+    return ShardPlan(shards, plan.shard_size)
+
+
 def _write(where: Location, shards: Sequence[Shard], shard_size: int) -> None:
-    rows = [(s.index, s.shard_id, r.sample_id, json.dumps(r.locator)) for s in shards for r in s.refs]
+    rows = [(s.index, s.shard_id, r.sample_id, json.dumps(r.locator), r.stamp) for s in shards for r in s.refs]
     schema = _SCHEMA.with_metadata({"shard_size": str(shard_size)})
     table = pa.table({name: [row[i] for row in rows] for i, name in enumerate(_SCHEMA.names)}, schema=schema)
     where.put(PLAN_PATH, parquet_bytes(table))

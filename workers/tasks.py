@@ -19,7 +19,7 @@ from typing import Any
 
 from attribution import MethodSpec
 from storage.maps import MapStore
-from storage.plan import ShardPlan, update_plan
+from storage.plan import ShardPlan, SourceChanges, restamp, source_changes, update_plan
 from storage.sources import SampleRef
 
 
@@ -116,6 +116,8 @@ class PlannedRun:
     plan: ShardPlan
     new_shards: int
     tasks: tuple[ShardTask, ...]
+    changes: SourceChanges = SourceChanges()
+    recomputed: tuple[str, ...] = ()  # shards un-committed because their source files changed
 
     @property
     def pending_samples(self) -> int:
@@ -128,10 +130,24 @@ class PlannedRun:
 
 
 def plan_shard_tasks(store: MapStore, refs: Sequence[SampleRef], shard_size: int, methods: Sequence[str],
-                     map_shape: tuple[int, int]) -> PlannedRun:
+                     map_shape: tuple[int, int], *, listing_complete: bool = True,
+                     recompute_changed: bool = False) -> PlannedRun:
     """Extend the stored plan by the samples it lacks, size every method's zarr arrays for it, and
-    return a task for each shard that some method has not committed, naming those methods."""
+    return a task for each shard that some method has not committed, naming those methods.
+
+    Samples whose file changed or vanished since they were planned are reported; with
+    ``recompute_changed`` their shards are un-committed for ``methods`` (the plan takes the files'
+    new stamps) and computed again, so a deleted file's sample becomes an error row instead of
+    keeping the map of a file that is gone."""
     plan, new_shards = update_plan(store.where, refs, shard_size)
+    changes = source_changes(plan, refs, listing_complete)
+    recomputed: tuple[str, ...] = ()
+    if changes and recompute_changed:
+        plan = restamp(store.where, plan, refs, listing_complete)
+        recomputed = tuple(plan.shards[i].shard_id for i in changes.shards)
+        for method in methods:
+            for index in changes.shards:
+                store.uncommit(method, plan.shards[index].shard_id, index, len(plan.shards[index].refs))
     for method in methods:
         store.ensure_zarr(method, plan.total_rows, map_shape, plan.shard_size)
     done = {method: set(store.committed(method)) for method in methods}
@@ -140,4 +156,4 @@ def plan_shard_tasks(store: MapStore, refs: Sequence[SampleRef], shard_size: int
         pending = tuple(m for m in methods if shard.shard_id not in done[m])
         if pending:
             tasks.append(ShardTask(shard.index, shard.shard_id, shard.refs, pending))
-    return PlannedRun(plan, new_shards, tuple(tasks))
+    return PlannedRun(plan, new_shards, tuple(tasks), changes, recomputed)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import abc
 import re
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -68,6 +68,9 @@ class SampleRef:
 
     sample_id: str        # stable across runs, e.g. "fashion-mnist/test/00042" or a relative file path
     locator: str | int    # source-specific, JSON-serializable
+    # What the store says about the sample's bytes (size and ETag or mtime), where listing gives it
+    # for free: a later listing with another stamp means the file changed since it was planned.
+    stamp: str = field(default="", compare=False)
 
 
 @dataclass

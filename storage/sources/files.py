@@ -133,10 +133,22 @@ def skip_reason(rel: str) -> str | None:
 
 def relative_files(fs: Any, root: str, url: str, storage_options: Mapping[str, Any] | None) -> list[str]:
     """Every file under ``root`` (recursively), as sorted paths relative to it."""
+    return list(stamped_files(fs, root, url, storage_options))
+
+
+def stamped_files(fs: Any, root: str, url: str, storage_options: Mapping[str, Any] | None) -> dict[str, str]:
+    """Every file under ``root`` (recursively), sorted by its path relative to it, with its stamp
+    (:func:`stamp`); one listing, the same requests as listing names alone."""
     with storage_errors(url, "list", storage_options):
-        paths = fs.find(root, detail=False)
+        found = fs.find(root, detail=True)
     prefix = root.rstrip("/") + "/"
-    return sorted(p[len(prefix):] if p.startswith(prefix) else p for p in paths)
+    return {(p[len(prefix):] if p.startswith(prefix) else p): stamp(info) for p, info in sorted(found.items())}
+
+
+def stamp(info: Mapping[str, Any]) -> str:
+    """A file's size and version as a listing reports them (ETag on object stores, mtime on disks)."""
+    version = info.get("ETag") or info.get("etag") or info.get("mtime") or info.get("LastModified") or ""
+    return f"{info.get('size', '')}:{str(version).strip(chr(34))}"
 
 
 Entry = tuple[str, Any, Any]  # (sample_id, location, raw label)

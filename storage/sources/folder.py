@@ -20,7 +20,7 @@ from storage.fs import StorageError, join, open_fs, storage_errors
 from storage.sources.base import NO_LABEL, SPLIT_WORDS, Sample, SampleError, SampleRef, SkippedFile, Source, \
     split_aliases
 from storage.sources.classes import kind_of_classes
-from storage.sources.files import fetch, file_sample, relative_files, skip_reason
+from storage.sources.files import fetch, file_sample, skip_reason, stamped_files
 
 
 def split_root(root: str, url: str, split: str, top_dirs: Sequence[str]) -> tuple[str, str]:
@@ -79,12 +79,12 @@ class ImageFolderSource(Source):
     def _listing(self) -> tuple[list[SampleRef], list[SkippedFile]]:
         if self._cache_listing is None:
             refs, skipped = [], []
-            for rel in relative_files(self.fs, self.root, self.url, self.storage_options):
+            for rel, version in stamped_files(self.fs, self.root, self.url, self.storage_options).items():
                 reason = skip_reason(rel)
                 if reason:
                     skipped.append(SkippedFile(rel, reason))
                 else:
-                    refs.append(SampleRef(rel, rel))
+                    refs.append(SampleRef(rel, rel, version))
             self._cache_listing = refs, skipped
         return self._cache_listing
 

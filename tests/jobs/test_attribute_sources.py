@@ -20,7 +20,8 @@ from jobs import attribute
 from storage.fs import join
 from storage.reader import read_errors, read_maps, read_run
 from storage.sources import FASHION_MNIST_CLASSES, open_source
-from tests.helpers import class_dir, fashion_mnist, png_bytes, put, tar_bytes, tiny_checkpoint, write_index
+from tests.helpers import (class_dir, fashion_mnist, png_bytes, put, tar_bytes, tiny_checkpoint, write_folder,
+                           write_index)
 
 pytestmark = pytest.mark.slow  # starts Ray or trains a model
 
@@ -161,6 +162,51 @@ def test_unmatched_class_names_warn_and_refuse_target_label(checkpoint, ray_sess
     run = read_run(out)
     assert run["status"] == "complete" and run["labels"]["kind"] == "source" and "match none of" in run["warnings"][0]
     assert run["labels"]["classes"] == sorted({f"n0{y}" for y in labels[:6]})
+
+
+def test_changed_and_deleted_source_files_are_noticed(checkpoint, ray_session, tmp_path, capfd):
+    """A file rewritten and one deleted after they were mapped: the rerun reports both (stderr and
+    run.json) and keeps the output; --recompute-changed recomputes only their shards, the deleted one
+    becoming an error row instead of keeping the map of a file that is gone; then it is quiet."""
+    from storage.maps import MapStore
+
+    src, out = str(tmp_path / "folder"), str(tmp_path / "maps")
+    images, labels = fashion_mnist("test", 13)
+    files = write_folder(src, {}, images[:12], labels[:12])
+    args = ["--source", src, "--checkpoint", checkpoint, "--output", out, "--shard-size", "4", "--methods",
+            "gradient", *QUIET]
+    assert attribute.main(args) == 0
+    before = read_maps(out).set_index("sample_id")["map"]
+    untouched = os.stat(os.path.join(out, "_manifest", "gradient", "000001.json")).st_mtime_ns
+    changed, deleted = files[1], files[9]
+    put(join(src, changed), {}, png_bytes(images[12]))  # another image under the same name
+    os.remove(os.path.join(src, deleted))
+    capfd.readouterr()
+
+    assert attribute.main(args) == 0
+    err = capfd.readouterr().err
+    assert "1 samples changed and 1 deleted" in err and "--recompute-changed" in err
+    run = read_run(out)
+    assert run["source_changes"]["changed"] == 1 and run["source_changes"]["deleted"] == 1
+    assert not run["source_changes"]["recomputed_shards"] and len(read_maps(out)) == 12  # kept, and said so
+
+    assert attribute.main([*args, "--recompute-changed"]) == 0
+    assert "recomputing those 2 shards" in capfd.readouterr().out
+    maps, errors = read_maps(out).set_index("sample_id")["map"], read_errors(out)
+    assert list(errors.sample_id) == [deleted] and "no such file" in errors.reason[0] and errors.kind[0] == "read"
+    assert not np.array_equal(maps[changed], before[changed])
+    assert all(np.array_equal(maps[s], before[s]) for s in files[4:8])  # shard 000001 was not touched
+    for s in (*files[:4], *files[8:]):  # recomputed with a sample fewer: float32 rounds per batch shape
+        if s not in (changed, deleted):
+            scale = float(np.abs(before[s]).max())
+            np.testing.assert_allclose(maps[s].astype(np.float32), before[s].astype(np.float32), rtol=1e-2,
+                                       atol=1e-3 * scale)
+    assert read_run(out)["source_changes"]["recomputed_shards"] == ["000000", "000002"]
+    assert os.stat(os.path.join(out, "_manifest", "gradient", "000001.json")).st_mtime_ns == untouched
+    assert sorted(MapStore(out).committed("gradient")) == ["000000", "000001", "000002"]
+
+    assert attribute.main(args) == 0
+    assert "changed" not in capfd.readouterr().err and "source_changes" not in read_run(out)
 
 
 def test_a_driver_failure_after_run_json_was_written_is_recorded(checkpoint, ray_session, tmp_path, capfd):

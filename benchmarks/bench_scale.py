@@ -1,0 +1,198 @@
+"""Scale benchmark: how the driver's own work grows with samples and shards (issue: driver work that
+scales with shards, not samples).
+
+Each stage runs in a fresh subprocess, so its peak RSS (``ru_maxrss``) is the stage's own:
+
+1. A Parquet source of N rows of one encoded 28 px PNG each (dictionary-encoded, so building it is
+   cheap), in files of 1 M rows: the time and peak RSS to open and list it, to write the plan of
+   the first run, to read it back on a rerun, and to list it with ``--limit 1000``.
+2. The committed set at K shards x 2 methods, locally and on S3 (SeaweedFS on loopback): the time
+   to read it from the commit records alone, and after the end-of-run index (one segment).
+3. A folder of F files: the plain listing against the source listing with stamps (what finding
+   1 % new files costs on a rerun).
+
+Run: ``python benchmarks/bench_scale.py [--rows 1000000,3000000] [--shards 1000,5000,20000]
+[--files 50000] [--no-s3]``. It prints each figure with the growth it shows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+STAGE = r"""
+import json, resource, sys, time
+sys.path.insert(0, {root!r})
+from storage.location import Location
+from storage.plan import read_plan, update_plan
+from storage.sources import open_source
+args = json.loads(sys.argv[1])
+start = time.perf_counter()
+out = {{}}
+if args["stage"] == "list":
+    refs = open_source(args["source"]).list()
+    out["samples"] = len(refs)
+elif args["stage"] == "limit":
+    refs = open_source(args["source"]).list()[:1000]
+    out["samples"] = len(refs)
+elif args["stage"] == "plan":
+    refs = open_source(args["source"]).list()
+    listed = time.perf_counter()
+    update_plan(Location(args["output"]), refs, 512)
+    out["plan_write_s"] = time.perf_counter() - listed
+elif args["stage"] == "replan":
+    shards, _ = read_plan(Location(args["output"]))
+    out["shards"] = len(shards)
+out["seconds"] = time.perf_counter() - start
+out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps(out))
+"""
+
+
+def stage(**args: object) -> dict:
+    script = STAGE.format(root=str(ROOT))
+    done = subprocess.run([sys.executable, "-c", script, json.dumps(args)], capture_output=True, text=True,
+                          check=True, timeout=1800)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def parquet_source(folder: Path, rows: int, per_file: int = 1_000_000) -> None:
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tests.helpers import png_bytes
+
+    blob = png_bytes(np.full((28, 28, 1), 128, np.uint8))
+    folder.mkdir(parents=True, exist_ok=True)
+    for k, start in enumerate(range(0, rows, per_file)):
+        n = min(per_file, rows - start)
+        image = pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int32)), pa.array([blob], pa.binary()))
+        label = pa.array(np.arange(start, start + n, dtype=np.int64) % 10)
+        pq.write_table(pa.table({"image": image, "label": label}), folder / f"test-{k:05d}.parquet",
+                       row_group_size=100_000)
+
+
+def growth(xs: list[float], ys: list[float]) -> str:
+    """How ``ys`` grows from the first point to the last, as a ratio to how ``xs`` does."""
+    if len(xs) < 2 or ys[0] <= 0:
+        return ""
+    return f"x{ys[-1] / ys[0]:.1f} for x{xs[-1] / xs[0]:.0f} the size"
+
+
+def bench_sources(rows: list[int], tmp: Path) -> None:
+    print("\n== Parquet source of N rows (28 px PNG each): list, plan, rerun, --limit 1000 ==")
+    results = []
+    for n in rows:
+        folder = tmp / f"parquet-{n}"
+        t = time.perf_counter()
+        parquet_source(folder / "data", n)
+        built = time.perf_counter() - t
+        listed = stage(stage="list", source=str(folder / "data"))
+        planned = stage(stage="plan", source=str(folder / "data"), output=str(folder / "out"))
+        replanned = stage(stage="replan", output=str(folder / "out"))
+        limited = stage(stage="limit", source=str(folder / "data"))
+        results.append((n, listed, planned, replanned, limited))
+        print(f"{n:>10,} rows (built in {built:.1f} s): list {listed['seconds']:6.1f} s / {listed['peak_rss_mb']:6.0f} MB;"
+              f" first plan {planned['seconds']:6.1f} s (writing it {planned['plan_write_s']:.1f} s) / "
+              f"{planned['peak_rss_mb']:6.0f} MB; rerun's plan read {replanned['seconds']:6.1f} s / "
+              f"{replanned['peak_rss_mb']:6.0f} MB; --limit 1000 {limited['seconds']:5.1f} s / "
+              f"{limited['peak_rss_mb']:5.0f} MB")
+    if len(results) > 1:
+        xs = [r[0] for r in results]
+        print("growth: first plan " + growth(xs, [r[2]["seconds"] for r in results]) + "; peak RSS "
+              + growth(xs, [r[2]["peak_rss_mb"] for r in results]) + "; --limit 1000 "
+              + growth(xs, [r[4]["seconds"] for r in results]) + " (per-sample where it follows the size)")
+
+
+def bench_committed(shards: list[int], targets: list[tuple[str, str, dict]]) -> None:
+    from storage.location import Location
+    from storage.manifest import index_commits, read_commits, write_commit
+
+    print("\n== the committed set of K shards x 2 methods: from the records alone, and after the index ==")
+    for name, url, options in targets:
+        for k in shards:
+            where = Location(f"{url}/committed-{k}", options)
+            t = time.perf_counter()
+            with ThreadPoolExecutor(max_workers=32) as pool:  # as 32 workers committing at once would
+                list(pool.map(lambda job: write_commit(where, {"method": job[0], "shard_id": f"{job[1]:06d}",
+                                                              "shard_index": job[1], "n_samples": 512,
+                                                              "n_errors": 0, "files": []}),
+                              [(m, i) for m in ("pathway", "gradient") for i in range(k)]))
+            written = time.perf_counter() - t
+            t = time.perf_counter()
+            assert len(read_commits(Location(where.url, options))) == 2 * k
+            cold = time.perf_counter() - t
+            for method in ("pathway", "gradient"):
+                index_commits(where, method, {s: r for (m, s), r in read_commits(where, method).items()})
+            t = time.perf_counter()
+            assert len(read_commits(Location(where.url, options))) == 2 * k
+            indexed = time.perf_counter() - t
+            print(f"{name:>26} {k:>6} shards: records alone {cold:6.2f} s, after the index {indexed:5.2f} s "
+                  f"(writing {2 * k} records took {written:.1f} s)")
+
+
+def bench_folder(files: int, tmp: Path) -> None:
+    from storage.fs import open_fs
+    from storage.sources import open_source
+
+    print(f"\n== a folder of {files:,} files: plain listing vs the source's stamped listing ==")
+    folder = tmp / "folder"
+    for i in range(files):
+        path = folder / f"class{i % 10}" / f"{i:07d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x")
+    fs, root = open_fs(str(folder))
+    t = time.perf_counter()
+    plain = fs.find(root, detail=False)
+    plain_s = time.perf_counter() - t
+    t = time.perf_counter()
+    refs = open_source(str(folder)).list()
+    stamped_s = time.perf_counter() - t
+    assert len(refs) == len(plain) == files
+    print(f"plain fs.find {plain_s:.2f} s; source listing with stamps {stamped_s:.2f} s "
+          f"({stamped_s / plain_s:.2f}x; target <= 1.5x)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rows", default="1000000,3000000")
+    parser.add_argument("--shards", default="1000,5000,20000")
+    parser.add_argument("--files", type=int, default=50_000)
+    parser.add_argument("--no-s3", action="store_true")
+    args = parser.parse_args()
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}; "
+          f"load {os.getloadavg()[0]:.2f}")
+    tmp = Path(tempfile.mkdtemp(prefix="bench-scale-"))
+    bench_sources([int(x) for x in args.rows.split(",") if x], tmp)
+    if args.files:
+        bench_folder(args.files, tmp)
+    targets = [("local", str(tmp / "manifest"), {})]
+    server_cm = None
+    if not args.no_s3:
+        from tests.servers import seaweedfs
+
+        server_cm = seaweedfs(tmp / "seaweedfs")
+        server = server_cm.__enter__()
+        targets.append(("s3 (SeaweedFS, loopback)", server.url("scale"), server.storage_options))
+    try:
+        bench_committed([int(x) for x in args.shards.split(",") if x], targets)
+    finally:
+        if server_cm is not None:
+            server_cm.__exit__(None, None, None)
+
+
+if __name__ == "__main__":
+    main()
