@@ -7,7 +7,9 @@ cluster it runs in, via ``$RAY_ADDRESS`` or ``--ray-address``).
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from jobs.cli import JobError
 
@@ -79,6 +81,35 @@ def check_workers_import(arch: str) -> None:
         raise JobError(f"the Ray workers cannot import {module!r}, which the checkpoint's arch {arch!r} names "
                        f"({error}); locally, put it on PYTHONPATH before the job starts Ray; with ray job submit, "
                        "pass --working-dir . (or runtime_env py_modules)")
+
+
+def check_workers_reach(urls: Sequence[str], storage_options: dict[str, Any] | None) -> None:
+    """Check from a Ray worker that the remote URLs answer with the job's storage options, before any
+    actor starts: credentials that only the driver's environment holds (AWS_* variables, a profile on
+    the head node) do not travel to workers, and would otherwise fail every shard."""
+    remote = [url for url in urls if "://" in url and not url.startswith("file://")]
+    if not remote:
+        return
+    import ray
+
+    error = ray.get(ray.remote(num_cpus=0)(_try_reach).remote(remote, storage_options), timeout=300)
+    if error:
+        raise JobError(f"a Ray worker cannot use the job's storage, though the driver can ({error}). Credentials in the driver's environment "
+                       "do not travel to workers: pass them as --storage-options / $STORAGE_OPTIONS (sent to the "
+                       "workers with the job), or give every node the same credentials (instance role, or "
+                       "ray job submit --runtime-env-json '{\"env_vars\": ...}')")
+
+
+def _try_reach(urls: Sequence[str], storage_options: dict[str, Any] | None) -> str | None:
+    """Runs on a Ray worker: None if every URL answers (one existence check each), else which and why."""
+    from storage.location import Location
+
+    for url in urls:
+        try:
+            Location(url, storage_options).exists("_lease.json")
+        except Exception as err:  # noqa: BLE001 - reported to the driver as one line
+            return " ".join(str(err).split())[:500]
+    return None
 
 
 def _try_import(module: str) -> str | None:

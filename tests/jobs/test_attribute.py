@@ -351,3 +351,20 @@ def test_store_faults_on_reads_writes_and_commits_lose_and_duplicate_nothing(che
     assert read_errors(faulty, storage_options=options).empty
     assert parquet_bytes(faulty, options) == parquet_bytes(calm, options)
     print(f"faults injected: {injected}; samples lost 0, duplicated 0", file=sys.stderr)
+
+
+def test_credentials_only_in_the_drivers_environment_stop_the_job_in_one_line(checkpoint, ray_session, s3_server,
+                                                                              tmp_path, capfd, monkeypatch) -> None:
+    """The driver finds AWS credentials in its environment, the workers (started before) do not: the
+    job says so before any shard, instead of failing every shard on the workers."""
+    options = s3_server.storage_options
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", options["key"])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", options["secret"])
+    endpoint_only = {"client_kwargs": options["client_kwargs"]}
+    args = ["--checkpoint", checkpoint, "--output", s3_server.url("maps-env-credentials"), "--limit", "8",
+            "--methods", "gradient", "--workers", "1", "--no-progress", "--storage-options", json.dumps(endpoint_only)]
+    assert attribute.main(args) == 1
+    line = capfd.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith("jobs.attribute: error: a Ray worker cannot use the job's storage") and "--storage-options" in line
+    assert "maps-env-credentials" in line and "NoCredentialsError" in line
+    assert options["secret"] not in line
