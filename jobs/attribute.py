@@ -159,19 +159,16 @@ def run(args: argparse.Namespace) -> int:
     from storage.versions import check_format
 
     options = storage_options_from(args.storage_options)
-    record: dict[str, Any] = {}
-    store = prior = None
-    try:
-        output = MapStore(args.output, options or None)
-        prior = check_format(output.where)  # an output of another format is refused before anything is written
-        with Lease(output.where, purpose="jobs.attribute") as lease:  # one driver per output
-            store = output
-            record = carried_forward(prior, now())
+    store = MapStore(args.output, options or None)
+    prior = check_format(store.where)  # an output of another format is refused before anything is written
+    with Lease(store.where, purpose="jobs.attribute") as lease:  # one driver per output, failures recorded under it
+        record = carried_forward(prior, now())
+        try:
             return attribute(args, options, store, record, lease)
-    except BaseException as err:
-        if store is not None and not isinstance(err, LeaseLost):  # a taken-over output is the other driver's
-            record_failure(store, record, err, prior)
-        raise
+        except BaseException as err:
+            if not isinstance(err, LeaseLost):  # a taken-over output is the other driver's to record
+                record_failure(store, record, err, prior)
+            raise
 
 
 def record_failure(store: Any, record: dict[str, Any], err: BaseException, prior: dict[str, Any] | None) -> None:
