@@ -57,7 +57,7 @@ stage maps "$PY" -m jobs.attribute --source "$SOURCE" --checkpoint "$CKPT" --spl
   --output "$OUT-test" --methods "$M" --no-progress
 stage maps "$PY" -m jobs.attribute --source "$SOURCE" --checkpoint "$CKPT" --split train --limit "$ROAR_TRAIN" \
   --output "$OUT-train" --methods "pathway gradient" --no-progress
-stage perturb "$PY" -m jobs.perturb --maps "$OUT-test" --limit 1000 --fill mean,nli --rank abs,signed --no-progress
+stage perturb "$PY" -m jobs.perturb --maps "$OUT-test" --limit "${PERTURB_LIMIT:-1000}" --fill mean,nli --rank abs,signed --no-progress
 stage sanity "$PY" -m jobs.sanity --source "$SOURCE" --checkpoint "$CKPT" --limit 100 --methods "$M" --draws 3 \
   --output "$OUT-test/_eval/sanity" --no-progress
 stage sanity-reset "$PY" -m jobs.sanity --source "$SOURCE" --checkpoint "$CKPT" --limit 100 \

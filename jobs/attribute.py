@@ -223,7 +223,7 @@ def attribute(args: argparse.Namespace, options: dict[str, Any], store: Any, run
                                  args.output)
     if run_record.get("fingerprint") and added:
         print(f"adding {', '.join(added)} to {args.output} (its other methods stay as they are)")
-    refs = source.list()[: args.limit] if args.limit else source.list()
+    refs = source.list(limit=args.limit)  # row-addressable sources read only as far as --limit needs
     skipped = source.skipped()
     warnings = [w for w in (labels.warning,) if w]
     run_record.update({"attempt": uuid.uuid4().hex[:12], "fingerprint": bound,

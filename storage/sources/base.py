@@ -124,8 +124,9 @@ class Source(abc.ABC):
     intrinsic_indices: bool = False
 
     @abc.abstractmethod
-    def list(self) -> list[SampleRef]:
-        """All samples in deterministic source order; cheap (listing and headers, no decoding)."""
+    def list(self, limit: int | None = None) -> list[SampleRef]:
+        """All samples (or the first ``limit``) in deterministic source order; cheap (listing and
+        headers, no decoding). Row-addressable sources read only as far as ``limit`` needs."""
 
     @abc.abstractmethod
     def read(self, refs: Sequence[SampleRef]) -> Iterator[Sample | SampleError]:

@@ -186,8 +186,8 @@ class FileListSource(Source):
             self._cache_listing = self._entries()
         return self._cache_listing
 
-    def list(self) -> list[SampleRef]:
-        return [SampleRef(sid, json.dumps([location, raw])) for sid, location, raw in self._listing()[0]]
+    def list(self, limit: int | None = None) -> list[SampleRef]:
+        return [SampleRef(sid, json.dumps([location, raw])) for sid, location, raw in self._listing()[0][:limit]]
 
     def skipped(self) -> list[SkippedFile]:
         return list(self._listing()[1])

@@ -88,8 +88,8 @@ class ImageFolderSource(Source):
             self._cache_listing = refs, skipped
         return self._cache_listing
 
-    def list(self) -> list[SampleRef]:
-        return list(self._listing()[0])
+    def list(self, limit: int | None = None) -> list[SampleRef]:
+        return list(self._listing()[0][:limit])
 
     def skipped(self) -> list[SkippedFile]:
         return list(self._listing()[1])

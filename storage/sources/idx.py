@@ -131,9 +131,9 @@ class IDXSource(Source):
                     self._n, self._rows, self._cols)
             return self._cache_images
 
-    def list(self) -> list[SampleRef]:
+    def list(self, limit: int | None = None) -> list[SampleRef]:
         width = max(5, len(str(self._n - 1)))
-        return [SampleRef(f"{self.name}/{self.split}/{i:0{width}d}", i) for i in range(self._n)]
+        return [SampleRef(f"{self.name}/{self.split}/{i:0{width}d}", i) for i in range(min(self._n, limit or self._n))]
 
     def _runs(self, idx: list[int]) -> Iterator[tuple[int, int]]:
         """Maximal runs of consecutive indices as (start, stop)."""

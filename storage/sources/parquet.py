@@ -157,17 +157,20 @@ class ParquetSource(Source):
                 raise StorageError(f"cannot read column {column!r} of {self._url(rel)} "
                                    f"(truncated or corrupt?): {err}") from None
 
-    def list(self) -> list[SampleRef]:
-        if self._cache_refs is None:
-            refs: list[SampleRef] = []
-            for rel in self.files:
-                if "sample_id" in self._meta(rel).schema.names:
-                    ids = self._read_column(rel, "sample_id")
-                    refs += [SampleRef(str(s), f"{rel}#{i}") for i, s in enumerate(ids)]
-                else:
-                    refs += [SampleRef(f"{rel}#{i}", f"{rel}#{i}") for i in range(self._meta(rel).num_rows)]
-            self._cache_refs = refs
-        return list(self._cache_refs)
+    def list(self, limit: int | None = None) -> list[SampleRef]:
+        if self._cache_refs is not None:
+            return self._cache_refs[:limit]
+        refs: list[SampleRef] = []
+        for rel in self.files:
+            if limit is not None and len(refs) >= limit:
+                return refs[:limit]  # the files past the limit are not read (and nothing partial is cached)
+            if "sample_id" in self._meta(rel).schema.names:
+                ids = self._read_column(rel, "sample_id")
+                refs += [SampleRef(str(s), f"{rel}#{i}") for i, s in enumerate(ids)]
+            else:
+                refs += [SampleRef(f"{rel}#{i}", f"{rel}#{i}") for i in range(self._meta(rel).num_rows)]
+        self._cache_refs = refs
+        return refs[:limit]
 
     def skipped(self) -> list[SkippedFile]:
         return list(self._skipped)

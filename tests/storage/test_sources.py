@@ -263,3 +263,21 @@ print(len(refs), len(read), held)
     assert out.returncode == 0, out.stderr[-2000:]
     n_refs, n_read, held = map(int, out.stdout.split())
     assert n_refs == n_read == 300 and held < 64
+
+
+def test_a_limit_reads_only_as_far_as_it_needs(tmp_path, fmnist):
+    images, labels = fmnist
+    for k in range(3):
+        write_parquet(str(tmp_path / "src" / "test" / f"part-{k}.parquet"), {}, images[4 * k:4 * k + 4],
+                      labels[4 * k:4 * k + 4], sample_ids=True)
+    source = open_source(str(tmp_path / "src"))
+    read = []
+    column = source._read_column
+    source._read_column = lambda rel, name: read.append(rel) or column(rel, name)
+    assert [r.locator for r in source.list(limit=5)] == ["test/part-0.parquet#0", "test/part-0.parquet#1",
+                                                         "test/part-0.parquet#2", "test/part-0.parquet#3",
+                                                         "test/part-1.parquet#0"]
+    assert read == ["test/part-0.parquet", "test/part-1.parquet"]  # not the third file
+    assert len(source.list()) == 12 and source.list(limit=3) == source.list()[:3]
+    idx = open_source("fashion-mnist")
+    assert idx.list(limit=7) == idx.list()[:7]
