@@ -34,6 +34,7 @@ from models.fingerprint import differences, fingerprint
 from models.registry import ModelError, ModelSpec, build_model
 from storage.fs import StorageError, StorageNotFound, open_fs, redact_url, storage_errors
 from storage.location import put_url
+from storage.retry import retrying
 
 __all__ = ["CheckpointError", "CheckpointNotFound", "load_checkpoint", "load_metrics", "read_checkpoint",
            "save_checkpoint"]
@@ -135,10 +136,9 @@ def read_checkpoint(url: str, storage_options: Mapping[str, Any] | None = None,
     fs, path = _open_fs(url, storage_options)
     try:
         with storage_errors(url, "read checkpoint", storage_options):
-            if fs.isdir(path):
+            if retrying(lambda: fs.isdir(path), f"checking {shown}"):
                 raise CheckpointError(f"checkpoint URL is a directory, not a file: {shown}")
-            with fs.open(path, "rb") as fh:
-                data = fh.read()
+            data = retrying(lambda: fs.cat_file(path), f"reading {shown}")
     except StorageNotFound as err:
         raise CheckpointNotFound(f"checkpoint not found: {shown} ({err})") from None
     except CheckpointError:

@@ -28,6 +28,7 @@ from typing import Any
 
 from storage.fs import StorageError, is_local, storage_errors, write_bytes_atomic
 from storage.location import Location
+from storage.retry import retrying
 
 LEASE = "_lease.json"
 #: Seconds a lease lasts without renewal; the holder renews it every third of that.
@@ -72,27 +73,34 @@ class Lease:
 
     # -- acquiring -------------------------------------------------------------------------
     def acquire(self) -> None:
-        """Take the lease, or raise :class:`LeaseHeld` naming who holds it."""
+        """Take the lease, or raise :class:`LeaseHeld` naming who holds it. A store blip is retried:
+        a create whose answer was lost is recognized by the token it wrote."""
         with storage_errors(self.where.url_of(LEASE), "take the lease", self.where.storage_options):
+            retrying(self._acquire, f"taking the lease on {self.where.url}")
+
+    def _acquire(self) -> None:
+        if self._create():
+            return
+        holder, etag = self._read()
+        if holder is None:  # released between our create and our read
             if self._create():
                 return
             holder, etag = self._read()
-            if holder is None:  # released between our create and our read
-                if self._create():
-                    return
-                holder, etag = self._read()
-            if holder is not None and not _expired(holder) and not _gone_here(holder):
-                raise LeaseHeld(
-                    f"{self.where.url} is being written by another run ({holder.get('purpose')} on "
-                    f"{holder.get('host')}, pid {holder.get('pid')}, lease renewed {holder.get('renewed_at')}, "
-                    f"valid until {holder.get('expires_at')}); wait for it to finish, or for its lease to expire "
-                    "if it died, or write to another --output"
-                )
-            if not self._replace(etag):
-                holder, _ = self._read()
-                raise LeaseHeld(f"{self.where.url}: another run took the expired lease first "
-                                f"({(holder or {}).get('host')}, pid {(holder or {}).get('pid')}); write to another "
-                                "--output or wait for it to finish")
+        if holder is not None and holder.get("token") == self.token:
+            self._etag = etag
+            return
+        if holder is not None and not _expired(holder) and not _gone_here(holder):
+            raise LeaseHeld(
+                f"{self.where.url} is being written by another run ({holder.get('purpose')} on "
+                f"{holder.get('host')}, pid {holder.get('pid')}, lease renewed {holder.get('renewed_at')}, "
+                f"valid until {holder.get('expires_at')}); wait for it to finish, or for its lease to expire "
+                "if it died, or write to another --output"
+            )
+        if not self._replace(etag):
+            holder, _ = self._read()
+            raise LeaseHeld(f"{self.where.url}: another run took the expired lease first "
+                            f"({(holder or {}).get('host')}, pid {(holder or {}).get('pid')}); write to another "
+                            "--output or wait for it to finish")
 
     def _create(self) -> bool:
         data = self._record()
@@ -169,10 +177,13 @@ class Lease:
 
     def release(self) -> None:
         """Delete the lease if it is still ours."""
-        with storage_errors(self.where.url_of(LEASE), "release the lease", self.where.storage_options):
+        def release() -> None:
             holder, _ = self._read()
             if holder and holder.get("token") == self.token:
                 self.where.fs.rm_file(self._path)
+
+        with storage_errors(self.where.url_of(LEASE), "release the lease", self.where.storage_options):
+            retrying(release, f"releasing the lease on {self.where.url}")
 
     def _renewer(self, on_lost: Callable[[LeaseLost], None] | None) -> None:
         while not self._stop.wait(self.ttl / 3):

@@ -39,6 +39,7 @@ import pyarrow.parquet as pq
 from storage.fs import join
 from storage.location import Location
 from storage.manifest import check_name, now, read_commit, read_commits, write_commit
+from storage.retry import retrying
 from storage.sources.base import SampleError
 from storage.tables import (FORMAT, FORMAT_VERSION, RUN_PATH, data_path, detail_type, errors_table, map_schema,
                             parquet_bytes, pending_path)
@@ -292,7 +293,7 @@ class MapStore:
         data = self.where.get_optional(f"_pending/{maps_path}") or self.where.get(maps_path)
         mapped = set(pq.read_table(pa.BufferReader(data), columns=["sample_id"]).column(0).to_pylist())
         arrays = open_for_writing(self.zarr_url(method), self.storage_options)
-        order = arrays["sample_id"][start:stop].tolist()
+        order = retrying(lambda: arrays["sample_id"][start:stop].tolist(), f"reading zarr ids of {method}")
         flags = np.array([sid in mapped for sid in order], dtype=bool)
         mark_committed(self.zarr_url(method), arrays, start, flags, self.storage_options)
 

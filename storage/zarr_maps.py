@@ -112,11 +112,13 @@ def finish(url: str, rows: int, storage_options: Mapping[str, Any] | None = None
 def open_for_writing(url: str, storage_options: Mapping[str, Any] | None = None) -> dict[str, zarr.Array]:
     """The arrays of ``url`` opened for writing rows."""
     with storage_errors(url, "open zarr arrays at", storage_options):
-        try:
-            group = retrying(lambda: zarr.open_group(store=zarr_store(url, storage_options), mode="r+",
-                                                     zarr_format=3, use_consolidated=False),
-                             f"opening zarr arrays at {url}")
+        def arrays() -> dict[str, zarr.Array]:  # every metadata read inside the retry
+            group = zarr.open_group(store=zarr_store(url, storage_options), mode="r+", zarr_format=3,
+                                    use_consolidated=False)
             return {name: group[name] for name in ARRAYS}
+
+        try:
+            return retrying(arrays, f"opening zarr arrays at {url}")
         except (FileNotFoundError, KeyError, zarr.errors.GroupNotFoundError) as err:
             raise StorageNotFound(f"no zarr maps at {url}: the driver must call MapStore.ensure_zarr first "
                                   f"({type(err).__name__})") from None

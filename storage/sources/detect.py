@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from storage.fs import InvalidStorageInput, open_fs, redact_url, storage_errors
+from storage.retry import retrying
 from storage.sources.base import SPLIT_WORDS, split_aliases
 from storage.sources.idx import has_idx_files
 from storage.sources.images import is_image_name
@@ -83,10 +84,10 @@ def detect(url: str, storage_options: Mapping[str, Any] | None) -> str:
     fs, path = open_fs(url, storage_options)
     if by_name:
         with storage_errors(url, "list", storage_options):
-            if fs.isfile(path):
+            if retrying(lambda: fs.isfile(path), f"checking {url}"):
                 return by_name
     with storage_errors(url, "list", storage_options):
-        entries = fs.ls(path, detail=True)
+        entries = retrying(lambda: fs.ls(path, detail=True), f"listing {url}")
     if len(entries) == 1 and entries[0].get("type") == "file" and \
             entries[0]["name"].rstrip("/") == fs._strip_protocol(path).rstrip("/"):
         raise InvalidStorageInput(f"{redact_url(url)} is a file this project does not read as a dataset; "

@@ -140,7 +140,7 @@ def stamped_files(fs: Any, root: str, url: str, storage_options: Mapping[str, An
     """Every file under ``root`` (recursively), sorted by its path relative to it, with its stamp
     (:func:`stamp`); one listing, the same requests as listing names alone."""
     with storage_errors(url, "list", storage_options):
-        found = fs.find(root, detail=True)
+        found = retrying(lambda: fs.find(root, detail=True), f"listing {url}")
     prefix = root.rstrip("/") + "/"
     return {(p[len(prefix):] if p.startswith(prefix) else p): stamp(info) for p, info in sorted(found.items())}
 

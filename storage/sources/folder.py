@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 
 from storage.fs import StorageError, join, open_fs, storage_errors
+from storage.retry import retrying
 from storage.sources.base import NO_LABEL, SPLIT_WORDS, Sample, SampleError, SampleRef, SkippedFile, Source, \
     split_aliases
 from storage.sources.classes import kind_of_classes
@@ -39,12 +40,12 @@ def open_split_root(url: str, split: str, storage_options: dict) -> tuple[object
     """``(fs, root path, root url, entries)`` of a folder's split directory (or the folder itself)."""
     fs, root = open_fs(url, storage_options)
     with storage_errors(url, "list", storage_options):
-        entries = fs.ls(root, detail=True)
+        entries = retrying(lambda: fs.ls(root, detail=True), f"listing {url}")
     top_dirs = sorted(e["name"].rstrip("/") for e in entries if e.get("type") == "directory")
     class_root, class_url = split_root(root.rstrip("/"), str(url).rstrip("/"), split, top_dirs)
     if class_root != root.rstrip("/"):
         with storage_errors(class_url, "list", storage_options):
-            entries = fs.ls(class_root, detail=True)
+            entries = retrying(lambda: fs.ls(class_root, detail=True), f"listing {class_url}")
     return fs, class_root, class_url, entries
 
 

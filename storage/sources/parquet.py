@@ -33,6 +33,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from storage.fs import StorageError, join, open_fs, storage_errors
+from storage.retry import is_transient, retrying
 from storage.sources.base import NO_LABEL, Sample, SampleError, SampleRef, SkippedFile, Source, decoded_sample, files_of_split
 from storage.sources.classes import classes_of, kind_of_classes
 from storage.sources.files import fetch_urls, file_sample, resolve_path
@@ -60,8 +61,8 @@ class ParquetSource(Source):
         self.fs, path = open_fs(self.url, self.storage_options)
         self.root = path.rstrip("/")
         with storage_errors(self.url, "list", self.storage_options):
-            single = self.root.endswith(".parquet") and self.fs.isfile(self.root)
-            found = [] if single else sorted(self.fs.find(self.root, detail=False))
+            single = self.root.endswith(".parquet") and retrying(lambda: self.fs.isfile(self.root), f"checking {url}")
+            found = [] if single else sorted(retrying(lambda: self.fs.find(self.root, detail=False), f"listing {url}"))
         self._single = single
         self._skipped: list[SkippedFile] = []
         if single:
@@ -117,8 +118,11 @@ class ParquetSource(Source):
         stays open (a source of thousands of files would exhaust ``ulimit -n``)."""
         with self._cache_lock:
             if rel not in self._cache_meta:
-                with self._open(rel) as parquet:
-                    self._cache_meta[rel] = parquet.metadata
+                def footer() -> pq.FileMetaData:
+                    with self._open(rel) as parquet:
+                        return parquet.metadata
+
+                self._cache_meta[rel] = retrying(footer, f"reading the footer of {self._url(rel)}")
             return self._cache_meta[rel]
 
     @contextlib.contextmanager
@@ -130,6 +134,8 @@ class ParquetSource(Source):
             try:
                 parquet = pq.ParquetFile(handle, metadata=self._cache_meta.get(rel))
             except (pa.ArrowInvalid, OSError) as err:
+                if is_transient(err):
+                    raise  # the store's fault, retried by the caller: not a corrupt file
                 if isinstance(err, OSError) and err.errno == errno.EMFILE:
                     raise StorageError(f"cannot open {self._url(rel)}: too many open files in this process; raise "
                                        "the limit (ulimit -n)") from None
@@ -151,9 +157,14 @@ class ParquetSource(Source):
     def _read_column(self, rel: str, column: str) -> np.ndarray:
         with storage_errors(self._url(rel), "read", self.storage_options):
             try:
-                with self._open(rel) as parquet:
-                    return parquet.read(columns=[column]).column(column).to_numpy(zero_copy_only=False)
+                def read() -> np.ndarray:
+                    with self._open(rel) as parquet:
+                        return parquet.read(columns=[column]).column(column).to_numpy(zero_copy_only=False)
+
+                return retrying(read, f"reading {column!r} of {self._url(rel)}")
             except (pa.ArrowInvalid, OSError) as err:
+                if isinstance(err, StorageError) or is_transient(err):
+                    raise  # already worded, or the store's fault (worded by storage_errors)
                 raise StorageError(f"cannot read column {column!r} of {self._url(rel)} "
                                    f"(truncated or corrupt?): {err}") from None
 
@@ -197,9 +208,14 @@ class ParquetSource(Source):
         columns = [self.image_column] + ([self.label_column] if self.label_column else [])
         with storage_errors(self._url(rel), "read", self.storage_options):
             try:
-                with self._open(rel) as parquet:
-                    table = parquet.read_row_groups(groups, columns=columns)
+                def read() -> pa.Table:
+                    with self._open(rel) as parquet:
+                        return parquet.read_row_groups(groups, columns=columns)
+
+                table = retrying(read, f"reading row groups of {self._url(rel)}")
             except (pa.ArrowInvalid, OSError) as err:
+                if isinstance(err, StorageError) or is_transient(err):
+                    raise  # a corrupt file (worded by _open), or the store's fault: never the samples' error rows
                 raise UnreadableParquet(f"cannot read row groups {groups} of {self._url(rel)} "
                                         f"(truncated or corrupt?): {err}") from None
         start = {g: int(sum(meta.row_group(h).num_rows for h in groups[:k])) for k, g in enumerate(groups)}
