@@ -44,7 +44,7 @@ if args["stage"] == "list":
     refs = open_source(args["source"]).list()
     out["samples"] = len(refs)
 elif args["stage"] == "limit":
-    refs = open_source(args["source"]).list()[:1000]
+    refs = open_source(args["source"]).list(limit=1000)
     out["samples"] = len(refs)
 elif args["stage"] == "plan":
     refs = open_source(args["source"]).list()

@@ -21,7 +21,9 @@ STAGES=${STAGES:-"data train maps perturb sanity sanity-reset roar report"}
 # two retrains at once, one thread each:
 # - Fashion-MNIST: 25,000 images x 5 epochs (20,000 x 5 measured 3.25 points below), ~4 min per retrain:
 #   pathway, gradient, random at t = 50 %, 2 seeds: 12 retrains.
-# - textures: 40,000 x 5 (25,000 x 5 measured 4.5 points below), ~6 min per retrain: the same 12 retrains.
+# - textures: 40,000 x 5 (25,000 x 5 measured 4.5 points below), ~9 min per retrain here: RESULTS.md's run
+#   cut the grid to pathway and random (8 retrains) and perturbation to 500 images:
+#   ROAR_METHODS="pathway random" PERTURB_LIMIT=500 benchmarks/run_evaluation.sh fm-textures
 M="pathway pathway_integrated=pathway:scores=integrated gradient gradient_x_input integrated_gradients guided_backprop grad_cam"
 case "$DATASET" in
   fashion-mnist)
