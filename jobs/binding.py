@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from jobs.cli import JobError
+from workers.tasks import stored_methods
 
 #: Fields of the fingerprint that are not methods, in the order differences are reported.
 FIELDS = ("source", "split", "checkpoint_sha256", "model_input", "reduction", "target", "format_version")
@@ -72,7 +73,7 @@ def carried_forward(prior: Mapping[str, Any] | None, started_at: str) -> dict[st
     if not prior:
         return {"status": "running", "started_at": started_at}
     history = [*prior.get("history", []), {k: prior[k] for k in SUMMARIZED if k in prior}
-               | {"methods": [m.get("label") or m.get("name") for m in _methods(prior)]}]
+               | {"methods": [m.label for m in stored_methods(prior.get("config") or {})]}]
     history.sort(key=lambda run: str(run.get("started_at") or ""))  # refused attempts were added after the prior run
     return {**{k: prior[k] for k in CARRIED if k in prior}, "status": "running", "started_at": started_at,
             "history": history[-HISTORY:]}
@@ -81,16 +82,9 @@ def carried_forward(prior: Mapping[str, Any] | None, started_at: str) -> dict[st
 def merged_config(prior_config: Mapping[str, Any] | None, config: Mapping[str, Any]) -> dict[str, Any]:
     """This run's public config, listing every method the output holds: this run's, then earlier
     runs' that this one did not name (readers learn the output's methods from it)."""
-    labels = {m.get("label") or m["name"] for m in config["methods"]}
-    earlier = [m for m in _methods({"config": prior_config or {}}) if (m.get("label") or m.get("name")) not in labels]
+    labels = {m.label for m in stored_methods(config)}
+    earlier = [m.to_dict() for m in stored_methods(prior_config or {}) if m.label not in labels]
     return {**config, "methods": [*config["methods"], *earlier]}
-
-
-def _methods(run: Mapping[str, Any]) -> list[dict[str, Any]]:
-    methods = (run.get("config") or {}).get("methods") or []
-    if isinstance(methods, Mapping):  # outputs written before methods were stored as specs
-        return [{"name": label, "label": label, "params": params} for label, params in methods.items()]
-    return list(methods)
 
 
 def _plain(value: Any) -> Any:
