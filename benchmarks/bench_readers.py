@@ -160,7 +160,7 @@ def main() -> None:
     os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
     import ray
 
-    from benchmarks.bench_storage import compute_maps
+    from benchmarks.bench_storage import compute_maps, storage_targets
 
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}, "
           f"pyarrow {pa.__version__}")
@@ -171,21 +171,12 @@ def main() -> None:
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message="Consolidated metadata")
     tmp = Path(tempfile.mkdtemp(prefix="bench-readers-"))
-    targets = [("local", str(tmp / "local"), {})]
-    server_cm = None
-    if not args.no_s3:
-        from tests.servers import seaweedfs
-
-        server_cm = seaweedfs(tmp / "seaweedfs")
-        server = server_cm.__enter__()
-        targets.append(("s3 (SeaweedFS, loopback)", server.url("bench-readers"), server.storage_options))
     try:
-        for name, url, options in targets:
-            write_and_time(name, url, options, "gradient", records, args.shard_size, args.repeats)
+        with storage_targets(tmp, "bench-readers", not args.no_s3) as targets:
+            for name, url, options in targets:
+                write_and_time(name, url, options, "gradient", records, args.shard_size, args.repeats)
     finally:
         ray.shutdown()
-        if server_cm is not None:
-            server_cm.__exit__(None, None, None)
 
 
 if __name__ == "__main__":

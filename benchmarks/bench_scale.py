@@ -179,19 +179,10 @@ def main() -> None:
     bench_sources([int(x) for x in args.rows.split(",") if x], tmp)
     if args.files:
         bench_folder(args.files, tmp)
-    targets = [("local", str(tmp / "manifest"), {})]
-    server_cm = None
-    if not args.no_s3:
-        from tests.servers import seaweedfs
+    from benchmarks.bench_storage import storage_targets
 
-        server_cm = seaweedfs(tmp / "seaweedfs")
-        server = server_cm.__enter__()
-        targets.append(("s3 (SeaweedFS, loopback)", server.url("scale"), server.storage_options))
-    try:
+    with storage_targets(tmp, "scale", not args.no_s3) as targets:
         bench_committed([int(x) for x in args.shards.split(",") if x], targets)
-    finally:
-        if server_cm is not None:
-            server_cm.__exit__(None, None, None)
 
 
 if __name__ == "__main__":

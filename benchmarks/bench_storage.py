@@ -23,6 +23,7 @@ Run: ``python benchmarks/bench_storage.py [--n 4096] [--shard-size 512] [--no-tr
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import os
 import platform
@@ -30,6 +31,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -152,6 +154,20 @@ def upsample(records: MapRecords, size: int) -> MapRecords:
     return with_maps(records, maps)
 
 
+@contextlib.contextmanager
+def storage_targets(tmp: Path, prefix: str, s3: bool = True) -> Iterator[list[tuple[str, str, dict]]]:
+    """The benchmarks' stores as (name, URL, storage options): a local directory and, with ``s3``, a
+    prefix on a SeaweedFS server started here on loopback and stopped when the block ends."""
+    targets = [("local", str(tmp / prefix), {})]
+    with contextlib.ExitStack() as stack:
+        if s3:
+            from tests.servers import seaweedfs
+
+            server = stack.enter_context(seaweedfs(tmp / "seaweedfs"))
+            targets.append(("s3 (SeaweedFS, loopback)", server.url(prefix), server.storage_options))
+        yield targets
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=4096, help="maps (Fashion-MNIST test images)")
@@ -190,17 +206,8 @@ def main() -> None:
         small = shards_of(maps["pathway"], n_large)[0]
         cases.append((f"{args.large}x{args.large}", upsample(small, args.large)))
 
-    targets = []
     tmp = Path(tempfile.mkdtemp(prefix="bench-storage-"))
-    targets.append(("local", str(tmp / "local"), {}))
-    server_cm = None
-    if not args.no_s3:
-        from tests.servers import seaweedfs
-
-        server_cm = seaweedfs(tmp / "seaweedfs")
-        server = server_cm.__enter__()
-        targets.append(("s3 (SeaweedFS, loopback)", server.url("bench"), server.storage_options))
-    try:
+    with storage_targets(tmp, "bench", not args.no_s3) as targets:
         print("\n== write throughput (MB/s of float16 maps; best of %d) ==" % args.repeats)
         for label, rec in cases:
             shards = shards_of(rec, args.shard_size)
@@ -221,9 +228,6 @@ def main() -> None:
             for name, url, options in targets:
                 write_and_time(name, join(url, "readers"), options, "pathway", maps["pathway"], args.shard_size,
                                args.repeats)
-    finally:
-        if server_cm is not None:
-            server_cm.__exit__(None, None, None)
 
 
 if __name__ == "__main__":
