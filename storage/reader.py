@@ -138,14 +138,17 @@ def read_sample(url: str, sample_id: str, method: str | None = None,
     from storage.plan import PLAN_PATH
 
     where = Location(url, storage_options)
-    check_format(where)
+    run = check_format(where)
     plan = where.get_optional(PLAN_PATH)
     hit = None if plan is None else pq.read_table(pa.BufferReader(plan), columns=["sample_id", "shard_id"],
                                                   filters=[("sample_id", "==", str(sample_id))])
     if hit is None or not hit.num_rows:
         raise StorageNotFound(f"{url} has no sample {sample_id!r} in its plan")
     shard = hit.column("shard_id")[0].as_py()
-    labels = [check_name("method", method)] if method else _method_labels(read_run(url, storage_options))
+    if method:
+        labels = [check_name("method", method)]
+    else:  # the run record check_format already read (read_run says why when there is none)
+        labels = _method_labels(run if run is not None else read_run(url, storage_options))
     frames = []
     for label in labels:
         record = read_commit(where, label, shard)
