@@ -4,14 +4,15 @@ scales with shards, not samples).
 Each stage runs in a fresh subprocess, so its peak RSS (``ru_maxrss``) is the stage's own:
 
 1. A Parquet source of N rows of one encoded 28 px PNG each (dictionary-encoded, so building it is
-   cheap), in files of 1 M rows: the time and peak RSS to open and list it, to write the plan of
-   the first run, to read it back on a rerun, and to list it with ``--limit 1000``.
+   cheap), in files of 1 M rows: the time and peak RSS of a first run's planning (open, list, write
+   the plan), of a no-op rerun's planning once every shard is committed (as the job does it: the
+   plan, the zarr arrays, the committed set, the tasks), and of ``--limit 1000``.
 2. The committed set at K shards x 2 methods, locally and on S3 (SeaweedFS on loopback): the time
    to read it from the commit records alone, and after the end-of-run index (one segment).
 3. A folder of F files: the plain listing against the source listing with stamps (what finding
    1 % new files costs on a rerun).
 
-Run: ``python benchmarks/bench_scale.py [--rows 1000000,3000000] [--shards 1000,5000,20000]
+Run: ``python benchmarks/bench_scale.py [--rows 1000000,10000000] [--shards 1000,5000,20000]
 [--files 50000] [--no-s3]``. It prints each figure with the growth it shows.
 """
 
@@ -33,28 +34,27 @@ sys.path.insert(0, str(ROOT))
 
 STAGE = r"""
 import json, resource, sys, time
-sys.path.insert(0, {root!r})
-from storage.location import Location
-from storage.plan import read_plan, update_plan
-from storage.sources import open_source
-args = json.loads(sys.argv[1])
 start = time.perf_counter()
-out = {{}}
-if args["stage"] == "list":
-    refs = open_source(args["source"]).list()
-    out["samples"] = len(refs)
-elif args["stage"] == "limit":
-    refs = open_source(args["source"]).list(limit=1000)
-    out["samples"] = len(refs)
-elif args["stage"] == "plan":
-    refs = open_source(args["source"]).list()
-    listed = time.perf_counter()
-    update_plan(Location(args["output"]), refs, 512)
-    out["plan_write_s"] = time.perf_counter() - listed
-elif args["stage"] == "replan":
-    shards, _ = read_plan(Location(args["output"]))
-    out["shards"] = len(shards)
-out["seconds"] = time.perf_counter() - start
+sys.path.insert(0, {root!r})
+from storage.maps import MapStore
+from storage.plan import update_plan
+from storage.sources import open_source
+from workers.tasks import plan_shard_tasks, source_listing
+args = json.loads(sys.argv[1])
+imported = time.perf_counter()
+out = {{"imports_s": imported - start}}
+store = MapStore(args["output"])
+if args["stage"] == "list":  # every sample listed one by one (the samples form)
+    out["samples"] = len(open_source(args["source"]).list())
+elif args["stage"] == "plan":  # a first run's planning: open, list, write the plan
+    listing = source_listing(store, open_source(args["source"]), args.get("limit"))
+    plan, _ = update_plan(store.where, listing, 512)
+    out.update(samples=plan.samples, shards=len(plan.shards))
+elif args["stage"] == "rerun":  # a rerun's planning, as the job does it: plan, zarr, committed set, tasks
+    planned = plan_shard_tasks(store, source_listing(store, open_source(args["source"])), 512,
+                               ["pathway", "gradient"], (28, 28))
+    out.update(samples=planned.listed, tasks=len(planned.tasks))
+out["seconds"] = time.perf_counter() - imported
 out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 print(json.dumps(out))
 """
@@ -91,29 +91,54 @@ def growth(xs: list[float], ys: list[float]) -> str:
     return f"x{ys[-1] / ys[0]:.1f} for x{xs[-1] / xs[0]:.0f} the size"
 
 
-def bench_sources(rows: list[int], tmp: Path) -> None:
-    print("\n== Parquet source of N rows (28 px PNG each): list, plan, rerun, --limit 1000 ==")
+def commit_everything(output: Path, methods: tuple[str, ...] = ("pathway", "gradient")) -> int:
+    """Commit records for every planned shard, then the end-of-run index, as a finished run leaves
+    them (records only: the rerun being measured reads records, not maps)."""
+    from storage.location import Location
+    from storage.manifest import index_commits, read_commits, write_commit
+    from storage.plan import read_plan
+
+    where = Location(str(output))
+    shards, _ = read_plan(where)
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        list(pool.map(lambda job: write_commit(where, {"method": job[0], "shard_id": job[1].shard_id,
+                                                      "shard_index": job[1].index, "n_samples": job[1].size,
+                                                      "n_errors": 0, "files": []}),
+                      [(m, s) for m in methods for s in shards]))
+    for method in methods:
+        index_commits(where, method, {s: r for (_, s), r in read_commits(where, method).items()})
+    return len(shards)
+
+
+def bench_sources(rows: list[int], tmp: Path, per_sample_up_to: int) -> None:
+    print("\n== Parquet source of N rows (28 px PNG each): first plan, no-op rerun, --limit 1000 ==")
+    print("(seconds after imports; importing the job's modules, torch included, is shown apart; RSS is the peak)")
     results = []
     for n in rows:
         folder = tmp / f"parquet-{n}"
         t = time.perf_counter()
         parquet_source(folder / "data", n)
         built = time.perf_counter() - t
-        listed = stage(stage="list", source=str(folder / "data"))
         planned = stage(stage="plan", source=str(folder / "data"), output=str(folder / "out"))
-        replanned = stage(stage="replan", output=str(folder / "out"))
-        limited = stage(stage="limit", source=str(folder / "data"))
-        results.append((n, listed, planned, replanned, limited))
-        print(f"{n:>10,} rows (built in {built:.1f} s): list {listed['seconds']:6.1f} s / {listed['peak_rss_mb']:6.0f} MB;"
-              f" first plan {planned['seconds']:6.1f} s (writing it {planned['plan_write_s']:.1f} s) / "
-              f"{planned['peak_rss_mb']:6.0f} MB; rerun's plan read {replanned['seconds']:6.1f} s / "
-              f"{replanned['peak_rss_mb']:6.0f} MB; --limit 1000 {limited['seconds']:5.1f} s / "
-              f"{limited['peak_rss_mb']:5.0f} MB")
+        shards = commit_everything(folder / "out")
+        rerun = stage(stage="rerun", source=str(folder / "data"), output=str(folder / "out"))
+        assert rerun["tasks"] == 0 and rerun["samples"] == n, rerun
+        limited = stage(stage="plan", source=str(folder / "data"), output=str(folder / "limited"), limit=1000)
+        results.append((n, planned, rerun, limited))
+        print(f"{n:>10,} rows, {shards} shards (built in {built:.1f} s; imports {planned['imports_s']:.1f} s): "
+              f"first plan {planned['seconds']:5.2f} s / {planned['peak_rss_mb']:5.0f} MB; no-op rerun "
+              f"{rerun['seconds']:5.2f} s / {rerun['peak_rss_mb']:5.0f} MB; --limit 1000 {limited['seconds']:5.2f} s"
+              f" / {limited['peak_rss_mb']:5.0f} MB")
+        if n <= per_sample_up_to:
+            listed = stage(stage="list", source=str(folder / "data"), output=str(folder / "unused"))
+            print(f"{'':>10}  for comparison, listing it sample by sample: {listed['seconds']:5.2f} s / "
+                  f"{listed['peak_rss_mb']:5.0f} MB")
     if len(results) > 1:
         xs = [r[0] for r in results]
-        print("growth: first plan " + growth(xs, [r[2]["seconds"] for r in results]) + "; peak RSS "
-              + growth(xs, [r[2]["peak_rss_mb"] for r in results]) + "; --limit 1000 "
-              + growth(xs, [r[4]["seconds"] for r in results]) + " (per-sample where it follows the size)")
+        print("growth: first plan " + growth(xs, [r[1]["seconds"] for r in results]) + "; no-op rerun "
+              + growth(xs, [r[2]["seconds"] for r in results]) + "; peak RSS of the plan "
+              + growth(xs, [r[1]["peak_rss_mb"] for r in results]) + "; --limit 1000 "
+              + growth(xs, [r[3]["seconds"] for r in results]))
 
 
 def bench_committed(shards: list[int], targets: list[tuple[str, str, dict]]) -> None:
@@ -167,7 +192,9 @@ def bench_folder(files: int, tmp: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rows", default="1000000,3000000")
+    parser.add_argument("--rows", default="1000000,10000000")
+    parser.add_argument("--per-sample-up-to", type=int, default=1_000_000,
+                        help="also list sources up to this many rows sample by sample, for comparison")
     parser.add_argument("--shards", default="1000,5000,20000")
     parser.add_argument("--files", type=int, default=50_000)
     parser.add_argument("--no-s3", action="store_true")
@@ -176,7 +203,7 @@ def main() -> None:
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}; "
           f"load {os.getloadavg()[0]:.2f}")
     tmp = Path(tempfile.mkdtemp(prefix="bench-scale-"))
-    bench_sources([int(x) for x in args.rows.split(",") if x], tmp)
+    bench_sources([int(x) for x in args.rows.split(",") if x], tmp, args.per_sample_up_to)
     if args.files:
         bench_folder(args.files, tmp)
     from benchmarks.bench_storage import storage_targets

@@ -140,10 +140,9 @@ def finish_outputs(store: Any, plan: Any, committed: dict[str, dict[str, dict]])
     zarr arrays to the planned rows and consolidate their metadata."""
     from storage.manifest import index_commits
 
-    rows = (len(plan.shards) - 1) * plan.shard_size + len(plan.shards[-1].refs) if plan.shards else 0
     for name, records in committed.items():
         index_commits(store.where, name, records)
-        store.finish_zarr(name, rows)
+        store.finish_zarr(name, plan.planned_rows)
 
 
 #: Files under a source that are not samples, listed in run.json (all are counted).
@@ -197,9 +196,10 @@ def attribute(args: argparse.Namespace, options: dict[str, Any], store: Any, run
     from models.preprocess import describe
     from storage.checkpoints import load_checkpoint_with_digest
     from storage.manifest import now
+    from storage.plan import listed_samples
     from storage.tables import FORMAT_VERSION
     from storage.sources import match_labels, open_source
-    from workers.tasks import JobConfig, plan_shard_tasks
+    from workers.tasks import JobConfig, plan_shard_tasks, source_listing
 
     specs = parse_method_specs(args.methods)
     checkpoint = checkpoint_or_default(args.checkpoint)
@@ -223,7 +223,9 @@ def attribute(args: argparse.Namespace, options: dict[str, Any], store: Any, run
                                  args.output)
     if run_record.get("fingerprint") and added:
         print(f"adding {', '.join(added)} to {args.output} (its other methods stay as they are)")
-    refs = source.list(limit=args.limit)  # row-addressable sources read only as far as --limit needs
+    # Row-addressable sources are planned as row ranges from their files' footers or headers (nothing
+    # per sample, and only as far as --limit needs); the others are listed sample by sample.
+    listing = source_listing(store, source, args.limit)
     skipped = source.skipped()
     warnings = [w for w in (labels.warning,) if w]
     run_record.update({"attempt": uuid.uuid4().hex[:12], "fingerprint": bound,
@@ -231,7 +233,7 @@ def attribute(args: argparse.Namespace, options: dict[str, Any], store: Any, run
                        "method_params": {**run_record.get("method_params", {}), **params}, "model": spec.to_dict(),
                        "preprocessing": describe(spec), "labels": labels.to_dict(), "started_at": started,
                        "source": {"url": source.url, "format": source.kind, "label_kind": source.label_kind,
-                                  "samples": len(refs)},
+                                  "samples": listed_samples(listing)},
                        "skipped_files": {"count": len(skipped), "files": [{"path": f.path, "reason": f.reason}
                                                                           for f in skipped[:SKIPPED_LISTED]]},
                        "warnings": warnings, "status": "running"})
@@ -243,7 +245,7 @@ def attribute(args: argparse.Namespace, options: dict[str, Any], store: Any, run
     if published:
         print(f"published {len(published)} committed tables an interrupted run left in _pending/")
 
-    planned = plan_shard_tasks(store, refs, args.shard_size, config.labels, spec.input_size,
+    planned = plan_shard_tasks(store, listing, args.shard_size, config.labels, spec.input_size,
                                listing_complete=not args.limit, recompute_changed=args.recompute_changed)
     if planned.changes:
         changes = planned.changes
@@ -256,7 +258,7 @@ def attribute(args: argparse.Namespace, options: dict[str, Any], store: Any, run
             warning = f"{changes.describe()}; their maps are of the files as they were: rerun with --recompute-changed"
             print(f"warning: {warning}", file=sys.stderr)
             run_record.setdefault("warnings", []).append(warning)
-    print(f"{len(refs)} samples in {len(planned.plan.shards)} shards ({planned.new_shards} new); "
+    print(f"{planned.listed} samples in {len(planned.plan.shards)} shards ({planned.new_shards} new); "
           f"{planned.committed_shards} already committed, {len(planned.tasks)} to do; "
           f"methods: {', '.join(config.labels)}")
     print(f"{source.kind} source {source.url}; images {run_record['preprocessing']['geometry']}; labels: "

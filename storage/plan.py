@@ -1,36 +1,81 @@
 """The shard plan of a map dataset: which samples make up which shard, fixed once written.
 
-The driver cuts the source into shards once and stores the plan under the output
-(``_plan/shards.parquet``: shard_index, shard_id, sample_id, locator). Reruns read it back,
-so a shard always holds the same samples and lands on the same zarr rows, whatever the
-source looks like later. Samples that appear in the source afterwards (new files) are
-appended as new shards: only they are processed on the next run.
+The driver cuts the source into shards once and stores the plan under the output (``_plan/``).
+Reruns read it back, so a shard always holds the same samples and lands on the same zarr rows,
+whatever the source looks like later. Samples that appear in the source afterwards (new files,
+new rows) are appended as new shards, in a new plan segment: only they are processed next run.
+
+A plan takes one of two forms, fixed by its first run:
+
+- **ranges** (``_plan/ranges-<first shard>.parquet``: shard_index, shard_id, file, start, stop,
+  id_format, stamp): for row-addressable sources whose ids follow from the row (Parquet files
+  without a ``sample_id`` column, IDX). A shard is a few row ranges, so the plan grows with shards,
+  not samples, and the driver never lists samples one by one.
+- **samples** (``_plan/shards.parquet`` for the first run's shards, as before plans had segments,
+  then ``_plan/shards-<first shard>.parquet``: shard_index, shard_id, sample_id, locator, stamp):
+  one row per sample, for
+  sources that must be listed file by file anyway (folders, indexes, WebDataset) or whose ids are
+  data (a ``sample_id`` column, checked for duplicates here).
+
+Both forms cut the source in listing order into shards of ``shard_size`` (a shard may span files),
+so a source planned either way gets the same shards and ids.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from storage.fs import InvalidStorageInput
 from storage.location import Location
-from storage.sources.base import SampleRef
+from storage.sources.base import RowFile, SampleRef
 from storage.tables import PLAN_DIR, parquet_bytes
 
+#: The first segment of a plan of the samples form (the whole plan, before plans had segments).
 PLAN_PATH = f"{PLAN_DIR}/shards.parquet"
-_SCHEMA = pa.schema([("shard_index", pa.int64()), ("shard_id", pa.string()),
-                     ("sample_id", pa.string()), ("locator", pa.string()), ("stamp", pa.string())])
+SAMPLES_SCHEMA = pa.schema([("shard_index", pa.int64()), ("shard_id", pa.string()), ("sample_id", pa.string()),
+                            ("locator", pa.string()), ("stamp", pa.string())])
+RANGES_SCHEMA = pa.schema([("shard_index", pa.int64()), ("shard_id", pa.string()), ("file", pa.string()),
+                           ("start", pa.int64()), ("stop", pa.int64()), ("id_format", pa.string()),
+                           ("stamp", pa.string())])
+_PREFIX = {"samples": "shards", "ranges": "ranges"}
+
+#: The stamp of a planned sample (or row file) that was deleted (and whose shard was recomputed since).
+DELETED = "deleted"
+
+
+@dataclass(frozen=True)
+class RowRange:
+    """Rows ``start:stop`` of a row file; their ids are ``id_format.format(row=i)``."""
+
+    file: str
+    start: int
+    stop: int
+    id_format: str
+    stamp: str = field(default="", compare=False)
+
+    def sample_ids(self) -> list[str]:
+        return [self.id_format.format(row=i) for i in range(self.start, self.stop)]
 
 
 @dataclass(frozen=True)
 class Shard:
     index: int
     shard_id: str
-    refs: tuple[SampleRef, ...]
+    refs: tuple[SampleRef, ...] = ()
+    ranges: tuple[RowRange, ...] = ()
+    segment: str = field(default="", compare=False)  # the plan file that holds it
+
+    @property
+    def size(self) -> int:
+        return len(self.refs) + sum(r.stop - r.start for r in self.ranges)
+
+    def sample_ids(self) -> list[str]:
+        return [r.sample_id for r in self.refs] + [sid for r in self.ranges for sid in r.sample_ids()]
 
 
 @dataclass(frozen=True)
@@ -43,6 +88,20 @@ class ShardPlan:
         """Rows the zarr arrays need: every shard owns shard_size rows (the last ones may be partly empty)."""
         return len(self.shards) * self.shard_size
 
+    @property
+    def planned_rows(self) -> int:
+        """The zarr rows up to the last planned sample: ``(shards - 1) * shard_size + len(last shard)``."""
+        return (len(self.shards) - 1) * self.shard_size + self.shards[-1].size if self.shards else 0
+
+    @property
+    def samples(self) -> int:
+        return sum(s.size for s in self.shards)
+
+    @property
+    def form(self) -> str | None:
+        """"ranges" or "samples"; None for an empty plan."""
+        return None if not self.shards else "ranges" if self.shards[0].ranges else "samples"
+
 
 def shard_id(index: int) -> str:
     return f"{index:06d}"
@@ -50,26 +109,81 @@ def shard_id(index: int) -> str:
 
 def read_plan(where: Location) -> tuple[list[Shard], int | None]:
     """The stored plan's shards in order and its shard size, or ([], None) without a plan."""
-    data = where.get_optional(PLAN_PATH)
-    if data is None:
-        return [], None
-    table = pq.read_table(pa.BufferReader(data))
-    size = int((table.schema.metadata or {}).get(b"shard_size", b"0")) or None
-    shards: dict[int, list[SampleRef]] = {}
-    ids: dict[int, str] = {}
+    segments = [rel for rel in where.find(PLAN_DIR, ".parquet")
+                if rel.rsplit("/", 1)[-1].startswith(("shards", "ranges"))]
+    shards: list[Shard] = []
+    sizes = set()
+    for rel, data in where.get_many(segments).items():
+        if data is None:
+            continue
+        table = pq.read_table(pa.BufferReader(data))
+        sizes.add(int((table.schema.metadata or {}).get(b"shard_size", b"0")) or None)
+        shards += _ranges_of(table, rel) if "file" in table.column_names else _samples_of(table, rel)
+    if len(sizes - {None}) > 1:
+        raise InvalidStorageInput(f"{where.url_of(PLAN_DIR)} holds segments of different shard sizes {sorted(sizes)}")
+    if len({bool(s.ranges) for s in shards}) > 1:
+        raise InvalidStorageInput(f"{where.url_of(PLAN_DIR)} mixes plan forms; it was not written by this tool")
+    return sorted(shards, key=lambda s: s.index), next(iter(sizes - {None}), None)
+
+
+def _samples_of(table: pa.Table, segment: str) -> list[Shard]:
     if "stamp" not in table.column_names:  # planned before stamps were recorded
         table = table.append_column("stamp", pa.array([""] * table.num_rows, pa.string()))
-    for index, sid, sample_id, locator, stamp in zip(*(table.column(c).to_pylist() for c in _SCHEMA.names)):
-        shards.setdefault(index, []).append(SampleRef(sample_id, json.loads(locator), stamp or ""))
+    refs: dict[int, list[SampleRef]] = {}
+    ids: dict[int, str] = {}
+    for index, sid, sample_id, locator, stamp in zip(*(table.column(c).to_pylist() for c in SAMPLES_SCHEMA.names)):
+        refs.setdefault(index, []).append(SampleRef(sample_id, json.loads(locator), stamp or ""))
         ids[index] = sid
-    return [Shard(i, ids[i], tuple(shards[i])) for i in sorted(shards)], size
+    return [Shard(i, ids[i], tuple(refs[i]), segment=segment) for i in refs]
 
 
-def update_plan(where: Location, refs: Sequence[SampleRef], shard_size: int) -> tuple[ShardPlan, int]:
-    """Read the stored plan, append shards for samples it lacks, store it; returns (plan, new shards).
+def _ranges_of(table: pa.Table, segment: str) -> list[Shard]:
+    ranges: dict[int, list[RowRange]] = {}
+    ids: dict[int, str] = {}
+    for index, sid, file, start, stop, fmt, stamp in zip(*(table.column(c).to_pylist()
+                                                           for c in RANGES_SCHEMA.names)):
+        ranges.setdefault(index, []).append(RowRange(file, start, stop, fmt, stamp or ""))
+        ids[index] = sid
+    return [Shard(i, ids[i], ranges=tuple(ranges[i]), segment=segment) for i in ranges]
 
-    A stored plan fixes the shard size: asking for another one is an error, since it would
-    move samples between shards that are already committed.
+
+def shard_of(where: Location, sample_id: str) -> str | None:
+    """The id of the shard that holds ``sample_id``, reading the plan's segments without building it
+    (a filter on the samples form; each range's id pattern on the ranges form); None if unplanned."""
+    for rel in where.find(PLAN_DIR, ".parquet"):
+        if not rel.rsplit("/", 1)[-1].startswith(("shards", "ranges")):
+            continue
+        data = where.get_optional(rel)
+        if data is None:
+            continue
+        if pq.read_schema(pa.BufferReader(data)).get_field_index("file") < 0:
+            hit = pq.read_table(pa.BufferReader(data), columns=["shard_id"], filters=[("sample_id", "==", sample_id)])
+            if hit.num_rows:
+                return str(hit.column("shard_id")[0].as_py())
+            continue
+        table = pq.read_table(pa.BufferReader(data))
+        for sid, file, start, stop, fmt in zip(*(table.column(c).to_pylist()
+                                                for c in ("shard_id", "file", "start", "stop", "id_format"))):
+            row = RowFile(file, stop, fmt).row_of(sample_id)
+            if row is not None and start <= row:
+                return str(sid)
+    return None
+
+
+Listing = Sequence[SampleRef] | Sequence[RowFile]
+
+
+def listed_samples(listing: Listing) -> int:
+    """How many samples a listing (refs, or row files) holds."""
+    return sum(x.rows if isinstance(x, RowFile) else 1 for x in listing)
+
+
+def update_plan(where: Location, listing: Listing, shard_size: int) -> tuple[ShardPlan, int]:
+    """Read the stored plan, append shards for what it lacks as a new segment; returns (plan, new shards).
+
+    ``listing`` is the source's refs (samples form) or its row files (ranges form); a stored plan of
+    the samples form needs refs. A stored plan fixes the shard size: asking for another one is an
+    error, since it would move samples between shards that are already committed.
     """
     if shard_size < 1:
         raise InvalidStorageInput(f"shard size must be >= 1, got {shard_size}")
@@ -79,22 +193,54 @@ def update_plan(where: Location, refs: Sequence[SampleRef], shard_size: int) -> 
             f"{where.url} was planned with shard size {stored}; rerun with --shard-size {stored} or write to a "
             "new output"
         )
+    ranges = bool(listing) and isinstance(listing[0], RowFile)
+    if ranges and shards and not shards[0].ranges:
+        raise InvalidStorageInput(f"{where.url} was planned sample by sample: list the source's samples to extend it")
+    if not ranges and shards and shards[0].ranges and listing:
+        raise InvalidStorageInput(f"{where.url} was planned by row ranges, but the source is no longer row-addressable "
+                                  "(a sample_id column appeared?): write to a new output")
+    first = len(shards)
+    cut = _cut_ranges if ranges else _cut_samples
+    new = [Shard(first + k, shard_id(first + k), **part)
+           for k, part in enumerate(cut(shards, listing, shard_size))]  # type: ignore[arg-type]
+    if new:
+        segment = PLAN_PATH if not ranges and first == 0 else \
+            f"{PLAN_DIR}/{_PREFIX['ranges' if ranges else 'samples']}-{shard_id(first)}.parquet"
+        new = [replace(s, segment=segment) for s in new]
+        _write(where, segment, new, shard_size)
+    return ShardPlan(tuple(shards + new), shard_size), len(new)
+
+
+def _cut_samples(shards: Sequence[Shard], refs: Sequence[SampleRef], shard_size: int) -> Iterable[dict]:
     planned = {r.sample_id for s in shards for r in s.refs}
     new = [r for r in refs if r.sample_id not in planned]
     if len({r.sample_id for r in new}) != len(new):
         raise InvalidStorageInput("the source lists duplicate sample ids; they must be unique to be committed "
                                   "exactly once")
-    first = len(shards)
     for offset in range(0, len(new), shard_size):
-        index = first + offset // shard_size
-        shards.append(Shard(index, shard_id(index), tuple(new[offset : offset + shard_size])))
-    if new:
-        _write(where, shards, shard_size)
-    return ShardPlan(tuple(shards), shard_size), len(shards) - first
+        yield {"refs": tuple(new[offset:offset + shard_size])}
 
 
-#: The stamp of a planned sample whose file was deleted (and whose shard was recomputed since).
-DELETED = "deleted"
+def _cut_ranges(shards: Sequence[Shard], files: Sequence[RowFile], shard_size: int) -> Iterable[dict]:
+    """The rows the plan lacks (past each file's planned rows), cut into shards of consecutive ranges."""
+    covered: dict[str, int] = {}
+    for shard in shards:
+        for r in shard.ranges:
+            covered[r.file] = max(covered.get(r.file, 0), r.stop)
+    part: list[RowRange] = []
+    room = shard_size
+    for f in files:
+        start = covered.get(f.name, 0)
+        while start < f.rows:
+            stop = min(f.rows, start + room)
+            part.append(RowRange(f.name, start, stop, f.id_format, f.stamp))
+            room -= stop - start
+            start = stop
+            if room == 0:
+                yield {"ranges": tuple(part)}
+                part, room = [], shard_size
+    if part:
+        yield {"ranges": tuple(part)}
 
 
 @dataclass(frozen=True)
@@ -114,40 +260,57 @@ class SourceChanges:
                 f"mapped, in {len(self.shards)} shards (e.g. {', '.join(examples)})")
 
 
-def source_changes(plan: ShardPlan, refs: Sequence[SampleRef], listing_complete: bool = True) -> SourceChanges:
+def _now_stamps(listing: Listing) -> dict[str, str]:
+    """{sample id or row file name: its stamp now}."""
+    return {(x.name if isinstance(x, RowFile) else x.sample_id): x.stamp for x in listing}
+
+
+def source_changes(plan: ShardPlan, listing: Listing, listing_complete: bool = True) -> SourceChanges:
     """What changed in the source since the plan: a stamp that differs (both known), or a planned
-    sample the listing lacks (only when ``refs`` is the whole listing, not a ``--limit`` of it)."""
-    current = {r.sample_id: r for r in refs}
+    sample (row file) the listing lacks (only when ``listing`` is the whole source, not a ``--limit``
+    of it). A changed or deleted row file changes every planned row of it."""
+    current = _now_stamps(listing)
     changed, deleted, shards = [], [], set()
     for shard in plan.shards:
-        for ref in shard.refs:
-            now = current.get(ref.sample_id)
-            if now is None and listing_complete and ref.stamp != DELETED:
-                deleted.append(ref.sample_id)
+        parts = [(r.sample_id, r.stamp, [r.sample_id]) for r in shard.refs] + \
+                [(r.file, r.stamp, r) for r in shard.ranges]
+        for key, planned, ids in parts:
+            now = current.get(key)
+            if now is None and listing_complete and planned != DELETED:
+                deleted.extend(ids if isinstance(ids, list) else ids.sample_ids())
                 shards.add(shard.index)
-            elif now is not None and ref.stamp and now.stamp and ref.stamp != now.stamp:
-                changed.append(ref.sample_id)
+            elif now is not None and planned and now and planned != now:
+                changed.extend(ids if isinstance(ids, list) else ids.sample_ids())
                 shards.add(shard.index)
     return SourceChanges(tuple(changed), tuple(deleted), tuple(sorted(shards)))
 
 
-def restamp(where: Location, plan: ShardPlan, refs: Sequence[SampleRef], listing_complete: bool = True) -> ShardPlan:
-    """The plan with the samples' current locators and stamps (same shards, same rows), stored; a
-    sample the listing lacks is stamped deleted, so it is reported once, not on every run."""
-    current = {r.sample_id: r for r in refs}
+def restamp(where: Location, plan: ShardPlan, listing: Listing, listing_complete: bool = True) -> ShardPlan:
+    """The plan with the samples' (row files') current stamps and locators (same shards, same rows),
+    stored; one the listing lacks is stamped deleted, so it is reported once, not on every run."""
+    refs = {x.sample_id: x for x in listing if isinstance(x, SampleRef)}
+    stamps = _now_stamps(listing)
 
-    def now(ref: SampleRef) -> SampleRef:
-        if ref.sample_id in current:
-            return current[ref.sample_id]
-        return SampleRef(ref.sample_id, ref.locator, DELETED) if listing_complete else ref
+    def gone(stamp: str) -> str:
+        return DELETED if listing_complete else stamp
 
-    shards = tuple(Shard(s.index, s.shard_id, tuple(now(r) for r in s.refs)) for s in plan.shards)
-    _write(where, shards, plan.shard_size)
+    def now(shard: Shard) -> Shard:
+        return replace(shard, refs=tuple(refs.get(r.sample_id) or replace(r, stamp=gone(r.stamp)) for r in shard.refs),
+                       ranges=tuple(replace(r, stamp=stamps.get(r.file, gone(r.stamp))) for r in shard.ranges))
+
+    shards = tuple(now(s) for s in plan.shards)
+    for segment in sorted({s.segment for s in shards}):
+        _write(where, segment, [s for s in shards if s.segment == segment], plan.shard_size)
     return ShardPlan(shards, plan.shard_size)
 
 
-def _write(where: Location, shards: Sequence[Shard], shard_size: int) -> None:
-    rows = [(s.index, s.shard_id, r.sample_id, json.dumps(r.locator), r.stamp) for s in shards for r in s.refs]
-    schema = _SCHEMA.with_metadata({"shard_size": str(shard_size)})
-    table = pa.table({name: [row[i] for row in rows] for i, name in enumerate(_SCHEMA.names)}, schema=schema)
-    where.put(PLAN_PATH, parquet_bytes(table))
+def _write(where: Location, segment: str, shards: Sequence[Shard], shard_size: int) -> None:
+    if shards and shards[0].ranges:
+        schema = RANGES_SCHEMA
+        rows = [(s.index, s.shard_id, r.file, r.start, r.stop, r.id_format, r.stamp) for s in shards for r in s.ranges]
+    else:
+        schema = SAMPLES_SCHEMA
+        rows = [(s.index, s.shard_id, r.sample_id, json.dumps(r.locator), r.stamp) for s in shards for r in s.refs]
+    table = pa.table({name: [row[i] for row in rows] for i, name in enumerate(schema.names)},
+                     schema=schema.with_metadata({"shard_size": str(shard_size)}))
+    where.put(segment, parquet_bytes(table))

@@ -135,16 +135,13 @@ def read_sample(url: str, sample_id: str, method: str | None = None,
     """
     import pandas as pd
 
-    from storage.plan import PLAN_PATH
+    from storage.plan import shard_of
 
     where = Location(url, storage_options)
     run = check_format(where)
-    plan = where.get_optional(PLAN_PATH)
-    hit = None if plan is None else pq.read_table(pa.BufferReader(plan), columns=["sample_id", "shard_id"],
-                                                  filters=[("sample_id", "==", str(sample_id))])
-    if hit is None or not hit.num_rows:
+    shard = shard_of(where, str(sample_id))
+    if shard is None:
         raise StorageNotFound(f"{url} has no sample {sample_id!r} in its plan")
-    shard = hit.column("shard_id")[0].as_py()
     if method:
         labels = [check_name("method", method)]
     else:  # the run record check_format already read (read_run says why when there is none)
@@ -299,8 +296,8 @@ def join_with_source(maps_df: pd.DataFrame, source: Source | str, spec: Any = No
         from models.registry import ModelSpec
 
         model_spec = spec if isinstance(spec, ModelSpec) else ModelSpec.from_dict(spec.get("model", spec))
-    by_id = {ref.sample_id: ref for ref in source.list()}
     ids = [str(s) for s in maps_df["sample_id"]]
+    by_id = source.find(list(dict.fromkeys(ids)))  # row-addressable sources: from the ids, without listing
     wanted = list(dict.fromkeys(s for s in ids if s in by_id))
     images: dict[str, np.ndarray] = {}
     failed: list[str] = [s for s in dict.fromkeys(ids) if s not in by_id]

@@ -154,7 +154,8 @@ class ShardAttributor:
         try:
             return self._on_compute_thread(self._process_shard, task)
         except Exception as err:  # noqa: BLE001 - every cause is reported as one line naming the shard
-            first = task.refs[0].sample_id if task.refs else "-"
+            first = task.refs[0].sample_id if task.refs else task.ranges[0].id_format.format(
+                row=task.ranges[0].start) if task.ranges else "-"
             raise ShardFailed(f"shard {task.shard_id} ({task.samples} samples from {first!r}) failed on worker "
                               f"{self.worker}: {type(err).__name__}: {' '.join(str(err).split())}"[:1000]) from err
 
@@ -162,14 +163,15 @@ class ShardAttributor:
         start = time.perf_counter()
         parts: dict[str, list[tuple[list[Sample], torch.Tensor, attribution.Details]]] = {m: [] for m in task.methods}
         errors: list[SampleError] = []
-        for samples, bad in self._decoded_batches(task.refs):
+        refs = task.sample_refs(self.source)
+        for samples, bad in self._decoded_batches(refs):
             errors.extend(bad)
             if samples:
                 computed, failed = self._compute(samples, task.methods)
                 errors.extend(failed)
                 for name in task.methods:
                     parts[name].extend(computed[name])
-        sample_ids = [r.sample_id for r in task.refs]
+        sample_ids = [r.sample_id for r in refs]
         for name in task.methods:
             self.store.write_shard(task.shard_id, task.index, name, self._records(name, parts[name]), errors,
                                    sample_ids=sample_ids)

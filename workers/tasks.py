@@ -19,8 +19,9 @@ from typing import Any
 
 from attribution import MethodSpec
 from storage.maps import MapStore
-from storage.plan import ShardPlan, SourceChanges, restamp, source_changes, update_plan
-from storage.sources import SampleRef
+from storage.plan import (RowRange, ShardPlan, SourceChanges, listed_samples, read_plan, restamp, source_changes,
+                          update_plan)
+from storage.sources import RowFile, SampleRef, Source
 
 
 @dataclass(frozen=True)
@@ -85,28 +86,36 @@ def stored_methods(config: Mapping[str, Any]) -> tuple[MethodSpec, ...]:
 
 @dataclass(frozen=True)
 class ShardTask:
-    """One shard to process: its position in the plan, its samples and the methods still to commit."""
+    """One shard to process: its position in the plan, its samples (as refs, or as row ranges the
+    worker expands through its source) and the methods still to commit."""
 
     index: int
     shard_id: str
     refs: tuple[SampleRef, ...]
     methods: tuple[str, ...]
+    ranges: tuple[RowRange, ...] = ()
 
     @property
     def samples(self) -> int:
-        return len(self.refs)
+        return len(self.refs) + sum(r.stop - r.start for r in self.ranges)
+
+    def sample_refs(self, source: Source) -> list[SampleRef]:
+        """The shard's refs; row ranges are expanded by ``source`` (a row-addressable one)."""
+        return list(self.refs) + [ref for r in self.ranges for ref in source.row_refs(r.file, r.start, r.stop)]
 
     def to_row(self) -> dict[str, Any]:
-        """A Ray Data row: plain strings and ints (refs and methods as JSON)."""
+        """A Ray Data row: plain strings and ints (refs, ranges and methods as JSON)."""
         return {"shard_index": self.index, "shard_id": self.shard_id, "samples": self.samples,
                 "refs": json.dumps([[r.sample_id, r.locator] for r in self.refs]),
+                "ranges": json.dumps([[r.file, r.start, r.stop, r.id_format] for r in self.ranges]),
                 "methods": json.dumps(list(self.methods))}
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> ShardTask:
         return cls(int(row["shard_index"]), str(row["shard_id"]),
                    tuple(SampleRef(str(sid), locator) for sid, locator in json.loads(str(row["refs"]))),
-                   tuple(json.loads(str(row["methods"]))))
+                   tuple(json.loads(str(row["methods"]))),
+                   tuple(RowRange(str(f), int(a), int(b), str(fmt)) for f, a, b, fmt in json.loads(str(row["ranges"]))))
 
 
 @dataclass(frozen=True)
@@ -118,6 +127,7 @@ class PlannedRun:
     tasks: tuple[ShardTask, ...]
     changes: SourceChanges = SourceChanges()
     recomputed: tuple[str, ...] = ()  # shards un-committed because their source files changed
+    listed: int = 0  # samples in the source listing (all of it, or the --limit)
 
     @property
     def pending_samples(self) -> int:
@@ -129,25 +139,34 @@ class PlannedRun:
         return len(self.plan.shards) - len(self.tasks)
 
 
-def plan_shard_tasks(store: MapStore, refs: Sequence[SampleRef], shard_size: int, methods: Sequence[str],
-                     map_shape: tuple[int, int], *, listing_complete: bool = True,
+def source_listing(store: MapStore, source: Source, limit: int | None = None) -> Sequence[SampleRef] | list[RowFile]:
+    """What to plan from: the source's row files where it is row-addressable (the plan then holds row
+    ranges, not one ref per sample), else its refs; an output planned sample by sample stays so."""
+    shards, _ = read_plan(store.where)
+    files = None if shards and not shards[0].ranges else source.row_files(limit)
+    return files if files is not None else source.list(limit)
+
+
+def plan_shard_tasks(store: MapStore, listing: Sequence[SampleRef] | Sequence[RowFile], shard_size: int,
+                     methods: Sequence[str], map_shape: tuple[int, int], *, listing_complete: bool = True,
                      recompute_changed: bool = False) -> PlannedRun:
-    """Extend the stored plan by the samples it lacks, size every method's zarr arrays for it, and
-    return a task for each shard that some method has not committed, naming those methods.
+    """Extend the stored plan by what it lacks (``listing``: refs, or row files from
+    :func:`source_listing`), size every method's zarr arrays for it, and return a task for each shard
+    that some method has not committed, naming those methods.
 
     Samples whose file changed or vanished since they were planned are reported; with
     ``recompute_changed`` their shards are un-committed for ``methods`` (the plan takes the files'
     new stamps) and computed again, so a deleted file's sample becomes an error row instead of
     keeping the map of a file that is gone."""
-    plan, new_shards = update_plan(store.where, refs, shard_size)
-    changes = source_changes(plan, refs, listing_complete)
+    plan, new_shards = update_plan(store.where, listing, shard_size)
+    changes = source_changes(plan, listing, listing_complete)
     recomputed: tuple[str, ...] = ()
     if changes and recompute_changed:
-        plan = restamp(store.where, plan, refs, listing_complete)
+        plan = restamp(store.where, plan, listing, listing_complete)
         recomputed = tuple(plan.shards[i].shard_id for i in changes.shards)
         for method in methods:
             for index in changes.shards:
-                store.uncommit(method, plan.shards[index].shard_id, index, len(plan.shards[index].refs))
+                store.uncommit(method, plan.shards[index].shard_id, index, plan.shards[index].size)
     for method in methods:
         store.ensure_zarr(method, plan.total_rows, map_shape, plan.shard_size)
     done = {method: set(store.committed(method)) for method in methods}
@@ -155,5 +174,5 @@ def plan_shard_tasks(store: MapStore, refs: Sequence[SampleRef], shard_size: int
     for shard in plan.shards:
         pending = tuple(m for m in methods if shard.shard_id not in done[m])
         if pending:
-            tasks.append(ShardTask(shard.index, shard.shard_id, shard.refs, pending))
-    return PlannedRun(plan, new_shards, tuple(tasks), changes, recomputed)
+            tasks.append(ShardTask(shard.index, shard.shard_id, shard.refs, pending, shard.ranges))
+    return PlannedRun(plan, new_shards, tuple(tasks), changes, recomputed, listed_samples(listing))

@@ -73,6 +73,31 @@ class SampleRef:
     stamp: str = field(default="", compare=False)
 
 
+@dataclass(frozen=True)
+class RowFile:
+    """A file of a row-addressable source: its rows 0..rows-1 are samples, in order, and a sample's id
+    follows from (file, row) alone: ``id_format.format(row=i)``. A plan can then hold a shard as row
+    ranges instead of one ref per sample (:mod:`storage.plan`)."""
+
+    name: str             # relative to the source URL
+    rows: int
+    id_format: str        # a str.format template with one ``{row}`` field, e.g. "test-00000.parquet#{row}"
+    stamp: str = ""       # size and version of the file (a changed stamp: its samples changed)
+
+    def sample_id(self, row: int) -> str:
+        return self.id_format.format(row=row)
+
+    def row_of(self, sample_id: str) -> int | None:
+        """The row whose id is ``sample_id``, or None when it is not one of this file's ids."""
+        head, _, rest = self.id_format.partition("{row")
+        tail = rest.partition("}")[2]
+        if not (sample_id.startswith(head) and sample_id.endswith(tail)) or len(sample_id) <= len(head) + len(tail):
+            return None
+        middle = sample_id[len(head):len(sample_id) - len(tail)]
+        row = int(middle) if middle.isdigit() else -1
+        return row if 0 <= row < self.rows and self.sample_id(row) == sample_id else None
+
+
 @dataclass
 class Sample:
     sample_id: str
@@ -139,6 +164,32 @@ class Source(abc.ABC):
     def skipped(self) -> list[SkippedFile]:
         """Files under the source that are not samples, with why (complete once :meth:`list` ran)."""
         return []
+
+    def row_files(self, limit: int | None = None) -> list[RowFile] | None:
+        """The source as files of rows (the first ``limit`` rows), where it is row-addressable and its
+        sample ids follow from the row; None where samples must be listed one by one (the default).
+        Cheap: headers or footers only, nothing per sample."""
+        return None
+
+    def row_refs(self, name: str, start: int, stop: int) -> list[SampleRef]:
+        """The refs of rows ``start:stop`` of the row file ``name`` (see :meth:`row_files`)."""
+        raise NotImplementedError(f"{type(self).__name__} is not row-addressable")
+
+    def find(self, sample_ids: Sequence[str]) -> dict[str, SampleRef]:
+        """Refs of those ``sample_ids`` the source holds. Row-addressable sources work them out from
+        the ids; the others list the source (once per Source object, where it caches its listing)."""
+        files = self.row_files()
+        if files is None:
+            wanted = set(sample_ids)
+            return {r.sample_id: r for r in self.list() if r.sample_id in wanted}
+        found = {}
+        for sid in sample_ids:
+            for f in files:
+                row = f.row_of(sid)
+                if row is not None:
+                    found[sid] = self.row_refs(f.name, row, row + 1)[0]
+                    break
+        return found
 
     def __len__(self) -> int:
         return len(self.list())

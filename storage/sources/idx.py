@@ -17,8 +17,9 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 
 from storage.fs import StorageError, join, open_fs, storage_errors
-from storage.sources.base import Sample, SampleError, SampleRef, Source, split_aliases
+from storage.sources.base import RowFile, Sample, SampleError, SampleRef, Source, split_aliases
 from storage.sources.classes import kind_of_classes
+from storage.sources.files import stamp
 
 FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                          "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
@@ -81,6 +82,7 @@ class IDXSource(Source):
         self._cache_lock = threading.Lock()
         self._cache_images: np.ndarray | None = None
         self._cache_labels: np.ndarray | None = None
+        self._cache_stamp: str | None = None
 
     def _path(self, name: str) -> str:
         return join(self.root, name)
@@ -132,8 +134,24 @@ class IDXSource(Source):
             return self._cache_images
 
     def list(self, limit: int | None = None) -> list[SampleRef]:
+        return self.row_refs(self.images_file, 0, min(self._n, limit or self._n))
+
+    def _id_format(self) -> str:
         width = max(5, len(str(self._n - 1)))
-        return [SampleRef(f"{self.name}/{self.split}/{i:0{width}d}", i) for i in range(min(self._n, limit or self._n))]
+        prefix = f"{self.name}/{self.split}/".replace("{", "{{").replace("}", "}}")
+        return prefix + "{row:0" + str(width) + "d}"
+
+    def row_files(self, limit: int | None = None) -> list[RowFile]:
+        """One file of rows: the images file (its stamp also covers the labels file's)."""
+        if self._cache_stamp is None:
+            with storage_errors(self.url, "list", self.storage_options):
+                self._cache_stamp = "+".join(stamp(self.fs.info(self._path(f)))
+                                             for f in (self.images_file, self.labels_file))
+        return [RowFile(self.images_file, min(self._n, limit or self._n), self._id_format(), self._cache_stamp)]
+
+    def row_refs(self, name: str, start: int, stop: int) -> list[SampleRef]:
+        template = self._id_format()
+        return [SampleRef(template.format(row=i), i) for i in range(start, min(stop, self._n))]
 
     def _runs(self, idx: list[int]) -> Iterator[tuple[int, int]]:
         """Maximal runs of consecutive indices as (start, stop)."""

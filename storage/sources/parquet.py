@@ -34,9 +34,10 @@ import pyarrow.parquet as pq
 
 from storage.fs import StorageError, join, open_fs, storage_errors
 from storage.retry import is_transient, retrying
-from storage.sources.base import NO_LABEL, Sample, SampleError, SampleRef, SkippedFile, Source, decoded_sample, files_of_split
+from storage.sources.base import (NO_LABEL, RowFile, Sample, SampleError, SampleRef, SkippedFile, Source, decoded_sample,
+                                  files_of_split)
 from storage.sources.classes import classes_of, kind_of_classes
-from storage.sources.files import fetch_urls, file_sample, resolve_path
+from storage.sources.files import fetch_urls, file_sample, resolve_path, stamp, stamped_files
 from storage.sources.images import is_image_name
 
 IMAGE_COLUMNS = ("image", "img")
@@ -62,14 +63,19 @@ class ParquetSource(Source):
         self.root = path.rstrip("/")
         with storage_errors(self.url, "list", self.storage_options):
             single = self.root.endswith(".parquet") and retrying(lambda: self.fs.isfile(self.root), f"checking {url}")
-            found = [] if single else sorted(retrying(lambda: self.fs.find(self.root, detail=False), f"listing {url}"))
+            if single:
+                stamps = {self.root.rsplit("/", 1)[1]: stamp(retrying(lambda: self.fs.info(self.root),
+                                                                      f"checking {url}"))}
+            else:
+                stamps = stamped_files(self.fs, self.root, self.url, self.storage_options)
         self._single = single
+        self._stamps = stamps  # size and version of each file, as listed (RowFile.stamp)
         self._skipped: list[SkippedFile] = []
         if single:
             self.root, name = self.root.rsplit("/", 1)
             files = [name]
         else:
-            rel = [p[len(self.root) + 1:] for p in found]
+            rel = list(stamps)
             self._skipped = [SkippedFile(r, "not a .parquet file") for r in rel  # images are read where rows name them
                              if not r.endswith(".parquet") and not is_image_name(r)]
             rel = [r for r in rel if r.endswith(".parquet")]
@@ -185,6 +191,24 @@ class ParquetSource(Source):
 
     def skipped(self) -> list[SkippedFile]:
         return list(self._skipped)
+
+    def row_files(self, limit: int | None = None) -> list[RowFile] | None:
+        """Each file's rows, from the footers already read; None where the files name their samples
+        (a ``sample_id`` column), since then ids are data and the plan must hold them."""
+        if any("sample_id" in self._meta(rel).schema.names for rel in self.files):
+            return None
+        files, total = [], 0
+        for rel in self.files:
+            if limit is not None and total >= limit:
+                break
+            rows = self._meta(rel).num_rows if limit is None else min(self._meta(rel).num_rows, limit - total)
+            files.append(RowFile(rel, rows, rel.replace("{", "{{").replace("}", "}}") + "#{row}",
+                                 self._stamps.get(rel, "")))
+            total += rows
+        return files
+
+    def row_refs(self, name: str, start: int, stop: int) -> list[SampleRef]:
+        return [SampleRef(f"{name}#{i}", f"{name}#{i}") for i in range(start, stop)]
 
     def read(self, refs: Sequence[SampleRef]) -> Iterator[Sample | SampleError]:
         i = 0

@@ -7,8 +7,9 @@ import pytest
 
 from storage.fs import InvalidStorageInput, join, open_fs
 from storage.location import Location
-from storage.plan import PLAN_PATH, read_plan, shard_id, update_plan
-from storage.sources import SampleRef, open_source
+from storage.plan import (DELETED, PLAN_PATH, RowRange, read_plan, restamp, shard_id, shard_of, source_changes,
+                          update_plan)
+from storage.sources import RowFile, SampleRef, open_source
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +80,89 @@ def test_bad_inputs(tmp_path, refs) -> None:
 
 def test_unreachable_store_names_the_plan(s3_server) -> None:
     options = {**s3_server.storage_options, "secret": "not-the-secret-123"}
-    with pytest.raises(OSError, match="plan/shards.parquet") as info:
+    with pytest.raises(OSError, match="denied/_plan: the store rejected the credentials") as info:
         read_plan(Location(s3_server.url("denied"), options))
     assert "not-the-secret-123" not in str(info.value)
+
+
+# -- the ranges form: row-addressable sources, a plan that grows with shards -----------------
+def row_file(name: str, rows: int, stamp: str = "v1") -> RowFile:
+    return RowFile(name, rows, name + "#{row}", stamp)
+
+
+def test_row_files_are_cut_into_shards_of_ranges_with_the_ids_of_the_samples_form(storage_root) -> None:
+    url, options = storage_root
+    files = [row_file("a.parquet", 7), row_file("b.parquet", 5)]
+    plan, new = update_plan(Location(url, options), files, 5)
+    assert new == 3 and plan.form == "ranges" and plan.samples == 12 and plan.planned_rows == 12
+    assert [s.ranges for s in plan.shards] == [
+        (RowRange("a.parquet", 0, 5, "a.parquet#{row}"),),
+        (RowRange("a.parquet", 5, 7, "a.parquet#{row}"), RowRange("b.parquet", 0, 3, "b.parquet#{row}")),
+        (RowRange("b.parquet", 3, 5, "b.parquet#{row}"),)]
+    # The same shards and ids as listing the samples one by one would give.
+    refs = [SampleRef(f"{f.name}#{i}", f"{f.name}#{i}") for f in files for i in range(f.rows)]
+    by_samples, _ = update_plan(Location(join(url, "samples"), options), refs, 5)
+    assert [s.sample_ids() for s in plan.shards] == [s.sample_ids() for s in by_samples.shards]
+    stored, size = read_plan(Location(url, options))
+    assert size == 5 and tuple(stored) == plan.shards and stored[1].ranges[1].stamp == "v1"
+    fs, root = open_fs(url, options)
+    segment = pq.read_table(fs.open(join(root, "_plan/ranges-000000.parquet"), "rb"))
+    assert segment.num_rows == 4  # a row per range, not per sample
+    assert shard_of(Location(url, options), "b.parquet#2") == "000001"
+    assert shard_of(Location(url, options), "b.parquet#5") is None  # past the planned rows
+    assert shard_of(Location(url, options), "c.parquet#0") is None
+
+
+def test_new_rows_and_files_are_appended_as_a_new_segment(storage_root) -> None:
+    url, options = storage_root
+    where = Location(url, options)
+    first, _ = update_plan(where, [row_file("a.parquet", 3)], 4)  # as with --limit 3
+    fs, root = open_fs(url, options)
+    before = fs.cat_file(join(root, "_plan/ranges-000000.parquet"))
+    again, new = update_plan(where, [row_file("a.parquet", 3)], 4)
+    assert new == 0 and again == first
+    grown, new = update_plan(where, [row_file("a.parquet", 6), row_file("b.parquet", 2)], 4)
+    assert new == 2 and grown.shards[:1] == first.shards
+    assert [s.ranges for s in grown.shards[1:]] == [
+        (RowRange("a.parquet", 3, 6, "a.parquet#{row}"), RowRange("b.parquet", 0, 1, "b.parquet#{row}")),
+        (RowRange("b.parquet", 1, 2, "b.parquet#{row}"),)]
+    assert fs.cat_file(join(root, "_plan/ranges-000000.parquet")) == before  # the first segment is untouched
+    assert fs.exists(join(root, "_plan/ranges-000001.parquet"))
+    assert read_plan(where)[0] == list(grown.shards)
+    with pytest.raises(InvalidStorageInput, match="planned by row ranges"):
+        update_plan(where, [SampleRef("x", "x")], 4)
+
+
+def test_a_changed_or_deleted_row_file_changes_all_its_planned_rows(storage_root) -> None:
+    url, options = storage_root
+    where = Location(url, options)
+    plan, _ = update_plan(where, [row_file("a.parquet", 3), row_file("b.parquet", 3)], 2)
+    assert not source_changes(plan, [row_file("a.parquet", 3), row_file("b.parquet", 3)])
+    changes = source_changes(plan, [row_file("a.parquet", 3, "v2")])
+    assert changes.changed == ("a.parquet#0", "a.parquet#1", "a.parquet#2")
+    assert changes.deleted == ("b.parquet#0", "b.parquet#1", "b.parquet#2") and changes.shards == (0, 1, 2)
+    assert not source_changes(plan, [row_file("a.parquet", 3)], listing_complete=False)  # --limit: not deleted
+    restamped = restamp(where, plan, [row_file("a.parquet", 3, "v2")])
+    assert [r.stamp for s in restamped.shards for r in s.ranges] == ["v2", "v2", DELETED, DELETED]
+    assert not source_changes(read_plan_as(where), [row_file("a.parquet", 3, "v2")])  # reported once
+
+
+def read_plan_as(where):
+    from storage.plan import ShardPlan
+
+    shards, size = read_plan(where)
+    return ShardPlan(tuple(shards), size)
+
+
+def test_a_samples_plan_keeps_its_form_and_grows_in_segments(storage_root, refs) -> None:
+    url, options = storage_root
+    where = Location(url, options)
+    update_plan(where, refs[:10], 5)
+    plan, new = update_plan(where, refs, 5)
+    assert new == 3 and plan.form == "samples"
+    fs, root = open_fs(url, options)
+    assert pq.read_table(fs.open(join(root, PLAN_PATH), "rb")).num_rows == 10  # the first run's, untouched
+    assert pq.read_table(fs.open(join(root, "_plan/shards-000002.parquet"), "rb")).num_rows == 15
+    assert shard_of(where, refs[12].sample_id) == "000002"
+    with pytest.raises(InvalidStorageInput, match="planned sample by sample"):
+        update_plan(where, [row_file("a.parquet", 3)], 5)

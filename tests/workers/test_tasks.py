@@ -1,0 +1,65 @@
+"""workers.tasks: what the driver plans from (row ranges or refs) and the tasks it hands to workers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from attribution import MethodSpec
+from storage.maps import MapStore
+from storage.plan import RowRange, update_plan
+from storage.reader import maps_array, read_maps
+from storage.sources import RowFile, open_source
+from tests.helpers import every_file, tiny_checkpoint, write_folder
+from workers.attributor import ShardAttributor
+from workers.tasks import JobConfig, ShardTask, plan_shard_tasks, source_listing
+
+METHODS = ("pathway", "gradient")
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> str:
+    return tiny_checkpoint(tmp_path_factory.mktemp("checkpoint"))
+
+
+def test_row_addressable_sources_are_planned_by_ranges_and_others_by_samples(tmp_path) -> None:
+    idx = open_source("fashion-mnist")
+    listing = source_listing(MapStore(str(tmp_path / "new")), idx, limit=30)
+    assert all(isinstance(x, RowFile) for x in listing) and sum(f.rows for f in listing) == 30
+    # An output planned sample by sample (as every output was before ranges) stays so.
+    old = MapStore(str(tmp_path / "old"))
+    update_plan(old.where, idx.list(limit=10), 5)
+    assert source_listing(old, idx, limit=30) == idx.list(limit=30)
+    names = write_folder(str(tmp_path / "folder"), None, np.zeros((2, 28, 28, 1), np.uint8), np.array([4, 4]))
+    folder = open_source(str(tmp_path / "folder"))
+    assert [r.sample_id for r in source_listing(MapStore(str(tmp_path / "f")), folder)] == names
+
+
+def test_a_range_task_travels_as_a_row_and_expands_to_the_samples_refs() -> None:
+    idx = open_source("fashion-mnist")
+    files = idx.row_files(limit=20)
+    task = ShardTask(3, "000003", (), ("pathway",), ranges=tuple(RowRange(f.name, 4, 9, f.id_format) for f in files))
+    again = ShardTask.from_row(task.to_row())
+    assert again == task and again.samples == 5
+    assert again.sample_refs(idx) == idx.list(limit=9)[4:9]
+
+
+def test_a_shard_planned_by_ranges_writes_the_same_bytes_as_planned_by_samples(tmp_path, checkpoint) -> None:
+    idx = open_source("fashion-mnist")
+    outputs = {}
+    for form in ("ranges", "samples"):
+        url = str(tmp_path / form)
+        listing = idx.row_files(limit=20) if form == "ranges" else idx.list(limit=20)
+        planned = plan_shard_tasks(MapStore(url), listing, 8, METHODS, (28, 28))
+        assert bool(planned.tasks[1].ranges) == (form == "ranges") and planned.listed == 20
+        config = JobConfig(source="fashion-mnist", checkpoint=checkpoint, output=url,
+                           methods=tuple(MethodSpec(m) for m in METHODS), batch_size=8, device="cpu")
+        worker = ShardAttributor(config.to_dict(), threads=1)
+        for task in planned.tasks:
+            worker.process_shard(task)
+        outputs[form] = {p: b for p, b in every_file(url, None).items() if not p.startswith("_plan/")}
+        assert list(read_maps(url, "pathway").sample_id) == [r.sample_id for r in idx.list(limit=20)]
+        assert not np.isnan(maps_array(url, "gradient")[:20]).any()
+    assert outputs["ranges"].keys() == outputs["samples"].keys()
+    differing = [p for p in outputs["ranges"] if outputs["ranges"][p] != outputs["samples"][p]]
+    assert differing == [], differing
