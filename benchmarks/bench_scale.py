@@ -9,7 +9,9 @@ Each stage runs in a fresh subprocess, so its peak RSS (``ru_maxrss``) is the st
    plan, the zarr arrays, the committed set, the tasks), and of ``--limit 1000``.
 2. The committed set at K shards x 2 methods, locally and on S3 (SeaweedFS on loopback): the time
    to read it from the commit records alone, and after the end-of-run index (one segment).
-3. A folder of F files: the plain listing against the source listing with stamps (what finding
+3. A whole no-op rerun of ``python -m jobs.attribute`` over the largest Parquet source with every
+   shard committed, locally and on S3 (:func:`bench_noop_rerun` says how the committed state is made).
+4. A folder of F files: the plain listing against the source listing with stamps (what finding
    1 % new files costs on a rerun).
 
 Run: ``python benchmarks/bench_scale.py [--rows 1000000,10000000] [--shards 1000,5000,20000]
@@ -141,6 +143,55 @@ def bench_sources(rows: list[int], tmp: Path, per_sample_up_to: int) -> None:
               + growth(xs, [r[3]["seconds"] for r in results]))
 
 
+def bench_noop_rerun(source: Path, targets: list[tuple[str, str, dict]]) -> None:
+    """A whole no-op rerun of ``python -m jobs.attribute`` over the 10 M-row source, every shard committed.
+
+    The first shard is computed for real (``--limit 512``: the examples PNG draws from it); the plan
+    is then extended to every row and the other shards' commit records are written as a finished
+    run leaves them (records and the end-of-run index: computing 10 M maps here would take days).
+    The rerun itself is the unmodified job, timed from its start to its exit, imports included.
+    """
+    import resource
+
+    from storage.location import Location
+    from storage.manifest import index_commits, read_commits, write_commit
+    from storage.maps import MapStore
+    from storage.plan import read_plan, update_plan
+    from storage.sources import open_source
+    from workers.tasks import source_listing
+
+    print("\n== a no-op rerun of the whole job, every shard committed (2 methods) ==")
+    for name, url, options in targets:
+        output = f"{url}/noop-rerun"
+        flags = ["--source", str(source), "--output", output, "--shard-size", "512", "--no-progress",
+                 "--methods", "pathway gradient"] + (["--storage-options", json.dumps(options)] if options else [])
+        job = [sys.executable, "-m", "jobs.attribute", *flags]
+        subprocess.run([*job, "--limit", "512"], cwd=ROOT, check=True, capture_output=True, timeout=1800)
+        store = MapStore(output, options or None)
+        update_plan(store.where, source_listing(store, open_source(str(source))), 512)
+        shards, _ = read_plan(store.where)
+        t = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=32) as pool:
+            list(pool.map(lambda job: write_commit(store.where, {
+                "method": job[0], "shard_id": job[1].shard_id, "shard_index": job[1].index,
+                "n_samples": job[1].size, "n_errors": 0, "files": []}),
+                [(m, s) for m in ("pathway", "gradient") for s in shards[1:]]))
+        for method in ("pathway", "gradient"):
+            index_commits(Location(output, options or None), method,
+                          {s: r for (_, s), r in read_commits(store.where, method).items()})
+        prepared = time.perf_counter() - t
+        before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        t = time.perf_counter()
+        done = subprocess.run(job, cwd=ROOT, capture_output=True, text=True, timeout=1800)
+        seconds = time.perf_counter() - t
+        rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        summary = [line for line in done.stdout.splitlines() if "already committed" in line]
+        assert done.returncode == 0 and summary and ", 0 to do" in summary[0], done.stdout + done.stderr
+        print(f"{name:>26}: {len(shards)} shards x 2 methods (records written in {prepared:.0f} s): no-op rerun "
+              f"{seconds:5.2f} s, exit 0, driver peak RSS {rss / 1024:.0f} MB"
+              f"{'' if rss > before else ' (or less: an earlier stage peaked higher)'}")
+
+
 def bench_committed(shards: list[int], targets: list[tuple[str, str, dict]]) -> None:
     from storage.location import Location
     from storage.manifest import index_commits, read_commits, write_commit
@@ -198,17 +249,22 @@ def main() -> None:
     parser.add_argument("--shards", default="1000,5000,20000")
     parser.add_argument("--files", type=int, default=50_000)
     parser.add_argument("--no-s3", action="store_true")
+    parser.add_argument("--no-noop-rerun", dest="noop_rerun", action="store_false",
+                        help="skip the whole-job no-op rerun over the largest source")
     args = parser.parse_args()
     os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}; "
           f"load {os.getloadavg()[0]:.2f}")
     tmp = Path(tempfile.mkdtemp(prefix="bench-scale-"))
-    bench_sources([int(x) for x in args.rows.split(",") if x], tmp, args.per_sample_up_to)
+    rows = [int(x) for x in args.rows.split(",") if x]
+    bench_sources(rows, tmp, args.per_sample_up_to)
     if args.files:
         bench_folder(args.files, tmp)
     from benchmarks.bench_storage import storage_targets
 
     with storage_targets(tmp, "scale", not args.no_s3) as targets:
+        if args.noop_rerun and rows:
+            bench_noop_rerun(tmp / f"parquet-{rows[-1]}" / "data", targets)
         bench_committed([int(x) for x in args.shards.split(",") if x], targets)
 
 

@@ -28,12 +28,10 @@ two fractions of the same image get different noise.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Union
+from typing import Any, Union
 
 import numpy as np
-import scipy.sparse as sp
 import torch
-from scipy.sparse.linalg import splu
 
 from .errors import EvaluationError
 
@@ -81,7 +79,7 @@ def fill_tensor(fill: Fill, images: torch.Tensor) -> torch.Tensor:
     return value.to(device=images.device, dtype=images.dtype).reshape(1, channels, 1, 1)
 
 
-def _system(pixels: np.ndarray, removed: np.ndarray) -> tuple[sp.csc_matrix, np.ndarray, np.ndarray]:
+def _system(pixels: np.ndarray, removed: np.ndarray) -> tuple[Any, np.ndarray, np.ndarray]:
     """The block-diagonal system ``A v = b`` of a chunk: pixels [B, H, W, C] float64, removed [B, H, W].
 
     Returns A (n x n, n removed pixels in raster order over the chunk), b (n x C) and the flat
@@ -115,6 +113,8 @@ def _system(pixels: np.ndarray, removed: np.ndarray) -> tuple[sp.csc_matrix, np.
     rows.append(unknowns)
     cols.append(unknowns)
     weights.append(diagonal)
+    import scipy.sparse as sp  # scipy loads on use: jobs import this package to start
+
     matrix = sp.csc_matrix((np.concatenate(weights), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n))
     return matrix, rhs, index
 
@@ -137,6 +137,8 @@ def linear_imputation(pixels: np.ndarray, removed: np.ndarray, fallback: Sequenc
                                   "interpolate from; give fallback (the per-channel mean)")
         out[whole] = np.asarray(fallback, dtype=np.float64).reshape(1, 1, -1)
     solvable = removed & ~whole[:, None, None]
+    from scipy.sparse.linalg import splu  # scipy loads on use: jobs import this package to start
+
     for start in range(0, pixels.shape[0], max(1, chunk)):
         part = solvable[start:start + chunk]
         if not part.any():

@@ -23,9 +23,6 @@ from typing import Union
 
 import numpy as np
 import torch
-from scipy.stats import rankdata
-from skimage.feature import hog
-from skimage.metrics import structural_similarity
 
 from .errors import EvaluationError
 
@@ -74,11 +71,15 @@ def spearman(a: ArrayLike, b: ArrayLike) -> np.ndarray:
     if x.shape != y.shape:
         raise EvaluationError(f"maps to compare differ in shape: {x.shape} vs {y.shape}")
     flat = (x.reshape(x.shape[0], -1), y.reshape(y.shape[0], -1))
+    from scipy.stats import rankdata  # scipy and scikit-image load on use: jobs import this package to start
+
     return pearson_rows(rankdata(flat[0], axis=1), rankdata(flat[1], axis=1))
 
 
 def ssim(a: ArrayLike, b: ArrayLike) -> np.ndarray:
     """SSIM per sample of max-|.|-normalized maps [B, H, W] (settings in the module docstring)."""
+    from skimage.metrics import structural_similarity
+
     x, y = normalize(a), normalize(b)
     if x.shape != y.shape:
         raise EvaluationError(f"maps to compare differ in shape: {x.shape} vs {y.shape}")
@@ -92,6 +93,8 @@ def ssim(a: ArrayLike, b: ArrayLike) -> np.ndarray:
 
 def hog_features(maps: ArrayLike, cells: int = HOG_CELLS) -> np.ndarray:
     """HOG descriptors [B, F] of max-|.|-normalized maps (parameters in the module docstring)."""
+    from skimage.feature import hog
+
     x = normalize(maps)
     height, width = x.shape[1:]
     cell = (height // cells, width // cells)
