@@ -11,8 +11,8 @@ Each stage runs in a fresh subprocess, so its peak RSS (``ru_maxrss``) is the st
    to read it from the commit records alone, and after the end-of-run index (one segment).
 3. A whole no-op rerun of ``python -m jobs.attribute`` over the largest Parquet source with every
    shard committed, locally and on S3 (:func:`bench_noop_rerun` says how the committed state is made).
-4. A folder of F files: the plain listing against the source listing with stamps (what finding
-   1 % new files costs on a rerun).
+4. A folder of F files, planned, then 1 % new files: what a rerun pays to find them (open, stamped
+   listing, plan extended, changes checked) against a plain ``fs.find`` of the folder.
 
 Run: ``python benchmarks/bench_scale.py [--rows 1000000,10000000] [--shards 1000,5000,20000]
 [--files 50000] [--no-s3]``. It prints each figure with the growth it shows.
@@ -219,26 +219,45 @@ def bench_committed(shards: list[int], targets: list[tuple[str, str, dict]]) -> 
                   f"(writing {2 * k} records took {written:.1f} s)")
 
 
-def bench_folder(files: int, tmp: Path) -> None:
-    from storage.fs import open_fs
+def bench_folder(files: int, targets: list[tuple[str, str, dict]]) -> None:
+    """What a rerun pays to find 1 % new files in a planned folder (open the source, list it with
+    stamps, extend the plan, check for changes) against a plain listing of the same folder."""
+    from storage.fs import join, open_fs
+    from storage.maps import MapStore
+    from storage.plan import source_changes, update_plan
     from storage.sources import open_source
+    from workers.tasks import source_listing
 
-    print(f"\n== a folder of {files:,} files: plain listing vs the source's stamped listing ==")
-    folder = tmp / "folder"
-    for i in range(files):
-        path = folder / f"class{i % 10}" / f"{i:07d}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(b"x")
-    fs, root = open_fs(str(folder))
-    t = time.perf_counter()
-    plain = fs.find(root, detail=False)
-    plain_s = time.perf_counter() - t
-    t = time.perf_counter()
-    refs = open_source(str(folder)).list()
-    stamped_s = time.perf_counter() - t
-    assert len(refs) == len(plain) == files
-    print(f"plain fs.find {plain_s:.2f} s; source listing with stamps {stamped_s:.2f} s "
-          f"({stamped_s / plain_s:.2f}x; target <= 1.5x)")
+    print(f"\n== a folder of {files:,} files, planned, then 1 % new files: finding them vs a plain listing ==")
+    for name, url, options in targets:
+        folder, output = f"{url}/folder", f"{url}/folder-out"
+        fs, root = open_fs(folder, options or None)
+        names = [f"class{i % 10}/{i:07d}.png" for i in range(files + files // 100)]
+        if not url.startswith("s3://"):
+            for n in {n.split("/")[0] for n in names}:
+                os.makedirs(join(root, n), exist_ok=True)
+        fs.pipe({join(root, n): b"x" for n in names[:files]})
+        store = MapStore(output, options or None)
+        update_plan(store.where, open_source(folder, storage_options=options or None).list(), 512)  # the first run
+        fs.pipe({join(root, n): b"x" for n in names[files:]})
+        best: dict[str, float] = {}
+        for _ in range(3):
+            fs.invalidate_cache()
+            t = time.perf_counter()
+            plain = fs.find(root, detail=False)
+            best["plain"] = min(best.get("plain", 1e9), time.perf_counter() - t)
+            fs.invalidate_cache()
+            t = time.perf_counter()
+            listing = source_listing(store, open_source(folder, storage_options=options or None, kind="folder"))
+            listed = time.perf_counter() - t
+            plan, new = update_plan(store.where, listing, 512)  # the first repeat appends the new shard(s)
+            changes = source_changes(plan, listing)
+            best["rerun"] = min(best.get("rerun", 1e9), time.perf_counter() - t)
+            best["listed"] = min(best.get("listed", 1e9), listed)
+        assert len(listing) == len(plain) == len(names) and not changes
+        print(f"{name:>26}: plain fs.find {best['plain']:.2f} s; finding the new files {best['rerun']:.2f} s "
+              f"({best['rerun'] / best['plain']:.2f}x; target <= 1.5x), of which opening and listing the source "
+              f"{best['listed']:.2f} s ({best['listed'] / best['plain']:.2f}x); best of 3")
 
 
 def main() -> None:
@@ -258,11 +277,11 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-scale-"))
     rows = [int(x) for x in args.rows.split(",") if x]
     bench_sources(rows, tmp, args.per_sample_up_to)
-    if args.files:
-        bench_folder(args.files, tmp)
     from benchmarks.bench_storage import storage_targets
 
     with storage_targets(tmp, "scale", not args.no_s3) as targets:
+        if args.files:
+            bench_folder(args.files, targets)
         if args.noop_rerun and rows:
             bench_noop_rerun(tmp / f"parquet-{rows[-1]}" / "data", targets)
         bench_committed([int(x) for x in args.shards.split(",") if x], targets)

@@ -145,6 +145,14 @@ def finish_outputs(store: Any, plan: Any, committed: dict[str, dict[str, dict]])
         store.finish_zarr(name, plan.planned_rows)
 
 
+def known_format(config: dict[str, Any] | None, args: argparse.Namespace) -> str | None:
+    """The format an earlier run of this output found for the same source and split: a rerun need
+    not detect it again (detection lists the source's first folders, requests on S3)."""
+    config = config or {}
+    same = config.get("source") == args.source and config.get("split") == args.split
+    return config.get("source_format") if same else None
+
+
 #: Files under a source that are not samples, listed in run.json (all are counted).
 SKIPPED_LISTED = 1000
 
@@ -207,7 +215,8 @@ def attribute(args: argparse.Namespace, options: dict[str, Any], store: Any, run
     # Fail before any scheduling when the model, the methods, the source or the output are unusable.
     model, spec, checkpoint_sha256 = load_checkpoint_with_digest(checkpoint, options or None)
     params = {label: method.params for label, method in build_methods(model, specs).items()}
-    source = open_source(args.source, split=args.split, storage_options=options or None, kind=args.source_format)
+    source = open_source(args.source, split=args.split, storage_options=options or None,
+                         kind=args.source_format or known_format(run_record.get("config"), args))
     labels = match_labels(source.classes, source.label_kind, spec.class_names, source.intrinsic_indices)
     if args.target == "label" and not labels.labels_are_model_classes:
         raise JobError(f"--target label: {source.url} has no labels" if labels.kind == "none" else

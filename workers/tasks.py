@@ -19,7 +19,7 @@ from typing import Any
 
 from attribution import MethodSpec
 from storage.maps import MapStore
-from storage.plan import (RowRange, ShardPlan, SourceChanges, listed_samples, read_plan, restamp, source_changes,
+from storage.plan import (RowRange, ShardPlan, SourceChanges, listed_samples, plan_form, restamp, source_changes,
                           update_plan)
 from storage.sources import RowFile, SampleRef, Source
 
@@ -142,8 +142,7 @@ class PlannedRun:
 def source_listing(store: MapStore, source: Source, limit: int | None = None) -> Sequence[SampleRef] | list[RowFile]:
     """What to plan from: the source's row files where it is row-addressable (the plan then holds row
     ranges, not one ref per sample), else its refs; an output planned sample by sample stays so."""
-    shards, _ = read_plan(store.where)
-    files = None if shards and not shards[0].ranges else source.row_files(limit)
+    files = None if plan_form(store.where) == "samples" else source.row_files(limit)
     return files if files is not None else source.list(limit)
 
 

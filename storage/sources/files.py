@@ -124,7 +124,7 @@ def resolve_path(base: str, path: str) -> str:
 def skip_reason(rel: str) -> str | None:
     """Why a file found under a folder source is not a sample, or None when it is one: hidden files
     (.DS_Store, ._x.jpg, anything in .ipynb_checkpoints/...) and files Pillow does not decode."""
-    if any(part.startswith(".") for part in rel.split("/")):
+    if rel.startswith(".") or "/." in rel:
         return "hidden file"
     if not is_image_name(rel):
         return "not an image file (no extension Pillow decodes)"
@@ -142,13 +142,17 @@ def stamped_files(fs: Any, root: str, url: str, storage_options: Mapping[str, An
     with storage_errors(url, "list", storage_options):
         found = retrying(lambda: fs.find(root, detail=True), f"listing {url}")
     prefix = root.rstrip("/") + "/"
-    return {(p[len(prefix):] if p.startswith(prefix) else p): stamp(info) for p, info in sorted(found.items())}
+    cut = len(prefix)
+    return {(p[cut:] if p.startswith(prefix) else p): stamp(found[p]) for p in sorted(found)}
 
 
 def stamp(info: Mapping[str, Any]) -> str:
     """A file's size and version as a listing reports them (ETag on object stores, mtime on disks)."""
     version = info.get("ETag") or info.get("etag") or info.get("mtime") or info.get("LastModified") or ""
-    return f"{info.get('size', '')}:{str(version).strip(chr(34))}"
+    return f"{info.get('size', '')}:{version.strip(_QUOTE) if isinstance(version, str) else version}"
+
+
+_QUOTE = '"'  # S3 ETags come quoted
 
 
 Entry = tuple[str, Any, Any]  # (sample_id, location, raw label)
