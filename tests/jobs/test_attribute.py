@@ -368,3 +368,46 @@ def test_credentials_only_in_the_drivers_environment_stop_the_job_in_one_line(ch
     assert line.startswith("jobs.attribute: error: a Ray worker cannot use the job's storage") and "--storage-options" in line
     assert "maps-env-credentials" in line and "NoCredentialsError" in line
     assert options["secret"] not in line
+
+
+OUTAGE = 6.0  # seconds the output store fails every request: three times the workers' retry budget
+
+
+def test_a_store_outage_longer_than_the_retry_budget_retries_the_shard_and_loses_nothing(checkpoint, s3_server
+                                                                                       ) -> None:
+    """The output store answers 503 to every request for 6 s, from the moment a worker writes shard
+    000002, while each request is retried for 2 s only (PATHWAY_STORAGE_RETRY_SECONDS): that shard
+    fails with TransientShardFailure, Ray Data runs it again after a backoff, and the job exits 0
+    with every sample exactly once. (Permanent failures stop the job at once:
+    test_failures_not_caused_by_data_exit_1_fast.)"""
+    from tests.faultproxy import Rule, fault_proxy
+
+    options, prefix = s3_server.storage_options, "maps-outage"
+    url = s3_server.url(prefix)
+    ray_tmp = short_tmp("ro")
+    with fault_proxy(s3_server.endpoint_url) as proxy:
+        proxied = proxy.storage_options(options) | {"config_kwargs": {"retries": {"max_attempts": 1}}}
+        # Every request under the output but the driver's lease renewals, from shard 000002's first write on.
+        proxy.rules = [Rule("503", path=rf"/{s3_server.bucket}/{prefix}/(?!_lease)",
+                            trigger=r"/_pending/maps/pathway/000002", window=OUTAGE)]
+        command = [sys.executable, "-m", "jobs.attribute", "--checkpoint", checkpoint, "--output", url, "--limit",
+                   "200", "--shard-size", "50", "--batch-size", "25", "--workers", "1", "--no-progress",
+                   "--storage-options", json.dumps(proxied)]
+        # Five shard retries: even if every attempt fails only after its whole 2 s budget, the
+        # attempts cover 10 s, well past the 6 s outage, however Ray's random backoff falls.
+        env = job_env(ray_tmp, PATHWAY_STORAGE_RETRY_SECONDS="2", PATHWAY_SHARD_RETRIES="5")
+        start = time.monotonic()
+        try:
+            result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=150)
+        finally:
+            shutil.rmtree(ray_tmp, ignore_errors=True)
+        seconds = time.monotonic() - start
+        injected, span = len(proxy.injected), (proxy.injected_at[-1] - proxy.injected_at[0] if proxy.injected else 0)
+    printed = result.stdout + result.stderr
+    assert result.returncode == 0, printed[-4000:]
+    retried = len(re.findall(r"shard 000002 failed transiently", printed))
+    assert span >= 2 and retried >= 1, f"the outage ({injected} faults over {span:.1f} s) failed no shard"
+    check_exactly_once(url, options, source_ids(limit=200))
+    assert read_errors(url, storage_options=options).empty and read_run(url, options)["status"] == "complete"
+    print(f"outage: {injected} faults over {span:.1f} s; shard 000002 failed {retried} times and was retried; "
+          f"job {seconds:.1f} s; samples lost 0, duplicated 0", file=sys.stderr)
