@@ -117,6 +117,16 @@ def is_object_store(fs: fsspec.AbstractFileSystem) -> bool:
     return any(p in ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "oss") for p in protocols)
 
 
+def is_file(fs: fsspec.AbstractFileSystem, path: str) -> bool:
+    """Whether ``path`` is a file; False when nothing is there. Unlike fsspec's ``isfile``, which answers
+    False for *any* error, a failing store raises, so that :func:`storage.retry.retrying` can retry it
+    instead of taking a throttled request for a missing file."""
+    try:
+        return fs.info(path)["type"] == "file"
+    except FileNotFoundError:
+        return False
+
+
 def join(base: str, *parts: str) -> str:
     """``base/part/...`` for URLs and paths alike (no duplicated slashes)."""
     out = str(base).rstrip("/")
