@@ -61,6 +61,8 @@ class FaultProxy:
     injected: list[tuple[str, str, str]] = field(default_factory=list)  # (fault, method, path)
     injected_at: list[float] = field(default_factory=list)  # time.monotonic() of each injected fault
     forwarded: int = 0
+    #: Every request as (time.monotonic(), method, path, the fault or "forwarded"), in order of arrival.
+    requests: list[tuple[float, str, str, str]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._random = random.Random(self.seed)
@@ -81,7 +83,9 @@ class FaultProxy:
                         rule.started = now
                     self.injected.append((rule.fault, method, path))
                     self.injected_at.append(now)
+                    self.requests.append((now, method, path, rule.fault))
                     return rule
+            self.requests.append((now, method, path, "forwarded"))
             return None
 
     def storage_options(self, base: dict) -> dict:

@@ -167,9 +167,6 @@ class ShardAttributor:
         except Exception as err:  # noqa: BLE001 - every cause is reported as one line naming the shard
             first = task.refs[0].sample_id if task.refs else "-"
             failure = TransientShardFailure if is_transient(err) else ShardFailed
-            if failure is TransientShardFailure:  # forwarded to the driver's log: a retried shard is visible
-                log.warning("shard %s failed transiently on worker %s (%s); Ray Data retries it while retries "
-                            "are left", task.shard_id, self.worker, " ".join(str(err).split())[:300])
             raise failure(f"shard {task.shard_id} ({task.samples} samples from {first!r}) failed on worker "
                           f"{self.worker}: {type(err).__name__}: {' '.join(str(err).split())}"[:1000]) from err
 
