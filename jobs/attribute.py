@@ -96,8 +96,10 @@ def retry_transient_shards(context: Any, retries: int) -> None:
     context.max_map_retries = retries
 
 
-def run_shards(tasks: Sequence[Any], config: Any, args: argparse.Namespace) -> list[dict]:
-    """Process the pending shards on an actor pool; returns one summary per finished shard."""
+def run_shards(tasks: Sequence[Any], config: Any, args: argparse.Namespace, store: Any = None) -> list[dict]:
+    """Process the pending shards on an actor pool; returns one summary per finished shard. When a shard
+    fails, the job stops with a line saying how many of the shards are committed (read from ``store``:
+    Ray Data hands results back later than shards commit) and why."""
     import gc
 
     import ray
@@ -132,8 +134,22 @@ def run_shards(tasks: Sequence[Any], config: Any, args: argparse.Namespace) -> l
     if failure is not None:
         del dataset
         gc.collect()  # the failed execution's frames hold its actor pool, and the pool its CPUs and GPUs
-        raise JobError(f"the job stopped after {len(results)} of {len(tasks)} shards: {failure}")
+        raise JobError(f"the job stopped with {committed_tasks(store, tasks, len(results))} of {len(tasks)} shards "
+                       f"committed: {failure}")
     return results
+
+
+def committed_tasks(store: Any, tasks: Sequence[Any], fallback: int) -> int:
+    """How many of ``tasks`` have every method committed, or ``fallback`` where the store cannot say."""
+    from storage.fs import StorageError
+
+    if store is None:
+        return fallback
+    try:
+        committed = {name: store.committed(name) for name in {m for task in tasks for m in task.methods}}
+    except (StorageError, OSError):
+        return fallback
+    return sum(all(task.shard_id in committed[m] for m in task.methods) for task in tasks)
 
 
 def write_examples(output: str, options: dict[str, Any], source: Any, methods: Sequence[str], spec: Any) -> list[str]:
@@ -306,7 +322,7 @@ def attribute(args: argparse.Namespace, options: dict[str, Any], store: Any, run
         start_ray(args.ray_address)
         check_workers_import(spec.arch)
         check_workers_reach([source.url, checkpoint, args.output], options or None)
-        results = run_shards(planned.tasks, config, args)
+        results = run_shards(planned.tasks, config, args, store)
 
     if lease is not None:
         lease.check()  # another driver took the output over: it finishes it, this one stops here

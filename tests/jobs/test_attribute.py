@@ -471,3 +471,108 @@ def test_a_worker_node_lost_mid_job_on_a_two_node_cluster(checkpoint, tmp_path) 
     print(f"node lost after {at_kill} of 8 shards; job exit {first_code}"
           f"{'' if reran is None else ', rerun exit 0'}; finished {time.monotonic() - killed:.1f} s after the kill; "
           f"{seconds:.1f} s in all; samples lost 0, duplicated 0\n{printed[-1500:]}", file=sys.stderr)
+
+
+def run_fm_job(checkpoint: str, output: str, options: dict | None = None, **env: str) -> subprocess.CompletedProcess:
+    """The FM job to ``output`` as a subprocess with its own local Ray, storage options in $STORAGE_OPTIONS
+    (so that the command line is the same when the store's endpoint changes) and ``env``."""
+    command = [sys.executable, "-m", "jobs.attribute", "--checkpoint", checkpoint, "--output", output, *FM]
+    ray_tmp = short_tmp("rf")
+    extra = {"STORAGE_OPTIONS": json.dumps(options)} if options else {}
+    try:
+        return subprocess.run(command, check=False, cwd=ROOT, env=job_env(ray_tmp, **extra, **env),
+                              capture_output=True, text=True, timeout=180)
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def both_committed(url: str, options: dict | None) -> set[str]:
+    """The shards committed for every method."""
+    store = MapStore(url, options)
+    return set.intersection(*(set(store.committed(m)) for m in METHODS))
+
+
+#: A small budget for the store-full tests: 2 s of retries per request, one retry of a shard.
+SMALL_BUDGET = {"PATHWAY_STORAGE_RETRY_SECONDS": "2", "PATHWAY_SHARD_RETRIES": "1"}
+
+
+def test_a_store_that_fills_up_mid_job_stops_it_in_one_line_and_a_rerun_with_room_finishes(checkpoint, tmp_path
+                                                                                         ) -> None:
+    """A real full store: SeaweedFS with one 1 MB volume, which runs out of space a few shards into the
+    job. SeaweedFS answers every write with 500 InternalError once full (its log says "No writable
+    volumes and no free volumes left"), which is indistinguishable from a passing failure, so it is
+    retried for the budget (2 s here) and the shard once more; then the job stops with exit 1 and one
+    line naming the URL and saying that the store may be out of space. The same store restarted with
+    more volumes (space freed) takes the same command to completion, every sample exactly once."""
+    from tests.servers import seaweedfs
+
+    data, output = tmp_path / "weed", "s3://test-bucket/maps-full"
+    one_attempt = {"config_kwargs": {"retries": {"max_attempts": 1}}}  # our retries only, not botocore's too
+    start = time.monotonic()
+    with seaweedfs(data, extra_args=("-master.volumeSizeLimitMB=1", "-volume.max=1")) as server:
+        full = run_fm_job(checkpoint, output, server.storage_options | one_attempt, **SMALL_BUDGET)
+        options, url = server.storage_options, server.url("maps-full")
+        done = both_committed(url, options)
+        run = read_run(url, options)
+    first = time.monotonic() - start
+    assert full.returncode == 1, (full.stdout + full.stderr)[-4000:]
+    last = full.stderr.strip().splitlines()[-1]
+    assert re.match(rf"jobs\.attribute: error: the job stopped with {len(done)} of 8 shards committed: shard \d+ .*cannot write "
+                    r".*s3://test-bucket/maps-full/\S+: the store kept failing for \d+ s \(\d+ attempts; .*internal "
+                    r"error.*\); it is overloaded, unreachable or out of space .*rerun the same command .*"
+                    r"\(the shard was tried 2 times\)$", last), last
+    assert "Traceback" not in full.stderr, full.stderr[-4000:]
+    assert 1 <= len(done) < 8, f"the store filled up at {len(done)} of 8 shards: not mid-job"
+    assert "no free volumes left" in (data / "weed.log").read_text(errors="replace")  # the server's account
+    # A full SeaweedFS refuses every write, run.json's too: it is left as the run began it.
+    assert run["status"] == "running" or (run["status"] == "failed" and "out of space" in run["reason"]), run
+
+    with seaweedfs(data, extra_args=("-master.volumeSizeLimitMB=1", "-volume.max=16")) as server:  # room again
+        rerun = run_fm_job(checkpoint, output, server.storage_options | one_attempt, **SMALL_BUDGET)
+        assert rerun.returncode == 0, (rerun.stdout + rerun.stderr)[-4000:]
+        assert re.search(rf"{len(done)} already committed, {8 - len(done)} to do", rerun.stdout), rerun.stdout
+        check_exactly_once(server.url("maps-full"), server.storage_options, source_ids(limit=400))
+        assert read_run(server.url("maps-full"), server.storage_options)["status"] == "complete"
+    print(f"SeaweedFS full after {len(done)} of 8 shards; job stopped in {first:.1f} s, run.json {run['status']!r}, "
+          f"with: {last}\nrerun: exit 0; {time.monotonic() - start:.1f} s in all; samples lost 0, duplicated 0",
+          file=sys.stderr)
+
+
+def test_a_local_disk_that_fills_up_stops_the_job_at_once_and_a_rerun_with_room_finishes(checkpoint, tmp_path
+                                                                                       ) -> None:
+    """A real full disk: the output on a 1 MiB tmpfs. ENOSPC says what it is, so it is not retried: the
+    job stops at the first failed write with exit 1 and one line saying the store is out of space; the
+    same command after the tmpfs grows (remounted at 32 MiB) finishes, every sample exactly once.
+    Needs the right to mount (root); skipped where there is none."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], check=False,
+                          capture_output=True, text=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {made.stderr.strip()}")
+    output = str(mount / "maps")
+    try:
+        start = time.monotonic()
+        full = run_fm_job(checkpoint, output, **SMALL_BUDGET)
+        first = time.monotonic() - start
+        done = both_committed(output, None)
+        run = read_run(output)
+        assert full.returncode == 1, (full.stdout + full.stderr)[-4000:]
+        last = full.stderr.strip().splitlines()[-1]
+        assert re.match(rf"jobs\.attribute: error: the job stopped with {len(done)} of 8 shards committed: shard \d+ .*cannot "
+                        rf"\w[\w ]* {re.escape(output)}/\S+: the store is out of space \(.*No space left on device\): "
+                        r"free space .*rerun the same command \(committed work is kept\)$", last), last
+        assert "Traceback" not in full.stderr, full.stderr[-4000:]
+        assert 1 <= len(done) < 8, f"the disk filled up at {len(done)} of 8 shards: not mid-job"
+        assert run["status"] == "running" or (run["status"] == "failed" and "out of space" in run["reason"]), run
+        subprocess.run(["mount", "-o", "remount,size=32m", str(mount)], check=True)
+        rerun = run_fm_job(checkpoint, output, **SMALL_BUDGET)
+        assert rerun.returncode == 0, (rerun.stdout + rerun.stderr)[-4000:]
+        assert re.search(rf"{len(done)} already committed, {8 - len(done)} to do", rerun.stdout), rerun.stdout
+        check_exactly_once(output, None, source_ids(limit=400))
+        assert read_run(output)["status"] == "complete"
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+    print(f"tmpfs full after {len(done)} of 8 shards; job stopped in {first:.1f} s, run.json {run['status']!r}, "
+          f"with: {last}\nrerun: exit 0; {time.monotonic() - start:.1f} s in all; samples lost 0, duplicated 0",
+          file=sys.stderr)
