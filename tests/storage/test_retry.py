@@ -9,9 +9,9 @@ import uuid
 
 import pytest
 
-from storage.fs import StorageError, StorageNotFound
+from storage.fs import StorageError, StorageFull, StorageNotFound, translate
 from storage.location import Location
-from storage.retry import is_transient, retrying
+from storage.retry import is_out_of_space, is_transient, retrying
 from tests.faultproxy import Rule, fault_proxy
 
 
@@ -71,6 +71,17 @@ def test_classification() -> None:
     assert not is_transient(FileNotFoundError("no such key")) and not is_transient(PermissionError("denied"))
     assert not is_transient(OSError(errno.EINVAL, "InvalidArgument"))
     assert not is_transient(ValueError("corrupt"))
+    # A store that says it is full is not waited for: space is not freed by retrying.
+    for full in (OSError(errno.ENOSPC, "No space left on device"), OSError(errno.EDQUOT, "Disk quota exceeded"),
+                 OSError(errno.EIO, "XMinioStorageFull: Storage backend has reached its minimum free drive threshold"),
+                 OSError(errno.EIO, "InsufficientStorage: 507")):
+        assert is_out_of_space(full) and not is_transient(full), full
+        assert isinstance(translate(full, "s3://b/x", "write"), StorageFull)
+        assert "out of space" in str(translate(full, "s3://b/x", "write"))
+    assert not is_out_of_space(OSError(errno.EREMOTEIO, "We encountered an internal error, please try again."))
+    busy = translate(OSError(errno.EREMOTEIO, "We encountered an internal error"), "s3://b/x", "write")
+    assert busy.transient and "out of space" in str(busy)  # a full SeaweedFS answers just that
+    assert "out of space" not in str(translate(OSError(errno.EREMOTEIO, "internal error"), "s3://b/x", "read"))
 
 
 def test_retrying_gives_up_at_once_on_permanent_errors() -> None:
