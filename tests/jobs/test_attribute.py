@@ -518,7 +518,7 @@ def test_a_store_that_fills_up_mid_job_stops_it_in_one_line_and_a_rerun_with_roo
     assert full.returncode == 1, (full.stdout + full.stderr)[-4000:]
     last = full.stderr.strip().splitlines()[-1]
     assert re.match(rf"jobs\.attribute: error: the job stopped with {len(done)} of 8 shards committed: shard \d+ .*cannot write "
-                    r".*s3://test-bucket/maps-full/\S+: the store kept failing for \d+ s \(\d+ attempts; .*internal "
+                    r".*s3://test-bucket/maps-full/\S+: the store kept failing for \d+ s \(\d+ attempts?; .*internal "
                     r"error.*\); it is overloaded, unreachable or out of space .*rerun the same command .*"
                     r"\(the shard was tried 2 times\)$", last), last
     assert "Traceback" not in full.stderr, full.stderr[-4000:]
