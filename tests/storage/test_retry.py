@@ -163,7 +163,7 @@ def _source_on_s3(kind: str, s3_server, fmnist) -> str:
     if kind in ("idx", "idx-gz"):
         write_idx(url, options, images[..., 0], labels, gz=kind == "idx-gz")
     elif kind == "webdataset":  # two tars, labels as .cls and as .json
-        for shard, part in enumerate((range(0, 15), range(15, len(images)))):
+        for shard, part in enumerate((range(15), range(15, len(images)))):
             members = []
             for i in part:
                 members.append((f"fm_{i:04d}.png", png_bytes(images[i])))
