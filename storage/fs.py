@@ -44,6 +44,10 @@ class StorageAccessDenied(StorageError, PermissionError):
     """The store refused the credentials or the operation."""
 
 
+class StorageFull(StorageError):
+    """The store has no room for a write (a full disk or volume, a quota); the message says so."""
+
+
 class InvalidStorageInput(StorageError, ValueError):
     """An argument storage cannot use as given (a name that is not a safe file name, a shard size
     that contradicts the stored plan...); the message says what to change."""
@@ -117,12 +121,26 @@ def is_object_store(fs: fsspec.AbstractFileSystem) -> bool:
     return any(p in ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "oss") for p in protocols)
 
 
+def is_file(fs: fsspec.AbstractFileSystem, path: str) -> bool:
+    """Whether ``path`` is a file; False when nothing is there. Unlike fsspec's ``isfile``, which answers
+    False for *any* error, a failing store raises, so that :func:`storage.retry.retrying` can retry it
+    instead of taking a throttled request for a missing file."""
+    try:
+        return fs.info(path)["type"] == "file"
+    except FileNotFoundError:
+        return False
+
+
 def join(base: str, *parts: str) -> str:
     """``base/part/...`` for URLs and paths alike (no duplicated slashes)."""
     out = str(base).rstrip("/")
     for part in parts:
         out = f"{out}/{str(part).strip('/')}"
     return out
+
+
+#: The first word of the actions that write (see :func:`translate`).
+_WRITES = ("write", "publish", "create", "finish", "take", "renew", "delete")
 
 
 def translate(err: BaseException, url: str, action: str, storage_options: Mapping[str, Any] | None = None
@@ -133,13 +151,22 @@ def translate(err: BaseException, url: str, action: str, storage_options: Mappin
     shown = redact_url(url)
     detail = scrub(f"{type(err).__name__}: {err}", storage_options)
     text = str(err)
-    from storage.retry import is_transient
+    from storage.retry import is_out_of_space, is_transient
 
+    if is_out_of_space(err):
+        return StorageFull(f"cannot {action} {shown}: the store is out of space ({detail}): free space or give it "
+                           "more (a bigger volume or quota), then rerun the same command (committed work is kept)")
     if is_transient(err):
         retried = getattr(err, "retried", None)
-        tried = f"kept failing for {retried[1]:.0f} s ({retried[0]} attempts; " if retried else "failed ("
-        failure = StorageError(f"cannot {action} {shown}: the store {tried}{detail}); it is overloaded or "
-                               "unreachable: rerun the same command when it answers again (committed work is kept)")
+        tried = f"kept failing for {retried[1]:.0f} s ({retried[0]} attempt{'s' if retried[0] != 1 else ''}; " \
+            if retried else "failed ("
+        if action.split(" ", 1)[0] in _WRITES:  # a full store may answer writes with nothing but a 500
+            why = ("it is overloaded, unreachable or out of space (some stores, SeaweedFS for one, answer every "
+                   "write with 500 InternalError when full): free space if it is full, and rerun the same command "
+                   "when it takes writes again (committed work is kept)")
+        else:
+            why = "it is overloaded or unreachable: rerun the same command when it answers again (committed work is kept)"
+        failure = StorageError(f"cannot {action} {shown}: the store {tried}{detail}); {why}")
         failure.transient = True
         return failure
     if isinstance(err, FileNotFoundError) or "NoSuchBucket" in text or "NoSuchKey" in text:

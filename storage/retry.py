@@ -4,7 +4,8 @@ An object store throttles (503 SlowDown), fails (500, 502, 504), times out or dr
 now and then; the same request a moment later succeeds. Those failures are *transient* and are
 retried here with exponential backoff and jitter, for up to a time budget that rides out a store
 blip of a minute or so. Everything else (no such key, access denied, a malformed request, a
-corrupt file) is *permanent*: retrying cannot help, so it is raised at once.
+corrupt file, a store that says it is out of space) is *permanent*: retrying cannot help, so it
+is raised at once.
 
 s3fs retries a few of these itself, briefly; what still comes out is an ``OSError`` whose errno
 says what the store answered (``EBUSY`` for 503, ``EREMOTEIO`` for 500) or a connection error,
@@ -43,6 +44,20 @@ _TRANSIENT_NAMES = ("Timeout", "ServerDisconnected", "ClientConnection", "Client
                     "IncompleteRead", "ProtocolError", "RemoteDisconnected")
 
 
+_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+_FULL_TEXT = ("no space left", "storagefull", "storage full", "insufficientstorage", "insufficient storage",
+              "quotaexceeded", "quota exceeded", "disk quota", "minimum free drive threshold", "no free volumes")
+
+
+def is_out_of_space(err: BaseException) -> bool:
+    """Whether ``err`` says that the store has no room for a write: a full disk or volume (ENOSPC, HTTP
+    507, MinIO's XMinioStorageFull), a quota. Not retried: space is not freed by waiting a minute."""
+    if isinstance(err, OSError) and err.errno in _FULL_ERRNOS:
+        return True
+    text = f"{type(err).__name__} {err}".lower()
+    return any(marker in text for marker in _FULL_TEXT)
+
+
 #: Whether this process has talked to a store yet (or was told the driver did). Until then a refused
 #: connection is a misconfigured endpoint, reported at once; afterwards it is a blip, retried.
 _REACHED = False
@@ -75,6 +90,8 @@ def is_transient(err: BaseException) -> bool:
         return bool(marked)
     if _unreachable(err):
         return _REACHED
+    if is_out_of_space(err):
+        return False
     if isinstance(err, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError,
                         FileExistsError)):
         return False
@@ -96,7 +113,7 @@ def _note_retries(err: BaseException, attempts: int, seconds: float) -> None:
         err.retried = (attempts, seconds)
         if err.args and isinstance(err.args[0], str) and "the store failed (" in err.args[0]:
             err.args = (err.args[0].replace("the store failed (", f"the store kept failing for {seconds:.0f} s "
-                                            f"({attempts} attempts; ", 1), *err.args[1:])
+                                            f"({attempts} attempt{'s' if attempts != 1 else ''}; ", 1), *err.args[1:])
 
 
 def retrying(operation: Callable[[], T], what: str, *, seconds: float | None = None,

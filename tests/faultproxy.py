@@ -4,7 +4,10 @@ Requests pass through to the server unchanged (the Host header too, so SigV4 sig
 verify), except those a rule picks: those get a 503 SlowDown or a 500 InternalError answered by
 the proxy itself, a dropped connection, or a delay before being forwarded. Rules match an HTTP
 method and a path pattern and fire with a seeded probability, at most ``limit`` times, so every
-fault test is repeatable. Everything listens on 127.0.0.1.
+fault test is repeatable. A rule with a ``window`` is an outage: it fails every matching request
+for that many seconds, from the first one it fails (or the first one that also matches its
+``trigger``, so that an outage can start at a chosen moment of a job). Everything listens on
+127.0.0.1.
 """
 
 from __future__ import annotations
@@ -39,7 +42,10 @@ class Rule:
     rate: float = 1.0  # probability per matching request
     limit: int | None = None  # at most this many faults
     delay: float = 0.0  # seconds, for "delay"
+    window: float | None = None  # an outage: fire on every match for this many seconds from the first
+    trigger: str | None = None  # a regex: a window starts at the first matching request that also matches it
     fired: int = 0
+    started: float | None = None  # when a window rule first fired (time.monotonic())
 
     def matches(self, method: str, path: str) -> bool:
         return (self.method is None or self.method == method) and re.search(self.path, path) is not None
@@ -53,7 +59,10 @@ class FaultProxy:
     rules: list[Rule] = field(default_factory=list)
     seed: int = 0
     injected: list[tuple[str, str, str]] = field(default_factory=list)  # (fault, method, path)
+    injected_at: list[float] = field(default_factory=list)  # time.monotonic() of each injected fault
     forwarded: int = 0
+    #: Every request as (time.monotonic(), method, path, the fault or "forwarded"), in order of arrival.
+    requests: list[tuple[float, str, str, str]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._random = random.Random(self.seed)
@@ -61,12 +70,22 @@ class FaultProxy:
 
     def pick(self, method: str, path: str) -> Rule | None:
         with self._lock:
+            now = time.monotonic()
             for rule in self.rules:
+                if rule.window is not None and rule.started is not None and now > rule.started + rule.window:
+                    continue  # the outage is over
+                if rule.started is None and rule.trigger is not None and re.search(rule.trigger, path) is None:
+                    continue  # the outage has not begun
                 if rule.matches(method, path) and (rule.limit is None or rule.fired < rule.limit) \
                         and self._random.random() < rule.rate:
                     rule.fired += 1
+                    if rule.started is None:
+                        rule.started = now
                     self.injected.append((rule.fault, method, path))
+                    self.injected_at.append(now)
+                    self.requests.append((now, method, path, rule.fault))
                     return rule
+            self.requests.append((now, method, path, "forwarded"))
             return None
 
     def storage_options(self, base: dict) -> dict:

@@ -17,8 +17,8 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-
 
 from tests.servers import free_port
 
@@ -94,6 +94,92 @@ def job_env(ray_tmp: str, **extra: str) -> dict[str, str]:
     return env
 
 
+#: Ports that have fixed defaults: each node gets free ones, so that two nodes (or two test runs) on
+#: one machine never share one (two heads sharing the agent's port leaves one of them without an agent).
+_NODE_PORT_FLAGS = ("dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port",
+                    "runtime-env-agent-port", "node-manager-port", "object-manager-port")
+
+
+@dataclass
+class RayNode:
+    """A node started with ``ray start ... --block``: every Ray daemon of the node (and its workers)
+    descends from ``process``, so it is found and killed through /proc without touching other Rays."""
+
+    process: subprocess.Popen
+    temp: str
+    gcs_address: str  # host:port of the cluster's GCS (the head's)
+    env: dict[str, str]
+
+    def raylet(self) -> int | None:
+        """The node's raylet pid (its node manager), if it runs."""
+        return next((pid for pid in descendants(self.process.pid)
+                     if os.path.basename(cmdline(pid).split(" ", 1)[0]) == "raylet"), None)
+
+    def worker_pids(self, needle: str = "ShardAttributor") -> list[int]:
+        return worker_pids(self.process.pid, needle)
+
+    def log(self) -> str:
+        return Path(self.temp, "ray-start.log").read_text(errors="replace")
+
+
+@contextlib.contextmanager
+def _ray_start(args: list[str], temp: str, env: dict[str, str], gcs_address: str) -> Iterator[RayNode]:
+    """``ray start <args> --block`` in a new session; waits for "Ray runtime started", kills its tree after."""
+    with open(os.path.join(temp, "ray-start.log"), "wb") as log:
+        process = subprocess.Popen([str(Path(sys.executable).parent / "ray"), "start", *args, "--block"], env=env,
+                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        node = RayNode(process, temp, gcs_address, env)
+
+        def started() -> bool:
+            if process.poll() is not None:
+                raise RuntimeError(f"ray start exited with {process.returncode}: {node.log()[-2000:]}")
+            return "Ray runtime started" in node.log()
+
+        try:
+            wait_for(started, 120, "ray start", interval=0.25)
+            yield node
+        finally:
+            kill_tree(process.pid)
+            process.wait(timeout=30)
+
+
+@contextlib.contextmanager
+def ray_head_node(num_cpus: int = 2, dashboard: bool = True, **env_extra: str) -> Iterator[RayNode]:
+    """A real head on loopback, auth disabled, in a fresh temp dir; ``env_extra`` sets its environment
+    (``RAY_<system config>=...`` tunes the cluster)."""
+    temp = short_tmp("rh")
+    env = job_env(temp, RAY_AUTH_MODE="disabled", **env_extra)
+    port = free_port()
+    args = ["--head", "--node-ip-address=127.0.0.1", f"--port={port}", f"--temp-dir={temp}", f"--num-cpus={num_cpus}",
+            "--num-gpus=0", "--disable-usage-stats", f"--ray-client-server-port={free_port()}",
+            *(f"--{flag}={free_port()}" for flag in _NODE_PORT_FLAGS)]
+    if dashboard:
+        args += ["--dashboard-host=127.0.0.1", f"--dashboard-port={free_port()}"]
+    else:
+        args += ["--include-dashboard=false"]
+    try:
+        with _ray_start(args, temp, env, f"127.0.0.1:{port}") as node:
+            yield node
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def ray_worker_node(head: RayNode, num_cpus: int = 2) -> Iterator[RayNode]:
+    """A second node that joins ``head``'s cluster (``ray start --address``), on loopback, with its own
+    temp dir and ports; killed (its whole process tree) when the block ends."""
+    temp = short_tmp("rw")
+    env = {**head.env, "RAY_TMPDIR": temp}
+    args = [f"--address={head.gcs_address}", "--node-ip-address=127.0.0.1", f"--temp-dir={temp}",
+            f"--num-cpus={num_cpus}", "--num-gpus=0", "--disable-usage-stats",
+            *(f"--{flag}={free_port()}" for flag in _NODE_PORT_FLAGS)]
+    try:
+        with _ray_start(args, temp, env, head.gcs_address) as node:
+            yield node
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def ray_head(num_cpus: int = 2) -> Iterator[tuple[str, dict[str, str]]]:
     """A real head on loopback: ``ray start --head --block`` with auth disabled and a fresh temp dir.
@@ -105,36 +191,18 @@ def ray_head(num_cpus: int = 2) -> Iterator[tuple[str, dict[str, str]]]:
     import urllib.error
     import urllib.request
 
-    temp = short_tmp("rh")
-    env = job_env(temp, RAY_AUTH_MODE="disabled")
-    dash = free_port()
-    start = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
-             f"--port={free_port()}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
-             f"--temp-dir={temp}", f"--num-cpus={num_cpus}", "--num-gpus=0", "--disable-usage-stats",
-             # Every port with a fixed default gets a free one: two heads on one machine (parallel
-             # test runs) would otherwise share the agent's port and one of them never gets an agent.
-             *(f"--{flag}={free_port()}" for flag in (
-                 "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "ray-client-server-port",
-                 "metrics-export-port", "runtime-env-agent-port", "node-manager-port", "object-manager-port"))]
-    log = open(os.path.join(temp, "ray-start.log"), "wb")
-    process = subprocess.Popen(start, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{dash}"
+    with ray_head_node(num_cpus) as node:
+        dash = next(a.split("=", 1)[1] for a in node.process.args if str(a).startswith("--dashboard-port="))
+        url = f"http://127.0.0.1:{dash}"
 
-    def ready() -> bool:
-        if process.poll() is not None:
-            raise RuntimeError(f"ray start exited with {process.returncode}: "
-                               f"{Path(temp, 'ray-start.log').read_text()[-2000:]}")
-        try:
-            with urllib.request.urlopen(f"{url}/api/version", timeout=2) as response:
-                return response.status == 200
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            return False
+        def ready() -> bool:
+            if node.process.poll() is not None:
+                raise RuntimeError(f"ray start exited with {node.process.returncode}: {node.log()[-2000:]}")
+            try:
+                with urllib.request.urlopen(f"{url}/api/version", timeout=2) as response:
+                    return response.status == 200
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                return False
 
-    try:
         wait_for(ready, 120, "the Ray head's dashboard", interval=0.5)
-        yield url, env
-    finally:
-        kill_tree(process.pid)
-        process.wait(timeout=30)
-        log.close()
-        shutil.rmtree(temp, ignore_errors=True)
+        yield url, node.env

@@ -59,8 +59,10 @@ def _weed_binary() -> str:
 
 
 @contextlib.contextmanager
-def seaweedfs(data_dir: Path, bucket: str = "test-bucket", key: str = "testkey", secret: str = "testsecret") -> Iterator[S3Server]:
-    """Start ``weed mini`` on free loopback ports, wait until S3 answers, stop it after."""
+def seaweedfs(data_dir: Path, bucket: str = "test-bucket", key: str = "testkey", secret: str = "testsecret",
+              extra_args: tuple[str, ...] = ()) -> Iterator[S3Server]:
+    """Start ``weed mini`` on free loopback ports, wait until S3 answers, stop it after; ``extra_args``
+    are more ``weed mini`` flags (a small volume size and count make a store that fills up)."""
     data_dir.mkdir(parents=True, exist_ok=True)
     ports = {name: free_port() for name in (
         "master.port", "master.port.grpc", "volume.port", "volume.port.grpc",
@@ -71,7 +73,7 @@ def seaweedfs(data_dir: Path, bucket: str = "test-bucket", key: str = "testkey",
     args = [
         _weed_binary(), "mini", f"-dir={data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
         "-master.telemetry=false", "-webdav=false", "-admin.ui=false", f"-bucket={bucket}",
-        *(f"-{name}={port}" for name, port in ports.items()),
+        *(f"-{name}={port}" for name, port in ports.items()), *extra_args,
     ]
     env = {**os.environ, "AWS_ACCESS_KEY_ID": key, "AWS_SECRET_ACCESS_KEY": secret}
     log = open(data_dir / "weed.log", "wb")

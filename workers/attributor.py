@@ -14,6 +14,9 @@ No sample can fail a shard: one that cannot be read, decoded, preprocessed, labe
 whose every sample is bad commits with zero maps. What is not the data's fault (the store refuses
 a request, every sample of a batch fails attribution alone, a write fails) raises
 :class:`ShardFailed`, whose one-line message names the shard and the cause; the job stops there.
+When the cause is transient (the store kept throttling, failing or dropping connections past the
+retry budget of :mod:`storage.retry`), it raises :class:`TransientShardFailure` instead, which Ray
+Data retries a bounded number of times (``jobs.attribute.run_shards``) before the job stops.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from models.preprocess import preprocess
 from models.training import resolve_device
 from storage.checkpoints import load_checkpoint
 from storage.maps import MapRecords, MapStore
+from storage.retry import is_transient
 from storage.sources import NO_LABEL, Sample, SampleError, SampleRef, open_source
 
 from .allocator import keep_freed_memory
@@ -80,13 +84,19 @@ class ShardFailed(RuntimeError):
     """A shard failed for a reason that is not its data's; the message is one line naming the shard."""
 
 
+class TransientShardFailure(ShardFailed):
+    """A shard failed because the store kept failing transiently past the retry budget: the same shard
+    may well pass a little later, so Ray Data retries it (a bounded number of times) before the job
+    stops. Only this class is retried; any other :class:`ShardFailed` stops the job at once."""
+
+
 def failure_line(err: BaseException) -> str:
     """The one-line reason of a worker failure, also from Ray's wrapping of it (which keeps only text)."""
     text = str(err)
-    marker = f"{ShardFailed.__name__}: "
     for line in text.splitlines():
-        if marker in line:
-            return line.split(marker, 1)[1].strip()
+        for marker in (f"{TransientShardFailure.__name__}: ", f"{ShardFailed.__name__}: "):
+            if marker in line:
+                return line.split(marker, 1)[1].strip()
     lines = [line.strip() for line in text.split("The above exception was the direct cause")[0].splitlines()
              if line.strip()]
     return (lines[-1] if lines else f"{type(err).__name__}")[:1000]
@@ -150,14 +160,16 @@ class ShardAttributor:
 
     def process_shard(self, task: ShardTask) -> ShardResult:
         """Compute, write and commit one shard for the task's methods; :class:`ShardFailed` when that
-        fails for a reason that is not the data's."""
+        fails for a reason that is not the data's (:class:`TransientShardFailure` when the store kept
+        failing transiently, which is worth retrying the shard for)."""
         try:
             return self._on_compute_thread(self._process_shard, task)
         except Exception as err:  # noqa: BLE001 - every cause is reported as one line naming the shard
             first = task.refs[0].sample_id if task.refs else task.ranges[0].id_format.format(
                 row=task.ranges[0].start) if task.ranges else "-"
-            raise ShardFailed(f"shard {task.shard_id} ({task.samples} samples from {first!r}) failed on worker "
-                              f"{self.worker}: {type(err).__name__}: {' '.join(str(err).split())}"[:1000]) from err
+            failure = TransientShardFailure if is_transient(err) else ShardFailed
+            raise failure(f"shard {task.shard_id} ({task.samples} samples from {first!r}) failed on worker "
+                          f"{self.worker}: {type(err).__name__}: {' '.join(str(err).split())}"[:1000]) from err
 
     def _process_shard(self, task: ShardTask) -> ShardResult:
         start = time.perf_counter()

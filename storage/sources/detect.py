@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from storage.fs import InvalidStorageInput, open_fs, redact_url, storage_errors
+from storage.fs import InvalidStorageInput, is_file, open_fs, redact_url, storage_errors
 from storage.retry import retrying
 from storage.sources.base import SPLIT_WORDS, split_aliases
 from storage.sources.idx import has_idx_files
@@ -84,7 +84,7 @@ def detect(url: str, storage_options: Mapping[str, Any] | None) -> str:
     fs, path = open_fs(url, storage_options)
     if by_name:
         with storage_errors(url, "list", storage_options):
-            if retrying(lambda: fs.isfile(path), f"checking {url}"):
+            if retrying(lambda: is_file(fs, path), f"checking {url}"):
                 return by_name
     with storage_errors(url, "list", storage_options):
         entries = retrying(lambda: fs.ls(path, detail=True), f"listing {url}")

@@ -17,6 +17,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 
 from storage.fs import StorageError, join, open_fs, storage_errors
+from storage.retry import retrying
 from storage.sources.base import RowFile, Sample, SampleError, SampleRef, Source, split_aliases
 from storage.sources.classes import kind_of_classes
 from storage.sources.files import stamp
@@ -61,7 +62,8 @@ class IDXSource(Source):
         self._init_cache()
         if files is None:
             with storage_errors(self.url, "list", self.storage_options):
-                names = [p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(self.root, detail=False)]
+                names = [p.rstrip("/").rsplit("/", 1)[-1]
+                         for p in retrying(lambda: fs.ls(self.root, detail=False), f"listing {self.url}")]
             files = find_idx_files(names, split)
             if files is None:
                 raise StorageError(f"no IDX files for split {split!r} in {self.url}: expected "
@@ -88,11 +90,14 @@ class IDXSource(Source):
         return join(self.root, name)
 
     def _read_prefix(self, name: str, nbytes: int) -> bytes:
-        with storage_errors(join(self.url, name), "read", self.storage_options):
+        def read() -> bytes:
             if name.endswith(".gz"):
                 with self.fs.open(self._path(name), "rb") as fh, gzip.GzipFile(fileobj=fh) as gz:
                     return gz.read(nbytes)
             return self.fs.cat_file(self._path(name), start=0, end=nbytes)
+
+        with storage_errors(join(self.url, name), "read", self.storage_options):
+            return retrying(read, f"reading {join(self.url, name)}")
 
     def _header(self) -> tuple[int, int, int]:
         head = self._read_prefix(self.images_file, 16)
@@ -108,7 +113,7 @@ class IDXSource(Source):
             return self._cache_labels
         url = join(self.url, self.labels_file)
         with storage_errors(url, "read", self.storage_options):
-            data = self.fs.cat_file(self._path(self.labels_file))
+            data = retrying(lambda: self.fs.cat_file(self._path(self.labels_file)), f"reading {url}")
         if self.labels_file.endswith(".gz"):
             data = gzip.decompress(data)
         magic, n = struct.unpack(">II", data[:8])
@@ -125,7 +130,8 @@ class IDXSource(Source):
             if self._cache_images is None:
                 url = join(self.url, self.images_file)
                 with storage_errors(url, "read", self.storage_options):
-                    data = gzip.decompress(self.fs.cat_file(self._path(self.images_file)))
+                    data = gzip.decompress(retrying(lambda: self.fs.cat_file(self._path(self.images_file)),
+                                                    f"reading {url}"))
                 size = self._rows * self._cols
                 if len(data) < 16 + self._n * size:
                     raise StorageError(f"truncated IDX images file {url}")
@@ -145,8 +151,9 @@ class IDXSource(Source):
         """One file of rows: the images file (its stamp also covers the labels file's)."""
         if self._cache_stamp is None:
             with storage_errors(self.url, "list", self.storage_options):
-                self._cache_stamp = "+".join(stamp(self.fs.info(self._path(f)))
-                                             for f in (self.images_file, self.labels_file))
+                self._cache_stamp = "+".join(
+                    stamp(retrying(lambda f=f: self.fs.info(self._path(f)), f"checking {join(self.url, f)}"))
+                    for f in (self.images_file, self.labels_file))
         return [RowFile(self.images_file, min(self._n, limit or self._n), self._id_format(), self._cache_stamp)]
 
     def row_refs(self, name: str, start: int, stop: int) -> list[SampleRef]:
@@ -176,8 +183,9 @@ class IDXSource(Source):
             url = join(self.url, self.images_file)
             for start, stop in self._runs(sorted({int(r.locator) for r in valid})):
                 with storage_errors(url, "read", self.storage_options):
-                    data = self.fs.cat_file(self._path(self.images_file), start=16 + start * size,
-                                            end=16 + stop * size)
+                    data = retrying(lambda start=start, stop=stop: self.fs.cat_file(
+                        self._path(self.images_file), start=16 + start * size, end=16 + stop * size),
+                        f"reading images {start}:{stop} of {url}")
                 if len(data) < (stop - start) * size:
                     raise StorageError(f"truncated IDX images file {url}")
                 block = np.frombuffer(data, np.uint8).reshape(stop - start, self._rows, self._cols)

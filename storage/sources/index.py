@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from storage.fs import StorageError, open_fs, storage_errors
+from storage.retry import retrying
 from storage.sources.base import SkippedFile
 from storage.sources.files import FileListSource
 
@@ -38,7 +39,7 @@ def read_index(url: str, storage_options: dict | None) -> tuple[list[str], list[
     """``(columns, [(line number, row)], [skipped lines])`` of a CSV / TSV / JSONL file."""
     fs, path = open_fs(url, storage_options)
     with storage_errors(url, "read", storage_options):
-        data = fs.cat_file(path)
+        data = retrying(lambda: fs.cat_file(path), f"reading {url}")
     name = url.rsplit("/", 1)[-1]
     try:
         text = data.decode("utf-8-sig")

@@ -32,7 +32,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from storage.fs import StorageError, join, open_fs, storage_errors
+from storage.fs import StorageError, is_file, join, open_fs, storage_errors
 from storage.retry import is_transient, retrying
 from storage.sources.base import (NO_LABEL, RowFile, Sample, SampleError, SampleRef, SkippedFile, Source, decoded_sample,
                                   files_of_split)
@@ -62,7 +62,7 @@ class ParquetSource(Source):
         self.fs, path = open_fs(self.url, self.storage_options)
         self.root = path.rstrip("/")
         with storage_errors(self.url, "list", self.storage_options):
-            single = self.root.endswith(".parquet") and retrying(lambda: self.fs.isfile(self.root), f"checking {url}")
+            single = self.root.endswith(".parquet") and retrying(lambda: is_file(self.fs, self.root), f"checking {url}")
             if single:
                 stamps = {self.root.rsplit("/", 1)[1]: stamp(retrying(lambda: self.fs.info(self.root),
                                                                       f"checking {url}"))}

@@ -26,7 +26,8 @@ import tarfile
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from storage.fs import StorageError, join, open_fs, storage_errors
+from storage.fs import StorageError, join, open_fs, storage_errors, translate
+from storage.retry import is_transient, retrying
 from storage.sources.base import Sample, SampleError, SampleRef, SkippedFile, files_of_split
 from storage.sources.files import Entry, FileListSource, file_sample
 from storage.sources.images import is_image_name
@@ -74,7 +75,7 @@ class WebDatasetSource(FileListSource):
         if self.url.endswith(".tar"):
             return [self.url.rsplit("/", 1)[-1]], []
         with storage_errors(self.url, "list", self.storage_options):
-            found = sorted(fs.find(root, detail=False))
+            found = sorted(retrying(lambda: fs.find(root, detail=False), f"listing {self.url}"))
         rel = [p[len(root.rstrip("/")) + 1:] for p in found]
         other = [SkippedFile(r, "a compressed tar cannot be read by byte range: store it uncompressed"
                              if r.endswith((".tar.gz", ".tgz")) else "not a .tar shard") for r in rel
@@ -105,31 +106,38 @@ class WebDatasetSource(FileListSource):
         and its hidden members and what stopped the reading early (a corrupt header), if anything."""
         url = join(self.base_url, rel)
         fs, path = open_fs(url, self.storage_options)
-        members: dict[str, dict[str, Any]] = {}
-        problems = []
-        with storage_errors(url, "read", self.storage_options), fs.open(path, "rb") as fh:
-            try:
-                with tarfile.open(fileobj=fh, mode="r:") as tar:
-                    for member in tar:
-                        if not member.isfile():
-                            continue
-                        if posixpath.basename(member.name).startswith("."):  # ._x.jpg that tar tools add
-                            problems.append(SkippedFile(f"{rel}#{member.name}", "hidden file"))
-                            continue
-                        key, ext = split_key(member.name)
-                        parts = members.setdefault(key, {})
-                        if ext in LABEL_EXTENSIONS or ext == "json":
-                            handle = tar.extractfile(member)
-                            parts[ext] = _label_value(ext, handle.read() if handle else b"")
-                        else:
-                            parts[ext] = (member.offset_data, member.size)
-                    fh.seek(tar.offset)  # tarfile ends quietly at a corrupt header: it must be the end marker
-                    if fh.read(tarfile.BLOCKSIZE).strip(b"\0"):
-                        raise tarfile.ReadError(f"a corrupt header at byte {tar.offset}")
-            except tarfile.TarError as err:
-                problems.append(SkippedFile(rel, f"not a readable tar after {sum(map(len, members.values()))} "
-                                                 f"members (the rest of it is not read): {err}"))
-        return members, problems
+
+        def scan() -> tuple[dict[str, dict[str, Any]], list[SkippedFile]]:
+            # The whole tar is read again when the store fails on the way (a transient failure is
+            # an OSError, which tarfile lets through), so that no member is missed or listed twice.
+            members: dict[str, dict[str, Any]] = {}
+            problems = []
+            with fs.open(path, "rb") as fh:
+                try:
+                    with tarfile.open(fileobj=fh, mode="r:") as tar:
+                        for member in tar:
+                            if not member.isfile():
+                                continue
+                            if posixpath.basename(member.name).startswith("."):  # ._x.jpg that tar tools add
+                                problems.append(SkippedFile(f"{rel}#{member.name}", "hidden file"))
+                                continue
+                            key, ext = split_key(member.name)
+                            parts = members.setdefault(key, {})
+                            if ext in LABEL_EXTENSIONS or ext == "json":
+                                handle = tar.extractfile(member)
+                                parts[ext] = _label_value(ext, handle.read() if handle else b"")
+                            else:
+                                parts[ext] = (member.offset_data, member.size)
+                        fh.seek(tar.offset)  # tarfile ends quietly at a corrupt header: it must be the end marker
+                        if fh.read(tarfile.BLOCKSIZE).strip(b"\0"):
+                            raise tarfile.ReadError(f"a corrupt header at byte {tar.offset}")
+                except tarfile.TarError as err:
+                    problems.append(SkippedFile(rel, f"not a readable tar after {sum(map(len, members.values()))} "
+                                                     f"members (the rest of it is not read): {err}"))
+            return members, problems
+
+        with storage_errors(url, "read", self.storage_options):
+            return retrying(scan, f"reading the members of {url}")
 
     def describe(self, location: Any) -> str:
         return f"{join(self.base_url, str(location[0]))}#{location[1]}"
@@ -163,8 +171,17 @@ class WebDatasetSource(FileListSource):
             else:
                 spans.append([offset, offset + size, [(offset, size, i)]])
         with storage_errors(url, "read", self.storage_options):
-            data = fs.cat_ranges([path] * len(spans), [s[0] for s in spans], [s[1] for s in spans],
-                                 on_error="return")
+            data = retrying(lambda: fs.cat_ranges([path] * len(spans), [s[0] for s in spans],
+                                                  [s[1] for s in spans], on_error="return"), f"reading {url}")
+            # A range the store failed transiently is read again (and past the retry budget fails the
+            # shard); only what is wrong with the tar itself becomes the samples' error rows.
+            for k, (start, end, _) in enumerate(spans):
+                blob = data[k]
+                if isinstance(blob, BaseException) and is_transient(blob):
+                    data[k] = retrying(lambda start=start, end=end: fs.cat_file(path, start=start, end=end),
+                                       f"reading bytes {start}:{end} of {url}")
+                elif isinstance(blob, PermissionError):
+                    raise translate(blob, url, "read", self.storage_options)
         out: dict[int, bytes | BaseException] = {}
         for (start, _, members), blob in zip(spans, data):
             for offset, size, i in members:

@@ -230,7 +230,7 @@ def test_a_worker_failure_stops_the_job_in_one_line(checkpoint, ray_session, tmp
     assert attribute.main(["--checkpoint", checkpoint, "--output", out, "--limit", "8", "--shard-size", "4",
                            "--methods", "grad_cam:layer=fc", *QUIET]) == 1
     last = capfd.readouterr().err.strip().splitlines()[-1]
-    assert re.match(r"jobs\.attribute: error: the job stopped after 0 of 2 shards: shard 00000[01] \(4 samples from "
+    assert re.match(r"jobs\.attribute: error: the job stopped with 0 of 2 shards committed: shard 00000[01] \(4 samples from "
                     r"'fashion-mnist/test/0000[04]'\) failed on worker \S+: AttributionError: grad_cam layer 'fc'", last)
     run = read_run(out)
     assert run["status"] == "failed" and "AttributionError: grad_cam layer 'fc'" in run["reason"]
