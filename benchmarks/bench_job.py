@@ -3,7 +3,7 @@
 1. Throughput (maps/s, one map per sample and method) of the same shards of Fashion-MNIST test images:
    - in-process: ``ShardAttributor(config).process_shard`` over every shard, no Ray, with all CPU
      threads and with one thread (one "device");
-   - Ray: ``jobs.attribute.run_shards`` (Ray Data ``map_batches`` over an ``ActorPoolStrategy``),
+   - Ray: ``jobs.actor_pool.run_shards`` (Ray Data ``map_batches`` over an ``ActorPoolStrategy``),
      1 actor (all threads) and N actors (threads split between them, as the job does). Ray itself
      is started before the clock (``ray.init`` costs ~4 s once per job); actor start-up
      (imports, model load) is inside it, as the in-process figures include building the worker.
@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from attribution import MethodSpec  # noqa: E402
-from jobs import attribute  # noqa: E402
+from jobs import actor_pool, attribute  # noqa: E402
 from storage.maps import MapStore  # noqa: E402
 from storage.sources import load_arrays, open_source  # noqa: E402
 from workers.attributor import ShardAttributor  # noqa: E402
@@ -101,7 +101,7 @@ def with_ray(output: str, checkpoint: str, args: argparse.Namespace, workers: in
     tasks, config = prepare(output, checkpoint, args.n, args.shard_size, args.batch_size)
     job_args = attribute.parse_args(["--workers", str(workers), "--device", "cpu", "--no-progress"])
     start = time.perf_counter()
-    results = attribute.run_shards(tasks, config, job_args)
+    results = actor_pool.run_shards(tasks, config, job_args)
     seconds = time.perf_counter() - start
     busy: dict[str, float] = {}
     for r in results:

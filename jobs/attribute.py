@@ -24,7 +24,6 @@ reason); "running" is left only by a driver that was killed.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 import uuid
@@ -62,94 +61,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="recompute the shards of samples whose source file changed or was deleted since they were "
                         "mapped (without it they are reported and kept)")
     return p.parse_args(argv)
-
-
-#: Times Ray Data runs a shard again after it failed transiently (``$PATHWAY_SHARD_RETRIES``).
-DEFAULT_SHARD_RETRIES = 3
-
-
-def shard_retries() -> int:
-    """How many times a shard that failed transiently is retried (``$PATHWAY_SHARD_RETRIES``, default 3)."""
-    try:
-        return max(0, int(os.environ.get("PATHWAY_SHARD_RETRIES", DEFAULT_SHARD_RETRIES)))
-    except ValueError:
-        return DEFAULT_SHARD_RETRIES
-
-
-def retry_transient_shards(context: Any, retries: int) -> None:
-    """Have Ray Data run a shard again, ``retries`` times at most, when it failed because the store kept
-    failing transiently past each request's retry budget (the worker raises TransientShardFailure).
-
-    Ray 2.60 offers two ways. ``DataContext.actor_task_retry_on_errors`` hands the exception classes
-    to Ray Core as ``retry_exceptions``; Ray Data sets ``max_task_retries=-1`` on its actors, so those
-    retries are unbounded unless ``max_task_retries`` is set, which would also cap the retries of
-    shards whose actor died (a lost worker or node must stay recoverable however often it happens).
-    ``retried_map_errors`` / ``max_map_retries`` instead retry the map task inside its actor with
-    exponential backoff (2, 4, 8 s... times a random factor), bounded on their own, for exceptions
-    whose "Class: message" text matches: only TransientShardFailure does, so a permanent failure
-    (access denied, a missing bucket, a bug) still stops the job at once. A retried shard rewrites
-    the same bytes, so retrying one that got halfway is safe.
-    """
-    from workers.attributor import TransientShardFailure
-
-    context.retried_map_errors = [f"{TransientShardFailure.__name__}: shard "]
-    context.max_map_retries = retries
-
-
-def run_shards(tasks: Sequence[Any], config: Any, args: argparse.Namespace, store: Any = None) -> list[dict]:
-    """Process the pending shards on an actor pool; returns one summary per finished shard. When a shard
-    fails, the job stops with a line saying how many of the shards are committed (read from ``store``:
-    Ray Data hands results back later than shards commit) and why."""
-    import gc
-
-    import ray
-    from tqdm import tqdm
-
-    from jobs.cluster import size_workers
-    from workers.attributor import ShardAttributor, TransientShardFailure, failure_line
-
-    sizing = size_workers(args.device, args.workers)
-    retries = shard_retries()
-    retry_transient_shards(ray.data.DataContext.get_current(), retries)
-    dataset = ray.data.from_items([task.to_row() for task in tasks], override_num_blocks=len(tasks)).map_batches(
-        ShardAttributor,
-        fn_constructor_kwargs={"config": config.to_dict(), "threads": sizing.threads},
-        batch_size=1,
-        compute=ray.data.ActorPoolStrategy(size=sizing.workers),
-        num_gpus=sizing.gpus,
-        num_cpus=sizing.cpus,
-    )  # Ray Data restarts dead actors and retries their shards by default (and transient failures, above)
-    results = []
-    with tqdm(total=sum(t.samples for t in tasks), unit="sample", disable=args.no_progress, desc="attribute",
-              dynamic_ncols=True) as bar:
-        failure = None
-        try:
-            for row in dataset.iter_rows():
-                results.append(row)
-                bar.update(int(row["samples"]) + int(row["errors"]))
-        except ray.exceptions.RayError as err:  # a worker failed, not because of a sample: stop, in one line
-            failure = failure_line(err)
-            if f"{TransientShardFailure.__name__}: " in str(err):
-                failure += f" (the shard was tried {retries + 1} times)"
-    if failure is not None:
-        del dataset
-        gc.collect()  # the failed execution's frames hold its actor pool, and the pool its CPUs and GPUs
-        raise JobError(f"the job stopped with {committed_tasks(store, tasks, len(results))} of {len(tasks)} shards "
-                       f"committed: {failure}")
-    return results
-
-
-def committed_tasks(store: Any, tasks: Sequence[Any], fallback: int) -> int:
-    """How many of ``tasks`` have every method committed, or ``fallback`` where the store cannot say."""
-    from storage.fs import StorageError
-
-    if store is None:
-        return fallback
-    try:
-        committed = {name: store.committed(name) for name in {m for task in tasks for m in task.methods}}
-    except (StorageError, OSError):
-        return fallback
-    return sum(all(task.shard_id in committed[m] for m in task.methods) for task in tasks)
 
 
 def write_examples(output: str, options: dict[str, Any], source: Any, methods: Sequence[str], spec: Any) -> list[str]:
@@ -333,6 +244,8 @@ def attribute(args: argparse.Namespace, options: dict[str, Any], store: Any, run
         start_ray(args.ray_address)
         check_workers_import(spec.arch)
         check_workers_reach([source.url, checkpoint, args.output], options or None)
+        from jobs.actor_pool import run_shards
+
         results = run_shards(planned.tasks, config, args, store)
 
     if lease is not None:

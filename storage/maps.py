@@ -173,6 +173,12 @@ class MapStore:
         return join(self.url, "zarr", check_name("method", method))
 
     # -- commit log ---------------------------------------------------------------------------
+    def is_finished(self, method: str, shard_id: str) -> bool:
+        """Whether the shard is committed for ``method`` and its tables are published (so its zarr
+        flags are set too): nothing of it is left to do. Two requests."""
+        return read_commit(self.where, method, shard_id) is not None and \
+            self.where.exists(data_path("maps", method, shard_id))
+
     def committed(self, method: str | None = None) -> dict[str, dict]:
         """Commit records in shard order: ``{shard_id: record}`` for one method, or
         ``{"<method>/<shard_id>": record}`` for all methods when ``method`` is None."""

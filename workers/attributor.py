@@ -16,7 +16,7 @@ a request, every sample of a batch fails attribution alone, a write fails) raise
 :class:`ShardFailed`, whose one-line message names the shard and the cause; the job stops there.
 When the cause is transient (the store kept throttling, failing or dropping connections past the
 retry budget of :mod:`storage.retry`), it raises :class:`TransientShardFailure` instead, which Ray
-Data retries a bounded number of times (``jobs.attribute.run_shards``) before the job stops.
+Data retries a bounded number of times (``jobs.actor_pool.run_shards``) before the job stops.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -155,8 +155,21 @@ class ShardAttributor:
     # -- Ray Data entry point: one row per shard -----------------------------------------
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
-        results = [self.process_shard(ShardTask.from_row(row)) for row in rows]
+        results = [self._process_uncommitted(ShardTask.from_row(row)) for row in rows]
         return {key: np.array([getattr(r, key) for r in results]) for key in ShardResult.__dataclass_fields__}
+
+    def _process_uncommitted(self, task: ShardTask) -> ShardResult:
+        """The shard for the methods that have not finished it yet. A block of several shards is one
+        Ray task, retried whole (its actor died, a shard failed transiently): the retry skips the
+        shards the first attempt finished instead of computing them again. One that died between its
+        commit record and its publication is written again (the same bytes), which finishes it."""
+        try:
+            pending = tuple(m for m in task.methods if not self.store.is_finished(m, task.shard_id))
+        except Exception as err:  # noqa: BLE001 - reported as one line naming the shard
+            raise self._failure(task, err) from err
+        if not pending:
+            return ShardResult(task.shard_id, 0, 0, 0.0, self.worker)
+        return self.process_shard(replace(task, methods=pending))
 
     def process_shard(self, task: ShardTask) -> ShardResult:
         """Compute, write and commit one shard for the task's methods; :class:`ShardFailed` when that
@@ -165,11 +178,14 @@ class ShardAttributor:
         try:
             return self._on_compute_thread(self._process_shard, task)
         except Exception as err:  # noqa: BLE001 - every cause is reported as one line naming the shard
-            first = task.refs[0].sample_id if task.refs else task.ranges[0].id_format.format(
-                row=task.ranges[0].start) if task.ranges else "-"
-            failure = TransientShardFailure if is_transient(err) else ShardFailed
-            raise failure(f"shard {task.shard_id} ({task.samples} samples from {first!r}) failed on worker "
-                          f"{self.worker}: {type(err).__name__}: {' '.join(str(err).split())}"[:1000]) from err
+            raise self._failure(task, err) from err
+
+    def _failure(self, task: ShardTask, err: BaseException) -> ShardFailed:
+        first = task.refs[0].sample_id if task.refs else task.ranges[0].id_format.format(
+            row=task.ranges[0].start) if task.ranges else "-"
+        failure = TransientShardFailure if is_transient(err) else ShardFailed
+        return failure(f"shard {task.shard_id} ({task.samples} samples from {first!r}) failed on worker "
+                       f"{self.worker}: {type(err).__name__}: {' '.join(str(err).split())}"[:1000])
 
     def _process_shard(self, task: ShardTask) -> ShardResult:
         start = time.perf_counter()

@@ -157,6 +157,35 @@ def test_worker_killed_repeatedly_mid_job(reference, checkpoint, ray_session, tm
     assert parquet_bytes(out, None) == parquet_bytes(reference["url"], reference["options"])
 
 
+def test_a_retried_block_of_several_shards_skips_those_it_committed(reference, checkpoint, ray_session, tmp_path,
+                                                                   monkeypatch) -> None:
+    """Past jobs.actor_pool.MAX_TASK_BLOCKS tasks, shards share a Ray Data block (one actor task). Kill
+    the actor after it committed a shard of its block: the block is retried whole, and the retry leaves
+    the shards already committed as they are (their files are not written again)."""
+    from jobs import actor_pool
+
+    monkeypatch.setattr(actor_pool, "MAX_TASK_BLOCKS", 2)  # 8 shards: 2 blocks of 4
+    out = str(tmp_path / "maps")
+    before_kill: dict[str, int] = {}
+
+    def killer() -> None:
+        wait_for(lambda: commits(out) >= 1, 120, "a first commit", interval=0.02)
+        pid = wait_for(lambda: worker_pids(os.getpid()), 30, "a live ShardAttributor actor process", interval=0.02)[0]
+        os.kill(pid, 9)
+        folder = os.path.join(out, "maps", "pathway")
+        before_kill.update({n: os.stat(os.path.join(folder, n)).st_mtime_ns for n in os.listdir(folder)})
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    assert attribute.main(["--checkpoint", checkpoint, "--output", out, *FM]) == 0
+    thread.join(timeout=5)
+    assert before_kill, "the job ended before the kill"
+    after = {n: os.stat(os.path.join(out, "maps", "pathway", n)).st_mtime_ns for n in before_kill}
+    assert after == before_kill  # committed before the kill: skipped by the retry, not rewritten
+    check_exactly_once(out, None, source_ids(limit=400))
+    assert parquet_bytes(out, None) == parquet_bytes(reference["url"], reference["options"])
+
+
 def test_driver_killed_then_rerun_finishes_missing_shards(checkpoint, ray_session, tmp_path, capsys) -> None:
     out = str(tmp_path / "maps")
     command = [sys.executable, "-m", "jobs.attribute", "--checkpoint", checkpoint, "--output", out, *FM]

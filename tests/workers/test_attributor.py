@@ -222,3 +222,28 @@ def test_a_failure_that_is_not_the_data_s_names_the_shard(tmp_path, checkpoint) 
     assert line.startswith("shard 000000 (4 samples from 'fashion-mnist/test/00000') failed on worker ")
     assert "AttributionError" in line and "fc" in line and "\n" not in line
     assert MapStore(url).committed("grad_cam") == {}
+
+
+def test_a_retried_block_skips_finished_shards_and_finishes_unpublished_ones(tmp_path, checkpoint) -> None:
+    """Ray Data hands a block of shard rows to ``__call__`` and retries it whole: shards already
+    committed and published are skipped; one whose attempt died after its commit record, before
+    publishing, is written again (the same bytes), which publishes it and flags its zarr rows."""
+    url = str(tmp_path / "out")
+    tasks, config = prepare("fashion-mnist", url, checkpoint, {}, shard_size=6, limit=18)
+    worker = ShardAttributor(config, threads=1)
+    worker.process_shard(tasks[0])
+    worker.process_shard(tasks[1])
+    published = tmp_path / "out" / "maps" / "gradient" / "000001.parquet"
+    pending = tmp_path / "out" / "_pending" / "maps" / "gradient" / "000001.parquet"
+    pending.parent.mkdir(parents=True, exist_ok=True)
+    published.rename(pending)  # as if the actor died between shard 1's commit record and its publication
+    before = every_file(url)
+    batch = {key: np.array([task.to_row()[key] for task in tasks]) for key in tasks[0].to_row()}
+    out = worker(batch)
+    assert list(out["shard_id"]) == ["000000", "000001", "000002"]
+    assert list(out["samples"]) == [0, 6, 6]  # shard 0 skipped; shard 1 (gradient only) and 2 computed
+    after = every_file(url)
+    assert after["maps/gradient/000001.parquet"] == before["_pending/maps/gradient/000001.parquet"]
+    assert all(after[p] == b for p, b in before.items() if not p.startswith("_pending/") and "000001" not in p
+               and not p.startswith("zarr/"))
+    assert not np.isnan(maps_array(url, "gradient")[:18]).any()
