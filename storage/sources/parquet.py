@@ -181,11 +181,12 @@ class ParquetSource(Source):
         for rel in self.files:
             if limit is not None and len(refs) >= limit:
                 return refs[:limit]  # the files past the limit are not read (and nothing partial is cached)
+            version = self._stamps.get(rel, "")  # the file's: a changed file changes each of its samples
             if "sample_id" in self._meta(rel).schema.names:
                 ids = self._read_column(rel, "sample_id")
-                refs += [SampleRef(str(s), f"{rel}#{i}") for i, s in enumerate(ids)]
+                refs += [SampleRef(str(s), f"{rel}#{i}", version) for i, s in enumerate(ids)]
             else:
-                refs += [SampleRef(f"{rel}#{i}", f"{rel}#{i}") for i in range(self._meta(rel).num_rows)]
+                refs += [SampleRef(f"{rel}#{i}", f"{rel}#{i}", version) for i in range(self._meta(rel).num_rows)]
         self._cache_refs = refs
         return refs[:limit]
 

@@ -21,7 +21,7 @@ from storage.fs import join
 from storage.reader import read_errors, read_maps, read_run
 from storage.sources import FASHION_MNIST_CLASSES, open_source
 from tests.helpers import (class_dir, fashion_mnist, png_bytes, put, tar_bytes, tiny_checkpoint, write_folder,
-                           write_index)
+                           write_index, write_parquet)
 
 pytestmark = pytest.mark.slow  # starts Ray or trains a model
 
@@ -207,6 +207,45 @@ def test_changed_and_deleted_source_files_are_noticed(checkpoint, ray_session, t
 
     assert attribute.main(args) == 0
     assert "changed" not in capfd.readouterr().err and "source_changes" not in read_run(out)
+
+
+def test_a_parquet_source_is_planned_by_ranges_and_a_rewritten_file_is_noticed(checkpoint, ray_session, tmp_path,
+                                                                               capfd):
+    """Two Parquet files of 6 rows, shards of 4: the plan holds row ranges (one across both files);
+    new rows appended to the source become a new plan segment; a file rewritten in place changes
+    every shard that reads it, and --recompute-changed recomputes those shards only."""
+    from storage.maps import MapStore
+    from storage.plan import read_plan
+
+    src, out = str(tmp_path / "parquet"), str(tmp_path / "maps")
+    images, labels = fashion_mnist("test", 16)
+    write_parquet(join(src, "a.parquet"), {}, images[:6], labels[:6])
+    write_parquet(join(src, "b.parquet"), {}, images[6:12], labels[6:12])
+    args = ["--source", src, "--checkpoint", checkpoint, "--output", out, "--shard-size", "4", "--methods",
+            "gradient", *QUIET]
+    assert attribute.main([*args, "--limit", "10"]) == 0
+    assert attribute.main(args) == 0  # the last 2 rows of b: a new segment
+    assert sorted(os.listdir(os.path.join(out, "_plan"))) == ["ranges-000000.parquet", "ranges-000003.parquet"]
+    shards, _ = read_plan(MapStore(out).where)
+    assert [[(r.file, r.start, r.stop) for r in s.ranges] for s in shards] == [
+        [("a.parquet", 0, 4)], [("a.parquet", 4, 6), ("b.parquet", 0, 2)], [("b.parquet", 2, 4)], [("b.parquet", 4, 6)]]
+    before = read_maps(out).set_index("sample_id")["map"]
+    assert sorted(before.index) == sorted([f"a.parquet#{i}" for i in range(6)] + [f"b.parquet#{i}" for i in range(6)])
+    untouched = os.stat(os.path.join(out, "_manifest", "gradient", "000000.json")).st_mtime_ns
+    write_parquet(join(src, "b.parquet"), {}, images[10:16], labels[10:16])  # other images, same name and size
+    capfd.readouterr()
+
+    assert attribute.main(args) == 0
+    assert "6 samples changed and 0 deleted in the source since they were mapped, in 3 shards" in capfd.readouterr().err
+    assert attribute.main([*args, "--recompute-changed"]) == 0
+    assert "recomputing those 3 shards" in capfd.readouterr().out
+    after = read_maps(out).set_index("sample_id")["map"]
+    assert not np.array_equal(after["b.parquet#0"], before["b.parquet#0"])
+    moved, was = after["b.parquet#0"].astype(np.float32), before["b.parquet#4"].astype(np.float32)  # images[10]
+    np.testing.assert_allclose(moved, was, rtol=1e-2, atol=1e-3 * float(np.abs(was).max()))  # another batch shape
+    assert os.stat(os.path.join(out, "_manifest", "gradient", "000000.json")).st_mtime_ns == untouched
+    assert attribute.main(args) == 0
+    assert "changed" not in capfd.readouterr().err
 
 
 def test_a_driver_failure_after_run_json_was_written_is_recorded(checkpoint, ray_session, tmp_path, capfd):
