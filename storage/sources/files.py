@@ -131,11 +131,6 @@ def skip_reason(rel: str) -> str | None:
     return None
 
 
-def relative_files(fs: Any, root: str, url: str, storage_options: Mapping[str, Any] | None) -> list[str]:
-    """Every file under ``root`` (recursively), as sorted paths relative to it."""
-    return list(stamped_files(fs, root, url, storage_options))
-
-
 def stamped_files(fs: Any, root: str, url: str, storage_options: Mapping[str, Any] | None) -> dict[str, str]:
     """Every file under ``root`` (recursively), sorted by its path relative to it, with its stamp
     (:func:`stamp`); one listing, the same requests as listing names alone."""
@@ -180,6 +175,11 @@ class FileListSource(Source):
 
     def _init_cache(self) -> None:
         self._cache_listing: tuple[list[Entry], list[SkippedFile]] | None = None
+        self._cache_stamps: dict[str, str] = {}  # stamp_key(location) -> the file's stamp, filled by _entries
+
+    def stamp_key(self, location: Any) -> str:
+        """The file a location's stamp is kept under (a tar for WebDataset; the file itself by default)."""
+        return str(location)
 
     def _entries(self) -> tuple[list[Entry], list[SkippedFile]]:
         """``([(sample_id, location, raw_label), ...] in source order, [skipped files])``."""
@@ -191,7 +191,10 @@ class FileListSource(Source):
         return self._cache_listing
 
     def list(self, limit: int | None = None) -> list[SampleRef]:
-        return [SampleRef(sid, json.dumps([location, raw])) for sid, location, raw in self._listing()[0][:limit]]
+        entries = self._listing()[0][:limit]
+        stamps = self._cache_stamps
+        return [SampleRef(sid, json.dumps([location, raw]), stamps.get(self.stamp_key(location), ""))
+                for sid, location, raw in entries]
 
     def skipped(self) -> list[SkippedFile]:
         return list(self._listing()[1])

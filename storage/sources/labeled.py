@@ -25,7 +25,7 @@ from typing import Any
 
 from storage.fs import StorageError, join, open_fs, storage_errors
 from storage.sources.base import SkippedFile
-from storage.sources.files import FileListSource, relative_files, skip_reason
+from storage.sources.files import FileListSource, skip_reason, stamped_files
 from storage.sources.folder import open_split_root
 from storage.sources.index import INDEX_EXTENSIONS, index_entries
 
@@ -78,7 +78,7 @@ class LabeledFolderSource(FileListSource):
         by_stem = {_stem(p): p for p in by_path if stems[_stem(p)] == 1}
         labels_path = self.labels_url.rsplit("/", 1)[-1] if not self.offset else None
         entries, used = [], set()
-        for rel in relative_files(self.fs, self.root, self.url, self.storage_options):
+        for rel, version in stamped_files(self.fs, self.root, self.url, self.storage_options).items():
             reason = skip_reason(rel)
             if rel == labels_path:
                 continue
@@ -90,6 +90,7 @@ class LabeledFolderSource(FileListSource):
             if hit is not None:
                 used.add(hit)
             entries.append((rel, key, None if hit is None else by_path[hit]))
+            self._cache_stamps[key] = version
         labels_name = self.labels_url.rsplit("/", 1)[-1]
         skipped += [SkippedFile(p, f"listed in {labels_name} but not a file in {self.url}")
                     for p in by_path if p not in used]

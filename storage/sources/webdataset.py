@@ -29,7 +29,7 @@ from typing import Any
 from storage.fs import StorageError, join, open_fs, storage_errors, translate
 from storage.retry import is_transient, retrying
 from storage.sources.base import Sample, SampleError, SampleRef, SkippedFile, files_of_split
-from storage.sources.files import Entry, FileListSource, file_sample
+from storage.sources.files import Entry, FileListSource, file_sample, stamp, stamped_files
 from storage.sources.images import is_image_name
 
 LABEL_EXTENSIONS = ("cls", "class", "label", "cls.txt")
@@ -73,10 +73,13 @@ class WebDatasetSource(FileListSource):
         """The split's tar files relative to ``base_url``, and the other files under the URL."""
         fs, root = open_fs(self.base_url, self.storage_options)
         if self.url.endswith(".tar"):
-            return [self.url.rsplit("/", 1)[-1]], []
-        with storage_errors(self.url, "list", self.storage_options):
-            found = sorted(retrying(lambda: fs.find(root, detail=False), f"listing {self.url}"))
-        rel = [p[len(root.rstrip("/")) + 1:] for p in found]
+            name = self.url.rsplit("/", 1)[-1]
+            with storage_errors(self.url, "list", self.storage_options):
+                self._cache_stamps[name] = stamp(retrying(lambda: fs.info(join(root, name)), f"checking {self.url}"))
+            return [name], []
+        stamps = stamped_files(fs, root, self.url, self.storage_options)
+        self._cache_stamps.update(stamps)  # a tar's stamp is each of its samples' (offsets move when it changes)
+        rel = list(stamps)
         other = [SkippedFile(r, "a compressed tar cannot be read by byte range: store it uncompressed"
                              if r.endswith((".tar.gz", ".tgz")) else "not a .tar shard") for r in rel
                  if not r.endswith(".tar")]
@@ -138,6 +141,9 @@ class WebDatasetSource(FileListSource):
 
         with storage_errors(url, "read", self.storage_options):
             return retrying(scan, f"reading the members of {url}")
+
+    def stamp_key(self, location: Any) -> str:
+        return str(location[0])
 
     def describe(self, location: Any) -> str:
         return f"{join(self.base_url, str(location[0]))}#{location[1]}"

@@ -292,3 +292,25 @@ def test_unknown_layouts_name_the_known_formats(tmp_path):
         open_source(str(tmp_path), kind="zip")
     with pytest.raises(StorageError, match="no such object or directory"):
         open_source(str(tmp_path / "absent"))
+
+
+def test_samples_carry_the_stamp_of_the_file_they_come_from(storage_root, fmnist):
+    """WebDataset samples carry their tar's size and version, labeled-folder images their own: a rerun
+    compares them with the plan's to notice files rewritten in place (storage.plan.source_changes)."""
+    url, options = storage_root
+    images, labels = fmnist
+    webdataset(join(url, "wds"), options, images, labels)
+    before = {r.sample_id: r.stamp for r in open_source(join(url, "wds"), storage_options=options).list()}
+    assert all(before.values()) and len({before[k] for k in before if k.startswith("shard-000")}) == 1
+    put(join(url, "wds", "shard-001.tar"), options, tar_bytes([("fm_0100.png", png_bytes(images[0]))]))
+    after = {r.sample_id: r.stamp for r in open_source(join(url, "wds"), storage_options=options).list()}
+    assert {k: after[k] for k in after if k.startswith("shard-000")} == \
+        {k: before[k] for k in before if k.startswith("shard-000")}
+    assert after["shard-001.tar#fm_0100"] not in {before[k] for k in before}
+
+    put(join(url, "flat", "a.png"), options, png_bytes(images[0]))
+    put(join(url, "flat", "b.png"), options, png_bytes(images[1]))
+    write_index(join(url, "flat", "labels.csv"), options, [{"file_name": "a.png", "label": 1},
+                                                          {"file_name": "b.png", "label": 2}])
+    stamps = {r.sample_id: r.stamp for r in open_source(join(url, "flat"), storage_options=options).list()}
+    assert set(stamps) == {"a.png", "b.png"} and stamps["a.png"].startswith(f"{len(png_bytes(images[0]))}:")
