@@ -52,6 +52,16 @@ elif args["stage"] == "plan":  # a first run's planning: open, list, write the p
     listing = source_listing(store, open_source(args["source"]), args.get("limit"))
     plan, _ = update_plan(store.where, listing, 512)
     out.update(samples=plan.samples, shards=len(plan.shards))
+elif args["stage"] == "open":  # open a Parquet source (maybe on S3), plan it, read a shard: the RSS it adds
+    def status(key):
+        return int(next(l for l in open("/proc/self/status") if l.startswith(key)).split()[1]) / 1024
+    open("/proc/self/clear_refs", "w").write("5")  # resets the peak (VmHWM) to the current RSS
+    base = status("VmRSS")
+    source = open_source(args["source"], storage_options=args.get("options") or None)
+    files = source.row_files()
+    refs = source.row_refs(files[-1].name, 0, 64)
+    read = sum(1 for s in source.read(refs) if hasattr(s, "image"))
+    out.update(files=len(files), read=read, added_mb=status("VmHWM") - base)
 elif args["stage"] == "rerun":  # a rerun's planning, as the job does it: plan, zarr, committed set, tasks
     planned = plan_shard_tasks(store, source_listing(store, open_source(args["source"])), 512,
                                ["pathway", "gradient"], (28, 28))
@@ -192,6 +202,37 @@ def bench_noop_rerun(source: Path, targets: list[tuple[str, str, dict]]) -> None
               f"{'' if rss > before else ' (or less: an earlier stage peaked higher)'}")
 
 
+def bench_source_memory(targets: list[tuple[str, str, dict]], files: int = 16, mb_per_file: int = 32) -> None:
+    """The memory a Parquet source of large files costs a process: open it, plan it, read 64 rows of
+    its last file (each file ``mb_per_file`` MB of 128 px noise PNGs, ~16 KB each, stored uncompressed)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from storage.fs import join, open_fs
+
+    print(f"\n== a Parquet source of {files} files x {mb_per_file} MB: the peak RSS that opening it, planning "
+          "it and reading a shard add ==")
+    from tests.helpers import png_bytes
+
+    rng = np.random.default_rng(0)
+    pngs = [png_bytes(rng.integers(0, 256, (128, 128, 1), np.uint8)) for _ in range(64)]  # ~16 KB of noise each
+    rows = mb_per_file * 2**20 // len(pngs[0])
+    for name, url, options in targets:
+        fs, root = open_fs(f"{url}/big-parquet", options or None)
+        for k in range(files):
+            blobs = pa.array([pngs[i % len(pngs)] for i in range(rows)], pa.binary())
+            sink = pa.BufferOutputStream()
+            pq.write_table(pa.table({"image": blobs, "label": pa.array(np.arange(rows) % 10)}), sink,
+                           row_group_size=256, compression="none", use_dictionary=False)
+            if not url.startswith("s3://"):
+                os.makedirs(root, exist_ok=True)
+            fs.pipe_file(join(root, f"test-{k:05d}.parquet"), sink.getvalue().to_pybytes())
+        out = stage(stage="open", source=f"{url}/big-parquet", options=options, output=f"{url}/unused")
+        print(f"{name:>26}: {out['files']} files, {out['read']} rows read: +{out['added_mb']:.0f} MB peak RSS "
+              f"(target on S3 <= 100 MB)")
+
+
 def bench_committed(shards: list[int], targets: list[tuple[str, str, dict]]) -> None:
     from storage.location import Location
     from storage.manifest import index_commits, read_commits, write_commit
@@ -268,6 +309,8 @@ def main() -> None:
     parser.add_argument("--shards", default="1000,5000,20000")
     parser.add_argument("--files", type=int, default=50_000)
     parser.add_argument("--no-s3", action="store_true")
+    parser.add_argument("--no-source-memory", dest="source_memory", action="store_false",
+                        help="skip the memory of opening a Parquet source of 16 x 32 MB files")
     parser.add_argument("--no-noop-rerun", dest="noop_rerun", action="store_false",
                         help="skip the whole-job no-op rerun over the largest source")
     args = parser.parse_args()
@@ -282,6 +325,8 @@ def main() -> None:
     with storage_targets(tmp, "scale", not args.no_s3) as targets:
         if args.files:
             bench_folder(args.files, targets)
+        if args.source_memory:
+            bench_source_memory(targets)
         if args.noop_rerun and rows:
             bench_noop_rerun(tmp / f"parquet-{rows[-1]}" / "data", targets)
         bench_committed([int(x) for x in args.shards.split(",") if x], targets)

@@ -63,15 +63,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def write_examples(output: str, options: dict[str, Any], source: Any, methods: Sequence[str], spec: Any) -> list[str]:
-    """A PNG grid of the first maps of each method over the images as the model saw them, next to the outputs."""
+def write_examples(output: str, options: dict[str, Any], source: Any, methods: Sequence[str], spec: Any,
+                   shard_id: str) -> list[str]:
+    """A PNG grid of the first maps of each method over the images as the model saw them, next to the
+    outputs; from one committed shard (its records and tables only, whatever the dataset's size)."""
     from jobs.plots import map_grid
     from storage.fs import join
     from storage.location import Location
-    from storage.reader import join_with_source, read_maps
+    from storage.reader import join_with_source, read_shard
     from storage.tables import EXAMPLES_PATH
 
-    frames = {m: read_maps(output, m, options, columns=["sample_id", "target", "map"], shards=1).head(EXAMPLES)
+    frames = {m: read_shard(output, m, shard_id, options, columns=["sample_id", "target", "map"]).head(EXAMPLES)
               for m in methods}
     first = next(iter(frames.values()))
     if first.empty:
@@ -85,13 +87,13 @@ def write_examples(output: str, options: dict[str, Any], source: Any, methods: S
 
 
 def examples_or_warning(output: str, options: dict[str, Any] | None, source: Any, methods: Sequence[str], spec: Any,
-                        run_record: dict[str, Any]) -> list[str]:
+                        shard_id: str, run_record: dict[str, Any]) -> list[str]:
     """The example PNG, or a warning (stderr and run.json) when it cannot be drawn: pictures never
     fail a job whose shards are committed (a source file deleted since it was mapped, say)."""
     from storage.fs import StorageError
 
     try:
-        return write_examples(output, options, source, methods, spec)
+        return write_examples(output, options, source, methods, spec, shard_id)
     except (StorageError, OSError, ValueError, KeyError, TypeError) as err:
         warning = f"no example maps drawn: {' '.join(str(err).split())[:500]}"
         print(f"warning: {warning}", file=sys.stderr)
@@ -250,7 +252,8 @@ def attribute(args: argparse.Namespace, options: dict[str, Any], store: Any, run
 
     if lease is not None:
         lease.check()  # another driver took the output over: it finishes it, this one stops here
-    committed = {name: store.committed(name) for name in config.labels}
+    # What planning read is still true when nothing ran (a no-op rerun: on S3 each read lists every record).
+    committed = {name: store.committed(name) for name in config.labels} if planned.tasks else planned.committed
     finish_outputs(store, planned.plan, committed)
     missing = {name: [s.shard_id for s in planned.plan.shards if s.shard_id not in committed[name]]
                for name in config.labels}
@@ -258,7 +261,8 @@ def attribute(args: argparse.Namespace, options: dict[str, Any], store: Any, run
     errors = sum(r["n_errors"] for name in config.labels for r in committed[name].values())
     seconds = time.perf_counter() - start_clock
     complete = not any(missing.values())
-    pngs = examples_or_warning(args.output, options or None, source, config.labels, spec, run_record) if complete else []
+    pngs = examples_or_warning(args.output, options or None, source, config.labels, spec,
+                               planned.plan.shards[0].shard_id, run_record) if complete and planned.plan.shards else []
     kinds = errors_by_kind(args.output, options, config.labels[0]) if errors else {}
     run_record.update(status="complete" if complete else "incomplete", finished_at=now(),
                       seconds=seconds, maps=samples, errors=errors, errors_by_kind=kinds, examples=pngs)

@@ -28,9 +28,9 @@ from storage.fs import InvalidStorageInput, StorageAccessDenied, StorageError, S
 from storage.location import Location, put_url
 from storage.maps import MapRecords, MapStore
 from storage.reader import (join_with_source, maps_array, read_errors, read_maps, read_maps_table, read_run,
-                            read_sample)
+                            read_sample, read_shard)
 from storage.sources import Sample, SampleError, SampleRef, Source, load_arrays, open_source
 
 __all__ = ["InvalidStorageInput", "Location", "MapRecords", "MapStore", "put_url", "Sample", "SampleError", "SampleRef", "Source", "StorageAccessDenied",
            "StorageError", "StorageNotFound", "join_with_source", "load_arrays", "maps_array", "open_fs",
-           "open_source", "read_errors", "read_maps", "read_maps_table", "read_run", "read_sample"]
+           "open_source", "read_errors", "read_maps", "read_maps_table", "read_run", "read_sample", "read_shard"]

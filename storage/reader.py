@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from storage.fs import InvalidStorageInput, StorageError, StorageNotFound, join
@@ -55,6 +56,12 @@ def _committed_tables(url: str, kind: str, method: str | None, storage_options: 
                 taken[record["method"]] = taken.get(record["method"], 0) + 1
                 first.append(record)
         records = first
+    return _read_tables(where, records, kind, columns)
+
+
+def _read_tables(where: Location, records: Sequence[Mapping[str, Any]], kind: str,
+                 columns: Sequence[str] | None = None) -> list[pa.Table]:
+    """The ``kind`` tables the commit ``records`` name, in their order, read a few at a time."""
     rels = [f["path"] for rec in records for f in rec["files"]
             if f["path"].startswith(f"{kind}/") and f["path"].endswith(".parquet")]
 
@@ -125,6 +132,22 @@ def _frame(table: pa.Table) -> pd.DataFrame:
     return df
 
 
+def read_shard(url: str, method: str, shard_id: str, storage_options: Mapping[str, Any] | None = None,
+               columns: Sequence[str] | None = None) -> pd.DataFrame:
+    """One committed shard's maps of ``method``, like :func:`read_maps`: its commit record and its
+    table, two requests, however large the dataset (a preview that does not list it);
+    :class:`StorageNotFound` when the shard is not committed."""
+    where = Location(url, storage_options)
+    record = read_commit(where, check_name("method", method), shard_id)
+    if record is None:
+        check_format(where)
+        raise StorageNotFound(f"{url} has no committed shard {shard_id!r} of {method!r}")
+    table = pa.concat_tables(_read_tables(where, [record], "maps", columns))
+    if "map" in table.column_names:
+        table = table.set_column(table.column_names.index("map"), "map", tensor_column(table.column("map")))
+    return _frame(table)
+
+
 def read_sample(url: str, sample_id: str, method: str | None = None,
                 storage_options: Mapping[str, Any] | None = None) -> pd.DataFrame:
     """One sample's rows (one per method, or of ``method``), like :func:`read_maps`, without scanning
@@ -149,13 +172,10 @@ def read_sample(url: str, sample_id: str, method: str | None = None,
     frames = []
     for label in labels:
         record = read_commit(where, label, shard)
-        rel = next((f["path"] for f in (record or {}).get("files", []) if f["path"].startswith("maps/")), None)
-        if rel is None:
-            continue
-        data = where.get_optional(rel) or where.get(f"_pending/{rel}")
-        table = pq.read_table(pa.BufferReader(data), filters=[("sample_id", "==", str(sample_id))])
-        frames.append(_frame(table.set_column(table.column_names.index("map"), "map",
-                                              tensor_column(table.column("map")))))
+        for table in _read_tables(where, [record] if record else [], "maps"):
+            table = table.filter(pc.equal(table.column("sample_id"), str(sample_id)))
+            frames.append(_frame(table.set_column(table.column_names.index("map"), "map",
+                                                  tensor_column(table.column("map")))))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["sample_id", "method", "map"])
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -128,6 +129,7 @@ class PlannedRun:
     changes: SourceChanges = SourceChanges()
     recomputed: tuple[str, ...] = ()  # shards un-committed because their source files changed
     listed: int = 0  # samples in the source listing (all of it, or the --limit)
+    committed: dict[str, dict[str, dict]] = field(default_factory=dict)  # method -> {shard_id: record}, as planned
 
     @property
     def pending_samples(self) -> int:
@@ -150,8 +152,8 @@ def plan_shard_tasks(store: MapStore, listing: Sequence[SampleRef] | Sequence[Ro
                      methods: Sequence[str], map_shape: tuple[int, int], *, listing_complete: bool = True,
                      recompute_changed: bool = False) -> PlannedRun:
     """Extend the stored plan by what it lacks (``listing``: refs, or row files from
-    :func:`source_listing`), size every method's zarr arrays for it, and return a task for each shard
-    that some method has not committed, naming those methods.
+    :func:`source_listing`), return a task for each shard that some method has not committed, naming
+    those methods, and size the zarr arrays of the methods with tasks for the plan.
 
     Samples whose file changed or vanished since they were planned are reported; with
     ``recompute_changed`` their shards are un-committed for ``methods`` (the plan takes the files'
@@ -166,12 +168,14 @@ def plan_shard_tasks(store: MapStore, listing: Sequence[SampleRef] | Sequence[Ro
         for method in methods:
             for index in changes.shards:
                 store.uncommit(method, plan.shards[index].shard_id, index, plan.shards[index].size)
-    for method in methods:
-        store.ensure_zarr(method, plan.total_rows, map_shape, plan.shard_size)
-    done = {method: set(store.committed(method)) for method in methods}
+    with ThreadPoolExecutor(max_workers=max(1, len(methods))) as pool:  # one listing per method, at once
+        done = dict(zip(methods, pool.map(store.committed, methods)))
     tasks = []
     for shard in plan.shards:
         pending = tuple(m for m in methods if shard.shard_id not in done[m])
         if pending:
             tasks.append(ShardTask(shard.index, shard.shard_id, shard.refs, pending, shard.ranges))
-    return PlannedRun(plan, new_shards, tuple(tasks), changes, recomputed, listed_samples(listing))
+    busy = {m for task in tasks for m in task.methods} if plan.shards else set(methods)
+    for method in (m for m in methods if m in busy):  # the others' arrays hold every shard already
+        store.ensure_zarr(method, plan.total_rows, map_shape, plan.shard_size)
+    return PlannedRun(plan, new_shards, tuple(tasks), changes, recomputed, listed_samples(listing), done)

@@ -11,7 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from storage import (InvalidStorageInput, MapRecords, MapStore, SampleError, StorageError, StorageNotFound,
-                     join_with_source, maps_array, read_errors, read_maps, read_maps_table, read_run, read_sample)
+                     join_with_source, maps_array, read_errors, read_maps, read_maps_table, read_run, read_sample,
+                     read_shard)
 from storage.fs import join, open_fs
 from storage.sources import open_source
 from tests.helpers import DETAIL_TYPES, MAP_SHAPE, every_file, map_records, png_bytes, put, write_parquet
@@ -273,6 +274,12 @@ def test_read_sample_reads_only_its_shard(tmp_path):
     assert read_sample(url, ids_of(2)[0], "b").method.tolist() == ["b"]
     with pytest.raises(StorageNotFound, match="no sample 'nope'"):
         read_sample(url, "nope")
+    # read_shard: one committed shard by id, its record and table only (shard 0's table is gone here).
+    shard = read_shard(url, "b", plan.shards[2].shard_id, columns=["sample_id", "map"])
+    assert shard.sample_id.tolist() == ids_of(2)
+    np.testing.assert_array_equal(np.stack(shard["map"]), written["b", plan.shards[2].shard_id].maps)
+    with pytest.raises(StorageNotFound, match="no committed shard '000009' of 'a'"):
+        read_shard(url, "a", "000009")
 
 
 def test_an_index_of_commit_records_keeps_reruns_to_one_listing(s3_server) -> None:
