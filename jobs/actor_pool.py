@@ -73,8 +73,8 @@ def run_shards(tasks: Sequence[Any], config: Any, args: argparse.Namespace, stor
     sizing = size_workers(args.device, args.workers)
     retries = shard_retries()
     retry_transient_shards(ray.data.DataContext.get_current(), retries)
-    dataset = ray.data.from_items([task.to_row() for task in tasks], override_num_blocks=task_blocks(len(tasks))) \
-        .map_batches(
+    rows = [task.to_row() for task in tasks]
+    dataset = ray.data.from_items(rows, override_num_blocks=task_blocks(len(rows))).map_batches(
         ShardAttributor,
         fn_constructor_kwargs={"config": config.to_dict(), "threads": sizing.threads},
         batch_size=1,

@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 
 from storage.fs import InvalidStorageInput
 from storage.location import Location
-from storage.sources.base import RowFile, SampleRef
+from storage.sources.base import RowFile, SampleRef, row_of_id
 from storage.tables import PLAN_DIR, parquet_bytes
 
 #: The first segment of a plan of the samples form (the whole plan, before plans had segments).
@@ -62,6 +62,11 @@ class RowRange:
         return [self.id_format.format(row=i) for i in range(self.start, self.stop)]
 
 
+def samples_in(refs: Sequence[SampleRef], ranges: Sequence[RowRange]) -> int:
+    """How many samples a shard's refs and row ranges hold."""
+    return len(refs) + sum(r.stop - r.start for r in ranges)
+
+
 @dataclass(frozen=True)
 class Shard:
     index: int
@@ -72,7 +77,7 @@ class Shard:
 
     @property
     def size(self) -> int:
-        return len(self.refs) + sum(r.stop - r.start for r in self.ranges)
+        return samples_in(self.refs, self.ranges)
 
     def sample_ids(self) -> list[str]:
         return [r.sample_id for r in self.refs] + [sid for r in self.ranges for sid in r.sample_ids()]
@@ -179,8 +184,8 @@ def shard_of(where: Location, sample_id: str) -> str | None:
         table = pq.read_table(pa.BufferReader(data))
         for sid, file, start, stop, fmt in zip(*(table.column(c).to_pylist()
                                                 for c in ("shard_id", "file", "start", "stop", "id_format"))):
-            row = RowFile(file, stop, fmt).row_of(sample_id)
-            if row is not None and start <= row:
+            row = row_of_id(fmt, sample_id)
+            if row is not None and start <= row < stop:
                 return str(sid)
     return None
 

@@ -181,10 +181,8 @@ class ShardAttributor:
             raise self._failure(task, err) from err
 
     def _failure(self, task: ShardTask, err: BaseException) -> ShardFailed:
-        first = task.refs[0].sample_id if task.refs else task.ranges[0].id_format.format(
-            row=task.ranges[0].start) if task.ranges else "-"
         failure = TransientShardFailure if is_transient(err) else ShardFailed
-        return failure(f"shard {task.shard_id} ({task.samples} samples from {first!r}) failed on worker "
+        return failure(f"shard {task.shard_id} ({task.samples} samples from {task.first_sample_id!r}) failed on worker "
                        f"{self.worker}: {type(err).__name__}: {' '.join(str(err).split())}"[:1000])
 
     def _process_shard(self, task: ShardTask) -> ShardResult:

@@ -20,8 +20,8 @@ from typing import Any
 
 from attribution import MethodSpec
 from storage.maps import MapStore
-from storage.plan import (RowRange, ShardPlan, SourceChanges, listed_samples, plan_form, restamp, source_changes,
-                          update_plan)
+from storage.plan import (RowRange, ShardPlan, SourceChanges, listed_samples, plan_form, restamp, samples_in,
+                          source_changes, update_plan)
 from storage.sources import RowFile, SampleRef, Source
 
 
@@ -98,7 +98,14 @@ class ShardTask:
 
     @property
     def samples(self) -> int:
-        return len(self.refs) + sum(r.stop - r.start for r in self.ranges)
+        return samples_in(self.refs, self.ranges)
+
+    @property
+    def first_sample_id(self) -> str:
+        """The shard's first sample id ("-" for an empty shard), to name the shard in messages."""
+        if self.refs:
+            return self.refs[0].sample_id
+        return self.ranges[0].id_format.format(row=self.ranges[0].start) if self.ranges else "-"
 
     def sample_refs(self, source: Source) -> list[SampleRef]:
         """The shard's refs; row ranges are expanded by ``source`` (a row-addressable one)."""

@@ -89,13 +89,18 @@ class RowFile:
 
     def row_of(self, sample_id: str) -> int | None:
         """The row whose id is ``sample_id``, or None when it is not one of this file's ids."""
-        head, _, rest = self.id_format.partition("{row")
-        tail = rest.partition("}")[2]
-        if not (sample_id.startswith(head) and sample_id.endswith(tail)) or len(sample_id) <= len(head) + len(tail):
-            return None
-        middle = sample_id[len(head):len(sample_id) - len(tail)]
-        row = int(middle) if middle.isdigit() else -1
-        return row if 0 <= row < self.rows and self.sample_id(row) == sample_id else None
+        row = row_of_id(self.id_format, sample_id)
+        return row if row is not None and row < self.rows else None
+
+
+def row_of_id(id_format: str, sample_id: str) -> int | None:
+    """The row ``i`` whose id ``id_format.format(row=i)`` is ``sample_id``, or None when no row's is."""
+    head, _, rest = id_format.partition("{row")
+    tail = rest.partition("}")[2]
+    if not (sample_id.startswith(head) and sample_id.endswith(tail)) or len(sample_id) <= len(head) + len(tail):
+        return None
+    middle = sample_id[len(head):len(sample_id) - len(tail)]
+    return int(middle) if middle.isdigit() and id_format.format(row=int(middle)) == sample_id else None
 
 
 @dataclass
