@@ -295,7 +295,8 @@ def print_summary(results: list[dict], samples: int, errors: int, seconds: float
             print(f"  {name}: {len(shards)} shards not committed (e.g. {shards[:3]}); rerun the same command to finish")
     if pngs:
         print(f"example maps: {', '.join(pngs)}")
-    print(f"read them with: storage.read_maps({output!r}, 'pathway')")
+    method = next(iter(missing), "pathway")  # missing holds every method of the run, in order
+    print(f"read them with: storage.read_maps({output!r}, {method!r})")
 
 
 def errors_by_kind(output: str, options: dict[str, Any], method: str) -> dict[str, int]:
