@@ -166,21 +166,28 @@ def test_a_retried_block_of_several_shards_skips_those_it_committed(reference, c
 
     monkeypatch.setattr(actor_pool, "MAX_TASK_BLOCKS", 2)  # 8 shards: 2 blocks of 4
     out = str(tmp_path / "maps")
+    folder = os.path.join(out, "maps", "pathway")
     before_kill: dict[str, int] = {}
+    killed: list[int] = []
+
+    def published() -> list[str]:
+        """Tables moved to maps/ (a commit record comes first, so commits(out) >= 1 is not enough)."""
+        return [n for n in os.listdir(folder) if n.endswith(".parquet")] if os.path.isdir(folder) else []
 
     def killer() -> None:
-        wait_for(lambda: commits(out) >= 1, 120, "a first commit", interval=0.02)
+        wait_for(lambda: published(), 120, "a first published shard", interval=0.02)
         pid = wait_for(lambda: worker_pids(os.getpid()), 30, "a live ShardAttributor actor process", interval=0.02)[0]
+        # listed before the kill: each of these was published by then (a local move is one rename)
+        before_kill.update({n: os.stat(os.path.join(folder, n)).st_mtime_ns for n in published()})
         os.kill(pid, 9)
-        folder = os.path.join(out, "maps", "pathway")
-        before_kill.update({n: os.stat(os.path.join(folder, n)).st_mtime_ns for n in os.listdir(folder)})
+        killed.append(pid)
 
     thread = threading.Thread(target=killer, daemon=True)
     thread.start()
     assert attribute.main(["--checkpoint", checkpoint, "--output", out, *FM]) == 0
     thread.join(timeout=5)
-    assert before_kill, "the job ended before the kill"
-    after = {n: os.stat(os.path.join(out, "maps", "pathway", n)).st_mtime_ns for n in before_kill}
+    assert killed and before_kill, "the job ended before the kill"
+    after = {n: os.stat(os.path.join(folder, n)).st_mtime_ns for n in before_kill}
     assert after == before_kill  # committed before the kill: skipped by the retry, not rewritten
     check_exactly_once(out, None, source_ids(limit=400))
     assert parquet_bytes(out, None) == parquet_bytes(reference["url"], reference["options"])
