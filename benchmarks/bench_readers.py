@@ -5,9 +5,10 @@ The baseline is pyarrow alone reading the same Parquet files (``pq.read_table`` 
 documented way (docs/format.md); the target is at most 1.5x the baseline for each. xarray reads
 the zarr copy (other bytes), so its ratio is reported but is not the same comparison.
 
-Run alone: ``python benchmarks/bench_readers.py [--n 10000] [--no-s3]`` (it writes gradient maps
-of a random-init ResNet-8 for the first n Fashion-MNIST test images); ``bench_storage.py`` calls
-:func:`time_readers` on its own output too.
+Run alone: ``python benchmarks/bench_readers.py [--n 10000] [--size 28] [--no-s3]`` (it writes
+gradient maps of a random-init ResNet-8 for the first n Fashion-MNIST test images; with ``--size 224``
+they are resized to ImageNet's map size, 100 KB each, where the bytes rather than each library's
+start-up dominate); ``bench_storage.py`` calls :func:`time_readers` on its own output too.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import copy
 import logging
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -65,6 +67,12 @@ def readers(url: str, options: dict, method: str, cache: Path) -> dict[str, Call
         return pl.read_parquet(glob, columns=["map"], storage_options=_polars_options(options)) \
             .get_column("map").to_numpy()
 
+    def polars_via_pyarrow() -> np.ndarray:
+        import polars as pl
+
+        return pl.read_parquet(folder, columns=["map"], use_pyarrow=True, pyarrow_options={"filesystem": arrow_fs}) \
+            .get_column("map").to_numpy()
+
     def duckdb() -> np.ndarray:
         import duckdb as ddb
 
@@ -74,12 +82,17 @@ def readers(url: str, options: dict, method: str, cache: Path) -> dict[str, Call
         return map_arrays(con.sql(f"select map from read_parquet('{glob}')").to_arrow_table().column("map"))
 
     def hf_datasets() -> np.ndarray:
+        return map_arrays(hf_dataset().with_format("arrow")["map"])
+
+    def hf_datasets_numpy() -> np.ndarray:
+        return hf_dataset().with_format("numpy")["map"][:]  # datasets 5 gives a lazy Column: [:] reads it
+
+    def hf_dataset():
         import datasets
 
         datasets.disable_progress_bars()
-        data = datasets.load_dataset("parquet", data_files=glob, split="train", cache_dir=str(cache / str(time.time())),
+        return datasets.load_dataset("parquet", data_files=glob, split="train", cache_dir=str(cache / str(time.time())),
                                      storage_options=copy.deepcopy(options) or None)
-        return data.with_format("numpy")["map"]
 
     def ray_data() -> np.ndarray:
         import ray
@@ -94,8 +107,10 @@ def readers(url: str, options: dict, method: str, cache: Path) -> dict[str, Call
         return opened["maps"].where(opened["committed"]).values
 
     return {"pyarrow alone": pyarrow_alone, "storage.read_maps_table": project_table,
-            "storage.read_maps (pandas)": project_pandas, "pandas": pandas, "polars": polars, "DuckDB": duckdb,
-            "HF datasets (fresh cache)": hf_datasets, "Ray Data": ray_data, "xarray (zarr copy)": xarray_zarr}
+            "storage.read_maps (pandas)": project_pandas, "pandas": pandas, "polars": polars,
+            "polars (use_pyarrow=True)": polars_via_pyarrow, "DuckDB": duckdb,
+            "HF datasets (arrow format)": hf_datasets, "HF datasets (numpy format)": hf_datasets_numpy,
+            "Ray Data": ray_data, "xarray (zarr copy)": xarray_zarr}
 
 
 def _polars_options(options: dict) -> dict | None:
@@ -107,9 +122,12 @@ def _polars_options(options: dict) -> dict | None:
 
 
 def _in_row_order(maps: np.ndarray) -> np.ndarray:
-    """The rows sorted by a fingerprint of their values (readers may return files in any order)."""
-    weights = np.random.default_rng(0).standard_normal(maps[0].size)
-    return maps[np.argsort(maps.reshape(len(maps), -1).astype(np.float64) @ weights, kind="stable")]
+    """The rows sorted by a fingerprint of their values (readers may return files in any order); the
+    fingerprint uses at most 1024 pixels per map, so that large maps do not cost gigabytes of float64."""
+    flat = maps.reshape(len(maps), -1)
+    pixels = flat[:, ::max(1, flat.shape[1] // 1024)]
+    weights = np.random.default_rng(0).standard_normal(pixels.shape[1])
+    return maps[np.argsort(pixels.astype(np.float64) @ weights, kind="stable")]
 
 
 def time_readers(url: str, options: dict, method: str, expected: np.ndarray, repeats: int = 3) -> None:
@@ -124,6 +142,8 @@ def time_readers(url: str, options: dict, method: str, expected: np.ndarray, rep
                 start = time.perf_counter()
                 maps = read()
                 times.append(time.perf_counter() - start)
+                if not isinstance(maps, np.ndarray):  # a lazy result would leave its reading out of the time
+                    raise TypeError(f"{name} returned {type(maps).__name__}, not a numpy array")
             if not np.array_equal(_in_row_order(np.asarray(maps, np.float16)), _in_row_order(expected)):
                 raise AssertionError(f"{name} read other maps than were written")
             best[name] = min(times)
@@ -153,6 +173,8 @@ def write_and_time(name: str, url: str, options: dict, method: str, records, sha
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=10_000, help="maps (Fashion-MNIST test images)")
+    parser.add_argument("--size", type=int, default=28, help="map height and width (28: as computed; "
+                        "otherwise the 28x28 maps resized bilinearly)")
     parser.add_argument("--shard-size", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-s3", action="store_true", help="skip the SeaweedFS run")
@@ -160,13 +182,15 @@ def main() -> None:
     os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
     import ray
 
-    from benchmarks.bench_storage import compute_maps, storage_targets
+    from benchmarks.bench_storage import compute_maps, storage_targets, upsample
 
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}, "
           f"pyarrow {pa.__version__}")
     maps, _, origin = compute_maps(args.n, ["gradient"], train=False)
-    records = maps["gradient"]
-    print(f"{args.n} gradient maps 28x28 of {origin}, in shards of {args.shard_size}")
+    records = maps["gradient"] if args.size == 28 else upsample(maps["gradient"], args.size)
+    resized = "" if args.size == 28 else f" (computed at 28x28, resized to {args.size}x{args.size})"
+    print(f"{args.n} gradient maps {args.size}x{args.size}{resized} of {origin}, in shards of {args.shard_size}, "
+          f"{records.maps.nbytes / 1e6:.0f} MB as float16")
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message="Consolidated metadata")
@@ -177,6 +201,7 @@ def main() -> None:
                 write_and_time(name, url, options, "gradient", records, args.shard_size, args.repeats)
     finally:
         ray.shutdown()
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
