@@ -1,8 +1,11 @@
-"""The pending shards of a run on a Ray Data actor pool: one model replica per actor, a shard per row.
+"""The pending shards of a run on a Ray Data actor pool: one model replica per actor.
 
-``run_shards`` is step 4 of :mod:`jobs.attribute`: ``from_items(tasks).map_batches(ShardAttributor,
+``run_shards`` is step 4 of :mod:`jobs.attribute`: ``from_items(blocks).map_batches(ShardAttributor,
 compute=ActorPoolStrategy(...))``, a progress bar over the results, transient failures retried by
-Ray Data a bounded number of times, and any other failure stopping the job in one line.
+Ray Data a bounded number of times, and any other failure stopping the job in one line. A block is
+one row naming a plan segment and runs of shard indices (``workers.tasks.block_rows``): the actor
+reads those shards' samples from the plan, so what the driver puts into Ray is at most
+``MAX_TASK_BLOCKS`` short rows (plus one per segment a block crosses), whatever the shards hold.
 """
 
 from __future__ import annotations
@@ -69,12 +72,13 @@ def run_shards(tasks: Sequence[Any], config: Any, args: argparse.Namespace, stor
 
     from jobs.cluster import size_workers
     from workers.attributor import ShardAttributor, TransientShardFailure, failure_line
+    from workers.tasks import block_rows
 
     sizing = size_workers(args.device, args.workers)
     retries = shard_retries()
     retry_transient_shards(ray.data.DataContext.get_current(), retries)
-    rows = [task.to_row() for task in tasks]
-    dataset = ray.data.from_items(rows, override_num_blocks=task_blocks(len(rows))).map_batches(
+    rows = block_rows(tasks, task_blocks(len(tasks)))  # a few short rows per block; workers read the plan
+    dataset = ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
         ShardAttributor,
         fn_constructor_kwargs={"config": config.to_dict(), "threads": sizing.threads},
         batch_size=1,

@@ -24,10 +24,12 @@ so a source planned either way gets the same shards and ids.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from storage.fs import InvalidStorageInput
@@ -67,6 +69,45 @@ def samples_in(refs: Sequence[SampleRef], ranges: Sequence[RowRange]) -> int:
     return len(refs) + sum(r.stop - r.start for r in ranges)
 
 
+class PlannedRefs(Sequence[SampleRef]):
+    """A shard's planned samples as columns of its plan segment (ids, JSON locators, stamps), made
+    into :class:`SampleRef` objects only when read one by one. A rerun compares the id and stamp of
+    every planned sample, but needs refs only for the shards it runs; building 200,000 refs costs
+    as much as listing a local folder of 200,000 files (benchmarks/bench_scale.py)."""
+
+    __slots__ = ("ids", "locators", "stamps")
+
+    def __init__(self, ids: list[str], locators: list[str], stamps: list[str]) -> None:
+        self.ids, self.locators, self.stamps = ids, locators, stamps
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return tuple(self)[i]
+        return SampleRef(self.ids[i], _locator(self.locators[i]), self.stamps[i])
+
+    def __iter__(self) -> Iterator[SampleRef]:
+        return map(SampleRef, self.ids, map(_locator, self.locators), self.stamps)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Sequence) and tuple(self) == tuple(other)
+
+    def __hash__(self) -> int:
+        return hash(tuple(self))
+
+    def __repr__(self) -> str:
+        return f"PlannedRefs({len(self)} samples: {self.ids[:2]}...)"
+
+
+def ids_and_stamps(refs: Sequence[SampleRef]) -> tuple[list[str], list[str]]:
+    """The sample ids and stamps of refs, without building them where they are planned ones."""
+    if isinstance(refs, PlannedRefs):
+        return refs.ids, refs.stamps
+    return [r.sample_id for r in refs], [r.stamp for r in refs]
+
+
 @dataclass(frozen=True)
 class Shard:
     index: int
@@ -80,7 +121,7 @@ class Shard:
         return samples_in(self.refs, self.ranges)
 
     def sample_ids(self) -> list[str]:
-        return [r.sample_id for r in self.refs] + [sid for r in self.ranges for sid in r.sample_ids()]
+        return list(ids_and_stamps(self.refs)[0]) + [sid for r in self.ranges for sid in r.sample_ids()]
 
 
 @dataclass(frozen=True)
@@ -132,7 +173,7 @@ def read_plan(where: Location) -> tuple[list[Shard], int | None]:
             continue
         table = pq.read_table(pa.BufferReader(data))
         sizes.add(int((table.schema.metadata or {}).get(b"shard_size", b"0")) or None)
-        shards += _ranges_of(table, rel) if "file" in table.column_names else _samples_of(table, rel)
+        shards += _shards_of(table, rel)
     if len(sizes - {None}) > 1:
         raise InvalidStorageInput(f"{where.url_of(PLAN_DIR)} holds segments of different shard sizes {sorted(sizes)}")
     if len({bool(s.ranges) for s in shards}) > 1:
@@ -140,15 +181,30 @@ def read_plan(where: Location) -> tuple[list[Shard], int | None]:
     return sorted(shards, key=lambda s: s.index), next(iter(sizes - {None}), None)
 
 
+def read_segment(where: Location, segment: str) -> list[Shard]:
+    """The shards of one plan segment (``_plan/…parquet``, as :attr:`Shard.segment` names it): a worker
+    reads the samples of the shards it is given from here, so they need not travel with its tasks."""
+    return _shards_of(pq.read_table(pa.BufferReader(where.get(segment))), segment)
+
+
+def _shards_of(table: pa.Table, segment: str) -> list[Shard]:
+    return _ranges_of(table, segment) if "file" in table.column_names else _samples_of(table, segment)
+
+
 def _samples_of(table: pa.Table, segment: str) -> list[Shard]:
     if "stamp" not in table.column_names:  # planned before stamps were recorded
         table = table.append_column("stamp", pa.array([""] * table.num_rows, pa.string()))
-    refs: dict[int, list[SampleRef]] = {}
-    ids: dict[int, str] = {}
-    for index, sid, sample_id, locator, stamp in zip(*(table.column(c).to_pylist() for c in SAMPLES_SCHEMA.names)):
-        refs.setdefault(index, []).append(SampleRef(sample_id, _locator(locator), stamp or ""))
-        ids[index] = sid
-    return [Shard(i, ids[i], tuple(refs[i]), segment=segment) for i in refs]
+    table = table.set_column(table.schema.get_field_index("stamp"), "stamp", pc.fill_null(table.column("stamp"), ""))
+    index = table.column("shard_index").to_numpy()
+    if len(index) and (np.diff(index) < 0).any():  # written shard by shard; sort anything else
+        table = table.take(np.argsort(index, kind="stable"))
+        index = table.column("shard_index").to_numpy()
+    ids, locators, stamps = (table.column(c).to_pylist() for c in ("sample_id", "locator", "stamp"))
+    starts = [0, *(np.flatnonzero(np.diff(index)) + 1).tolist()]
+    stops = [*starts[1:], len(ids)]
+    shard_ids = table.column("shard_id").take(pa.array(starts, pa.int64())).to_pylist() if ids else []
+    return [Shard(int(index[a]), sid, PlannedRefs(ids[a:b], locators[a:b], stamps[a:b]), segment=segment)
+            for a, b, sid in zip(starts, stops, shard_ids) if b > a]
 
 
 def _locator(text: str) -> str | int:
@@ -232,7 +288,7 @@ def update_plan(where: Location, listing: Listing, shard_size: int) -> tuple[Sha
 
 
 def _cut_samples(shards: Sequence[Shard], refs: Sequence[SampleRef], shard_size: int) -> Iterable[dict]:
-    planned = {r.sample_id for s in shards for r in s.refs}
+    planned = {sid for s in shards for sid in ids_and_stamps(s.refs)[0]}
     new = [r for r in refs if r.sample_id not in planned]
     if len({r.sample_id for r in new}) != len(new):
         raise InvalidStorageInput("the source lists duplicate sample ids; they must be unique to be committed "
@@ -292,15 +348,17 @@ def source_changes(plan: ShardPlan, listing: Listing, listing_complete: bool = T
     current = _now_stamps(listing)
     changed, deleted, shards = [], [], set()
     for shard in plan.shards:
-        parts = [(r.sample_id, r.stamp, [r.sample_id]) for r in shard.refs] + \
-                [(r.file, r.stamp, r) for r in shard.ranges]
-        for key, planned, ids in parts:
+        ids, stamps = ids_and_stamps(shard.refs)
+        parts = zip(ids, stamps, ids) if not shard.ranges else [(r.file, r.stamp, r) for r in shard.ranges]
+        for key, planned, part in parts:
             now = current.get(key)
+            if now == planned and now is not None:  # the common case, first
+                continue
             if now is None and listing_complete and planned != DELETED:
-                deleted.extend(ids if isinstance(ids, list) else ids.sample_ids())
+                deleted.extend([part] if isinstance(part, str) else part.sample_ids())
                 shards.add(shard.index)
             elif now is not None and planned and now and planned != now:
-                changed.extend(ids if isinstance(ids, list) else ids.sample_ids())
+                changed.extend([part] if isinstance(part, str) else part.sample_ids())
                 shards.add(shard.index)
     return SourceChanges(tuple(changed), tuple(deleted), tuple(sorted(shards)))
 

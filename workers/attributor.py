@@ -42,11 +42,12 @@ from models.preprocess import preprocess
 from models.training import resolve_device
 from storage.checkpoints import load_checkpoint
 from storage.maps import MapRecords, MapStore
+from storage.plan import Shard, read_segment
 from storage.retry import is_transient
 from storage.sources import NO_LABEL, Sample, SampleError, SampleRef, open_source
 
 from .allocator import keep_freed_memory
-from .tasks import JobConfig, ShardTask
+from .tasks import JobConfig, ShardTask, block_tasks
 
 #: How a declared detail's dtype is stored (storage.tables.detail_type).
 _KINDS = {torch.int64: "int64", torch.float64: "float64", torch.bool: "bool"}
@@ -117,6 +118,7 @@ class ShardAttributor:
     def __init__(self, config: dict[str, Any] | JobConfig, threads: int | None = None) -> None:
         self.config = config if isinstance(config, JobConfig) else JobConfig.from_dict(config)
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
+        self._segments: dict[str, dict[int, Shard]] = {}
         self._decoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode")
         self._compute_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="compute")
         self._on_compute_thread(self._load, threads)
@@ -152,11 +154,26 @@ class ShardAttributor:
         lazy = {module for part in (self.store, *self.methods.values()) for module in part.lazy_imports}
         threading.Thread(target=_import_ahead, args=(sorted(lazy),), daemon=True, name="import-ahead").start()
 
-    # -- Ray Data entry point: one row per shard -----------------------------------------
+    # -- Ray Data entry point: a row per block of shards, a summary row per shard -------------
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
-        results = [self._process_uncommitted(ShardTask.from_row(row)) for row in rows]
+        results = [self._process_uncommitted(task) for row in rows for task in block_tasks(row, self._segment_shards)]
         return {key: np.array([getattr(r, key) for r in results]) for key in ShardResult.__dataclass_fields__}
+
+    def _segment_shards(self, segment: str) -> dict[int, Shard]:
+        """A plan segment's shards by index, read once per actor (the last two segments are kept:
+        blocks run in plan order, so an actor rarely goes back to an earlier one)."""
+        if segment not in self._segments:
+            try:
+                shards = read_segment(self.store.where, segment)
+            except Exception as err:  # noqa: BLE001 - reported as one line naming the segment
+                failure = TransientShardFailure if is_transient(err) else ShardFailed
+                raise failure(f"shard plan {segment} could not be read on worker {self.worker}: "
+                              f"{type(err).__name__}: {' '.join(str(err).split())}"[:1000]) from err
+            while len(self._segments) >= 2:
+                self._segments.pop(next(iter(self._segments)))
+            self._segments[segment] = {shard.index: shard for shard in shards}
+        return self._segments[segment]
 
     def _process_uncommitted(self, task: ShardTask) -> ShardResult:
         """The shard for the methods that have not finished it yet. A block of several shards is one

@@ -3,8 +3,9 @@
 - :class:`JobConfig`: everything a worker needs to rebuild the job (source, checkpoint, output,
   methods as :class:`attribution.MethodSpec`), as plain data that travels to Ray actors and into
   ``run.json``, and comes back from it (:meth:`JobConfig.from_dict`).
-- :class:`ShardTask`: one shard of the plan and the methods still to commit for it; it owns its
-  conversion to and from a Ray Data row.
+- :class:`ShardTask`: one shard of the plan and the methods still to commit for it.
+- :func:`block_rows` / :func:`block_tasks`: tasks as the few Ray Data rows the driver hands out (a
+  plan segment and runs of shard indices), and back into tasks on a worker, from the plan.
 - :func:`plan_shard_tasks`: the plan (stored under the output, extended by new samples), the zarr
   arrays sized for it, and a task for every shard that some method has not committed yet. The
   job, the tests and the benchmarks all plan through it.
@@ -12,15 +13,16 @@
 
 from __future__ import annotations
 
+import itertools
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from attribution import MethodSpec
 from storage.maps import MapStore
-from storage.plan import (RowRange, ShardPlan, SourceChanges, listed_samples, plan_form, restamp, samples_in,
+from storage.plan import (RowRange, Shard, ShardPlan, SourceChanges, listed_samples, plan_form, restamp, samples_in,
                           source_changes, update_plan)
 from storage.sources import RowFile, SampleRef, Source
 
@@ -92,9 +94,10 @@ class ShardTask:
 
     index: int
     shard_id: str
-    refs: tuple[SampleRef, ...]
+    refs: Sequence[SampleRef]  # a tuple, or the plan's PlannedRefs (built into refs when read)
     methods: tuple[str, ...]
     ranges: tuple[RowRange, ...] = ()
+    segment: str = field(default="", compare=False)  # the plan segment that holds the shard
 
     @property
     def samples(self) -> int:
@@ -111,19 +114,37 @@ class ShardTask:
         """The shard's refs; row ranges are expanded by ``source`` (a row-addressable one)."""
         return list(self.refs) + [ref for r in self.ranges for ref in source.row_refs(r.file, r.start, r.stop)]
 
-    def to_row(self) -> dict[str, Any]:
-        """A Ray Data row: plain strings and ints (refs, ranges and methods as JSON)."""
-        return {"shard_index": self.index, "shard_id": self.shard_id, "samples": self.samples,
-                "refs": json.dumps([[r.sample_id, r.locator] for r in self.refs]),
-                "ranges": json.dumps([[r.file, r.start, r.stop, r.id_format] for r in self.ranges]),
-                "methods": json.dumps(list(self.methods))}
 
-    @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> ShardTask:
-        return cls(int(row["shard_index"]), str(row["shard_id"]),
-                   tuple(SampleRef(str(sid), locator) for sid, locator in json.loads(str(row["refs"]))),
-                   tuple(json.loads(str(row["methods"]))),
-                   tuple(RowRange(str(f), int(a), int(b), str(fmt)) for f, a, b, fmt in json.loads(str(row["ranges"]))))
+def block_rows(tasks: Sequence[ShardTask], blocks: int) -> list[dict[str, str]]:
+    """``tasks`` (in plan order) cut into ``blocks`` even parts, as Ray Data rows: a plan segment and
+    runs of consecutive shards with the same methods (``[[first, last, [methods]], ...]`` as JSON);
+    a part that crosses segments gives a row per segment. The workers read the shards' samples from
+    the plan (:func:`block_tasks`), so the driver hands Ray a few short rows per block, whatever the
+    shards hold, instead of a row of JSON refs per shard."""
+    rows: list[dict[str, str]] = []
+    for b in range(blocks):
+        part = tasks[b * len(tasks) // blocks:(b + 1) * len(tasks) // blocks]
+        for segment, group in itertools.groupby(part, key=lambda t: t.segment):
+            runs: list[list[Any]] = []
+            for task in group:
+                if runs and runs[-1][1] == task.index - 1 and runs[-1][2] == list(task.methods):
+                    runs[-1][1] = task.index
+                else:
+                    runs.append([task.index, task.index, list(task.methods)])
+            rows.append({"segment": segment, "runs": json.dumps(runs)})
+    return rows
+
+
+def block_tasks(row: Mapping[str, Any], segment_shards: Callable[[str], Mapping[int, Shard]]) -> list[ShardTask]:
+    """The tasks of a :func:`block_rows` row; ``segment_shards(segment)`` gives the segment's shards by index."""
+    segment = str(row["segment"])
+    shards = segment_shards(segment)
+    tasks = []
+    for first, last, methods in json.loads(str(row["runs"])):
+        for index in range(int(first), int(last) + 1):
+            shard = shards[index]
+            tasks.append(ShardTask(index, shard.shard_id, shard.refs, tuple(methods), shard.ranges, segment))
+    return tasks
 
 
 @dataclass(frozen=True)
@@ -181,7 +202,7 @@ def plan_shard_tasks(store: MapStore, listing: Sequence[SampleRef] | Sequence[Ro
     for shard in plan.shards:
         pending = tuple(m for m in methods if shard.shard_id not in done[m])
         if pending:
-            tasks.append(ShardTask(shard.index, shard.shard_id, shard.refs, pending, shard.ranges))
+            tasks.append(ShardTask(shard.index, shard.shard_id, shard.refs, pending, shard.ranges, shard.segment))
     busy = {m for task in tasks for m in task.methods} if plan.shards else set(methods)
     for method in (m for m in methods if m in busy):  # the others' arrays hold every shard already
         store.ensure_zarr(method, plan.total_rows, map_shape, plan.shard_size)

@@ -27,6 +27,7 @@ import numpy as np
 #: formats that need an external program); their extensions are not treated as images.
 _NOT_DECODABLE = frozenset({"BUFR", "GRIB", "HDF5", "MPEG", "WMF", "EPS"})
 _EXTENSIONS: tuple[str, ...] | None = None
+_EXTENSION_SET: frozenset[str] | None = None
 _OBJECT_REPR = re.compile(r"<[\w.]+ object at 0x[0-9a-fA-F]+>")
 _EXIF_ORIENTATION = 0x0112
 
@@ -45,8 +46,12 @@ def image_extensions() -> tuple[str, ...]:
 
 
 def is_image_name(name: str) -> bool:
-    """True when ``name``'s extension is one Pillow decodes (case-insensitive)."""
-    return name.lower().endswith(image_extensions())
+    """True when ``name``'s extension is one Pillow decodes (case-insensitive). A set lookup of the
+    last suffix: a folder listing asks this once per file."""
+    global _EXTENSION_SET
+    if _EXTENSION_SET is None:
+        _EXTENSION_SET = frozenset(image_extensions())
+    return name[name.rfind("."):].lower() in _EXTENSION_SET
 
 
 def to_uint8_hwc(image: Any) -> np.ndarray:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import pickle
+
 import pyarrow.parquet as pq
 import pytest
 
 from storage.fs import InvalidStorageInput, join, open_fs
 from storage.location import Location
-from storage.plan import (DELETED, PLAN_PATH, RowRange, read_plan, restamp, shard_id, shard_of, source_changes,
-                          update_plan)
+from storage.plan import (DELETED, PLAN_PATH, PlannedRefs, RowRange, ids_and_stamps, read_plan, restamp, shard_id,
+                          shard_of, source_changes, update_plan)
 from storage.sources import RowFile, SampleRef, open_source
 
 
@@ -35,6 +37,34 @@ def test_first_plan_cuts_source_order_into_fixed_shards(storage_root, refs) -> N
     fs, root = open_fs(url, options)
     table = pq.read_table(fs.open(join(root, PLAN_PATH), "rb"))
     assert table.num_rows == 25 and table.schema.metadata[b"shard_size"] == b"10"
+
+
+def test_a_samples_segment_is_read_whatever_its_row_order(storage_root, refs) -> None:
+    """Segments are written shard by shard, but a segment in another row order (rewritten by
+    another tool) reads as the same shards, each sample in its planned place."""
+    url, options = storage_root
+    plan, _ = update_plan(Location(url, options), refs, 10)
+    fs, root = open_fs(url, options)
+    table = pq.read_table(fs.open(join(root, PLAN_PATH), "rb"))
+    shuffled = table.take(sorted(range(table.num_rows), key=lambda i: (-table.column("shard_index")[i].as_py(), i)))
+    with fs.open(join(root, PLAN_PATH), "wb") as fh:
+        pq.write_table(shuffled, fh)
+    assert tuple(read_plan(Location(url, options))[0]) == plan.shards
+
+
+def test_planned_refs_read_as_the_refs_that_were_planned(storage_root, refs) -> None:
+    """A stored shard's refs are built on demand from the plan's columns; they compare, slice, hash
+    and pickle as the tuple of refs that was planned (as a task sends them to a worker)."""
+    url, options = storage_root
+    plan, _ = update_plan(Location(url, options), refs, 10)
+    stored = read_plan(Location(url, options))[0][1].refs
+    assert isinstance(stored, PlannedRefs) and len(stored) == 10
+    assert stored == plan.shards[1].refs == tuple(refs[10:20]) and stored != tuple(refs[:10])
+    assert stored[3] == refs[13] and stored[3].locator == 13 and stored[-1] == refs[19]
+    assert stored[2:4] == tuple(refs[12:14]) and list(stored) == refs[10:20]
+    assert hash(stored) == hash(tuple(refs[10:20]))
+    assert pickle.loads(pickle.dumps(tuple(stored))) == tuple(refs[10:20])
+    assert ids_and_stamps(stored) == ([r.sample_id for r in refs[10:20]], [r.stamp for r in refs[10:20]])
 
 
 def test_rerun_with_same_source_changes_nothing(storage_root, refs) -> None:

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import json
 import os
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
 from storage.maps import MapStore
+from storage.plan import read_segment
 from storage.reader import maps_array, read_errors, read_maps
 from storage.sources import open_source
 from tests.helpers import every_file
 from tests.helpers import fashion_mnist, png_bytes, put, tiny_checkpoint, write_folder
 from attribution import MethodSpec
 from workers.attributor import ShardAttributor
-from workers.tasks import JobConfig, ShardTask, plan_shard_tasks
+from workers.tasks import JobConfig, ShardTask, block_rows, block_tasks, plan_shard_tasks
 
 METHODS = ("pathway", "gradient")
 
@@ -77,22 +80,47 @@ def test_cuda_retry_rewrites_the_same_bytes(tmp_path, checkpoint) -> None:
 
 
 def test_ray_data_batch_interface_and_method_subset(tmp_path, checkpoint) -> None:
-    """__call__ takes the driver's rows (one shard each) and returns one summary row per shard."""
+    """__call__ takes the driver's rows (blocks of shards) and returns one summary row per shard."""
     url = str(tmp_path / "maps")
     tasks, config = prepare("fashion-mnist", url, checkpoint, {}, shard_size=5, limit=10)
     worker = ShardAttributor(config, threads=1)
-    rows = [ShardTask(t.index, t.shard_id, t.refs, ("gradient",)).to_row() for t in tasks]
-    out = worker({key: np.array([row[key] for row in rows]) for key in rows[0]})
+    out = worker(batch_of([replace(t, methods=("gradient",)) for t in tasks], blocks=2))
     assert list(out["shard_id"]) == ["000000", "000001"] and list(out["samples"]) == [5, 5]
     assert set(out) == {"shard_id", "samples", "errors", "seconds", "worker"}
     store = MapStore(url)
     assert sorted(store.committed("gradient")) == ["000000", "000001"] and store.committed("pathway") == {}
 
 
-def test_task_rows_round_trip(tmp_path) -> None:
-    tasks, _ = prepare("fashion-mnist", str(tmp_path / "maps"), "unused.pt", {}, shard_size=3, limit=7)
+def test_task_blocks_round_trip_through_the_plan(tmp_path) -> None:
+    """The driver's rows name a plan segment and runs of shards; a worker gets the same tasks back
+    from the stored plan. Runs break where the methods differ, rows where a block crosses segments."""
+    url = str(tmp_path / "maps")
+    tasks, _ = prepare("fashion-mnist", url, "unused.pt", {}, shard_size=3, limit=7)
     assert [t.samples for t in tasks] == [3, 3, 1] and all(t.methods == METHODS for t in tasks)
-    assert [ShardTask.from_row(t.to_row()) for t in tasks] == tasks
+    rows = block_rows(tasks, 1)
+    assert rows == [{"segment": "_plan/shards.parquet", "runs": json.dumps([[0, 2, list(METHODS)]])}]
+    assert expand(url, rows) == tasks
+    mixed = [tasks[0], replace(tasks[1], methods=("gradient",)), tasks[2]]
+    assert [json.loads(r["runs"]) for r in block_rows(mixed, 2)] == [[[0, 0, list(METHODS)]],
+                                                                      [[1, 1, ["gradient"]], [2, 2, list(METHODS)]]]
+    assert expand(url, block_rows(mixed, 2)) == mixed
+    grown, _ = prepare("fashion-mnist", url, "unused.pt", {}, shard_size=3, limit=12)  # a second segment
+    assert [t.segment for t in grown] == ["_plan/shards.parquet"] * 3 + ["_plan/shards-000003.parquet"] * 2
+    rows = block_rows(grown, 1)
+    assert [r["segment"] for r in rows] == ["_plan/shards.parquet", "_plan/shards-000003.parquet"]
+    assert expand(url, rows) == grown and [t.refs for t in expand(url, rows)] == [t.refs for t in grown]
+
+
+def expand(url: str, rows: list[dict]) -> list[ShardTask]:
+    """What a worker makes of the rows (workers.tasks.block_tasks over the stored plan)."""
+    where = MapStore(url).where
+    return [task for row in rows for task in block_tasks(row, lambda s: {x.index: x for x in read_segment(where, s)})]
+
+
+def batch_of(tasks: list[ShardTask], blocks: int) -> dict[str, np.ndarray]:
+    """The Ray Data batch of the driver's rows for ``tasks``, as __call__ gets it."""
+    rows = block_rows(tasks, blocks)
+    return {key: np.array([row[key] for row in rows]) for key in rows[0]}
 
 
 def test_undecodable_samples_become_errors_and_the_rest_is_mapped(tmp_path, checkpoint) -> None:
@@ -238,8 +266,7 @@ def test_a_retried_block_skips_finished_shards_and_finishes_unpublished_ones(tmp
     pending.parent.mkdir(parents=True, exist_ok=True)
     published.rename(pending)  # as if the actor died between shard 1's commit record and its publication
     before = every_file(url)
-    batch = {key: np.array([task.to_row()[key] for task in tasks]) for key in tasks[0].to_row()}
-    out = worker(batch)
+    out = worker(batch_of(tasks, blocks=1))
     assert list(out["shard_id"]) == ["000000", "000001", "000002"]
     assert list(out["samples"]) == [0, 6, 6]  # shard 0 skipped; shard 1 (gradient only) and 2 computed
     after = every_file(url)

@@ -7,12 +7,12 @@ import pytest
 
 from attribution import MethodSpec
 from storage.maps import MapStore
-from storage.plan import RowRange, update_plan
+from storage.plan import read_segment, update_plan
 from storage.reader import maps_array, read_maps
 from storage.sources import RowFile, open_source
 from tests.helpers import every_file, tiny_checkpoint, write_folder
 from workers.attributor import ShardAttributor
-from workers.tasks import JobConfig, ShardTask, plan_shard_tasks, source_listing
+from workers.tasks import JobConfig, block_rows, block_tasks, plan_shard_tasks, source_listing
 
 METHODS = ("pathway", "gradient")
 
@@ -35,13 +35,15 @@ def test_row_addressable_sources_are_planned_by_ranges_and_others_by_samples(tmp
     assert [r.sample_id for r in source_listing(MapStore(str(tmp_path / "f")), folder)] == names
 
 
-def test_a_range_task_travels_as_a_row_and_expands_to_the_samples_refs() -> None:
+def test_a_range_task_travels_as_a_block_row_and_expands_to_the_samples_refs(tmp_path) -> None:
     idx = open_source("fashion-mnist")
-    files = idx.row_files(limit=20)
-    task = ShardTask(3, "000003", (), ("pathway",), ranges=tuple(RowRange(f.name, 4, 9, f.id_format) for f in files))
-    again = ShardTask.from_row(task.to_row())
-    assert again == task and again.samples == 5
-    assert again.sample_refs(idx) == idx.list(limit=9)[4:9]
+    store = MapStore(str(tmp_path / "out"))
+    planned = plan_shard_tasks(store, source_listing(store, idx, limit=20), 5, ("pathway",), (28, 28))
+    rows = block_rows(planned.tasks, 1)
+    assert rows == [{"segment": "_plan/ranges-000000.parquet", "runs": '[[0, 3, ["pathway"]]]'}]
+    again = block_tasks(rows[0], lambda segment: {s.index: s for s in read_segment(store.where, segment)})
+    assert again == list(planned.tasks) and [(r.start, r.stop) for r in again[3].ranges] == [(15, 20)]
+    assert again[3].samples == 5 and again[3].sample_refs(idx) == idx.list(limit=20)[15:20]
 
 
 def test_a_shard_planned_by_ranges_writes_the_same_bytes_as_planned_by_samples(tmp_path, checkpoint) -> None:
