@@ -4,7 +4,7 @@ Pure torch: no Ray, no I/O. Every method shares :class:`Attribution` (one ``attr
 that returns maps, and ``(maps, details)`` on request) and is built by name with :func:`get`.
 """
 
-from . import baselines, controls  # noqa: F401  (importing registers the methods)
+from . import baselines, controls, gradcam  # noqa: F401  (importing registers the methods)
 from .base import MODEL_DETAILS, Attribution, AttributionError, Detail, Details
 from .pathway import PathwayGrad
 from .reduce import REDUCTIONS, reduce_map
