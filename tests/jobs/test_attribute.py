@@ -75,6 +75,17 @@ def test_new_source_files_are_processed_incrementally(checkpoint, ray_session, s
     assert sorted(planned) == sorted(source_ids(src, options))
     check_exactly_once(out, None, planned)
 
+    # A rerun with nothing new keeps the example PNG the last run drew; without it, draws it again.
+    png = os.path.join(out, "_meta", "examples.png")
+    drawn = os.stat(png).st_mtime_ns
+    assert attribute.main(args) == 0
+    assert "0 to do" in capsys.readouterr().out
+    assert os.stat(png).st_mtime_ns == drawn and read_run(out)["examples"] == [png]
+    os.remove(png)
+    assert attribute.main(args) == 0
+    assert f"example maps: {png}" in capsys.readouterr().out and read_run(out)["examples"] == [png]
+    assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
 
 def test_corrupt_images_become_error_rows(checkpoint, ray_session, tmp_path, capsys) -> None:
     src, out = str(tmp_path / "folder"), str(tmp_path / "maps")
