@@ -60,11 +60,11 @@ def check(stored: Mapping[str, Any] | None, current: Mapping[str, Any], output: 
     return kept, added
 
 
-#: Fields of a run record that a new run starts from (what the output is), and those of its history entry.
-#: What a new run's record starts from: what the output is, and its example PNG (kept by a run that
-#: computes nothing; jobs.attribute.kept_examples), until the run ends and says otherwise.
+#: Fields of a run record that a new run starts from: what the output is, and its example PNG (kept
+#: by a run that computes nothing; jobs.attribute.kept_examples) until the run ends and says otherwise.
 CARRIED = ("fingerprint", "config", "method_params", "model", "preprocessing", "labels", "source", "format",
            "examples", "examples_methods")
+#: Fields of a run record that its history entry keeps.
 SUMMARIZED = ("attempt", "started_at", "finished_at", "failed_at", "status", "reason", "maps", "errors", "seconds")
 #: Runs kept in a record's history (the oldest are dropped; each entry is a few hundred bytes).
 HISTORY = 200
