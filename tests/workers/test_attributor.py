@@ -252,6 +252,39 @@ def test_a_failure_that_is_not_the_data_s_names_the_shard(tmp_path, checkpoint) 
     assert MapStore(url).committed("grad_cam") == {}
 
 
+def test_a_plan_segment_that_cannot_be_read_fails_the_block_in_one_line(tmp_path, checkpoint, monkeypatch) -> None:
+    """The actor reads its shards' samples from the plan: a read that fails transiently (the store
+    throttles past its retry budget) raises TransientShardFailure, which Ray Data retries
+    (jobs.actor_pool); a segment that is gone is a ShardFailed that stops the job. Both in one line
+    naming the segment; a retry reads the segment again."""
+    from workers import attributor
+    from workers.attributor import ShardFailed, TransientShardFailure, failure_line
+
+    url = str(tmp_path / "out")
+    tasks, config = prepare("fashion-mnist", url, checkpoint, {}, shard_size=4, limit=8)
+    worker = ShardAttributor(config, threads=1)
+    real = attributor.read_segment
+    calls = []
+
+    def throttled(where, segment):
+        calls.append(segment)
+        if len(calls) == 1:
+            raise ConnectionError("SlowDown: please reduce your request rate")
+        return real(where, segment)
+
+    monkeypatch.setattr(attributor, "read_segment", throttled)
+    with pytest.raises(TransientShardFailure) as info:
+        worker(batch_of(tasks, blocks=1))
+    assert failure_line(info.value).startswith("shard plan _plan/shards.parquet could not be read on worker ")
+    assert "ConnectionError: SlowDown" in failure_line(info.value)
+    assert list(worker(batch_of(tasks, blocks=1))["samples"]) == [4, 4] and len(calls) == 2  # the retry
+
+    (tmp_path / "out" / "_plan" / "shards.parquet").unlink()
+    with pytest.raises(ShardFailed) as info:
+        ShardAttributor(config, threads=1)(batch_of(tasks, blocks=1))
+    assert not isinstance(info.value, TransientShardFailure) and "_plan/shards.parquet" in failure_line(info.value)
+
+
 def test_a_retried_block_skips_finished_shards_and_finishes_unpublished_ones(tmp_path, checkpoint) -> None:
     """Ray Data hands a block of shard rows to ``__call__`` and retries it whole: shards already
     committed and published are skipped; one whose attempt died after its commit record, before
