@@ -97,9 +97,14 @@ def read_maps_table(url: str, method: str | None = None, storage_options: Mappin
         table = schema.empty_table().select(list(columns)) if columns else schema.empty_table()
     else:
         table = pa.concat_tables(tables, promote_options="default")  # methods declare different details
-    if "map" in table.column_names:
-        table = table.set_column(table.column_names.index("map"), "map", tensor_column(table.column("map")))
-    return table
+    return _with_tensor_map(table)
+
+
+def _with_tensor_map(table: pa.Table) -> pa.Table:
+    """``table`` with its ``map`` column (if it has one) as the tensor type (:func:`tensor_column`)."""
+    if "map" not in table.column_names:
+        return table
+    return table.set_column(table.column_names.index("map"), "map", tensor_column(table.column("map")))
 
 
 def tensor_column(column: pa.ChunkedArray) -> pa.ChunkedArray:
@@ -142,10 +147,7 @@ def read_shard(url: str, method: str, shard_id: str, storage_options: Mapping[st
     if record is None:
         check_format(where)
         raise StorageNotFound(f"{url} has no committed shard {shard_id!r} of {method!r}")
-    table = pa.concat_tables(_read_tables(where, [record], "maps", columns))
-    if "map" in table.column_names:
-        table = table.set_column(table.column_names.index("map"), "map", tensor_column(table.column("map")))
-    return _frame(table)
+    return _frame(_with_tensor_map(pa.concat_tables(_read_tables(where, [record], "maps", columns))))
 
 
 def read_sample(url: str, sample_id: str, method: str | None = None,
@@ -173,9 +175,7 @@ def read_sample(url: str, sample_id: str, method: str | None = None,
     for label in labels:
         record = read_commit(where, label, shard)
         for table in _read_tables(where, [record] if record else [], "maps"):
-            table = table.filter(pc.equal(table.column("sample_id"), str(sample_id)))
-            frames.append(_frame(table.set_column(table.column_names.index("map"), "map",
-                                                  tensor_column(table.column("map")))))
+            frames.append(_frame(_with_tensor_map(table.filter(pc.equal(table.column("sample_id"), str(sample_id))))))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["sample_id", "method", "map"])
 
 

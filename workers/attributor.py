@@ -167,9 +167,7 @@ class ShardAttributor:
             try:
                 shards = read_segment(self.store.where, segment)
             except Exception as err:  # noqa: BLE001 - reported as one line naming the segment
-                failure = TransientShardFailure if is_transient(err) else ShardFailed
-                raise failure(f"shard plan {segment} could not be read on worker {self.worker}: "
-                              f"{type(err).__name__}: {' '.join(str(err).split())}"[:1000]) from err
+                raise self._failed(f"shard plan {segment} could not be read", err) from err
             while len(self._segments) >= 2:
                 self._segments.pop(next(iter(self._segments)))
             self._segments[segment] = {shard.index: shard for shard in shards}
@@ -198,9 +196,13 @@ class ShardAttributor:
             raise self._failure(task, err) from err
 
     def _failure(self, task: ShardTask, err: BaseException) -> ShardFailed:
+        return self._failed(f"shard {task.shard_id} ({task.samples} samples from {task.first_sample_id!r}) failed", err)
+
+    def _failed(self, what: str, err: BaseException) -> ShardFailed:
+        """One line: what failed, on which worker, and why; TransientShardFailure (which Ray Data
+        retries) when the cause is transient."""
         failure = TransientShardFailure if is_transient(err) else ShardFailed
-        return failure(f"shard {task.shard_id} ({task.samples} samples from {task.first_sample_id!r}) failed on worker "
-                       f"{self.worker}: {type(err).__name__}: {' '.join(str(err).split())}"[:1000])
+        return failure(f"{what} on worker {self.worker}: {type(err).__name__}: {' '.join(str(err).split())}"[:1000])
 
     def _process_shard(self, task: ShardTask) -> ShardResult:
         start = time.perf_counter()

@@ -135,10 +135,9 @@ def skip_reason(rel: str) -> str | None:
 def stamped_files(fs: Any, root: str, url: str, storage_options: Mapping[str, Any] | None) -> dict[str, str]:
     """Every file under ``root`` (recursively), sorted by its path relative to it, with its stamp
     (:func:`stamp`); one listing, the same requests as listing names alone."""
-    if is_local(fs) and os.path.isdir(root):
-        with storage_errors(url, "list", storage_options):
-            return dict(sorted(_local_stamped_files(root)))
     with storage_errors(url, "list", storage_options):
+        if is_local(fs) and os.path.isdir(root):
+            return dict(sorted(_local_stamped_files(root)))
         found = retrying(lambda: fs.find(root, detail=True), f"listing {url}")
     prefix = root.rstrip("/") + "/"
     cut = len(prefix)
