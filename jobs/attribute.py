@@ -237,8 +237,8 @@ def attribute(args: argparse.Namespace, options: dict[str, Any], store: Any, run
                                listing_complete=not args.limit, recompute_changed=args.recompute_changed)
     if planned.changes:
         changes = planned.changes
-        run_record["source_changes"] = {"changed": len(changes.changed), "deleted": len(changes.deleted),
-                                        "examples": [*changes.changed[:10], *changes.deleted[:10]],
+        run_record["source_changes"] = {"changed": changes.changed, "deleted": changes.deleted,
+                                        "examples": list(changes.examples),
                                         "recomputed_shards": list(planned.recomputed)}
         if planned.recomputed:
             print(f"{changes.describe()}: recomputing those {len(planned.recomputed)} shards")

@@ -8,14 +8,17 @@ new rows) are appended as new shards, in a new plan segment: only they are proce
 A plan takes one of two forms, fixed by its first run:
 
 - **ranges** (``_plan/ranges-<first shard>.parquet``: shard_index, shard_id, file, start, stop,
-  id_format, stamp): for row-addressable sources whose ids follow from the row (Parquet files
-  without a ``sample_id`` column, IDX). A shard is a few row ranges, so the plan grows with shards,
-  not samples, and the driver never lists samples one by one.
+  id_format, stamp, byte_start, byte_stop): for row-addressable sources (Parquet files, IDX, CSV /
+  JSONL indexes, WebDataset tars). A shard is a few row ranges, so the plan grows with shards, not
+  samples. Where ids follow from the row (``id_format``) the driver never lists samples one by one;
+  where they are data (a ``sample_id`` column, an index's paths, a tar's keys; ``id_format`` empty)
+  the worker reads them with the rows. Rows read by bytes (index lines, tar members) carry their
+  byte span, stamped by its bytes, so a worker reads just its span, and rows appended to an index
+  are new rows while the planned ones stay unchanged.
 - **samples** (``_plan/shards.parquet`` for the first run's shards, as before plans had segments,
   then ``_plan/shards-<first shard>.parquet``: shard_index, shard_id, sample_id, locator, stamp):
-  one row per sample, for
-  sources that must be listed file by file anyway (folders, indexes, WebDataset) or whose ids are
-  data (a ``sample_id`` column, checked for duplicates here).
+  one row per sample, for sources that must be listed file by file anyway (folders), and for
+  outputs planned this way before their source was row-addressable (they stay so).
 
 Both forms cut the source in listing order into shards of ``shard_size`` (a shard may span files),
 so a source planned either way gets the same shards and ids.
@@ -34,7 +37,7 @@ import pyarrow.parquet as pq
 
 from storage.fs import InvalidStorageInput
 from storage.location import Location
-from storage.sources.base import RowFile, SampleRef, row_of_id
+from storage.sources.base import IDS_IN_ROWS, RowFile, RowRange, SampleRef, row_of_id
 from storage.tables import PLAN_DIR, parquet_bytes
 
 #: The first segment of a plan of the samples form (the whole plan, before plans had segments).
@@ -43,25 +46,11 @@ SAMPLES_SCHEMA = pa.schema([("shard_index", pa.int64()), ("shard_id", pa.string(
                             ("locator", pa.string()), ("stamp", pa.string())])
 RANGES_SCHEMA = pa.schema([("shard_index", pa.int64()), ("shard_id", pa.string()), ("file", pa.string()),
                            ("start", pa.int64()), ("stop", pa.int64()), ("id_format", pa.string()),
-                           ("stamp", pa.string())])
+                           ("stamp", pa.string()), ("byte_start", pa.int64()), ("byte_stop", pa.int64())])
 _PREFIX = {"samples": "shards", "ranges": "ranges"}
 
 #: The stamp of a planned sample (or row file) that was deleted (and whose shard was recomputed since).
 DELETED = "deleted"
-
-
-@dataclass(frozen=True)
-class RowRange:
-    """Rows ``start:stop`` of a row file; their ids are ``id_format.format(row=i)``."""
-
-    file: str
-    start: int
-    stop: int
-    id_format: str
-    stamp: str = field(default="", compare=False)
-
-    def sample_ids(self) -> list[str]:
-        return [self.id_format.format(row=i) for i in range(self.start, self.stop)]
 
 
 def samples_in(refs: Sequence[SampleRef], ranges: Sequence[RowRange]) -> int:
@@ -218,16 +207,24 @@ def _locator(text: str) -> str | int:
 def _ranges_of(table: pa.Table, segment: str) -> list[Shard]:
     ranges: dict[int, list[RowRange]] = {}
     ids: dict[int, str] = {}
-    for index, sid, file, start, stop, fmt, stamp in zip(*(table.column(c).to_pylist()
-                                                           for c in RANGES_SCHEMA.names)):
-        ranges.setdefault(index, []).append(RowRange(file, start, stop, fmt, stamp or ""))
+    columns = [table.column(c).to_pylist() if c in table.column_names else [None] * table.num_rows
+               for c in RANGES_SCHEMA.names]  # plans written before byte spans lack them
+    for index, sid, file, start, stop, fmt, stamp, first, end in zip(*columns):
+        span = (first, end) if first is not None else None
+        ranges.setdefault(index, []).append(RowRange(file, start, stop, fmt, stamp or "", span))
         ids[index] = sid
     return [Shard(i, ids[i], ranges=tuple(ranges[i]), segment=segment) for i in ranges]
 
 
+#: What :func:`shard_of` answers where the plan cannot say: ranges whose ids are data (read with the rows).
+ANY_SHARD = "*"
+
+
 def shard_of(where: Location, sample_id: str) -> str | None:
     """The id of the shard that holds ``sample_id``, reading the plan's segments without building it
-    (a filter on the samples form; each range's id pattern on the ranges form); None if unplanned."""
+    (a filter on the samples form; each range's id pattern on the ranges form); None if unplanned;
+    :data:`ANY_SHARD` where it is not found but some ranges' ids are data, which the plan does not hold."""
+    unknown = False
     for rel in _segments(where):
         data = where.get_optional(rel)
         if data is None:
@@ -240,10 +237,11 @@ def shard_of(where: Location, sample_id: str) -> str | None:
         table = pq.read_table(pa.BufferReader(data))
         for sid, file, start, stop, fmt in zip(*(table.column(c).to_pylist()
                                                 for c in ("shard_id", "file", "start", "stop", "id_format"))):
+            unknown = unknown or fmt == IDS_IN_ROWS
             row = row_of_id(fmt, sample_id)
             if row is not None and start <= row < stop:
                 return str(sid)
-    return None
+    return ANY_SHARD if unknown else None
 
 
 Listing = Sequence[SampleRef] | Sequence[RowFile]
@@ -298,7 +296,8 @@ def _cut_samples(shards: Sequence[Shard], refs: Sequence[SampleRef], shard_size:
 
 
 def _cut_ranges(shards: Sequence[Shard], files: Sequence[RowFile], shard_size: int) -> Iterable[dict]:
-    """The rows the plan lacks (past each file's planned rows), cut into shards of consecutive ranges."""
+    """The rows the plan lacks (past each file's planned rows), cut into shards of consecutive ranges;
+    where rows are read by bytes, a range also stops at a gap between rows (a skipped line or member)."""
     covered: dict[str, int] = {}
     for shard in shards:
         for r in shard.ranges:
@@ -307,9 +306,10 @@ def _cut_ranges(shards: Sequence[Shard], files: Sequence[RowFile], shard_size: i
     room = shard_size
     for f in files:
         start = covered.get(f.name, 0)
+        gaps = _gaps(f)
         while start < f.rows:
-            stop = min(f.rows, start + room)
-            part.append(RowRange(f.name, start, stop, f.id_format, f.stamp))
+            stop = min(f.rows, start + room, int(gaps[np.searchsorted(gaps, start, side="right")]))
+            part.append(_range(f, start, stop))
             room -= stop - start
             start = stop
             if room == 0:
@@ -319,62 +319,107 @@ def _cut_ranges(shards: Sequence[Shard], files: Sequence[RowFile], shard_size: i
         yield {"ranges": tuple(part)}
 
 
+def _gaps(f: RowFile) -> np.ndarray:
+    """The rows a range of ``f`` must not run past (sorted, ending with ``f.rows``): each row that does
+    not start where the one before it ends."""
+    if f.starts is None or f.ends is None or f.rows < 2:
+        return np.array([f.rows], np.int64)
+    return np.append(np.flatnonzero(f.starts[1:f.rows] != f.ends[:f.rows - 1]) + 1, f.rows)
+
+
+def _range(f: RowFile, start: int, stop: int) -> RowRange:
+    """Rows ``start:stop`` of ``f``, with their byte span and its stamp where rows are read by bytes."""
+    if f.starts is None or f.ends is None:
+        return RowRange(f.name, start, stop, f.id_format, f.stamp)
+    span = (int(f.starts[start]), int(f.ends[stop - 1]))
+    return RowRange(f.name, start, stop, f.id_format, f.span_stamp(*span) if f.span_stamp else f.stamp, span)
+
+
 @dataclass(frozen=True)
 class SourceChanges:
-    """Planned samples whose file changed (another stamp) or vanished since they were planned."""
+    """Planned samples whose file (or byte span) changed or vanished since they were planned."""
 
-    changed: tuple[str, ...] = ()
-    deleted: tuple[str, ...] = ()
+    changed: int = 0     # samples
+    deleted: int = 0     # samples
+    examples: tuple[str, ...] = ()  # a few of them: sample ids, or rows of a file where ids are data
     shards: tuple[int, ...] = ()  # the shards that hold them
 
     def __bool__(self) -> bool:
         return bool(self.changed or self.deleted)
 
     def describe(self) -> str:
-        examples = [*self.changed[:2], *self.deleted[:2]]
-        return (f"{len(self.changed)} samples changed and {len(self.deleted)} deleted in the source since they were "
-                f"mapped, in {len(self.shards)} shards (e.g. {', '.join(examples)})")
+        return (f"{self.changed} samples changed and {self.deleted} deleted in the source since they were "
+                f"mapped, in {len(self.shards)} shards (e.g. {', '.join(self.examples[:4])})")
 
 
-def _now_stamps(listing: Listing) -> dict[str, str]:
-    """{sample id or row file name: its stamp now}."""
-    return {(x.name if isinstance(x, RowFile) else x.sample_id): x.stamp for x in listing}
+def _stamp_now(planned: RowRange, files: dict[str, RowFile]) -> str | None:
+    """A planned range's stamp as the source is now (None: its file is gone): the file's, or its span's."""
+    f = files.get(planned.file)
+    if f is None:
+        return None
+    return f.span_stamp(*planned.span) if planned.span is not None and f.span_stamp is not None else f.stamp
 
 
 def source_changes(plan: ShardPlan, listing: Listing, listing_complete: bool = True) -> SourceChanges:
     """What changed in the source since the plan: a stamp that differs (both known), or a planned
     sample (row file) the listing lacks (only when ``listing`` is the whole source, not a ``--limit``
-    of it). A changed or deleted row file changes every planned row of it."""
+    of it). A changed or deleted row file changes every planned row of it; a file read by byte spans
+    (an index, a tar) changes only the rows whose bytes changed."""
     current = _now_stamps(listing)
-    changed, deleted, shards = [], [], set()
+    files = {x.name: x for x in listing if isinstance(x, RowFile)}
+    counts = {"changed": 0, "deleted": 0}
+    examples: list[str] = []
+    shards = set()
     for shard in plan.shards:
-        ids, stamps = ids_and_stamps(shard.refs)
-        parts = zip(ids, stamps, ids) if not shard.ranges else [(r.file, r.stamp, r) for r in shard.ranges]
-        for key, planned, part in parts:
-            now = current.get(key)
+        if shard.ranges:
+            parts = [(_stamp_now(r, files), r.stamp, r) for r in shard.ranges]
+        else:
+            ids, stamps = ids_and_stamps(shard.refs)
+            parts = zip(map(current.get, ids), stamps, ids)
+        for now, planned, part in parts:
             if now == planned and now is not None:  # the common case, first
                 continue
             if now is None and listing_complete and planned != DELETED:
-                deleted.extend([part] if isinstance(part, str) else part.sample_ids())
-                shards.add(shard.index)
+                what = "deleted"
             elif now is not None and planned and now and planned != now:
-                changed.extend([part] if isinstance(part, str) else part.sample_ids())
-                shards.add(shard.index)
-    return SourceChanges(tuple(changed), tuple(deleted), tuple(sorted(shards)))
+                what = "changed"
+            else:
+                continue
+            counts[what] += 1 if isinstance(part, str) else part.stop - part.start
+            if len(examples) < 10:
+                examples.append(part if isinstance(part, str) else part.describe())
+            shards.add(shard.index)
+    return SourceChanges(counts["changed"], counts["deleted"], tuple(examples), tuple(sorted(shards)))
+
+
+def _now_stamps(listing: Listing) -> dict[str, str]:
+    """{sample id: its stamp now} of a listing of refs."""
+    return {x.sample_id: x.stamp for x in listing if isinstance(x, SampleRef)}
 
 
 def restamp(where: Location, plan: ShardPlan, listing: Listing, listing_complete: bool = True) -> ShardPlan:
     """The plan with the samples' (row files') current stamps and locators (same shards, same rows),
-    stored; one the listing lacks is stamped deleted, so it is reported once, not on every run."""
+    stored; one the listing lacks is stamped deleted, so it is reported once, not on every run.
+
+    Ranges whose ids are data cannot be mapped again in place: their rows may now hold other samples,
+    whose ids other shards may hold, so a changed one is an error that asks for a new output."""
     refs = {x.sample_id: x for x in listing if isinstance(x, SampleRef)}
-    stamps = _now_stamps(listing)
+    files = {x.name: x for x in listing if isinstance(x, RowFile)}
 
     def gone(stamp: str) -> str:
         return DELETED if listing_complete else stamp
 
+    def range_now(r: RowRange) -> RowRange:
+        now = _stamp_now(r, files)
+        if r.ids_in_rows and now != r.stamp and (now is not None or listing_complete):
+            raise InvalidStorageInput(f"{r.describe()} changed since they were mapped, and their sample ids are data "
+                                      "(read with the rows), which may now name other samples: write to a new output "
+                                      "to map the source as it is now")
+        return replace(r, stamp=gone(r.stamp) if now is None else now)
+
     def now(shard: Shard) -> Shard:
         return replace(shard, refs=tuple(refs.get(r.sample_id) or replace(r, stamp=gone(r.stamp)) for r in shard.refs),
-                       ranges=tuple(replace(r, stamp=stamps.get(r.file, gone(r.stamp))) for r in shard.ranges))
+                       ranges=tuple(map(range_now, shard.ranges)))
 
     shards = tuple(now(s) for s in plan.shards)
     for segment in sorted({s.segment for s in shards}):
@@ -385,7 +430,8 @@ def restamp(where: Location, plan: ShardPlan, listing: Listing, listing_complete
 def _write(where: Location, segment: str, shards: Sequence[Shard], shard_size: int) -> None:
     if shards and shards[0].ranges:
         schema = RANGES_SCHEMA
-        rows = [(s.index, s.shard_id, r.file, r.start, r.stop, r.id_format, r.stamp) for s in shards for r in s.ranges]
+        rows = [(s.index, s.shard_id, r.file, r.start, r.stop, r.id_format, r.stamp, *(r.span or (None, None)))
+                for s in shards for r in s.ranges]
     else:
         schema = SAMPLES_SCHEMA
         rows = [(s.index, s.shard_id, r.sample_id, json.dumps(r.locator), r.stamp) for s in shards for r in s.refs]

@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from storage.fs import InvalidStorageInput, StorageError, StorageNotFound, join
@@ -60,8 +59,9 @@ def _committed_tables(url: str, kind: str, method: str | None, storage_options: 
 
 
 def _read_tables(where: Location, records: Sequence[Mapping[str, Any]], kind: str,
-                 columns: Sequence[str] | None = None) -> list[pa.Table]:
-    """The ``kind`` tables the commit ``records`` name, in their order, read a few at a time."""
+                 columns: Sequence[str] | None = None, filters: list | None = None) -> list[pa.Table]:
+    """The ``kind`` tables the commit ``records`` name, in their order, read a few at a time (their
+    rows that pass ``filters``, where given: pyarrow's filter form)."""
     rels = [f["path"] for rec in records for f in rec["files"]
             if f["path"].startswith(f"{kind}/") and f["path"].endswith(".parquet")]
 
@@ -70,7 +70,7 @@ def _read_tables(where: Location, records: Sequence[Mapping[str, Any]], kind: st
         if data is None:  # committed by an attempt that died before publishing it (MapStore.publish)
             data = where.get(f"_pending/{rel}")
         try:
-            table = pq.read_table(pa.BufferReader(data), columns=list(columns) if columns else None)
+            table = pq.read_table(pa.BufferReader(data), columns=list(columns) if columns else None, filters=filters)
         except pa.ArrowInvalid as err:
             raise StorageError(f"committed file {where.url_of(rel)} is not readable Parquet (truncated or "
                                f"corrupt?): {err}; delete its manifest record to recompute the shard") from None
@@ -157,10 +157,14 @@ def read_sample(url: str, sample_id: str, method: str | None = None,
 
     An empty frame when the sample is planned but has no committed map (not done yet, or an error
     row: see :func:`read_errors`); :class:`StorageNotFound` when the dataset never planned it.
+    Where the plan does not hold the ids (row ranges of an index, of tars or of Parquet files with a
+    ``sample_id`` column: the ids are read with the rows), each committed table is searched instead,
+    reading only the row groups whose ``sample_id`` statistics admit the id, and an id no table
+    holds gives an empty frame.
     """
     import pandas as pd
 
-    from storage.plan import shard_of
+    from storage.plan import ANY_SHARD, shard_of
 
     where = Location(url, storage_options)
     run = check_format(where)
@@ -173,9 +177,13 @@ def read_sample(url: str, sample_id: str, method: str | None = None,
         labels = _method_labels(run if run is not None else read_run(url, storage_options))
     frames = []
     for label in labels:
-        record = read_commit(where, label, shard)
-        for table in _read_tables(where, [record] if record else [], "maps"):
-            frames.append(_frame(_with_tensor_map(table.filter(pc.equal(table.column("sample_id"), str(sample_id))))))
+        if shard == ANY_SHARD:  # ids the plan does not hold (read with the rows): every committed table
+            records = list(read_commits(where, label).values())
+        else:
+            record = read_commit(where, label, shard)
+            records = [record] if record else []
+        for table in _read_tables(where, records, "maps", filters=[("sample_id", "==", str(sample_id))]):
+            frames.append(_frame(_with_tensor_map(table)))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["sample_id", "method", "map"])
 
 

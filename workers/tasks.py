@@ -108,11 +108,11 @@ class ShardTask:
         """The shard's first sample id ("-" for an empty shard), to name the shard in messages."""
         if self.refs:
             return self.refs[0].sample_id
-        return self.ranges[0].id_format.format(row=self.ranges[0].start) if self.ranges else "-"
+        return self.ranges[0].describe() if self.ranges else "-"
 
     def sample_refs(self, source: Source) -> list[SampleRef]:
         """The shard's refs; row ranges are expanded by ``source`` (a row-addressable one)."""
-        return list(self.refs) + [ref for r in self.ranges for ref in source.row_refs(r.file, r.start, r.stop)]
+        return list(self.refs) + [ref for r in self.ranges for ref in source.row_refs(r)]
 
 
 def block_rows(tasks: Sequence[ShardTask], blocks: int) -> list[dict[str, str]]:

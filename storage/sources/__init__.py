@@ -24,7 +24,8 @@ from typing import Any
 import numpy as np
 
 from storage.fs import InvalidStorageInput, StorageError
-from storage.sources.base import NO_LABEL, RowFile, Sample, SampleError, SampleRef, SkippedFile, Source, decode_image
+from storage.sources.base import (IDS_IN_ROWS, NO_LABEL, RowFile, RowRange, Sample, SampleError, SampleRef, SkippedFile,
+                                  Source, decode_image)
 from storage.sources.classes import LabelMatch, match_labels, normalize_class_name
 from storage.sources.detect import FORMATS, detect, format_name, known_formats
 from storage.sources.folder import ImageFolderSource
@@ -35,8 +36,9 @@ from storage.sources.labeled import LabeledFolderSource
 from storage.sources.parquet import ParquetSource
 from storage.sources.webdataset import WebDatasetSource
 
-__all__ = ["FASHION_MNIST_CLASSES", "FASHION_MNIST_DIR", "FORMATS", "IDXSource", "ImageFolderSource", "IndexSource",
-           "LabelMatch", "LabeledFolderSource", "NO_LABEL", "ParquetSource", "RowFile", "Sample", "SampleError", "SampleRef",
+__all__ = ["FASHION_MNIST_CLASSES", "FASHION_MNIST_DIR", "FORMATS", "IDS_IN_ROWS", "IDXSource", "ImageFolderSource",
+           "IndexSource", "LabelMatch", "LabeledFolderSource", "NO_LABEL", "ParquetSource", "RowFile", "RowRange", "Sample",
+           "SampleError", "SampleRef",
            "SkippedFile", "Source", "WebDatasetSource", "decode_image", "find_idx_files", "has_idx_files",
            "image_extensions", "known_formats", "load_arrays", "match_labels", "normalize_class_name", "open_source"]
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import abc
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,24 +73,72 @@ class SampleRef:
     stamp: str = field(default="", compare=False)
 
 
+#: The ``id_format`` of a row file whose sample ids are data (a ``sample_id`` column, an index's paths,
+#: a tar's keys): they are read with the rows, by the worker, and never held by the plan.
+IDS_IN_ROWS = ""
+
+
 @dataclass(frozen=True)
 class RowFile:
-    """A file of a row-addressable source: its rows 0..rows-1 are samples, in order, and a sample's id
-    follows from (file, row) alone: ``id_format.format(row=i)``. A plan can then hold a shard as row
-    ranges instead of one ref per sample (:mod:`storage.plan`)."""
+    """A file of a row-addressable source: its rows 0..rows-1 are samples, in order. A plan holds a
+    shard as row ranges of such files instead of one ref per sample (:mod:`storage.plan`).
+
+    A sample's id follows from (file, row) alone, ``id_format.format(row=i)``, or, with ``id_format``
+    :data:`IDS_IN_ROWS`, is data read with the row. Where rows are read by bytes (an index's lines, a
+    tar's members), ``starts``/``ends`` give each row's byte span: a range never spans a gap between
+    rows (a skipped line or member), and ``span_stamp(start, end)`` stamps a span by its bytes, so
+    that appending rows to the file changes none of the planned ones.
+    """
 
     name: str             # relative to the source URL
     rows: int
     id_format: str        # a str.format template with one ``{row}`` field, e.g. "test-00000.parquet#{row}"
     stamp: str = ""       # size and version of the file (a changed stamp: its samples changed)
+    starts: np.ndarray | None = field(default=None, compare=False)  # int64 [rows]: first byte of each row
+    ends: np.ndarray | None = field(default=None, compare=False)    # int64 [rows]: the byte after each row
+    span_stamp: Callable[[int, int], str] | None = field(default=None, compare=False)
+
+    @property
+    def ids_in_rows(self) -> bool:
+        return self.id_format == IDS_IN_ROWS
 
     def sample_id(self, row: int) -> str:
         return self.id_format.format(row=row)
 
     def row_of(self, sample_id: str) -> int | None:
-        """The row whose id is ``sample_id``, or None when it is not one of this file's ids."""
+        """The row whose id is ``sample_id``, or None when it is not one of this file's ids (always
+        None where ids are data)."""
+        if self.ids_in_rows:
+            return None
         row = row_of_id(self.id_format, sample_id)
         return row if row is not None and row < self.rows else None
+
+
+@dataclass(frozen=True)
+class RowRange:
+    """Rows ``start:stop`` of a row file; their ids are ``id_format.format(row=i)``, or data read with
+    the rows (:data:`IDS_IN_ROWS`). ``span`` is their byte span where rows are read by bytes."""
+
+    file: str
+    start: int
+    stop: int
+    id_format: str
+    stamp: str = field(default="", compare=False)
+    span: tuple[int, int] | None = None
+
+    @property
+    def ids_in_rows(self) -> bool:
+        return self.id_format == IDS_IN_ROWS
+
+    def sample_ids(self) -> list[str]:
+        """The ids of the rows, where they follow from the row."""
+        if self.ids_in_rows:
+            raise ValueError(f"the ids of {self.file} rows {self.start}:{self.stop} are data: read them from the source")
+        return [self.id_format.format(row=i) for i in range(self.start, self.stop)]
+
+    def describe(self) -> str:
+        """The rows as users can find them (for messages)."""
+        return f"{self.file} rows {self.start}:{self.stop}" if self.ids_in_rows else self.id_format.format(row=self.start)
 
 
 def row_of_id(id_format: str, sample_id: str) -> int | None:
@@ -176,15 +224,17 @@ class Source(abc.ABC):
         Cheap: headers or footers only, nothing per sample."""
         return None
 
-    def row_refs(self, name: str, start: int, stop: int) -> list[SampleRef]:
-        """The refs of rows ``start:stop`` of the row file ``name`` (see :meth:`row_files`)."""
+    def row_refs(self, rows: RowRange) -> list[SampleRef]:
+        """The refs of a range of a row file (see :meth:`row_files`); where ids are data, they are read
+        here. Rows that no longer match the plan (the file changed since) raise StorageError."""
         raise NotImplementedError(f"{type(self).__name__} is not row-addressable")
 
     def find(self, sample_ids: Sequence[str]) -> dict[str, SampleRef]:
-        """Refs of those ``sample_ids`` the source holds. Row-addressable sources work them out from
-        the ids; the others list the source (once per Source object, where it caches its listing)."""
+        """Refs of those ``sample_ids`` the source holds. Sources whose ids follow from the row work
+        them out from the ids; the others list the source (once per Source object, where it caches
+        its listing)."""
         files = self.row_files()
-        if files is None:
+        if files is None or any(f.ids_in_rows for f in files):
             wanted = set(sample_ids)
             return {r.sample_id: r for r in self.list() if r.sample_id in wanted}
         found = {}
@@ -192,7 +242,7 @@ class Source(abc.ABC):
             for f in files:
                 row = f.row_of(sid)
                 if row is not None:
-                    found[sid] = self.row_refs(f.name, row, row + 1)[0]
+                    found[sid] = self.row_refs(RowRange(f.name, row, row + 1, f.id_format, f.stamp))[0]
                     break
         return found
 

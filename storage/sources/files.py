@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 import posixpath
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from storage.fs import is_local, open_fs, scrub, storage_errors, translate
@@ -197,7 +197,7 @@ class FileListSource(Source):
         self.base_url = base_url.rstrip("/")
         self._init_cache()
         if classes is None:
-            self.classes, self.label_kind = classes_of(raw for _, _, raw in self._listing()[0])
+            self.classes, self.label_kind = classes_of(self._raw_labels())
         else:
             self.classes = [str(c) for c in classes]
             self.label_kind = kind_of_classes(self.classes)
@@ -214,6 +214,10 @@ class FileListSource(Source):
     def _entries(self) -> tuple[list[Entry], list[SkippedFile]]:
         """``([(sample_id, location, raw_label), ...] in source order, [skipped files])``."""
         raise NotImplementedError
+
+    def _raw_labels(self) -> Iterable[Any]:
+        """The samples' raw labels (each distinct one at least once), which the class list is made of."""
+        return (raw for _, _, raw in self._listing()[0])
 
     def _listing(self) -> tuple[list[Entry], list[SkippedFile]]:
         if self._cache_listing is None:

@@ -18,7 +18,7 @@ import numpy as np
 
 from storage.fs import StorageError, join, open_fs, storage_errors
 from storage.retry import retrying
-from storage.sources.base import RowFile, Sample, SampleError, SampleRef, Source, split_aliases
+from storage.sources.base import RowFile, RowRange, Sample, SampleError, SampleRef, Source, split_aliases
 from storage.sources.classes import kind_of_classes
 from storage.sources.files import stamp
 
@@ -140,7 +140,7 @@ class IDXSource(Source):
             return self._cache_images
 
     def list(self, limit: int | None = None) -> list[SampleRef]:
-        return self.row_refs(self.images_file, 0, min(self._n, limit or self._n))
+        return self._refs(0, min(self._n, limit or self._n))
 
     def _id_format(self) -> str:
         width = max(5, len(str(self._n - 1)))
@@ -156,7 +156,10 @@ class IDXSource(Source):
                     for f in (self.images_file, self.labels_file))
         return [RowFile(self.images_file, min(self._n, limit or self._n), self._id_format(), self._cache_stamp)]
 
-    def row_refs(self, name: str, start: int, stop: int) -> list[SampleRef]:
+    def row_refs(self, rows: RowRange) -> list[SampleRef]:
+        return self._refs(rows.start, rows.stop)
+
+    def _refs(self, start: int, stop: int) -> list[SampleRef]:
         template = self._id_format()
         return [SampleRef(template.format(row=i), i) for i in range(start, min(stop, self._n))]
 

@@ -11,8 +11,9 @@ Rows without image bytes but with a path (HF exports built from files) read the 
 names, relative to the Parquet file's directory (absolute paths and URLs as they are); when there is
 none, the row's error says where it looked.
 
-Listing reads each file's footer (and the ``sample_id`` column when present). Reading a shard
-reads only the row groups that hold its rows. Class names come from ``classes``, else from the
+Listing reads each file's footer (and the ``sample_id`` column when present, to check that its ids
+are unique). A plan holds row ranges of files (:meth:`ParquetSource.row_files`); reading a shard
+reads only the row groups that hold its rows, ``sample_id`` included. Class names come from ``classes``, else from the
 HF ``ClassLabel`` names in the schema metadata, else the sorted string labels, else ``"0".."K-1"``.
 A file whose footer is unreadable, and files under the URL that are neither Parquet nor images (which
 rows may name), are listed by :meth:`ParquetSource.skipped`; rows of a row group that cannot be read
@@ -30,12 +31,13 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from storage.fs import StorageError, is_file, join, open_fs, storage_errors
+from storage.fs import InvalidStorageInput, StorageError, is_file, join, open_fs, storage_errors
 from storage.retry import is_transient, retrying
-from storage.sources.base import (NO_LABEL, RowFile, Sample, SampleError, SampleRef, SkippedFile, Source, decoded_sample,
-                                  files_of_split)
+from storage.sources.base import (IDS_IN_ROWS, NO_LABEL, RowFile, RowRange, Sample, SampleError, SampleRef, SkippedFile,
+                                  Source, decoded_sample, files_of_split)
 from storage.sources.classes import classes_of, kind_of_classes
 from storage.sources.files import fetch_urls, file_sample, resolve_path, stamp, stamped_files
 from storage.sources.images import is_image_name
@@ -193,23 +195,65 @@ class ParquetSource(Source):
     def skipped(self) -> list[SkippedFile]:
         return list(self._skipped)
 
-    def row_files(self, limit: int | None = None) -> list[RowFile] | None:
-        """Each file's rows, from the footers already read; None where the files name their samples
-        (a ``sample_id`` column), since then ids are data and the plan must hold them."""
-        if any("sample_id" in self._meta(rel).schema.names for rel in self.files):
-            return None
+    def row_files(self, limit: int | None = None) -> list[RowFile]:
+        """Each file's rows (the first ``limit`` rows of the source), from the footers already read.
+        A file with a ``sample_id`` column names its samples: its ids are data, read with the rows by
+        the worker, and checked here to be unique (they are committed exactly once)."""
         files, total = [], 0
         for rel in self.files:
             if limit is not None and total >= limit:
                 break
             rows = self._meta(rel).num_rows if limit is None else min(self._meta(rel).num_rows, limit - total)
-            files.append(RowFile(rel, rows, rel.replace("{", "{{").replace("}", "}}") + "#{row}",
+            named = "sample_id" in self._meta(rel).schema.names
+            files.append(RowFile(rel, rows, IDS_IN_ROWS if named else rel.replace("{", "{{").replace("}", "}}") + "#{row}",
                                  self._stamps.get(rel, "")))
             total += rows
+        self._check_unique([f for f in files if f.ids_in_rows])
         return files
 
-    def row_refs(self, name: str, start: int, stop: int) -> list[SampleRef]:
-        return [SampleRef(f"{name}#{i}", f"{name}#{i}") for i in range(start, stop)]
+    def _check_unique(self, files: Sequence[RowFile]) -> None:
+        """Raise where the ``sample_id`` columns of ``files`` (their first ``rows``) repeat an id; the
+        columns are compared in Arrow, without a Python object per id."""
+        if not files:
+            return
+        ids = pa.chunked_array([self._read_ids(f.name).slice(0, f.rows) for f in files], pa.string())
+        if pc.count_distinct(ids, mode="all").as_py() == len(ids):
+            return
+        counts = pc.value_counts(ids)
+        repeated = counts.filter(pc.greater(counts.field("counts"), 1)).field("values")[:3].to_pylist()
+        raise InvalidStorageInput(f"the sample_id column of {self.url} repeats ids (e.g. {repeated}); they must be "
+                                  "unique to be committed exactly once")
+
+    def _read_ids(self, rel: str, groups: Sequence[int] | None = None) -> pa.Array:
+        """The ``sample_id`` column of a file (of row ``groups`` only, when given), as strings."""
+        with storage_errors(self._url(rel), "read", self.storage_options):
+            def read() -> pa.Array:
+                with self._open(rel) as parquet:
+                    table = parquet.read(columns=["sample_id"]) if groups is None else \
+                        parquet.read_row_groups(groups, columns=["sample_id"])
+                    return table.column("sample_id").combine_chunks().cast(pa.string())
+
+            try:
+                return retrying(read, f"reading the sample ids of {self._url(rel)}")
+            except (pa.ArrowInvalid, OSError) as err:
+                if isinstance(err, StorageError) or is_transient(err):
+                    raise
+                raise StorageError(f"cannot read column 'sample_id' of {self._url(rel)} (truncated or corrupt?): "
+                                   f"{err}") from None
+
+    def row_refs(self, rows: RowRange) -> list[SampleRef]:
+        name, start, stop = rows.file, rows.start, rows.stop
+        if not rows.ids_in_rows:
+            return [SampleRef(rows.id_format.format(row=i), f"{name}#{i}") for i in range(start, stop)]
+        meta = self._meta(name)
+        bounds = np.cumsum([0] + [meta.row_group(g).num_rows for g in range(meta.num_row_groups)])
+        if stop > bounds[-1]:
+            raise StorageError(f"{self._url(name)} has {bounds[-1]} rows, not the {stop} it had when planned: it "
+                               "changed since; write to a new output to map it as it is now")
+        first = int(np.searchsorted(bounds, start, side="right")) - 1
+        last = int(np.searchsorted(bounds, stop - 1, side="right")) - 1
+        ids = self._read_ids(name, range(first, last + 1)).slice(start - int(bounds[first]), stop - start)
+        return [SampleRef(str(sid), f"{name}#{i}") for i, sid in zip(range(start, stop), ids.to_pylist())]
 
     def read(self, refs: Sequence[SampleRef]) -> Iterator[Sample | SampleError]:
         i = 0

@@ -13,6 +13,11 @@
   member's byte range, so a worker reads a shard with ranged requests (neighbouring members merged)
   and never lists a tar.
 
+A tar is row-addressable: a plan holds a shard as a range of a tar's samples with their byte span
+(headers and members, :meth:`WebDatasetSource.row_files`), which a worker reads in one request and
+cuts its images from; where a tar interleaves the members of different samples, the source is
+planned sample by sample instead.
+
 Listing reads every tar's headers and its label members. Keys without an image, other files under
 the URL (compressed ``.tar.gz`` included: they cannot be read by range), and a tar that ends in a
 corrupt header (everything before it is used) are listed by :meth:`WebDatasetSource.skipped`.
@@ -20,15 +25,20 @@ corrupt header (everything before it is used) are listed by :meth:`WebDatasetSou
 
 from __future__ import annotations
 
+import io
 import json
 import posixpath
 import tarfile
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 from storage.fs import StorageError, join, open_fs, storage_errors, translate
 from storage.retry import is_transient, retrying
-from storage.sources.base import Sample, SampleError, SampleRef, SkippedFile, files_of_split
+from storage.sources.base import (IDS_IN_ROWS, RowFile, RowRange, Sample, SampleError, SampleRef, SkippedFile,
+                                  files_of_split)
 from storage.sources.files import Entry, FileListSource, file_sample, stamp, stamped_files
 from storage.sources.images import is_image_name
 
@@ -57,6 +67,66 @@ def _label_value(ext: str, data: bytes) -> Any:
     if isinstance(value, dict):
         value = next((value[k] for k in JSON_LABEL_KEYS if k in value), None)
     return value if isinstance(value, (int, str)) and not isinstance(value, bool) else None
+
+
+@dataclass
+class Scanned:
+    """A tar's members by sample key: ``{key: {ext: (offset, size) for images and others, raw label for
+    label members}}``, each key's byte span (from its first header to the end of its last member's
+    data), and its hidden members and what stopped the reading early (a corrupt header), if anything."""
+
+    members: dict[str, dict[str, Any]] = field(default_factory=dict)
+    spans: dict[str, list[int]] = field(default_factory=dict)
+    problems: list[SkippedFile] = field(default_factory=list)
+
+
+def _scan(fh: Any, rel: str, base: int = 0) -> Scanned:
+    """The members of the tar (or of a span of it that starts at a header, ``base`` bytes into it)
+    readable from ``fh``."""
+    scanned = Scanned()
+    members = scanned.members
+    try:
+        with tarfile.open(fileobj=fh, mode="r:") as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                if posixpath.basename(member.name).startswith("."):  # ._x.jpg that tar tools add
+                    scanned.problems.append(SkippedFile(f"{rel}#{member.name}", "hidden file"))
+                    continue
+                key, ext = split_key(member.name)
+                parts = members.setdefault(key, {})
+                if ext in LABEL_EXTENSIONS or ext == "json":
+                    handle = tar.extractfile(member)
+                    parts[ext] = _label_value(ext, handle.read() if handle else b"")
+                else:
+                    parts[ext] = (base + member.offset_data, member.size)
+                end = base + member.offset_data + -(-member.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+                span = scanned.spans.setdefault(key, [base + member.offset, end])
+                span[1] = max(span[1], end)
+            fh.seek(tar.offset)  # tarfile ends quietly at a corrupt header: it must be the end marker
+            if fh.read(tarfile.BLOCKSIZE).strip(b"\0"):
+                raise tarfile.ReadError(f"a corrupt header at byte {base + tar.offset}")
+    except tarfile.TarError as err:
+        scanned.problems.append(SkippedFile(rel, f"not a readable tar after {sum(map(len, members.values()))} "
+                                                 f"members (the rest of it is not read): {err}"))
+    return scanned
+
+
+def _samples_of(rel: str, scanned: Scanned, skipped: list[SkippedFile]) -> tuple[list[Entry], list[tuple[int, int]]]:
+    """The samples of a scanned tar (keys with an image member), in order, and their byte spans; keys
+    without an image go to ``skipped``."""
+    entries: list[Entry] = []
+    spans: list[tuple[int, int]] = []
+    for key, parts in scanned.members.items():
+        image = next(((ext, span) for ext, span in parts.items() if is_image_name(f"x.{ext}")), None)
+        if image is None:
+            skipped.append(SkippedFile(f"{rel}#{key}", f"no image member (has .{', .'.join(parts)})"))
+            continue
+        raw = next((parts[ext] for ext in (*LABEL_EXTENSIONS, "json") if ext in parts
+                    and not isinstance(parts[ext], tuple)), None)
+        entries.append((f"{rel}#{key}", [rel, f"{key}.{image[0]}", *image[1]], raw))
+        spans.append(tuple(scanned.spans[key]))  # type: ignore[arg-type]
+    return entries, spans
 
 
 class WebDatasetSource(FileListSource):
@@ -92,52 +162,61 @@ class WebDatasetSource(FileListSource):
         tars, skipped = self._tars()
         entries: list[Entry] = []
         for rel in tars:
-            members, problems = self._members(rel)
-            skipped += problems
-            for key, parts in members.items():
-                image = next(((ext, span) for ext, span in parts.items() if is_image_name(f"x.{ext}")), None)
-                if image is None:
-                    skipped.append(SkippedFile(f"{rel}#{key}", f"no image member (has .{', .'.join(parts)})"))
-                    continue
-                raw = next((parts[ext] for ext in (*LABEL_EXTENSIONS, "json") if ext in parts
-                            and not isinstance(parts[ext], tuple)), None)
-                entries.append((f"{rel}#{key}", [rel, f"{key}.{image[0]}", *image[1]], raw))
+            scanned = self._members(rel)
+            skipped += scanned.problems
+            tar_entries, spans = _samples_of(rel, scanned, skipped)
+            entries += tar_entries
+            self._cache_spans[rel] = spans
         return entries, skipped
 
-    def _members(self, rel: str) -> tuple[dict[str, dict[str, Any]], list[SkippedFile]]:
-        """``{key: {ext: (offset, size) for images and others, raw label for label members}}`` of one tar,
-        and its hidden members and what stopped the reading early (a corrupt header), if anything."""
+    def _init_cache(self) -> None:
+        super()._init_cache()
+        self._cache_spans: dict[str, list[tuple[int, int]]] = {}  # tar -> byte span of each sample, as listed
+        self._cache_span: tuple[str, int, bytes] | None = None    # the last span a worker read: (tar, start, bytes)
+
+    def row_files(self, limit: int | None = None) -> list[RowFile] | None:
+        """Each tar as a file of rows, its samples, each with its byte span (the headers and data of its
+        members); None where some tar interleaves the members of its samples, which spans cannot cut."""
+        entries = self._listing()[0][:limit]
+        counts: dict[str, int] = {}
+        for _, location, _ in entries:
+            counts[location[0]] = counts.get(location[0], 0) + 1
+        files = []
+        for rel, rows in counts.items():
+            spans = np.array(self._cache_spans[rel][:rows], np.int64).reshape(rows, 2)
+            if (spans[1:, 0] < spans[:-1, 1]).any():
+                return None
+            files.append(RowFile(rel, rows, IDS_IN_ROWS, self._cache_stamps.get(rel, ""), spans[:, 0], spans[:, 1]))
+        return files
+
+    def row_refs(self, rows: RowRange) -> list[SampleRef]:
+        """The refs of a planned range, from its span of the tar alone (read once: the images are then
+        cut from it); a span that no longer holds the planned samples (the tar changed) is an error."""
+        if rows.span is None:
+            raise StorageError(f"{rows.describe()} of {self.url} were planned without their byte span")
+        start, end = rows.span
+        url = join(self.base_url, rows.file)
+        fs, path = open_fs(url, self.storage_options)
+        with storage_errors(url, "read", self.storage_options):
+            data = retrying(lambda: fs.cat_file(path, start=start, end=end), f"reading bytes {start}:{end} of {url}")
+        entries, _ = _samples_of(rows.file, _scan(io.BytesIO(data), rows.file, start), [])
+        if len(entries) != rows.stop - rows.start:
+            raise StorageError(f"{url} changed since it was planned: bytes {start}:{end} no longer hold the "
+                               f"{rows.stop - rows.start} samples of {rows.describe()}; write to a new output to map "
+                               "it as it is now")
+        self._cache_span = (rows.file, start, data)
+        return [SampleRef(sid, json.dumps([location, raw])) for sid, location, raw in entries]
+
+    def _members(self, rel: str) -> Scanned:
+        """The members of one tar (see :func:`_scan`)."""
         url = join(self.base_url, rel)
         fs, path = open_fs(url, self.storage_options)
 
-        def scan() -> tuple[dict[str, dict[str, Any]], list[SkippedFile]]:
+        def scan() -> Scanned:
             # The whole tar is read again when the store fails on the way (a transient failure is
             # an OSError, which tarfile lets through), so that no member is missed or listed twice.
-            members: dict[str, dict[str, Any]] = {}
-            problems = []
             with fs.open(path, "rb") as fh:
-                try:
-                    with tarfile.open(fileobj=fh, mode="r:") as tar:
-                        for member in tar:
-                            if not member.isfile():
-                                continue
-                            if posixpath.basename(member.name).startswith("."):  # ._x.jpg that tar tools add
-                                problems.append(SkippedFile(f"{rel}#{member.name}", "hidden file"))
-                                continue
-                            key, ext = split_key(member.name)
-                            parts = members.setdefault(key, {})
-                            if ext in LABEL_EXTENSIONS or ext == "json":
-                                handle = tar.extractfile(member)
-                                parts[ext] = _label_value(ext, handle.read() if handle else b"")
-                            else:
-                                parts[ext] = (member.offset_data, member.size)
-                        fh.seek(tar.offset)  # tarfile ends quietly at a corrupt header: it must be the end marker
-                        if fh.read(tarfile.BLOCKSIZE).strip(b"\0"):
-                            raise tarfile.ReadError(f"a corrupt header at byte {tar.offset}")
-                except tarfile.TarError as err:
-                    problems.append(SkippedFile(rel, f"not a readable tar after {sum(map(len, members.values()))} "
-                                                     f"members (the rest of it is not read): {err}"))
-            return members, problems
+                return _scan(fh, rel)
 
         with storage_errors(url, "read", self.storage_options):
             return retrying(scan, f"reading the members of {url}")
@@ -167,6 +246,10 @@ class WebDatasetSource(FileListSource):
                 yield file_sample(ref.sample_id, label, self.describe(location), blobs[i], self.storage_options)
 
     def _ranges(self, tar: str, items: list[tuple[int, int, int]]) -> dict[int, bytes | BaseException]:
+        if self._cache_span is not None and self._cache_span[0] == tar:  # the span row_refs just read
+            _, first, data = self._cache_span
+            if all(first <= offset and offset + size <= first + len(data) for offset, size, _ in items):
+                return {i: data[offset - first:offset - first + size] for offset, size, i in items}
         url = join(self.base_url, tar)
         fs, path = open_fs(url, self.storage_options)
         spans: list[list] = []  # [start, end, [(offset, size, i), ...]]

@@ -18,7 +18,9 @@ from PIL import Image
 
 from jobs import attribute
 from storage.fs import join
-from storage.reader import read_errors, read_maps, read_run
+from storage.location import Location
+from storage.plan import plan_form
+from storage.reader import read_errors, read_maps, read_run, read_sample
 from storage.sources import FASHION_MNIST_CLASSES, open_source
 from tests.helpers import (class_dir, fashion_mnist, png_bytes, put, tar_bytes, tiny_checkpoint, write_folder,
                            write_index, write_parquet)
@@ -130,7 +132,8 @@ def kind_on_s3(kind: str, url: str, options: dict, images: np.ndarray, labels: n
 @pytest.mark.parametrize("kind", ["labeled-folder", "index", "webdataset", "parquet"])
 def test_each_source_kind_on_s3_with_an_all_bad_shard(kind, checkpoint, ray_session, s3_server, tmp_path):
     """Sources on SeaweedFS, class names as labels, and a shard whose every sample is bad: the job
-    succeeds, the bad shard commits zero maps and its four error rows."""
+    succeeds, the bad shard commits zero maps and its four error rows. Every kind but the folder is
+    planned by row ranges, whose ids the workers read; a sample's map is still found by its id."""
     url, options = s3_server.url(f"kind-{kind}"), s3_server.storage_options
     images, labels = fashion_mnist("test", 12)
     source = kind_on_s3(kind, url, options, images, labels)
@@ -143,6 +146,9 @@ def test_each_source_kind_on_s3_with_an_all_bad_shard(kind, checkpoint, ray_sess
     run = read_run(out)
     assert run["status"] == "complete" and run["config"]["source_format"] == kind and run["labels"]["kind"] == "model"
     assert options["secret"] not in json.dumps(run)
+    assert plan_form(Location(out)) == ("samples" if kind == "labeled-folder" else "ranges")
+    first = maps.sample_id.iloc[0]
+    assert read_sample(out, first, "gradient")["map"].iloc[0].tobytes() == maps["map"].iloc[0].tobytes()
 
 
 def test_unmatched_class_names_warn_and_refuse_target_label(checkpoint, ray_session, tmp_path, capfd):

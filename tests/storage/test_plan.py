@@ -169,8 +169,8 @@ def test_a_changed_or_deleted_row_file_changes_all_its_planned_rows(storage_root
     plan, _ = update_plan(where, [row_file("a.parquet", 3), row_file("b.parquet", 3)], 2)
     assert not source_changes(plan, [row_file("a.parquet", 3), row_file("b.parquet", 3)])
     changes = source_changes(plan, [row_file("a.parquet", 3, "v2")])
-    assert changes.changed == ("a.parquet#0", "a.parquet#1", "a.parquet#2")
-    assert changes.deleted == ("b.parquet#0", "b.parquet#1", "b.parquet#2") and changes.shards == (0, 1, 2)
+    assert (changes.changed, changes.deleted, changes.shards) == (3, 3, (0, 1, 2))
+    assert changes.examples == ("a.parquet#0", "a.parquet#2", "b.parquet#0", "b.parquet#1")  # each range's first
     assert not source_changes(plan, [row_file("a.parquet", 3)], listing_complete=False)  # --limit: not deleted
     restamped = restamp(where, plan, [row_file("a.parquet", 3, "v2")])
     assert [r.stamp for s in restamped.shards for r in s.ranges] == ["v2", "v2", DELETED, DELETED]
