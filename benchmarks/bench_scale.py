@@ -11,11 +11,13 @@ Each stage runs in a fresh subprocess, so its peak RSS (``ru_maxrss``) is the st
    to read it from the commit records alone, and after the end-of-run index (one segment).
 3. A whole no-op rerun of ``python -m jobs.attribute`` over the largest Parquet source with every
    shard committed, locally and on S3 (:func:`bench_noop_rerun` says how the committed state is made).
-4. A folder of F files, planned, then 1 % new files: what a rerun pays to find them (open, stamped
+4. A CSV index of N rows (1 M by default): a first plan by ranges of its rows, the plan's size and a
+   no-op rerun, against a plan sample by sample.
+5. A folder of F files, planned, then 1 % new files: what a rerun pays to find them (open, stamped
    listing, plan extended, changes checked) against a plain ``fs.find`` of the folder.
 
 Run: ``python benchmarks/bench_scale.py [--rows 1000000,10000000] [--shards 1000,5000,20000]
-[--files 50000] [--no-s3]``. It prints each figure with the growth it shows.
+[--index-rows 1000000] [--files 50000] [--no-s3]``. It prints each figure with the growth it shows.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ sys.path.insert(0, {root!r})
 from storage.maps import MapStore
 from storage.plan import update_plan
 from storage.sources import open_source
+from storage.sources import RowRange
 from workers.tasks import plan_shard_tasks, source_listing
 args = json.loads(sys.argv[1])
 imported = time.perf_counter()
@@ -48,10 +51,12 @@ out = {{"imports_s": imported - start}}
 store = MapStore(args["output"])
 if args["stage"] == "list":  # every sample listed one by one (the samples form)
     out["samples"] = len(open_source(args["source"]).list())
-elif args["stage"] == "plan":  # a first run's planning: open, list, write the plan
-    listing = source_listing(store, open_source(args["source"]), args.get("limit"))
+elif args["stage"] == "plan":  # a first run's planning: open, list, write the plan (or sample by sample)
+    source = open_source(args["source"])
+    listing = source.list(args.get("limit")) if args.get("samples") else source_listing(store, source, args.get("limit"))
     plan, _ = update_plan(store.where, listing, 512)
-    out.update(samples=plan.samples, shards=len(plan.shards))
+    plan_bytes = sum(store.where.fs.size(store.where.path(rel)) for rel in store.where.find("_plan", ".parquet"))
+    out.update(samples=plan.samples, shards=len(plan.shards), plan_mb=plan_bytes / 2**20)
 elif args["stage"] == "open":  # open a Parquet source (maybe on S3), plan it, read a shard: the RSS it adds
     def status(key):
         return int(next(l for l in open("/proc/self/status") if l.startswith(key)).split()[1]) / 1024
@@ -59,7 +64,7 @@ elif args["stage"] == "open":  # open a Parquet source (maybe on S3), plan it, r
     base = status("VmRSS")
     source = open_source(args["source"], storage_options=args.get("options") or None)
     files = source.row_files()
-    refs = source.row_refs(files[-1].name, 0, 64)
+    refs = source.row_refs(RowRange(files[-1].name, 0, 64, files[-1].id_format))
     read = sum(1 for s in source.read(refs) if hasattr(s, "image"))
     out.update(files=len(files), read=read, added_mb=status("VmHWM") - base)
 elif args["stage"] == "rerun":  # a rerun's planning, as the job does it: plan, zarr, committed set, tasks
@@ -151,6 +156,31 @@ def bench_sources(rows: list[int], tmp: Path, per_sample_up_to: int) -> None:
               + growth(xs, [r[2]["seconds"] for r in results]) + "; peak RSS of the plan "
               + growth(xs, [r[1]["peak_rss_mb"] for r in results]) + "; --limit 1000 "
               + growth(xs, [r[3]["seconds"] for r in results]))
+
+
+def index_source(path: Path, rows: int) -> None:
+    """A CSV index of ``rows`` image paths and class names (the images themselves are not needed to plan)."""
+    with open(path, "w") as fh:
+        fh.write("path,label\n")
+        fh.writelines(f"train/n{i % 1000:08d}/img_{i:08d}.JPEG,n{i % 1000:08d}\n" for i in range(rows))
+
+
+def bench_index(rows: list[int], tmp: Path) -> None:
+    print("\n== CSV index of N rows: a first plan by ranges of its rows, against sample by sample ==")
+    for n in rows:
+        folder = tmp / f"index-{n}"
+        folder.mkdir(parents=True, exist_ok=True)
+        index_source(folder / "train.csv", n)
+        size = (folder / "train.csv").stat().st_size / 2**20
+        ranges = stage(stage="plan", source=str(folder / "train.csv"), output=str(folder / "ranges"))
+        commit_everything(folder / "ranges")
+        rerun = stage(stage="rerun", source=str(folder / "train.csv"), output=str(folder / "ranges"))
+        assert rerun["tasks"] == 0 and rerun["samples"] == n, rerun
+        samples = stage(stage="plan", source=str(folder / "train.csv"), output=str(folder / "samples"), samples=True)
+        print(f"{n:>10,} rows ({size:.0f} MB): by ranges, first plan {ranges['seconds']:5.2f} s / "
+              f"{ranges['peak_rss_mb']:5.0f} MB, plan {ranges['plan_mb']:.2f} MB, no-op rerun {rerun['seconds']:5.2f} s"
+              f" / {rerun['peak_rss_mb']:5.0f} MB; sample by sample, first plan {samples['seconds']:5.2f} s / "
+              f"{samples['peak_rss_mb']:5.0f} MB, plan {samples['plan_mb']:.2f} MB")
 
 
 def bench_noop_rerun(source: Path, targets: list[tuple[str, str, dict]], repeats: int = 3) -> None:
@@ -308,6 +338,7 @@ def main() -> None:
     parser.add_argument("--rows", default="1000000,10000000")
     parser.add_argument("--per-sample-up-to", type=int, default=1_000_000,
                         help="also list sources up to this many rows sample by sample, for comparison")
+    parser.add_argument("--index-rows", default="1000000", help="rows of the CSV index sources (empty: none)")
     parser.add_argument("--shards", default="1000,5000,20000")
     parser.add_argument("--files", type=int, default=50_000)
     parser.add_argument("--no-s3", action="store_true")
@@ -322,6 +353,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-scale-"))
     rows = [int(x) for x in args.rows.split(",") if x]
     bench_sources(rows, tmp, args.per_sample_up_to)
+    bench_index([int(x) for x in args.index_rows.split(",") if x], tmp)
     from benchmarks.bench_storage import storage_targets
 
     with storage_targets(tmp, "scale", not args.no_s3) as targets:
