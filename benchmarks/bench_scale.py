@@ -12,12 +12,12 @@ Each stage runs in a fresh subprocess, so its peak RSS (``ru_maxrss``) is the st
 3. A whole no-op rerun of ``python -m jobs.attribute`` over the largest Parquet source with every
    shard committed, locally and on S3 (:func:`bench_noop_rerun` says how the committed state is made).
 4. A CSV index of N rows (1 M by default): a first plan by ranges of its rows, the plan's size and a
-   no-op rerun, against a plan sample by sample.
+   no-op rerun, against a plan sample by sample; the same for WebDataset tars of N samples (200 k).
 5. A folder of F files, planned, then 1 % new files: what a rerun pays to find them (open, stamped
    listing, plan extended, changes checked) against a plain ``fs.find`` of the folder.
 
 Run: ``python benchmarks/bench_scale.py [--rows 1000000,10000000] [--shards 1000,5000,20000]
-[--index-rows 1000000] [--files 50000] [--no-s3]``. It prints each figure with the growth it shows.
+[--index-rows 1000000] [--tar-samples 200000] [--files 50000] [--no-s3]``. It prints each figure with the growth it shows.
 """
 
 from __future__ import annotations
@@ -183,6 +183,39 @@ def bench_index(rows: list[int], tmp: Path) -> None:
               f"{samples['peak_rss_mb']:5.0f} MB, plan {samples['plan_mb']:.2f} MB")
 
 
+def webdataset_source(folder: Path, samples: int, tars: int = 4) -> None:
+    """``tars`` WebDataset tars of ``samples`` in all: one 28 px PNG and a ``.cls`` label each."""
+    import io
+    import tarfile
+
+    import numpy as np
+
+    from tests.helpers import png_bytes
+
+    blob = png_bytes(np.full((28, 28, 1), 128, np.uint8))
+    folder.mkdir(parents=True, exist_ok=True)
+    for t in range(tars):
+        with tarfile.open(folder / f"test-{t:04d}.tar", "w") as tar:
+            for i in range(t * samples // tars, (t + 1) * samples // tars):
+                for name, data in ((f"s{i:08d}.png", blob), (f"s{i:08d}.cls", str(i % 10).encode())):
+                    info = tarfile.TarInfo(name)
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+
+
+def bench_webdataset(samples: list[int], tmp: Path) -> None:
+    print("\n== WebDataset tars of N samples: a first plan by byte spans of their samples, against sample by sample ==")
+    for n in samples:
+        folder = tmp / f"wds-{n}"
+        webdataset_source(folder / "data", n)
+        ranges = stage(stage="plan", source=str(folder / "data"), output=str(folder / "ranges"))
+        samples_form = stage(stage="plan", source=str(folder / "data"), output=str(folder / "samples"), samples=True)
+        print(f"{n:>10,} samples in 4 tars: by ranges, first plan {ranges['seconds']:5.2f} s / "
+              f"{ranges['peak_rss_mb']:5.0f} MB, plan {ranges['plan_mb']:.2f} MB; sample by sample, first plan "
+              f"{samples_form['seconds']:5.2f} s / {samples_form['peak_rss_mb']:5.0f} MB, plan "
+              f"{samples_form['plan_mb']:.2f} MB")
+
+
 def bench_noop_rerun(source: Path, targets: list[tuple[str, str, dict]], repeats: int = 3) -> None:
     """A whole no-op rerun of ``python -m jobs.attribute`` over the 10 M-row source, every shard committed.
 
@@ -339,6 +372,7 @@ def main() -> None:
     parser.add_argument("--per-sample-up-to", type=int, default=1_000_000,
                         help="also list sources up to this many rows sample by sample, for comparison")
     parser.add_argument("--index-rows", default="1000000", help="rows of the CSV index sources (empty: none)")
+    parser.add_argument("--tar-samples", default="200000", help="samples of the WebDataset sources (empty: none)")
     parser.add_argument("--shards", default="1000,5000,20000")
     parser.add_argument("--files", type=int, default=50_000)
     parser.add_argument("--no-s3", action="store_true")
@@ -354,6 +388,7 @@ def main() -> None:
     rows = [int(x) for x in args.rows.split(",") if x]
     bench_sources(rows, tmp, args.per_sample_up_to)
     bench_index([int(x) for x in args.index_rows.split(",") if x], tmp)
+    bench_webdataset([int(x) for x in args.tar_samples.split(",") if x], tmp)
     from benchmarks.bench_storage import storage_targets
 
     with storage_targets(tmp, "scale", not args.no_s3) as targets:
