@@ -18,7 +18,8 @@ A tar is row-addressable: a plan holds a shard as a range of a tar's samples wit
 cuts its images from; where a tar interleaves the members of different samples, the source is
 planned sample by sample instead.
 
-Listing reads every tar's headers and its label members. Keys without an image, other files under
+Listing reads every tar's headers and its label members (plain headers by a small parser of our own,
+about twice as fast as tarfile; any other tar by tarfile). Keys without an image, other files under
 the URL (compressed ``.tar.gz`` included: they cannot be read by range), and a tar that ends in a
 corrupt header (everything before it is used) are listed by :meth:`WebDatasetSource.skipped`.
 """
@@ -29,7 +30,7 @@ import io
 import json
 import posixpath
 import tarfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,27 +83,24 @@ class Scanned:
 
 def _scan(fh: Any, rel: str, base: int = 0) -> Scanned:
     """The members of the tar (or of a span of it that starts at a header, ``base`` bytes into it)
-    readable from ``fh``."""
+    readable from ``fh``: by :func:`_scan_plain` where every header is a plain one, else by tarfile."""
+    plain = _scan_plain(fh, rel, base)
+    if plain is not None:
+        return plain
+    fh.seek(0)
+    return _scan_tarfile(fh, rel, base)
+
+
+def _scan_tarfile(fh: Any, rel: str, base: int) -> Scanned:
+    """:func:`_scan` by Python's tarfile, which reads every tar format."""
     scanned = Scanned()
     members = scanned.members
     try:
         with tarfile.open(fileobj=fh, mode="r:") as tar:
             for member in tar:
-                if not member.isfile():
-                    continue
-                if posixpath.basename(member.name).startswith("."):  # ._x.jpg that tar tools add
-                    scanned.problems.append(SkippedFile(f"{rel}#{member.name}", "hidden file"))
-                    continue
-                key, ext = split_key(member.name)
-                parts = members.setdefault(key, {})
-                if ext in LABEL_EXTENSIONS or ext == "json":
-                    handle = tar.extractfile(member)
-                    parts[ext] = _label_value(ext, handle.read() if handle else b"")
-                else:
-                    parts[ext] = (base + member.offset_data, member.size)
-                end = base + member.offset_data + -(-member.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
-                span = scanned.spans.setdefault(key, [base + member.offset, end])
-                span[1] = max(span[1], end)
+                if member.isfile():
+                    _add_member(scanned, rel, member.name, base + member.offset, base + member.offset_data,
+                                member.size, lambda member=member: _read_member(tar, member))
             fh.seek(tar.offset)  # tarfile ends quietly at a corrupt header: it must be the end marker
             if fh.read(tarfile.BLOCKSIZE).strip(b"\0"):
                 raise tarfile.ReadError(f"a corrupt header at byte {base + tar.offset}")
@@ -110,6 +108,60 @@ def _scan(fh: Any, rel: str, base: int = 0) -> Scanned:
         scanned.problems.append(SkippedFile(rel, f"not a readable tar after {sum(map(len, members.values()))} "
                                                  f"members (the rest of it is not read): {err}"))
     return scanned
+
+
+def _read_member(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
+    handle = tar.extractfile(member)
+    return handle.read() if handle else b""
+
+
+def _add_member(scanned: Scanned, rel: str, name: str, header: int, data: int, size: int,
+                read: Callable[[], bytes]) -> None:
+    """Record a file member of a tar: its (first) header starts at byte ``header``, its data at ``data``."""
+    if posixpath.basename(name).startswith("."):  # ._x.jpg that tar tools add
+        scanned.problems.append(SkippedFile(f"{rel}#{name}", "hidden file"))
+        return
+    key, ext = split_key(name)
+    parts = scanned.members.setdefault(key, {})
+    parts[ext] = _label_value(ext, read()) if ext in LABEL_EXTENSIONS or ext == "json" else (data, size)
+    end = data + -(-size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+    span = scanned.spans.setdefault(key, [header, end])
+    span[1] = max(span[1], end)
+
+
+#: Header types :func:`_scan_plain` reads: regular files (and contiguous ones) and directories.
+_PLAIN_TYPES = (b"0", b"\0", b"7", b"5")
+
+
+def _scan_plain(fh: Any, rel: str, base: int) -> Scanned | None:
+    """:func:`_scan` for a tar of plain headers only (ustar or GNU, no extended headers, links or
+    sparse files, sizes in octal, checksums right, ending in a zero block), parsed here about three
+    times as fast as tarfile does; None for any other tar, which tarfile then reads (and words the
+    errors of)."""
+    scanned = Scanned()
+    pos = 0
+    while True:
+        fh.seek(pos)
+        buf = fh.read(tarfile.BLOCKSIZE)
+        if not buf.strip(b"\0"):
+            return scanned if pos and (len(buf) == tarfile.BLOCKSIZE or not buf) else None
+        kind = buf[156:157]
+        if len(buf) < tarfile.BLOCKSIZE or kind not in _PLAIN_TYPES or buf[124] & 0x80 or buf[148] & 0x80:
+            return None
+        try:
+            size = int(buf[124:136].split(b"\0", 1)[0].strip() or b"0", 8)
+            checksum = int(buf[148:156].split(b"\0", 1)[0].strip() or b"0", 8)
+        except ValueError:
+            return None
+        if checksum != 256 + sum(buf[:148]) + sum(buf[156:]):
+            return None
+        name = buf[:100].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+        prefix = buf[345:500].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+        if kind != b"5" and not (kind == b"\0" and name.endswith("/")):
+            data = pos + tarfile.BLOCKSIZE
+            _add_member(scanned, rel, f"{prefix}/{name}" if prefix else name, base + pos, base + data, size,
+                        lambda data=data, size=size: (fh.seek(data), fh.read(size))[1])
+        pos += tarfile.BLOCKSIZE + -(-size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
 
 
 def _samples_of(rel: str, scanned: Scanned, skipped: list[SkippedFile]) -> tuple[list[Entry], list[tuple[int, int]]]:

@@ -5,7 +5,9 @@ edited one is noticed, never read as other samples."""
 
 from __future__ import annotations
 
+import io
 import json
+import tarfile
 
 import numpy as np
 import pyarrow as pa
@@ -16,6 +18,7 @@ from storage.location import Location
 from storage.plan import read_plan, restamp, source_changes, update_plan
 from storage.sources import IDS_IN_ROWS, SampleRef, Source, open_source
 from storage.sources.index import entries_of, index_samples, parse_index
+from storage.sources.webdataset import _scan, _scan_plain, _scan_tarfile
 from tests.helpers import png_bytes, put, tar_bytes, write_parquet
 from workers.tasks import ShardTask
 
@@ -185,3 +188,42 @@ def test_an_index_parsed_in_cpp_gives_what_the_row_by_row_parser_gives(ending, b
     for other in (data.replace(b"c.png", b'"c.png"'), data.replace(ending.encode(), ending.encode() * 2, 1)):
         slow = index_samples(other, f"s3://b/{name}")
         assert not isinstance(slow.ids, pa.Array) and slow.entries() == entries
+
+
+def tar_of(members: list[tuple[str, bytes]], fmt: int, extra: list[tarfile.TarInfo] = ()) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=fmt) as tar:
+        for info in extra:
+            tar.addfile(info)
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime = len(data), 0
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("fmt", [tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
+def test_plain_tar_headers_are_read_as_tarfile_reads_them(fmt) -> None:
+    """The header parser for plain tars gives what tarfile gives (members, label values, byte spans,
+    hidden files), a ustar name split into prefix and name included, and leaves every other tar (long
+    names in GNU or pax headers, links) to tarfile; a span of a tar reads the same way."""
+    folder = tarfile.TarInfo("d" * 120 + "/sub")
+    folder.type = tarfile.DIRTYPE
+    members = [("a.png", b"x" * 700), ("a.cls", b"3"), ("._a.png", b"junk"), ("b.jpg", b"y" * 512),
+               ("b.json", b'{"label": "Bag"}'), ("d" * 120 + "/sub/c.png", b"z" * 10), ("d" * 120 + "/sub/c.cls", b"1")]
+    data = tar_of(members, fmt, [folder])
+    plain, full = _scan_plain(io.BytesIO(data), "t.tar", 0), _scan_tarfile(io.BytesIO(data), "t.tar", 0)
+    assert full.members["a"]["cls"] == "3" and full.members["a"]["png"][1] == 700
+    if fmt == tarfile.USTAR_FORMAT:  # the long folder name fits ustar's prefix field
+        assert plain == full and plain.members["d" * 120 + "/sub/c"] == full.members["d" * 120 + "/sub/c"]
+        assert [p.path for p in plain.problems] == ["t.tar#._a.png"]
+        first, end = plain.spans["b"]
+        span = _scan(io.BytesIO(data[first:end]), "t.tar", first)
+        assert span.members == {"b": full.members["b"]} and span.spans == {"b": [first, end]}
+    else:  # a GNU long-name header, or a pax extended header
+        assert plain is None and _scan(io.BytesIO(data), "t.tar") == full
+    link = tarfile.TarInfo("l.png")
+    link.type, link.linkname = tarfile.SYMTYPE, "a.png"
+    linked = tar_of(members[:2], tarfile.USTAR_FORMAT, [link])
+    assert _scan_plain(io.BytesIO(linked), "t.tar", 0) is None
+    assert _scan(io.BytesIO(linked), "t.tar").members == _scan_tarfile(io.BytesIO(linked), "t.tar", 0).members
