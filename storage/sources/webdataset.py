@@ -135,8 +135,8 @@ _PLAIN_TYPES = (b"0", b"\0", b"7", b"5")
 
 def _scan_plain(fh: Any, rel: str, base: int) -> Scanned | None:
     """:func:`_scan` for a tar of plain headers only (ustar or GNU, no extended headers, links or
-    sparse files, sizes in octal, checksums right, ending in a zero block), parsed here about three
-    times as fast as tarfile does; None for any other tar, which tarfile then reads (and words the
+    sparse files, sizes in octal, checksums right, ending in a zero block), parsed here about twice as
+    fast as tarfile does (benchmarks/RESULTS.md, Scale); None for any other tar, which tarfile then reads (and words the
     errors of)."""
     scanned = Scanned()
     pos = 0
