@@ -36,6 +36,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.scale_sources import index_source, parquet_source, webdataset_source  # noqa: E402
+
 STAGE = r"""
 import json, resource, sys, time
 start = time.perf_counter()
@@ -55,8 +57,10 @@ elif args["stage"] == "plan":  # a first run's planning: open, list, write the p
     source = open_source(args["source"])
     listing = source.list(args.get("limit")) if args.get("samples") else source_listing(store, source, args.get("limit"))
     plan, _ = update_plan(store.where, listing, 512)
-    plan_bytes = sum(store.where.fs.size(store.where.path(rel)) for rel in store.where.find("_plan", ".parquet"))
-    out.update(samples=plan.samples, shards=len(plan.shards), plan_mb=plan_bytes / 2**20)
+    sizes = {{rel: store.where.fs.size(store.where.path(rel)) for rel in store.where.find("_plan", ".parquet")}}
+    ids = sum(size for rel, size in sizes.items() if rel.startswith("_plan/ids-"))
+    out.update(samples=plan.samples, shards=len(plan.shards), plan_mb=(sum(sizes.values()) - ids) / 2**20,
+               ids_mb=ids / 2**20)
 elif args["stage"] == "open":  # open a Parquet source (maybe on S3), plan it, read a shard: the RSS it adds
     def status(key):
         return int(next(l for l in open("/proc/self/status") if l.startswith(key)).split()[1]) / 1024
@@ -82,23 +86,6 @@ def stage(**args: object) -> dict:
     done = subprocess.run([sys.executable, "-c", script, json.dumps(args)], capture_output=True, text=True,
                           check=True, timeout=1800)
     return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-def parquet_source(folder: Path, rows: int, per_file: int = 1_000_000) -> None:
-    import numpy as np
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from tests.helpers import png_bytes
-
-    blob = png_bytes(np.full((28, 28, 1), 128, np.uint8))
-    folder.mkdir(parents=True, exist_ok=True)
-    for k, start in enumerate(range(0, rows, per_file)):
-        n = min(per_file, rows - start)
-        image = pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int32)), pa.array([blob], pa.binary()))
-        label = pa.array(np.arange(start, start + n, dtype=np.int64) % 10)
-        pq.write_table(pa.table({"image": image, "label": label}), folder / f"test-{k:05d}.parquet",
-                       row_group_size=100_000)
 
 
 def growth(xs: list[float], ys: list[float]) -> str:
@@ -158,13 +145,6 @@ def bench_sources(rows: list[int], tmp: Path, per_sample_up_to: int) -> None:
               + growth(xs, [r[3]["seconds"] for r in results]))
 
 
-def index_source(path: Path, rows: int) -> None:
-    """A CSV index of ``rows`` image paths and class names (the images themselves are not needed to plan)."""
-    with open(path, "w") as fh:
-        fh.write("path,label\n")
-        fh.writelines(f"train/n{i % 1000:08d}/img_{i:08d}.JPEG,n{i % 1000:08d}\n" for i in range(rows))
-
-
 def bench_index(rows: list[int], tmp: Path) -> None:
     print("\n== CSV index of N rows: a first plan by ranges of its rows, against sample by sample ==")
     for n in rows:
@@ -178,29 +158,10 @@ def bench_index(rows: list[int], tmp: Path) -> None:
         assert rerun["tasks"] == 0 and rerun["samples"] == n, rerun
         samples = stage(stage="plan", source=str(folder / "train.csv"), output=str(folder / "samples"), samples=True)
         print(f"{n:>10,} rows ({size:.0f} MB): by ranges, first plan {ranges['seconds']:5.2f} s / "
-              f"{ranges['peak_rss_mb']:5.0f} MB, plan {ranges['plan_mb']:.2f} MB, no-op rerun {rerun['seconds']:5.2f} s"
+              f"{ranges['peak_rss_mb']:5.0f} MB, plan {ranges['plan_mb']:.2f} MB + id index {ranges['ids_mb']:.2f} MB, "
+              f"no-op rerun {rerun['seconds']:5.2f} s"
               f" / {rerun['peak_rss_mb']:5.0f} MB; sample by sample, first plan {samples['seconds']:5.2f} s / "
               f"{samples['peak_rss_mb']:5.0f} MB, plan {samples['plan_mb']:.2f} MB")
-
-
-def webdataset_source(folder: Path, samples: int, tars: int = 4) -> None:
-    """``tars`` WebDataset tars of ``samples`` in all: one 28 px PNG and a ``.cls`` label each."""
-    import io
-    import tarfile
-
-    import numpy as np
-
-    from tests.helpers import png_bytes
-
-    blob = png_bytes(np.full((28, 28, 1), 128, np.uint8))
-    folder.mkdir(parents=True, exist_ok=True)
-    for t in range(tars):
-        with tarfile.open(folder / f"test-{t:04d}.tar", "w") as tar:
-            for i in range(t * samples // tars, (t + 1) * samples // tars):
-                for name, data in ((f"s{i:08d}.png", blob), (f"s{i:08d}.cls", str(i % 10).encode())):
-                    info = tarfile.TarInfo(name)
-                    info.size = len(data)
-                    tar.addfile(info, io.BytesIO(data))
 
 
 def bench_webdataset(samples: list[int], tmp: Path) -> None:
@@ -211,7 +172,8 @@ def bench_webdataset(samples: list[int], tmp: Path) -> None:
         ranges = stage(stage="plan", source=str(folder / "data"), output=str(folder / "ranges"))
         samples_form = stage(stage="plan", source=str(folder / "data"), output=str(folder / "samples"), samples=True)
         print(f"{n:>10,} samples in 4 tars: by ranges, first plan {ranges['seconds']:5.2f} s / "
-              f"{ranges['peak_rss_mb']:5.0f} MB, plan {ranges['plan_mb']:.2f} MB; sample by sample, first plan "
+              f"{ranges['peak_rss_mb']:5.0f} MB, plan {ranges['plan_mb']:.2f} MB + id index {ranges['ids_mb']:.2f} MB; "
+              f"sample by sample, first plan "
               f"{samples_form['seconds']:5.2f} s / {samples_form['peak_rss_mb']:5.0f} MB, plan "
               f"{samples_form['plan_mb']:.2f} MB")
 
@@ -330,7 +292,8 @@ def bench_folder(files: int, targets: list[tuple[str, str, dict]]) -> None:
     stamps, extend the plan, check for changes) against a plain listing of the same folder."""
     from storage.fs import join, open_fs
     from storage.maps import MapStore
-    from storage.plan import source_changes, update_plan
+    from storage.plan import update_plan
+    from storage.plan_changes import source_changes
     from storage.sources import open_source
     from workers.tasks import source_listing
 

@@ -37,7 +37,7 @@ import pyarrow.parquet as pq
 
 from storage.fs import InvalidStorageInput
 from storage.location import Location
-from storage.sources.base import IDS_IN_ROWS, RowFile, RowRange, SampleRef, row_of_id
+from storage.sources.base import RowFile, RowRange, SampleRef, row_of_id
 from storage.tables import PLAN_DIR, parquet_bytes
 
 #: The first segment of a plan of the samples form (the whole plan, before plans had segments).
@@ -48,6 +48,8 @@ RANGES_SCHEMA = pa.schema([("shard_index", pa.int64()), ("shard_id", pa.string()
                            ("start", pa.int64()), ("stop", pa.int64()), ("id_format", pa.string()),
                            ("stamp", pa.string()), ("byte_start", pa.int64()), ("byte_stop", pa.int64())])
 _PREFIX = {"samples": "shards", "ranges": "ranges"}
+#: The name of the plan's id index segments (``_plan/ids-<first shard>.parquet``), see :func:`shard_of`.
+ID_INDEX = "ids"
 
 #: The stamp of a planned sample (or row file) that was deleted (and whose shard was recomputed since).
 DELETED = "deleted"
@@ -216,32 +218,48 @@ def _ranges_of(table: pa.Table, segment: str) -> list[Shard]:
     return [Shard(i, ids[i], ranges=tuple(ranges[i]), segment=segment) for i in ranges]
 
 
-#: What :func:`shard_of` answers where the plan cannot say: ranges whose ids are data (read with the rows).
-ANY_SHARD = "*"
-
-
 def shard_of(where: Location, sample_id: str) -> str | None:
     """The id of the shard that holds ``sample_id``, reading the plan's segments without building it
-    (a filter on the samples form; each range's id pattern on the ranges form); None if unplanned;
-    :data:`ANY_SHARD` where it is not found but some ranges' ids are data, which the plan does not hold."""
-    unknown = False
-    for rel in _segments(where):
+    (a filter on the samples form; each range's id pattern on the ranges form, or a filter on the id
+    index where ids are data); None if unplanned."""
+    for rel in [*_segments(where), *_id_indexes(where)]:
         data = where.get_optional(rel)
         if data is None:
             continue
         if pq.read_schema(pa.BufferReader(data)).get_field_index("file") < 0:
-            hit = pq.read_table(pa.BufferReader(data), columns=["shard_id"], filters=[("sample_id", "==", sample_id)])
+            hit = pq.read_table(pa.BufferReader(data), columns=["shard_index"], filters=[("sample_id", "==", sample_id)])
             if hit.num_rows:
-                return str(hit.column("shard_id")[0].as_py())
+                return shard_id(hit.column("shard_index")[0].as_py())
             continue
         table = pq.read_table(pa.BufferReader(data))
         for sid, file, start, stop, fmt in zip(*(table.column(c).to_pylist()
                                                 for c in ("shard_id", "file", "start", "stop", "id_format"))):
-            unknown = unknown or fmt == IDS_IN_ROWS
             row = row_of_id(fmt, sample_id)
             if row is not None and start <= row < stop:
                 return str(sid)
-    return ANY_SHARD if unknown else None
+    return None
+
+
+def _id_indexes(where: Location) -> list[str]:
+    return [rel for rel in where.find(PLAN_DIR, ".parquet") if rel.rsplit("/", 1)[-1].startswith(ID_INDEX)]
+
+
+def _write_id_index(where: Location, shards: Sequence[Shard], files: Sequence[RowFile]) -> None:
+    """``_plan/ids-<first shard>.parquet`` (sample_id, shard_index) for the new shards' ranges whose ids
+    are data: written once, when they are planned, and read only to find a sample by its id (reruns
+    never read it). Written before the plan segment, which is what plans the shards."""
+    by_name = {f.name: f for f in files}
+    ids, index = [], []
+    for shard in shards:
+        for r in shard.ranges:
+            owned = by_name[r.file].ids
+            if r.ids_in_rows and owned is not None:
+                part = owned[r.start:r.stop]
+                ids.append(part.cast(pa.string()) if isinstance(part, pa.Array) else pa.array(part, pa.string()))
+                index.append(np.full(r.stop - r.start, shard.index, np.int64))
+    if ids:
+        table = pa.table({"sample_id": pa.concat_arrays(ids), "shard_index": np.concatenate(index)})
+        where.put(f"{PLAN_DIR}/{ID_INDEX}-{shard_id(shards[0].index)}.parquet", parquet_bytes(table))
 
 
 Listing = Sequence[SampleRef] | Sequence[RowFile]
@@ -281,7 +299,9 @@ def update_plan(where: Location, listing: Listing, shard_size: int) -> tuple[Sha
         segment = PLAN_PATH if not ranges and first == 0 else \
             f"{PLAN_DIR}/{_PREFIX['ranges' if ranges else 'samples']}-{shard_id(first)}.parquet"
         new = [replace(s, segment=segment) for s in new]
-        _write(where, segment, new, shard_size)
+        if ranges:
+            _write_id_index(where, new, listing)  # type: ignore[arg-type]
+        write_segment(where, segment, new, shard_size)
     return ShardPlan(tuple(shards + new), shard_size), len(new)
 
 
@@ -335,99 +355,7 @@ def _range(f: RowFile, start: int, stop: int) -> RowRange:
     return RowRange(f.name, start, stop, f.id_format, f.span_stamp(*span) if f.span_stamp else f.stamp, span)
 
 
-@dataclass(frozen=True)
-class SourceChanges:
-    """Planned samples whose file (or byte span) changed or vanished since they were planned."""
-
-    changed: int = 0     # samples
-    deleted: int = 0     # samples
-    examples: tuple[str, ...] = ()  # a few of them: sample ids, or rows of a file where ids are data
-    shards: tuple[int, ...] = ()  # the shards that hold them
-
-    def __bool__(self) -> bool:
-        return bool(self.changed or self.deleted)
-
-    def describe(self) -> str:
-        return (f"{self.changed} samples changed and {self.deleted} deleted in the source since they were "
-                f"mapped, in {len(self.shards)} shards (e.g. {', '.join(self.examples[:4])})")
-
-
-def _stamp_now(planned: RowRange, files: dict[str, RowFile]) -> str | None:
-    """A planned range's stamp as the source is now (None: its file is gone): the file's, or its span's."""
-    f = files.get(planned.file)
-    if f is None:
-        return None
-    return f.span_stamp(*planned.span) if planned.span is not None and f.span_stamp is not None else f.stamp
-
-
-def source_changes(plan: ShardPlan, listing: Listing, listing_complete: bool = True) -> SourceChanges:
-    """What changed in the source since the plan: a stamp that differs (both known), or a planned
-    sample (row file) the listing lacks (only when ``listing`` is the whole source, not a ``--limit``
-    of it). A changed or deleted row file changes every planned row of it; a file read by byte spans
-    (an index, a tar) changes only the rows whose bytes changed."""
-    current = _now_stamps(listing)
-    files = {x.name: x for x in listing if isinstance(x, RowFile)}
-    counts = {"changed": 0, "deleted": 0}
-    examples: list[str] = []
-    shards = set()
-    for shard in plan.shards:
-        if shard.ranges:
-            parts = [(_stamp_now(r, files), r.stamp, r) for r in shard.ranges]
-        else:
-            ids, stamps = ids_and_stamps(shard.refs)
-            parts = zip(map(current.get, ids), stamps, ids)
-        for now, planned, part in parts:
-            if now == planned and now is not None:  # the common case, first
-                continue
-            if now is None and listing_complete and planned != DELETED:
-                what = "deleted"
-            elif now is not None and planned and now and planned != now:
-                what = "changed"
-            else:
-                continue
-            counts[what] += 1 if isinstance(part, str) else part.stop - part.start
-            if len(examples) < 10:
-                examples.append(part if isinstance(part, str) else part.describe())
-            shards.add(shard.index)
-    return SourceChanges(counts["changed"], counts["deleted"], tuple(examples), tuple(sorted(shards)))
-
-
-def _now_stamps(listing: Listing) -> dict[str, str]:
-    """{sample id: its stamp now} of a listing of refs."""
-    return {x.sample_id: x.stamp for x in listing if isinstance(x, SampleRef)}
-
-
-def restamp(where: Location, plan: ShardPlan, listing: Listing, listing_complete: bool = True) -> ShardPlan:
-    """The plan with the samples' (row files') current stamps and locators (same shards, same rows),
-    stored; one the listing lacks is stamped deleted, so it is reported once, not on every run.
-
-    Ranges whose ids are data cannot be mapped again in place: their rows may now hold other samples,
-    whose ids other shards may hold, so a changed one is an error that asks for a new output."""
-    refs = {x.sample_id: x for x in listing if isinstance(x, SampleRef)}
-    files = {x.name: x for x in listing if isinstance(x, RowFile)}
-
-    def gone(stamp: str) -> str:
-        return DELETED if listing_complete else stamp
-
-    def range_now(r: RowRange) -> RowRange:
-        now = _stamp_now(r, files)
-        if r.ids_in_rows and now != r.stamp and (now is not None or listing_complete):
-            raise InvalidStorageInput(f"{r.describe()} changed since they were mapped, and their sample ids are data "
-                                      "(read with the rows), which may now name other samples: write to a new output "
-                                      "to map the source as it is now")
-        return replace(r, stamp=gone(r.stamp) if now is None else now)
-
-    def now(shard: Shard) -> Shard:
-        return replace(shard, refs=tuple(refs.get(r.sample_id) or replace(r, stamp=gone(r.stamp)) for r in shard.refs),
-                       ranges=tuple(map(range_now, shard.ranges)))
-
-    shards = tuple(now(s) for s in plan.shards)
-    for segment in sorted({s.segment for s in shards}):
-        _write(where, segment, [s for s in shards if s.segment == segment], plan.shard_size)
-    return ShardPlan(shards, plan.shard_size)
-
-
-def _write(where: Location, segment: str, shards: Sequence[Shard], shard_size: int) -> None:
+def write_segment(where: Location, segment: str, shards: Sequence[Shard], shard_size: int) -> None:
     if shards and shards[0].ranges:
         schema = RANGES_SCHEMA
         rows = [(s.index, s.shard_id, r.file, r.start, r.stop, r.id_format, r.stamp, *(r.span or (None, None)))

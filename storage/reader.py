@@ -157,14 +157,10 @@ def read_sample(url: str, sample_id: str, method: str | None = None,
 
     An empty frame when the sample is planned but has no committed map (not done yet, or an error
     row: see :func:`read_errors`); :class:`StorageNotFound` when the dataset never planned it.
-    Where the plan does not hold the ids (row ranges of an index, of tars or of Parquet files with a
-    ``sample_id`` column: the ids are read with the rows), each committed table is searched instead,
-    reading only the row groups whose ``sample_id`` statistics admit the id, and an id no table
-    holds gives an empty frame.
     """
     import pandas as pd
 
-    from storage.plan import ANY_SHARD, shard_of
+    from storage.plan import shard_of
 
     where = Location(url, storage_options)
     run = check_format(where)
@@ -177,12 +173,9 @@ def read_sample(url: str, sample_id: str, method: str | None = None,
         labels = _method_labels(run if run is not None else read_run(url, storage_options))
     frames = []
     for label in labels:
-        if shard == ANY_SHARD:  # ids the plan does not hold (read with the rows): every committed table
-            records = list(read_commits(where, label).values())
-        else:
-            record = read_commit(where, label, shard)
-            records = [record] if record else []
-        for table in _read_tables(where, records, "maps", filters=[("sample_id", "==", str(sample_id))]):
+        record = read_commit(where, label, shard)
+        for table in _read_tables(where, [record] if record else [], "maps",
+                                  filters=[("sample_id", "==", str(sample_id))]):
             frames.append(_frame(_with_tensor_map(table)))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["sample_id", "method", "map"])
 

@@ -22,8 +22,8 @@ from typing import Any
 
 from attribution import MethodSpec
 from storage.maps import MapStore
-from storage.plan import (RowRange, Shard, ShardPlan, SourceChanges, listed_samples, plan_form, restamp, samples_in,
-                          source_changes, update_plan)
+from storage.plan import RowRange, Shard, ShardPlan, listed_samples, plan_form, samples_in, update_plan
+from storage.plan_changes import SourceChanges, restamp, source_changes
 from storage.sources import RowFile, SampleRef, Source
 
 

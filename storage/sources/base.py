@@ -87,7 +87,9 @@ class RowFile:
     :data:`IDS_IN_ROWS`, is data read with the row. Where rows are read by bytes (an index's lines, a
     tar's members), ``starts``/``ends`` give each row's byte span: a range never spans a gap between
     rows (a skipped line or member), and ``span_stamp(start, end)`` stamps a span by its bytes, so
-    that appending rows to the file changes none of the planned ones.
+    that appending rows to the file changes none of the planned ones. Where ids are data, ``ids``
+    holds them (a list or an Arrow array), which the plan writes once into its id index so that a
+    sample's shard is found by its id (:func:`storage.plan.shard_of`).
     """
 
     name: str             # relative to the source URL
@@ -97,6 +99,7 @@ class RowFile:
     starts: np.ndarray | None = field(default=None, compare=False)  # int64 [rows]: first byte of each row
     ends: np.ndarray | None = field(default=None, compare=False)    # int64 [rows]: the byte after each row
     span_stamp: Callable[[int, int], str] | None = field(default=None, compare=False)
+    ids: Sequence[Any] | None = field(default=None, compare=False)  # where ids are data: those of the rows, in order
 
     @property
     def ids_in_rows(self) -> bool:

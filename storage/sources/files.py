@@ -16,9 +16,10 @@ import posixpath
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
-from storage.fs import is_local, open_fs, scrub, storage_errors, translate
+from storage.fs import StorageError, is_local, open_fs, scrub, storage_errors, translate
 from storage.retry import is_transient, retrying
-from storage.sources.base import NO_LABEL, Sample, SampleError, SampleRef, SkippedFile, Source, decoded_sample
+from storage.sources.base import (NO_LABEL, RowRange, Sample, SampleError, SampleRef, SkippedFile, Source,
+                                  decoded_sample)
 from storage.sources.classes import classes_of, integer_label, kind_of_classes
 from storage.sources.images import is_image_name
 
@@ -88,6 +89,30 @@ def fetch_urls(urls: Sequence[str], url: str, storage_options: Mapping[str, Any]
         for i, blob in zip(positions, fetch(fs, paths, url, storage_options)):
             out[i] = blob
     return out
+
+
+def read_bytes(url: str, storage_options: Mapping[str, Any] | None, span: tuple[int, int] | None = None) -> bytes:
+    """A file's bytes, or those of ``span`` (first byte, byte after the last), retried while the store
+    fails transiently."""
+    fs, path = open_fs(url, storage_options)
+    start, end = span if span is not None else (None, None)
+    with storage_errors(url, "read", storage_options):
+        return retrying(lambda: fs.cat_file(path, start=start, end=end),
+                        f"reading bytes {start}:{end} of {url}" if span is not None else f"reading {url}")
+
+
+def read_span(url: str, storage_options: Mapping[str, Any] | None, rows: RowRange) -> bytes:
+    """The bytes of a planned range's span of the file at ``url`` (an index's lines, a tar's members)."""
+    if rows.span is None:
+        raise StorageError(f"{rows.describe()} of {url} were planned without their byte span")
+    return read_bytes(url, storage_options, rows.span)
+
+
+def span_changed(url: str, rows: RowRange, advice: str) -> StorageError:
+    """The error for a planned span whose bytes no longer hold its samples."""
+    start, end = rows.span or (0, 0)
+    return StorageError(f"{url} changed since it was planned: bytes {start}:{end} no longer hold the "
+                        f"{rows.stop - rows.start} samples of {rows.describe()}; {advice}")
 
 
 def read_reason(err: BaseException, shown: str, storage_options: Mapping[str, Any] | None = None) -> str:

@@ -37,7 +37,7 @@ import pyarrow.csv as pa_csv
 from storage.fs import StorageError, open_fs, storage_errors
 from storage.retry import retrying
 from storage.sources.base import IDS_IN_ROWS, RowFile, RowRange, SampleRef, SkippedFile
-from storage.sources.files import FileListSource
+from storage.sources.files import FileListSource, read_bytes, read_span, span_changed
 
 INDEX_EXTENSIONS = (".csv", ".tsv", ".jsonl", ".ndjson")
 PATH_COLUMNS = ("path", "url", "file_name", "filename", "file", "image", "image_path", "image_url", "img", "location",
@@ -131,12 +131,9 @@ def _parse_jsonl(data: bytes, pos: int, name: str, base: int) -> IndexRows:
     return parsed
 
 
-def read_index(url: str, storage_options: dict | None) -> tuple[bytes, IndexRows]:
-    """The bytes of a CSV / TSV / JSONL file and its rows."""
-    fs, path = open_fs(url, storage_options)
-    with storage_errors(url, "read", storage_options):
-        data = retrying(lambda: fs.cat_file(path), f"reading {url}")
-    return data, parse_index(data, url.rsplit("/", 1)[-1])
+def read_index(url: str, storage_options: dict | None) -> IndexRows:
+    """The rows of a CSV / TSV / JSONL file."""
+    return parse_index(read_bytes(url, storage_options), url.rsplit("/", 1)[-1])
 
 
 def pick(columns: Sequence[str], candidates: Sequence[str]) -> str | None:
@@ -175,7 +172,7 @@ def entries_of(parsed: IndexRows, url: str) -> tuple[list[Entry], list[tuple[int
 
 def index_entries(url: str, storage_options: dict | None) -> tuple[list[Entry], list[SkippedFile]]:
     """``([(sample_id, path, raw label)], skipped)`` of an index file (see the module docstring)."""
-    entries, _, skipped = entries_of(read_index(url, storage_options)[1], url)
+    entries, _, skipped = entries_of(read_index(url, storage_options), url)
     return entries, skipped
 
 
@@ -293,9 +290,7 @@ class IndexSource(FileListSource):
     def _samples(self) -> IndexSamples:
         """The index's samples as columns, read once per Source object (the driver's)."""
         if self._cache_samples is None:
-            fs, path = open_fs(self.url, self.storage_options)
-            with storage_errors(self.url, "read", self.storage_options):
-                self._cache_data = retrying(lambda: fs.cat_file(path), f"reading {self.url}")
+            self._cache_data = read_bytes(self.url, self.storage_options)
             self._cache_samples = index_samples(self._cache_data, self.url)
         return self._cache_samples
 
@@ -315,23 +310,17 @@ class IndexSource(FileListSource):
         rows = len(samples.starts) if limit is None else min(limit, len(samples.starts))
         data = self._cache_data
         return [RowFile(self.name, rows, IDS_IN_ROWS, starts=samples.starts[:rows], ends=samples.ends[:rows],
-                        span_stamp=lambda start, end: span_stamp(data[start:end]))]
+                        span_stamp=lambda start, end: span_stamp(data[start:end]), ids=samples.ids[:rows])]
 
     def row_refs(self, rows: RowRange) -> list[SampleRef]:
         """The refs of a planned range, from its span of the index alone; a span whose bytes changed
         since it was planned (the index was edited, not appended to) is an error."""
-        if rows.span is None:
-            raise StorageError(f"{rows.describe()} of {self.url} were planned without their byte span")
-        start, end = rows.span
-        fs, path = open_fs(self.url, self.storage_options)
-        with storage_errors(self.url, "read", self.storage_options):
-            data = retrying(lambda: fs.cat_file(path, start=start, end=end), f"reading bytes {start}:{end} of {self.url}")
-        parsed = parse_index(data, self.name, None if is_jsonl(self.name) else self._columns(), base=start)
+        data = read_span(self.url, self.storage_options, rows)
+        parsed = parse_index(data, self.name, None if is_jsonl(self.name) else self._columns(), base=rows.span[0])
         entries, _, _ = entries_of(parsed, self.url) if parsed.rows else ([], [], [])
         if span_stamp(data) != rows.stamp or len(entries) != rows.stop - rows.start:
-            raise StorageError(f"{self.url} changed since it was planned: bytes {start}:{end} no longer hold the "
-                               f"{rows.stop - rows.start} samples of {rows.describe()}; an index may grow at its "
-                               "end, but to map an edited one, write to a new output")
+            raise span_changed(self.url, rows, "an index may grow at its end, but to map an edited one, write to a "
+                                               "new output")
         return [SampleRef(sid, json.dumps([location, raw])) for sid, location, raw in entries]
 
     def _columns(self) -> list[str]:

@@ -109,8 +109,8 @@ class ParquetSource(Source):
         elif self.label_column is None:
             self.classes, self.label_kind = [], "none"
         else:
-            self.classes, self.label_kind = classes_of(
-                v for rel in self.files for v in set(self._read_column(rel, self.label_column).tolist()))
+            labels = (self._read_column(rel, self.label_column).to_numpy(zero_copy_only=False) for rel in self.files)
+            self.classes, self.label_kind = classes_of(v for column in labels for v in set(column.tolist()))
         self._class_index = {c: i for i, c in enumerate(self.classes)}
 
     def _init_cache(self) -> None:
@@ -162,13 +162,16 @@ class ParquetSource(Source):
         except (ValueError, AttributeError):
             return None
 
-    def _read_column(self, rel: str, column: str) -> np.ndarray:
+    def _read_column(self, rel: str, column: str, groups: Sequence[int] | None = None) -> pa.Array:
+        """One column of a file (of row ``groups`` only, when given)."""
         with storage_errors(self._url(rel), "read", self.storage_options):
-            try:
-                def read() -> np.ndarray:
-                    with self._open(rel) as parquet:
-                        return parquet.read(columns=[column]).column(column).to_numpy(zero_copy_only=False)
+            def read() -> pa.Array:
+                with self._open(rel) as parquet:
+                    table = parquet.read(columns=[column]) if groups is None else \
+                        parquet.read_row_groups(groups, columns=[column])
+                    return table.column(column).combine_chunks()
 
+            try:
                 return retrying(read, f"reading {column!r} of {self._url(rel)}")
             except (pa.ArrowInvalid, OSError) as err:
                 if isinstance(err, StorageError) or is_transient(err):
@@ -185,7 +188,7 @@ class ParquetSource(Source):
                 return refs[:limit]  # the files past the limit are not read (and nothing partial is cached)
             version = self._stamps.get(rel, "")  # the file's: a changed file changes each of its samples
             if "sample_id" in self._meta(rel).schema.names:
-                ids = self._read_column(rel, "sample_id")
+                ids = self._read_ids(rel).to_pylist()
                 refs += [SampleRef(str(s), f"{rel}#{i}", version) for i, s in enumerate(ids)]
             else:
                 refs += [SampleRef(f"{rel}#{i}", f"{rel}#{i}", version) for i in range(self._meta(rel).num_rows)]
@@ -204,19 +207,22 @@ class ParquetSource(Source):
             if limit is not None and total >= limit:
                 break
             rows = self._meta(rel).num_rows if limit is None else min(self._meta(rel).num_rows, limit - total)
-            named = "sample_id" in self._meta(rel).schema.names
-            files.append(RowFile(rel, rows, IDS_IN_ROWS if named else rel.replace("{", "{{").replace("}", "}}") + "#{row}",
-                                 self._stamps.get(rel, "")))
+            if "sample_id" in self._meta(rel).schema.names:
+                files.append(RowFile(rel, rows, IDS_IN_ROWS, self._stamps.get(rel, ""),
+                                     ids=self._read_ids(rel).slice(0, rows)))
+            else:
+                files.append(RowFile(rel, rows, rel.replace("{", "{{").replace("}", "}}") + "#{row}",
+                                     self._stamps.get(rel, "")))
             total += rows
-        self._check_unique([f for f in files if f.ids_in_rows])
+        self._check_unique([f.ids for f in files if f.ids is not None])
         return files
 
-    def _check_unique(self, files: Sequence[RowFile]) -> None:
-        """Raise where the ``sample_id`` columns of ``files`` (their first ``rows``) repeat an id; the
-        columns are compared in Arrow, without a Python object per id."""
-        if not files:
+    def _check_unique(self, columns: Sequence[pa.Array]) -> None:
+        """Raise where the ``sample_id`` columns repeat an id; they are compared in Arrow, without a
+        Python object per id."""
+        if not columns:
             return
-        ids = pa.chunked_array([self._read_ids(f.name).slice(0, f.rows) for f in files], pa.string())
+        ids = pa.chunked_array(columns, pa.string())
         if pc.count_distinct(ids, mode="all").as_py() == len(ids):
             return
         counts = pc.value_counts(ids)
@@ -226,20 +232,7 @@ class ParquetSource(Source):
 
     def _read_ids(self, rel: str, groups: Sequence[int] | None = None) -> pa.Array:
         """The ``sample_id`` column of a file (of row ``groups`` only, when given), as strings."""
-        with storage_errors(self._url(rel), "read", self.storage_options):
-            def read() -> pa.Array:
-                with self._open(rel) as parquet:
-                    table = parquet.read(columns=["sample_id"]) if groups is None else \
-                        parquet.read_row_groups(groups, columns=["sample_id"])
-                    return table.column("sample_id").combine_chunks().cast(pa.string())
-
-            try:
-                return retrying(read, f"reading the sample ids of {self._url(rel)}")
-            except (pa.ArrowInvalid, OSError) as err:
-                if isinstance(err, StorageError) or is_transient(err):
-                    raise
-                raise StorageError(f"cannot read column 'sample_id' of {self._url(rel)} (truncated or corrupt?): "
-                                   f"{err}") from None
+        return self._read_column(rel, "sample_id", groups).cast(pa.string())
 
     def row_refs(self, rows: RowRange) -> list[SampleRef]:
         name, start, stop = rows.file, rows.start, rows.stop

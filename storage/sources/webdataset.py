@@ -40,7 +40,7 @@ from storage.fs import StorageError, join, open_fs, storage_errors, translate
 from storage.retry import is_transient, retrying
 from storage.sources.base import (IDS_IN_ROWS, RowFile, RowRange, Sample, SampleError, SampleRef, SkippedFile,
                                   files_of_split)
-from storage.sources.files import Entry, FileListSource, file_sample, stamp, stamped_files
+from storage.sources.files import Entry, FileListSource, file_sample, read_span, span_changed, stamp, stamped_files
 from storage.sources.images import is_image_name
 
 LABEL_EXTENSIONS = ("cls", "class", "label", "cls.txt")
@@ -229,33 +229,27 @@ class WebDatasetSource(FileListSource):
     def row_files(self, limit: int | None = None) -> list[RowFile] | None:
         """Each tar as a file of rows, its samples, each with its byte span (the headers and data of its
         members); None where some tar interleaves the members of its samples, which spans cannot cut."""
-        entries = self._listing()[0][:limit]
-        counts: dict[str, int] = {}
-        for _, location, _ in entries:
-            counts[location[0]] = counts.get(location[0], 0) + 1
+        ids: dict[str, list[str]] = {}
+        for sid, location, _ in self._listing()[0][:limit]:
+            ids.setdefault(location[0], []).append(sid)
         files = []
-        for rel, rows in counts.items():
-            spans = np.array(self._cache_spans[rel][:rows], np.int64).reshape(rows, 2)
+        for rel, keys in ids.items():
+            spans = np.array(self._cache_spans[rel][:len(keys)], np.int64).reshape(len(keys), 2)
             if (spans[1:, 0] < spans[:-1, 1]).any():
                 return None
-            files.append(RowFile(rel, rows, IDS_IN_ROWS, self._cache_stamps.get(rel, ""), spans[:, 0], spans[:, 1]))
+            files.append(RowFile(rel, len(keys), IDS_IN_ROWS, self._cache_stamps.get(rel, ""), spans[:, 0], spans[:, 1],
+                                 ids=keys))
         return files
 
     def row_refs(self, rows: RowRange) -> list[SampleRef]:
         """The refs of a planned range, from its span of the tar alone (read once: the images are then
         cut from it); a span that no longer holds the planned samples (the tar changed) is an error."""
-        if rows.span is None:
-            raise StorageError(f"{rows.describe()} of {self.url} were planned without their byte span")
-        start, end = rows.span
         url = join(self.base_url, rows.file)
-        fs, path = open_fs(url, self.storage_options)
-        with storage_errors(url, "read", self.storage_options):
-            data = retrying(lambda: fs.cat_file(path, start=start, end=end), f"reading bytes {start}:{end} of {url}")
+        data = read_span(url, self.storage_options, rows)
+        start = rows.span[0]  # type: ignore[index] - read_span checked it
         entries, _ = _samples_of(rows.file, _scan(io.BytesIO(data), rows.file, start), [])
         if len(entries) != rows.stop - rows.start:
-            raise StorageError(f"{url} changed since it was planned: bytes {start}:{end} no longer hold the "
-                               f"{rows.stop - rows.start} samples of {rows.describe()}; write to a new output to map "
-                               "it as it is now")
+            raise span_changed(url, rows, "write to a new output to map it as it is now")
         self._cache_span = (rows.file, start, data)
         return [SampleRef(sid, json.dumps([location, raw])) for sid, location, raw in entries]
 

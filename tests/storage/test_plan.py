@@ -9,8 +9,8 @@ import pytest
 
 from storage.fs import InvalidStorageInput, join, open_fs
 from storage.location import Location
-from storage.plan import (DELETED, PLAN_PATH, PlannedRefs, RowRange, ids_and_stamps, read_plan, restamp, shard_id,
-                          shard_of, source_changes, update_plan)
+from storage.plan import DELETED, PLAN_PATH, PlannedRefs, RowRange, ids_and_stamps, read_plan, shard_id, shard_of, update_plan
+from storage.plan_changes import restamp, source_changes
 from storage.sources import RowFile, SampleRef, open_source
 
 

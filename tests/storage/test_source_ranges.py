@@ -15,7 +15,8 @@ import pytest
 
 from storage.fs import InvalidStorageInput, StorageError, join
 from storage.location import Location
-from storage.plan import read_plan, restamp, source_changes, update_plan
+from storage.plan import read_plan, shard_of, update_plan
+from storage.plan_changes import restamp, source_changes
 from storage.sources import IDS_IN_ROWS, SampleRef, Source, open_source
 from storage.sources.index import entries_of, index_samples, parse_index
 from storage.sources.webdataset import _scan, _scan_plain, _scan_tarfile
@@ -67,6 +68,10 @@ def same_as_samples_form(source: Source, url: str, options: dict) -> None:
             .sample_refs(worker)]
     assert [(s.sample_id, s.label, s.image.tobytes()) for s in worker.read(refs)] == \
         [(s.sample_id, s.label, s.image.tobytes()) for s in worker_of(source).read(source.list())]
+    # The plan does not hold the ids, but its id index finds each sample's shard (as read_sample does).
+    assert {sid: shard_of(by_ranges, sid) for s in read_plan(by_samples)[0] for sid in s.sample_ids()} == \
+        {sid: s.shard_id for s in read_plan(by_samples)[0] for sid in s.sample_ids()}
+    assert shard_of(by_ranges, "not-a-sample") is None
 
 
 @pytest.mark.parametrize("fmt", ["csv", "jsonl"])
@@ -106,6 +111,7 @@ def test_rows_appended_to_an_index_are_new_shards_and_an_edited_row_is_noticed(s
     assert new == 1 and [s.size for s in plan.shards] == [3, 3, 1, 3] and not source_changes(plan, files)
     assert planned_ids(where, worker_of(grown)) == [[f"img/{i:02d}.png" for i in s] for s in
                                                     ([0, 1, 2], [3, 4, 5], [6], [7, 8, 9])]
+    assert [shard_of(where, f"img/{i:02d}.png") for i in (6, 7, 9)] == ["000002", "000003", "000003"]
 
     edited = [dict(rows[0], label=(int(labels[0]) + 1) % 10), *rows[1:]]  # the same length: only the bytes tell
     put(index, options, index_text("csv", edited).encode())

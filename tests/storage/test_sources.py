@@ -273,7 +273,7 @@ def test_a_limit_reads_only_as_far_as_it_needs(tmp_path, fmnist):
     source = open_source(str(tmp_path / "src"))
     read = []
     column = source._read_column
-    source._read_column = lambda rel, name: read.append(rel) or column(rel, name)
+    source._read_column = lambda rel, name, *groups: read.append(rel) or column(rel, name, *groups)
     assert [r.locator for r in source.list(limit=5)] == ["test/part-0.parquet#0", "test/part-0.parquet#1",
                                                          "test/part-0.parquet#2", "test/part-0.parquet#3",
                                                          "test/part-1.parquet#0"]
