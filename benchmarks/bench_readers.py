@@ -14,6 +14,7 @@ start-up dominate); ``bench_storage.py`` calls :func:`time_readers` on its own o
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import logging
 import os
@@ -23,7 +24,7 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -84,15 +85,18 @@ def readers(url: str, options: dict, method: str, cache: Path) -> dict[str, Call
     def hf_datasets() -> np.ndarray:
         return map_arrays(hf_dataset().with_format("arrow")["map"])
 
+    def hf_datasets_processes() -> np.ndarray:  # a process per core fills the cache, as pyarrow uses a thread per core
+        return map_arrays(hf_dataset(columns=["map"], num_proc=os.cpu_count()).with_format("arrow")["map"])
+
     def hf_datasets_numpy() -> np.ndarray:
         return hf_dataset().with_format("numpy")["map"][:]  # datasets 5 gives a lazy Column: [:] reads it
 
-    def hf_dataset():
+    def hf_dataset(**kwargs):
         import datasets
 
         datasets.disable_progress_bars()
         return datasets.load_dataset("parquet", data_files=glob, split="train", cache_dir=str(cache / str(time.time())),
-                                     storage_options=copy.deepcopy(options) or None)
+                                     storage_options=copy.deepcopy(options) or None, **kwargs)
 
     def ray_data() -> np.ndarray:
         import ray
@@ -109,7 +113,8 @@ def readers(url: str, options: dict, method: str, cache: Path) -> dict[str, Call
     return {"pyarrow alone": pyarrow_alone, "storage.read_maps_table": project_table,
             "storage.read_maps (pandas)": project_pandas, "pandas": pandas, "polars": polars,
             "polars (use_pyarrow=True)": polars_via_pyarrow, "DuckDB": duckdb,
-            "HF datasets (arrow format)": hf_datasets, "HF datasets (numpy format)": hf_datasets_numpy,
+            "HF datasets (arrow format)": hf_datasets, "HF datasets (arrow, num_proc)": hf_datasets_processes,
+            "HF datasets (numpy format)": hf_datasets_numpy,
             "Ray Data": ray_data, "xarray (zarr copy)": xarray_zarr}
 
 
@@ -130,6 +135,24 @@ def _in_row_order(maps: np.ndarray) -> np.ndarray:
     return maps[np.argsort(pixels.astype(np.float64) @ weights, kind="stable")]
 
 
+@contextlib.contextmanager
+def ray_running(name: str) -> Iterator[None]:
+    """A local Ray instance while Ray Data is timed, and none otherwise: HF's ``num_proc`` forks, and
+    a child forked from a Ray driver inherits Ray's signal handlers and threads (seen with Ray 2.60:
+    the pool's children crashed on SIGTERM and the driver hung in ``ray.shutdown``)."""
+    if not name.startswith("Ray"):
+        yield
+        return
+    import ray
+
+    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
 def time_readers(url: str, options: dict, method: str, expected: np.ndarray, repeats: int = 3) -> None:
     """Print each reader's best time of ``repeats`` and its ratio to pyarrow alone; each result is
     checked against ``expected`` (the maps in shard order) before it counts."""
@@ -138,12 +161,13 @@ def time_readers(url: str, options: dict, method: str, expected: np.ndarray, rep
         best: dict[str, float] = {}
         for name, read in funcs.items():
             times = []
-            for _ in range(repeats):
-                start = time.perf_counter()
-                maps = read()
-                times.append(time.perf_counter() - start)
-                if not isinstance(maps, np.ndarray):  # a lazy result would leave its reading out of the time
-                    raise TypeError(f"{name} returned {type(maps).__name__}, not a numpy array")
+            with ray_running(name):
+                for _ in range(repeats):
+                    start = time.perf_counter()
+                    maps = read()
+                    times.append(time.perf_counter() - start)
+                    if not isinstance(maps, np.ndarray):  # a lazy result would leave its reading out of the time
+                        raise TypeError(f"{name} returned {type(maps).__name__}, not a numpy array")
             if not np.array_equal(_in_row_order(np.asarray(maps, np.float16)), _in_row_order(expected)):
                 raise AssertionError(f"{name} read other maps than were written")
             best[name] = min(times)
@@ -180,8 +204,6 @@ def main() -> None:
     parser.add_argument("--no-s3", action="store_true", help="skip the SeaweedFS run")
     args = parser.parse_args()
     os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
-    import ray
-
     from benchmarks.bench_storage import compute_maps, storage_targets, upsample
 
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}, "
@@ -191,8 +213,6 @@ def main() -> None:
     resized = "" if args.size == 28 else f" (computed at 28x28, resized to {args.size}x{args.size})"
     print(f"{args.n} gradient maps {args.size}x{args.size}{resized} of {origin}, in shards of {args.shard_size}, "
           f"{records.maps.nbytes / 1e6:.0f} MB as float16")
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message="Consolidated metadata")
     tmp = Path(tempfile.mkdtemp(prefix="bench-readers-"))
     try:
@@ -200,7 +220,6 @@ def main() -> None:
             for name, url, options in targets:
                 write_and_time(name, url, options, "gradient", records, args.shard_size, args.repeats)
     finally:
-        ray.shutdown()
         shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -220,11 +220,8 @@ def main() -> None:
                       f"ratio MapStore/plain {mb / best['MapStore'] / plain:.2f} "
                       f"(+zarr {mb / best['MapStore + zarr'] / plain:.2f}) (target >= 0.8)")
         if args.readers:
-            import ray
+            from benchmarks.bench_readers import write_and_time  # starts Ray around the Ray Data reader
 
-            from benchmarks.bench_readers import write_and_time
-
-            ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
             for name, url, options in targets:
                 write_and_time(name, join(url, "readers"), options, "pathway", maps["pathway"], args.shard_size,
                                args.repeats)

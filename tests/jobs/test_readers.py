@@ -4,6 +4,10 @@
 from __future__ import annotations
 
 import copy
+import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -29,7 +33,7 @@ def dataset(request, checkpoint, ray_session, tmp_path_factory) -> tuple[str, di
     else:
         server = request.getfixturevalue("s3_server")
         url, options = server.url("readers"), server.storage_options
-    store_args = ["--storage-options", __import__("json").dumps(options)] if options else []
+    store_args = ["--storage-options", json.dumps(options)] if options else []
     assert attribute.main(["--checkpoint", checkpoint, "--output", url, "--limit", str(N), "--shard-size", "12",
                            "--methods", " ".join(METHODS), "--workers", "1", "--no-progress", *store_args]) == 0
     expected = {m: np.stack(read_maps(url, m, options).sort_values("sample_id")["map"]) for m in METHODS}
@@ -112,6 +116,29 @@ def test_hugging_face_datasets(dataset, tmp_path) -> None:
     assert first.shape == (H, W)
     pathway = data.filter(lambda r: r["method"] == "pathway").sort("sample_id").with_format("numpy")
     np.testing.assert_array_equal(np.stack(pathway["map"]).astype(np.float16), expected["pathway"])
+
+
+def test_hugging_face_datasets_bulk_read(dataset, tmp_path) -> None:
+    """docs/format.md's bulk read: one method's folder, a process per core filling the cache, the Arrow
+    format. In a Python of its own, as the format document says: ``num_proc`` forks, and this test
+    process is a Ray driver, whose forked children inherit Ray's threads and signal handlers."""
+    url, options, expected = dataset
+    script = f"""
+import copy, json, sys
+import datasets, numpy as np
+from storage.reader import map_arrays
+datasets.disable_progress_bars()
+data = datasets.load_dataset("parquet", data_files={join(url, "maps/pathway/*.parquet")!r}, split="train",
+                             columns=["sample_id", "map"], num_proc=2, cache_dir={str(tmp_path / "hf-cache")!r},
+                             storage_options=json.loads({json.dumps(options)!r}) or None)
+table = data.with_format("arrow")[:]
+np.savez({str(tmp_path / "read.npz")!r}, ids=table.column("sample_id").to_numpy(zero_copy_only=False).astype(str),
+         maps=map_arrays(table.column("map")))
+"""
+    subprocess.run([sys.executable, "-c", script], check=True, cwd=Path(__file__).resolve().parents[2], timeout=300)
+    read = np.load(tmp_path / "read.npz")
+    order = np.argsort(read["ids"], kind="stable")
+    np.testing.assert_array_equal(read["maps"][order], expected["pathway"])
 
 
 def test_ray_data(dataset) -> None:
