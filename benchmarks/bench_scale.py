@@ -44,8 +44,7 @@ start = time.perf_counter()
 sys.path.insert(0, {root!r})
 from storage.maps import MapStore
 from storage.plan import update_plan
-from storage.sources import open_source
-from storage.sources import RowRange
+from storage.sources import RowRange, open_source
 from workers.tasks import plan_shard_tasks, source_listing
 args = json.loads(sys.argv[1])
 imported = time.perf_counter()

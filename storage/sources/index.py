@@ -227,11 +227,12 @@ def _csv_samples(data: bytes, url: str) -> IndexSamples | None:
     if is_jsonl(name) or b'"' in data or data.count(b"\r") != data.count(b"\r\n"):
         return None
     pos = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
-    newlines = np.flatnonzero(np.frombuffer(data, np.uint8) == 10)
+    raw = np.frombuffer(data, np.uint8)
+    newlines = np.flatnonzero(raw == 10)
     ends = newlines + 1 if data.endswith(b"\n") else np.append(newlines + 1, len(data))
     starts = np.concatenate([[pos], ends[:-1]]).astype(np.int64)
     lengths = ends - starts
-    if not len(ends) or (lengths <= 1).any() or ((lengths == 2) & (np.frombuffer(data, np.uint8)[starts] == 13)).any():
+    if not len(ends) or (lengths <= 1).any() or ((lengths == 2) & (raw[starts] == 13)).any():
         return None  # an empty file, or a blank line (not a row)
     delimiter = "\t" if name.lower().endswith(".tsv") else ","
     try:
@@ -253,15 +254,16 @@ def _csv_samples(data: bytes, url: str) -> IndexSamples | None:
     paths = column[path_col]
     ids = paths if id_col is None else pc.if_else(pc.equal(column[id_col], ""), paths, column[id_col])
     has_path = pc.not_equal(paths, "")
-    valid = np.flatnonzero(has_path.to_numpy(zero_copy_only=False))
+    path_given = has_path.to_numpy(zero_copy_only=False)
+    valid = np.flatnonzero(path_given)
     # Dictionary codes number the distinct ids in order of appearance: a row is an id's first when its
     # code exceeds every code before it, and the n-th first row is where code n first appears.
     codes = pc.dictionary_encode(ids.filter(has_path)).indices.to_numpy().astype(np.int64)
     firsts = codes > np.concatenate([[-1], np.maximum.accumulate(codes)[:-1]]) if len(codes) else np.zeros(0, bool)
-    kept, first_row = valid[firsts], valid[firsts]
-    skipped = [(row, f"no {path_col!r}") for row in np.flatnonzero(~has_path.to_numpy(zero_copy_only=False)).tolist()]
+    kept = valid[firsts]  # each id's first row, in order
+    skipped = [(row, f"no {path_col!r}") for row in np.flatnonzero(~path_given).tolist()]
     repeats = np.flatnonzero(~firsts)
-    skipped += [(row, f"repeats sample {sid!r} of line {first_row[code] + 2}") for row, sid, code in
+    skipped += [(row, f"repeats sample {sid!r} of line {kept[code] + 2}") for row, sid, code in
                 zip(valid[repeats].tolist(), ids.take(pa.array(valid[repeats], pa.int64())).to_pylist(),
                     codes[repeats].tolist())]
     take = pa.array(kept, pa.int64())
