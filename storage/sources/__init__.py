@@ -37,10 +37,10 @@ from storage.sources.parquet import ParquetSource
 from storage.sources.webdataset import WebDatasetSource
 
 __all__ = ["FASHION_MNIST_CLASSES", "FASHION_MNIST_DIR", "FORMATS", "IDS_IN_ROWS", "IDXSource", "ImageFolderSource",
-           "IndexSource", "LabelMatch", "LabeledFolderSource", "NO_LABEL", "ParquetSource", "RowFile", "RowRange", "Sample",
-           "SampleError", "SampleRef",
-           "SkippedFile", "Source", "WebDatasetSource", "decode_image", "find_idx_files", "has_idx_files",
-           "image_extensions", "known_formats", "load_arrays", "match_labels", "normalize_class_name", "open_source"]
+           "IndexSource", "LabelMatch", "LabeledFolderSource", "NO_LABEL", "ParquetSource", "RowFile", "RowRange",
+           "Sample", "SampleError", "SampleRef", "SkippedFile", "Source", "WebDatasetSource", "decode_image",
+           "find_idx_files", "has_idx_files", "image_extensions", "known_formats", "load_arrays", "match_labels",
+           "normalize_class_name", "open_source"]
 
 log = logging.getLogger(__name__)
 
