@@ -32,7 +32,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from jobs.cli import (DEFAULT_CHECKPOINT, JobError, build_methods, checkpoint_or_default, job_parser, parse_method_specs,
-                      positive_int, ray_flags, reduction, run_main, storage_options_from, worker_flags)
+                      positive_int, ray_flags, reduction, run_main, source_flags, source_policy_of, storage_options_from,
+                      worker_flags)
 
 DEFAULT_OUTPUT = "outputs/maps/fashion-mnist"
 DEFAULT_METHODS = "pathway gradient"
@@ -40,7 +41,7 @@ EXAMPLES = 12
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = job_parser("python -m jobs.attribute", __doc__, [ray_flags(), worker_flags("1 on CPUs")])
+    p = job_parser("python -m jobs.attribute", __doc__, [ray_flags(), worker_flags("1 on CPUs"), source_flags()])
     p.add_argument("--source", default="fashion-mnist", help="dataset name or URL: an image folder, a folder with "
                    "labels.csv or metadata.jsonl, a CSV/JSONL index, WebDataset .tar shards, Parquet, IDX")
     p.add_argument("--source-format", default=None, metavar="FORMAT",
@@ -194,8 +195,9 @@ def attribute(args: argparse.Namespace, options: dict[str, Any], store: Any, run
     # Fail before any scheduling when the model, the methods, the source or the output are unusable.
     model, spec, checkpoint_sha256 = load_checkpoint_with_digest(checkpoint, options or None)
     params = {label: method.params for label, method in build_methods(model, specs).items()}
+    policy = source_policy_of(args)
     source = open_source(args.source, split=args.split, storage_options=options or None,
-                         kind=args.source_format or known_format(run_record.get("config"), args))
+                         kind=args.source_format or known_format(run_record.get("config"), args), policy=policy)
     labels = match_labels(source.classes, source.label_kind, spec.class_names, source.intrinsic_indices)
     if args.target == "label" and not labels.labels_are_model_classes:
         raise JobError(f"--target label: {source.url} has no labels" if labels.kind == "none" else
@@ -203,7 +205,8 @@ def attribute(args: argparse.Namespace, options: dict[str, Any], store: Any, run
     config = JobConfig(source=args.source, checkpoint=checkpoint, output=args.output, methods=tuple(specs),
                        split=args.split, batch_size=args.batch_size, reduction=args.reduction, target=args.target,
                        device=args.device, storage_options=options, deterministic=not args.nondeterministic,
-                       source_format=source.kind, source_classes=tuple(source.classes), label_map=labels.label_map)
+                       source_format=source.kind, source_classes=tuple(source.classes), label_map=labels.label_map,
+                       allow_paths=policy.allow_paths, max_image_pixels=policy.max_image_pixels)
     # Bound to its configuration: a run that would mix maps of two configurations is refused here,
     # before it writes anything; a new method label joins the output.
     bound, added = binding.check(run_record.get("fingerprint"),

@@ -93,6 +93,27 @@ def storage_flags() -> argparse.ArgumentParser:
     return p
 
 
+def source_flags() -> argparse.ArgumentParser:
+    """``--allow-paths`` and ``--max-image-pixels``: the operator's limits on what a source (untrusted
+    data) can make a job read (storage.sources.policy, docs/security.md)."""
+    from storage.sources.policy import DEFAULT_MAX_IMAGE_PIXELS
+
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--allow-paths", nargs="+", default=None, metavar="PREFIX",
+                   help="URL or path prefixes outside the source's own location that index rows and Parquet path "
+                        "columns may name (default: none; rows that leave the source are error rows)")
+    p.add_argument("--max-image-pixels", type=positive_int, default=DEFAULT_MAX_IMAGE_PIXELS, metavar="N",
+                   help="images larger than N pixels (width x height) are error rows, not decoded")
+    return p
+
+
+def source_policy_of(args: argparse.Namespace) -> Any:
+    """The :class:`storage.sources.SourcePolicy` of a job's :func:`source_flags`."""
+    from storage.sources.policy import SourcePolicy
+
+    return SourcePolicy.of(getattr(args, "allow_paths", None), getattr(args, "max_image_pixels", None))
+
+
 def ray_flags() -> argparse.ArgumentParser:
     """The flags of every job that runs on Ray (includes :func:`storage_flags`)."""
     p = argparse.ArgumentParser(add_help=False, parents=[storage_flags()])

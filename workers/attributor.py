@@ -146,7 +146,8 @@ class ShardAttributor:
         self.model, self.spec = load_checkpoint(self.config.checkpoint, options, map_location=self.device)
         self.model.to(self.device).eval()
         self.source = open_source(self.config.source, split=self.config.split, storage_options=options,
-                                  kind=self.config.source_format, classes=self.config.source_classes)
+                                  kind=self.config.source_format, classes=self.config.source_classes,
+                                  policy=self.config.source_policy)
         self.store = MapStore(self.config.output, options)
         self.methods = {spec.label: spec.build(self.model) for spec in self.config.methods}
         self.kinds = column_kinds([method.detail_schema for method in self.methods.values()])

@@ -24,7 +24,7 @@ from attribution import MethodSpec
 from storage.maps import MapStore
 from storage.plan import RowRange, Shard, ShardPlan, listed_samples, plan_form, samples_in, update_plan
 from storage.plan_changes import SourceChanges, restamp, source_changes
-from storage.sources import RowFile, SampleRef, Source
+from storage.sources import DEFAULT_MAX_IMAGE_PIXELS, RowFile, SampleRef, Source, SourcePolicy
 
 
 @dataclass(frozen=True)
@@ -46,9 +46,15 @@ class JobConfig:
     source_format: str | None = None                  # the source's kind (storage.sources.FORMATS)
     source_classes: tuple[str, ...] | None = None     # the source's class list, which its labels index
     label_map: tuple[int, ...] | None = None          # source class index -> model class index (names matched)
+    # The operator's limits and grants (docs/security.md):
+    allow_paths: tuple[str, ...] = ()                 # --allow-paths: prefixes outside the source rows may name
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS  # --max-image-pixels: larger images are error rows
+    trust_code: tuple[str, ...] = ()                  # --trust-code: modules a checkpoint's arch may import
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "methods", tuple(self.methods))
+        for name in ("allow_paths", "trust_code"):
+            object.__setattr__(self, name, tuple(getattr(self, name) or ()))
         for name in ("source_classes", "label_map"):
             if getattr(self, name) is not None:
                 object.__setattr__(self, name, tuple(getattr(self, name)))
@@ -59,6 +65,10 @@ class JobConfig:
     @property
     def labels(self) -> list[str]:
         return [m.label for m in self.methods]
+
+    @property
+    def source_policy(self) -> SourcePolicy:
+        return SourcePolicy(self.allow_paths, self.max_image_pixels)
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "methods": [m.to_dict() for m in self.methods]}

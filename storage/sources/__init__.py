@@ -34,11 +34,12 @@ from storage.sources.images import image_extensions
 from storage.sources.index import IndexSource
 from storage.sources.labeled import LabeledFolderSource
 from storage.sources.parquet import ParquetSource
+from storage.sources.policy import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_POLICY, SourcePolicy
 from storage.sources.webdataset import WebDatasetSource
 
 __all__ = ["FASHION_MNIST_CLASSES", "FASHION_MNIST_DIR", "FORMATS", "IDS_IN_ROWS", "IDXSource", "ImageFolderSource",
            "IndexSource", "LabelMatch", "LabeledFolderSource", "NO_LABEL", "ParquetSource", "RowFile", "RowRange",
-           "Sample", "SampleError", "SampleRef", "SkippedFile", "Source", "WebDatasetSource", "decode_image",
+           "Sample", "SampleError", "SampleRef", "SkippedFile", "Source", "SourcePolicy", "DEFAULT_MAX_IMAGE_PIXELS", "WebDatasetSource", "decode_image",
            "find_idx_files", "has_idx_files", "image_extensions", "known_formats", "load_arrays", "match_labels",
            "normalize_class_name", "open_source"]
 
@@ -53,17 +54,26 @@ KINDS = tuple(FORMATS)
 
 
 def open_source(url: str, *, split: str = "test", storage_options: dict | None = None,
-                classes: Sequence[str] | None = None, kind: str | None = None) -> Source:
+                classes: Sequence[str] | None = None, kind: str | None = None,
+                policy: SourcePolicy | None = None) -> Source:
     """Open the dataset at ``url``; ``kind`` (one of :data:`FORMATS`, or an alias such as csv, wds)
-    skips the detection. ``classes`` fixes the class list (a job's workers get the driver's)."""
+    skips the detection. ``classes`` fixes the class list (a job's workers get the driver's).
+    ``policy`` holds the operator's limits on what the source can make the job read
+    (:mod:`storage.sources.policy`; default: only inside the source, images up to 64 megapixels)."""
+    policy = policy or DEFAULT_POLICY
     alias = _ALIASES.get(str(url).lower())
     if alias is not None:
         if not os.path.isdir(alias):
             raise StorageError(f"Fashion-MNIST is not installed at {alias}: run "
                                "`sudo apt-get install dataset-fashion-mnist` (or set FASHION_MNIST_DIR)")
-        return IDXSource(alias, split=split, classes=classes, name="fashion-mnist")
+        return _with_policy(IDXSource(alias, split=split, classes=classes, name="fashion-mnist"), policy)
     kind = format_name(kind) if kind is not None else detect(str(url), storage_options)
-    return _CLASSES[kind](url, split=split, storage_options=storage_options, classes=classes)
+    return _with_policy(_CLASSES[kind](url, split=split, storage_options=storage_options, classes=classes), policy)
+
+
+def _with_policy(source: Source, policy: SourcePolicy) -> Source:
+    source.policy = policy
+    return source
 
 
 def load_arrays(source: Source, refs: Sequence[SampleRef] | None = None, spec: Any = None

@@ -17,6 +17,7 @@ import numpy as np
 
 from storage.fs import StorageError
 from storage.sources.images import decode_image, decode_reason, to_uint8_hwc  # noqa: F401 - the contract's decoder
+from storage.sources.policy import DEFAULT_POLICY, SourcePolicy
 
 #: Top-level names that mark a split rather than a class or a data directory.
 SPLIT_ALIASES = {
@@ -203,6 +204,8 @@ class Source(abc.ABC):
     #: True where label indices are the data's own (an IDX labels file, a Parquet label column), not the
     #: position of a name in a sorted list: they stay valid for a model that names no classes.
     intrinsic_indices: bool = False
+    #: The operator's limits on what this source may make the job read (set by open_source).
+    policy: SourcePolicy = DEFAULT_POLICY
 
     @abc.abstractmethod
     def list(self, limit: int | None = None) -> list[SampleRef]:
