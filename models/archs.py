@@ -11,36 +11,36 @@
   user's own model class or factory. The module is imported on the driver and on every Ray
   worker (``PYTHONPATH`` locally; ``ray job submit --working-dir`` or ``py_modules``).
 
-Importing code is the user's decision: a checkpoint whose arch is an import path runs that module
-when it is loaded. Only the module the arch names is imported, never the standard library, and
-a function (as opposed to an ``nn.Module`` class) must be defined in code outside the Python
-installation, so that a checkpoint cannot name ``os:system`` or an installed package's loader.
+A checkpoint is untrusted: an import path runs code, so it is refused before anything is
+imported unless the operator trusts its module (``trust_code``, the jobs' ``--trust-code``), and
+built-in archs' ``arch_kwargs`` may not ask their loader for weights or files. :mod:`models.trust`
+holds the rules.
 """
 
 from __future__ import annotations
 
 import importlib
-import inspect
 import math
 import re
-import sys
-import sysconfig
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
+from models import trust
 from models.small import resnet8
 
 if TYPE_CHECKING:
     from models.registry import ModelSpec
 
-_IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+_TIMM_NAME = re.compile(r"^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)?$")  # a registry name and tag; no hf-hub: / local-dir:
 #: Our own architectures (no torchvision import needed: it costs ~0.9 s per Ray actor).
 OWN = {"resnet8": resnet8}
+#: arch_kwargs keys that the spec's own fields set, per kind of built-in arch (a clash is an error).
+OWNED = {"num_classes": "num_classes", "in_channels": "in_channels"}
+_TIMM_OWNED = {**OWNED, "in_chans": "in_channels"}
 
 
 def _error(message: str) -> Exception:
@@ -75,17 +75,21 @@ def torchvision_names() -> list[str]:
     return sorted(models.list_models(module=models))
 
 
-def resolve(name: str) -> Arch:
-    """The :class:`Arch` ``name`` names, or a :class:`ModelError` that says what names exist."""
+def resolve(name: str, *, trust_code: str | Iterable[str] | None = ()) -> Arch:
+    """The :class:`Arch` ``name`` names, or a :class:`ModelError` that says what names exist.
+
+    An import path is imported only when its module is in ``trust_code`` (models.trust)."""
     if not isinstance(name, str) or not name:
         raise _error("arch must be a non-empty string")
     if name in OWN:
-        return Arch(name, "own", lambda spec: OWN[name](num_classes=spec.num_classes, in_channels=spec.in_channels,
-                                                          **spec.arch_kwargs))
+        return Arch(name, "own", lambda spec: _own(name, spec))
     if name.startswith("timm:"):
+        if not _TIMM_NAME.match(name[5:]):
+            raise _error(f"arch {name!r}: name a timm model of its registry (timm:<name>, e.g. timm:resnet18); hub "
+                         "and folder prefixes (hf-hub:, local-dir:) and paths would load files, so are refused")
         return Arch(name, "timm", lambda spec: _timm(name[5:], spec))
     if ":" in name:
-        factory = import_factory(name)
+        factory = import_factory(name, trust_code=trust_code)
         return Arch(name, "import", lambda spec: _call(name, factory, spec))
     if name in torchvision_names():
         return Arch(name, "torchvision", lambda spec: _torchvision(name, spec))
@@ -94,8 +98,20 @@ def resolve(name: str) -> Arch:
                  "package.module:ClassOrFactory")
 
 
+def _own(name: str, spec: ModelSpec) -> nn.Module:
+    trust.check_builtin_kwargs(name, spec.arch_kwargs, OWNED)
+    fixed = {"num_classes": spec.num_classes, "in_channels": spec.in_channels}
+    trust.check_binds(name, OWN[name], spec.arch_kwargs, fixed)
+    return OWN[name](**fixed, **spec.arch_kwargs)
+
+
 def _torchvision(name: str, spec: ModelSpec) -> nn.Module:
-    model = tv_models().get_model(name, weights=None, num_classes=spec.num_classes, **spec.arch_kwargs)
+    trust.check_builtin_kwargs(name, spec.arch_kwargs, OWNED)
+    try:
+        model = tv_models().get_model(name, weights=None, num_classes=spec.num_classes, **spec.arch_kwargs)
+    except (TypeError, ValueError) as err:
+        raise _error(f"arch {name!r}: torchvision cannot build it with arch_kwargs {sorted(spec.arch_kwargs)} "
+                     f"({' '.join(str(err).split())[:300]}); fix arch_kwargs") from None
     if spec.in_channels != 3:
         replace_first_conv(model, spec.in_channels, pretrained=False)
     return model
@@ -126,55 +142,46 @@ def replace_first_conv(model: nn.Module, in_channels: int, pretrained: bool) -> 
 
 
 def _timm(name: str, spec: ModelSpec) -> nn.Module:
+    trust.check_builtin_kwargs(f"timm:{name}", spec.arch_kwargs, _TIMM_OWNED)
     try:
         import models.tv  # noqa: F401 - timm imports torchvision, which needs the shim on CPU-only torch
         import timm
     except ImportError:
         raise _error(f"arch 'timm:{name}' needs timm: pip install timm") from None
+    if not timm.is_model(name.partition(".")[0]):
+        raise _error(f"timm cannot build {name!r}: no such model in timm {timm.__version__} (timm.list_models())")
     try:
         return timm.create_model(name, pretrained=False, num_classes=spec.num_classes, in_chans=spec.in_channels,
                                  **spec.arch_kwargs)
-    except RuntimeError as err:
-        raise _error(f"timm cannot build {name!r}: {err}") from None
+    except (RuntimeError, TypeError, ValueError) as err:
+        raise _error(f"timm cannot build {name!r} with arch_kwargs {sorted(spec.arch_kwargs)}: "
+                     f"{' '.join(str(err).split())[:300]}") from None
 
 
-def import_factory(path: str) -> Callable[..., nn.Module]:
-    """The class or factory an import path ``package.module:name`` names, after the safety checks
-    in the module docstring; a clear error when it cannot be imported here."""
-    if not _IMPORT_PATH.match(path):
-        raise _error(f"arch {path!r} is not an import path of the form package.module:ClassOrFactory")
-    module_name, _, attr = path.partition(":")
-    if module_name.split(".")[0] in sys.stdlib_module_names:
-        raise _error(f"arch {path!r} names a standard-library module; an arch must name model code")
+def import_factory(path: str, *, trust_code: str | Iterable[str] | None = ()) -> Callable[..., nn.Module]:
+    """The class or factory an import path ``package.module:name`` names, once models.trust allows its
+    module (checked before the import); a clear error when it cannot be imported here."""
+    module_name, attr = trust.check_import_path(path, trust.trusted_modules(trust_code))
     try:
         module = importlib.import_module(module_name)
     except ImportError as err:
         raise _error(f"arch {path!r}: cannot import {module_name!r} ({err}); put it on PYTHONPATH, or ship it to the "
                      "Ray workers with `ray job submit --working-dir .` or runtime_env py_modules") from None
-    factory = getattr(module, attr, None)
-    if factory is None:
-        raise _error(f"arch {path!r}: module {module_name!r} has no {attr!r}")
-    if inspect.isclass(factory):
-        if not issubclass(factory, nn.Module):
-            raise _error(f"arch {path!r} is a class but not an nn.Module")
-    elif not (inspect.isfunction(factory) and _user_code(factory)):
-        raise _error(f"arch {path!r} must be an nn.Module class, or a function defined in your own code "
-                     "(not in the Python installation or an installed package)")
-    return factory
-
-
-def _user_code(function: Callable[..., Any]) -> bool:
-    """Whether ``function`` is defined outside the interpreter's and the installed packages' folders."""
-    source = inspect.getsourcefile(function)
-    if source is None:
-        return False
-    path = Path(source).resolve()
-    installed = {Path(sysconfig.get_paths()[key]).resolve() for key in ("stdlib", "platstdlib", "purelib", "platlib")}
-    return not any(path.is_relative_to(folder) for folder in installed)
+    except Exception as err:  # noqa: BLE001 - the user's module failed on import: one line names it
+        raise _error(f"arch {path!r}: importing {module_name!r} failed: {type(err).__name__}: "
+                     f"{' '.join(str(err).split())[:300]}") from None
+    return trust.check_callable(path, module, getattr(module, attr, None))
 
 
 def _call(name: str, factory: Callable[..., nn.Module], spec: ModelSpec) -> nn.Module:
-    model = factory(**spec.arch_kwargs)
+    """The trusted factory called with the spec's arch_kwargs, checked to bind before the call."""
+    trust.check_plain(name, spec.arch_kwargs)
+    trust.check_binds(name, factory, spec.arch_kwargs)
+    try:
+        model = factory(**spec.arch_kwargs)
+    except Exception as err:  # noqa: BLE001 - the user's code refused its arguments: one line names it
+        raise _error(f"arch {name!r} failed to build with arch_kwargs {sorted(spec.arch_kwargs)}: "
+                     f"{type(err).__name__}: {' '.join(str(err).split())[:300]}") from None
     if not isinstance(model, nn.Module):
         raise _error(f"arch {name!r} returned {type(model).__name__}, not an nn.Module")
     return model

@@ -13,14 +13,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Mapping, Sequence
+import reprlib
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
-from models import archs
+from models import archs, trust
 
 
 class ModelError(ValueError):
@@ -85,15 +86,23 @@ class ModelSpec:
         size = tuple(self.input_size) if isinstance(self.input_size, Sequence) else (self.input_size,)
         if len(size) != 2 or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in size):
             fail(f"input_size must be (H, W) positive ints, got {self.input_size!r}")
-        mean = tuple(float(v) for v in self.mean)
-        std = tuple(float(v) for v in self.std)
+        try:  # a checkpoint's spec is untrusted data: a field of the wrong type is one line, not a traceback
+            mean = tuple(float(v) for v in self.mean)
+            std = tuple(float(v) for v in self.std)
+        except (TypeError, ValueError):
+            fail(f"mean and std must be lists of numbers, got mean={reprlib.repr(self.mean)}, "
+                 f"std={reprlib.repr(self.std)}")
         if len(mean) != self.in_channels or len(std) != self.in_channels:
             fail(f"mean and std need one value per input channel ({self.in_channels}), got {len(mean)} and {len(std)}")
         if any(not math.isfinite(v) for v in mean) or any(not (math.isfinite(v) and v > 0) for v in std):
             fail(f"mean must be finite and std finite and > 0, got mean={mean}, std={std}")
+        if isinstance(self.class_names, (str, bytes, Mapping)) or not isinstance(self.class_names, Iterable):
+            fail(f"class_names must be a list of names, got {reprlib.repr(self.class_names)}")
         names = [str(n) for n in self.class_names] or [str(i) for i in range(self.num_classes)]
         if len(names) != self.num_classes:
             fail(f"{len(names)} class_names for num_classes={self.num_classes}")
+        if not isinstance(self.arch_kwargs or {}, Mapping):
+            fail(f"arch_kwargs must be a JSON object of keyword arguments, got {reprlib.repr(self.arch_kwargs)}")
         kwargs = dict(self.arch_kwargs or {})
         try:
             json.dumps(kwargs, allow_nan=False)
@@ -196,7 +205,7 @@ def available_archs() -> list[str]:
     return archs.available()
 
 
-def build_model(spec: ModelSpec, pretrained: bool = False) -> nn.Module:
+def build_model(spec: ModelSpec, pretrained: bool = False, *, trust_code: str | Iterable[str] | None = ()) -> nn.Module:
     """Build the classifier ``spec`` names (:mod:`models.archs`), in train mode (call ``.eval()``
     to explain it), checked to take ``spec.input_size`` and to return ``num_classes`` logits.
 
@@ -204,15 +213,20 @@ def build_model(spec: ModelSpec, pretrained: bool = False) -> nn.Module:
     into ``$TORCH_HOME``); a head of another size than 1000 classes and a first conv for
     ``in_channels != 3`` are then replaced (the new conv starts from the pretrained RGB filters,
     summed or repeated across channels).
+
+    ``trust_code`` names the modules an import-path arch may import (models.trust): a spec read from
+    a checkpoint is untrusted, and its code runs only where the caller says so.
     """
-    arch = archs.resolve(spec.arch)
+    arch = archs.resolve(spec.arch, trust_code=trust_code)
     if arch.torchvision:  # on meta, before initializing or downloading weights (torchvision imports torch._dynamo anyway)
-        check_input_size(spec)
+        _check_forward(_on_meta(arch, spec), spec)
     if pretrained:
         model = _pretrained(spec, arch)
     else:
         model = arch.build(spec)
-    if not arch.torchvision:  # one real pass costs less than the meta kernels' import of torch._dynamo
+    if arch.torchvision:
+        _check_parameters(model, spec)
+    else:  # one real pass costs less than the meta kernels' import of torch._dynamo
         _check_forward(model, spec)
     return model
 
@@ -221,6 +235,7 @@ def _pretrained(spec: ModelSpec, arch: archs.Arch) -> nn.Module:
     if not arch.torchvision:
         raise ModelError(f"arch {spec.arch!r} has no pretrained weights here; train it with jobs.train, or save "
                          "your own weights as a checkpoint (python -m jobs.convert)")
+    trust.check_builtin_kwargs(spec.arch, spec.arch_kwargs, archs.OWNED)
     try:
         weights = archs.tv_models().get_model_weights(spec.arch).DEFAULT
     except ValueError as err:
@@ -244,22 +259,35 @@ def _pretrained(spec: ModelSpec, arch: archs.Arch) -> nn.Module:
     return model
 
 
-def check_input_size(spec: ModelSpec) -> None:
+def check_input_size(spec: ModelSpec, *, trust_code: str | Iterable[str] | None = ()) -> None:
     """Raise :class:`ModelError` when the architecture cannot take ``spec.input_size``.
 
     Builds the arch on the meta device and runs one forward pass there: exact, no memory and
     no math, but torch's meta kernels import torch._dynamo (about 1 s, once per process), so
     :func:`build_model` checks on the model it has just built instead.
     """
+    _check_forward(_on_meta(archs.resolve(spec.arch, trust_code=trust_code), spec), spec)
+
+
+def _on_meta(arch: archs.Arch, spec: ModelSpec) -> nn.Module:
     with torch.device("meta"):
-        model = archs.resolve(spec.arch).build(spec)
-    _check_forward(model, spec)
+        return arch.build(spec)
+
+
+def _check_parameters(model: nn.Module, spec: ModelSpec) -> torch.device:
+    """The device of ``model``'s first parameter; a :class:`ModelError` when it has none (nothing to load
+    from a checkpoint, nothing to train: not a classifier)."""
+    first = next(iter(model.parameters()), None)
+    if first is None:
+        raise ModelError(f"arch {spec.arch!r} builds {type(model).__name__}, which has no parameters; an arch must "
+                         "build a classifier with weights")
+    return first.device
 
 
 def _check_forward(model: nn.Module, spec: ModelSpec) -> None:
     """One forward pass of one blank input on ``model``'s device, in eval mode, without gradients."""
     h, w = spec.input_size
-    device = next(model.parameters()).device
+    device = _check_parameters(model, spec)
     flags = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
@@ -271,6 +299,9 @@ def _check_forward(model: nn.Module, spec: ModelSpec) -> None:
     finally:
         for module, training in flags:
             module.training = training
+    if not isinstance(out, torch.Tensor):
+        raise ModelError(f"arch {spec.arch!r} returns a {type(out).__name__} for one {h}x{w} input, expected a "
+                         f"logits tensor of shape (1, {spec.num_classes})")
     if tuple(out.shape) != (1, spec.num_classes):
         raise ModelError(f"arch {spec.arch!r} returns shape {tuple(out.shape)} for one {h}x{w} input, "
                          f"expected (1, {spec.num_classes})")

@@ -17,7 +17,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -168,6 +168,7 @@ def train_classifier(
     pretrained: bool = False,
     deterministic: bool = True,
     batch_transform: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
+    trust_code: Sequence[str] = (),
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Train ``build_model(spec)`` from scratch on uint8 ``[N, H, W, C]`` images.
 
@@ -179,7 +180,8 @@ def train_classifier(
     (:func:`models.determinism.deterministic_kernels`); False trades that for cuDNN autotuning.
     ``batch_transform(batch, generator)`` rewrites every uint8 ``[B, H, W, C]`` training batch as it
     is read, before augmentation, drawing from a generator of its own seeded from ``seed`` (ROAR's
-    control that removes a fresh random mask on every read uses it).
+    control that removes a fresh random mask on every read uses it). ``trust_code``: the modules an
+    import-path arch may import (models.trust).
     """
     for name, value in (("epochs", epochs), ("batch_size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -223,7 +225,7 @@ def train_classifier(
         aug_gen = torch.Generator().manual_seed(seed + 1_000_003)
         transform_gen = torch.Generator().manual_seed(seed + 2_000_003)
 
-        model = build_model(spec, pretrained=pretrained).to(dev)
+        model = build_model(spec, pretrained=pretrained, trust_code=trust_code).to(dev)
         decay, no_decay = [], []
         for p in model.parameters():
             (no_decay if p.ndim <= 1 else decay).append(p)  # no weight decay on BN and biases

@@ -8,8 +8,9 @@ A checkpoint is one ``torch.save`` file holding only plain types and tensors::
      "metrics": {...JSON types...}, "torch_version": "...", "created": "ISO-8601 UTC"}
 
 It is read with ``torch.load(..., weights_only=True)`` only, so the file itself cannot run code.
-Its ``spec.arch`` can, when it is an import path of the user's model code (models/archs.py
-says what is allowed): load checkpoints whose arch you trust. The fingerprint is checked on
+Its ``spec.arch`` names code, so it is untrusted: an import path of the user's model code is
+imported only when the caller trusts its module (``trust_code``, the jobs' ``--trust-code``), and
+built-in archs' ``arch_kwargs`` cannot make their loader read files (models.trust). The fingerprint is checked on
 save (the arch must rebuild the model being saved) and on load (it must still build it). Writes are atomic: a local file is written under a
 temporary name in the same directory and renamed; an object store gets the whole
 object in one PUT (objects appear whole or not at all).
@@ -24,7 +25,7 @@ import json
 import pickle
 import re
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
@@ -86,15 +87,17 @@ def _open_fs(url: str, storage_options: Mapping[str, Any] | None):
 
 
 def save_checkpoint(url: str, model: nn.Module, spec: ModelSpec, storage_options: Mapping[str, Any] | None = None,
-                    metrics: Mapping[str, Any] | None = None) -> None:
-    """Save ``model``'s weights with its ``spec`` (and optional JSON-able ``metrics``) to ``url``."""
+                    metrics: Mapping[str, Any] | None = None, *,
+                    trust_code: str | Iterable[str] | None = ()) -> None:
+    """Save ``model``'s weights with its ``spec`` (and optional JSON-able ``metrics``) to ``url``; the spec must
+    rebuild the model, so an import-path arch's module must be in ``trust_code``."""
     if not isinstance(spec, ModelSpec):
         raise CheckpointError(f"spec must be a ModelSpec, got {type(spec).__name__}")
     if not isinstance(model, nn.Module):
         raise CheckpointError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     state = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
     saved = fingerprint(model, spec.in_channels, spec.input_size)
-    _check_rebuilds(spec, state, saved, f"the model to save as {redact_url(url)}")
+    _check_rebuilds(spec, state, saved, f"the model to save as {redact_url(url)}", trust_code)
     payload = {
         "format": FORMAT,
         "version": VERSION,
@@ -113,10 +116,11 @@ def save_checkpoint(url: str, model: nn.Module, spec: ModelSpec, storage_options
         raise CheckpointError(f"cannot save checkpoint: {err}") from None
 
 
-def _check_rebuilds(spec: ModelSpec, state: dict[str, torch.Tensor], saved: dict[str, Any], what: str) -> None:
+def _check_rebuilds(spec: ModelSpec, state: dict[str, torch.Tensor], saved: dict[str, Any], what: str,
+                    trust_code: str | Iterable[str] | None) -> None:
     """Refuse a checkpoint whose spec would load the weights into another network."""
     try:
-        rebuilt = build_model(spec)
+        rebuilt = build_model(spec, trust_code=trust_code)
         rebuilt.load_state_dict(state, strict=True)
     except ModelError as err:
         raise CheckpointError(f"{what}: {err}") from None
@@ -170,20 +174,26 @@ def read_checkpoint(url: str, storage_options: Mapping[str, Any] | None = None,
 
 
 def load_checkpoint(url: str, storage_options: Mapping[str, Any] | None = None,
-                    map_location: str | torch.device = "cpu") -> tuple[nn.Module, ModelSpec]:
-    """Rebuild the model saved at ``url``; returns ``(model in eval mode, spec)``."""
-    model, spec, _ = load_checkpoint_with_digest(url, storage_options, map_location)
+                    map_location: str | torch.device = "cpu",
+                    trust_code: str | Iterable[str] | None = ()) -> tuple[nn.Module, ModelSpec]:
+    """Rebuild the model saved at ``url``; returns ``(model in eval mode, spec)``.
+
+    The checkpoint is untrusted: when its arch is an import path ``package.module:Name``, the module is
+    imported only if ``trust_code`` names it (or a package above it); otherwise a :class:`CheckpointError`
+    names the module, before anything is imported."""
+    model, spec, _ = load_checkpoint_with_digest(url, storage_options, map_location, trust_code)
     return model, spec
 
 
 def load_checkpoint_with_digest(url: str, storage_options: Mapping[str, Any] | None = None,
-                                map_location: str | torch.device = "cpu") -> tuple[nn.Module, ModelSpec, str]:
+                                map_location: str | torch.device = "cpu",
+                                trust_code: str | Iterable[str] | None = ()) -> tuple[nn.Module, ModelSpec, str]:
     """:func:`load_checkpoint`, plus the SHA-256 of the file (what binds an output to its model)."""
     shown = redact_url(url)
     payload = read_checkpoint(url, storage_options, map_location)
     try:
         spec = ModelSpec.from_dict(payload["spec"])
-        model = build_model(spec)
+        model = build_model(spec, trust_code=trust_code)
     except ModelError as err:
         raise CheckpointError(f"checkpoint {shown}: {err}") from None
     try:
@@ -201,5 +211,8 @@ def load_checkpoint_with_digest(url: str, storage_options: Mapping[str, Any] | N
 
 
 def load_metrics(url: str, storage_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The metrics stored inside a checkpoint."""
-    return dict(read_checkpoint(url, storage_options).get("metrics") or {})
+    """The metrics stored inside a checkpoint (a dict; anything else is a damaged checkpoint)."""
+    metrics = read_checkpoint(url, storage_options).get("metrics") or {}
+    if not isinstance(metrics, dict):
+        raise CheckpointError(f"checkpoint {redact_url(url)} is damaged: 'metrics' is not a dict")
+    return dict(metrics)

@@ -177,13 +177,13 @@ def test_a_checkpoint_whose_arch_changed_since_saving_is_refused_on_load(tmp_pat
     source.write_text(USER_NET.format(act="ReLU", pool="mean"))
     spec = ModelSpec(f"{name}:Net", 10, 1, (8, 8), (0.5,), (0.25,), arch_kwargs={"width": 4})
     url = str(tmp_path / "user.pt")
-    save_checkpoint(url, importlib.import_module(name).Net(width=4), spec)
-    assert type(load_checkpoint(url)[0]).__name__ == "Net"
+    save_checkpoint(url, importlib.import_module(name).Net(width=4), spec, trust_code=[name])
+    assert type(load_checkpoint(url, trust_code=[name])[0]).__name__ == "Net"
     source.write_text(USER_NET.format(**{"act": "ReLU", "pool": "mean", **change}))  # the user edits the model
     monkeypatch.delitem(sys.modules, name)
     importlib.invalidate_caches()
     with pytest.raises(CheckpointError, match=f"no longer builds the saved network.*{match}"):
-        load_checkpoint(url)
+        load_checkpoint(url, trust_code=[name])
 
 
 def test_errors_never_show_credentials(s3_server) -> None:
@@ -207,3 +207,103 @@ def test_s3_object_is_written_in_one_put(s3_server) -> None:
     fs, path = fsspec.core.url_to_fs(prefix, **s3_server.storage_options)
     fs.invalidate_cache()
     assert [p.rsplit("/", 1)[-1] for p in fs.ls(path)] == ["net.pt"]
+
+
+TRUSTED_NET = """
+from torch import nn
+
+IMPORTED = True
+
+
+class Net(nn.Module):
+    def __init__(self, width: int = 4) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, width, 3, padding=1)
+        self.fc = nn.Linear(width, 10)
+
+    def forward(self, x):
+        return self.fc(self.conv(x).relu().mean(dim=(2, 3)))
+"""
+
+
+def _user_checkpoint(tmp_path, monkeypatch, name: str) -> tuple[str, ModelSpec]:
+    """A checkpoint of a user's model class, saved with its module trusted; the module then forgotten."""
+    import importlib
+    import sys
+
+    (tmp_path / f"{name}.py").write_text(TRUSTED_NET)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    spec = ModelSpec(f"{name}:Net", 10, 1, (8, 8), (0.5,), (0.25,), arch_kwargs={"width": 4})
+    url = str(tmp_path / "user.pt")
+    with pytest.raises(CheckpointError, match=f"would import and run module '{name}'.*--trust-code {name}"):
+        save_checkpoint(url, importlib.import_module(name).Net(width=4), spec)  # saving rebuilds it: trust too
+    save_checkpoint(url, importlib.import_module(name).Net(width=4), spec, trust_code=name)
+    monkeypatch.delitem(sys.modules, name)
+    return url, spec
+
+
+def test_a_checkpoints_import_path_is_not_imported_unless_trusted(tmp_path, monkeypatch) -> None:
+    import sys
+
+    url, spec = _user_checkpoint(tmp_path, monkeypatch, "usernet_untrusted")
+    for trust in ((), ["other"], ["usernet"], "usernet_untrusted.sub"):
+        with pytest.raises(CheckpointError, match=rf"{url}: arch 'usernet_untrusted:Net' would import and run module "
+                                                  r"'usernet_untrusted', which is not trusted; pass --trust-code "
+                                                  r"usernet_untrusted"):
+            load_checkpoint(url, trust_code=trust)
+        assert "usernet_untrusted" not in sys.modules
+    model, loaded = load_checkpoint(url, trust_code=["usernet_untrusted"])
+    assert type(model).__name__ == "Net" and loaded == spec and sys.modules["usernet_untrusted"].IMPORTED
+
+
+def test_trusting_a_package_trusts_its_submodules(tmp_path, monkeypatch) -> None:
+    import importlib
+
+    (tmp_path / "userpkg_ck").mkdir()
+    (tmp_path / "userpkg_ck" / "__init__.py").write_text("")
+    (tmp_path / "userpkg_ck" / "nets.py").write_text(TRUSTED_NET)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    spec = ModelSpec("userpkg_ck.nets:Net", 10, 1, (8, 8), (0.5,), (0.25,))
+    url = str(tmp_path / "pkg.pt")
+    save_checkpoint(url, importlib.import_module("userpkg_ck.nets").Net(), spec, trust_code=["userpkg_ck"])
+    assert type(load_checkpoint(url, trust_code="userpkg_ck")[0]).__name__ == "Net"
+    assert type(load_checkpoint(url, trust_code="userpkg_ck.nets")[0]).__name__ == "Net"
+
+
+@pytest.mark.parametrize(("change", "match"), [
+    ({"arch_kwargs": {"width": 4, "depth": 2}}, r"arch_kwargs \['depth', 'width'\] do not fit Net\(width: int = 4\)"),
+    ({"arch_kwargs": {"width": [4]}}, r"failed to build with arch_kwargs \['width'\]: TypeError"),
+    ({"arch": "jobs.convert:main"}, r"this project's own code \('jobs.convert'\).*even with --trust-code"),
+])
+def test_a_trusted_checkpoints_arch_kwargs_are_checked_before_the_call(tmp_path, monkeypatch, change, match) -> None:
+    url, spec = _user_checkpoint(tmp_path, monkeypatch, "usernet_kwargs")
+    payload = read_checkpoint(url)
+    payload["spec"].update(change)
+    torch.save(payload, url)
+    with pytest.raises(CheckpointError, match=match):
+        load_checkpoint(url, trust_code=["usernet_kwargs", "jobs"])
+
+
+@pytest.mark.parametrize(("arch", "kwargs", "match"), [
+    ("resnet8", {"num_classes": 10}, "arch_kwargs sets 'num_classes', which the spec's num_classes sets"),
+    ("resnet18", {"weights": "IMAGENET1K_V1"}, r"arch_kwargs \['weights'\] would make the loader fetch weights"),
+    ("resnet18", {"pretrained": True}, r"arch_kwargs \['pretrained'\] would make the loader fetch weights"),
+    ("resnet18", {"no_such": 1}, r"torchvision cannot build it with arch_kwargs \['no_such'\]"),
+    ("timm:resnet10t", {"checkpoint_path": "/etc/passwd"}, r"\['checkpoint_path'\] would make the loader"),
+    ("timm:resnet10t", {"pretrained_cfg_overlay": {"file": "/etc/passwd"}}, r"\['pretrained_cfg_overlay'\]"),
+    ("timm:resnet10t", {"in_chans": 3}, "arch_kwargs sets 'in_chans', which the spec's in_channels sets"),
+    ("timm:local-dir:/etc", {}, r"hub and folder prefixes \(hf-hub:, local-dir:\)"),
+    ("timm:hf-hub:timm/resnet18.a1_in1k", {}, r"hub and folder prefixes"),
+    ("timm:hf_hub:timm/resnet18", {}, r"hub and folder prefixes"),
+])
+def test_a_builtin_archs_kwargs_cannot_load_files(tmp_path, arch, kwargs, match) -> None:
+    """A checkpoint written by other code, whose built-in arch asks its loader for files: one line."""
+    spec = ModelSpec("resnet8", 10, 3, (32, 32), (0.5,) * 3, (0.25,) * 3)
+    url = str(tmp_path / "net.pt")
+    save_checkpoint(url, build_model(spec), spec)
+    payload = read_checkpoint(url)
+    payload["spec"].update(arch=arch, arch_kwargs=kwargs)
+    torch.save(payload, url)
+    with pytest.raises(CheckpointError, match=f"checkpoint {url}: .*{match}") as info:
+        load_checkpoint(url)
+    assert "\n" not in str(info.value)
