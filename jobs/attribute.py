@@ -33,7 +33,7 @@ from typing import Any
 
 from jobs.cli import (DEFAULT_CHECKPOINT, JobError, build_methods, checkpoint_or_default, job_parser, parse_method_specs,
                       positive_int, ray_flags, reduction, run_main, source_flags, source_policy_of, storage_options_from,
-                      worker_flags)
+                      trust_flags, trust_of, worker_flags)
 
 DEFAULT_OUTPUT = "outputs/maps/fashion-mnist"
 DEFAULT_METHODS = "pathway gradient"
@@ -41,7 +41,8 @@ EXAMPLES = 12
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = job_parser("python -m jobs.attribute", __doc__, [ray_flags(), worker_flags("1 on CPUs"), source_flags()])
+    p = job_parser("python -m jobs.attribute", __doc__, [ray_flags(), worker_flags("1 on CPUs"), source_flags(),
+                                                         trust_flags()])
     p.add_argument("--source", default="fashion-mnist", help="dataset name or URL: an image folder, a folder with "
                    "labels.csv or metadata.jsonl, a CSV/JSONL index, WebDataset .tar shards, Parquet, IDX")
     p.add_argument("--source-format", default=None, metavar="FORMAT",
@@ -193,7 +194,8 @@ def attribute(args: argparse.Namespace, options: dict[str, Any], store: Any, run
     checkpoint = checkpoint_or_default(args.checkpoint)
     started, start_clock = now(), time.perf_counter()  # after any training of the default model
     # Fail before any scheduling when the model, the methods, the source or the output are unusable.
-    model, spec, checkpoint_sha256 = load_checkpoint_with_digest(checkpoint, options or None)
+    model, spec, checkpoint_sha256 = load_checkpoint_with_digest(checkpoint, options or None,
+                                                                 trust_code=trust_of(args))
     params = {label: method.params for label, method in build_methods(model, specs).items()}
     policy = source_policy_of(args)
     source = open_source(args.source, split=args.split, storage_options=options or None,
@@ -206,7 +208,8 @@ def attribute(args: argparse.Namespace, options: dict[str, Any], store: Any, run
                        split=args.split, batch_size=args.batch_size, reduction=args.reduction, target=args.target,
                        device=args.device, storage_options=options, deterministic=not args.nondeterministic,
                        source_format=source.kind, source_classes=tuple(source.classes), label_map=labels.label_map,
-                       allow_paths=policy.allow_paths, max_image_pixels=policy.max_image_pixels)
+                       allow_paths=policy.allow_paths, max_image_pixels=policy.max_image_pixels,
+                       trust_code=trust_of(args))
     # Bound to its configuration: a run that would mix maps of two configurations is refused here,
     # before it writes anything; a new method label joins the output.
     bound, added = binding.check(run_record.get("fingerprint"),
@@ -260,7 +263,7 @@ def attribute(args: argparse.Namespace, options: dict[str, Any], store: Any, run
         from jobs.cluster import check_workers_import, check_workers_reach, start_ray
 
         start_ray(args.ray_address)
-        check_workers_import(spec.arch)
+        check_workers_import(spec.arch, config.trust_code)
         check_workers_reach([source.url, checkpoint, args.output], options or None)
         from jobs.actor_pool import run_shards
 

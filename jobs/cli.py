@@ -114,6 +114,39 @@ def source_policy_of(args: argparse.Namespace) -> Any:
     return SourcePolicy.of(getattr(args, "allow_paths", None), getattr(args, "max_image_pixels", None))
 
 
+def module_names(text: str) -> list[str]:
+    """An argparse type: comma-separated Python module names (``--trust-code``)."""
+    from models.registry import ModelError
+    from models.trust import trusted_modules
+
+    try:
+        names = list(trusted_modules(text))
+    except ModelError as err:
+        raise argparse.ArgumentTypeError(str(err).removeprefix("trust_code: ")) from None
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected module names, comma-separated, got {text!r}")
+    return names
+
+
+def trust_flags() -> argparse.ArgumentParser:
+    """``--trust-code``: the operator's grant of the model code a checkpoint's arch may import and run
+    (models.trust, docs/security.md); a checkpoint is untrusted data and can grant nothing itself."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--trust-code", type=module_names, action="extend", default=[], metavar="MODULE[,MODULE]",
+                   help="modules that a checkpoint's arch package.module:Name may import and run (trusting a "
+                        "package trusts its submodules); without it such a checkpoint is refused")
+    return p
+
+
+def trust_of(args: argparse.Namespace, arch: str | None = None) -> tuple[str, ...]:
+    """The modules a job trusts: ``--trust-code``, plus the module of an import path the operator gave
+    as ``--arch`` (jobs.train, jobs.convert)."""
+    names = list(getattr(args, "trust_code", None) or ())
+    if arch and ":" in arch and not arch.startswith("timm:"):
+        names.append(arch.partition(":")[0])
+    return tuple(dict.fromkeys(names))
+
+
 def ray_flags() -> argparse.ArgumentParser:
     """The flags of every job that runs on Ray (includes :func:`storage_flags`)."""
     p = argparse.ArgumentParser(add_help=False, parents=[storage_flags()])

@@ -67,15 +67,18 @@ def size_workers(device: str, workers: int | None, default_cpu_workers: int | st
     return WorkerSizing(count, 0, threads, threads, "cpu" if device == "auto" else device)
 
 
-def check_workers_import(arch: str) -> None:
+def check_workers_import(arch: str, trust_code: Sequence[str] = ()) -> None:
     """When ``arch`` is an import path (the user's model code), check that a Ray worker can import
     its module before any actor starts, so that a missing module is one clear line, not an actor
-    traceback per retry."""
+    traceback per retry. Only a module the operator trusts (``trust_code``) is ever imported: the
+    driver has refused any other already, and this checks again (models.trust)."""
     if ":" not in arch or arch.startswith("timm:"):
         return
     import ray
 
-    module = arch.partition(":")[0]
+    from models.trust import check_import_path, trusted_modules
+
+    module, _ = check_import_path(arch, trusted_modules(trust_code))
     error = ray.get(ray.remote(num_cpus=0)(_try_import).remote(module), timeout=300)
     if error:
         raise JobError(f"the Ray workers cannot import {module!r}, which the checkpoint's arch {arch!r} names "

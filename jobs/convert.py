@@ -3,7 +3,7 @@
     python -m jobs.convert --state-dict mynet_weights.pt --arch mynets:SmallNet \\
         --arch-kwargs '{"num_classes": 10, "width": 16}' --num-classes 10 --in-channels 1 \\
         --input-size 28 --mean 0.286 --std 0.353 --class-names @classes.txt --output ckpt.pt
-    PYTHONPATH=. python -m jobs.attribute --checkpoint ckpt.pt
+    PYTHONPATH=. python -m jobs.attribute --checkpoint ckpt.pt --trust-code mynets
 
 A checkpoint is the weights plus what the jobs need to rebuild and feed the model: the arch (a
 torchvision name, ``timm:<name>``, or your own ``package.module:ClassOrFactory``, called with
@@ -22,7 +22,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from jobs.cli import JobError, job_parser, json_object, positive_int, run_main, storage_flags, storage_options_from
+from jobs.cli import (JobError, job_parser, json_object, positive_int, run_main, storage_flags, storage_options_from,
+                      trust_flags, trust_of)
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -42,7 +43,7 @@ def _size(text: str) -> tuple[int, int]:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = job_parser("python -m jobs.convert", __doc__, [storage_flags()])
+    p = job_parser("python -m jobs.convert", __doc__, [storage_flags(), trust_flags()])
     p.add_argument("--state-dict", required=True, help="the weights file (local path or URL)")
     p.add_argument("--arch", required=True, help="torchvision name, timm:<name>, or package.module:ClassOrFactory")
     p.add_argument("--arch-kwargs", type=json_object, default={}, metavar="JSON",
@@ -101,14 +102,15 @@ def run(args: argparse.Namespace) -> int:
                      input_size=args.input_size, mean=args.mean, std=args.std,
                      class_names=class_names(args.class_names), arch_kwargs=args.arch_kwargs)
     state = read_state_dict(args.state_dict, options)
-    model = build_model(spec)
+    trust = trust_of(args, args.arch)  # --arch is the operator's own: its module is trusted
+    model = build_model(spec, trust_code=trust)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:
         raise JobError(f"the weights do not fit arch {spec.arch!r} with {spec.arch_kwargs}: "
                        f"{' '.join(str(err).split())[:400]}") from None
     save_checkpoint(args.output, model, spec, storage_options=options,
-                    metrics={"converted_from": redact_url(args.state_dict)})
+                    metrics={"converted_from": redact_url(args.state_dict)}, trust_code=trust)
     print(f"checkpoint: {redact_url(args.output)} (arch {spec.arch}, {spec.num_classes} classes, "
           f"{spec.in_channels}x{spec.input_size[0]}x{spec.input_size[1]} inputs)")
     return 0

@@ -78,16 +78,18 @@ def chunks(n: int, size: int) -> list[tuple[int, int]]:
     return [(i, min(n, i + size)) for i in range(0, n, max(1, size))]
 
 
-def model_payload(model: Any, spec: Any) -> dict[str, Any]:
-    """What a Ray task needs to rebuild the model: the spec and CPU weights (plain data)."""
-    return {"spec": spec.to_dict(), "state": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
+def model_payload(model: Any, spec: Any, trust_code: Sequence[str] = ()) -> dict[str, Any]:
+    """What a Ray task needs to rebuild the model: the spec, CPU weights (plain data), and the modules
+    the operator trusts (--trust-code), which the driver checked the spec's arch against."""
+    return {"spec": spec.to_dict(), "state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "trust_code": list(trust_code)}
 
 
 def rebuild_model(payload: dict[str, Any]) -> Any:
     """The model of :func:`model_payload`, in eval mode on the CPU."""
     from models.registry import ModelSpec, build_model
 
-    model = build_model(ModelSpec.from_dict(payload["spec"]))
+    model = build_model(ModelSpec.from_dict(payload["spec"]), trust_code=payload.get("trust_code") or ())
     model.load_state_dict(payload["state"])
     return model.eval()
 

@@ -50,7 +50,7 @@ from typing import Any
 import numpy as np
 
 from jobs.cli import (JobError, build_methods, checkpoint_or_default, choice_list, job_parser, parse_method_specs,
-                      positive_int, ray_flags, reduction, run_main, storage_options_from)
+                      positive_int, ray_flags, reduction, run_main, storage_options_from, trust_flags, trust_of)
 
 DEFAULT_METHODS = "pathway gradient"
 DEFAULT_OUTPUT = "outputs/eval/perturbation"
@@ -75,7 +75,7 @@ def _fractions(text: str) -> list[float]:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     from attribution.evaluation import DEFAULT_FRACTIONS
 
-    p = job_parser("python -m jobs.perturb", __doc__, [ray_flags()])
+    p = job_parser("python -m jobs.perturb", __doc__, [ray_flags(), trust_flags()])
     p.add_argument("--maps", default=None, help="map dataset URL written by jobs.attribute (source, split, "
                    "checkpoint and methods come from its run.json); without it maps are computed here")
     p.add_argument("--methods", default=None, help="with --maps: stored method names (default all); without: "
@@ -200,7 +200,7 @@ def run(args: argparse.Namespace) -> int:
                   "checkpoint": args.checkpoint, "methods": list(specs), "ids": None,
                   "output": args.output or DEFAULT_OUTPUT}
     checkpoint = checkpoint_or_default(inputs["checkpoint"])
-    model, spec = load_checkpoint(checkpoint, options or None)
+    model, spec = load_checkpoint(checkpoint, options or None, trust_code=trust_of(args))
     if specs is not None:
         build_methods(model, list(specs.values()))  # bad parameters fail here, before any scheduling
     source = open_source(inputs["source"], split=inputs["split"], storage_options=options or None)
@@ -218,7 +218,7 @@ def run(args: argparse.Namespace) -> int:
 
     start_ray(args.ray_address)
     task = ray.remote(num_cpus=1)(perturb_shard)
-    payload = ray.put(model_payload(model, spec))
+    payload = ray.put(model_payload(model, spec, trust_of(args)))
     pending: dict[Any, tuple[str, int]] = {}
     for lo, hi in chunks(len(ids), args.shard_size):
         x_ref, shard_ids = ray.put(x[lo:hi]), ids[lo:hi]

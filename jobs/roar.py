@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 
 from jobs.cli import (JobError, choice_list, job_parser, positive_float, positive_int, ray_flags, run_main,
-                      storage_options_from, worker_flags)
+                      storage_options_from, trust_flags, trust_of, worker_flags)
 
 CONTROLS = ("random", "sobel")
 DEFAULT_THRESHOLDS = "10,30,50,70,90"
@@ -66,7 +66,8 @@ def _int_list(text: str) -> list[int]:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = job_parser("python -m jobs.roar", __doc__, [ray_flags(), worker_flags("one per CPU, 1 thread each")])
+    p = job_parser("python -m jobs.roar", __doc__, [ray_flags(), worker_flags("one per CPU, 1 thread each"),
+                                                    trust_flags()])
     p.add_argument("--train-maps", required=True, help="map dataset of the train split (jobs.attribute --split train)")
     p.add_argument("--test-maps", required=True, help="map dataset of the test split")
     p.add_argument("--output", default=None, help="results URL (default <test-maps>/_eval/roar, _eval/kar with --kar)")
@@ -221,7 +222,7 @@ def run(args: argparse.Namespace) -> int:
                        f"or drop them from --methods (controls {list(CONTROLS)} need no maps)")
     with_maps = [m for m in methods if m not in CONTROLS]
     checkpoint = args.checkpoint or runs["test"]["config"]["checkpoint"]
-    model, spec = load_checkpoint(checkpoint, options or None)
+    model, spec = load_checkpoint(checkpoint, options or None, trust_code=trust_of(args))
     recipe = load_metrics(checkpoint, options or None)
     output = args.output or join(args.test_maps, EVAL_DIR, "kar" if args.kar else "roar")
 
@@ -253,6 +254,7 @@ def run(args: argparse.Namespace) -> int:
                     test_ids=hashlib.sha256("\n".join(test["ids"]).encode()).hexdigest())
     config["fingerprint"] = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
     config["deterministic"] = not args.nondeterministic  # how, not what: outside the fingerprint
+    config["trust_code"] = list(trust_of(args))  # the operator's grant, for the workers' rebuild
 
     skip = set(args.mask_skip.replace(",", " ").split()) | ({"random"} if args.random_per_read else set())
     cells = plan_cells(methods, args.thresholds, args.seeds, args.kar, args.fill, args.mask_control, sorted(skip))

@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 
 from jobs.cli import (build_methods, checkpoint_or_default, job_parser, parse_method_specs, positive_int, ray_flags,
-                      reduction, run_main, storage_options_from)
+                      reduction, run_main, storage_options_from, trust_flags, trust_of)
 
 DEFAULT_METHODS = ("pathway_taylor=pathway:scores=taylor pathway_integrated=pathway:scores=integrated,steps=4 "
                    "gradient gradient_x_input integrated_gradients:n_steps=16 guided_backprop grad_cam")
@@ -55,7 +55,7 @@ ORIGINAL = "original"
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = job_parser("python -m jobs.sanity", __doc__, [ray_flags()])
+    p = job_parser("python -m jobs.sanity", __doc__, [ray_flags(), trust_flags()])
     p.add_argument("--checkpoint", default=None, help="model checkpoint URL (default: the embedded default, "
                    "trained with jobs.train if absent)")
     p.add_argument("--source", default="fashion-mnist", help="dataset name or URL")
@@ -128,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
     options = storage_options_from(args.storage_options)
     specs = parse_method_specs(args.methods)
     checkpoint = checkpoint_or_default(args.checkpoint)
-    model, spec = load_checkpoint(checkpoint, options or None)
+    model, spec = load_checkpoint(checkpoint, options or None, trust_code=trust_of(args))
     model.eval()
     build_methods(model, specs)  # bad parameters fail here, before any scheduling
     source = open_source(args.source, split=args.split, storage_options=options or None)
@@ -145,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
     start_ray(args.ray_address)
     first = ray.remote(num_cpus=1)(original_maps)
     later = ray.remote(num_cpus=1)(step_scores)
-    payload, x_ref = ray.put(model_payload(model, spec)), ray.put(x)
+    payload, x_ref = ray.put(model_payload(model, spec, trust_of(args))), ray.put(x)
     pending: dict[Any, tuple[str, int, int]] = {}
     for method in specs:
         label = method.label

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from jobs.cli import (DEFAULT_CHECKPOINT, JobError, job_parser, json_object, positive_float, positive_int,
-                      run_main, storage_flags, storage_options_from)
+                      run_main, storage_flags, storage_options_from, trust_flags, trust_of)
 
 DEFAULT_OUTPUT = DEFAULT_CHECKPOINT
 # Defaults chosen to pass 90 % Fashion-MNIST test accuracy in a few CPU minutes (2 cores).
@@ -55,12 +55,13 @@ def _input_size(text: str) -> tuple[int, int]:
 
 
 def arch_name(text: str) -> str:
-    """An arch that resolves here (an import path is imported now, so a typo fails at once)."""
+    """An arch that resolves here (an import path is imported now, so a typo fails at once; the operator
+    names it, so its module is trusted)."""
     from models.archs import resolve
     from models.registry import ModelError
 
     try:
-        resolve(text)
+        resolve(text, trust_code=[text.partition(":")[0]] if ":" in text and not text.startswith("timm:") else [])
     except ModelError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
     return text
@@ -69,7 +70,7 @@ def arch_name(text: str) -> str:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     from models.training import OPTIMIZERS, SCHEDULES
 
-    p = job_parser("python -m jobs.train", __doc__, [storage_flags()])
+    p = job_parser("python -m jobs.train", __doc__, [storage_flags(), trust_flags()])
     p.add_argument("--source", default="fashion-mnist", help="dataset source name or URL (storage.sources)")
     p.add_argument("--test-split", default="test", help="split to evaluate on; 'none' to skip evaluation")
     p.add_argument("--arch", default="resnet8", metavar="ARCH", type=arch_name,
@@ -173,6 +174,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         device=device, test_images=test_images, test_labels=test_labels, progress=not args.no_progress,
         optimizer=args.optimizer, schedule=args.schedule, weight_decay=args.weight_decay, augment=args.augment,
         num_threads=args.threads, pretrained=args.pretrained, deterministic=not args.nondeterministic,
+        trust_code=trust_of(args, args.arch),
     )
     metrics.update({
         "source": args.source, "test_split": None if test_images is None else args.test_split,
@@ -180,7 +182,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         "load_seconds": load_seconds, "spec": spec.to_dict(), "checkpoint": redact_url(args.output),
         "pretrained": args.pretrained, "torch_version": str(torch.__version__),
     })
-    save_checkpoint(args.output, model.cpu(), spec, storage_options=options, metrics=metrics)
+    save_checkpoint(args.output, model.cpu(), spec, storage_options=options, metrics=metrics,
+                    trust_code=trust_of(args, args.arch))
     put_url(f"{args.output}.metrics.json",
                        (json.dumps(metrics, indent=2, default=float) + "\n").encode(), options)
     put_url(f"{args.output}.metrics.png", training_curves(metrics), options)

@@ -143,7 +143,8 @@ class ShardAttributor:
         self._settings = contextlib.ExitStack()
         self._settings.enter_context(deterministic_kernels(self.device, self.config.deterministic))
         options = self.config.storage_options or None
-        self.model, self.spec = load_checkpoint(self.config.checkpoint, options, map_location=self.device)
+        self.model, self.spec = load_checkpoint(self.config.checkpoint, options, map_location=self.device,
+                                                trust_code=self.config.trust_code)
         self.model.to(self.device).eval()
         self.source = open_source(self.config.source, split=self.config.split, storage_options=options,
                                   kind=self.config.source_format, classes=self.config.source_classes,

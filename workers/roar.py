@@ -75,7 +75,7 @@ def run_cell(cell: dict[str, Any], config: dict[str, Any], train_x: np.ndarray, 
     ``config``: ``spec`` (dict), training recipe (``epochs``, ``batch_size``, ``lr``,
     ``optimizer``, ``schedule``, ``weight_decay``, ``augment``), ``kar``, ``fill`` (the per-channel
     mean), ``noise``, ``per_read``, ``device``, ``threads``, ``deterministic``, ``output``,
-    ``storage_options``, ``fingerprint``.
+    ``storage_options``, ``fingerprint``, ``trust_code`` (the driver's --trust-code).
     """
     method, t, seed = str(cell["method"]), int(cell["t"]), int(cell["seed"])
     start = time.perf_counter()
@@ -90,7 +90,7 @@ def run_cell(cell: dict[str, Any], config: dict[str, Any], train_x: np.ndarray, 
         test_labels=test_labels, progress=False, optimizer=config["optimizer"], schedule=config["schedule"],
         weight_decay=float(config["weight_decay"]), augment=bool(config["augment"]), eval_each_epoch=False,
         num_threads=config.get("threads") or None, deterministic=bool(config.get("deterministic", True)),
-        batch_transform=RandomRemoval(removal) if per_read else None,
+        batch_transform=RandomRemoval(removal) if per_read else None, trust_code=tuple(config.get("trust_code") or ()),
     )
     height, width = train_x.shape[1:3]
     result = {

@@ -59,7 +59,7 @@ def user_checkpoint(tmp_path_factory) -> tuple[str, str]:
         torch.save({"model": {f"module.{k}": v for k, v in net.state_dict().items()}}, root / "weights.pt")
         checkpoint = str(root / "ckpt.pt")
         assert convert.main(["--state-dict", str(root / "weights.pt"), *SPEC, "--output", checkpoint]) == 0
-        model, spec = load_checkpoint(checkpoint)
+        model, spec = load_checkpoint(checkpoint, trust_code=["usernets"])
         assert type(model).__name__ == "SmallNet" and spec.arch_kwargs == {"num_classes": 10, "width": 12}
         for key, value in net.state_dict().items():
             assert torch.equal(model.state_dict()[key], value)
@@ -91,7 +91,7 @@ def test_a_users_model_class_runs_in_the_job(user_checkpoint, tmp_path) -> None:
     env = job_env(ray_tmp, PYTHONPATH=f"{ROOT}{os.pathsep}{root}")
     command = [sys.executable, "-m", "jobs.attribute", "--checkpoint", checkpoint, "--output", out, "--limit", "60",
                "--shard-size", "30", "--methods", "pathway gradient guided_backprop", "--workers", "1",
-               "--no-progress"]
+               "--no-progress", "--trust-code", "usernets"]
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     maps = read_maps(out, "pathway")
@@ -106,7 +106,7 @@ def test_workers_that_cannot_import_the_users_module_stop_the_job_with_one_line(
     sys.path.insert(0, root)
     try:
         code = attribute.main(["--checkpoint", checkpoint, "--output", str(tmp_path / "maps"), "--limit", "10",
-                               "--shard-size", "10", "--workers", "1", "--no-progress"])
+                               "--shard-size", "10", "--workers", "1", "--no-progress", "--trust-code", "usernets"])
     finally:
         sys.path.remove(root)
         sys.modules.pop("usernets", None)
@@ -124,7 +124,8 @@ def test_a_users_model_under_ray_job_submit_with_py_modules(user_checkpoint, tmp
         ray = os.path.join(os.path.dirname(sys.executable), "ray")
         submit = [ray, "job", "submit", "--address", address, "--runtime-env-json", runtime_env, "--submission-id",
                   "user-model-1", "--", "python", "-m", "jobs.attribute", "--checkpoint", checkpoint,
-                  "--output", out, "--limit", "40", "--shard-size", "20", "--workers", "1", "--no-progress"]
+                  "--output", out, "--limit", "40", "--shard-size", "20", "--workers", "1", "--no-progress",
+                  "--trust-code", "usernets"]
         deadline = time.monotonic() + 90
         while True:  # the dashboard answers a little before its job agent is up
             result = subprocess.run(submit, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
