@@ -8,9 +8,9 @@ from . import baselines, controls, gradcam  # noqa: F401  (importing registers t
 from .base import MODEL_DETAILS, Attribution, AttributionError, Detail, Details
 from .pathway import PathwayGrad
 from .reduce import REDUCTIONS, reduce_map
-from .registry import MethodSpec, available, get, method_class, register
+from .registry import MethodSpec, available, check_params, get, method_class, parameters, register
 
 __all__ = [
     "MODEL_DETAILS", "Attribution", "AttributionError", "Detail", "Details", "MethodSpec", "PathwayGrad",
-    "REDUCTIONS", "available", "get", "method_class", "reduce_map", "register",
+    "REDUCTIONS", "available", "check_params", "get", "method_class", "parameters", "reduce_map", "register",
 ]

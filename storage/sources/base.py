@@ -167,13 +167,14 @@ class Sample:
 NO_LABEL = -1
 
 #: What went wrong with a sample (the ``kind`` of its error row).
-ERROR_KINDS = ("read", "decode", "preprocess", "label", "attribution")
+ERROR_KINDS = ("read", "decode", "preprocess", "label", "attribution", "outside-source")
 
 
 @dataclass
 class SampleError:
     """A sample that could not be processed. ``reason`` names the file (or row) and the cause;
-    ``kind`` says at which step: read, decode, preprocess, label or attribution."""
+    ``kind`` says at which step: read, decode, preprocess, label or attribution, or outside-source
+    (its path leads outside the source: not read, storage.sources.inside)."""
 
     sample_id: str
     reason: str

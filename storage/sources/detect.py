@@ -22,6 +22,7 @@ from typing import Any
 from storage.fs import InvalidStorageInput, is_file, open_fs, redact_url, storage_errors
 from storage.retry import retrying
 from storage.sources.base import SPLIT_WORDS, split_aliases
+from storage.sources.files import is_skipped_folder
 from storage.sources.idx import has_idx_files
 from storage.sources.images import is_image_name
 from storage.sources.index import INDEX_EXTENSIONS
@@ -95,7 +96,8 @@ def detect(url: str, storage_options: Mapping[str, Any] | None) -> str:
     kind = _kind_of_listing(entries)
     if kind:
         return kind
-    dirs = [e for e in entries if e.get("type") == "directory"]
+    dirs = [e for e in entries if e.get("type") == "directory"  # _meta, .git...: never read (files.SKIPPED_FOLDER)
+            and not is_skipped_folder(e["name"].rstrip("/").rsplit("/", 1)[-1])]
     names = [e["name"].rstrip("/").rsplit("/", 1)[-1] for e in dirs]
     if names and all(n.lower() in SPLIT_WORDS for n in names):  # <split>/...: look inside one split
         preferred = [e for alias in split_aliases("test") for e in dirs if e["name"].rstrip("/").endswith(alias)]

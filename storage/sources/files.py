@@ -22,6 +22,7 @@ from storage.sources.base import (NO_LABEL, RowRange, Sample, SampleError, Sampl
                                   decoded_sample)
 from storage.sources.classes import classes_of, integer_label, kind_of_classes
 from storage.sources.images import is_image_name
+from storage.sources.inside import OUTSIDE_SOURCE, Reach, reach_of
 
 #: Files fetched concurrently (one async batch) per round trip.
 FETCH_BATCH = 64
@@ -140,7 +141,8 @@ def is_url(path: str) -> bool:
 
 def resolve_path(base: str, path: str) -> str:
     """``path`` as written in an index or a Parquet row: absolute URLs and paths as they are, others
-    relative to the directory URL ``base`` (``..`` allowed)."""
+    relative to the directory URL ``base``. Whether it may be read is :class:`storage.sources.inside.Reach`'s
+    to say: a path that leads outside the source is refused, not read."""
     if is_url(path):
         return path
     scheme, sep, rest = base.rstrip("/").rpartition("://")
@@ -159,21 +161,50 @@ def skip_reason(rel: str) -> str | None:
 
 def stamped_files(fs: Any, root: str, url: str, storage_options: Mapping[str, Any] | None) -> dict[str, str]:
     """Every file under ``root`` (recursively), sorted by its path relative to it, with its stamp
-    (:func:`stamp`); one listing, the same requests as listing names alone."""
+#: Why a folder is not read: a job's own ``_meta`` / ``_pending``, Spark's ``_temporary``, ``.git``,
+#: ``.ipynb_checkpoints``... (Arrow's dataset readers skip the same names).
+SKIPPED_FOLDER = "a folder whose name starts with '_' or '.' (job outputs, hidden folders) is not read"
+
+
+def is_skipped_folder(name: str) -> bool:
+    """Whether a folder of this name is left out of a listing (see :data:`SKIPPED_FOLDER`)."""
+    return name.startswith(("_", "."))
+
+
+    (:func:`stamp`), and the folders left out (``_`` and dot folders at any depth, each with
+    :data:`SKIPPED_FOLDER`); one listing, the same requests as listing names alone."""
+    """:func:`listed_files`' files alone."""
+    return listed_files(fs, root, url, storage_options)[0]
+
+
+def listed_files(fs: Any, root: str, url: str, storage_options: Mapping[str, Any] | None
+                 ) -> tuple[dict[str, str], list[SkippedFile]]:
     with storage_errors(url, "list", storage_options):
         if is_local(fs) and os.path.isdir(root):
-            return dict(sorted(_local_stamped_files(root)))
+            folders: list[str] = []
+            files = dict(sorted(_local_stamped_files(root, folders)))
+            return files, [SkippedFile(f, SKIPPED_FOLDER) for f in sorted(folders)]
         found = retrying(lambda: fs.find(root, detail=True), f"listing {url}")
     prefix = root.rstrip("/") + "/"
     cut = len(prefix)
-    return {(p[cut:] if p.startswith(prefix) else p): stamp(found[p]) for p in sorted(found)}
+    files, skipped = {}, set()
+    for p in sorted(found):
+        rel = p[cut:] if p.startswith(prefix) else p
+        parts = rel.split("/")[:-1]
+        hidden = next((i for i, part in enumerate(parts) if is_skipped_folder(part)), None)
+        if hidden is None:
+            files[rel] = stamp(found[p])
+        else:
+            skipped.add("/".join(parts[:hidden + 1]) + "/")
+    return files, [SkippedFile(f, SKIPPED_FOLDER) for f in sorted(skipped)]
 
 
-def _local_stamped_files(root: str) -> Iterator[tuple[str, str]]:
+def _local_stamped_files(root: str, skipped: list[str] | None = None) -> Iterator[tuple[str, str]]:
     """(relative path, stamp) of every file under a local ``root``, as ``fs.find(detail=True)`` of
     fsspec's local filesystem lists them (symlinks are files, with their target's size and their own
     mtime; a file gone mid-listing is left out) and :func:`stamp` stamps them, without building
-    fsspec's info dict per file: that is most of a local listing's cost (benchmarks/bench_scale.py)."""
+    fsspec's info dict per file: that is most of a local listing's cost (benchmarks/bench_scale.py).
+    ``_`` and dot folders are not entered; their paths (``rel/``) go to ``skipped``."""
     pending = [(root.rstrip("/") or "/", "")]
     while pending:
         folder, rel = pending.pop()
@@ -182,7 +213,11 @@ def _local_stamped_files(root: str) -> Iterator[tuple[str, str]]:
                 name = f"{rel}{entry.name}"
                 try:
                     if entry.is_dir(follow_symlinks=False):
-                        pending.append((entry.path, f"{name}/"))
+                        if is_skipped_folder(entry.name):
+                            if skipped is not None:
+                                skipped.append(f"{name}/")
+                        else:
+                            pending.append((entry.path, f"{name}/"))
                         continue
                     info = entry.stat(follow_symlinks=False)
                     size = info.st_size
@@ -273,6 +308,13 @@ class FileListSource(Source):
 
     def describe(self, location: Any) -> str:
         """A location as users know it (for messages)."""
+    #: What a refused location is, in the error row (an index's row; a folder's symbolic link).
+    outside_what = "the row's path"
+
+    def reach(self) -> Reach:
+        """What the entries may name: files under ``base_url``, or under the operator's allowed prefixes."""
+        return reach_of(self, self.base_url, self.storage_options)
+
         return self.resolve(str(location))
 
     def read(self, refs: Sequence[SampleRef]) -> Iterator[Sample | SampleError]:
@@ -285,7 +327,7 @@ class FileListSource(Source):
                 continue
             label = self.label_of(raw)
             if label is None:
-                located.append(SampleError(ref.sample_id, f"label {raw!r} of {self.describe(location)} is not among "
+                located.append(SampleError(ref.sample_id, f"label {repr(raw)[:100]} of {self.describe(location)} is not among "
                                                           f"the classes of {self.url} ({len(self.classes)})", "label"))
             else:
                 located.append((ref, location, label))
@@ -295,7 +337,10 @@ class FileListSource(Source):
                       ) -> Iterator[Sample | SampleError]:
         """Fetch each entry's file (grouped by filesystem, in batches), in order."""
         for start in range(0, len(entries), FETCH_BATCH):
-            batch = entries[start:start + FETCH_BATCH]
+            batch = [e if isinstance(e, SampleError) or reach.allows(self.resolve(str(e[1]))) else
+                     SampleError(e[0].sample_id, reach.refusal(str(e[1]), self.outside_what), OUTSIDE_SOURCE)
+                     for e in entries[start:start + FETCH_BATCH]]
+        reach = self.reach()
             wanted = [(ref, self.resolve(str(location)), label) for ref, location, label in
                       (e for e in batch if not isinstance(e, SampleError))]
             data = fetch_urls([url for _, url, _ in wanted], self.url, self.storage_options)

@@ -9,7 +9,10 @@ root, with '/' separators. Files may sit deeper inside a class directory.
 Every file is accounted for: a file whose extension Pillow decodes (.png, .jpg, .webp, .bmp, .gif,
 .tif, ...: :func:`storage.sources.images.image_extensions`) is a sample, also directly in the root,
 where it has no label (``NO_LABEL``); every other file, and hidden files (``.DS_Store``, ``._x.jpg``),
-are listed by :meth:`ImageFolderSource.skipped` with the reason.
+are listed by :meth:`ImageFolderSource.skipped` with the reason. Folders whose name starts with ``_`` or
+``.`` (a job's ``_meta``, ``.git``) are neither classes nor read, at any depth, and are listed there too.
+A symbolic link whose target leaves the folder is not followed: its sample is an error row of kind
+``outside-source`` (:mod:`storage.sources.inside`; ``--allow-paths`` widens it).
 """
 
 from __future__ import annotations
@@ -21,12 +24,13 @@ from storage.retry import retrying
 from storage.sources.base import NO_LABEL, SPLIT_WORDS, Sample, SampleError, SampleRef, SkippedFile, Source, \
     split_aliases
 from storage.sources.classes import kind_of_classes
-from storage.sources.files import fetch, file_sample, skip_reason, stamped_files
+from storage.sources.files import fetch, file_sample, is_skipped_folder, listed_files, skip_reason
+from storage.sources.inside import OUTSIDE_SOURCE, reach_of
 
 
 def split_root(root: str, url: str, split: str, top_dirs: Sequence[str]) -> tuple[str, str]:
     """(path, url) of the class root: ``root/<split>`` when the top level holds only split dirs."""
-    names = [d.rstrip("/").rsplit("/", 1)[-1] for d in top_dirs]
+    names = [n for n in (d.rstrip("/").rsplit("/", 1)[-1] for d in top_dirs) if not is_skipped_folder(n)]
     if names and all(n.lower() in SPLIT_WORDS for n in names):
         for alias in split_aliases(split):
             for n in names:
@@ -57,7 +61,7 @@ class ImageFolderSource(Source):
         self.storage_options = dict(storage_options or {})
         self.fs, self.root, self.url, entries = open_split_root(url, split, self.storage_options)
         found = sorted(e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries if e.get("type") == "directory")
-        found = [d for d in found if not d.startswith(".")]
+        found = [d for d in found if not is_skipped_folder(d)]
         if classes is None:
             numbered = bool(found) and all(d.isdigit() for d in found)
             self.label_kind = "integers" if numbered else "names"
@@ -79,8 +83,9 @@ class ImageFolderSource(Source):
 
     def _listing(self) -> tuple[list[SampleRef], list[SkippedFile]]:
         if self._cache_listing is None:
-            refs, skipped = [], []
-            for rel, version in stamped_files(self.fs, self.root, self.url, self.storage_options).items():
+            files, skipped = listed_files(self.fs, self.root, self.url, self.storage_options)
+            refs = []
+            for rel, version in files.items():
                 reason = skip_reason(rel)
                 if reason:
                     skipped.append(SkippedFile(rel, reason))
@@ -96,9 +101,16 @@ class ImageFolderSource(Source):
         return list(self._listing()[1])
 
     def read(self, refs: Sequence[SampleRef]) -> Iterator[Sample | SampleError]:
+        reach = reach_of(self, self.url, self.storage_options)
         rels = [str(r.locator) for r in refs]
-        blobs = fetch(self.fs, [join(self.root, rel) for rel in rels], self.url, self.storage_options)
-        for ref, rel, data in zip(refs, rels, blobs):
+        inside = [reach.allows_at(self.fs, join(self.root, rel)) for rel in rels]
+        blobs = iter(fetch(self.fs, [join(self.root, rel) for rel, ok in zip(rels, inside) if ok], self.url,
+                           self.storage_options))
+        for ref, rel, ok in zip(refs, rels, inside):
+            if not ok:  # a symbolic link whose target leaves the folder: not read
+                yield SampleError(ref.sample_id, reach.refusal(join(self.url, rel), "the symbolic link"), OUTSIDE_SOURCE)
+                continue
+            data = next(blobs)
             top = rel.split("/", 1)[0] if "/" in rel else None
             label = NO_LABEL if top is None else self._class_index.get(top)
             if label is None:

@@ -12,8 +12,11 @@ with ``metadata.jsonl`` / ``metadata.csv``.
 - Every image file under the folder is a sample, ``sample_id`` its path relative to the folder. Its
   label is that of the row naming its path relative to the labels file, else the only row naming its
   file name, else the only row naming its file name without extension (ImageNet's ``ImageId``); a file
-  no row names has no label. Rows naming no file, non-image and hidden files are listed by
-  :meth:`LabeledFolderSource.skipped`.
+  no row names has no label. Rows naming no file, non-image and hidden files, and ``_`` / dot
+  folders (never read) are listed by :meth:`LabeledFolderSource.skipped`.
+- Only files the folder's listing finds are read, never a path a row names. A symbolic link whose
+  target leaves the folder is not followed: its sample is an error row of kind ``outside-source``
+  (:mod:`storage.sources.inside`), and a labels file that is such a link is an error.
 """
 
 from __future__ import annotations
@@ -25,8 +28,10 @@ from typing import Any
 
 from storage.fs import StorageError, join, open_fs, storage_errors
 from storage.sources.base import SkippedFile
-from storage.sources.files import FileListSource, skip_reason, stamped_files
+from storage.sources.files import FileListSource, listed_files, skip_reason
 from storage.sources.folder import open_split_root
+from storage.sources.inside import escapes
+from storage.sources.policy import DEFAULT_POLICY
 from storage.sources.index import INDEX_EXTENSIONS, index_entries
 
 LABEL_FILES = ("metadata.jsonl", "metadata.csv", "labels.csv", "labels.jsonl", "labels.tsv")
@@ -51,6 +56,7 @@ def _names(entries: Sequence[dict]) -> list[str]:
 
 class LabeledFolderSource(FileListSource):
     kind = "labeled-folder"
+    outside_what = "the symbolic link"
 
     def __init__(self, url: str, split: str = "test", storage_options: dict | None = None,
                  classes: Sequence[str] | None = None):
@@ -70,6 +76,10 @@ class LabeledFolderSource(FileListSource):
         super().__init__(root_url, options, classes, base_url=labels_dir)
 
     def _entries(self) -> tuple[list[tuple[str, str, Any]], list[SkippedFile]]:
+        labels_fs, labels_path = open_fs(self.labels_url, self.storage_options)
+        if escapes(labels_fs, labels_path.rsplit("/", 1)[0], [labels_path], DEFAULT_POLICY):
+            raise StorageError(f"{self.labels_url} is a symbolic link that leads outside {self.url}; it is not read: "
+                               "replace the link with the file it points to")
         rows, skipped = index_entries(self.labels_url, self.storage_options)
         by_path = {posixpath.normpath(path): raw for _, path, raw in rows}
         names = Counter(posixpath.basename(p) for p in by_path)
@@ -78,7 +88,9 @@ class LabeledFolderSource(FileListSource):
         by_stem = {_stem(p): p for p in by_path if stems[_stem(p)] == 1}
         labels_path = self.labels_url.rsplit("/", 1)[-1] if not self.offset else None
         entries, used = [], set()
-        for rel, version in stamped_files(self.fs, self.root, self.url, self.storage_options).items():
+        files, folders = listed_files(self.fs, self.root, self.url, self.storage_options)
+        skipped += folders
+        for rel, version in files.items():
             reason = skip_reason(rel)
             if rel == labels_path:
                 continue

@@ -9,7 +9,11 @@ a prefix holding several (found recursively, sorted). If file or directory names
 
 Rows without image bytes but with a path (HF exports built from files) read the file that path
 names, relative to the Parquet file's directory (absolute paths and URLs as they are); when there is
-none, the row's error says where it looked.
+none, the row's error says where it looked. A path that leads outside the source (the URL's folder,
+or the file's for a single file) is not read: the row is an error row of kind ``outside-source``
+unless the path lies under an ``--allow-paths`` prefix (:mod:`storage.sources.inside`). Folders named
+``_*`` or ``.*`` are not read, and a ``.parquet`` file that is a symbolic link leading outside the
+folder is skipped.
 
 Listing reads each file's footer (and the ``sample_id`` column when present, to check that its ids
 are unique). A plan holds row ranges of files (:meth:`ParquetSource.row_files`); reading a shard
@@ -39,7 +43,9 @@ from storage.retry import is_transient, retrying
 from storage.sources.base import (IDS_IN_ROWS, NO_LABEL, RowFile, RowRange, Sample, SampleError, SampleRef, SkippedFile,
                                   Source, decoded_sample, files_of_split)
 from storage.sources.classes import classes_of, kind_of_classes
-from storage.sources.files import fetch_urls, file_sample, resolve_path, stamp, stamped_files
+from storage.sources.files import fetch_urls, file_sample, listed_files, resolve_path, stamp
+from storage.sources.inside import OUTSIDE_SOURCE, escapes, reach_of
+from storage.sources.policy import DEFAULT_POLICY
 from storage.sources.images import is_image_name
 
 IMAGE_COLUMNS = ("image", "img")
@@ -63,23 +69,28 @@ class ParquetSource(Source):
         self.storage_options = dict(storage_options or {})
         self.fs, path = open_fs(self.url, self.storage_options)
         self.root = path.rstrip("/")
+        folders: list[SkippedFile] = []
         with storage_errors(self.url, "list", self.storage_options):
             single = self.root.endswith(".parquet") and retrying(lambda: is_file(self.fs, self.root), f"checking {url}")
             if single:
                 stamps = {self.root.rsplit("/", 1)[1]: stamp(retrying(lambda: self.fs.info(self.root),
                                                                       f"checking {url}"))}
             else:
-                stamps = stamped_files(self.fs, self.root, self.url, self.storage_options)
+                stamps, folders = listed_files(self.fs, self.root, self.url, self.storage_options)
         self._single = single
         self._stamps = stamps  # size and version of each file, as listed (RowFile.stamp)
-        self._skipped: list[SkippedFile] = []
+        self._skipped: list[SkippedFile] = folders
         if single:
             self.root, name = self.root.rsplit("/", 1)
             files = [name]
         else:
-            rel = list(stamps)
-            self._skipped = [SkippedFile(r, "not a .parquet file") for r in rel  # images are read where rows name them
-                             if not r.endswith(".parquet") and not is_image_name(r)]
+            links = escapes(self.fs, self.root, [join(self.root, r) for r in stamps if r.endswith(".parquet")],
+                            DEFAULT_POLICY)
+            self._skipped += [SkippedFile(r, f"{OUTSIDE_SOURCE}: a symbolic link that leads outside {self.url}; "
+                                             "not read") for r in stamps if join(self.root, r) in links]
+            rel = [r for r in stamps if join(self.root, r) not in links]
+            self._skipped += [SkippedFile(r, "not a .parquet file") for r in rel  # images are read where rows name them
+                              if not r.endswith(".parquet") and not is_image_name(r)]
             rel = [r for r in rel if r.endswith(".parquet")]
             if not rel:
                 raise StorageError(f"no .parquet files under {self.url}")
@@ -309,7 +320,7 @@ class ParquetSource(Source):
             for r in refs:
                 yield SampleError(r.sample_id, str(err)[:500], "read")
             return
-        pending: list[tuple[int, SampleRef, str, int]] = []  # path-only rows, fetched together
+        pending: list[tuple[int, SampleRef, str, int, str]] = []  # path-only rows, fetched together
         out: list[Sample | SampleError | None] = []
         for ref, row in zip(refs, rows):
             where = f"row {row} of {self._url(rel)}"
@@ -321,12 +332,12 @@ class ParquetSource(Source):
             path = value.get("path") if isinstance(value, dict) else value if isinstance(value, str) else None
             data = value.get("bytes") if isinstance(value, dict) else value if isinstance(value, bytes) else None
             if label is None:
-                out.append(SampleError(ref.sample_id, f"{where}: label {raw!r} is not among the classes of "
+                out.append(SampleError(ref.sample_id, f"{where}: label {repr(raw)[:100]} is not among the classes of "
                                                       f"{self.url} ({len(self.classes)})", "label"))
             elif data is not None:
                 out.append(decoded_sample(ref.sample_id, data, label, where))
             elif path:
-                pending.append((len(out), ref, self._resolve(rel, path), label))
+                pending.append((len(out), ref, self._resolve(rel, path), label, path))
                 out.append(None)
             else:
                 out.append(SampleError(ref.sample_id, f"{where} has neither image bytes nor a path"))
@@ -337,8 +348,17 @@ class ParquetSource(Source):
         """A row's image path: relative to the Parquet file's directory, or absolute as it is."""
         return resolve_path(self._url(rel).rsplit("/", 1)[0], path)
 
-    def _fetch_paths(self, pending: list[tuple[int, SampleRef, str, int]], out: list, rel: str) -> None:
-        """Read the files path-only rows name, into their places in ``out``."""
+    def _fetch_paths(self, pending: list[tuple[int, SampleRef, str, int, str]], out: list, rel: str) -> None:
+        """Read the files path-only rows name, into their places in ``out``; a path that leads outside
+        the source (its folder, or the single file's) is an error row and is not read."""
+        reach = reach_of(self, self.url.rsplit("/", 1)[0] if self._single else self.url, self.storage_options)
+        kept = []
+        for slot, ref, url, label, written in pending:
+            if reach.allows(url):
+                kept.append((slot, ref, url, label))
+            else:
+                out[slot] = SampleError(ref.sample_id, reach.refusal(written), OUTSIDE_SOURCE)
+        pending = kept
         blobs = fetch_urls([url for _, _, url, _ in pending], self._url(rel), self.storage_options)
         for (slot, ref, url, label), data in zip(pending, blobs):
             sample = file_sample(ref.sample_id, label, url, data, self.storage_options)

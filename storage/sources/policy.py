@@ -12,6 +12,7 @@ holds the only ways the operator widens or narrows what a source can reach:
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -28,7 +29,10 @@ class SourcePolicy:
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "allow_paths", tuple(str(p) for p in self.allow_paths))
+        # Local prefixes made absolute here, on the driver: workers may run in another directory.
+        object.__setattr__(self, "allow_paths", tuple(str(p) if "://" in str(p) else
+                                                      os.path.abspath(os.path.expanduser(str(p)))
+                                                      for p in self.allow_paths))
         if isinstance(self.max_image_pixels, bool) or not isinstance(self.max_image_pixels, int) \
                 or self.max_image_pixels < 1:
             raise ValueError(f"max_image_pixels must be a positive int, got {self.max_image_pixels!r}")

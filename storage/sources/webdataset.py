@@ -21,7 +21,8 @@ planned sample by sample instead.
 Listing reads every tar's headers and its label members (plain headers by a small parser of our own,
 about twice as fast as tarfile; any other tar by tarfile). Keys without an image, other files under
 the URL (compressed ``.tar.gz`` included: they cannot be read by range), and a tar that ends in a
-corrupt header (everything before it is used) are listed by :meth:`WebDatasetSource.skipped`.
+corrupt header (everything before it is used) are listed by :meth:`WebDatasetSource.skipped`, and so
+are ``_`` / dot folders (not read) and tars that are symbolic links leading outside the folder.
 """
 
 from __future__ import annotations
@@ -40,7 +41,9 @@ from storage.fs import StorageError, join, open_fs, storage_errors, translate
 from storage.retry import is_transient, retrying
 from storage.sources.base import (IDS_IN_ROWS, RowFile, RowRange, Sample, SampleError, SampleRef, SkippedFile,
                                   files_of_split)
-from storage.sources.files import Entry, FileListSource, file_sample, read_span, span_changed, stamp, stamped_files
+from storage.sources.files import Entry, FileListSource, file_sample, listed_files, read_span, span_changed, stamp
+from storage.sources.inside import OUTSIDE_SOURCE, escapes
+from storage.sources.policy import DEFAULT_POLICY
 from storage.sources.images import is_image_name
 
 LABEL_EXTENSIONS = ("cls", "class", "label", "cls.txt")
@@ -199,12 +202,15 @@ class WebDatasetSource(FileListSource):
             with storage_errors(self.url, "list", self.storage_options):
                 self._cache_stamps[name] = stamp(retrying(lambda: fs.info(join(root, name)), f"checking {self.url}"))
             return [name], []
-        stamps = stamped_files(fs, root, self.url, self.storage_options)
+        stamps, other = listed_files(fs, root, self.url, self.storage_options)
         self._cache_stamps.update(stamps)  # a tar's stamp is each of its samples' (offsets move when it changes)
-        rel = list(stamps)
-        other = [SkippedFile(r, "a compressed tar cannot be read by byte range: store it uncompressed"
-                             if r.endswith((".tar.gz", ".tgz")) else "not a .tar shard") for r in rel
-                 if not r.endswith(".tar")]
+        links = escapes(fs, root, [join(root, r) for r in stamps if r.endswith(".tar")], DEFAULT_POLICY)
+        other += [SkippedFile(r, f"{OUTSIDE_SOURCE}: a symbolic link that leads outside {self.url}; not read")
+                  for r in stamps if join(root, r) in links]
+        rel = [r for r in stamps if join(root, r) not in links]
+        other += [SkippedFile(r, "a compressed tar cannot be read by byte range: store it uncompressed"
+                              if r.endswith((".tar.gz", ".tgz")) else "not a .tar shard") for r in rel
+                  if not r.endswith(".tar")]
         tars = [r for r in rel if r.endswith(".tar")]
         if not tars:
             raise StorageError(f"no .tar files under {self.url}")

@@ -11,7 +11,7 @@ import pytest
 
 from storage.fs import InvalidStorageInput, StorageError, join
 from storage.sources import (FASHION_MNIST_CLASSES, NO_LABEL, IndexSource, LabeledFolderSource, ParquetSource,
-                             Sample, SampleError, SampleRef, Source, WebDatasetSource, open_source)
+                             Sample, SampleError, SampleRef, Source, SourcePolicy, WebDatasetSource, open_source)
 from tests.helpers import chunks, class_dir, png_bytes, put, tar_bytes, write_index
 
 
@@ -19,7 +19,8 @@ def read_all(source: Source, refs: list[SampleRef] | None = None) -> dict[str, S
     """Every ref read in shards of 4 through JSON (as the plan stores them), by a source opened anew
     with the first one's kind and classes (as a job's workers open it)."""
     refs = source.list() if refs is None else refs
-    worker = open_source(source.url, storage_options=source.storage_options, kind=source.kind, classes=source.classes)
+    worker = open_source(source.url, storage_options=source.storage_options, kind=source.kind, classes=source.classes,
+                         policy=source.policy)
     out = {}
     for shard in chunks(refs, 4):
         stored = [SampleRef(*pair) for pair in json.loads(json.dumps([[r.sample_id, r.locator] for r in shard]))]
@@ -122,8 +123,10 @@ def test_labels_matched_by_file_name_and_stem(tmp_path, fmnist):
 
 @pytest.mark.parametrize("fmt", ["csv", "jsonl"])
 def test_index_of_paths_and_urls(storage_root, fmnist, fmt):
-    """Relative paths resolve against the index's folder (.. included), absolute URLs are read as they are;
-    a missing file is an error row naming it; rows without a path and repeated ids are listed."""
+    """Relative paths resolve against the index's folder (.. included), absolute URLs are read as they are,
+    where the operator allows what lies outside the index's folder (--allow-paths; without it those rows
+    are outside-source error rows, not read); a missing file is an error row naming it; rows without a
+    path and repeated ids are listed."""
     url, options = storage_root
     images, labels = fmnist
     put(join(url, "data", "img", "a.png"), options, png_bytes(images[0]))
@@ -135,7 +138,13 @@ def test_index_of_paths_and_urls(storage_root, fmnist, fmt):
             {"path": "", "label": 1}, {"path": "b.jpg", "label": 4}]
     index = join(url, "data", f"index.{fmt}")
     write_index(index, options, rows)
-    source = open_source(index, storage_options=options)
+    confined = read_all(open_source(index, storage_options=options))
+    outside = [join(url, "elsewhere", "c.png"), "../elsewhere/c.png"]
+    assert [confined[s].kind for s in outside] == ["outside-source"] * 2
+    assert all(f"the row's path {s} leads outside the source {join(url, 'data')}" in confined[s].reason and
+               "--allow-paths" in confined[s].reason for s in outside)
+    assert isinstance(confined["img/a.png"], Sample)
+    source = open_source(index, storage_options=options, policy=SourcePolicy(allow_paths=[join(url, "elsewhere")]))
     assert isinstance(source, IndexSource) and source.label_kind == "integers"
     out = read_all(source)
     assert list(out) == ["img/a.png", "b.jpg", join(url, "elsewhere", "c.png"), "../elsewhere/c.png", "missing.png"]
