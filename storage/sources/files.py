@@ -159,8 +159,6 @@ def skip_reason(rel: str) -> str | None:
     return None
 
 
-def stamped_files(fs: Any, root: str, url: str, storage_options: Mapping[str, Any] | None) -> dict[str, str]:
-    """Every file under ``root`` (recursively), sorted by its path relative to it, with its stamp
 #: Why a folder is not read: a job's own ``_meta`` / ``_pending``, Spark's ``_temporary``, ``.git``,
 #: ``.ipynb_checkpoints``... (Arrow's dataset readers skip the same names).
 SKIPPED_FOLDER = "a folder whose name starts with '_' or '.' (job outputs, hidden folders) is not read"
@@ -171,14 +169,16 @@ def is_skipped_folder(name: str) -> bool:
     return name.startswith(("_", "."))
 
 
-    (:func:`stamp`), and the folders left out (``_`` and dot folders at any depth, each with
-    :data:`SKIPPED_FOLDER`); one listing, the same requests as listing names alone."""
+def stamped_files(fs: Any, root: str, url: str, storage_options: Mapping[str, Any] | None) -> dict[str, str]:
     """:func:`listed_files`' files alone."""
     return listed_files(fs, root, url, storage_options)[0]
 
 
 def listed_files(fs: Any, root: str, url: str, storage_options: Mapping[str, Any] | None
                  ) -> tuple[dict[str, str], list[SkippedFile]]:
+    """Every file under ``root`` (recursively), sorted by its path relative to it, with its stamp
+    (:func:`stamp`), and the folders left out (``_`` and dot folders at any depth, each with
+    :data:`SKIPPED_FOLDER`); one listing, the same requests as listing names alone."""
     with storage_errors(url, "list", storage_options):
         if is_local(fs) and os.path.isdir(root):
             folders: list[str] = []
@@ -306,8 +306,6 @@ class FileListSource(Source):
         """The URL of an entry's path: absolute URLs and paths as they are, others under ``base_url``."""
         return resolve_path(self.base_url, path)
 
-    def describe(self, location: Any) -> str:
-        """A location as users know it (for messages)."""
     #: What a refused location is, in the error row (an index's row; a folder's symbolic link).
     outside_what = "the row's path"
 
@@ -315,6 +313,8 @@ class FileListSource(Source):
         """What the entries may name: files under ``base_url``, or under the operator's allowed prefixes."""
         return reach_of(self, self.base_url, self.storage_options)
 
+    def describe(self, location: Any) -> str:
+        """A location as users know it (for messages)."""
         return self.resolve(str(location))
 
     def read(self, refs: Sequence[SampleRef]) -> Iterator[Sample | SampleError]:
@@ -336,11 +336,11 @@ class FileListSource(Source):
     def _read_located(self, entries: Sequence[tuple[SampleRef, Any, int] | SampleError]
                       ) -> Iterator[Sample | SampleError]:
         """Fetch each entry's file (grouped by filesystem, in batches), in order."""
+        reach = self.reach()
         for start in range(0, len(entries), FETCH_BATCH):
             batch = [e if isinstance(e, SampleError) or reach.allows(self.resolve(str(e[1]))) else
                      SampleError(e[0].sample_id, reach.refusal(str(e[1]), self.outside_what), OUTSIDE_SOURCE)
                      for e in entries[start:start + FETCH_BATCH]]
-        reach = self.reach()
             wanted = [(ref, self.resolve(str(location)), label) for ref, location, label in
                       (e for e in batch if not isinstance(e, SampleError))]
             data = fetch_urls([url for _, url, _ in wanted], self.url, self.storage_options)
