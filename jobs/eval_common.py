@@ -48,13 +48,15 @@ def load_samples(source: Any, limit: int | None, ids: Sequence[str] | None = Non
     return images, labels, got
 
 
-def fill_value(mode: str, spec: Any, source_url: str, options: dict[str, Any], samples: int = 10_000) -> list[float]:
+def fill_value(mode: str, spec: Any, source_url: str, options: dict[str, Any], samples: int = 10_000,
+               policy: Any = None) -> list[float]:
     """The per-channel dataset mean in model-input (normalized) units.
 
     ``spec``: the model spec's normalization mean, i.e. 0 after normalization. jobs.train sets
     that mean from the train split, so for its checkpoints this *is* the train-split mean.
     ``train``: the mean of (up to ``samples`` evenly spaced) images of the source's train split,
-    for models whose normalization comes from elsewhere (e.g. ImageNet statistics).
+    for models whose normalization comes from elsewhere (e.g. ImageNet statistics). ``policy``: the
+    operator's :class:`storage.sources.SourcePolicy` (--allow-paths, --max-image-pixels).
     """
     if mode == "spec":
         return [0.0] * spec.in_channels
@@ -63,7 +65,7 @@ def fill_value(mode: str, spec: Any, source_url: str, options: dict[str, Any], s
     from models.preprocess import preprocess
     from storage.sources import load_arrays, open_source
 
-    source = open_source(source_url, split="train", storage_options=options or None)
+    source = open_source(source_url, split="train", storage_options=options or None, policy=policy)
     refs = source.list()
     if not refs:
         raise JobError(f"source {source_url!r} has no train split to take the mean of; use --fill spec")

@@ -39,7 +39,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from jobs.cli import JobError, job_parser, positive_int, run_main, storage_flags, storage_options_from
+from jobs.cli import (JobError, job_parser, positive_int, run_main, source_flags, source_policy_of, storage_flags,
+                      storage_options_from)
 
 #: scikit-image sample images that ship inside the package (no download), natural and varied.
 TEXTURES = ("astronaut", "brick", "camera", "cat", "chelsea", "clock", "coffee", "coins", "grass", "gravel",
@@ -51,7 +52,7 @@ NAME = "fm-textures"
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = job_parser("python -m jobs.make_dataset", __doc__, [storage_flags()])
+    p = job_parser("python -m jobs.make_dataset", __doc__, [storage_flags(), source_flags()])
     p.add_argument("--output", default=f"outputs/data/{NAME}", help="folder URL of the Parquet source")
     p.add_argument("--seed", type=int, default=0, help="seeds every choice of every sample")
     p.add_argument("--train-limit", type=positive_int, default=None, help="the first N train samples (default all)")
@@ -150,7 +151,8 @@ def run(args: argparse.Namespace) -> int:
     where = Location(args.output, options)
     counts, classes, examples = {}, None, None
     for split, limit in (("train", args.train_limit), ("test", args.test_limit)):
-        source = open_source(args.source, split=split, storage_options=options or None)
+        source = open_source(args.source, split=split, storage_options=options or None,
+                             policy=source_policy_of(args))
         refs = source.list()[:limit]
         garments, labels, _ = load_arrays(source, refs)
         if garments.shape[1:3] != (GARMENT, GARMENT) or garments.shape[-1] != 1:

@@ -50,7 +50,8 @@ from typing import Any
 import numpy as np
 
 from jobs.cli import (JobError, build_methods, checkpoint_or_default, choice_list, job_parser, parse_method_specs,
-                      positive_int, ray_flags, reduction, run_main, storage_options_from, trust_flags, trust_of)
+                      positive_int, ray_flags, reduction, run_main, source_flags, source_policy_of, storage_options_from,
+                      trust_flags, trust_of)
 
 DEFAULT_METHODS = "pathway gradient"
 DEFAULT_OUTPUT = "outputs/eval/perturbation"
@@ -75,7 +76,7 @@ def _fractions(text: str) -> list[float]:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     from attribution.evaluation import DEFAULT_FRACTIONS
 
-    p = job_parser("python -m jobs.perturb", __doc__, [ray_flags(), trust_flags()])
+    p = job_parser("python -m jobs.perturb", __doc__, [ray_flags(), trust_flags(), source_flags()])
     p.add_argument("--maps", default=None, help="map dataset URL written by jobs.attribute (source, split, "
                    "checkpoint and methods come from its run.json); without it maps are computed here")
     p.add_argument("--methods", default=None, help="with --maps: stored method names (default all); without: "
@@ -203,14 +204,15 @@ def run(args: argparse.Namespace) -> int:
     model, spec = load_checkpoint(checkpoint, options or None, trust_code=trust_of(args))
     if specs is not None:
         build_methods(model, list(specs.values()))  # bad parameters fail here, before any scheduling
-    source = open_source(inputs["source"], split=inputs["split"], storage_options=options or None)
+    source = open_source(inputs["source"], split=inputs["split"], storage_options=options or None,
+                         policy=source_policy_of(args))
     images, labels, ids = load_samples(source, args.limit or DEFAULT_LIMIT, inputs["ids"])
     keep = None
     if inputs["ids"] is not None and len(ids) != len(inputs["ids"]):  # unreadable images: keep rows aligned
         position = {s: i for i, s in enumerate(inputs["ids"])}
         keep = [position[s] for s in ids]
     x = preprocess(spec, images)
-    fill = fill_value(args.mean, spec, inputs["source"], options)
+    fill = fill_value(args.mean, spec, inputs["source"], options, policy=source_policy_of(args))
     methods = inputs["methods"]
     print(f"{len(ids)} samples from {source.url} ({inputs['split']}), methods: {', '.join(methods)}; "
           f"{len(args.fractions)} fractions, fill {', '.join(args.fill)} (mean {[round(v, 4) for v in fill]}, "

@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 
 from jobs.cli import (JobError, choice_list, job_parser, positive_float, positive_int, ray_flags, run_main,
-                      storage_options_from, trust_flags, trust_of, worker_flags)
+                      source_flags, source_policy_of, storage_options_from, trust_flags, trust_of, worker_flags)
 
 CONTROLS = ("random", "sobel")
 DEFAULT_THRESHOLDS = "10,30,50,70,90"
@@ -67,7 +67,7 @@ def _int_list(text: str) -> list[int]:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = job_parser("python -m jobs.roar", __doc__, [ray_flags(), worker_flags("one per CPU, 1 thread each"),
-                                                    trust_flags()])
+                                                    trust_flags(), source_flags()])
     p.add_argument("--train-maps", required=True, help="map dataset of the train split (jobs.attribute --split train)")
     p.add_argument("--test-maps", required=True, help="map dataset of the test split")
     p.add_argument("--output", default=None, help="results URL (default <test-maps>/_eval/roar, _eval/kar with --kar)")
@@ -111,11 +111,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 # -- data ------------------------------------------------------------------------------------
-def load_split(url: str, methods: Sequence[str], options: dict, limit: int | None, subset_seed: int | None
-               ) -> dict[str, Any]:
+def load_split(url: str, methods: Sequence[str], options: dict, limit: int | None, subset_seed: int | None,
+               policy: Any = None) -> dict[str, Any]:
     """Images, labels, ids and the stored maps ``[N, H, W]`` of ``methods`` for the samples that have
     a map of every method stored in the dataset (controls need none, but use the same samples), in
-    source order; ``limit`` keeps a seeded subset (or the first N)."""
+    source order; ``limit`` keeps a seeded subset (or the first N). The source is opened under
+    ``policy`` (the operator's --allow-paths, --max-image-pixels)."""
     from jobs.eval_common import sample_seeds
     from storage.reader import read_maps, read_run
     from storage.sources import load_arrays, open_source
@@ -136,7 +137,8 @@ def load_split(url: str, methods: Sequence[str], options: dict, limit: int | Non
     for method in methods:
         frame = read_maps(url, method, options or None, columns=["sample_id", "map"])
         maps[method] = dict(zip(frame.sample_id, frame["map"]))
-    source = open_source(config["source"], split=config.get("split", "test"), storage_options=options or None)
+    source = open_source(config["source"], split=config.get("split", "test"), storage_options=options or None,
+                         policy=policy)
     refs = [r for r in source.list() if r.sample_id in complete]
     if limit and limit < len(refs):
         if subset_seed is None:
@@ -226,8 +228,9 @@ def run(args: argparse.Namespace) -> int:
     recipe = load_metrics(checkpoint, options or None)
     output = args.output or join(args.test_maps, EVAL_DIR, "kar" if args.kar else "roar")
 
-    train = load_split(args.train_maps, with_maps, options, args.train_limit, subset_seed=0)
-    test = load_split(args.test_maps, with_maps, options, args.test_limit, subset_seed=None)
+    policy = source_policy_of(args)
+    train = load_split(args.train_maps, with_maps, options, args.train_limit, subset_seed=0, policy=policy)
+    test = load_split(args.test_maps, with_maps, options, args.test_limit, subset_seed=None, policy=policy)
     height, width = spec.input_size
     for split in (train, test):
         split["images"] = fit_to_maps(split["images"], height, width)

@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 
 from jobs.cli import (build_methods, checkpoint_or_default, job_parser, parse_method_specs, positive_int, ray_flags,
-                      reduction, run_main, storage_options_from, trust_flags, trust_of)
+                      reduction, run_main, source_flags, source_policy_of, storage_options_from, trust_flags, trust_of)
 
 DEFAULT_METHODS = ("pathway_taylor=pathway:scores=taylor pathway_integrated=pathway:scores=integrated,steps=4 "
                    "gradient gradient_x_input integrated_gradients:n_steps=16 guided_backprop grad_cam")
@@ -55,7 +55,7 @@ ORIGINAL = "original"
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = job_parser("python -m jobs.sanity", __doc__, [ray_flags(), trust_flags()])
+    p = job_parser("python -m jobs.sanity", __doc__, [ray_flags(), trust_flags(), source_flags()])
     p.add_argument("--checkpoint", default=None, help="model checkpoint URL (default: the embedded default, "
                    "trained with jobs.train if absent)")
     p.add_argument("--source", default="fashion-mnist", help="dataset name or URL")
@@ -131,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
     model, spec = load_checkpoint(checkpoint, options or None, trust_code=trust_of(args))
     model.eval()
     build_methods(model, specs)  # bad parameters fail here, before any scheduling
-    source = open_source(args.source, split=args.split, storage_options=options or None)
+    source = open_source(args.source, split=args.split, storage_options=options or None, policy=source_policy_of(args))
     images, _, ids = load_samples(source, args.limit)
     x = preprocess(spec, images)
     with torch.no_grad():

@@ -30,7 +30,8 @@ from typing import Any
 import numpy as np
 
 from jobs.cli import (DEFAULT_CHECKPOINT, JobError, job_parser, json_object, positive_float, positive_int,
-                      run_main, storage_flags, storage_options_from, trust_flags, trust_of)
+                      run_main, source_flags, source_policy_of, storage_flags, storage_options_from, trust_flags,
+                      trust_of)
 
 DEFAULT_OUTPUT = DEFAULT_CHECKPOINT
 # Defaults chosen to pass 90 % Fashion-MNIST test accuracy in a few CPU minutes (2 cores).
@@ -70,7 +71,7 @@ def arch_name(text: str) -> str:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     from models.training import OPTIMIZERS, SCHEDULES
 
-    p = job_parser("python -m jobs.train", __doc__, [storage_flags(), trust_flags()])
+    p = job_parser("python -m jobs.train", __doc__, [storage_flags(), trust_flags(), source_flags()])
     p.add_argument("--source", default="fashion-mnist", help="dataset source name or URL (storage.sources)")
     p.add_argument("--test-split", default="test", help="split to evaluate on; 'none' to skip evaluation")
     p.add_argument("--arch", default="resnet8", metavar="ARCH", type=arch_name,
@@ -98,10 +99,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _open(name: str, split: str, options: dict[str, Any]):
+def _open(name: str, split: str, options: dict[str, Any], policy: Any = None):
     from storage.sources import open_source
 
-    return open_source(name, split=split, storage_options=options or None)
+    return open_source(name, split=split, storage_options=options or None, policy=policy)
 
 
 def channel_stats(images: np.ndarray, max_samples: int = 20_000) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -145,7 +146,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     device = resolve_device(args.device)
     started = time.time()
 
-    train_src = _open(args.source, "train", options)
+    train_src = _open(args.source, "train", options, source_policy_of(args))
     images, labels, _ids = load_arrays(train_src)
     images, labels = np.asarray(images), np.asarray(labels)
     if images.shape[0] == 0:
@@ -160,7 +161,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
 
     test_images = test_labels = None
     if args.test_split.lower() != "none":
-        test_src = _open(args.source, args.test_split, options)
+        test_src = _open(args.source, args.test_split, options, source_policy_of(args))
         test_images, test_labels, _ = load_arrays(test_src)
         test_images, test_labels = np.asarray(test_images), np.asarray(test_labels)
     load_seconds = time.time() - started

@@ -287,11 +287,14 @@ def read_run(url: str, storage_options: Mapping[str, Any] | None = None) -> dict
 
 
 def join_with_source(maps_df: pd.DataFrame, source: Source | str, spec: Any = None, *, original: bool = False,
-                     split: str | None = None, storage_options: Mapping[str, Any] | None = None) -> pd.DataFrame:
+                     split: str | None = None, storage_options: Mapping[str, Any] | None = None,
+                     policy: Any = None) -> pd.DataFrame:
     """``maps_df`` plus an ``image`` column read from ``source`` by ``sample_id``.
 
     ``source`` is a :class:`Source` or its URL (opened with ``split``, by default the one the
-    dataset's run record names when ``spec`` is that record, else "test", and ``storage_options``).
+    dataset's run record names when ``spec`` is that record, else "test", ``storage_options`` and
+    ``policy``, a :class:`storage.sources.SourcePolicy`: by default rows may name files inside the
+    source only, whatever the run record's --allow-paths were).
 
     By default each image is shown as the model saw it (``models.preprocess.model_view``: channels
     converted, resized or cropped to the input size, not normalized), so it lies exactly under its map.
@@ -308,7 +311,8 @@ def join_with_source(maps_df: pd.DataFrame, source: Source | str, spec: Any = No
 
         config = spec.get("config", {}) if isinstance(spec, Mapping) else {}
         source = open_source(source, split=split or config.get("split") or "test", storage_options=storage_options,
-                             kind=config.get("source_format") if config.get("source") == source else None)
+                             kind=config.get("source_format") if config.get("source") == source else None,
+                             policy=policy)
     model_spec = None
     if not original:
         if spec is None:
