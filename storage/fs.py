@@ -1,8 +1,9 @@
 """fsspec helpers shared by the storage package: open a URL, translate errors, write atomically.
 
 Every error that leaves this package is a :class:`StorageError` (an ``OSError``) whose message
-names the URL (with any ``user:password@`` part removed) and says what to fix. Messages never
-carry credentials: values of secret-looking ``storage_options`` keys are scrubbed from them.
+names the URL (with any ``user:password@`` part and credential-like query values removed:
+:func:`redact_url`) and says what to fix. Messages never carry credentials: values of
+secret-looking ``storage_options`` keys, and credentials written into the URL, are scrubbed.
 
 S3 notes: an endpoint goes in
 ``storage_options={"client_kwargs": {"endpoint_url": ...}}`` (or ``endpoint_url=...``, moved there
@@ -14,11 +15,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import tempfile
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import fsspec
 
@@ -53,18 +54,43 @@ class InvalidStorageInput(StorageError, ValueError):
     that contradicts the stored plan...); the message says what to change."""
 
 
+#: ``scheme://user:password@`` or ``scheme://token@`` at the start of a URL. The password may hold
+#: ``/`` and ``+`` (AWS secrets do), which :func:`urllib.parse.urlsplit` would take for the path; a
+#: ``host:port/`` followed by an ``@`` in the path is not taken for one.
+_USERINFO = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?:[^\s/@:]*:(?![0-9]+/)[^\s@]*|[^\s/@:]+)@")
+#: Query parameters that carry credentials (presigned S3 URLs, Azure SAS, API keys, tokens).
+_SECRET_QUERY = re.compile(r"(?P<name>[?&][A-Za-z0-9_.-]*(?:signature|sig|token|credential|secret|password|passwd|"
+                           r"key)[A-Za-z0-9_.-]*=)[^&#\s]*", re.IGNORECASE)
+#: A URL inside free text (an error message, a warning).
+_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"]+")
+
+
 def redact_url(url: str) -> str:
-    """The URL without any ``user:password@`` part, safe for messages and logs."""
-    try:
-        parts = urlsplit(str(url))
-    except ValueError:
-        return "<unparsable url>"
-    if parts.username is None and parts.password is None:
-        return str(url)
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+    """The URL without any ``user:password@`` part and with the values of credential-like query
+    parameters (``X-Amz-Signature``, ``sig``, ``token``...) replaced by ``***``: safe for
+    messages, logs and run records. Equal for two URLs that differ only in their credentials, so
+    a stored, redacted URL can be compared with a redacted new one."""
+    text = str(url)
+    if "://" not in text:
+        return text
+    text = _USERINFO.sub(r"\g<scheme>", text, count=1)
+    return _SECRET_QUERY.sub(r"\g<name>***", text) if "?" in text else text
+
+
+def redact_text(text: str) -> str:
+    """``text`` with every URL in it redacted (:func:`redact_url`)."""
+    return _URL_IN_TEXT.sub(lambda m: redact_url(m.group()), str(text)) if "://" in str(text) else str(text)
+
+
+def url_secrets(url: str) -> list[str]:
+    """The credentials written into ``url`` (its ``user:password@`` part, each half), to scrub them
+    from messages that quote the URL without its scheme (s3fs takes ``KEY:SECRET@bucket`` for a
+    bucket name, and botocore's errors repeat it)."""
+    match = _USERINFO.match(str(url))
+    if not match:
+        return []
+    userinfo = match.group()[len(match.group("scheme")):-1]
+    return [part for part in (userinfo, *userinfo.split(":", 1)) if len(part) >= 3]
 
 
 def _secrets(storage_options: Mapping[str, Any] | None) -> list[str]:
@@ -78,10 +104,29 @@ def _secrets(storage_options: Mapping[str, Any] | None) -> list[str]:
     return found
 
 
-def scrub(text: str, storage_options: Mapping[str, Any] | None = None) -> str:
-    """``text`` with every credential of ``storage_options`` (and of the environment) replaced by ***."""
+#: Words that make an option's key look like it holds a credential (for the command-line warning).
+_SECRET_WORDS = ("key", "secret", "token", "password", "passwd", "session", "credential", "sas", "signature")
+
+
+def secret_option_keys(storage_options: Mapping[str, Any] | None, prefix: str = "") -> list[str]:
+    """The dotted keys of ``storage_options`` (nested too: ``client_kwargs.aws_secret_access_key``)
+    whose names look like they hold a credential; their values are never looked at."""
+    found: list[str] = []
+    for k, v in (storage_options or {}).items():
+        if isinstance(v, Mapping):
+            found += secret_option_keys(v, f"{prefix}{k}.")
+        elif any(word in str(k).lower() for word in _SECRET_WORDS):
+            found.append(f"{prefix}{k}")
+    return found
+
+
+def scrub(text: str, storage_options: Mapping[str, Any] | None = None, extra: Sequence[str] = ()) -> str:
+    """``text`` with every credential of ``storage_options``, of the environment and of ``extra`` (e.g.
+    :func:`url_secrets`) replaced by ***, and every URL in it redacted (:func:`redact_text`)."""
     env = [os.environ.get(n, "") for n in ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")]
-    for secret in sorted({s for s in _secrets(storage_options) + env if s and len(s) >= 3}, key=len, reverse=True):
+    text = redact_text(text)
+    for secret in sorted({s for s in [*_secrets(storage_options), *env, *extra] if s and len(s) >= 3},
+                         key=len, reverse=True):
         text = text.replace(secret, "***")
     return text if len(text) <= 400 else text[:400] + "..."
 
@@ -102,11 +147,13 @@ def open_fs(url: str, storage_options: Mapping[str, Any] | None = None) -> tuple
     try:
         fs, path = fsspec.core.url_to_fs(str(url), **normalize_options(url, storage_options))
     except ImportError as err:
-        raise StorageError(f"cannot open {redact_url(url)}: the filesystem's package is missing "
-                           f"({scrub(str(err), storage_options)}); install it, e.g. pip install s3fs") from None
+        detail = scrub(str(err), storage_options, url_secrets(url))
+        raise StorageError(f"cannot open {redact_url(url)}: the filesystem's package is missing ({detail}); "
+                           "install it, e.g. pip install s3fs") from None
     except (ValueError, TypeError) as err:
-        raise StorageError(f"cannot open {redact_url(url)}: {type(err).__name__}: "
-                           f"{scrub(str(err), storage_options)}; check the URL and storage_options") from None
+        detail = scrub(str(err), storage_options, url_secrets(url))
+        raise StorageError(f"cannot open {redact_url(url)}: {type(err).__name__}: {detail}; "
+                           "check the URL and storage_options") from None
     return fs, path
 
 
@@ -149,7 +196,7 @@ def translate(err: BaseException, url: str, action: str, storage_options: Mappin
     if isinstance(err, StorageError):
         return err
     shown = redact_url(url)
-    detail = scrub(f"{type(err).__name__}: {err}", storage_options)
+    detail = scrub(f"{type(err).__name__}: {err}", storage_options, url_secrets(url))
     text = str(err)
     from storage.retry import is_out_of_space, is_transient
 

@@ -38,7 +38,8 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=-]{0,127}$")
 def check_name(kind: str, name: str) -> str:
     """``name`` if it is safe as one path component (letters, digits, ``._=-``), else a clear error."""
     if not isinstance(name, str) or not _NAME.match(name) or name in (".", ".."):
-        raise InvalidStorageInput(f"{kind} {name!r} must be 1-128 letters, digits or ._=- (it names files)")
+        raise InvalidStorageInput(f"{kind} {name!r} must be 1-128 letters, digits or ._=-, starting with a letter "
+                                  "or digit (it names files and folders)")
     return name
 
 

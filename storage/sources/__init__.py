@@ -16,9 +16,11 @@ Source), :mod:`storage.sources.images` for decoding and :mod:`storage.sources.cl
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -41,7 +43,7 @@ __all__ = ["FASHION_MNIST_CLASSES", "FASHION_MNIST_DIR", "FORMATS", "IDS_IN_ROWS
            "IndexSource", "LabelMatch", "LabeledFolderSource", "NO_LABEL", "ParquetSource", "RowFile", "RowRange",
            "Sample", "SampleError", "SampleRef", "SkippedFile", "Source", "SourcePolicy", "DEFAULT_MAX_IMAGE_PIXELS", "WebDatasetSource", "decode_image",
            "find_idx_files", "has_idx_files", "image_extensions", "known_formats", "load_arrays", "match_labels",
-           "normalize_class_name", "open_source"]
+           "normalize_class_name", "open_source", "source_location", "decoding_for", "model_policy"]
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +61,7 @@ def open_source(url: str, *, split: str = "test", storage_options: dict | None =
     """Open the dataset at ``url``; ``kind`` (one of :data:`FORMATS`, or an alias such as csv, wds)
     skips the detection. ``classes`` fixes the class list (a job's workers get the driver's).
     ``policy`` holds the operator's limits on what the source can make the job read
-    (:mod:`storage.sources.policy`; default: only inside the source, images up to 64 megapixels)."""
+    (:mod:`storage.sources.policy`; default: only inside the source, images up to 40 megapixels)."""
     policy = policy or DEFAULT_POLICY
     alias = _ALIASES.get(str(url).lower())
     if alias is not None:
@@ -71,9 +73,35 @@ def open_source(url: str, *, split: str = "test", storage_options: dict | None =
     return _with_policy(_CLASSES[kind](url, split=split, storage_options=storage_options, classes=classes), policy)
 
 
+def source_location(url: str) -> str:
+    """Where a source's files are: the folder a dataset name stands for, else ``url`` itself (for
+    comparing a job's output with its source: storage.outputs.check_apart)."""
+    return _ALIASES.get(str(url).lower(), str(url))
+
+
 def _with_policy(source: Source, policy: SourcePolicy) -> Source:
     source.policy = policy
     return source
+
+
+def model_policy(policy: SourcePolicy, spec: Any) -> SourcePolicy:
+    """``policy`` with the decode size of a model's ``spec`` (models.ModelSpec): JPEGs then decode at
+    the smallest DCT scale that covers the model's input (storage.sources.policy, .images). Whatever
+    reads images to show "the image the model saw" uses this, so it sees the same decode."""
+    from models.preprocess import decode_size
+
+    return dataclasses.replace(policy, decode_size=decode_size(spec))
+
+
+@contextlib.contextmanager
+def decoding_for(source: Source, spec: Any) -> Iterator[Source]:
+    """``source`` reading for ``spec``'s model (:func:`model_policy`) within the block; its own policy after."""
+    saved = source.policy
+    source.policy = model_policy(saved, spec)
+    try:
+        yield source
+    finally:
+        source.policy = saved
 
 
 def load_arrays(source: Source, refs: Sequence[SampleRef] | None = None, spec: Any = None
@@ -83,17 +111,19 @@ def load_arrays(source: Source, refs: Sequence[SampleRef] | None = None, spec: A
     Samples that fail to decode are skipped; their count and first reasons are logged. With a model's
     ``spec`` (models.ModelSpec) every image is brought to what that model sees (its channels and input
     size, models.preprocess.model_view), so any source stacks; without one, images of different shapes
-    (sizes, or modes such as RGB beside RGBA) are an error.
+    (sizes, or modes such as RGB beside RGBA) are an error. A spec also sets the decode size
+    (:func:`decoding_for`): JPEGs decode as the attribution job's workers decode them.
     """
     refs = source.list() if refs is None else refs
     images, labels, ids, errors = [], [], [], []
-    for item in source.read(refs):
-        if isinstance(item, SampleError):
-            errors.append(item)
-            continue
-        images.append(item.image)
-        labels.append(item.label)
-        ids.append(item.sample_id)
+    with decoding_for(source, spec) if spec is not None else contextlib.nullcontext(source):
+        for item in source.read(refs):
+            if isinstance(item, SampleError):
+                errors.append(item)
+                continue
+            images.append(item.image)
+            labels.append(item.label)
+            ids.append(item.sample_id)
     if errors:
         log.warning("%s: skipped %d of %d samples that could not be read, e.g. %s", source.url, len(errors),
                     len(refs), "; ".join(f"{e.sample_id}: {e.reason}" for e in errors[:3]))

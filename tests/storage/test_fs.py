@@ -9,7 +9,8 @@ import threading
 import pytest
 
 from storage import MapStore, StorageAccessDenied, StorageError, StorageNotFound, open_source, read_maps, read_run
-from storage.fs import join, open_fs, redact_url, scrub, write_bytes_atomic
+from storage.fs import (join, open_fs, redact_text, redact_url, scrub, secret_option_keys, translate,
+                        url_secrets, write_bytes_atomic)
 from tests.helpers import map_records as records
 
 WRONG_SECRET = "wr0ng-S3CRET-value-42"
@@ -79,6 +80,46 @@ def test_scrub_and_redact():
     assert redact_url("/a/b") == "/a/b"
     with pytest.raises(StorageError, match="empty"):
         open_fs("")
+
+
+@pytest.mark.parametrize("url, shown", [
+    ("s3://AKIAEXAMPLE:wJal/rXUt+nFEMI@bucket/maps", "s3://bucket/maps"),  # a secret holding / and +
+    ("https://tok3n@host.example/x.pt", "https://host.example/x.pt"),       # a token as the user name
+    ("s3://bucket/data/a@b.png", "s3://bucket/data/a@b.png"),               # an @ in a key is no credential
+    ("http://host:8080/a@b", "http://host:8080/a@b"),                       # nor after a host:port
+    ("http://u:1234@host/x", "http://host/x"),
+    ("https://h/x.pt?X-Amz-Credential=AK%2F1&X-Amz-Signature=abc&v=2", "https://h/x.pt?X-Amz-Credential=***&"
+                                                                       "X-Amz-Signature=***&v=2"),
+    ("https://acct.blob.core.windows.net/c/x?sv=1&sig=s3cr3t", "https://acct.blob.core.windows.net/c/x?sv=1&sig=***"),
+    ("/local/p:q@r", "/local/p:q@r"),                                       # no scheme: a path, kept as it is
+])
+def test_redact_url(url, shown):
+    assert redact_url(url) == shown
+    assert redact_url(shown) == shown  # redacted URLs compare like with like
+
+
+def test_redact_text_and_url_secrets():
+    text = "cannot read 's3://AKIAEXAMPLE:wJal/rXUt@bucket/x' (see https://tok3n@h/y)"
+    assert redact_text(text) == "cannot read 's3://bucket/x' (see https://h/y)"
+    assert url_secrets("s3://AKIAEXAMPLE:wJal/rXUt@bucket/x") == ["AKIAEXAMPLE:wJal/rXUt", "AKIAEXAMPLE", "wJal/rXUt"]
+    assert url_secrets("s3://bucket/x") == []
+    # s3fs takes KEY:SECRET@bucket for a bucket name and botocore quotes it without the scheme
+    bare = 'Invalid bucket name "AKIAEXAMPLE:wJal/rXUt@bucket"'
+    assert "wJal" not in scrub(bare, None, url_secrets("s3://AKIAEXAMPLE:wJal/rXUt@bucket/x"))
+
+
+def test_secret_option_keys_names_keys_never_values():
+    options = {"key": "AKIA", "anon": False, "client_kwargs": {"endpoint_url": "http://h", "aws_session_token": "t"},
+               "config_kwargs": {"signature_version": "s3v4"}, "password": "p", "credentials": {"x": 1}}
+    assert secret_option_keys(options) == ["key", "client_kwargs.aws_session_token",
+                                           "config_kwargs.signature_version", "password"]
+    assert secret_option_keys({"anon": True, "client_kwargs": {"endpoint_url": "http://h"}}) == []
+
+
+def test_translate_never_quotes_a_url_credential(tmp_path):
+    url = "s3://AKIAEXAMPLE:wJalrXUtnFEMI@bucket/x"
+    err = translate(ValueError(f"Invalid bucket name \"AKIAEXAMPLE:wJalrXUtnFEMI@bucket\" at {url}"), url, "read")
+    assert "wJalrXUtnFEMI" not in str(err) and "s3://bucket/x" in str(err)
 
 
 def test_atomic_write_local_never_half_visible(tmp_path):
