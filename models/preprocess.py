@@ -164,6 +164,18 @@ def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
 
 
+def decode_size(spec: ModelSpec) -> tuple[int, int]:
+    """The smallest (height, width) an image must have for step 3 to shrink it rather than enlarge it:
+    ``plain`` needs ``spec.input_size``; ``center_crop`` needs its shorter side at ``resize_size``, and
+    (S, S) asks exactly that of either orientation. Sources decode JPEGs no smaller than this
+    (``SourcePolicy.decode_size``, ``Image.draft``), so decoding skips pixels the resize would drop."""
+    if spec.resize == "center_crop":
+        shorter = spec.resize_size or max(spec.input_size)
+        return shorter, shorter
+    height, width = spec.input_size
+    return height, width
+
+
 def describe(spec: ModelSpec) -> dict[str, object]:
     """The preprocessing of ``spec`` in words and numbers (for run.json and job summaries)."""
     h, w = spec.input_size

@@ -15,6 +15,7 @@ docs/format.md describes the files and columns, and the one-liners of other read
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
@@ -326,11 +327,15 @@ def join_with_source(maps_df: pd.DataFrame, source: Source | str, spec: Any = No
     wanted = list(dict.fromkeys(s for s in ids if s in by_id))
     images: dict[str, np.ndarray] = {}
     failed: list[str] = [s for s in dict.fromkeys(ids) if s not in by_id]
-    for item in source.read([by_id[s] for s in wanted]):
-        if isinstance(item, SampleError):
-            failed.append(f"{item.sample_id}: {item.reason}")
-        else:
-            images[item.sample_id] = item.image
+    from storage.sources import decoding_for
+
+    # As the job's workers decoded them (JPEGs drafted to the model's input); as stored with original=True.
+    with decoding_for(source, model_spec) if model_spec is not None else contextlib.nullcontext(source):
+        for item in source.read([by_id[s] for s in wanted]):
+            if isinstance(item, SampleError):
+                failed.append(f"{item.sample_id}: {item.reason}")
+            else:
+                images[item.sample_id] = item.image
     if failed:
         raise InvalidStorageInput(
             f"{source.url} is not the source these maps were computed from, or it changed since: {len(failed)} of "

@@ -203,3 +203,19 @@ def tar_bytes(members: list[tuple[str, bytes]]) -> bytes:
             info.size, info.mtime = len(data), 0
             tar.addfile(info, io.BytesIO(data))
     return buf.getvalue()
+
+
+def png_bomb(width: int, height: int) -> bytes:
+    """A valid 1-bit grayscale PNG of ``width`` x ``height`` black pixels, compressed as far as zlib goes
+    (12000 x 12000 is about 18 KB): written row by row, so making it allocates nothing image-sized."""
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    packer, row, parts = zlib.compressobj(9), b"\0" * (1 + (width + 7) // 8), []
+    for _ in range(height):
+        parts.append(packer.compress(row))
+    parts.append(packer.flush())
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", b"".join(parts)) + chunk(b"IEND", b"")

@@ -44,7 +44,7 @@ from storage.checkpoints import load_checkpoint
 from storage.maps import MapRecords, MapStore
 from storage.plan import Shard, read_segment
 from storage.retry import is_transient
-from storage.sources import NO_LABEL, Sample, SampleError, SampleRef, open_source
+from storage.sources import NO_LABEL, Sample, SampleError, SampleRef, model_policy, open_source
 
 from .allocator import keep_freed_memory
 from .tasks import JobConfig, ShardTask, block_tasks
@@ -148,7 +148,7 @@ class ShardAttributor:
         self.model.to(self.device).eval()
         self.source = open_source(self.config.source, split=self.config.split, storage_options=options,
                                   kind=self.config.source_format, classes=self.config.source_classes,
-                                  policy=self.config.source_policy)
+                                  policy=model_policy(self.config.source_policy, self.spec))  # JPEGs drafted to the input
         self.store = MapStore(self.config.output, options)
         self.methods = {spec.label: spec.build(self.model) for spec in self.config.methods}
         self.kinds = column_kinds([method.detail_schema for method in self.methods.values()])

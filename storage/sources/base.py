@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 
 from storage.fs import StorageError
-from storage.sources.images import decode_image, decode_reason, to_uint8_hwc  # noqa: F401 - the contract's decoder
+from storage.sources.images import (decode_image, decode_kind, decode_reason,  # noqa: F401 - the contract's decoder
+                                     to_uint8_hwc)
 from storage.sources.policy import DEFAULT_POLICY, SourcePolicy
 
 #: Top-level names that mark a split rather than a class or a data directory.
@@ -167,14 +168,15 @@ class Sample:
 NO_LABEL = -1
 
 #: What went wrong with a sample (the ``kind`` of its error row).
-ERROR_KINDS = ("read", "decode", "preprocess", "label", "attribution", "outside-source")
+ERROR_KINDS = ("read", "decode", "too-large", "preprocess", "label", "attribution", "outside-source")
 
 
 @dataclass
 class SampleError:
     """A sample that could not be processed. ``reason`` names the file (or row) and the cause;
     ``kind`` says at which step: read, decode, preprocess, label or attribution, or outside-source
-    (its path leads outside the source: not read, storage.sources.inside)."""
+    (its path leads outside the source: not read, storage.sources.inside), or too-large (the image
+    is above ``--max-image-pixels``: not decoded, storage.sources.images)."""
 
     sample_id: str
     reason: str
@@ -271,9 +273,12 @@ class Source(abc.ABC):
         """Create the per-object caches (names start with ``_cache``); called on init and unpickle."""
 
 
-def decoded_sample(sample_id: str, data: bytes | None, label: int, where: str) -> Sample | SampleError:
-    """The sample, or an error row naming ``where`` (the file or row) and why its bytes do not decode."""
+def decoded_sample(sample_id: str, data: bytes | None, label: int, where: str, *,
+                   policy: SourcePolicy) -> Sample | SampleError:
+    """The sample, or an error row naming ``where`` (the file or row) and why its bytes do not decode.
+    ``policy`` is the source's (required, so that no decode path escapes the operator's pixel cap): an
+    image above it is an error row of kind ``too-large``, never decoded."""
     try:
-        return Sample(sample_id, decode_image(data), label)
+        return Sample(sample_id, decode_image(data, policy), label)
     except Exception as err:  # noqa: BLE001 - Pillow raises many types for corrupt data
-        return SampleError(sample_id, decode_reason(err, where, data), "decode")
+        return SampleError(sample_id, decode_reason(err, where, data), decode_kind(err))

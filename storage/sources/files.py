@@ -23,6 +23,7 @@ from storage.sources.base import (NO_LABEL, RowRange, Sample, SampleError, Sampl
 from storage.sources.classes import classes_of, integer_label, kind_of_classes
 from storage.sources.images import is_image_name
 from storage.sources.inside import OUTSIDE_SOURCE, Reach, reach_of
+from storage.sources.policy import SourcePolicy
 
 #: Files fetched concurrently (one async batch) per round trip.
 FETCH_BATCH = 64
@@ -128,11 +129,11 @@ def read_reason(err: BaseException, shown: str, storage_options: Mapping[str, An
 
 
 def file_sample(sample_id: str, label: int, shown: str, data: bytes | BaseException,
-                storage_options: Mapping[str, Any] | None = None) -> Sample | SampleError:
-    """A fetched file as a sample, or the error row that names it."""
+                storage_options: Mapping[str, Any] | None = None, *, policy: SourcePolicy) -> Sample | SampleError:
+    """A fetched file as a sample (decoded within the source's ``policy``), or the error row that names it."""
     if isinstance(data, BaseException):
         return SampleError(sample_id, read_reason(data, shown, storage_options), "read")
-    return decoded_sample(sample_id, data, label, shown)
+    return decoded_sample(sample_id, data, label, shown, policy=policy)
 
 
 def is_url(path: str) -> bool:
@@ -350,4 +351,4 @@ class FileListSource(Source):
                     yield entry
                     continue
                 (ref, url, label), blob = next(it)
-                yield file_sample(ref.sample_id, label, url, blob, self.storage_options)
+                yield file_sample(ref.sample_id, label, url, blob, self.storage_options, policy=self.policy)

@@ -117,4 +117,4 @@ class ImageFolderSource(Source):
                 yield SampleError(ref.sample_id, f"{join(self.url, rel)} is not inside a class directory of "
                                                  f"{self.url} (classes: {len(self.classes)})", "label")
                 continue
-            yield file_sample(ref.sample_id, label, join(self.url, rel), data, self.storage_options)
+            yield file_sample(ref.sample_id, label, join(self.url, rel), data, self.storage_options, policy=self.policy)

@@ -335,7 +335,7 @@ class ParquetSource(Source):
                 out.append(SampleError(ref.sample_id, f"{where}: label {repr(raw)[:100]} is not among the classes of "
                                                       f"{self.url} ({len(self.classes)})", "label"))
             elif data is not None:
-                out.append(decoded_sample(ref.sample_id, data, label, where))
+                out.append(decoded_sample(ref.sample_id, data, label, where, policy=self.policy))
             elif path:
                 pending.append((len(out), ref, self._resolve(rel, path), label, path))
                 out.append(None)
@@ -361,7 +361,7 @@ class ParquetSource(Source):
         pending = kept
         blobs = fetch_urls([url for _, _, url, _ in pending], self._url(rel), self.storage_options)
         for (slot, ref, url, label), data in zip(pending, blobs):
-            sample = file_sample(ref.sample_id, label, url, data, self.storage_options)
+            sample = file_sample(ref.sample_id, label, url, data, self.storage_options, policy=self.policy)
             if isinstance(sample, SampleError) and sample.kind == "read":
                 sample.reason = f"{ref.sample_id} has no image bytes; its path: {sample.reason}"[:500]
             out[slot] = sample

@@ -295,7 +295,8 @@ class WebDatasetSource(FileListSource):
                 yield entry
             else:
                 ref, location, label = entry
-                yield file_sample(ref.sample_id, label, self.describe(location), blobs[i], self.storage_options)
+                yield file_sample(ref.sample_id, label, self.describe(location), blobs[i], self.storage_options,
+                                  policy=self.policy)
 
     def _ranges(self, tar: str, items: list[tuple[int, int, int]]) -> dict[int, bytes | BaseException]:
         if self._cache_span is not None and self._cache_span[0] == tar:  # the span row_refs just read
