@@ -108,3 +108,46 @@ def _wait_for_bucket(endpoint: str, bucket: str, process: subprocess.Popen, log_
             pass
         time.sleep(0.25)
     raise RuntimeError(f"SeaweedFS did not serve bucket {bucket!r} within {timeout} s:\n{log_path.read_text()[-3000:]}")
+
+
+@dataclass
+class Capture:
+    """A loopback HTTP server that records every connection it accepts (see :func:`capture_server`)."""
+
+    url: str
+    connections: list = field(default_factory=list)  # (client address, first request line or "")
+
+
+@contextlib.contextmanager
+def capture_server() -> Iterator[Capture]:
+    """An HTTP server on 127.0.0.1 (a free port) that answers 404 and records each connection: a test
+    that must make no request (an index row naming an internal address) asserts the list stays empty."""
+    import http.server
+    import threading
+
+    capture = Capture("")
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def setup(self) -> None:
+            super().setup()
+            capture.connections.append((self.client_address, ""))
+
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            capture.connections[-1] = (self.client_address, self.requestline)
+            self.send_error(404)
+
+        do_HEAD = do_GET  # noqa: N815
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    capture.url = f"http://127.0.0.1:{server.server_address[1]}"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield capture
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
