@@ -10,7 +10,10 @@ The usual layout for ImageNet val and for datasets on object storage::
   gives sample ids (default: the path as written). Each row is read on its own (JSONL rows may differ),
   so that a worker can read a shard's lines alone.
 - Relative paths are resolved against the index file's directory; absolute paths and URLs
-  (``s3://...``) are read as they are, with the same storage options.
+  (``s3://...``) are read as they are, with the same storage options, where they lie inside that
+  directory or under an ``--allow-paths`` prefix. A row that leads anywhere else (``/etc/passwd``,
+  ``../..``, another bucket, an ``http://`` address) is not read: its sample is an error row of kind
+  ``outside-source`` (:mod:`storage.sources.inside`).
 - Labels are class names or integers (:func:`storage.sources.classes.classes_of`).
 - Rows without a path, lines that are not JSON, and repeated sample ids are listed by
   :meth:`IndexSource.skipped` (with the line number); they never stop a job.
