@@ -21,6 +21,8 @@ from storage.retry import retrying
 from storage.sources.base import RowFile, RowRange, Sample, SampleError, SampleRef, Source, split_aliases
 from storage.sources.classes import kind_of_classes
 from storage.sources.files import stamp
+from storage.sources.inside import escapes
+from storage.sources.policy import DEFAULT_POLICY
 
 FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                          "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
@@ -69,6 +71,10 @@ class IDXSource(Source):
                 raise StorageError(f"no IDX files for split {split!r} in {self.url}: expected "
                                    "{train,t10k}-images-idx3-ubyte[.gz] and the matching labels file")
         self.images_file, self.labels_file = files
+        links = escapes(fs, self.root, [self._path(f) for f in files], DEFAULT_POLICY)
+        if links:
+            raise StorageError(f"{join(self.url, links.pop().rsplit('/', 1)[-1])} is a symbolic link that leads outside "
+                               f"{self.url}; it is not read: replace the link with the file it points to")
         self.split = "train" if self.images_file.startswith("train") else "test"
         self.name = name or self.root.rsplit("/", 1)[-1] or "idx"
         self._n, self._rows, self._cols = self._header()
@@ -105,7 +111,8 @@ class IDXSource(Source):
             raise StorageError(f"truncated IDX images file {join(self.url, self.images_file)}")
         magic, n, rows, cols = struct.unpack(">IIII", head)
         if magic != 0x00000803:
-            raise StorageError(f"{join(self.url, self.images_file)} is not an IDX3 uint8 file (magic {magic:#x})")
+            raise StorageError(f"{join(self.url, self.images_file)} is not an IDX3 uint8 file (it does not start with "
+                               "the magic number 0x803)")
         return n, rows, cols
 
     def _labels(self) -> np.ndarray:

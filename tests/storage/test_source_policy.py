@@ -187,3 +187,24 @@ def test_underscore_and_dot_folders_are_not_read(storage_root, fmnist) -> None:
     write_parquet(join(url, "pq", "test-0.parquet"), options, images[:2], labels[:2])
     write_parquet(join(url, "pq", "_pending", "test-1.parquet"), options, images[:1], labels[:1])
     assert open_source(join(url, "pq"), storage_options=options).files == ["test-0.parquet"]
+
+
+def test_idx_files_leading_outside_or_not_idx(tmp_path) -> None:
+    """An IDX file that is a link out of its folder is not read; one that is not IDX is an error that
+    quotes none of its bytes."""
+    from storage.sources import FASHION_MNIST_DIR
+
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+        os.symlink(os.path.join(FASHION_MNIST_DIR, name), linked / name)
+    with pytest.raises(StorageError, match="t10k-.*-ubyte.gz is a symbolic link that leads outside"):
+        open_source(str(linked))
+
+    fake = tmp_path / "fake"
+    put(str(fake / "t10k-images-idx3-ubyte"), {}, b"root:x:0:0:root:/root:/bin/bash\n")
+    put(str(fake / "t10k-labels-idx1-ubyte"), {}, b"root:x:0:0:root:/root:/bin/bash\n")
+    with pytest.raises(StorageError) as raised:
+        open_source(str(fake))
+    assert "not an IDX3 uint8 file" in str(raised.value)
+    assert "root" not in str(raised.value).replace(str(fake), "") and "0x726f" not in str(raised.value)
