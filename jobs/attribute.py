@@ -70,7 +70,7 @@ def write_examples(output: str, options: dict[str, Any], source: Any, methods: S
     """A PNG grid of the first maps of each method over the images as the model saw them, next to the
     outputs; from one committed shard (its records and tables only, whatever the dataset's size)."""
     from jobs.plots import map_grid
-    from storage.fs import join
+    from storage.fs import join, redact_url
     from storage.location import Location
     from storage.reader import join_with_source, read_shard
     from storage.tables import EXAMPLES_PATH
@@ -85,19 +85,19 @@ def write_examples(output: str, options: dict[str, Any], source: Any, methods: S
     titles = [f"{sid.split('/')[-1]}\n{names[t] if t < len(names) else t}" for sid, t in zip(first.sample_id, first.target)]
     maps = {m: [frame.set_index("sample_id").loc[sid, "map"] for sid in first.sample_id] for m, frame in frames.items()}
     Location(output, options).put(EXAMPLES_PATH, map_grid(list(joined["image"]), maps, titles))
-    return [join(output, EXAMPLES_PATH)]
+    return [redact_url(join(output, EXAMPLES_PATH))]
 
 
 def examples_or_warning(output: str, options: dict[str, Any] | None, source: Any, methods: Sequence[str], spec: Any,
                         shard_id: str, run_record: dict[str, Any]) -> list[str]:
     """The example PNG, or a warning (stderr and run.json) when it cannot be drawn: pictures never
     fail a job whose shards are committed (a source file deleted since it was mapped, say)."""
-    from storage.fs import StorageError
+    from storage.fs import StorageError, redact_text
 
     try:
         return write_examples(output, options, source, methods, spec, shard_id)
     except (StorageError, OSError, ValueError, KeyError, TypeError) as err:
-        warning = f"no example maps drawn: {' '.join(str(err).split())[:500]}"
+        warning = f"no example maps drawn: {' '.join(redact_text(str(err)).split())[:500]}"
         print(f"warning: {warning}", file=sys.stderr)
         run_record.setdefault("warnings", []).append(warning)
         return []
@@ -129,8 +129,10 @@ def finish_outputs(store: Any, plan: Any, committed: dict[str, dict[str, dict]])
 def known_format(config: dict[str, Any] | None, args: argparse.Namespace) -> str | None:
     """The format an earlier run of this output found for the same source and split: a rerun need
     not detect it again (detection lists the source's first folders, requests on S3)."""
-    config = config or {}
-    same = config.get("source") == args.source and config.get("split") == args.split
+    from storage.fs import redact_url
+
+    config = config or {}  # run.json stores the source redacted: compare like with like
+    same = redact_url(config.get("source") or "") == redact_url(args.source) and config.get("split") == args.split
     return config.get("source_format") if same else None
 
 
@@ -144,9 +146,16 @@ def run(args: argparse.Namespace) -> int:
     from storage.lease import Lease, LeaseLost
     from storage.manifest import now
     from storage.maps import MapStore
+    from storage.outputs import MAP_DATASET, check_apart, check_output
+    from storage.sources import source_location
     from storage.versions import check_format
 
     options = storage_options_from(args.storage_options)
+    # Refused before anything is written (no lease, no run.json, no folder): bad method labels, an
+    # output holding what this job does not write (/, a home folder), an output inside the source.
+    parse_method_specs(args.methods)
+    check_output(args.output, MAP_DATASET, options or None)
+    check_apart(args.output, {"--source": source_location(args.source)})
     store = MapStore(args.output, options or None)
     prior = check_format(store.where)  # an output of another format is refused before anything is written
     with Lease(store.where, purpose="jobs.attribute") as lease:  # one driver per output, failures recorded under it
@@ -155,19 +164,22 @@ def run(args: argparse.Namespace) -> int:
             return attribute(args, options, store, record, lease)
         except BaseException as err:
             if not isinstance(err, LeaseLost):  # a taken-over output is the other driver's to record
-                record_failure(store, record, err, prior)
+                record_failure(store, record, err, prior, args)
             raise
 
 
-def record_failure(store: Any, record: dict[str, Any], err: BaseException, prior: dict[str, Any] | None) -> None:
+def record_failure(store: Any, record: dict[str, Any], err: BaseException, prior: dict[str, Any] | None,
+                   args: argparse.Namespace | None = None) -> None:
     """Write run.json with status "failed" and the reason. A run that failed before it wrote its own
     record (a refused configuration, a missing checkpoint) leaves an existing output's record as it
     was, its attempt added to the history, since the output itself is unchanged. A store that
     refuses the write too is left as it is (the original error is what gets reported)."""
+    from jobs.cli import redacted
     from storage.fs import StorageError
     from storage.manifest import now
 
-    reason = "interrupted" if isinstance(err, KeyboardInterrupt) else " ".join(str(err).split()) or type(err).__name__
+    reason = "interrupted" if isinstance(err, KeyboardInterrupt) else \
+        " ".join(redacted(str(err), args).split()) or type(err).__name__  # never a credential in run.json
     failure = {"status": "failed", "reason": reason[:2000], "failed_at": now()}
     if "attempt" not in record and prior:
         record = {**prior, "history": [*prior.get("history", []), {"started_at": record.get("started_at"), **failure}]}
@@ -184,6 +196,7 @@ def attribute(args: argparse.Namespace, options: dict[str, Any], store: Any, run
     from jobs import binding
     from models.preprocess import describe
     from storage.checkpoints import load_checkpoint_with_digest
+    from storage.fs import redact_text, redact_url
     from storage.manifest import now
     from storage.plan import listed_samples
     from storage.tables import FORMAT_VERSION
@@ -202,7 +215,7 @@ def attribute(args: argparse.Namespace, options: dict[str, Any], store: Any, run
                          kind=args.source_format or known_format(run_record.get("config"), args), policy=policy)
     labels = match_labels(source.classes, source.label_kind, spec.class_names, source.intrinsic_indices)
     if args.target == "label" and not labels.labels_are_model_classes:
-        raise JobError(f"--target label: {source.url} has no labels" if labels.kind == "none" else
+        raise JobError(f"--target label: {redact_url(source.url)} has no labels" if labels.kind == "none" else
                        f"--target label: {labels.warning}; rename the classes to the model's, or use --target predicted")
     config = JobConfig(source=args.source, checkpoint=checkpoint, output=args.output, methods=tuple(specs),
                        split=args.split, batch_size=args.batch_size, reduction=args.reduction, target=args.target,
@@ -214,22 +227,24 @@ def attribute(args: argparse.Namespace, options: dict[str, Any], store: Any, run
     # before it writes anything; a new method label joins the output.
     bound, added = binding.check(run_record.get("fingerprint"),
                                  binding.fingerprint(config, spec, checkpoint_sha256, params, FORMAT_VERSION),
-                                 args.output)
+                                 redact_url(args.output))
     if run_record.get("fingerprint") and added:
-        print(f"adding {', '.join(added)} to {args.output} (its other methods stay as they are)")
+        print(f"adding {', '.join(added)} to {redact_url(args.output)} (its other methods stay as they are)")
     # Row-addressable sources are planned as row ranges from their files' footers or headers (nothing
     # per sample, and only as far as --limit needs); the others are listed sample by sample.
     listing = source_listing(store, source, args.limit)
     skipped = source.skipped()
-    warnings = [w for w in (labels.warning,) if w]
+    warnings = [redact_text(w) for w in (labels.warning,) if w]
     run_record.update({"attempt": uuid.uuid4().hex[:12], "fingerprint": bound,
                        "config": binding.merged_config(run_record.get("config"), config.public_dict()),
                        "method_params": {**run_record.get("method_params", {}), **params}, "model": spec.to_dict(),
                        "preprocessing": describe(spec), "labels": labels.to_dict(), "started_at": started,
-                       "source": {"url": source.url, "format": source.kind, "label_kind": source.label_kind,
+                       "source": {"url": redact_url(source.url), "format": source.kind,
+                                  "label_kind": source.label_kind,
                                   "samples": listed_samples(listing)},
-                       "skipped_files": {"count": len(skipped), "files": [{"path": f.path, "reason": f.reason}
-                                                                          for f in skipped[:SKIPPED_LISTED]]},
+                       "skipped_files": {"count": len(skipped),
+                                         "files": [{"path": redact_url(f.path), "reason": redact_text(f.reason)}
+                                                   for f in skipped[:SKIPPED_LISTED]]},
                        "warnings": warnings, "status": "running"})
     store.write_run(run_record)
     for warning in warnings:
@@ -247,16 +262,17 @@ def attribute(args: argparse.Namespace, options: dict[str, Any], store: Any, run
                                         "examples": list(changes.examples),
                                         "recomputed_shards": list(planned.recomputed)}
         if planned.recomputed:
-            print(f"{changes.describe()}: recomputing those {len(planned.recomputed)} shards")
+            print(f"{redact_text(changes.describe())}: recomputing those {len(planned.recomputed)} shards")
         else:
-            warning = f"{changes.describe()}; their maps are of the files as they were: rerun with --recompute-changed"
+            warning = (f"{redact_text(changes.describe())}; their maps are of the files as they were: rerun with "
+                       "--recompute-changed")
             print(f"warning: {warning}", file=sys.stderr)
             run_record.setdefault("warnings", []).append(warning)
     print(f"{planned.listed} samples in {len(planned.plan.shards)} shards ({planned.new_shards} new); "
           f"{planned.committed_shards} already committed, {len(planned.tasks)} to do; "
           f"methods: {', '.join(config.labels)}")
-    print(f"{source.kind} source {source.url}; images {run_record['preprocessing']['geometry']}; labels: "
-          f"{labels.describe}")
+    print(f"{source.kind} source {redact_url(source.url)}; images {run_record['preprocessing']['geometry']}; "
+          f"labels: {labels.describe}")
 
     results: list[dict] = []
     if planned.tasks:
@@ -294,11 +310,11 @@ def attribute(args: argparse.Namespace, options: dict[str, Any], store: Any, run
     if lease is not None:
         lease.check()
     store.write_run(run_record)
-    print_summary(results, samples, errors, seconds, args.output, pngs, missing)
+    print_summary(results, samples, errors, seconds, redact_url(args.output), pngs, missing)
     if kinds:
         print(f"error rows of {config.labels[0]} by kind: {', '.join(f'{k} {n}' for k, n in kinds.items())} "
-              f"(storage.read_errors({args.output!r}) has each reason)")
-    print_skipped(skipped, source.url)
+              f"(storage.read_errors({redact_url(args.output)!r}) has each reason)")
+    print_skipped(skipped, redact_url(source.url))
     return 0 if complete else 1
 
 
@@ -332,11 +348,13 @@ def errors_by_kind(output: str, options: dict[str, Any], method: str) -> dict[st
 
 def print_skipped(skipped: Sequence[Any], url: str, shown: int = 5) -> None:
     """Files under the source that are not samples: how many, and the first few with why."""
+    from storage.fs import redact_text, redact_url
+
     if not skipped:
         return
     print(f"{len(skipped)} files under {url} are not samples (listed in run.json skipped_files):")
     for f in skipped[:shown]:
-        print(f"  {f.path}: {f.reason}")
+        print(f"  {redact_url(f.path)}: {redact_text(f.reason)}")
     if len(skipped) > shown:
         print(f"  ... and {len(skipped) - shown} more")
 

@@ -4,7 +4,9 @@ Committed shards are skipped on a rerun, so a rerun with another percentile, che
 would silently mix maps of two configurations in one output. The first run therefore records a
 fingerprint of everything that determines the maps, and every later run compares its own:
 
-- the source and split, and the checkpoint's content (a SHA-256 of the file, not its URL);
+- the source and split, and the checkpoint's content (a SHA-256 of the file, not its URL); the
+  source's URL without credentials (storage.fs.redact_url), since the fingerprint is stored in
+  run.json, and old and new fingerprints are compared redacted;
 - the model's input: size, channels, normalization and preprocessing policy;
 - the reduction and the target mode;
 - each method's label, registry name and parameters.
@@ -21,6 +23,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from jobs.cli import JobError
+from storage.fs import redact_url
 from workers.tasks import stored_methods
 
 #: Fields of the fingerprint that are not methods, in the order differences are reported.
@@ -33,7 +36,7 @@ def fingerprint(config: Any, spec: Any, checkpoint_sha256: str, params: Mapping[
     ``params``: each method label's full parameters, as the built method reports them)."""
     model_input = {k: v for k, v in spec.to_dict().items() if k not in ("arch", "arch_kwargs", "class_names")}
     return {
-        "source": config.source, "split": config.split, "checkpoint_sha256": checkpoint_sha256,
+        "source": redact_url(config.source), "split": config.split, "checkpoint_sha256": checkpoint_sha256,
         "model_input": model_input, "reduction": config.reduction, "target": config.target,
         "format_version": format_version,
         "methods": {m.label: {"name": m.name, "params": _plain(params[m.label])} for m in config.methods},
@@ -45,6 +48,8 @@ def check(stored: Mapping[str, Any] | None, current: Mapping[str, Any], output: 
     would mix configurations in ``output``."""
     if not stored:
         return dict(current), list(current["methods"])
+    # Like with like: a fingerprint stored before sources were redacted may hold a credential.
+    stored = {**stored, "source": redact_url(stored.get("source") or "")} if "source" in stored else stored
     differences = [f"{name} was {_show(stored.get(name))}, is {_show(current.get(name))}"
                    for name in FIELDS if stored.get(name) != current.get(name)]
     for label, method in current["methods"].items():

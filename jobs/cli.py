@@ -88,8 +88,10 @@ def reduction(text: str) -> str:
 def storage_flags() -> argparse.ArgumentParser:
     """``--storage-options``: the parent parser of every job that reads or writes storage."""
     p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--storage-options", default=None,
-                   help=f"fsspec options as JSON or @file.json, for every URL (default ${STORAGE_OPTIONS_ENV})")
+    p.add_argument("--storage-options", default=None, metavar="JSON|@FILE",
+                   help=f"fsspec options as JSON or @file.json, for every URL (default ${STORAGE_OPTIONS_ENV}). "
+                        "Put credentials in @file.json or $STORAGE_OPTIONS, not inline: an inline value is "
+                        "visible in ps and shell history")
     return p
 
 
@@ -181,6 +183,7 @@ def storage_options_from(text: str | None) -> dict[str, Any]:
         text, origin = os.environ.get(STORAGE_OPTIONS_ENV), f"${STORAGE_OPTIONS_ENV}"
     if not text:
         return {}
+    inline = origin == "--storage-options" and not text.startswith("@")
     if text.startswith("@"):
         try:
             with open(text[1:], encoding="utf-8") as fh:
@@ -194,7 +197,21 @@ def storage_options_from(text: str | None) -> dict[str, Any]:
         raise JobError(f"{origin} is not valid JSON ({err.msg} at position {err.pos})") from None
     if not isinstance(options, dict):
         raise JobError(f"{origin} must be a JSON object, got {type(options).__name__}")
+    if inline:
+        warn_inline_secrets(options)
     return options
+
+
+def warn_inline_secrets(options: dict[str, Any]) -> None:
+    """One warning line when inline ``--storage-options`` hold keys that look like credentials: the
+    command line is visible to every user in ``ps`` and stays in shell history. Names the keys,
+    never their values."""
+    from storage.fs import secret_option_keys
+
+    keys = secret_option_keys(options)
+    if keys:
+        print(f"warning: --storage-options holds {', '.join(keys[:5])} inline, visible in ps and shell history; "
+              f"put credentials in a file (--storage-options @file.json) or ${STORAGE_OPTIONS_ENV}", file=sys.stderr)
 
 
 # --------------------------------------------------------------------------- methods, checkpoint
@@ -233,6 +250,18 @@ def parse_params(item: str, rest: str) -> dict[str, Any]:
     return params
 
 
+def check_label(label: str) -> str:
+    """A method label names folders and files of every output (``maps/<label>/``), so it must be one
+    safe path component: the rule storage applies to every name (storage.manifest.check_name)."""
+    from storage.fs import InvalidStorageInput
+    from storage.manifest import check_name
+
+    try:
+        return check_name("method label", label)
+    except InvalidStorageInput as err:
+        raise JobError(f"--methods: {err}; choose another label, e.g. label=name:key=value") from None
+
+
 def parse_method_specs(text: str) -> list[Any]:
     """``"pt=pathway:scores=taylor gradient"`` -> [MethodSpec, ...]; unknown names are an error."""
     import attribution
@@ -249,6 +278,7 @@ def parse_method_specs(text: str) -> list[Any]:
             raise JobError(f"--methods: unknown method {name!r}; choose one of {', '.join(attribution.available())}")
         if label in specs:
             raise JobError(f"--methods: label {label!r} appears twice; give one a label, e.g. {label}2={item}")
+        check_label(label)
         specs[label] = attribution.MethodSpec(name, parse_params(item, rest), label)
     if not specs:
         raise JobError("--methods names no method")
@@ -274,6 +304,20 @@ def checkpoint_or_default(checkpoint: str | None) -> str:
 
 
 # --------------------------------------------------------------------------- entry point
+
+
+def redacted(text: str, args: argparse.Namespace | None = None) -> str:
+    """``text`` with every URL in it redacted (storage.fs.redact_url) and every credential written
+    into a URL of ``args`` scrubbed, also where a message quotes it without its scheme (s3fs takes
+    ``s3://KEY:SECRET@bucket`` for a bucket named ``KEY:SECRET@bucket``)."""
+    from storage.fs import redact_text, url_secrets
+
+    text = redact_text(text)
+    values = [v for value in vars(args).values() for v in (value if isinstance(value, (list, tuple)) else [value])
+              if isinstance(v, str)] if args is not None else []
+    for secret in sorted({s for v in values for s in url_secrets(v)}, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
 
 
 def run_main(prog: str, run: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:

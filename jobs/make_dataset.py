@@ -49,6 +49,8 @@ SIZE, GARMENT, SCALES = 32, 28, (1, 2, 4)
 SPLITS = {"train": 0, "test": 1}
 ROWS_PER_FILE = 10_000
 NAME = "fm-textures"
+#: What this job writes under --output (storage.outputs.check_output refuses a folder holding anything else).
+OUTPUT_NAMES = ("train-*.parquet", "test-*.parquet", "dataset.json", "examples.png")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -143,10 +145,14 @@ def parquet_file(images: np.ndarray, labels: np.ndarray, ids: list[str], classes
 def run(args: argparse.Namespace) -> int:
     from jobs.plots import image_grid
     from storage.location import Location
-    from storage.sources import load_arrays, open_source
+    from storage.outputs import OutputKind, check_apart, check_output
+    from storage.sources import load_arrays, open_source, source_location
 
     start = time.perf_counter()
     options = storage_options_from(args.storage_options)
+    # Before anything is written: the output is this job's own (or new), apart from the garments.
+    check_output(args.output, OutputKind("jobs.make_dataset", OUTPUT_NAMES), options or None)
+    check_apart(args.output, {"--source": source_location(args.source)})
     pyramids = load_textures()
     where = Location(args.output, options)
     counts, classes, examples = {}, None, None

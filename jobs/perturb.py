@@ -55,6 +55,8 @@ from jobs.cli import (JobError, build_methods, checkpoint_or_default, choice_lis
 
 DEFAULT_METHODS = "pathway gradient"
 DEFAULT_OUTPUT = "outputs/eval/perturbation"
+#: What this job writes under its output (storage.outputs.check_output refuses a folder holding anything else).
+OUTPUT_NAMES = ("perturbation.*", "auc.*")
 DEFAULT_LIMIT = 256
 RANDOM = "random"
 NO_RANK = "-"  # the random order ranks nothing
@@ -188,7 +190,8 @@ def run(args: argparse.Namespace) -> int:
     from jobs.eval_common import chunks, fill_value, load_samples, model_payload
     from models.preprocess import preprocess
     from storage.checkpoints import load_checkpoint
-    from storage.sources import open_source
+    from storage.outputs import OutputKind, check_apart, check_output
+    from storage.sources import open_source, source_location
 
     start = time.perf_counter()
     options = storage_options_from(args.storage_options)
@@ -200,6 +203,9 @@ def run(args: argparse.Namespace) -> int:
         inputs = {"source": args.source or "fashion-mnist", "split": args.split or "test",
                   "checkpoint": args.checkpoint, "methods": list(specs), "ids": None,
                   "output": args.output or DEFAULT_OUTPUT}
+    # Before anything is written or computed: the output is this job's own, apart from the images.
+    check_output(inputs["output"], OutputKind("jobs.perturb", OUTPUT_NAMES), options or None)
+    check_apart(inputs["output"], {"--source": source_location(inputs["source"])})
     checkpoint = checkpoint_or_default(inputs["checkpoint"])
     model, spec = load_checkpoint(checkpoint, options or None, trust_code=trust_of(args))
     if specs is not None:

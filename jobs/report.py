@@ -32,6 +32,8 @@ from jobs.cli import JobError, job_parser, run_main, storage_flags, storage_opti
 
 DEFAULT_MAPS = "outputs/maps/fashion-mnist"
 DEFAULT_OUTPUT = "outputs/report"
+#: What this job writes under --output: the reports and their figures (storage.outputs.check_output).
+OUTPUT_NAMES = ("report.html", "report.md", "*.png")
 PERTURBATION_FALLBACK = "outputs/eval/perturbation"
 SANITY_DEFAULT = "outputs/eval/sanity"
 
@@ -278,6 +280,7 @@ def render_markdown(run: dict, maps: str, sections: list[Section]) -> str:
 def run(args: argparse.Namespace) -> int:
     from storage.fs import StorageError, join, redact_url
     from storage.location import Location
+    from storage.outputs import OutputKind, check_output
     from storage.reader import read_run
     from storage.tables import EVAL_DIR
 
@@ -301,6 +304,7 @@ def run(args: argparse.Namespace) -> int:
     for section in sections:
         section.source = redact_url(section.source)
 
+    check_output(args.output, OutputKind("jobs.report", OUTPUT_NAMES), options or None)  # before anything is written
     where = Location(args.output, options)
     for section in sections:
         for name, png in section.figures:

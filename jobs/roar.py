@@ -51,6 +51,8 @@ from jobs.cli import (JobError, choice_list, job_parser, positive_float, positiv
                       source_flags, source_policy_of, storage_options_from, trust_flags, trust_of, worker_flags)
 
 CONTROLS = ("random", "sobel")
+#: What this job writes under its output (storage.outputs.check_output refuses a folder holding anything else).
+OUTPUT_NAMES = ("results.*", "summary.csv", "roar.png", "kar.png", "run.json", "cells")
 DEFAULT_THRESHOLDS = "10,30,50,70,90"
 FILLS = ("mean", "nli")
 
@@ -200,7 +202,9 @@ def run(args: argparse.Namespace) -> int:
     from storage.fs import join
     from storage.location import Location
     from storage.manifest import now
+    from storage.outputs import OutputKind, check_apart, check_output
     from storage.reader import read_run
+    from storage.sources import source_location
     from storage.tables import EVAL_DIR
     from workers.roar_data import channel_mean, pixel_noise
     from workers.tasks import stored_methods
@@ -227,6 +231,10 @@ def run(args: argparse.Namespace) -> int:
     model, spec = load_checkpoint(checkpoint, options or None, trust_code=trust_of(args))
     recipe = load_metrics(checkpoint, options or None)
     output = args.output or join(args.test_maps, EVAL_DIR, "kar" if args.kar else "roar")
+    # Before anything is written or trained: the output is this job's own, apart from the images.
+    check_output(output, OutputKind("jobs.roar", OUTPUT_NAMES), options or None)
+    check_apart(output, {f"the {k} maps' source": source_location(r["config"]["source"])
+                         for k, r in runs.items() if r.get("config", {}).get("source")})
 
     policy = source_policy_of(args)
     train = load_split(args.train_maps, with_maps, options, args.train_limit, subset_seed=0, policy=policy)

@@ -51,6 +51,8 @@ from jobs.cli import (build_methods, checkpoint_or_default, job_parser, parse_me
 DEFAULT_METHODS = ("pathway_taylor=pathway:scores=taylor pathway_integrated=pathway:scores=integrated,steps=4 "
                    "gradient gradient_x_input integrated_gradients:n_steps=16 guided_backprop grad_cam")
 DEFAULT_OUTPUT = "outputs/eval/sanity"
+#: What this job writes under --output (storage.outputs.check_output refuses a folder holding anything else).
+OUTPUT_NAMES = ("sanity.*", "sanity_draws.*")
 ORIGINAL = "original"
 
 
@@ -122,11 +124,14 @@ def run(args: argparse.Namespace) -> int:
     from jobs.eval_common import load_samples, model_payload
     from models.preprocess import preprocess
     from storage.checkpoints import load_checkpoint
-    from storage.sources import open_source
+    from storage.outputs import OutputKind, check_apart, check_output
+    from storage.sources import open_source, source_location
 
     start = time.perf_counter()
     options = storage_options_from(args.storage_options)
     specs = parse_method_specs(args.methods)
+    check_output(args.output, OutputKind("jobs.sanity", OUTPUT_NAMES), options or None)
+    check_apart(args.output, {"--source": source_location(args.source)})  # before anything is written or computed
     checkpoint = checkpoint_or_default(args.checkpoint)
     model, spec = load_checkpoint(checkpoint, options or None, trust_code=trust_of(args))
     model.eval()

@@ -166,7 +166,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         test_images, test_labels = np.asarray(test_images), np.asarray(test_labels)
     load_seconds = time.time() - started
 
-    print(f"training {spec.arch} on {args.source} ({images.shape[0]} of {n_total} train images"
+    print(f"training {spec.arch} on {redact_url(args.source)} ({images.shape[0]} of {n_total} train images"
           f"{'' if test_images is None else f', {test_images.shape[0]} {args.test_split} images'}) "
           f"on {device}: {args.epochs} epochs, batch {args.batch_size}, lr {args.lr}, seed {args.seed}",
           file=sys.stderr, flush=True)
@@ -178,7 +178,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         trust_code=trust_of(args, args.arch),
     )
     metrics.update({
-        "source": args.source, "test_split": None if test_images is None else args.test_split,
+        "source": redact_url(args.source), "test_split": None if test_images is None else args.test_split,
         "limit": args.limit, "test_samples": None if test_images is None else int(test_images.shape[0]),
         "load_seconds": load_seconds, "spec": spec.to_dict(), "checkpoint": redact_url(args.output),
         "pretrained": args.pretrained, "torch_version": str(torch.__version__),
@@ -193,7 +193,11 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     from storage.fs import redact_url
+    from storage.outputs import check_apart
+    from storage.sources import source_location
 
+    # The checkpoint and its .metrics.png inside an image folder would become samples of it.
+    check_apart(args.output, {"--source": source_location(args.source)})
     metrics = train(args)
     acc = metrics["test_accuracy"]
     print(f"{metrics['arch']} on {metrics['source']}: "

@@ -83,14 +83,16 @@ def redact_text(text: str) -> str:
 
 
 def url_secrets(url: str) -> list[str]:
-    """The credentials written into ``url`` (its ``user:password@`` part, each half), to scrub them
-    from messages that quote the URL without its scheme (s3fs takes ``KEY:SECRET@bucket`` for a
-    bucket name, and botocore's errors repeat it)."""
+    """The credentials written into ``url`` (its ``user:password@`` part, each half, and the pieces
+    between its slashes), to scrub them from messages that quote the URL without its scheme: s3fs
+    takes ``KEY:SE/CRET@bucket`` for a bucket ``KEY:SE`` and a key ``CRET@bucket/...``, and
+    botocore's errors repeat those."""
     match = _USERINFO.match(str(url))
     if not match:
         return []
     userinfo = match.group()[len(match.group("scheme")):-1]
-    return [part for part in (userinfo, *userinfo.split(":", 1)) if len(part) >= 3]
+    parts = [userinfo, *userinfo.split(":", 1), *userinfo.split("/"), *userinfo.split(":", 1)[-1].split("/")]
+    return list(dict.fromkeys(part for part in parts if len(part) >= 3))
 
 
 def _secrets(storage_options: Mapping[str, Any] | None) -> list[str]:

@@ -74,8 +74,15 @@ class JobConfig:
         return {**asdict(self), "methods": [m.to_dict() for m in self.methods]}
 
     def public_dict(self) -> dict[str, Any]:
-        """:meth:`to_dict` without the storage options, which may hold credentials (for run.json)."""
-        return {k: v for k, v in self.to_dict().items() if k != "storage_options"}
+        """:meth:`to_dict` without the storage options and with every URL redacted
+        (storage.fs.redact_url): both may hold credentials, and this goes into run.json."""
+        from storage.fs import redact_url
+
+        public = {k: v for k, v in self.to_dict().items() if k != "storage_options"}
+        for name in ("source", "checkpoint", "output"):
+            public[name] = redact_url(public[name])
+        public["allow_paths"] = [redact_url(p) for p in public.get("allow_paths") or ()]
+        return public
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> JobConfig:

@@ -47,6 +47,30 @@ def test_a_changed_configuration_is_refused_with_what_changed_and_the_fix(change
         check(stored, print_of(config(**change), sha, spec), "out")
 
 
+def test_a_credential_in_the_source_url_is_neither_stored_nor_a_change() -> None:
+    secret = "wJalrXUt/nFEMI+K7MDENG"
+    first = print_of(config(source=f"s3://AKIAEXAMPLE:{secret}@bucket/images"))
+    stored, _ = check(None, first, "out")
+    assert secret not in str(stored) and stored["source"] == "s3://bucket/images"
+    # the same data with the credential given another way (or rotated) is the same configuration
+    assert check(stored, print_of(config(source="s3://bucket/images")), "out") == (stored, [])
+    assert check(stored, print_of(config(source="s3://AKIAOTHER:rotated-secret@bucket/images")), "out")[1] == []
+    # a fingerprint stored raw by an earlier release compares like with like
+    assert check({**stored, "source": f"s3://AKIAEXAMPLE:{secret}@bucket/images"}, first, "out")[1] == []
+    with pytest.raises(JobError, match="source was"):
+        check(stored, print_of(config(source="s3://bucket/other")), "out")
+
+
+def test_run_json_config_holds_no_credential() -> None:
+    secret = "wJalrXUt/nFEMI+K7MDENG"
+    public = config(source=f"s3://AKIA:{secret}@b/src", checkpoint=f"https://tok:{secret}@h/m.pt",
+                    output=f"s3://AKIA:{secret}@b/out", allow_paths=(f"s3://AKIA:{secret}@b/shared",),
+                    storage_options={"secret": secret}).public_dict()
+    assert secret not in str(public) and "AKIA" not in str(public)
+    assert (public["source"], public["checkpoint"], public["output"], public["allow_paths"]) == \
+        ("s3://b/src", "https://h/m.pt", "s3://b/out", ["s3://b/shared"])
+
+
 def test_a_new_method_label_is_added() -> None:
     stored, _ = check(None, print_of(config()), "out")
     base = config()

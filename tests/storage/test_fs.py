@@ -101,11 +101,15 @@ def test_redact_url(url, shown):
 def test_redact_text_and_url_secrets():
     text = "cannot read 's3://AKIAEXAMPLE:wJal/rXUt@bucket/x' (see https://tok3n@h/y)"
     assert redact_text(text) == "cannot read 's3://bucket/x' (see https://h/y)"
-    assert url_secrets("s3://AKIAEXAMPLE:wJal/rXUt@bucket/x") == ["AKIAEXAMPLE:wJal/rXUt", "AKIAEXAMPLE", "wJal/rXUt"]
+    assert url_secrets("s3://AKIAEXAMPLE:wJal/rXUt@bucket/x") == ["AKIAEXAMPLE:wJal/rXUt", "AKIAEXAMPLE", "wJal/rXUt",
+                                                                   "AKIAEXAMPLE:wJal", "rXUt", "wJal"]
     assert url_secrets("s3://bucket/x") == []
     # s3fs takes KEY:SECRET@bucket for a bucket name and botocore quotes it without the scheme
-    bare = 'Invalid bucket name "AKIAEXAMPLE:wJal/rXUt@bucket"'
-    assert "wJal" not in scrub(bare, None, url_secrets("s3://AKIAEXAMPLE:wJal/rXUt@bucket/x"))
+    # (and splits it at the secret's slash: bucket "AKIAEXAMPLE:wJal", key "rXUt@bucket/x")
+    for bare in ('Invalid bucket name "AKIAEXAMPLE:wJal/rXUt@bucket"', 'Invalid bucket name "AKIAEXAMPLE:wJal"',
+                 "no such key rXUt@bucket/x"):
+        shown = scrub(bare, None, url_secrets("s3://AKIAEXAMPLE:wJal/rXUt@bucket/x"))
+        assert "wJal" not in shown and "rXUt" not in shown and "AKIAEXAMPLE" not in shown, shown
 
 
 def test_secret_option_keys_names_keys_never_values():
