@@ -133,8 +133,10 @@ def main() -> None:
         print(f"machine: {platform.processor() or platform.machine()}, {cpus} CPUs, torch {torch.__version__}, "
               f"ray {ray.__version__}; {args.n} samples x {len(METHODS)} methods ({', '.join(METHODS)}), "
               f"shards of {args.shard_size}, batch {args.batch_size}")
-        ray.init(address="local", num_cpus=cpus, num_gpus=0, include_dashboard=False,
-                 _temp_dir=tempfile.mkdtemp(prefix="r", dir="/tmp"), log_to_driver=False)
+        from jobs.cluster import start_local_ray  # on loopback, as the jobs start theirs
+
+        start_local_ray(num_cpus=cpus, num_gpus=0, include_dashboard=False,
+                        _temp_dir=tempfile.mkdtemp(prefix="r", dir="/tmp"), log_to_driver=False)
         ray.data.DataContext.get_current().enable_progress_bars = False
         best: dict[str, dict] = {}
         runs = {"all": lambda out: in_process(out, checkpoint, args, threads=cpus),

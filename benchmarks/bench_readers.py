@@ -145,7 +145,10 @@ def ray_running(name: str) -> Iterator[None]:
         return
     import ray
 
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+    from jobs.cluster import start_local_ray  # on loopback, as the jobs start theirs
+
+    start_local_ray(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
+                    logging_level=logging.WARNING)
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     try:
         yield

@@ -2,10 +2,14 @@
 
 A job runs unchanged locally (it starts a local Ray) and under ``ray job submit`` (it joins the
 cluster it runs in, via ``$RAY_ADDRESS`` or ``--ray-address``).
+
+The local Ray listens on loopback only: Ray's daemons and workers run whatever code a client sends
+them, so on a shared or reachable machine a Ray bound to every interface is a remote shell.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -14,9 +18,19 @@ from typing import Any
 from jobs.cli import JobError
 
 
+#: Ray's single-machine switch (its mode on macOS and Windows): off, Ray takes the loopback address
+#: as the node's address, and its GCS, raylet, object manager, agents, metrics servers and workers
+#: then bind that address only. Read by ``ray._private.services.get_node_ip_address``.
+_RAY_CLUSTER_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
 def start_ray(address: str | None) -> None:
     """Join the Ray at ``address`` (or ``$RAY_ADDRESS``), reuse one already initialized in this
-    process (tests, notebooks), or start a local one; Ray Data's own progress bars stay off."""
+    process (tests, notebooks), or start a local one on loopback; Ray Data's own progress bars stay off.
+
+    Without an address the job starts its own Ray rather than joining one named in Ray's temp
+    folder (``/tmp/ray/ray_current_cluster``, which on a shared machine another user may own):
+    joining a cluster is the operator's choice, made with ``--ray-address auto`` or an address."""
     import ray
 
     address = address or os.environ.get("RAY_ADDRESS")
@@ -25,8 +39,48 @@ def start_ray(address: str | None) -> None:
     elif address:
         ray.init(address=address, log_to_driver=True)
     else:
-        ray.init(include_dashboard=False, log_to_driver=True)
+        start_local_ray(include_dashboard=False, log_to_driver=True)
     ray.data.DataContext.get_current().enable_progress_bars = False
+
+
+def start_local_ray(**init_kwargs: Any) -> None:
+    """Start a fresh single-machine Ray (``ray.init(address="local", **init_kwargs)``) whose every
+    listening socket is on loopback, and fail closed if Ray came up on another address.
+
+    Ray has no public option for this: ``_node_ip_address="127.0.0.1"`` and
+    ``ray start --node-ip-address=127.0.0.1`` are both rewritten to the host's address on Linux.
+    Its single-machine mode is switched on for the start only (the daemons inherit it; a later
+    ``ray.init(address=...)`` in this process still joins clusters)."""
+    import ray
+    from ray._private import ray_constants
+
+    saved_env, saved_flag = os.environ.get(_RAY_CLUSTER_ENV), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[_RAY_CLUSTER_ENV] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        ray.init(address="local", **init_kwargs)
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved_flag
+        if saved_env is None:
+            os.environ.pop(_RAY_CLUSTER_ENV, None)
+        else:
+            os.environ[_RAY_CLUSTER_ENV] = saved_env
+    node = ray.util.get_node_ip_address()
+    if not is_loopback(node):
+        ray.shutdown()
+        raise JobError(f"the local Ray came up on {node}, not on loopback, so other machines could reach it "
+                       f"({_RAY_CLUSTER_ENV}=0 had no effect with Ray {ray.__version__}); pass --ray-address of a "
+                       "cluster whose ports only its own nodes can reach (docs/cluster.md)")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is a loopback address (127.0.0.0/8, ::1, or IPv4-mapped ::ffff:127.x)."""
+    try:
+        ip = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return host == "localhost"
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return ip.is_loopback or bool(mapped and mapped.is_loopback)
 
 
 @dataclass(frozen=True)

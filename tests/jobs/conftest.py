@@ -25,9 +25,11 @@ def ray_session():
     """One local Ray on loopback for the module; the jobs' start_ray reuses it."""
     import ray
 
+    from jobs.cluster import start_local_ray
+
     torch.set_num_threads(1)
     temp = short_tmp("rj")
-    ray.init(address="local", num_cpus=2, num_gpus=0, include_dashboard=False, _temp_dir=temp, log_to_driver=False)
+    start_local_ray(num_cpus=2, num_gpus=0, include_dashboard=False, _temp_dir=temp, log_to_driver=False)
     yield ray
     ray.shutdown()
     shutil.rmtree(temp, ignore_errors=True)

@@ -30,8 +30,10 @@ GRID = ["--thresholds", "30,70", "--seeds", "2", "--epochs", "1", "--workers", "
 def ray_session():
     import ray
 
+    from jobs.cluster import start_local_ray
+
     temp = short_tmp("rr")
-    ray.init(address="local", num_cpus=2, num_gpus=0, include_dashboard=False, _temp_dir=temp, log_to_driver=False)
+    start_local_ray(num_cpus=2, num_gpus=0, include_dashboard=False, _temp_dir=temp, log_to_driver=False)
     yield ray
     ray.shutdown()
     shutil.rmtree(temp, ignore_errors=True)
