@@ -15,7 +15,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from jobs.cli import JobError
+from jobs.cli import JobStopped
 
 #: Ray Data blocks the tasks are cut into, at most. ``from_items`` costs ~1.7 ms per block before
 #: anything runs (33 s for 20 k one-task blocks on 2 cores; benchmarks/RESULTS.md), and each block
@@ -101,8 +101,8 @@ def run_shards(tasks: Sequence[Any], config: Any, args: argparse.Namespace, stor
     if failure is not None:
         del dataset
         gc.collect()  # the failed execution's frames hold its actor pool, and the pool its CPUs and GPUs
-        raise JobError(f"the job stopped with {committed_tasks(store, tasks, len(results))} of {len(tasks)} shards "
-                       f"committed: {failure}")
+        raise JobStopped(f"the job stopped with {committed_tasks(store, tasks, len(results))} of {len(tasks)} shards "
+                         f"committed: {failure}")
     return results
 
 

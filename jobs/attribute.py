@@ -32,8 +32,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from jobs.cli import (DEFAULT_CHECKPOINT, JobError, build_methods, checkpoint_or_default, job_parser, parse_method_specs,
-                      positive_int, ray_flags, reduction, run_main, source_flags, source_policy_of, storage_options_from,
-                      trust_flags, trust_of, worker_flags)
+                      positive_int, ray_flags, reduction, run_main, source_flags, source_format, source_policy_of,
+                      storage_options_from, trust_flags, trust_of, worker_flags)
 
 DEFAULT_OUTPUT = "outputs/maps/fashion-mnist"
 DEFAULT_METHODS = "pathway gradient"
@@ -45,7 +45,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                                                          trust_flags()])
     p.add_argument("--source", default="fashion-mnist", help="dataset name or URL: an image folder, a folder with "
                    "labels.csv or metadata.jsonl, a CSV/JSONL index, WebDataset .tar shards, Parquet, IDX")
-    p.add_argument("--source-format", default=None, metavar="FORMAT",
+    p.add_argument("--source-format", default=None, metavar="FORMAT", type=source_format,
                    help="the source's format instead of detecting it: idx, folder, labeled-folder, index, "
                         "webdataset or parquet")
     p.add_argument("--split", default="test")

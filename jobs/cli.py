@@ -1,6 +1,16 @@
 """What every job's command line shares: the common flags, argument types, method specs, the
-default checkpoint, and :func:`run_main`, which turns the project's own errors into one line and
-exit status 1 (anything else is a bug and keeps its traceback).
+default checkpoint, and :func:`run_main`, which turns the project's own errors into one line.
+
+Exit status, the same for every job (docs/security.md):
+
+* 0: the job finished.
+* 1: the job ran but did not finish: some shards, cells or samples failed, or a worker or the store
+  stopped it (:class:`JobStopped`); what was committed stays, and the same command resumes.
+* 2: the job refused its input: a bad flag, method spec, checkpoint field, source, output or
+  credential, named in one line on stderr with its fix, without a traceback (argparse's errors
+  too, in one line: :class:`JobArgumentParser`).
+
+Anything else is a bug and keeps its traceback.
 
 Methods are named ``[label=]name[:key=value,...]`` so one method can appear twice with
 different parameters, e.g. ``pathway_integrated=pathway:scores=integrated``; the label names
@@ -14,6 +24,7 @@ import json
 import math
 import os
 import sys
+import typing
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -23,7 +34,12 @@ DEFAULT_CHECKPOINT = "outputs/models/resnet8-fashion-mnist.pt"
 
 
 class JobError(Exception):
-    """A problem the user can fix; reported as one line, exit status 1."""
+    """A problem the user can fix; reported as one line, exit status 2."""
+
+
+class JobStopped(JobError):
+    """The job ran and stopped before it finished (a worker or the store failed): one line, exit
+    status 1, since the same command resumes from what was committed."""
 
 
 # --------------------------------------------------------------------------- argument types
@@ -80,6 +96,18 @@ def reduction(text: str) -> str:
     if text not in REDUCTIONS:
         raise argparse.ArgumentTypeError(f"choose one of {', '.join(REDUCTIONS)}, got {text!r}")
     return text
+
+
+def source_format(text: str) -> str:
+    """``--source-format``: one of storage.sources' formats (or an alias), checked when parsed, since a
+    dataset name such as fashion-mnist would otherwise ignore it."""
+    from storage.fs import StorageError
+    from storage.sources.detect import format_name
+
+    try:
+        return format_name(text)
+    except StorageError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 # --------------------------------------------------------------------------- common flags
@@ -170,10 +198,20 @@ def worker_flags(default_workers: str) -> argparse.ArgumentParser:
     return p
 
 
+class JobArgumentParser(argparse.ArgumentParser):
+    """An argparse parser whose errors are one line, like every other refusal of a job: argparse's
+    own prints the whole usage first, which buries the line that says what is wrong."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        name = self.prog.removeprefix("python -m ")
+        self.exit(2, f"{name}: error: {message} (see --help)\n")
+
+
 def job_parser(prog: str, doc: str | None, parents: Sequence[argparse.ArgumentParser]) -> argparse.ArgumentParser:
-    """A job's parser: its module docstring's first paragraph as the description, defaults shown."""
-    return argparse.ArgumentParser(prog=prog, description=(doc or "").split("\n\n")[0], parents=list(parents),
-                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    """A job's parser: its module docstring's first paragraph as the description, defaults shown,
+    errors in one line (exit status 2)."""
+    return JobArgumentParser(prog=prog, description=(doc or "").split("\n\n")[0], parents=list(parents),
+                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
 
 
 def storage_options_from(text: str | None) -> dict[str, Any]:
@@ -279,15 +317,30 @@ def parse_method_specs(text: str) -> list[Any]:
         if label in specs:
             raise JobError(f"--methods: label {label!r} appears twice; give one a label, e.g. {label}2={item}")
         check_label(label)
-        specs[label] = attribution.MethodSpec(name, parse_params(item, rest), label)
+        params = parse_params(item, rest)
+        try:
+            attribution.check_params(name, params)
+        except attribution.AttributionError as err:
+            raise JobError(f"--methods {item}: {err}") from None
+        specs[label] = attribution.MethodSpec(name, params, label)
     if not specs:
         raise JobError("--methods names no method")
     return list(specs.values())
 
 
 def build_methods(model: Any, specs: Sequence[Any]) -> dict[str, Any]:
-    """Every method built around ``model``, by label (fails early on bad parameters)."""
-    return {spec.label: spec.build(model) for spec in specs}
+    """Every method built around ``model``, by label (fails early on bad parameters, naming the spec)."""
+    from attribution import AttributionError
+
+    methods = {}
+    for spec in specs:
+        try:
+            methods[spec.label] = spec.build(model)
+        except AttributionError as err:
+            text = ",".join(f"{k}={json.dumps(v)}" for k, v in spec.params.items())
+            named = (spec.name if spec.label == spec.name else f"{spec.label}={spec.name}") + (f":{text}" if text else "")
+            raise JobError(f"--methods {named}: {err}") from None
+    return methods
 
 
 def checkpoint_or_default(checkpoint: str | None) -> str:
@@ -321,15 +374,26 @@ def redacted(text: str, args: argparse.Namespace | None = None) -> str:
 
 
 def run_main(prog: str, run: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
-    """Run a job; a problem the user can fix (the project's own error types) is one line on stderr
-    and exit status 1, without a traceback. Anything else is a bug and raises as usual."""
+    """Run a job; a problem the user can fix (the project's own error types) is one line on stderr,
+    without a traceback: exit status 2, or 1 where the job ran and stopped (:class:`JobStopped`).
+    Anything else is a bug and raises as usual."""
     from attribution import AttributionError
     from attribution.evaluation import EvaluationError
     from models.registry import ModelError
     from storage.fs import StorageError
+    from storage.lease import LeaseLost
 
     try:
         return run(args)
-    except (JobError, AttributionError, EvaluationError, ModelError, StorageError) as err:
-        print(f"{prog}: error: {err}", file=sys.stderr)
+    except (JobStopped, LeaseLost) as err:  # it ran, and stopped: the same command resumes
+        print(f"{prog}: error: {redacted(one_line(err), args)}", file=sys.stderr)
         return 1
+    except (JobError, AttributionError, EvaluationError, ModelError, StorageError) as err:
+        print(f"{prog}: error: {redacted(one_line(err), args)}", file=sys.stderr)
+        return 2
+
+
+def one_line(err: BaseException) -> str:
+    """``err``'s message on one line: a message that quotes a file or a server's answer may hold
+    line breaks, and a refusal is one line."""
+    return " ".join(str(err).split()) or type(err).__name__

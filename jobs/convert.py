@@ -74,11 +74,14 @@ def read_state_dict(url: str, options: dict[str, Any]) -> dict[str, Any]:
     """The weights at ``url`` as a plain state_dict (unwrapped, without DataParallel prefixes)."""
     import torch
 
-    from storage.fs import open_fs, storage_errors
+    from storage.fs import StorageError, open_fs, storage_errors
 
-    fs, path = open_fs(url, options or None)
-    with storage_errors(url, "read", options or None):
-        data = fs.cat_file(path)
+    try:
+        fs, path = open_fs(url, options or None)
+        with storage_errors(url, "read", options or None):
+            data = fs.cat_file(path)
+    except StorageError as err:
+        raise JobError(f"--state-dict: {err}") from None
     try:
         loaded = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure means the same to the user

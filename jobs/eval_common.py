@@ -14,6 +14,30 @@ import numpy as np
 from jobs.cli import JobError
 
 
+def stored_config(run: dict[str, Any], url: str) -> tuple[dict[str, Any], list[Any]]:
+    """A map dataset's run.json config and its methods (MethodSpecs), checked field by field: a dataset
+    someone else wrote is untrusted data, so a field of the wrong type is one line naming it."""
+    import reprlib
+
+    from workers.tasks import stored_methods
+
+    config = run.get("config") or {}
+    for key, flag in (("source", "--source"), ("split", "--split"), ("checkpoint", "--checkpoint")):
+        value = config.get(key)
+        if value is not None and not (isinstance(value, str) and value):
+            raise JobError(f"{url}: its run.json field config.{key} is {reprlib.repr(value)}, not a name or URL; "
+                           f"pass {flag}, or use a map dataset written by jobs.attribute")
+    try:
+        methods = list(stored_methods(config))
+        for spec in methods:
+            if not isinstance(spec.label, str) or not isinstance(spec.params, dict):
+                raise TypeError(spec.label)
+    except (TypeError, ValueError, KeyError, AttributeError):
+        raise JobError(f"{url}: its run.json field config.methods is not a list of methods "
+                       f"({reprlib.repr(config.get('methods'))}); use a map dataset written by jobs.attribute") from None
+    return config, methods
+
+
 def sample_seeds(sample_ids: Sequence[str]) -> list[int]:
     """A seed per sample from its id, so a random order never depends on the sharding."""
     return [zlib.crc32(str(s).encode()) for s in sample_ids]

@@ -151,19 +151,21 @@ def perturb_shard(payload: dict[str, Any], x: Any, maps: np.ndarray | None, targ
 
 def stored_inputs(args: argparse.Namespace, options: dict[str, Any]) -> dict[str, Any]:
     """Maps, targets and ids from a jobs.attribute dataset, plus where its images and model live."""
+    from jobs.eval_common import stored_config
     from storage.fs import StorageNotFound, join
     from storage.reader import read_maps, read_run
     from storage.tables import EVAL_DIR
-    from workers.tasks import stored_methods
 
     try:
         run = read_run(args.maps, options or None)
     except StorageNotFound:
         raise JobError(f"--maps {args.maps}: no map dataset there (no run.json); write one with "
                        f"`python -m jobs.attribute --output {args.maps}` or leave --maps out") from None
-    config = run.get("config", {})
-    stored = [m.label for m in stored_methods(config)]
+    config, stored_specs = stored_config(run, args.maps)
+    stored = [m.label for m in stored_specs]
     methods = args.methods.split() if args.methods else stored
+    if not methods:
+        raise JobError(f"--maps {args.maps}: the map dataset holds no methods; finish its jobs.attribute run first")
     unknown = [m for m in methods if m not in stored]
     if unknown:
         raise JobError(f"--methods {' '.join(unknown)}: not in the map dataset {args.maps}, "

@@ -103,7 +103,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if not args.noise >= 0:
         p.error(f"--noise must be >= 0, got {args.noise}")
-    seeds = _int_list(args.seeds)
+    try:
+        seeds = _int_list(args.seeds)
+    except argparse.ArgumentTypeError as err:
+        p.error(f"argument --seeds: {err}")
     args.seeds = list(range(seeds[0])) if len(seeds) == 1 and "," not in args.seeds else seeds
     if not args.seeds or len(set(args.seeds)) != len(args.seeds):
         p.error(f"--seeds: need distinct seeds, got {args.seeds}")
@@ -193,9 +196,46 @@ def checkpoint_accuracy(model: Any, spec: Any, images: np.ndarray, labels: np.nd
         return evaluate(model.eval(), spec, images, labels, device="cpu")
 
 
+def checked_recipe(metrics: dict[str, Any], checkpoint: str, args: argparse.Namespace) -> dict[str, Any]:
+    """The training recipe a checkpoint's metrics hold, each field checked before it is used: a
+    checkpoint is untrusted data, and a bad field is one line naming it and the flag that overrides it."""
+    from models.training import OPTIMIZERS, SCHEDULES
+    from storage.fs import redact_url
+
+    def number(value: Any, kind: type) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value and \
+            (kind is float or float(value).is_integer()) and 0 < value < float("inf")
+
+    fields = {  # key: (default, check, the flag that overrides it; "" when given, None when there is none)
+        "epochs": (4, lambda v: number(v, int), "--epochs" if args.epochs is None else ""),
+        "batch_size": (128, lambda v: number(v, int), "--batch-size" if args.batch_size is None else ""),
+        "lr": (0.1, lambda v: number(v, float), "--lr" if args.lr is None else ""),
+        "weight_decay": (5e-4, lambda v: v == 0 or number(v, float), None),
+        "optimizer": ("sgd", lambda v: v in OPTIMIZERS, None),
+        "schedule": ("onecycle", lambda v: isinstance(v, str) and v.split(" ")[0] in SCHEDULES, None),
+        "augment": (False, lambda v: v in (True, False), "--augment on|off" if args.augment == "recipe" else ""),
+    }
+    recipe = {}
+    for key, (default, check, flag) in fields.items():
+        value = metrics.get(key, default)
+        if not check(value):
+            if flag == "":  # the operator's flag replaces it
+                value = default
+            else:
+                fix = f"pass {flag}" if flag else "retrain the model with jobs.train"
+                raise JobError(f"checkpoint {redact_url(checkpoint)}: its recipe field {key!r} is {str(value)[:60]!r}, "
+                               f"not a valid {key}; {fix}")
+        recipe[key] = value
+    recipe["schedule"] = str(recipe["schedule"]).split(" ")[0]
+    for key, kind in (("epochs", int), ("batch_size", int), ("lr", float), ("weight_decay", float), ("augment", bool)):
+        recipe[key] = kind(recipe[key])
+    return recipe
+
+
 def run(args: argparse.Namespace) -> int:
     import pandas as pd
 
+    from jobs.eval_common import stored_config
     from jobs.roar_cells import finished_cells, name_of, plan_cells, run_cells
     from jobs.roar_summary import budget, verdict_lines, write_outputs
     from storage.checkpoints import load_checkpoint, load_metrics
@@ -207,15 +247,20 @@ def run(args: argparse.Namespace) -> int:
     from storage.sources import source_location
     from storage.tables import EVAL_DIR
     from workers.roar_data import channel_mean, pixel_noise
-    from workers.tasks import stored_methods
 
     started, clock = now(), time.perf_counter()
     options = storage_options_from(args.storage_options)
     if args.train_maps.rstrip("/") == args.test_maps.rstrip("/"):
         raise JobError("--train-maps and --test-maps are the same dataset; ROAR needs maps of both splits "
                        "(python -m jobs.attribute --split train --output <train-maps>)")
-    runs = {k: read_run(u, options or None) for k, u in (("train", args.train_maps), ("test", args.test_maps))}
-    stored = {k: [m.label for m in stored_methods(r.get("config") or {})] for k, r in runs.items()}
+    urls = {"train": args.train_maps, "test": args.test_maps}
+    runs, stored = {k: read_run(u, options or None) for k, u in urls.items()}, {}
+    for k, url in urls.items():  # someone else's map datasets are untrusted data: their fields are checked
+        runs[k]["config"], specs = stored_config(runs[k], url)
+        stored[k] = [m.label for m in specs]
+        if not runs[k]["config"].get("source"):
+            raise JobError(f"--{k}-maps {url}: its run.json names no source (config.source); use a map dataset "
+                           "written by jobs.attribute")
     if runs["train"]["config"].get("split") == runs["test"]["config"].get("split"):
         print(f"warning: both map datasets are of split {runs['test']['config'].get('split')!r}; "
               "the train maps should come from jobs.attribute --split train", file=sys.stderr)
@@ -227,9 +272,11 @@ def run(args: argparse.Namespace) -> int:
                        f"{args.test_maps} (has {stored['test']}); compute them with jobs.attribute --methods ... "
                        f"or drop them from --methods (controls {list(CONTROLS)} need no maps)")
     with_maps = [m for m in methods if m not in CONTROLS]
-    checkpoint = args.checkpoint or runs["test"]["config"]["checkpoint"]
+    checkpoint = args.checkpoint or runs["test"]["config"].get("checkpoint")
+    if not checkpoint:
+        raise JobError(f"--test-maps {args.test_maps}: its run.json names no checkpoint; pass --checkpoint")
     model, spec = load_checkpoint(checkpoint, options or None, trust_code=trust_of(args))
-    recipe = load_metrics(checkpoint, options or None)
+    recipe = checked_recipe(load_metrics(checkpoint, options or None), checkpoint, args)
     output = args.output or join(args.test_maps, EVAL_DIR, "kar" if args.kar else "roar")
     # Before anything is written or trained: the output is this job's own, apart from the images.
     check_output(output, OutputKind("jobs.roar", OUTPUT_NAMES), options or None)
@@ -249,15 +296,13 @@ def run(args: argparse.Namespace) -> int:
         for name in methods:
             if name in CONTROLS:
                 split["maps"][name] = control_maps(name, split["images"], split["ids"], spec)
-    augment = bool(recipe.get("augment", False)) if args.augment == "recipe" else args.augment == "on"
+    augment = recipe["augment"] if args.augment == "recipe" else args.augment == "on"
     config = {
         "spec": spec.to_dict(), "kar": args.kar, "fill": channel_mean(train["images"]), "output": output,
         "storage_options": options, "noise": pixel_noise(args.noise, spec.std), "per_read": args.random_per_read,
-        "epochs": args.epochs or int(recipe.get("epochs", 4)),
-        "batch_size": args.batch_size or int(recipe.get("batch_size", 128)),
-        "lr": args.lr or float(recipe.get("lr", 0.1)), "optimizer": recipe.get("optimizer", "sgd"),
-        "schedule": str(recipe.get("schedule", "onecycle")).split(" ")[0],
-        "weight_decay": float(recipe.get("weight_decay", 5e-4)), "augment": augment,
+        "epochs": args.epochs or recipe["epochs"], "batch_size": args.batch_size or recipe["batch_size"],
+        "lr": args.lr or recipe["lr"], "optimizer": recipe["optimizer"], "schedule": recipe["schedule"],
+        "weight_decay": recipe["weight_decay"], "augment": augment,
     }
     settings = {k: v for k, v in config.items() if k not in ("output", "storage_options")}
     settings.update(train_maps=args.train_maps, test_maps=args.test_maps, checkpoint=checkpoint,

@@ -137,6 +137,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     from jobs.plots import training_curves
+    from models.registry import check_input_size
     from models.training import resolve_device, train_classifier
     from storage.checkpoints import redact_url, save_checkpoint
     from storage.location import put_url
@@ -165,6 +166,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         test_images, test_labels, _ = load_arrays(test_src)
         test_images, test_labels = np.asarray(test_images), np.asarray(test_labels)
     load_seconds = time.time() - started
+    # A bad --arch or --arch-kwargs is one line here, before the first message (on meta: no memory, no math).
+    check_input_size(spec, trust_code=trust_of(args, args.arch))
 
     print(f"training {spec.arch} on {redact_url(args.source)} ({images.shape[0]} of {n_total} train images"
           f"{'' if test_images is None else f', {test_images.shape[0]} {args.test_split} images'}) "

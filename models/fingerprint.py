@@ -65,7 +65,10 @@ def _type(entry: str) -> str:
 
 
 def differences(saved: dict[str, Any], model: nn.Module, in_channels: int, size: tuple[int, int]) -> str | None:
-    """None when ``model`` (with its weights loaded) is the network ``saved`` describes, else why not."""
+    """None when ``model`` (with its weights loaded) is the network ``saved`` describes, else why not.
+    ``saved`` comes from a checkpoint (untrusted data): one of the wrong shape is a reason, not a crash."""
+    if not _well_formed(saved):
+        return "its stored fingerprint is damaged: expected {\"modules\": [text, ...], \"probe\": [number, ...]}"
     now = module_types(model)
     before = list(saved.get("modules") or [])
     if now != before:
@@ -84,3 +87,12 @@ def differences(saved: dict[str, Any], model: nn.Module, in_channels: int, size:
         return (f"the same modules compute other logits for a fixed probe input (off by up to {worst:.3g}): "
                 "its forward pass changed")
     return None
+
+
+def _well_formed(saved: Any) -> bool:
+    """Whether ``saved`` has the shape :func:`fingerprint` writes."""
+    if not isinstance(saved, dict):
+        return False
+    modules, probe = saved.get("modules") or [], saved.get("probe") or []
+    return (isinstance(modules, list) and all(isinstance(m, str) for m in modules) and isinstance(probe, list)
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in probe))

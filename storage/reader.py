@@ -95,7 +95,8 @@ def read_maps_table(url: str, method: str | None = None, storage_options: Mappin
     tables = _committed_tables(url, "maps", method, storage_options, columns, shards)
     if not tables:
         schema = map_schema(0, 0)
-        table = schema.empty_table().select(list(columns)) if columns else schema.empty_table()
+        table = schema.empty_table().select([c for c in columns if c in schema.names]) if columns \
+            else schema.empty_table()
     else:
         table = pa.concat_tables(tables, promote_options="default")  # methods declare different details
     return _with_tensor_map(table)
@@ -283,6 +284,10 @@ def read_run(url: str, storage_options: Mapping[str, Any] | None = None) -> dict
         raise
     except ValueError as err:
         raise StorageError(f"{where.url_of(RUN_PATH)} is not JSON: {err}") from None
+    # Someone else's dataset is untrusted data: a record of another shape is one line, not a traceback.
+    if not isinstance(run, dict) or any(not isinstance(run.get(key) or {}, dict) for key in ("format", "config")):
+        raise InvalidStorageInput(f"{where.url_of(RUN_PATH)} is not a run record (a JSON object whose format and "
+                                  "config are objects); is this the --output of jobs.attribute?")
     run_format(run, url)
     return run
 

@@ -29,8 +29,11 @@ Images are untrusted (docs/security.md), so decoding is bounded by the source's
   image, the output array and a strip, not several whole-image copies.
 - **JPEG draft.** ``policy.decode_size`` (height, width), set by whoever knows the model (the worker,
   ``load_arrays(spec=...)``, ``join_with_source``; see ``models.preprocess.decode_size``), lets
-  JPEGs decode at the smallest DCT scale (1/2, 1/4, 1/8) that still covers it
-  (``Image.draft``). Other formats, and JPEGs under twice that size, decode in full as before.
+  JPEGs decode at the smallest DCT scale (1/2, 1/4, 1/8) that still covers it (``Image.draft``)
+  and divides both sides: each drafted pixel is then the average of whole s x s blocks, and the
+  drafted image spans exactly the full one, so the resize that follows sees the same geometry
+  (a partial last block would shift the image by up to a drafted pixel). Other formats, and JPEGs
+  under twice that size, decode in full as before.
 - **Errors** name the format problem, never bytes of the file: Pillow's messages lose any bytes
   literal and anything after their first ": ".
 """
@@ -214,13 +217,25 @@ def decode_image(data: bytes | None, policy: SourcePolicy = DEFAULT_POLICY) -> n
             height, width = policy.decode_size
             if orientation in _QUARTER_TURNS:
                 height, width = width, height
-            img.draft(None, (width, height))  # no-op under twice the size; never below it
+            scale = draft_scale(img.size, (width, height))
+            if scale > 1:
+                img.draft(None, (img.size[0] // scale, img.size[1] // scale))
         img.load()
         check_pixels(img.size, policy.max_image_pixels)  # a frame that grew while it loaded
         if orientation is None:
             orientation = _orientation(img)
         arr = to_uint8_hwc(img)
     return _oriented(arr, orientation)  # Pillow's image is freed: the turn copies the array alone
+
+
+def draft_scale(size: tuple[int, int], needed: tuple[int, int]) -> int:
+    """The largest JPEG DCT scale (8, 4, 2; else 1) that divides both sides of ``size`` (width, height)
+    and leaves them at least ``needed`` (width, height)."""
+    width, height = size
+    for scale in (8, 4, 2):
+        if width % scale == 0 and height % scale == 0 and width // scale >= needed[0] and height // scale >= needed[1]:
+            return scale
+    return 1
 
 
 def _orientation(img: Any) -> int:

@@ -17,7 +17,7 @@ from models.registry import ModelSpec
 from storage.sources import SampleError, decoding_for, load_arrays, model_policy, open_source
 from storage.sources import images as decoding
 from storage.sources.base import decoded_sample
-from storage.sources.images import ImageTooLarge, decode_image, decode_reason, to_uint8_hwc
+from storage.sources.images import ImageTooLarge, decode_image, decode_reason, draft_scale, to_uint8_hwc
 from storage.sources.policy import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_POLICY, SourcePolicy
 from tests.helpers import png_bomb
 
@@ -102,12 +102,24 @@ def test_a_large_jpeg_decodes_at_the_smallest_dct_scale_that_covers_the_decode_s
     drafted = decode_image(data, SourcePolicy(decode_size=(224, 224)))
     assert full.shape == (1500, 2000, 3)
     assert drafted.shape == (375, 500, 3)  # 1/4: 1/8 would be 188 rows, under 224
-    assert decode_image(data, SourcePolicy(decode_size=(28, 28))).shape == (188, 250, 3)  # 1/8
-    assert decode_image(data, SourcePolicy(decode_size=(100, 300))).shape == (375, 500, 3)  # 2000 // 300: 1/4
+    # 1/8 would cover 28 px, but 1500 rows are not whole 8-row blocks: the last drafted row would be a
+    # partial block, and the image would shift under the resize. 1/4 tiles it exactly.
+    assert decode_image(data, SourcePolicy(decode_size=(28, 28))).shape == (375, 500, 3)
+    assert decode_image(data, SourcePolicy(decode_size=(100, 300))).shape == (375, 500, 3)
+    square = encoded(photo(1600, 1200), "JPEG", quality=90)
+    assert decode_image(square, SourcePolicy(decode_size=(28, 28))).shape == (150, 200, 3)  # 1/8
     # What the model sees from the drafted decode is what it sees from the full one, up to rounding.
     spec = spec_of((224, 224))
     seen_full, seen_drafted = model_view(spec, [full, drafted])
     assert np.abs(seen_full.astype(int) - seen_drafted.astype(int)).mean() < 2.0
+
+
+def test_draft_scale_covers_the_size_with_whole_blocks():
+    assert draft_scale((4000, 3000), (224, 224)) == 8
+    assert draft_scale((4000, 3000), (400, 400)) == 4  # 375 rows at 1/8 are too few
+    assert draft_scale((3000, 2250), (224, 224)) == 2  # 2250 rows are not whole 4- or 8-row blocks
+    assert draft_scale((447, 600), (224, 224)) == 1
+    assert draft_scale((448, 448), (224, 224)) == 2
 
 
 def test_small_jpegs_and_other_formats_decode_exactly_as_without_a_decode_size():
