@@ -136,15 +136,15 @@ def test_labeled_methods_store_one_method_twice(checkpoint, ray_session, tmp_pat
     scale = float(np.abs(expected.numpy()).max())
     np.testing.assert_allclose(stored, expected.numpy(), rtol=1e-2, atol=1e-3 * scale)  # stored as float16
     assert np.abs(stored - np.stack(p70["map"][:4])).max() > 0.05 * scale
-    assert attribute.main(["--methods", "p30=nosuch", "--checkpoint", checkpoint, "--output", out]) == 1
+    assert attribute.main(["--methods", "p30=nosuch", "--checkpoint", checkpoint, "--output", out]) == 2
     assert "unknown method 'nosuch'" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("case", ["checkpoint missing", "wrong S3 credentials", "output not writable",
                                   "output of format 1"])
-def test_failures_not_caused_by_data_exit_1_fast(case, checkpoint, s3_server, tmp_path, capfd, monkeypatch
+def test_failures_not_caused_by_data_exit_2_fast(case, checkpoint, s3_server, tmp_path, capfd, monkeypatch
                                                   ) -> None:
-    """Errors of setup, not of samples: one clear line on stderr, exit 1, before any Ray work."""
+    """Errors of setup, not of samples: one clear line on stderr, exit 2, before any Ray work."""
     args = ["--checkpoint", checkpoint, "--output", str(tmp_path / "maps"), *FM]
     secret = "wrong-secret-Zq81x"
     if case == "checkpoint missing":
@@ -163,7 +163,7 @@ def test_failures_not_caused_by_data_exit_1_fast(case, checkpoint, s3_server, tm
         (tmp_path / "maps" / "run.json").write_text("{}")  # format 1 kept it at the root
         expected = r"format version 1;.*another output URL"
     start = time.perf_counter()
-    assert attribute.main(args) == 1
+    assert attribute.main(args) == 2
     seconds = time.perf_counter() - start
     captured = capfd.readouterr()
     lines = [line for line in captured.err.splitlines() if line.strip()]
@@ -207,7 +207,7 @@ def test_credentials_only_in_the_drivers_environment_stop_the_job_in_one_line(ch
     endpoint_only = {"client_kwargs": options["client_kwargs"]}
     args = ["--checkpoint", checkpoint, "--output", s3_server.url("maps-env-credentials"), "--limit", "8",
             "--methods", "gradient", "--workers", "1", "--no-progress", "--storage-options", json.dumps(endpoint_only)]
-    assert attribute.main(args) == 1
+    assert attribute.main(args) == 2
     line = capfd.readouterr().err.strip().splitlines()[-1]
     assert line.startswith("jobs.attribute: error: a Ray worker cannot use the job's storage") and "--storage-options" in line
     assert "maps-env-credentials" in line and "NoCredentialsError" in line

@@ -157,7 +157,7 @@ def test_unmatched_class_names_warn_and_refuse_target_label(checkpoint, ray_sess
     for i in range(6):
         put(os.path.join(src, f"n0{labels[i]}", f"{i}.png"), {}, png_bytes(images[i]))
     args = ["--source", src, "--checkpoint", checkpoint, "--output", out, *QUIET]
-    assert attribute.main([*args, "--target", "label"]) == 1
+    assert attribute.main([*args, "--target", "label"]) == 2  # a refusal (jobs.cli)
     err = capfd.readouterr().err.strip().splitlines()
     assert err[-1].startswith("jobs.attribute: error: --target label:") and "match none of" in err[-1]
     run = read_run(out)
@@ -260,7 +260,7 @@ def test_a_driver_failure_after_run_json_was_written_is_recorded(checkpoint, ray
     args = ["--checkpoint", checkpoint, "--output", out, "--limit", "8", "--methods", "gradient", *QUIET]
     assert attribute.main([*args, "--shard-size", "4"]) == 0
     assert read_run(out)["status"] == "complete"
-    assert attribute.main([*args, "--shard-size", "8"]) == 1
+    assert attribute.main([*args, "--shard-size", "8"]) == 2
     assert capfd.readouterr().err.strip().splitlines()[-1].startswith("jobs.attribute: error: ")
     run = read_run(out)
     assert run["status"] == "failed" and "rerun with --shard-size 4" in run["reason"] and "failed_at" in run

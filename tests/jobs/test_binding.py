@@ -95,7 +95,7 @@ def test_a_job_is_bound_to_its_output(checkpoint, ray_session, tmp_path, capfd) 
     for change, message in ((["--methods", "pathway:percentile=50"], r"method 'pathway' was .*70.*is .*50"),
                             (["--methods", "pathway:percentile=70", "--split", "train"], r'split was "test", is "train"'),
                             (["--methods", "pathway:percentile=70", "--reduction", "sum_abs"], "reduction was")):
-        assert attribute.main([*base, *change]) == 1
+        assert attribute.main([*base, *change]) == 2
         lines = capfd.readouterr().err.strip().splitlines()
         assert len(lines) == 1 and re.search(message, lines[0]) and "new --output" in lines[0], lines
         after = read_run(out)  # what the output is stays as it was; the refused attempt joins the history
@@ -119,7 +119,7 @@ def test_a_second_driver_is_refused_naming_the_holder(checkpoint, tmp_path, capf
 
     out = str(tmp_path / "maps")
     with Lease(Location(out), purpose="another driver"):
-        assert attribute.main(["--checkpoint", checkpoint, "--output", out, "--limit", "8", "--no-progress"]) == 1
+        assert attribute.main(["--checkpoint", checkpoint, "--output", out, "--limit", "8", "--no-progress"]) == 2
     line = capfd.readouterr().err.strip().splitlines()[-1]
     assert "jobs.attribute: error: " in line and "another driver" in line and str(os.getpid()) in line, line
     assert not os.path.exists(os.path.join(out, "_meta"))

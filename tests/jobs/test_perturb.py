@@ -87,27 +87,27 @@ def test_stored_maps_on_s3(checkpoint, ray_session, s3_server, capsys) -> None:
     assert summary["config"]["samples"] == 30 and summary["config"]["methods"] == ["gradient"]
 
 
-def test_missing_maps_url_exits_1(tmp_path, capsys) -> None:
+def test_missing_maps_url_exits_2(tmp_path, capsys) -> None:
     missing = str(tmp_path / "no-maps-here")
-    assert perturb.main(["--maps", missing, "--no-progress"]) == 1
+    assert perturb.main(["--maps", missing, "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "no map dataset there" in err and missing in err and "jobs.attribute" in err
 
 
-def test_unknown_method_exits_1(checkpoint, tmp_path, capsys) -> None:
+def test_unknown_method_exits_2(checkpoint, tmp_path, capsys) -> None:
     assert perturb.main(["--checkpoint", checkpoint, "--methods", "gradient nosuch", "--output",
-                         str(tmp_path / "o"), "--no-progress"]) == 1
+                         str(tmp_path / "o"), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "unknown method 'nosuch'" in err and "gradient" in err
     assert not (tmp_path / "o").exists()
 
 
-def test_method_not_in_map_dataset_exits_1(checkpoint, tmp_path, capsys) -> None:
+def test_method_not_in_map_dataset_exits_2(checkpoint, tmp_path, capsys) -> None:
     """A stored dataset names its methods; asking for another says which ones it holds."""
     maps = tmp_path / "maps"
     (maps / "_meta").mkdir(parents=True)
     (maps / "_meta" / "run.json").write_text(json.dumps({"config": {"methods": {"gradient": {}}, "source": "fashion-mnist",
                                                           "checkpoint": checkpoint}}))
-    assert perturb.main(["--maps", str(maps), "--methods", "pathway", "--no-progress"]) == 1
+    assert perturb.main(["--maps", str(maps), "--methods", "pathway", "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "pathway" in err and "holds gradient" in err

@@ -125,10 +125,10 @@ def test_missing_sections_are_listed_not_fatal(tmp_path, capsys) -> None:
     assert (out / "examples.png").is_file() and not (out / "sanity.png").exists()
 
 
-def test_unreadable_maps_is_one_line_exit_1(tmp_path, capsys) -> None:
+def test_unreadable_maps_is_one_line_exit_2(tmp_path, capsys) -> None:
     missing = tmp_path / "no-such-maps"
     code = report.main(["--maps", str(missing), "--output", str(tmp_path / "report")])
-    assert code == 1
+    assert code == 2
     err = capsys.readouterr().err
     assert err.startswith("jobs.report: error: --maps: cannot read the map dataset's run.json")
     assert str(missing) in err and "jobs.attribute" in err and "Traceback" not in err

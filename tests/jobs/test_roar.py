@@ -181,12 +181,12 @@ def test_training_images_have_exactly_the_top_pixels_mean_filled(maps, kar) -> N
 
 def test_bad_inputs(maps, capsys) -> None:
     base = ["--train-maps", maps["train"], "--test-maps", maps["test"], "--no-progress"]
-    assert roar.main([*base, "--methods", "gradient"]) == 1
+    assert roar.main([*base, "--methods", "gradient"]) == 2
     err = capsys.readouterr().err
     assert "gradient" in err and "jobs.attribute" in err
-    assert roar.main(["--train-maps", maps["test"], "--test-maps", maps["test"]]) == 1
+    assert roar.main(["--train-maps", maps["test"], "--test-maps", maps["test"]]) == 2
     assert "same dataset" in capsys.readouterr().err
-    assert roar.main([*base, "--train-maps", os.path.join(maps["root"], "nowhere")]) == 1
+    assert roar.main([*base, "--train-maps", os.path.join(maps["root"], "nowhere")]) == 2
     assert "nowhere" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         roar.parse_args([*base, "--thresholds", "0,50"])

@@ -86,24 +86,24 @@ def test_reset_mode_module_by_module(checkpoint, ray_session, tmp_path) -> None:
     assert last < 0.6
 
 
-def test_unknown_method_exits_1(checkpoint, tmp_path, capsys) -> None:
+def test_unknown_method_exits_2(checkpoint, tmp_path, capsys) -> None:
     out = tmp_path / "o"
     assert sanity.main(["--checkpoint", checkpoint, "--methods", "gradient nosuch", "--output", str(out),
-                        "--no-progress"]) == 1
+                        "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "unknown method 'nosuch'" in err and "guided_backprop" in err
     assert not out.exists()
 
 
-def test_bad_method_parameter_exits_1(checkpoint, tmp_path, capsys) -> None:
+def test_bad_method_parameter_exits_2(checkpoint, tmp_path, capsys) -> None:
     assert sanity.main(["--checkpoint", checkpoint, "--methods", "pathway:scores=bogus", "--output",
-                        str(tmp_path / "o"), "--no-progress"]) == 1
+                        str(tmp_path / "o"), "--no-progress"]) == 2
     assert "bogus" in capsys.readouterr().err
 
 
-def test_missing_checkpoint_exits_1(tmp_path, capsys) -> None:
+def test_missing_checkpoint_exits_2(tmp_path, capsys) -> None:
     missing = str(tmp_path / "none.pt")
     assert sanity.main(["--checkpoint", missing, "--methods", "gradient", "--output", str(tmp_path / "o"),
-                        "--no-progress"]) == 1
+                        "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "jobs.sanity: error" in err and "none.pt" in err

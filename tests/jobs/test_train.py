@@ -77,9 +77,9 @@ def test_limit_is_a_seeded_subset(tmp_path) -> None:
     (["--epochs", "0"], 2, "--epochs: expected a positive integer"),
     (["--lr", "-1"], 2, "--lr: expected a positive number"),
     (["--arch", "resnet9"], 2, "--arch: unknown arch 'resnet9'; use resnet8, a torchvision"),
-    (["--source", "/nonexistent/data"], 1, "jobs.train: error: .*nonexistent/data"),
-    (["--storage-options", '{"secret": "hunter2"'], 1, "--storage-options is not valid JSON"),
-    (["--arch", "vgg16"], 1, "vgg16.*28x28.*larger input_size"),
+    (["--source", "/nonexistent/data"], 2, "jobs.train: error: .*nonexistent/data"),
+    (["--storage-options", '{"secret": "hunter2"'], 2, "--storage-options is not valid JSON"),
+    (["--arch", "vgg16"], 2, "vgg16.*28x28.*larger input_size"),
 ])
 def test_bad_input_exits_nonzero_with_a_clear_message(tmp_path, capsys, args, code, message) -> None:
     argv = ["--output", str(tmp_path / "x.pt"), "--limit", "64", "--epochs", "1", "--no-progress", "--threads", "1",
@@ -99,6 +99,6 @@ def test_module_entry_point_reports_errors_without_traceback(tmp_path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "jobs.train", "--source", str(tmp_path / "missing"), "--output", str(tmp_path / "x.pt")],
         cwd=ROOT, capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "jobs.train: error:" in result.stderr and "missing" in result.stderr
     assert "Traceback" not in result.stderr

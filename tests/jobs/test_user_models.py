@@ -78,7 +78,7 @@ def test_converter_refuses_weights_that_do_not_fit(user_checkpoint, tmp_path, ca
     finally:
         sys.path.remove(root)
         sys.modules.pop("usernets", None)
-    assert code == 1
+    assert code == 2
     err = capsys.readouterr().err
     assert "do not fit arch 'usernets:SmallNet'" in err and "Traceback" not in err
 
@@ -110,7 +110,7 @@ def test_workers_that_cannot_import_the_users_module_stop_the_job_with_one_line(
     finally:
         sys.path.remove(root)
         sys.modules.pop("usernets", None)
-    assert code == 1
+    assert code == 2
     err = capsys.readouterr().err.strip()
     assert "the Ray workers cannot import 'usernets'" in err and "--working-dir" in err
     assert len(err.splitlines()) == 1 and "Traceback" not in err
