@@ -17,13 +17,23 @@
    pandas, polars, DuckDB, HF datasets, Ray Data and xarray, against pyarrow alone on the same
    files (``benchmarks/bench_readers.py``); target <= 1.5x.
 
-Run: ``python benchmarks/bench_storage.py [--n 4096] [--shard-size 512] [--no-train] [--no-s3] [--no-readers]``.
+4. Decode: large photo-like JPEGs (gradients, blobs and noise, Pillow quality 90) brought to a
+   224 px model input (ImageNet's eval geometry: shorter side to 256, center 224), decoded in full
+   and in draft mode (``SourcePolicy.decode_size``, as the workers decode), side by side: time per
+   image (best of ``--repeats``), the decoded size, how far the model input moves (mean |delta| in
+   gray levels), and the peak memory of one decode (a fresh process per case: its peak RSS above
+   its RSS before the decode). Then the peak memory of one full decode per format and mode, in
+   bytes per pixel, at the largest side: what ``DEFAULT_MAX_IMAGE_PIXELS`` is sized by.
+
+Run: ``python benchmarks/bench_storage.py [--n 4096] [--shard-size 512] [--no-train] [--no-s3] [--no-readers]
+[--decode-sides 2000 3000 4000] [--only-decode]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import io
 import os
 import platform
@@ -178,11 +188,19 @@ def main() -> None:
     parser.add_argument("--no-readers", dest="readers", action="store_false",
                         help="skip timing the readers (benchmarks/bench_readers.py)")
     parser.add_argument("--no-train", action="store_true", help="maps of a random-init model (skips ~45 s)")
+    parser.add_argument("--decode-sides", type=int, nargs="*", default=[2000, 3000, 4000],
+                        help="long sides of the JPEGs the decode part times (none: skip it)")
+    parser.add_argument("--only-decode", action="store_true", help="run the decode part alone")
     args = parser.parse_args()
     os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}, "
           f"pyarrow {pa.__version__}")
+    if args.decode_sides:
+        time_decodes(args.decode_sides, args.repeats)
+        torch.set_num_threads(max(1, os.cpu_count() or 1))
+    if args.only_decode:
+        return
 
     t = time.perf_counter()
     maps, raw, origin = compute_maps(args.n, ["gradient", "pathway"], train=not args.no_train)
@@ -225,6 +243,121 @@ def main() -> None:
             for name, url, options in targets:
                 write_and_time(name, join(url, "readers"), options, "pathway", maps["pathway"], args.shard_size,
                                args.repeats)
+
+
+def photo_jpeg(width: int, height: int, seed: int = 0) -> bytes:
+    """A photo-like RGB JPEG (quality 90): gradients, soft blobs and sensor-like noise."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    rgb = np.stack([x / width, y / height, (x + y) / (width + height)], -1) * 160.0
+    blobs = np.asarray(Image.fromarray(rng.integers(0, 255, (height // 64 + 1, width // 64 + 1, 3), dtype=np.uint8))
+                       .resize((width, height), Image.Resampling.BICUBIC), dtype=np.float32)
+    rgb += blobs * 0.35 + rng.normal(0.0, 10.0, rgb.shape).astype(np.float32)
+    buf = io.BytesIO()
+    Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8)).save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+DECODE_PEAK = """
+import json, sys
+sys.path.insert(0, sys.argv[3])
+from storage.sources.images import decode_image
+from storage.sources.policy import SourcePolicy
+
+def status(field):
+    return next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith(field))
+
+data = open(sys.argv[1], "rb").read()
+size = json.loads(sys.argv[2])
+policy = SourcePolicy(max_image_pixels=10**9, decode_size=tuple(size) if size else None)
+import io
+from PIL import Image
+warm = io.BytesIO()
+Image.new("RGB", (16, 16)).save(warm, format="JPEG")
+decode_image(warm.getvalue(), policy)  # Pillow's plugins imported before the peak restarts
+open("/proc/self/clear_refs", "w").write("5")  # the peak restarts here
+before = status("VmRSS:")
+image = decode_image(data, policy)
+print(json.dumps({"peak": status("VmHWM:") - before, "shape": list(image.shape)}))
+"""
+
+
+def decode_peak(path: str, size: tuple[int, int] | None) -> int:
+    """Peak RSS (bytes) one decode of the file at ``path`` adds to a fresh process."""
+    import json
+    import subprocess
+
+    root = str(Path(__file__).resolve().parents[1])
+    out = subprocess.run([sys.executable, "-c", DECODE_PEAK, path, json.dumps(size), root], capture_output=True,
+                         text=True, check=True, timeout=600)
+    return int(json.loads(out.stdout.strip().splitlines()[-1])["peak"])
+
+
+def time_decodes(sides: list[int], repeats: int) -> None:
+    """Part 4 of the module docstring: full decode against draft mode, to a 224 px model input."""
+    from models.preprocess import decode_size, prepare
+    from models.registry import imagenet_spec
+    from storage.sources.images import decode_image
+    from storage.sources.policy import SourcePolicy
+
+    spec = imagenet_spec("resnet50")
+    torch.set_num_threads(1)  # one image at a time, as a worker's decode thread; the resize on one core too
+    full = SourcePolicy(max_image_pixels=10**9)
+    draft = dataclasses.replace(full, decode_size=decode_size(spec))
+    print(f"\n== decode: photo-like JPEGs (quality 90) to {spec.input_size[0]} px ({spec.resize}, shorter side "
+          f"{spec.resize_size}); full decode vs draft mode; best of {repeats} ==")
+    with tempfile.TemporaryDirectory(prefix="bench-decode-") as tmp:
+        for side in sides:
+            width, height = side, side * 3 // 4
+            data = photo_jpeg(width, height)
+            path = os.path.join(tmp, f"{side}.jpg")
+            Path(path).write_bytes(data)
+            row, inputs = [], {}
+            for name, policy in (("full", full), ("draft", draft)):
+                decode, total = float("inf"), float("inf")
+                for _ in range(repeats):
+                    t = time.perf_counter()
+                    image = decode_image(data, policy)
+                    t_decoded = time.perf_counter()
+                    x = prepare(spec, [image], "cpu")
+                    decode, total = min(decode, t_decoded - t), min(total, time.perf_counter() - t)
+                inputs[name] = x
+                peak = decode_peak(path, policy.decode_size)
+                row.append(f"{name}: decode {decode * 1e3:6.1f} ms, to the input {total * 1e3:6.1f} ms "
+                           f"({image.shape[1]}x{image.shape[0]}, peak {peak / 1e6:5.1f} MB)")
+            delta = float((inputs["full"] - inputs["draft"]).abs().mean() * 255)
+            print(f"{width}x{height} ({len(data) / 1e6:.2f} MB): {'; '.join(row)}; "
+                  f"input mean |delta| {delta:.2f} gray levels")
+        width, height = max(sides), max(sides) * 3 // 4
+        print(f"\n== peak memory of one decode, {width}x{height}, bytes per pixel of the declared size ==")
+        for name, data in formats_of(width, height):
+            path = os.path.join(tmp, "format")
+            Path(path).write_bytes(data)
+            full_peak, draft_peak = decode_peak(path, None), decode_peak(path, draft.decode_size)
+            print(f"{name:>28}: full {full_peak / (width * height):5.1f}, drafted to {spec.resize_size} px "
+                  f"{draft_peak / (width * height):5.1f} ({len(data) / 1e6:.1f} MB file)")
+
+
+def formats_of(width: int, height: int) -> Iterator[tuple[str, bytes]]:
+    """The photo of part 4 in the formats and modes whose decodes cost the most memory."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(photo_jpeg(width, height))) as img:
+        rgb = img.convert("RGB")
+    gray = np.asarray(rgb.convert("L"))
+    cases = [("PNG L", rgb.convert("L"), "PNG", {}), ("PNG RGB", rgb, "PNG", {}),
+             ("PNG RGBA", rgb.convert("RGBA"), "PNG", {}),
+             ("PNG 16-bit gray", Image.fromarray(gray.astype(np.uint16) * 257), "PNG", {}),
+             ("TIFF float", Image.fromarray(gray.astype(np.float32) / 255), "TIFF", {}),
+             ("JPEG baseline 4:2:0", rgb, "JPEG", {"quality": 90}),
+             ("JPEG progressive 4:2:0", rgb, "JPEG", {"quality": 90, "progressive": True}),
+             ("JPEG progressive 4:4:4", rgb, "JPEG", {"quality": 90, "progressive": True, "subsampling": 0})]
+    for name, image, fmt, params in cases:
+        buf = io.BytesIO()
+        image.save(buf, format=fmt, **({"compress_level": 1} if fmt == "PNG" else params))
+        yield name, buf.getvalue()
 
 
 if __name__ == "__main__":
