@@ -193,7 +193,7 @@ def run(args: argparse.Namespace) -> int:
     from models.preprocess import preprocess
     from storage.checkpoints import load_checkpoint
     from storage.outputs import OutputKind, check_apart, check_output
-    from storage.sources import open_source, source_location
+    from storage.sources import model_policy, open_source, source_location
 
     start = time.perf_counter()
     options = storage_options_from(args.storage_options)
@@ -213,7 +213,7 @@ def run(args: argparse.Namespace) -> int:
     if specs is not None:
         build_methods(model, list(specs.values()))  # bad parameters fail here, before any scheduling
     source = open_source(inputs["source"], split=inputs["split"], storage_options=options or None,
-                         policy=source_policy_of(args))
+                         policy=model_policy(source_policy_of(args), spec))  # decoded as the attribute job's workers
     images, labels, ids = load_samples(source, args.limit or DEFAULT_LIMIT, inputs["ids"])
     keep = None
     if inputs["ids"] is not None and len(ids) != len(inputs["ids"]):  # unreadable images: keep rows aligned

@@ -125,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
     from models.preprocess import preprocess
     from storage.checkpoints import load_checkpoint
     from storage.outputs import OutputKind, check_apart, check_output
-    from storage.sources import open_source, source_location
+    from storage.sources import model_policy, open_source, source_location
 
     start = time.perf_counter()
     options = storage_options_from(args.storage_options)
@@ -136,7 +136,8 @@ def run(args: argparse.Namespace) -> int:
     model, spec = load_checkpoint(checkpoint, options or None, trust_code=trust_of(args))
     model.eval()
     build_methods(model, specs)  # bad parameters fail here, before any scheduling
-    source = open_source(args.source, split=args.split, storage_options=options or None, policy=source_policy_of(args))
+    source = open_source(args.source, split=args.split, storage_options=options or None,
+                         policy=model_policy(source_policy_of(args), spec))  # decoded as the attribute job's workers
     images, _, ids = load_samples(source, args.limit)
     x = preprocess(spec, images)
     with torch.no_grad():
