@@ -182,6 +182,31 @@ def test_a_builtin_archs_kwargs_cannot_open_files(tmp_path, capsys, arch, kwargs
     assert_one_line(err, *words)
 
 
+def test_ray_tasks_and_workers_import_only_what_the_driver_trusts(tmp_path, monkeypatch) -> None:
+    """The model payload of jobs.perturb / jobs.sanity carries the driver's --trust-code, and the check
+    that Ray workers can import the arch's module refuses an untrusted one before asking them."""
+    from jobs.cluster import check_workers_import
+    from jobs.eval_common import model_payload, rebuild_model
+    from models import ModelError, ModelSpec
+
+    (tmp_path / "payload_usernets.py").write_text(USERNETS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import payload_usernets
+
+    spec = ModelSpec("payload_usernets:SmallNet", 10, 1, (28, 28), (0.3,), (0.3,), arch_kwargs={"width": 4})
+    model = payload_usernets.SmallNet(width=4)
+    monkeypatch.delitem(sys.modules, "payload_usernets")
+    with pytest.raises(ModelError, match="module 'payload_usernets', which is not trusted"):
+        rebuild_model(model_payload(model, spec))
+    assert "payload_usernets" not in sys.modules
+    rebuilt = rebuild_model(model_payload(model, spec, ("payload_usernets",)))
+    assert all(torch.equal(rebuilt.state_dict()[k], v) for k, v in model.state_dict().items())
+    with pytest.raises(ModelError, match=r"own code \('jobs.convert'\).*even with --trust-code"):
+        check_workers_import("jobs.convert:main", ("jobs",))
+    with pytest.raises(ModelError, match="module 'payload_usernets', which is not trusted"):
+        check_workers_import("payload_usernets:SmallNet", ())
+
+
 USERNETS = '''
 import torch
 from torch import nn
