@@ -125,3 +125,16 @@ def test_model_view_is_what_the_model_saw(fmnist) -> None:
     fed = denormalize(spec, preprocess(spec, [rgb_of(big)]))[0, 0].numpy() * 255
     assert np.abs(seen[0][:, :, 0] - fed).max() <= 0.5 + 1e-3  # the model's input, rounded to uint8
     assert np.abs(seen[0].astype(int) - images[0].astype(int)).mean() < 8  # 2x up, then (smoothed) back down
+
+
+def test_decode_size_is_what_the_resize_needs_before_it_shrinks() -> None:
+    """Sources draft JPEGs no smaller than this (storage.sources.images): ``plain`` needs the input
+    size, ``center_crop`` the resize size on both sides (the shorter side, whichever it is)."""
+    from models.preprocess import decode_size
+
+    def spec(size: tuple[int, int], resize: str = "plain", resize_size: int | None = None) -> ModelSpec:
+        return ModelSpec("resnet8", 10, 3, size, (0.5,) * 3, (0.5,) * 3, resize=resize, resize_size=resize_size)
+
+    assert decode_size(spec((28, 56))) == (28, 56)
+    assert decode_size(spec((224, 224), "center_crop", 256)) == (256, 256)
+    assert decode_size(spec((224, 224), "center_crop")) == (224, 224)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from models.preprocess import decode_size, model_view
+from models.preprocess import model_view
 from models.registry import ModelSpec
 from storage.sources import SampleError, decoding_for, load_arrays, model_policy, open_source
 from storage.sources import images as decoding
@@ -89,12 +89,6 @@ def test_a_drafted_jpeg_is_capped_by_its_header_size():
 
 
 # -- JPEG draft ------------------------------------------------------------------------------------
-
-def test_decode_size_of_a_spec():
-    assert decode_size(spec_of((224, 224), "center_crop", 256)) == (256, 256)
-    assert decode_size(spec_of((224, 224), "center_crop")) == (224, 224)
-    assert decode_size(spec_of((28, 56))) == (28, 56)
-
 
 def test_a_large_jpeg_decodes_at_the_smallest_dct_scale_that_covers_the_decode_size():
     data = encoded(photo(2000, 1500), "JPEG", quality=90)
