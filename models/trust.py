@@ -159,7 +159,8 @@ def check_binds(arch: str, factory: Callable[..., Any], kwargs: Mapping[str, Any
         signature = inspect.signature(factory)
     except (TypeError, ValueError):
         raise _error(f"arch {arch!r}: cannot read the signature of {getattr(factory, '__name__', factory)!r}, so "
-                     "its arch_kwargs cannot be checked; wrap it in a function or nn.Module class of your own") from None
+                     "its arch_kwargs cannot be checked; wrap it in a function or nn.Module class of your own"
+                     ) from None
     try:
         signature.bind(**(fixed or {}), **kwargs)
     except TypeError as err:

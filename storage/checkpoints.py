@@ -10,10 +10,10 @@ A checkpoint is one ``torch.save`` file holding only plain types and tensors::
 It is read with ``torch.load(..., weights_only=True)`` only, so the file itself cannot run code.
 Its ``spec.arch`` names code, so it is untrusted: an import path of the user's model code is
 imported only when the caller trusts its module (``trust_code``, the jobs' ``--trust-code``), and
-built-in archs' ``arch_kwargs`` cannot make their loader read files (models.trust). The fingerprint is checked on
-save (the arch must rebuild the model being saved) and on load (it must still build it). Writes are atomic: a local file is written under a
-temporary name in the same directory and renamed; an object store gets the whole
-object in one PUT (objects appear whole or not at all).
+built-in archs' ``arch_kwargs`` cannot make their loader read files (models.trust). The fingerprint
+is checked on save (the arch must rebuild the model being saved) and on load (it must still build
+it). Writes are atomic: a local file is written under a temporary name in the same directory and
+renamed; an object store gets the whole object in one PUT (objects appear whole or not at all).
 """
 
 from __future__ import annotations
