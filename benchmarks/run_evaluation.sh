@@ -27,7 +27,7 @@ STAGES=${STAGES:-"data train maps perturb sanity sanity-reset roar report"}
 M="pathway pathway_integrated=pathway:scores=integrated gradient gradient_x_input integrated_gradients guided_backprop grad_cam"
 case "$DATASET" in
   fashion-mnist)
-    SOURCE=fashion-mnist; CKPT=outputs/models/resnet8-fashion-mnist.pt; OUT=outputs/maps/fm
+    SOURCE=fashion-mnist; CKPT=models/weights/resnet8-fashion-mnist.pt; OUT=outputs/maps/fm  # the shipped model
     ROAR_TRAIN=25000 ;;
   fm-textures)
     SOURCE=outputs/data/fm-textures; CKPT=outputs/models/resnet8-fm-textures.pt; OUT=outputs/maps/fmt

@@ -1,6 +1,6 @@
 """Compute attribution maps for a whole dataset on a Ray cluster, exactly once, resumably.
 
-    python -m jobs.attribute                     # Fashion-MNIST test split, ResNet-8 (trained if absent)
+    python -m jobs.attribute                     # Fashion-MNIST test split, the shipped ResNet-8
     python -m jobs.attribute --source s3://bucket/imagenet-val --checkpoint s3://bucket/r50.pt \\
         --output s3://bucket/maps/r50 --methods "pathway:percentile=70 gradient" --workers 8
     ray job submit --working-dir . -- python -m jobs.attribute ...
@@ -50,7 +50,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         "webdataset or parquet")
     p.add_argument("--split", default="test")
     p.add_argument("--checkpoint", default=None,
-                   help=f"model checkpoint URL (default {DEFAULT_CHECKPOINT}, trained with jobs.train if absent)")
+                   help=f"model checkpoint URL (default {DEFAULT_CHECKPOINT}, the shipped ResNet-8)")
     p.add_argument("--output", default=DEFAULT_OUTPUT, help="map dataset URL (local path or s3://...)")
     p.add_argument("--methods", default=DEFAULT_METHODS, help="space-separated [label=]name[:key=value,...], e.g. "
                    "'pathway pathway_integrated=pathway:scores=integrated gradient'")
@@ -205,7 +205,7 @@ def attribute(args: argparse.Namespace, options: dict[str, Any], store: Any, run
 
     specs = parse_method_specs(args.methods)
     checkpoint = checkpoint_or_default(args.checkpoint)
-    started, start_clock = now(), time.perf_counter()  # after any training of the default model
+    started, start_clock = now(), time.perf_counter()
     # Fail before any scheduling when the model, the methods, the source or the output are unusable.
     model, spec, checkpoint_sha256 = load_checkpoint_with_digest(checkpoint, options or None,
                                                                  trust_code=trust_of(args))

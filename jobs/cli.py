@@ -29,8 +29,11 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 STORAGE_OPTIONS_ENV = "STORAGE_OPTIONS"
-#: Where ``python -m jobs.train`` puts the embedded default model; jobs train it when it is absent.
-DEFAULT_CHECKPOINT = "outputs/models/resnet8-fashion-mnist.pt"
+#: The default model, shipped with the project (committed, with the ``.metrics.json`` that records how
+#: it was trained): relative to the working directory, as Ray workers resolve it in theirs.
+DEFAULT_CHECKPOINT = "models/weights/resnet8-fashion-mnist.pt"
+#: The command that made it, recorded in its ``.metrics.json``; it writes the file back if lost.
+DEFAULT_CHECKPOINT_COMMAND = f"python -m jobs.train --seed 0 --threads 1 --output {DEFAULT_CHECKPOINT}"
 
 
 class JobError(Exception):
@@ -344,16 +347,22 @@ def build_methods(model: Any, specs: Sequence[Any]) -> dict[str, Any]:
 
 
 def checkpoint_or_default(checkpoint: str | None) -> str:
-    """``checkpoint``, or the embedded default model, trained first (jobs.train) when absent."""
+    """``checkpoint``, or the shipped default model: :data:`DEFAULT_CHECKPOINT` in the working directory
+    (the checkout, or a Ray job's working dir), else the copy inside the installed ``models`` package.
+    Never trains: a missing file is one line saying how to get it back."""
     if checkpoint:
         return checkpoint
-    if not os.path.exists(DEFAULT_CHECKPOINT):
-        print(f"no checkpoint at {DEFAULT_CHECKPOINT}: training the default model first (python -m jobs.train)")
-        from jobs import train
+    if os.path.exists(DEFAULT_CHECKPOINT):
+        return DEFAULT_CHECKPOINT
+    import models
 
-        if train.main(["--output", DEFAULT_CHECKPOINT]) != 0:
-            raise JobError("training the default model failed (see above)")
-    return DEFAULT_CHECKPOINT
+    packaged = os.path.join(os.path.dirname(os.path.abspath(models.__file__)), "weights",
+                            os.path.basename(DEFAULT_CHECKPOINT))
+    if os.path.exists(packaged):
+        return packaged
+    raise JobError(f"the shipped default model {DEFAULT_CHECKPOINT} is missing: restore it with "
+                   f"'git checkout -- {DEFAULT_CHECKPOINT}' or retrain it with '{DEFAULT_CHECKPOINT_COMMAND}' "
+                   "(minutes on a CPU), or pass --checkpoint")
 
 
 # --------------------------------------------------------------------------- entry point

@@ -85,7 +85,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    f"[label=]name[:key=value,...] items (default {DEFAULT_METHODS!r})")
     p.add_argument("--source", default=None, help="dataset name or URL (default: the maps' source, else fashion-mnist)")
     p.add_argument("--split", default=None, help="default: the maps' split, else test")
-    p.add_argument("--checkpoint", default=None, help="default: the maps' checkpoint, else the embedded default")
+    p.add_argument("--checkpoint", default=None, help="default: the maps' checkpoint, else the shipped ResNet-8")
     p.add_argument("--limit", type=positive_int, default=None,
                    help=f"first N samples (default: every stored map; {DEFAULT_LIMIT} when computing maps)")
     p.add_argument("--fractions", type=_fractions, default=list(DEFAULT_FRACTIONS),

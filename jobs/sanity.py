@@ -58,8 +58,8 @@ ORIGINAL = "original"
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = job_parser("python -m jobs.sanity", __doc__, [ray_flags(), trust_flags(), source_flags()])
-    p.add_argument("--checkpoint", default=None, help="model checkpoint URL (default: the embedded default, "
-                   "trained with jobs.train if absent)")
+    p.add_argument("--checkpoint", default=None, help="model checkpoint URL (default: the shipped ResNet-8, "
+                   "models/weights/resnet8-fashion-mnist.pt)")
     p.add_argument("--source", default="fashion-mnist", help="dataset name or URL")
     p.add_argument("--split", default="test")
     p.add_argument("--limit", type=positive_int, default=32, help="the first N samples of the split")

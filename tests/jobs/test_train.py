@@ -51,6 +51,8 @@ def test_trains_and_writes_checkpoint_metrics_and_plot(storage_root, monkeypatch
     metrics = json.loads(_read(f"{url}.metrics.json", options))
     assert metrics["train_samples"] == 2000 and metrics["test_samples"] == 10_000 and metrics["epochs"] == 1
     assert metrics["source"] == "fashion-mnist" and metrics["seed"] == 0
+    assert metrics["command"] == " ".join(["python -m jobs.train", *argv])  # no word here needs quoting
+    assert metrics["versions"]["torch"] == str(torch.__version__)
     assert metrics["test_accuracy"] > 0.5  # chance: 0.1
     assert load_metrics(url, storage_options=options)["test_accuracy"] == metrics["test_accuracy"]
     assert _read(f"{url}.metrics.png", options)[:8] == b"\x89PNG\r\n\x1a\n"
@@ -102,3 +104,14 @@ def test_module_entry_point_reports_errors_without_traceback(tmp_path) -> None:
     assert result.returncode == 2
     assert "jobs.train: error:" in result.stderr and "missing" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_metrics_record_the_command_and_versions_without_secrets() -> None:
+    """What made a checkpoint (jobs.train.provenance): the command, credentials redacted, and the versions."""
+    record = train_job.provenance(["--output", "s3://KEY:SECRET@bucket/m.pt", "--storage-options", '{"secret": "s"}',
+                                   "--seed", "3"])
+    assert record["command"] == "python -m jobs.train --output s3://bucket/m.pt --storage-options '<redacted>' --seed 3"
+    assert train_job.provenance(["--storage-options=@creds.json"])["command"].endswith("--storage-options=@creds.json")
+    versions = record["versions"]
+    assert versions["torch"] == str(torch.__version__) and versions["numpy"] and versions["python"].count(".") == 2
+    assert versions["git_commit"] is None or len(versions["git_commit"]) == 40
