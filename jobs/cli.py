@@ -68,6 +68,40 @@ def positive_float(text: str) -> float:
     return value
 
 
+def non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def device_name(text: str) -> str:
+    """``--device``: auto, or a torch device name, checked when parsed (whether the machine has it is
+    for the process that uses it to say: a driver without GPUs may schedule workers that have them)."""
+    if text == "auto":
+        return text
+    import torch
+
+    try:
+        torch.device(text)
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda, cuda:N or mps, got {text!r}") from None
+    return text
+
+
 def json_object(text: str) -> dict[str, Any]:
     """A JSON object argument (e.g. an arch's keyword arguments)."""
     try:
@@ -191,7 +225,7 @@ def ray_flags() -> argparse.ArgumentParser:
 def worker_flags(default_workers: str) -> argparse.ArgumentParser:
     """``--device`` and ``--workers`` of the jobs that size a pool of model workers (jobs.cluster)."""
     p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--device", default="auto", help="auto: one GPU per worker where there are GPUs, else CPU; "
+    p.add_argument("--device", default="auto", type=device_name, help="auto: one GPU per worker where there are GPUs, else CPU; "
                    "cuda asks for GPUs even before an autoscaling cluster has started them")
     p.add_argument("--workers", type=positive_int, default=None,
                    help=f"concurrent workers (default: one per GPU, else {default_workers})")
@@ -341,7 +375,8 @@ def build_methods(model: Any, specs: Sequence[Any]) -> dict[str, Any]:
             methods[spec.label] = spec.build(model)
         except AttributionError as err:
             text = ",".join(f"{k}={json.dumps(v)}" for k, v in spec.params.items())
-            named = (spec.name if spec.label == spec.name else f"{spec.label}={spec.name}") + (f":{text}" if text else "")
+            named = spec.name if spec.label == spec.name else f"{spec.label}={spec.name}"
+            named += f":{text}" if text else ""
             raise JobError(f"--methods {named}: {err}") from None
     return methods
 

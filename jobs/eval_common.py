@@ -34,7 +34,8 @@ def stored_config(run: dict[str, Any], url: str) -> tuple[dict[str, Any], list[A
                 raise TypeError(spec.label)
     except (TypeError, ValueError, KeyError, AttributeError):
         raise JobError(f"{url}: its run.json field config.methods is not a list of methods "
-                       f"({reprlib.repr(config.get('methods'))}); use a map dataset written by jobs.attribute") from None
+                       f"({reprlib.repr(config.get('methods'))}); use a map dataset written by jobs.attribute"
+                       ) from None
     return config, methods
 
 

@@ -49,9 +49,9 @@ from typing import Any
 
 import numpy as np
 
-from jobs.cli import (JobError, build_methods, checkpoint_or_default, choice_list, job_parser, parse_method_specs,
-                      positive_int, ray_flags, reduction, run_main, source_flags, source_policy_of, storage_options_from,
-                      trust_flags, trust_of)
+from jobs.cli import (JobError, build_methods, checkpoint_or_default, choice_list, job_parser, non_negative_float,
+                      parse_method_specs, positive_int, ray_flags, reduction, run_main, source_flags, source_policy_of,
+                      storage_options_from, trust_flags, trust_of)
 
 DEFAULT_METHODS = "pathway gradient"
 DEFAULT_OUTPUT = "outputs/eval/perturbation"
@@ -93,7 +93,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--fill", default="mean,nli", type=choice_list(*FILLS, *MEANS),
                    help="mean, nli or both: how removed pixels are filled (see above)")
     p.add_argument("--mean", default="spec", choices=MEANS, help="where the per-channel mean comes from: see above")
-    p.add_argument("--noise", default=0.01, type=float, help="nli: std of the noise added to imputed values, "
+    p.add_argument("--noise", default=0.01, type=non_negative_float,
+                   help="nli: std of the noise added to imputed values, "
                    "in model-input units (ROAD's 0.01)")
     p.add_argument("--reduction", default="signed_max_abs", type=reduction,
                    help="channel reduction of maps computed here (as jobs.attribute)")
@@ -107,8 +108,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if legacy:
         args.mean = legacy[-1]
         args.fill = list(dict.fromkeys("mean" if f in MEANS else f for f in args.fill))
-    if not (args.noise >= 0):
-        p.error(f"--noise must be >= 0, got {args.noise}")
     return args
 
 

@@ -47,8 +47,9 @@ from typing import Any
 
 import numpy as np
 
-from jobs.cli import (JobError, choice_list, job_parser, positive_float, positive_int, ray_flags, run_main,
-                      source_flags, source_policy_of, storage_options_from, trust_flags, trust_of, worker_flags)
+from jobs.cli import (JobError, choice_list, job_parser, non_negative_float, non_negative_int, positive_float,
+                      positive_int, ray_flags, run_main, source_flags, source_policy_of, storage_options_from, trust_flags,
+                      trust_of, worker_flags)
 
 CONTROLS = ("random", "sobel")
 #: What this job writes under its output (storage.outputs.check_output refuses a folder holding anything else).
@@ -87,7 +88,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--test-limit", type=positive_int, default=None, help="evaluate on the first N test maps")
     p.add_argument("--fill", type=choice_list(*FILLS), default=["nli"],
                    help="mean, nli or both: fill removed pixels with the train mean or ROAD's noisy linear imputation")
-    p.add_argument("--noise", type=float, default=0.01, help="nli noise std in model-input units (ROAD's 0.01)")
+    p.add_argument("--noise", type=non_negative_float, default=0.01,
+                   help="nli noise std in model-input units (ROAD's 0.01)")
     p.add_argument("--mask-control", action=argparse.BooleanOptionalAction, default=True,
                    help="also train on the removal mask alone, per method x t x seed (the leakage control)")
     p.add_argument("--mask-skip", default="random",
@@ -99,10 +101,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="the random control removes a fresh random mask every time it reads a training image")
     p.add_argument("--budget-tolerance", type=positive_float, default=3.0,
                    help="points the unmodified retrain may lie below the checkpoint before the grid is under-trained")
-    p.add_argument("--retries", type=int, default=2, help="Ray retries of a failed cell")
+    p.add_argument("--retries", type=non_negative_int, default=2, help="Ray retries of a failed cell")
     args = p.parse_args(argv)
-    if not args.noise >= 0:
-        p.error(f"--noise must be >= 0, got {args.noise}")
     try:
         seeds = _int_list(args.seeds)
     except argparse.ArgumentTypeError as err:
@@ -242,6 +242,7 @@ def run(args: argparse.Namespace) -> int:
     from storage.fs import join
     from storage.location import Location
     from storage.manifest import now
+    from storage.fs import redact_url
     from storage.outputs import OutputKind, check_apart, check_output
     from storage.reader import read_run
     from storage.sources import source_location
@@ -305,7 +306,9 @@ def run(args: argparse.Namespace) -> int:
         "weight_decay": recipe["weight_decay"], "augment": augment,
     }
     settings = {k: v for k, v in config.items() if k not in ("output", "storage_options")}
-    settings.update(train_maps=args.train_maps, test_maps=args.test_maps, checkpoint=checkpoint,
+    # Stored in run.json, so without credentials (storage.fs.redact_url); equal whatever credentials a URL carries.
+    settings.update(train_maps=redact_url(args.train_maps), test_maps=redact_url(args.test_maps),
+                    checkpoint=redact_url(checkpoint),
                     train_ids=hashlib.sha256("\n".join(train["ids"]).encode()).hexdigest(),
                     test_ids=hashlib.sha256("\n".join(test["ids"]).encode()).hexdigest())
     config["fingerprint"] = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
@@ -317,13 +320,13 @@ def run(args: argparse.Namespace) -> int:
     where = Location(output, options)
     finished, stale = finished_cells(where, cells, config["fingerprint"])
     if stale:
-        print(f"note: {stale} cell files under {output} were computed with other settings (epochs, data, maps...); "
+        print(f"note: {stale} cell files under {redact_url(output)} were computed with other settings (epochs, data, maps...); "
               "they are recomputed and replaced (use another --output to keep them)", file=sys.stderr)
     todo = [c for c in cells if name_of(c) not in finished]
     print(f"ROAR{' (KAR)' if args.kar else ''}: {spec.arch}, {len(train['ids'])} train / {len(test['ids'])} test "
           f"images, methods {methods}, t {args.thresholds} %, seeds {args.seeds}, fill {','.join(args.fill)}, "
           f"mask control {'on' if args.mask_control else 'off'}, {config['epochs']} epochs, augment {augment}; "
-          f"{len(cells)} cells, {len(finished)} already done, {len(todo)} to compute -> {output}")
+          f"{len(cells)} cells, {len(finished)} already done, {len(todo)} to compute -> {redact_url(output)}")
     if len(args.seeds) < 3:
         print("note: fewer than 3 seeds; ROAR needs >= 3 to report mean +- std (docs/design.md §2)", file=sys.stderr)
     reference = checkpoint_accuracy(model, spec, test["images"], test["labels"])
@@ -339,13 +342,15 @@ def run(args: argparse.Namespace) -> int:
     title = f"{'KAR' if args.kar else 'ROAR'}: {spec.arch}, {len(train['ids'])} train imgs, {config['epochs']} ep"
     chance = float(np.bincount(test["labels"]).max() / len(test["labels"]))
     check = budget(pd.DataFrame(records, columns=["method", "accuracy"]), reference, args.budget_tolerance)
-    run_record = {"config": {**{k: v for k, v in vars(args).items() if k != "storage_options"}, "output": output},
+    run_record = {"config": {**{k: redact_url(v) if isinstance(v, str) else v for k, v in vars(args).items()
+                                if k != "storage_options"}, "output": redact_url(output)},
                   "settings": settings, "fingerprint": config["fingerprint"], "cells": len(cells),
                   "computed": len(results), "reused": len(finished), "failed": failures, "budget": check,
                   "chance": chance, "status": "complete" if not failures else "incomplete", "started_at": started,
                   "finished_at": now(), "seconds": seconds}
     table, verdicts = write_outputs(output, options, records, args.kar, title, run_record, chance, CONTROLS)
-    print_summary(table, verdict_lines(verdicts, check), results, len(finished), failures, seconds, output, args.kar)
+    print_summary(table, verdict_lines(verdicts, check), results, len(finished), failures, seconds, redact_url(output),
+                  args.kar)
     return 0 if not failures else 1
 
 

@@ -45,8 +45,9 @@ from typing import Any
 
 import numpy as np
 
-from jobs.cli import (build_methods, checkpoint_or_default, job_parser, parse_method_specs, positive_int, ray_flags,
-                      reduction, run_main, source_flags, source_policy_of, storage_options_from, trust_flags, trust_of)
+from jobs.cli import (build_methods, checkpoint_or_default, job_parser, non_negative_float, parse_method_specs,
+                      positive_int, ray_flags, reduction, run_main, source_flags, source_policy_of, storage_options_from,
+                      trust_flags, trust_of)
 
 DEFAULT_METHODS = ("pathway_taylor=pathway:scores=taylor pathway_integrated=pathway:scores=integrated,steps=4 "
                    "gradient gradient_x_input integrated_gradients:n_steps=16 guided_backprop grad_cam")
@@ -69,13 +70,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--group", default="block", choices=("block", "module"), help="one step per block or module")
     p.add_argument("--randomize", default="normal", choices=("normal", "reset"),
                    help="normal: redraw from N(0, --std); reset: each module's reset_parameters() (Quantus)")
-    p.add_argument("--std", type=float, default=0.1, help="std of the re-drawn weights and biases (normal)")
+    p.add_argument("--std", type=non_negative_float, default=0.1,
+                   help="std of the re-drawn weights and biases (normal)")
     p.add_argument("--seed", type=int, default=0, help="seed of the first draw of random weights")
     p.add_argument("--draws", type=positive_int, default=3, help="independent draws of random weights (>= 3 for a spread)")
     p.add_argument("--output", default=DEFAULT_OUTPUT, help="output folder URL")
     args = p.parse_args(argv)
-    if not args.std >= 0:
-        p.error("--std must be >= 0")
     return args
 
 

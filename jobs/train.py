@@ -31,9 +31,9 @@ from typing import Any
 
 import numpy as np
 
-from jobs.cli import (JobError, job_parser, json_object, positive_float, positive_int,
-                      run_main, source_flags, source_policy_of, storage_flags, storage_options_from, trust_flags,
-                      trust_of)
+from jobs.cli import (JobError, device_name, job_parser, json_object, non_negative_float, positive_float,
+                      positive_int, run_main, source_flags, source_policy_of, storage_flags, storage_options_from,
+                      trust_flags, trust_of)
 
 # Not the shipped DEFAULT_CHECKPOINT: a retrain replaces it only when asked to (--output DEFAULT_CHECKPOINT).
 DEFAULT_OUTPUT = "outputs/models/resnet8-fashion-mnist.pt"
@@ -89,11 +89,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr", type=positive_float, default=DEFAULT_LR, help="peak learning rate")
     p.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd", help="sgd: Nesterov momentum 0.9")
     p.add_argument("--schedule", choices=SCHEDULES, default="onecycle", help="learning-rate schedule")
-    p.add_argument("--weight-decay", type=float, default=5e-4, help="on weights, not on BN or biases")
+    p.add_argument("--weight-decay", type=non_negative_float, default=5e-4, help="on weights, not on BN or biases")
     p.add_argument("--augment", action="store_true", help="random crop with 2 px padding (seeded)")
     p.add_argument("--seed", type=int, default=0, help="seeds init, data order, augmentation and --limit")
     p.add_argument("--limit", type=positive_int, default=None, help="train on a seeded random subset of this size")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    p.add_argument("--device", default="auto", type=device_name, help="auto, cpu, cuda, cuda:1, mps")
     p.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: $OMP_NUM_THREADS if set, else every CPU this process may use)")
     p.add_argument("--output", default=DEFAULT_OUTPUT, help="checkpoint URL (local path, s3://...)")
     p.add_argument("--nondeterministic", action="store_true",

@@ -74,8 +74,8 @@ def test_method_specs_are_checked_when_parsed() -> None:
     with pytest.raises(JobError, match=r"^--methods g=gradient:foo=1: method 'gradient' has no parameter 'foo'"):
         parse_method_specs("g=gradient:foo=1")
     specs = parse_method_specs("p=pathway:percentile=50,activations=[\"relu\"] gradient")
-    assert [(s.label, s.name, s.params) for s in specs] == [("p", "pathway", {"percentile": 50, "activations": ["relu"]}),
-                                                            ("gradient", "gradient", {})]
+    assert [(s.label, s.name, s.params) for s in specs] == [
+        ("p", "pathway", {"percentile": 50, "activations": ["relu"]}), ("gradient", "gradient", {})]
 
 
 def test_building_names_the_spec_whose_value_is_out_of_range() -> None:
@@ -89,3 +89,17 @@ def test_source_format_is_checked_when_parsed() -> None:
     assert source_format("parquet") == "parquet" and source_format("wds") == "webdataset"
     with pytest.raises(argparse.ArgumentTypeError, match=r"unknown source format 'zip'; known formats: idx"):
         source_format("zip")
+
+
+def test_numbers_and_devices_are_checked_when_parsed() -> None:
+    from jobs.cli import device_name, non_negative_float, non_negative_int
+
+    assert non_negative_float("0") == 0.0 and non_negative_float("0.01") == 0.01 and non_negative_int("0") == 0
+    for bad in ("-1", "nan", "inf", "x"):
+        with pytest.raises(argparse.ArgumentTypeError, match=rf"expected a number >= 0, got '{bad}'"):
+            non_negative_float(bad)
+    with pytest.raises(argparse.ArgumentTypeError, match=r"expected an integer >= 0, got '-1'"):
+        non_negative_int("-1")
+    assert [device_name(d) for d in ("auto", "cpu", "cuda", "cuda:1", "mps")] == ["auto", "cpu", "cuda", "cuda:1", "mps"]
+    with pytest.raises(argparse.ArgumentTypeError, match=r"expected auto, cpu, cuda, cuda:N or mps, got 'gpu'"):
+        device_name("gpu")
