@@ -9,11 +9,13 @@ import io
 import warnings
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image, ImageOps
 
 from models.preprocess import model_view
 from models.registry import ModelSpec
+from storage.reader import join_with_source
 from storage.sources import SampleError, decoding_for, load_arrays, model_policy, open_source
 from storage.sources import images as decoding
 from storage.sources.base import decoded_sample
@@ -134,7 +136,7 @@ def test_an_exif_turned_jpeg_drafts_to_cover_the_size_as_shown():
     assert decode_image(data, SourcePolicy(decode_size=(400, 100))).shape == (400, 100, 3)
 
 
-def test_load_arrays_and_the_job_decode_at_the_same_size(tmp_path):
+def test_load_arrays_join_with_source_and_the_job_decode_at_the_same_size(tmp_path):
     """load_arrays(spec=) reads JPEGs at the spec's decode size, as the workers (model_policy) do, and
     leaves the source's own policy as it was."""
     for i in range(2):
@@ -153,6 +155,11 @@ def test_load_arrays_and_the_job_decode_at_the_same_size(tmp_path):
     with decoding_for(source, spec):
         assert source.policy == worker_policy
     assert source.policy == DEFAULT_POLICY
+    # join_with_source shows the same image under a map; original=True the file as stored.
+    joined = join_with_source(pd.DataFrame({"sample_id": ids}), source, spec)
+    np.testing.assert_array_equal(np.stack(list(joined["image"])), images)
+    original = join_with_source(pd.DataFrame({"sample_id": ids}), source, original=True)
+    assert original["image"][0].shape == (1200, 1600, 3) and source.policy == DEFAULT_POLICY
 
 
 # -- conversion ------------------------------------------------------------------------------------
