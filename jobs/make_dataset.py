@@ -145,6 +145,7 @@ def parquet_file(images: np.ndarray, labels: np.ndarray, ids: list[str], classes
 def run(args: argparse.Namespace) -> int:
     from jobs.plots import image_grid
     from storage.location import Location
+    from storage.fs import redact_url
     from storage.outputs import OutputKind, check_apart, check_output
     from storage.sources import load_arrays, open_source, source_location
 
@@ -172,13 +173,13 @@ def run(args: argparse.Namespace) -> int:
         counts[split] = len(images)
         if split == "test":
             examples = (images[:16], [classes[int(y)] for y in labels[:16]])
-        print(f"{split}: {len(images)} images -> {where.url_of(split + '-*.parquet')}")
+        print(f"{split}: {len(images)} images -> {redact_url(where.url_of(split + '-*.parquet'))}")
     recipe = {"name": NAME, "seed": args.seed, "counts": counts, "classes": classes, "textures": list(TEXTURES),
-              "scales": list(SCALES), "size": SIZE, "source": args.source, "module": "jobs.make_dataset"}
+              "scales": list(SCALES), "size": SIZE, "source": redact_url(args.source), "module": "jobs.make_dataset"}
     where.put_json("dataset.json", recipe)
     where.put("examples.png", image_grid(*examples))
-    print(f"done in {time.perf_counter() - start:.1f} s: {where.url} (dataset.json, examples.png); train on it with "
-          f"python -m jobs.train --source {args.output}")
+    print(f"done in {time.perf_counter() - start:.1f} s: {redact_url(where.url)} (dataset.json, examples.png); train on "
+          f"it with python -m jobs.train --source {redact_url(args.output)}")
     return 0
 
 

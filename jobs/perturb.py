@@ -191,6 +191,7 @@ def run(args: argparse.Namespace) -> int:
     from jobs.eval_common import chunks, fill_value, load_samples, model_payload
     from models.preprocess import preprocess
     from storage.checkpoints import load_checkpoint
+    from storage.fs import redact_url
     from storage.outputs import OutputKind, check_apart, check_output
     from storage.sources import model_policy, open_source, source_location
 
@@ -221,7 +222,7 @@ def run(args: argparse.Namespace) -> int:
     x = preprocess(spec, images)
     fill = fill_value(args.mean, spec, inputs["source"], options, policy=source_policy_of(args))
     methods = inputs["methods"]
-    print(f"{len(ids)} samples from {source.url} ({inputs['split']}), methods: {', '.join(methods)}; "
+    print(f"{len(ids)} samples from {redact_url(source.url)} ({inputs['split']}), methods: {', '.join(methods)}; "
           f"{len(args.fractions)} fractions, fill {', '.join(args.fill)} (mean {[round(v, 4) for v in fill]}, "
           f"--mean {args.mean}), ranking {', '.join(args.rank)}")
 
@@ -300,10 +301,12 @@ def write_outputs(output: str, options: dict[str, Any], table: Any, args: argpar
                   checkpoint: str, inputs: dict[str, Any], n: int) -> list[str]:
     from jobs.eval_common import write_file, write_table
     from jobs.plots import perturbation_curves
+    from storage.fs import redact_url
 
     auc_table = areas(table, args.fractions)
-    summary = {"config": {"maps": args.maps, "source": inputs["source"], "split": inputs["split"],
-                          "checkpoint": checkpoint, "methods": inputs["methods"], "fractions": args.fractions,
+    summary = {"config": {"maps": redact_url(args.maps) if args.maps else None, "source": redact_url(inputs["source"]),
+                          "split": inputs["split"], "checkpoint": redact_url(checkpoint), "methods": inputs["methods"],
+                          "fractions": args.fractions,
                           "fill": args.fill, "mean": fill, "mean_from": args.mean, "noise": args.noise,
                           "rank": args.rank, "seed": args.seed, "samples": n},
                "areas": auc_table.to_dict(orient="records")}
@@ -315,6 +318,8 @@ def write_outputs(output: str, options: dict[str, Any], table: Any, args: argpar
 
 
 def print_summary(table: Any, fractions: Sequence[float], paths: list[str], seconds: float) -> None:
+    from storage.fs import redact_url
+
     auc_table = areas(table, fractions)
     print(f"\nareas under the curves ({int(table.n_images.max())} images, {seconds:.1f} s): mean relative drop "
           "of the explained class' probability (MoRF high, LeRF low) | ROAD accuracy (MoRF low, LeRF high)")
@@ -324,7 +329,7 @@ def print_summary(table: Any, fractions: Sequence[float], paths: list[str], seco
         for method, rows in pd_rows(group, reference):
             cells = "  ".join(f"{r.order}={r.auc:.4f}|{r.accuracy_auc:.4f}" for r in rows.itertuples())
             print(f"    {method:24s} {cells}")
-    print("outputs: " + ", ".join(paths))
+    print("outputs: " + ", ".join(redact_url(p) for p in paths))
 
 
 def pd_rows(group: Any, reference: Any) -> list[tuple[str, Any]]:

@@ -320,8 +320,8 @@ def run(args: argparse.Namespace) -> int:
     where = Location(output, options)
     finished, stale = finished_cells(where, cells, config["fingerprint"])
     if stale:
-        print(f"note: {stale} cell files under {redact_url(output)} were computed with other settings (epochs, data, maps...); "
-              "they are recomputed and replaced (use another --output to keep them)", file=sys.stderr)
+        print(f"note: {stale} cell files under {redact_url(output)} were computed with other settings (epochs, data, "
+              "maps...); they are recomputed and replaced (use another --output to keep them)", file=sys.stderr)
     todo = [c for c in cells if name_of(c) not in finished]
     print(f"ROAR{' (KAR)' if args.kar else ''}: {spec.arch}, {len(train['ids'])} train / {len(test['ids'])} test "
           f"images, methods {methods}, t {args.thresholds} %, seeds {args.seeds}, fill {','.join(args.fill)}, "

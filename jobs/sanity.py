@@ -124,6 +124,7 @@ def run(args: argparse.Namespace) -> int:
     from jobs.eval_common import load_samples, model_payload
     from models.preprocess import preprocess
     from storage.checkpoints import load_checkpoint
+    from storage.fs import redact_url
     from storage.outputs import OutputKind, check_apart, check_output
     from storage.sources import model_policy, open_source, source_location
 
@@ -145,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
     steps = [(name, list(modules)) for name, modules in cascade(model, example=x[:1], group=args.group)]
     names = [ORIGINAL] + [name for name, _ in steps]
     how = f"re-drawn from N(0, {args.std})" if args.randomize == "normal" else "reset (reset_parameters)"
-    print(f"{len(ids)} samples from {source.url} ({args.split}); {len(specs)} methods x {len(names)} steps "
+    print(f"{len(ids)} samples from {redact_url(source.url)} ({args.split}); {len(specs)} methods x {len(names)} steps "
           f"({', '.join(names)}); weights {how}, {args.draws} draws from seed {args.seed}")
 
     start_ray(args.ray_address)
@@ -217,8 +218,10 @@ def write_outputs(args: argparse.Namespace, options: dict[str, Any], table: Any,
                   steps: list, n: int, metrics: Sequence[str]) -> list[str]:
     from jobs.eval_common import write_file, write_table
     from jobs.plots import sanity_curves
+    from storage.fs import redact_url
 
-    config = {"checkpoint": checkpoint, "source": args.source, "split": args.split, "samples": n,
+    config = {"checkpoint": redact_url(checkpoint), "source": redact_url(args.source), "split": args.split,
+              "samples": n,
               "methods": args.methods, "reduction": args.reduction, "group": args.group,
               "randomize": args.randomize, "std": args.std, "seed": args.seed, "draws": args.draws,
               "steps": [{"step": i + 1, "name": s, "modules": m} for i, (s, m) in enumerate(steps)]}
@@ -230,6 +233,8 @@ def write_outputs(args: argparse.Namespace, options: dict[str, Any], table: Any,
 
 
 def print_summary(table: Any, names: Sequence[str], paths: list[str], seconds: float) -> None:
+    from storage.fs import redact_url
+
     print(f"\nSpearman |map| vs the original maps, mean +- sd over draws ({seconds:.1f} s):")
     rows = table[table.metric == "spearman_abs"]
     print("  " + " " * 20 + " ".join(f"{n[:13]:>13s}" for n in names))
@@ -237,7 +242,7 @@ def print_summary(table: Any, names: Sequence[str], paths: list[str], seconds: f
         mine = rows[rows.method == method].sort_values("step")
         print(f"  {method:20s}" + " ".join(f"{m:6.3f}+-{0.0 if np.isnan(sd) else sd:5.3f}"
                                             for m, sd in zip(mine["mean"], mine["sd_draws"])))
-    print("outputs: " + ", ".join(paths))
+    print("outputs: " + ", ".join(redact_url(p) for p in paths))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -77,6 +77,11 @@ def redact_url(url: str) -> str:
     return _SECRET_QUERY.sub(r"\g<name>***", text) if "?" in text else text
 
 
+def same_url(stored: str | None, url: str) -> bool:
+    """Whether a URL stored redacted (run.json) names ``url``: compared like with like."""
+    return stored is not None and redact_url(stored) == redact_url(url)
+
+
 def redact_text(text: str) -> str:
     """``text`` with every URL in it redacted (:func:`redact_url`)."""
     return _URL_IN_TEXT.sub(lambda m: redact_url(m.group()), str(text)) if "://" in str(text) else str(text)

@@ -313,11 +313,12 @@ def join_with_source(maps_df: pd.DataFrame, source: Source | str, spec: Any = No
     naming the samples, never a silent gap.
     """
     if isinstance(source, str):
+        from storage.fs import same_url
         from storage.sources import open_source
 
         config = spec.get("config", {}) if isinstance(spec, Mapping) else {}
         source = open_source(source, split=split or config.get("split") or "test", storage_options=storage_options,
-                             kind=config.get("source_format") if config.get("source") == source else None,
+                             kind=config.get("source_format") if same_url(config.get("source"), source) else None,
                              policy=policy)
     model_spec = None
     if not original:

@@ -9,7 +9,7 @@ import threading
 import pytest
 
 from storage import MapStore, StorageAccessDenied, StorageError, StorageNotFound, open_source, read_maps, read_run
-from storage.fs import (join, open_fs, redact_text, redact_url, scrub, secret_option_keys, translate,
+from storage.fs import (join, open_fs, redact_text, redact_url, same_url, scrub, secret_option_keys, translate,
                         url_secrets, write_bytes_atomic)
 from tests.helpers import map_records as records
 
@@ -110,6 +110,12 @@ def test_redact_text_and_url_secrets():
                  "no such key rXUt@bucket/x"):
         shown = scrub(bare, None, url_secrets("s3://AKIAEXAMPLE:wJal/rXUt@bucket/x"))
         assert "wJal" not in shown and "rXUt" not in shown and "AKIAEXAMPLE" not in shown, shown
+
+
+def test_same_url_compares_like_with_like():
+    assert same_url("s3://bucket/x", "s3://AKIAEXAMPLE:wJal/rXUt@bucket/x")
+    assert same_url("s3://AKIAEXAMPLE:old@bucket/x", "s3://AKIAEXAMPLE:rotated@bucket/x")
+    assert not same_url("s3://bucket/x", "s3://bucket/y") and not same_url(None, "s3://bucket/x")
 
 
 def test_secret_option_keys_names_keys_never_values():
