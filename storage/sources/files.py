@@ -312,7 +312,7 @@ class FileListSource(Source):
 
     def reach(self) -> Reach:
         """What the entries may name: files under ``base_url``, or under the operator's allowed prefixes."""
-        return reach_of(self, self.base_url, self.storage_options)
+        return reach_of(self, self.base_url)
 
     def describe(self, location: Any) -> str:
         """A location as users know it (for messages)."""

@@ -101,7 +101,7 @@ class ImageFolderSource(Source):
         return list(self._listing()[1])
 
     def read(self, refs: Sequence[SampleRef]) -> Iterator[Sample | SampleError]:
-        reach = reach_of(self, self.url, self.storage_options)
+        reach = reach_of(self, self.url)
         rels = [str(r.locator) for r in refs]
         inside = [reach.allows_at(self.fs, join(self.root, rel)) for rel in rels]
         blobs = iter(fetch(self.fs, [join(self.root, rel) for rel, ok in zip(rels, inside) if ok], self.url,

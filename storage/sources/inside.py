@@ -20,11 +20,14 @@ from __future__ import annotations
 
 import os
 import posixpath
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from storage.fs import StorageError, open_fs, redact_url
+import fsspec
+from fsspec.core import split_protocol
+
+from storage.fs import redact_url
 from storage.sources.policy import SourcePolicy
 
 #: The ``kind`` of the error row of a sample whose path leaves the source.
@@ -36,6 +39,7 @@ _LOCAL = ("file", "local")
 _HTTP = ("http", "https")
 
 Place = tuple[str, str]  # (protocol, normalized path): where a read would land
+_REAL_DIRS = 4096  # local folders a Reach remembers resolved
 
 
 def shown_path(path: str, limit: int = 200) -> str:
@@ -44,12 +48,15 @@ def shown_path(path: str, limit: int = 200) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-def place_of(fs: Any, path: str) -> Place:
+def place_of(fs: Any, path: str, real_dir: Callable[[str], str] = os.path.realpath) -> Place:
     """Where reading ``path`` on ``fs`` lands: local paths absolute with symbolic links resolved, other
-    paths with ``..`` collapsed (object stores), http(s) URLs with their host and decoded path."""
+    paths with ``..`` collapsed (object stores), http(s) URLs with their host and decoded path.
+    ``real_dir`` resolves a local path's folder (:class:`Reach` caches it: files of one folder share it)."""
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
     if protocol in _LOCAL:
-        return "file", os.path.realpath(os.path.abspath(path))
+        head, name = os.path.split(os.path.abspath(path))
+        target = os.path.join(real_dir(head), name)
+        return "file", os.path.realpath(target) if os.path.islink(target) else target
     if protocol in _HTTP:
         return "http", _http_path(path)
     return protocol, posixpath.normpath("/" + path.lstrip("/"))
@@ -66,22 +73,25 @@ def _http_path(url: str) -> str:
     return f"{parts.scheme.lower()}://{parts.netloc.lower()}{posixpath.normpath('/' + path)}"
 
 
-def place(url: str, storage_options: Mapping[str, Any] | None) -> Place | None:
+def place(url: str, real_dir: Callable[[str], str] = os.path.realpath) -> Place | None:
     """Where reading ``url`` lands (see :func:`place_of`), or None when it names no filesystem this
-    process can open (such a path is never read)."""
+    process can open (such a path is never read). The protocol and path are found as
+    :func:`storage.fs.open_fs` finds them (fsspec's ``split_protocol`` and the filesystem class's
+    ``_strip_protocol``), without making a filesystem per path."""
     if "::" in url:  # fsspec chains filesystems on "::" (zip://x::s3://..., simplecache::http://...)
         return None
+    protocol, _ = split_protocol(url)
     try:
-        fs, path = open_fs(url, storage_options)
-    except StorageError:
+        cls = fsspec.get_filesystem_class(protocol or "file")
+        return place_of(cls, cls._strip_protocol(url), real_dir)
+    except (ImportError, ValueError, TypeError):
         return None
-    return place_of(fs, path)
 
 
 def prefix_place(prefix: str) -> Place:
     """An operator's ``--allow-paths`` prefix placed like the paths it is compared with; a scheme
     whose filesystem is not installed keeps its name (nothing of it can be read anyway)."""
-    found = place(prefix, None)
+    found = place(prefix)
     if found is not None:
         return found
     scheme, _, rest = prefix.partition("://")
@@ -100,21 +110,31 @@ def is_under(where: Place, prefix: Place) -> bool:
 class Reach:
     """What a source may read: its root (its own location) and the operator's allowed prefixes."""
 
-    def __init__(self, root: str, policy: SourcePolicy, storage_options: Mapping[str, Any] | None) -> None:
+    def __init__(self, root: str, policy: SourcePolicy) -> None:
         self.root = str(root).rstrip("/") or "/"
-        self.storage_options = dict(storage_options or {})
         self.policy = policy
-        self.prefixes = [p for p in [place(self.root, storage_options)] if p is not None]
+        self.prefixes = [p for p in [place(self.root)] if p is not None]
         self.prefixes += [prefix_place(p) for p in policy.allow_paths]
+        self._real_dirs: dict[str, str] = {}
+
+    def _real_dir(self, folder: str) -> str:
+        """A local folder with its symbolic links resolved, remembered for this object's life (a
+        worker's shard reads many files of few folders); bounded."""
+        real = self._real_dirs.get(folder)
+        if real is None:
+            if len(self._real_dirs) >= _REAL_DIRS:
+                self._real_dirs.clear()
+            real = self._real_dirs[folder] = os.path.realpath(folder)
+        return real
 
     def allows(self, url: str) -> bool:
         """Whether reading ``url`` stays inside the root or under an allowed prefix."""
-        where = place(url, self.storage_options)
+        where = place(url, self._real_dir)
         return where is not None and any(is_under(where, p) for p in self.prefixes)
 
     def allows_at(self, fs: Any, path: str) -> bool:
         """:meth:`allows` for a path already opened on ``fs`` (a folder's own files)."""
-        where = place_of(fs, path)
+        where = place_of(fs, path, self._real_dir)
         return any(is_under(where, p) for p in self.prefixes)
 
     def refusal(self, written: str, what: str = "a row's path") -> str:
@@ -124,12 +144,12 @@ class Reach:
                 f"To read such files, pass {ALLOW_FLAG} with a prefix that holds them")
 
 
-def reach_of(source: Any, root: str, storage_options: Mapping[str, Any] | None) -> Reach:
+def reach_of(source: Any, root: str) -> Reach:
     """The source's :class:`Reach`, made once per Source object and policy (the policy is set after
     the source is opened, and caches stay behind when a source travels to a worker)."""
     cached = getattr(source, "_cache_reach", None)
     if cached is None or cached.policy is not source.policy or cached.root != (str(root).rstrip("/") or "/"):
-        cached = Reach(root, source.policy, storage_options)
+        cached = Reach(root, source.policy)
         source._cache_reach = cached
     return cached
 
@@ -140,5 +160,5 @@ def escapes(fs: Any, root: str, paths: Sequence[str], policy: SourcePolicy) -> s
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
     if protocol not in _LOCAL:
         return set()
-    reach = Reach(root, policy, None)
+    reach = Reach(root, policy)
     return {p for p in paths if os.path.islink(p) and not reach.allows_at(fs, p)}

@@ -351,7 +351,7 @@ class ParquetSource(Source):
     def _fetch_paths(self, pending: list[tuple[int, SampleRef, str, int, str]], out: list, rel: str) -> None:
         """Read the files path-only rows name, into their places in ``out``; a path that leads outside
         the source (its folder, or the single file's) is an error row and is not read."""
-        reach = reach_of(self, self.url.rsplit("/", 1)[0] if self._single else self.url, self.storage_options)
+        reach = reach_of(self, self.url.rsplit("/", 1)[0] if self._single else self.url)
         kept = []
         for slot, ref, url, label, written in pending:
             if reach.allows(url):

@@ -38,7 +38,7 @@ def test_reach_compares_normalized_whole_components(tmp_path) -> None:
     os.symlink("/etc", root / "img" / "etc")
     shared = tmp_path / "shared" / "x"
     reach = Reach(str(root), SourcePolicy(allow_paths=[str(shared), "http://127.0.0.1:8080/imgs",
-                                                       "s3://bucket/imgs"]), None)
+                                                       "s3://bucket/imgs"]))
     inside = [f"{root}/img/a.png", f"{root}/../data/img/a.png", f"file://{root}/a.png", f"{shared}/a.png",
               f"{shared}", "http://127.0.0.1:8080/imgs/a.png", "http://127.0.0.1:8080/imgs/b/../a.png?x=1",
               "s3://bucket/imgs/a.png", "s3://bucket/imgs/sub/../a.png"]
@@ -51,7 +51,7 @@ def test_reach_compares_normalized_whole_components(tmp_path) -> None:
                f"{root}/a.png::http://127.0.0.1:8080/imgs/a.png", "memory://imgs/a.png", "nosuchscheme://x/a.png"]
     assert [u for u in inside if not reach.allows(u)] == []
     assert [u for u in outside if reach.allows(u)] == []
-    assert Reach(str(root), SourcePolicy(allow_paths=["/"]), None).allows("/etc/passwd")
+    assert Reach(str(root), SourcePolicy(allow_paths=["/"])).allows("/etc/passwd")
 
 
 @pytest.fixture
