@@ -12,8 +12,8 @@ a row or a listing gives is checked before anything is read, by :class:`Reach`:
   operator's ``--allow-paths`` prefixes (:attr:`storage.sources.policy.SourcePolicy.allow_paths`),
   compared the same way and on whole path components (``/data/x`` does not hold ``/data/xy``);
 - otherwise the sample is an error row of kind :data:`OUTSIDE_SOURCE` that names the path as the row
-  wrote it (credentials redacted) and the flag. Nothing is read or stat'ed for it first, so the
-  message is the same whether or not the target exists.
+  wrote it (credentials redacted) and the flag. Nothing of it is read and no request is made, and
+  the message is the same whether or not the target exists.
 """
 
 from __future__ import annotations
