@@ -48,7 +48,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--source-format", default=None, metavar="FORMAT", type=source_format,
                    help="the source's format instead of detecting it: idx, folder, labeled-folder, index, "
                         "webdataset or parquet")
-    p.add_argument("--split", default="test")
+    p.add_argument("--split", default="test", help="the source's split to map (fixed for an output)")
     p.add_argument("--checkpoint", default=None,
                    help=f"model checkpoint URL (default {DEFAULT_CHECKPOINT}, the shipped ResNet-8)")
     p.add_argument("--output", default=DEFAULT_OUTPUT, help="map dataset URL (local path or s3://...)")
@@ -56,8 +56,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    "'pathway pathway_integrated=pathway:scores=integrated gradient'")
     p.add_argument("--reduction", default="signed_max_abs", type=reduction, help="channels -> one value per pixel")
     p.add_argument("--target", default="predicted", choices=("predicted", "label"), help="class to explain")
-    p.add_argument("--limit", type=positive_int, default=None, help="only the first N samples of the source")
-    p.add_argument("--batch-size", type=positive_int, default=64)
+    p.add_argument("--limit", type=positive_int, default=None,
+                   help="only the first N samples of the source (default: all)")
+    p.add_argument("--batch-size", type=positive_int, default=64,
+                   help="samples per forward/backward pass on a worker (memory, not results: maps do not depend on it)")
     p.add_argument("--shard-size", type=positive_int, default=512, help="samples per shard (fixed for an output)")
     p.add_argument("--recompute-changed", action="store_true",
                    help="recompute the shards of samples whose source file changed or was deleted since they were "

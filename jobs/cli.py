@@ -244,11 +244,24 @@ class JobArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"{name}: error: {message} (see --help)\n")
 
 
+class JobHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default once: argparse's formatter appends "(default: X)" to every help,
+    also where the help already says its default (in words argparse cannot know, such as
+    "$RAY_ADDRESS, else a local Ray") and where there is nothing to show (None, an off switch)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text, default = action.help or "", action.default
+        nothing = default is None or default is False or default is argparse.SUPPRESS or default in ([], ())
+        if nothing or "default" in text.lower():
+            return text
+        return super()._get_help_string(action)
+
+
 def job_parser(prog: str, doc: str | None, parents: Sequence[argparse.ArgumentParser]) -> argparse.ArgumentParser:
-    """A job's parser: its module docstring's first paragraph as the description, defaults shown,
-    errors in one line (exit status 2)."""
+    """A job's parser: its module docstring's first paragraph as the description, defaults shown
+    once (:class:`JobHelpFormatter`), errors in one line (exit status 2)."""
     return JobArgumentParser(prog=prog, description=(doc or "").split("\n\n")[0], parents=list(parents),
-                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                             formatter_class=JobHelpFormatter)
 
 
 def storage_options_from(text: str | None) -> dict[str, Any]:

@@ -48,8 +48,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--arch", required=True, help="torchvision name, timm:<name>, or package.module:ClassOrFactory")
     p.add_argument("--arch-kwargs", type=json_object, default={}, metavar="JSON",
                    help="keyword arguments the arch is called with")
-    p.add_argument("--num-classes", type=positive_int, required=True)
-    p.add_argument("--in-channels", type=positive_int, default=3)
+    p.add_argument("--num-classes", type=positive_int, required=True,
+                   help="classes the model predicts (its logits' width); --class-names must name as many")
+    p.add_argument("--in-channels", type=positive_int, default=3,
+                   help="channels of the model's input: 1 for grayscale, 3 for RGB (images are converted to it)")
     p.add_argument("--input-size", type=_size, required=True, help="H,W (or one size) of the model's input")
     p.add_argument("--mean", type=_floats, required=True, help="per-channel mean of pixels in [0, 1]")
     p.add_argument("--std", type=_floats, required=True, help="per-channel std of pixels in [0, 1]")

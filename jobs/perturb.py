@@ -81,11 +81,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = job_parser("python -m jobs.perturb", __doc__, [ray_flags(), trust_flags(), source_flags()])
     p.add_argument("--maps", default=None, help="map dataset URL written by jobs.attribute (source, split, "
                    "checkpoint and methods come from its run.json); without it maps are computed here")
-    p.add_argument("--methods", default=None, help="with --maps: stored method names (default all); without: "
-                   f"[label=]name[:key=value,...] items (default {DEFAULT_METHODS!r})")
+    p.add_argument("--methods", default=None, help="with --maps: stored method names; without: [label=]name"
+                   f"[:key=value,...] items (default: every stored method with --maps, else {DEFAULT_METHODS!r})")
     p.add_argument("--source", default=None, help="dataset name or URL (default: the maps' source, else fashion-mnist)")
-    p.add_argument("--split", default=None, help="default: the maps' split, else test")
-    p.add_argument("--checkpoint", default=None, help="default: the maps' checkpoint, else the shipped ResNet-8")
+    p.add_argument("--split", default=None, help="the source's split (default: the maps' split, else test)")
+    p.add_argument("--checkpoint", default=None,
+                   help="model checkpoint URL (default: the maps' checkpoint, else the shipped ResNet-8)")
     p.add_argument("--limit", type=positive_int, default=None,
                    help=f"first N samples (default: every stored map; {DEFAULT_LIMIT} when computing maps)")
     p.add_argument("--fractions", type=_fractions, default=list(DEFAULT_FRACTIONS),

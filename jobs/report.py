@@ -5,9 +5,9 @@
 
 Reads, never computes: the map dataset's ``run.json`` (run configuration) and ``examples.png``
 (jobs.attribute), pixel perturbation (``auc.csv``, ``perturbation.png``; default
-``<maps>/eval/perturbation``, else ``outputs/eval/perturbation``), sanity checks
+``<maps>/_eval/perturbation``, else ``outputs/eval/perturbation``), sanity checks
 (``sanity.csv``, ``sanity.png``; default ``outputs/eval/sanity``) and ROAR (``results.csv``,
-``roar.png``; default ``<maps>/eval/roar``). A section whose outputs are missing says "not run
+``roar.png``; default ``<maps>/_eval/roar``, where jobs.roar writes by default). A section whose outputs are missing says "not run
 yet" with the command that produces it, so the report can be built at any point of a study.
 
 Outputs under ``--output`` (default ``outputs/report``): ``report.html`` (self-contained: PNGs as
@@ -54,9 +54,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = job_parser("python -m jobs.report", __doc__, [storage_flags()])
     p.add_argument("--maps", default=DEFAULT_MAPS, help="map dataset URL (run.json, examples.png)")
     p.add_argument("--perturbation", default=None,
-                   help=f"jobs.perturb output (default <maps>/eval/perturbation, else {PERTURBATION_FALLBACK})")
+                   help=f"jobs.perturb output (default: <maps>/_eval/perturbation, else {PERTURBATION_FALLBACK})")
     p.add_argument("--sanity", default=SANITY_DEFAULT, help="jobs.sanity output")
-    p.add_argument("--roar", default=None, help="jobs.roar output (default <maps>/eval/roar)")
+    p.add_argument("--roar", default=None,
+                   help="jobs.roar output (default: <maps>/_eval/roar, where jobs.roar --test-maps <maps> writes)")
     p.add_argument("--output", default=DEFAULT_OUTPUT, help="folder URL for report.html and report.md")
     return p.parse_args(argv)
 

@@ -62,7 +62,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--checkpoint", default=None, help="model checkpoint URL (default: the shipped ResNet-8, "
                    "models/weights/resnet8-fashion-mnist.pt)")
     p.add_argument("--source", default="fashion-mnist", help="dataset name or URL")
-    p.add_argument("--split", default="test")
+    p.add_argument("--split", default="test", help="the source's split to take the samples from")
     p.add_argument("--limit", type=positive_int, default=32, help="the first N samples of the split")
     p.add_argument("--methods", default=DEFAULT_METHODS, help="space-separated [label=]name[:key=value,...]")
     p.add_argument("--reduction", default="signed_max_abs", type=reduction,
