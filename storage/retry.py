@@ -26,6 +26,8 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
+from storage.fs import redact_text
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -137,7 +139,7 @@ def retrying(operation: Callable[[], T], what: str, *, seconds: float | None = N
                     _note_retries(err, attempt, time.monotonic() - start)
                 raise
             pause = min(wait * (0.5 + random.random()), left)
-            log.info("%s failed transiently (attempt %d: %s: %s); retrying in %.1f s", what, attempt,
-                     type(err).__name__, str(err)[:200], pause)
+            log.info("%s failed transiently (attempt %d: %s: %s); retrying in %.1f s", redact_text(what), attempt,
+                     type(err).__name__, redact_text(str(err)[:200]), pause)  # logs never hold a URL's credentials
             sleep(pause)
             wait, attempt = min(wait * 2, _MAX_WAIT), attempt + 1

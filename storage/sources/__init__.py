@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from storage.fs import InvalidStorageInput, StorageError
+from storage.fs import InvalidStorageInput, StorageError, redact_text, redact_url
 from storage.sources.base import (IDS_IN_ROWS, NO_LABEL, RowFile, RowRange, Sample, SampleError, SampleRef, SkippedFile,
                                   Source, decode_image)
 from storage.sources.classes import LabelMatch, match_labels, normalize_class_name
@@ -125,8 +125,8 @@ def load_arrays(source: Source, refs: Sequence[SampleRef] | None = None, spec: A
             labels.append(item.label)
             ids.append(item.sample_id)
     if errors:
-        log.warning("%s: skipped %d of %d samples that could not be read, e.g. %s", source.url, len(errors),
-                    len(refs), "; ".join(f"{e.sample_id}: {e.reason}" for e in errors[:3]))
+        log.warning("%s: skipped %d of %d samples that could not be read, e.g. %s", redact_url(source.url), len(errors),
+                    len(refs), redact_text("; ".join(f"{e.sample_id}: {e.reason}" for e in errors[:3])))
     if not images:
         return np.zeros((0, 0, 0, 0), np.uint8), np.zeros(0, np.int64), ids
     if spec is not None:
