@@ -64,6 +64,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--recompute-changed", action="store_true",
                    help="recompute the shards of samples whose source file changed or was deleted since they were "
                         "mapped (without it they are reported and kept)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the plan (samples, shards new / changed / committed, methods, what would run) and "
+                        "write nothing: no lease, run.json, plan or zarr, and no Ray")
     return p.parse_args(argv)
 
 
@@ -160,6 +163,8 @@ def run(args: argparse.Namespace) -> int:
     check_apart(args.output, {"--source": source_location(args.source)})
     store = MapStore(args.output, options or None)
     prior = check_format(store.where)  # an output of another format is refused before anything is written
+    if args.dry_run:  # reads only (jobs.preview): no lease, no run.json, no plan, no zarr
+        return attribute(args, options, store, carried_forward(prior, now()))
     with Lease(store.where, purpose="jobs.attribute") as lease:  # one driver per output, failures recorded under it
         record = carried_forward(prior, now())
         try:
@@ -230,6 +235,11 @@ def attribute(args: argparse.Namespace, options: dict[str, Any], store: Any, run
     bound, added = binding.check(run_record.get("fingerprint"),
                                  binding.fingerprint(config, spec, checkpoint_sha256, params, FORMAT_VERSION),
                                  redact_url(args.output))
+    if args.dry_run:
+        from jobs.preview import print_plan
+
+        return print_plan(args, store, source, config, labels, added if run_record.get("fingerprint") else
+                          config.labels, spec.input_size)
     if run_record.get("fingerprint") and added:
         print(f"adding {', '.join(added)} to {redact_url(args.output)} (its other methods stay as they are)")
     # Row-addressable sources are planned as row ranges from their files' footers or headers (nothing

@@ -270,8 +270,10 @@ def listed_samples(listing: Listing) -> int:
     return sum(x.rows if isinstance(x, RowFile) else 1 for x in listing)
 
 
-def update_plan(where: Location, listing: Listing, shard_size: int) -> tuple[ShardPlan, int]:
+def update_plan(where: Location, listing: Listing, shard_size: int, *,
+                write: bool = True) -> tuple[ShardPlan, int]:
     """Read the stored plan, append shards for what it lacks as a new segment; returns (plan, new shards).
+    ``write=False`` stores nothing (a preview: ``jobs.attribute --dry-run``), and gives the same plan.
 
     ``listing`` is the source's refs (samples form) or its row files (ranges form); a stored plan of
     the samples form needs refs. A stored plan fixes the shard size: asking for another one is an
@@ -299,9 +301,10 @@ def update_plan(where: Location, listing: Listing, shard_size: int) -> tuple[Sha
         segment = PLAN_PATH if not ranges and first == 0 else \
             f"{PLAN_DIR}/{_PREFIX['ranges' if ranges else 'samples']}-{shard_id(first)}.parquet"
         new = [replace(s, segment=segment) for s in new]
-        if ranges:
+        if ranges and write:
             _write_id_index(where, new, listing)  # type: ignore[arg-type]
-        write_segment(where, segment, new, shard_size)
+        if write:
+            write_segment(where, segment, new, shard_size)
     return ShardPlan(tuple(shards + new), shard_size), len(new)
 
 

@@ -195,7 +195,7 @@ def source_listing(store: MapStore, source: Source, limit: int | None = None) ->
 
 def plan_shard_tasks(store: MapStore, listing: Sequence[SampleRef] | Sequence[RowFile], shard_size: int,
                      methods: Sequence[str], map_shape: tuple[int, int], *, listing_complete: bool = True,
-                     recompute_changed: bool = False) -> PlannedRun:
+                     recompute_changed: bool = False, dry_run: bool = False) -> PlannedRun:
     """Extend the stored plan by what it lacks (``listing``: refs, or row files from
     :func:`source_listing`), return a task for each shard that some method has not committed, naming
     those methods, and size the zarr arrays of the methods with tasks for the plan.
@@ -203,24 +203,30 @@ def plan_shard_tasks(store: MapStore, listing: Sequence[SampleRef] | Sequence[Ro
     Samples whose file changed or vanished since they were planned are reported; with
     ``recompute_changed`` their shards are un-committed for ``methods`` (the plan takes the files'
     new stamps) and computed again, so a deleted file's sample becomes an error row instead of
-    keeping the map of a file that is gone."""
-    plan, new_shards = update_plan(store.where, listing, shard_size)
+    keeping the map of a file that is gone.
+
+    ``dry_run`` writes and deletes nothing (no plan segment, no restamp, no un-commit, no zarr) and
+    returns what a run would do: the same plan and tasks, from reads alone."""
+    plan, new_shards = update_plan(store.where, listing, shard_size, write=not dry_run)
     changes = source_changes(plan, listing, listing_complete)
     recomputed: tuple[str, ...] = ()
     if changes and recompute_changed:
-        plan = restamp(store.where, plan, listing, listing_complete)
         recomputed = tuple(plan.shards[i].shard_id for i in changes.shards)
-        for method in methods:
-            for index in changes.shards:
-                store.uncommit(method, plan.shards[index].shard_id, index, plan.shards[index].size)
+        if not dry_run:
+            plan = restamp(store.where, plan, listing, listing_complete)
+            for method in methods:
+                for index in changes.shards:
+                    store.uncommit(method, plan.shards[index].shard_id, index, plan.shards[index].size)
     with ThreadPoolExecutor(max_workers=max(1, len(methods))) as pool:  # one listing per method, at once
         done = dict(zip(methods, pool.map(store.committed, methods)))
+    if dry_run and recomputed:  # what the un-commit would have taken out
+        done = {m: {s: r for s, r in records.items() if s not in recomputed} for m, records in done.items()}
     tasks = []
     for shard in plan.shards:
         pending = tuple(m for m in methods if shard.shard_id not in done[m])
         if pending:
             tasks.append(ShardTask(shard.index, shard.shard_id, shard.refs, pending, shard.ranges, shard.segment))
     busy = {m for task in tasks for m in task.methods} if plan.shards else set(methods)
-    for method in (m for m in methods if m in busy):  # the others' arrays hold every shard already
+    for method in (m for m in methods if m in busy and not dry_run):  # the others' arrays hold every shard already
         store.ensure_zarr(method, plan.total_rows, map_shape, plan.shard_size)
     return PlannedRun(plan, new_shards, tuple(tasks), changes, recomputed, listed_samples(listing), done)

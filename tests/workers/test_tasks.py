@@ -65,3 +65,32 @@ def test_a_shard_planned_by_ranges_writes_the_same_bytes_as_planned_by_samples(t
     assert outputs["ranges"].keys() == outputs["samples"].keys()
     differing = [p for p in outputs["ranges"] if outputs["ranges"][p] != outputs["samples"][p]]
     assert differing == [], differing
+
+
+def test_a_dry_run_plans_what_a_run_would_and_writes_nothing(tmp_path) -> None:
+    """plan_shard_tasks(dry_run=True), as jobs.attribute --dry-run calls it: the plan, the new shards and
+    the changed shards a run would recompute, with no plan segment, restamp, un-commit or zarr written."""
+    from storage.maps import MapRecords
+    from tests.helpers import png_bytes, put
+
+    src = str(tmp_path / "folder")
+    images = np.zeros((6, 28, 28, 1), np.uint8)
+    names = write_folder(src, None, images[:4], np.array([1, 1, 2, 2]))
+    store = MapStore(str(tmp_path / "out"))
+    first = plan_shard_tasks(store, source_listing(store, open_source(src)), 2, ("pathway",), (28, 28))
+    for task in first.tasks:
+        ids = [r.sample_id for r in task.refs]
+        maps = MapRecords(ids, np.zeros(len(ids)), np.zeros((len(ids), 28, 28)))
+        store.write_shard(task.shard_id, None, "pathway", maps)
+    write_folder(src, None, images[4:], np.array([3, 3]), first=4)  # two new files
+    put(f"{src}/{names[0]}", None, png_bytes(np.full((28, 28, 1), 200, np.uint8)))  # a planned one changes
+    source = open_source(src)
+    before = every_file(store.url)
+    preview = plan_shard_tasks(store, source_listing(store, source), 2, ("pathway",), (28, 28),
+                               recompute_changed=True, dry_run=True)
+    assert every_file(store.url) == before
+    real = plan_shard_tasks(store, source_listing(store, source), 2, ("pathway",), (28, 28), recompute_changed=True)
+    assert every_file(store.url) != before
+    assert [(t.shard_id, t.methods) for t in preview.tasks] == [(t.shard_id, t.methods) for t in real.tasks] == \
+        [("000000", ("pathway",)), ("000002", ("pathway",))]
+    assert preview.recomputed == real.recomputed == ("000000",) and preview.new_shards == real.new_shards == 1
