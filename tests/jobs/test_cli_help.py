@@ -9,7 +9,7 @@ import pytest
 
 from jobs.cli import JobArgumentParser, JobHelpFormatter, job_parser
 
-JOBS = ("attribute", "perturb", "sanity", "roar", "report", "train", "convert", "make_dataset")
+JOBS = ("attribute", "perturb", "sanity", "roar", "report", "train", "convert", "make_dataset", "inspect")
 
 
 class _Built(Exception):
@@ -77,3 +77,25 @@ def test_report_names_the_folder_jobs_roar_writes_by_default(monkeypatch: pytest
     roar_job = job_parser_of("roar", monkeypatch)
     output = next(a for a in roar_job._actions if a.dest == "output")
     assert f"<test-maps>/{EVAL_DIR}/roar" in output.help
+
+
+def test_every_job_is_a_console_script() -> None:
+    """pyproject.toml's [project.scripts] names every job's main, and the installed command runs."""
+    import os
+    import subprocess
+    import sys
+    import tomllib
+
+    from tests.ray_cluster import ROOT
+
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as fh:
+        scripts = tomllib.load(fh)["project"]["scripts"]
+    targets = {target: name for name, target in scripts.items()}
+    for job in JOBS:
+        assert f"jobs.{job}:main" in targets, f"jobs.{job} has no console script"
+        assert callable(importlib.import_module(f"jobs.{job}").main)
+    command = os.path.join(os.path.dirname(sys.executable), targets["jobs.inspect:main"])
+    if not os.path.exists(command):
+        pytest.skip(f"{command} is not installed: pip install --no-deps -e . installs the console scripts")
+    done = subprocess.run([command, "--help"], capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0 and "--json" in done.stdout
