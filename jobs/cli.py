@@ -265,27 +265,17 @@ def job_parser(prog: str, doc: str | None, parents: Sequence[argparse.ArgumentPa
 
 
 def storage_options_from(text: str | None) -> dict[str, Any]:
-    """Parse ``--storage-options`` (JSON or ``@path``), falling back to ``$STORAGE_OPTIONS``."""
-    origin = "--storage-options"
-    if text is None:
-        text, origin = os.environ.get(STORAGE_OPTIONS_ENV), f"${STORAGE_OPTIONS_ENV}"
-    if not text:
-        return {}
-    inline = origin == "--storage-options" and not text.startswith("@")
-    if text.startswith("@"):
-        try:
-            with open(text[1:], encoding="utf-8") as fh:
-                text = fh.read()
-        except OSError as err:
-            raise JobError(f"cannot read {origin} file {text[1:]!r}: {err.strerror}") from None
-    try:
-        options = json.loads(text)
-    except json.JSONDecodeError as err:
-        # Never echo the text: it may hold credentials.
-        raise JobError(f"{origin} is not valid JSON ({err.msg} at position {err.pos})") from None
-    if not isinstance(options, dict):
-        raise JobError(f"{origin} must be a JSON object, got {type(options).__name__}")
-    if inline:
+    """Parse ``--storage-options`` (JSON or ``@path``), falling back to ``$STORAGE_OPTIONS`` as the
+    readers do (storage.fs.resolve_storage_options): one way to reach storage everywhere."""
+    from storage.fs import InvalidStorageInput, parse_storage_options, resolve_storage_options
+
+    try:  # the messages never echo the text: it may hold credentials
+        if text is None:
+            return resolve_storage_options(None)
+        options = parse_storage_options(text, "--storage-options") if text else {}
+    except InvalidStorageInput as err:
+        raise JobError(str(err)) from None
+    if text and not text.startswith("@"):
         warn_inline_secrets(options)
     return options
 

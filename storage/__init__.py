@@ -19,12 +19,18 @@ Map datasets (``storage.maps``, ``storage.reader``; layout in storage/maps.py)::
 Everything under one prefix goes through a :class:`storage.location.Location` (fs, root, URL and
 options, opened once); the Parquet schemas and writer settings are in :mod:`storage.tables`.
 
+Every reader and writer here takes ``storage_options``; left out (None) they are ``$STORAGE_OPTIONS``'s
+(JSON or ``@file.json``), exactly as the jobs read it, so ``storage.read_maps(url)`` reaches the store
+a job wrote to with the same environment; ``{}`` means none. The options are copied, never changed
+(:func:`storage.fs.resolve_storage_options`).
+
 Errors are :class:`StorageError` (an ``OSError``; ``StorageNotFound`` / ``StorageAccessDenied``
 also subclass ``FileNotFoundError`` / ``PermissionError``); messages name the URL and a fix and
 never contain credentials. Model checkpoints live in ``storage.checkpoints``.
 """
 
-from storage.fs import InvalidStorageInput, StorageAccessDenied, StorageError, StorageNotFound, open_fs
+from storage.fs import (InvalidStorageInput, StorageAccessDenied, StorageError, StorageNotFound, open_fs,
+                        parse_storage_options, resolve_storage_options)
 from storage.location import Location, put_url
 from storage.maps import MapRecords, MapStore
 from storage.reader import (join_with_source, maps_array, read_errors, read_maps, read_maps_table, read_run,
@@ -33,4 +39,5 @@ from storage.sources import Sample, SampleError, SampleRef, Source, load_arrays,
 
 __all__ = ["InvalidStorageInput", "Location", "MapRecords", "MapStore", "put_url", "Sample", "SampleError", "SampleRef", "Source", "StorageAccessDenied",
            "StorageError", "StorageNotFound", "join_with_source", "load_arrays", "maps_array", "open_fs",
-           "open_source", "read_errors", "read_maps", "read_maps_table", "read_run", "read_sample", "read_shard"]
+           "open_source", "parse_storage_options", "read_errors", "read_maps", "read_maps_table", "read_run",
+           "read_sample", "read_shard", "resolve_storage_options"]

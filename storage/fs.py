@@ -8,6 +8,11 @@ secret-looking ``storage_options`` keys, and credentials written into the URL, a
 S3 notes: an endpoint goes in
 ``storage_options={"client_kwargs": {"endpoint_url": ...}}`` (or ``endpoint_url=...``, moved there
 by :func:`open_fs`); the region comes from ``AWS_DEFAULT_REGION``.
+
+One way to reach storage everywhere: :func:`resolve_storage_options` is what every reader, writer
+and job uses. ``None`` means "as the jobs do": ``$STORAGE_OPTIONS`` (JSON, or ``@path`` of a JSON
+file); a mapping, even ``{}``, is used as given, as ``--storage-options`` replaces the variable.
+Either way the result is a copy, so no library the project hands it to can change the caller's dict.
 """
 
 from __future__ import annotations
@@ -131,6 +136,7 @@ def scrub(text: str, storage_options: Mapping[str, Any] | None = None, extra: Se
     """``text`` with every credential of ``storage_options``, of the environment and of ``extra`` (e.g.
     :func:`url_secrets`) replaced by ***, and every URL in it redacted (:func:`redact_text`)."""
     env = [os.environ.get(n, "") for n in ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")]
+    env += _secrets(_env_options_quietly()) if os.environ.get(STORAGE_OPTIONS_ENV) else []
     text = redact_text(text)
     for secret in sorted({s for s in [*_secrets(storage_options), *env, *extra] if s and len(s) >= 3},
                          key=len, reverse=True):
@@ -138,8 +144,68 @@ def scrub(text: str, storage_options: Mapping[str, Any] | None = None, extra: Se
     return text if len(text) <= 400 else text[:400] + "..."
 
 
+#: Storage options for every URL when a caller passes none: JSON, or ``@path`` of a JSON file (the
+#: jobs' default for ``--storage-options``, and the readers').
+STORAGE_OPTIONS_ENV = "STORAGE_OPTIONS"
+
+
+def parse_storage_options(text: str, origin: str = "storage options") -> dict[str, Any]:
+    """The options ``text`` holds: a JSON object, or ``@path`` of a file holding one. Errors name
+    ``origin`` (the flag or variable) and never echo the text: it may hold credentials."""
+    if text.startswith("@"):
+        try:
+            with open(text[1:], encoding="utf-8") as fh:
+                text = fh.read()
+        except OSError as err:
+            raise InvalidStorageInput(f"cannot read {origin} file {text[1:]!r}: {err.strerror}") from None
+    try:
+        options = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise InvalidStorageInput(f"{origin} is not valid JSON ({err.msg} at position {err.pos})") from None
+    if not isinstance(options, dict):
+        raise InvalidStorageInput(f"{origin} must be a JSON object, got {type(options).__name__}")
+    return options
+
+
+def env_storage_options() -> dict[str, Any]:
+    """``$STORAGE_OPTIONS``'s options ({} when it is unset or empty); read at each call, so a
+    long-lived Python sees the variable as it is now."""
+    text = os.environ.get(STORAGE_OPTIONS_ENV)
+    return parse_storage_options(text, f"${STORAGE_OPTIONS_ENV}") if text else {}
+
+
+def resolve_storage_options(storage_options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The options to open URLs with: a copy of the caller's, or ``$STORAGE_OPTIONS``'s when the
+    caller passes None, exactly as the jobs read it; an explicit ``{}`` means none. Copied all the
+    way down (dicts and lists), because libraries fill in the dicts they are given: HF ``datasets``
+    adds ``hf``, fsspec ``protocol``."""
+    if storage_options is None:
+        return env_storage_options()
+    return _copied(storage_options)
+
+
+def _copied(value: Any) -> Any:
+    """Dicts and lists copied at every level; other values (a session object...) shared."""
+    if isinstance(value, Mapping):
+        return {k: _copied(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_copied(v) for v in value]
+    return value
+
+
+def _env_options_quietly() -> dict[str, Any]:
+    """``$STORAGE_OPTIONS``'s options for scrubbing a message: {} when unreadable (that error is raised
+    where the options are used)."""
+    try:
+        return env_storage_options()
+    except StorageError:
+        return {}
+
+
 def normalize_options(url: str, storage_options: Mapping[str, Any] | None) -> dict[str, Any]:
-    options = dict(storage_options or {})
+    """The options resolved (:func:`resolve_storage_options`), with a top-level S3 ``endpoint_url``
+    moved into ``client_kwargs``, where s3fs takes it."""
+    options = resolve_storage_options(storage_options)
     if str(url).startswith(("s3://", "s3a://")) and "endpoint_url" in options:
         client_kwargs = dict(options.get("client_kwargs") or {})
         client_kwargs.setdefault("endpoint_url", options.pop("endpoint_url"))
@@ -151,8 +217,9 @@ def open_fs(url: str, storage_options: Mapping[str, Any] | None = None) -> tuple
     """The fsspec filesystem and the path inside it for ``url`` (a local path, ``s3://...``, ...)."""
     if not url:
         raise StorageError("empty storage URL: give a local path or a URL such as s3://bucket/prefix")
+    options = normalize_options(url, storage_options)  # a bad $STORAGE_OPTIONS is its own error, not the URL's
     try:
-        fs, path = fsspec.core.url_to_fs(str(url), **normalize_options(url, storage_options))
+        fs, path = fsspec.core.url_to_fs(str(url), **options)
     except ImportError as err:
         detail = scrub(str(err), storage_options, url_secrets(url))
         raise StorageError(f"cannot open {redact_url(url)}: the filesystem's package is missing ({detail}); "

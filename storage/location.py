@@ -20,8 +20,8 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from storage.fs import (StorageNotFound, is_local, join, open_fs, storage_errors, write_bytes_atomic,
-                        write_json_atomic)
+from storage.fs import (StorageNotFound, is_local, join, open_fs, resolve_storage_options, storage_errors,
+                        write_bytes_atomic, write_json_atomic)
 from storage.retry import retrying
 
 #: Parallel requests for many small objects (commit records): object stores answer slowly but in parallel.
@@ -29,11 +29,14 @@ PARALLEL_READS = 16
 
 
 class Location:
-    """An opened prefix: ``fs``, its ``root`` path, the ``url`` and its ``storage_options``. Picklable."""
+    """An opened prefix: ``fs``, its ``root`` path, the ``url`` and its ``storage_options``. Picklable.
+
+    ``storage_options`` None means ``$STORAGE_OPTIONS``'s, as the jobs read it; the options kept are
+    resolved once here (:func:`storage.fs.resolve_storage_options`) and are a copy of the caller's."""
 
     def __init__(self, url: str, storage_options: Mapping[str, Any] | None = None) -> None:
         self.url = str(url).rstrip("/")
-        self.storage_options = dict(storage_options or {})
+        self.storage_options = resolve_storage_options(storage_options)
         self.fs, root = open_fs(self.url, self.storage_options)
         self.root = root.rstrip("/")
 

@@ -37,11 +37,13 @@ ARRAYS = ("maps", "sample_id", "committed")
 
 
 def zarr_store(url: str, storage_options: Mapping[str, Any] | None = None, read_only: bool = False):
-    """A zarr store for ``url``: LocalStore for local paths, FsspecStore for everything else."""
-    fs, path = open_fs(url, storage_options)
+    """A zarr store for ``url``: LocalStore for local paths, FsspecStore for everything else.
+    ``storage_options`` None means ``$STORAGE_OPTIONS``'s (:func:`storage.fs.resolve_storage_options`)."""
+    options = normalize_options(url, storage_options)  # resolved, and a copy: fsspec keeps what it is given
+    fs, path = open_fs(url, options)
     if is_local(fs):
         return zarr.storage.LocalStore(path, read_only=read_only)
-    return zarr.storage.FsspecStore.from_url(url, storage_options=normalize_options(url, storage_options),
+    return zarr.storage.FsspecStore.from_url(url, storage_options=options,
                                              read_only=read_only)
 
 

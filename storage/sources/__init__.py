@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from storage.fs import InvalidStorageInput, StorageError, redact_text, redact_url
+from storage.fs import InvalidStorageInput, StorageError, redact_text, redact_url, resolve_storage_options
 from storage.sources.base import (IDS_IN_ROWS, NO_LABEL, RowFile, RowRange, Sample, SampleError, SampleRef, SkippedFile,
                                   Source, decode_image)
 from storage.sources.classes import LabelMatch, match_labels, normalize_class_name
@@ -61,8 +61,10 @@ def open_source(url: str, *, split: str = "test", storage_options: dict | None =
     """Open the dataset at ``url``; ``kind`` (one of :data:`FORMATS`, or an alias such as csv, wds)
     skips the detection. ``classes`` fixes the class list (a job's workers get the driver's).
     ``policy`` holds the operator's limits on what the source can make the job read
-    (:mod:`storage.sources.policy`; default: only inside the source, images up to 40 megapixels)."""
+    (:mod:`storage.sources.policy`; default: only inside the source, images up to 40 megapixels).
+    ``storage_options`` None means ``$STORAGE_OPTIONS``'s, as the jobs read it (read once, here)."""
     policy = policy or DEFAULT_POLICY
+    storage_options = resolve_storage_options(storage_options)
     alias = _ALIASES.get(str(url).lower())
     if alias is not None:
         if not os.path.isdir(alias):

@@ -16,7 +16,7 @@ import posixpath
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
-from storage.fs import StorageError, is_local, open_fs, scrub, storage_errors, translate
+from storage.fs import StorageError, is_local, open_fs, resolve_storage_options, scrub, storage_errors, translate
 from storage.retry import is_transient, retrying
 from storage.sources.base import (NO_LABEL, RowRange, Sample, SampleError, SampleRef, SkippedFile, Source,
                                   decoded_sample)
@@ -254,7 +254,7 @@ class FileListSource(Source):
     def __init__(self, url: str, storage_options: Mapping[str, Any] | None, classes: Sequence[str] | None,
                  base_url: str) -> None:
         self.url = str(url).rstrip("/")
-        self.storage_options = dict(storage_options or {})
+        self.storage_options = resolve_storage_options(storage_options)
         self.base_url = base_url.rstrip("/")
         self._init_cache()
         if classes is None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
-from storage.fs import StorageError, join, open_fs, storage_errors
+from storage.fs import StorageError, join, open_fs, resolve_storage_options, storage_errors
 from storage.retry import retrying
 from storage.sources.base import NO_LABEL, SPLIT_WORDS, Sample, SampleError, SampleRef, SkippedFile, Source, \
     split_aliases
@@ -58,7 +58,7 @@ class ImageFolderSource(Source):
 
     def __init__(self, url: str, split: str = "test", storage_options: dict | None = None,
                  classes: Sequence[str] | None = None):
-        self.storage_options = dict(storage_options or {})
+        self.storage_options = resolve_storage_options(storage_options)
         self.fs, self.root, self.url, entries = open_split_root(url, split, self.storage_options)
         found = sorted(e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries if e.get("type") == "directory")
         found = [d for d in found if not is_skipped_folder(d)]

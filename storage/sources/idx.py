@@ -16,7 +16,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from storage.fs import StorageError, join, open_fs, storage_errors
+from storage.fs import StorageError, join, open_fs, resolve_storage_options, storage_errors
 from storage.retry import retrying
 from storage.sources.base import RowFile, RowRange, Sample, SampleError, SampleRef, Source, split_aliases
 from storage.sources.classes import kind_of_classes
@@ -58,7 +58,7 @@ class IDXSource(Source):
                  classes: Sequence[str] | None = None, name: str | None = None,
                  files: tuple[str, str] | None = None):
         self.url = str(url).rstrip("/")
-        self.storage_options = dict(storage_options or {})
+        self.storage_options = resolve_storage_options(storage_options)
         fs, root = open_fs(self.url, self.storage_options)
         self.fs, self.root = fs, root.rstrip("/")
         self._init_cache()

@@ -26,7 +26,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from storage.fs import StorageError, join, open_fs, storage_errors
+from storage.fs import StorageError, join, open_fs, resolve_storage_options, storage_errors
 from storage.sources.base import SkippedFile
 from storage.sources.files import FileListSource, listed_files, skip_reason
 from storage.sources.folder import open_split_root
@@ -60,7 +60,7 @@ class LabeledFolderSource(FileListSource):
 
     def __init__(self, url: str, split: str = "test", storage_options: dict | None = None,
                  classes: Sequence[str] | None = None):
-        options = dict(storage_options or {})
+        options = resolve_storage_options(storage_options)
         self.fs, self.root, root_url, entries = open_split_root(url, split, options)
         labels = find_labels_file(_names(entries))
         labels_dir, self.offset = root_url, ""

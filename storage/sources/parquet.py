@@ -38,7 +38,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from storage.fs import InvalidStorageInput, StorageError, is_file, join, open_fs, storage_errors
+from storage.fs import (InvalidStorageInput, StorageError, is_file, join, open_fs, resolve_storage_options,
+                        storage_errors)
 from storage.retry import is_transient, retrying
 from storage.sources.base import (IDS_IN_ROWS, NO_LABEL, RowFile, RowRange, Sample, SampleError, SampleRef, SkippedFile,
                                   Source, decoded_sample, files_of_split)
@@ -66,7 +67,7 @@ class ParquetSource(Source):
     def __init__(self, url: str, split: str = "test", storage_options: dict | None = None,
                  classes: Sequence[str] | None = None):
         self.url = str(url).rstrip("/")
-        self.storage_options = dict(storage_options or {})
+        self.storage_options = resolve_storage_options(storage_options)
         self.fs, path = open_fs(self.url, self.storage_options)
         self.root = path.rstrip("/")
         folders: list[SkippedFile] = []

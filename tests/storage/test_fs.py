@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
 
 import pytest
 
+from jobs.cli import JobError, storage_options_from
 from storage import MapStore, StorageAccessDenied, StorageError, StorageNotFound, open_source, read_maps, read_run
-from storage.fs import (join, open_fs, redact_text, redact_url, same_url, scrub, secret_option_keys, translate,
+from storage.fs import (STORAGE_OPTIONS_ENV, InvalidStorageInput, join, normalize_options, open_fs, redact_text,
+                        redact_url, resolve_storage_options, same_url, scrub, secret_option_keys, translate,
                         url_secrets, write_bytes_atomic)
+from storage.location import Location
+from storage.zarr_maps import zarr_store
 from tests.helpers import map_records as records
 
 WRONG_SECRET = "wr0ng-S3CRET-value-42"
@@ -171,3 +176,74 @@ def test_atomic_write_s3(s3_server):
     write_bytes_atomic(fs, path, b"{}")
     assert fs.cat_file(path) == b"{}"
     assert fs.ls(s3_server.bucket + "/atomic", detail=False) == [s3_server.bucket + "/atomic/x.json"]
+
+
+# --------------------------------------------------------------------------- one way to reach storage
+
+SECRET_OPTIONS = {"key": "AKIAEXAMPLE", "secret": "s3cr3t-Opt10ns/val", "client_kwargs": {"endpoint_url": "http://127.0.0.1:9"},
+                  "config_kwargs": {"retries": {"max_attempts": 1}}, "list": [{"a": 1}]}
+
+
+def test_none_means_storage_options_env_and_its_file_form(monkeypatch, tmp_path):
+    monkeypatch.delenv(STORAGE_OPTIONS_ENV, raising=False)
+    assert resolve_storage_options(None) == {}
+    monkeypatch.setenv(STORAGE_OPTIONS_ENV, "")
+    assert resolve_storage_options(None) == {}
+    monkeypatch.setenv(STORAGE_OPTIONS_ENV, json.dumps(SECRET_OPTIONS))
+    assert resolve_storage_options(None) == SECRET_OPTIONS
+    (tmp_path / "o.json").write_text(json.dumps({"anon": True}))
+    monkeypatch.setenv(STORAGE_OPTIONS_ENV, f"@{tmp_path}/o.json")
+    assert resolve_storage_options(None) == {"anon": True}
+    # a given mapping, even an empty one, is used as given: as --storage-options replaces the variable
+    assert resolve_storage_options({}) == {} and resolve_storage_options({"x": 1}) == {"x": 1}
+
+
+def test_the_jobs_read_the_variable_through_the_same_function(monkeypatch, tmp_path):
+    (tmp_path / "o.json").write_text(json.dumps(SECRET_OPTIONS))
+    for text in (json.dumps(SECRET_OPTIONS), f"@{tmp_path}/o.json"):
+        monkeypatch.setenv(STORAGE_OPTIONS_ENV, text)
+        assert storage_options_from(None) == resolve_storage_options(None) == SECRET_OPTIONS
+    assert storage_options_from("{}") == {}  # the flag, even empty, replaces the variable
+
+
+@pytest.mark.parametrize("text, message", [
+    ('{"secret": "s3cr3t-Opt10ns/val"', r"^\$STORAGE_OPTIONS is not valid JSON \("),
+    ('["s3cr3t-Opt10ns/val"]', r"^\$STORAGE_OPTIONS must be a JSON object, got list$"),
+    ("@/nonexistent/o.json", r"^cannot read \$STORAGE_OPTIONS file '/nonexistent/o.json': "),
+])
+def test_a_bad_variable_is_one_line_that_never_echoes_it(monkeypatch, text, message):
+    monkeypatch.setenv(STORAGE_OPTIONS_ENV, text)
+    for call in (lambda: resolve_storage_options(None), lambda: read_run("s3://bucket/maps"),
+                 lambda: open_fs("s3://bucket/maps")):
+        with pytest.raises(InvalidStorageInput, match=message) as err:
+            call()
+        assert "s3cr3t" not in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(JobError, match=message):  # the jobs' own error type, same words
+        storage_options_from(None)
+
+
+def test_options_are_copied_all_the_way_down(monkeypatch, tmp_path):
+    given = json.loads(json.dumps({**SECRET_OPTIONS, "endpoint_url": "http://127.0.0.1:9"}))
+    before = json.loads(json.dumps(given))
+    resolved = resolve_storage_options(given)
+    resolved["client_kwargs"]["endpoint_url"] = "changed"
+    resolved["config_kwargs"]["retries"]["max_attempts"] = 9
+    resolved["list"][0]["a"] = 2
+    resolved["hf"] = {}
+    normalize_options("s3://bucket/x", given)  # moves endpoint_url into client_kwargs: of its copy
+    fs, _ = open_fs("s3://bucket/x", given)
+    Location("s3://bucket/x", given)
+    zarr_store("s3://bucket/x/zarr/m", given)
+    assert given == before
+    assert fs.client_kwargs["endpoint_url"] == "http://127.0.0.1:9"
+
+
+def test_readers_follow_the_variable_where_given_none(monkeypatch, tmp_path):
+    monkeypatch.setenv(STORAGE_OPTIONS_ENV, json.dumps(SECRET_OPTIONS))
+    fs, _ = open_fs("s3://bucket/x")
+    assert fs.client_kwargs["endpoint_url"] == "http://127.0.0.1:9" and fs.key == "AKIAEXAMPLE"
+    assert Location("s3://bucket/x").storage_options == SECRET_OPTIONS
+    assert MapStore("s3://bucket/x").storage_options == SECRET_OPTIONS
+    assert Location("s3://bucket/x", {}).storage_options == {}  # explicit: none
+    # messages scrub the variable's credentials as they do the given options'
+    assert scrub("denied for s3cr3t-Opt10ns/val") == "denied for ***"
