@@ -159,9 +159,9 @@ def run(args: argparse.Namespace) -> int:
     # Refused before anything is written (no lease, no run.json, no folder): bad method labels, an
     # output holding what this job does not write (/, a home folder), an output inside the source.
     parse_method_specs(args.methods)
-    check_output(args.output, MAP_DATASET, options or None)
+    check_output(args.output, MAP_DATASET, options)
     check_apart(args.output, {"--source": source_location(args.source)})
-    store = MapStore(args.output, options or None)
+    store = MapStore(args.output, options)
     prior = check_format(store.where)  # an output of another format is refused before anything is written
     if args.dry_run:  # reads only (jobs.preview): no lease, no run.json, no plan, no zarr
         return attribute(args, options, store, carried_forward(prior, now()))
@@ -214,11 +214,11 @@ def attribute(args: argparse.Namespace, options: dict[str, Any], store: Any, run
     checkpoint = checkpoint_or_default(args.checkpoint)
     started, start_clock = now(), time.perf_counter()
     # Fail before any scheduling when the model, the methods, the source or the output are unusable.
-    model, spec, checkpoint_sha256 = load_checkpoint_with_digest(checkpoint, options or None,
+    model, spec, checkpoint_sha256 = load_checkpoint_with_digest(checkpoint, options,
                                                                  trust_code=trust_of(args))
     params = {label: method.params for label, method in build_methods(model, specs).items()}
     policy = source_policy_of(args)
-    source = open_source(args.source, split=args.split, storage_options=options or None,
+    source = open_source(args.source, split=args.split, storage_options=options,
                          kind=args.source_format or known_format(run_record.get("config"), args), policy=policy)
     labels = match_labels(source.classes, source.label_kind, spec.class_names, source.intrinsic_indices)
     if args.target == "label" and not labels.labels_are_model_classes:
@@ -292,7 +292,7 @@ def attribute(args: argparse.Namespace, options: dict[str, Any], store: Any, run
 
         start_ray(args.ray_address)
         check_workers_import(spec.arch, config.trust_code)
-        check_workers_reach([source.url, checkpoint, args.output], options or None)
+        check_workers_reach([source.url, checkpoint, args.output], options)
         from jobs.actor_pool import run_shards
 
         results = run_shards(planned.tasks, config, args, store)
@@ -311,7 +311,7 @@ def attribute(args: argparse.Namespace, options: dict[str, Any], store: Any, run
     pngs = []
     if complete and planned.plan.shards:
         pngs = (kept_examples(store, run_record, config.labels) if not planned.tasks else []) or \
-            examples_or_warning(args.output, options or None, source, config.labels, spec,
+            examples_or_warning(args.output, options, source, config.labels, spec,
                                 planned.plan.shards[0].shard_id, run_record)
     kinds = errors_by_kind(args.output, options, config.labels[0]) if errors else {}
     run_record.update(status="complete" if complete else "incomplete", finished_at=now(), seconds=seconds,
@@ -354,7 +354,7 @@ def errors_by_kind(output: str, options: dict[str, Any], method: str) -> dict[st
     """How many committed error rows of ``method`` each kind (read, decode, preprocess, label, attribution) has."""
     from storage.reader import read_errors
 
-    kinds = read_errors(output, method, options or None).kind.fillna("unknown")
+    kinds = read_errors(output, method, options).kind.fillna("unknown")
     return {str(k): int(n) for k, n in kinds.value_counts().sort_index().items()}
 
 

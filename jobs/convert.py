@@ -79,8 +79,8 @@ def read_state_dict(url: str, options: dict[str, Any]) -> dict[str, Any]:
     from storage.fs import StorageError, open_fs, storage_errors
 
     try:
-        fs, path = open_fs(url, options or None)
-        with storage_errors(url, "read", options or None):
+        fs, path = open_fs(url, options)
+        with storage_errors(url, "read", options):
             data = fs.cat_file(path)
     except StorageError as err:
         raise JobError(f"--state-dict: {err}") from None

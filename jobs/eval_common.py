@@ -90,7 +90,7 @@ def fill_value(mode: str, spec: Any, source_url: str, options: dict[str, Any], s
     from models.preprocess import preprocess
     from storage.sources import load_arrays, open_source
 
-    source = open_source(source_url, split="train", storage_options=options or None, policy=policy)
+    source = open_source(source_url, split="train", storage_options=options, policy=policy)
     refs = source.list()
     if not refs:
         raise JobError(f"source {source_url!r} has no train split to take the mean of; use --fill spec")

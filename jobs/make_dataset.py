@@ -152,13 +152,13 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     options = storage_options_from(args.storage_options)
     # Before anything is written: the output is this job's own (or new), apart from the garments.
-    check_output(args.output, OutputKind("jobs.make_dataset", OUTPUT_NAMES), options or None)
+    check_output(args.output, OutputKind("jobs.make_dataset", OUTPUT_NAMES), options)
     check_apart(args.output, {"--source": source_location(args.source)})
     pyramids = load_textures()
     where = Location(args.output, options)
     counts, classes, examples = {}, None, None
     for split, limit in (("train", args.train_limit), ("test", args.test_limit)):
-        source = open_source(args.source, split=split, storage_options=options or None,
+        source = open_source(args.source, split=split, storage_options=options,
                              policy=source_policy_of(args))
         refs = source.list()[:limit]
         garments, labels, _ = load_arrays(source, refs)

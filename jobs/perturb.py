@@ -157,7 +157,7 @@ def stored_inputs(args: argparse.Namespace, options: dict[str, Any]) -> dict[str
     from storage.tables import EVAL_DIR
 
     try:
-        run = read_run(args.maps, options or None)
+        run = read_run(args.maps, options)
     except StorageNotFound:
         raise JobError(f"--maps {args.maps}: no map dataset there (no run.json); write one with "
                        f"`python -m jobs.attribute --output {args.maps}` or leave --maps out") from None
@@ -207,13 +207,13 @@ def run(args: argparse.Namespace) -> int:
                   "checkpoint": args.checkpoint, "methods": list(specs), "ids": None,
                   "output": args.output or DEFAULT_OUTPUT}
     # Before anything is written or computed: the output is this job's own, apart from the images.
-    check_output(inputs["output"], OutputKind("jobs.perturb", OUTPUT_NAMES), options or None)
+    check_output(inputs["output"], OutputKind("jobs.perturb", OUTPUT_NAMES), options)
     check_apart(inputs["output"], {"--source": source_location(inputs["source"])})
     checkpoint = checkpoint_or_default(inputs["checkpoint"])
-    model, spec = load_checkpoint(checkpoint, options or None, trust_code=trust_of(args))
+    model, spec = load_checkpoint(checkpoint, options, trust_code=trust_of(args))
     if specs is not None:
         build_methods(model, list(specs.values()))  # bad parameters fail here, before any scheduling
-    source = open_source(inputs["source"], split=inputs["split"], storage_options=options or None,
+    source = open_source(inputs["source"], split=inputs["split"], storage_options=options,
                          policy=model_policy(source_policy_of(args), spec))  # decoded as the attribute job's workers
     images, labels, ids = load_samples(source, args.limit or DEFAULT_LIMIT, inputs["ids"])
     keep = None

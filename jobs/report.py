@@ -288,7 +288,7 @@ def run(args: argparse.Namespace) -> int:
     options = storage_options_from(args.storage_options)
     maps = args.maps.rstrip("/")
     try:
-        run_config = read_run(maps, options or None)
+        run_config = read_run(maps, options)
     except StorageError as err:
         raise JobError(f"--maps: cannot read the map dataset's run.json ({err}); pass the --output of "
                        f"jobs.attribute as --maps, or run python -m jobs.attribute --output {redact_url(maps)}") from None
@@ -305,7 +305,7 @@ def run(args: argparse.Namespace) -> int:
     for section in sections:
         section.source = redact_url(section.source)
 
-    check_output(args.output, OutputKind("jobs.report", OUTPUT_NAMES), options or None)  # before anything is written
+    check_output(args.output, OutputKind("jobs.report", OUTPUT_NAMES), options)  # before anything is written
     where = Location(args.output, options)
     for section in sections:
         for name, png in section.figures:

@@ -127,7 +127,7 @@ def load_split(url: str, methods: Sequence[str], options: dict, limit: int | Non
     from storage.sources import load_arrays, open_source
     from workers.tasks import stored_methods
 
-    run = read_run(url, options or None)
+    run = read_run(url, options)
     config = run.get("config") or {}
     rows = read_maps(url, None, options or None, columns=["sample_id", "method"])
     stored = [m.label for m in stored_methods(config)] or sorted(set(rows.method))
@@ -140,9 +140,9 @@ def load_split(url: str, methods: Sequence[str], options: dict, limit: int | Non
     complete = set(per_sample[per_sample == len(stored)].index)
     maps: dict[str, dict[str, np.ndarray]] = {}
     for method in methods:
-        frame = read_maps(url, method, options or None, columns=["sample_id", "map"])
+        frame = read_maps(url, method, options, columns=["sample_id", "map"])
         maps[method] = dict(zip(frame.sample_id, frame["map"]))
-    source = open_source(config["source"], split=config.get("split", "test"), storage_options=options or None,
+    source = open_source(config["source"], split=config.get("split", "test"), storage_options=options,
                          policy=policy)
     refs = [r for r in source.list() if r.sample_id in complete]
     if limit and limit < len(refs):
@@ -255,7 +255,7 @@ def run(args: argparse.Namespace) -> int:
         raise JobError("--train-maps and --test-maps are the same dataset; ROAR needs maps of both splits "
                        "(python -m jobs.attribute --split train --output <train-maps>)")
     urls = {"train": args.train_maps, "test": args.test_maps}
-    runs, stored = {k: read_run(u, options or None) for k, u in urls.items()}, {}
+    runs, stored = {k: read_run(u, options) for k, u in urls.items()}, {}
     for k, url in urls.items():  # someone else's map datasets are untrusted data: their fields are checked
         runs[k]["config"], specs = stored_config(runs[k], url)
         stored[k] = [m.label for m in specs]
@@ -276,11 +276,11 @@ def run(args: argparse.Namespace) -> int:
     checkpoint = args.checkpoint or runs["test"]["config"].get("checkpoint")
     if not checkpoint:
         raise JobError(f"--test-maps {args.test_maps}: its run.json names no checkpoint; pass --checkpoint")
-    model, spec = load_checkpoint(checkpoint, options or None, trust_code=trust_of(args))
-    recipe = checked_recipe(load_metrics(checkpoint, options or None), checkpoint, args)
+    model, spec = load_checkpoint(checkpoint, options, trust_code=trust_of(args))
+    recipe = checked_recipe(load_metrics(checkpoint, options), checkpoint, args)
     output = args.output or join(args.test_maps, EVAL_DIR, "kar" if args.kar else "roar")
     # Before anything is written or trained: the output is this job's own, apart from the images.
-    check_output(output, OutputKind("jobs.roar", OUTPUT_NAMES), options or None)
+    check_output(output, OutputKind("jobs.roar", OUTPUT_NAMES), options)
     check_apart(output, {f"the {k} maps' source": source_location(r["config"]["source"])
                          for k, r in runs.items() if r.get("config", {}).get("source")})
 

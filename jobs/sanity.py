@@ -131,13 +131,13 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     options = storage_options_from(args.storage_options)
     specs = parse_method_specs(args.methods)
-    check_output(args.output, OutputKind("jobs.sanity", OUTPUT_NAMES), options or None)
+    check_output(args.output, OutputKind("jobs.sanity", OUTPUT_NAMES), options)
     check_apart(args.output, {"--source": source_location(args.source)})  # before anything is written or computed
     checkpoint = checkpoint_or_default(args.checkpoint)
-    model, spec = load_checkpoint(checkpoint, options or None, trust_code=trust_of(args))
+    model, spec = load_checkpoint(checkpoint, options, trust_code=trust_of(args))
     model.eval()
     build_methods(model, specs)  # bad parameters fail here, before any scheduling
-    source = open_source(args.source, split=args.split, storage_options=options or None,
+    source = open_source(args.source, split=args.split, storage_options=options,
                          policy=model_policy(source_policy_of(args), spec))  # decoded as the attribute job's workers
     images, _, ids = load_samples(source, args.limit)
     x = preprocess(spec, images)

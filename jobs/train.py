@@ -105,7 +105,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def _open(name: str, split: str, options: dict[str, Any], policy: Any = None):
     from storage.sources import open_source
 
-    return open_source(name, split=split, storage_options=options or None, policy=policy)
+    return open_source(name, split=split, storage_options=options, policy=policy)
 
 
 def channel_stats(images: np.ndarray, max_samples: int = 20_000) -> tuple[tuple[float, ...], tuple[float, ...]]:

@@ -142,7 +142,7 @@ class ShardAttributor:
         # For the actor's lifetime (it owns its process): set before the model touches the GPU.
         self._settings = contextlib.ExitStack()
         self._settings.enter_context(deterministic_kernels(self.device, self.config.deterministic))
-        options = self.config.storage_options or None
+        options = self.config.storage_options or {}  # the driver's exactly ({}: none, not this node's env)
         self.model, self.spec = load_checkpoint(self.config.checkpoint, options, map_location=self.device,
                                                 trust_code=self.config.trust_code)
         self.model.to(self.device).eval()

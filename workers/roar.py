@@ -106,7 +106,7 @@ def run_cell(cell: dict[str, Any], config: dict[str, Any], train_x: np.ndarray, 
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     name = cell_name(method, t, seed, result["input"], result["fill"])
-    Location(config["output"], config.get("storage_options")).put_json(f"{CELL_DIR}/{name}.json", result)
+    Location(config["output"], config.get("storage_options") or {}).put_json(f"{CELL_DIR}/{name}.json", result)
     return result
 
 
