@@ -16,7 +16,6 @@ docs/format.md describes the files and columns, and the one-liners of other read
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Mapping, Sequence
@@ -31,7 +30,7 @@ from storage.location import Location
 from storage.manifest import check_name, read_commit, read_commits
 from storage.sources.base import SampleError, Source
 from storage.tables import ERRORS_SCHEMA, RUN_PATH, map_schema
-from storage.versions import check_format, run_format, table_format
+from storage.versions import check_format, parse_run, table_format
 
 if TYPE_CHECKING:  # pyarrow's to_pandas imports pandas when a reader needs it; workers never do (0.24 s)
     import pandas as pd
@@ -278,18 +277,11 @@ def read_run(url: str, storage_options: Mapping[str, Any] | None = None) -> dict
     """``run.json`` of the dataset at ``url``."""
     where = Location(url, storage_options)
     try:
-        run = json.loads(where.get(RUN_PATH))
+        data = where.get(RUN_PATH)
     except StorageNotFound:
         check_format(where)  # format 1 kept run.json at the root: say so rather than "not found"
         raise
-    except ValueError as err:
-        raise StorageError(f"{where.url_of(RUN_PATH)} is not JSON: {err}") from None
-    # Someone else's dataset is untrusted data: a record of another shape is one line, not a traceback.
-    if not isinstance(run, dict) or any(not isinstance(run.get(key) or {}, dict) for key in ("format", "config")):
-        raise InvalidStorageInput(f"{where.url_of(RUN_PATH)} is not a run record (a JSON object whose format and "
-                                  "config are objects); is this the --output of jobs.attribute?")
-    run_format(run, url)
-    return run
+    return parse_run(data, url)
 
 
 def join_with_source(maps_df: pd.DataFrame, source: Source | str, spec: Any = None, *, original: bool = False,

@@ -34,10 +34,38 @@ def _refusal(url: str, version: Any) -> FormatMismatch:
         f"with the release that wrote it (format 1: commit 1eeabce)")
 
 
+#: The run record's fields that must be JSON objects, and those that must be lists, when present.
+_OBJECT_FIELDS = ("format", "config", "fingerprint", "method_params", "model", "source")
+_LIST_FIELDS = ("history", "warnings")
+
+
+def parse_run(data: bytes | str, url: str) -> dict:
+    """A run record's JSON, checked for shape and format: a damaged or foreign ``run.json`` is one
+    line naming it, never a traceback (a map dataset someone else wrote is untrusted data)."""
+    where = f"{url.rstrip('/')}/{RUN_PATH}"
+    try:
+        run = json.loads(data)
+    except ValueError as err:
+        raise InvalidStorageInput(f"{where} is not JSON ({err}); is this the --output of jobs.attribute? "
+                                  "Move it aside or pick another output") from None
+    wrong = [key for key in _OBJECT_FIELDS if isinstance(run, dict) and run.get(key) is not None
+             and not isinstance(run[key], dict)]
+    wrong += [key for key in _LIST_FIELDS if isinstance(run, dict) and run.get(key) is not None
+              and not isinstance(run[key], list)]
+    if not isinstance(run, dict) or wrong:
+        detail = f"field(s) {', '.join(wrong)} of the wrong type" if isinstance(run, dict) else "not a JSON object"
+        raise InvalidStorageInput(f"{where} is not a run record ({detail}); is this the --output of "
+                                  "jobs.attribute? Move it aside or pick another output")
+    run_format(run, url)
+    return run
+
+
 def run_format(run: dict, url: str) -> int:
     """The format version a run record declares (one at ``_meta/run.json`` that declares none is of
     the format that put it there); FormatMismatch when it is not this code's."""
     about = run.get("format") or {}
+    if not isinstance(about, dict):
+        raise InvalidStorageInput(f"{url}: its run record's format field is not an object; is this a map dataset?")
     version = about.get("version", FORMAT_VERSION)
     if about.get("name", FORMAT) != FORMAT or version != FORMAT_VERSION:
         raise _refusal(url, version)
@@ -58,9 +86,7 @@ def check_format(where: Location) -> dict | None:
     checking it is this code's format; FormatMismatch for a format-1 layout or another version."""
     data = where.get_optional(RUN_PATH)
     if data is not None:
-        run = json.loads(data)
-        run_format(run, where.url)
-        return run
+        return parse_run(data, where.url)
     if any(where.exists(marker) for marker in FORMAT_1_MARKERS):
         raise _refusal(where.url, 1)
     return None

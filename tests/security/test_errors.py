@@ -58,6 +58,8 @@ BAD_MAPS = {
     "maps-source-number": json.dumps({"config": {"source": 5, "methods": []}}),
     "maps-methods-damaged": json.dumps({"config": {"source": "fashion-mnist", "methods": [5]}}),
     "maps-no-methods": json.dumps({"config": {"source": "fashion-mnist"}}),
+    "maps-format-number": json.dumps({"format": 3}),
+    "maps-fingerprint-number": json.dumps({"fingerprint": 5}),
 }
 
 C = ["--checkpoint", "{checkpoint}", "--output", "{out}", "--no-progress"]  # attribute, sanity, perturb
@@ -97,6 +99,11 @@ ROWS: list[tuple[str, list[str], str]] = [
     ("attribute", [*C, "--max-image-pixels", "0"], r"argument --max-image-pixels"),
     ("attribute", [*C, "--trust-code", "not a module"], r"argument --trust-code: 'not a module'"),
     ("attribute", [*C, "--no-such-flag"], r"unrecognized arguments: --no-such-flag"),
+    # an --output whose run record is damaged (its own _meta/run.json, untrusted like any file)
+    ("attribute", [*C, "--output", "{maps-not-object}"], r"maps-not-object/_meta/run\.json is not a run record"),
+    ("attribute", [*C, "--output", "{maps-not-json}"], r"maps-not-json/_meta/run\.json is not JSON"),
+    ("attribute", [*C, "--output", "{maps-format-number}"], r"run\.json is not a run record \(field\(s\) format"),
+    ("attribute", [*C, "--output", "{maps-fingerprint-number}"], r"run\.json is not a run record \(field\(s\) fingerprint"),
     ("attribute", [*C, "--storage-options", '{"key": "k", "secret": "s3cr3t-Zq"'],
      r"--storage-options is not valid JSON"),
     ("attribute", [*C, "--storage-options", "[1]"], r"--storage-options must be a JSON object"),

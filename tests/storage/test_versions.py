@@ -62,3 +62,19 @@ def test_this_format_and_an_empty_output_read(tmp_path):
     store.write_shard("s0", None, "m", map_records(["a", "b"]))
     run = store.write_run({"status": "complete"})
     assert check_format(Location(url)) == json.loads(json.dumps(run)) and len(read_maps(url)) == 2
+
+
+@pytest.mark.parametrize("text, says", [
+    ("[1, 2]", "not a JSON object"),
+    ("{not json", "is not JSON"),
+    ('{"format": 3}', "field(s) format of the wrong type"),
+    ('{"fingerprint": 5, "history": {}}', "field(s) fingerprint, history of the wrong type"),
+])
+def test_a_damaged_run_record_is_one_line_naming_it(text: str, says: str) -> None:
+    from storage.fs import InvalidStorageInput
+    from storage.versions import parse_run
+
+    with pytest.raises(InvalidStorageInput) as caught:
+        parse_run(text, "/data/out")
+    message = str(caught.value)
+    assert "/data/out/_meta/run.json" in message and says in message and "\n" not in message
