@@ -5,12 +5,12 @@ that returns maps, and ``(maps, details)`` on request) and is built by name with
 """
 
 from . import baselines, controls, gradcam  # noqa: F401  (importing registers the methods)
-from .base import MODEL_DETAILS, Attribution, AttributionError, Detail, Details
+from .base import MODEL_DETAILS, TEXT, Attribution, AttributionError, Detail, Details
 from .pathway import PathwayGrad
 from .reduce import REDUCTIONS, reduce_map
 from .registry import MethodSpec, available, check_params, get, method_class, parameters, register
 
 __all__ = [
-    "MODEL_DETAILS", "Attribution", "AttributionError", "Detail", "Details", "MethodSpec", "PathwayGrad",
+    "MODEL_DETAILS", "TEXT", "Attribution", "AttributionError", "Detail", "Details", "MethodSpec", "PathwayGrad",
     "REDUCTIONS", "available", "check_params", "get", "method_class", "parameters", "reduce_map", "register",
 ]

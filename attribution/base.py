@@ -16,6 +16,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Union
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -43,21 +44,28 @@ class Details(dict):
 class Detail:
     """The declared type of one detail, which is how a map dataset stores it as a column.
 
-    ``dtype`` is one of torch.int64, torch.float64, torch.bool; ``per_sample`` is ``"scalar"``
-    (a [B] tensor) or ``"list"`` (a [B, k] tensor stored as a list per sample; a [B] tensor is a
-    one-item list per sample).
+    ``dtype`` is one of torch.int64, torch.float64, torch.bool, or :data:`TEXT` (one str per sample:
+    a numpy array of B strings, "" for none, stored as null); ``per_sample`` is ``"scalar"`` (a [B]
+    tensor) or ``"list"`` (a [B, k] tensor stored as a list per sample; a [B] tensor is a one-item
+    list per sample).
     """
 
-    dtype: torch.dtype
+    dtype: torch.dtype | type
     doc: str
     per_sample: str = "scalar"
 
 
-#: What every method that holds a model reports: the model's own view of each sample.
+#: The ``dtype`` of a detail that is text, one str per sample.
+TEXT = str
+
+#: What every method that holds a model reports: the model's own view of each sample, and whether
+#: its map is degenerate (a map that holds no information must not pass for a real one).
 MODEL_DETAILS: dict[str, Detail] = {
     "target": Detail(torch.int64, "the class the map explains"),
     "predicted": Detail(torch.int64, "the class the model predicts"),
     "logit": Detail(torch.float64, "the model's target logit (pre-softmax)"),
+    "degenerate": Detail(TEXT, "why the map holds no information ('all-zero map', or the method's own reason, "
+                               "e.g. the pathway's 'all neuron scores are zero'); null for a real map"),
 }
 
 
@@ -121,6 +129,8 @@ class Attribution(abc.ABC):
         if not return_details:
             return maps
         details.update(extra)
+        if "degenerate" in self.detail_schema:
+            details["degenerate"] = degenerate_reasons(maps, details.get("degenerate"))
         if targets is not None and "target" in self.detail_schema:
             details.setdefault("target", targets)
         missing = [name for name in self.detail_schema if name not in details]
@@ -202,6 +212,17 @@ def model_details(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor 
     predicted = logits.argmax(dim=1)
     targets = predicted if targets is None else targets
     return Details(target=targets, predicted=predicted, logit=logits.gather(1, targets[:, None]).squeeze(1))
+
+
+def degenerate_reasons(maps: torch.Tensor, own: Any = None) -> np.ndarray:
+    """Per sample, why its map is degenerate ("" when it is not): the method's own reason where it
+    gives one (``own``), else "all-zero map" for a map that is exactly 0 everywhere."""
+    zero = (maps.detach().flatten(1) == 0).all(dim=1).cpu().numpy()
+    reasons = np.where(zero, "all-zero map", "").astype(object)
+    if own is not None:
+        own = np.asarray(own, dtype=object)
+        reasons = np.where(own != "", own, reasons).astype(object)
+    return reasons
 
 
 def check_logits(logits: Any, batch: int, targets: torch.Tensor | None = None) -> torch.Tensor:

@@ -7,18 +7,23 @@ Registered as ``grad_cam``; its shared plumbing (Captum on first use, checked fo
 
 from __future__ import annotations
 
+import warnings
 from collections import Counter
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
-from .base import Attribution, AttributionError, eval_mode
+from .base import MODEL_DETAILS, TEXT, Attribution, AttributionError, Detail, eval_mode
 from .baselines import CAPTUM, _captum, _checked_forward, _grad_leaf
 from .registry import register
 from .rules import forward_hooks, relu_out_of_place
 
-__all__ = ["GradCAM", "find_gradcam_layer"]
+__all__ = ["COARSEST", "GradCAM", "find_gradcam_layer"]
+
+#: A layer map with fewer rows or columns than this is a smooth wash once upsampled: warned about.
+COARSEST = 4
 
 
 def _is_pooling(module: nn.Module) -> bool:
@@ -102,8 +107,11 @@ class GradCAM(Attribution):
 
     ``layer`` is a module name from ``model.named_modules()`` or ``"auto"``, which picks
     :func:`find_gradcam_layer` for each input size (one extra one-sample forward pass per
-    new size); :attr:`resolved_layer` names the layer used by the last call. A module
-    called more than once per forward (a shared ReLU) is refused: its map is ambiguous.
+    new size); :attr:`resolved_layer` names the layer used by the last call, and the details
+    ``layer`` and ``layer_size`` record it and its resolution per sample. A module called more
+    than once per forward (a shared ReLU) is refused: its map is ambiguous. A layer whose map is
+    1 x 1 is refused too (upsampled, it is a constant: no spatial information at all), and one
+    coarser than ``COARSEST`` x ``COARSEST`` is warned about (ResNet-18's layer3 at 32 px is 2 x 2).
     """
 
     lazy_imports = CAPTUM
@@ -122,10 +130,17 @@ class GradCAM(Attribution):
         self.interpolation = interpolation
         self.resolved_layer: str | None = None if layer == "auto" else layer
         self._resolved: dict[tuple[int, ...], str] = {}
+        self._warned: set[tuple[str, tuple[int, ...]]] = set()
+        self.resolved_size: tuple[int, int] | None = None
 
     @property
     def params(self) -> dict[str, Any]:
         return {"layer": self.layer, "interpolation": self.interpolation}
+
+    @property
+    def detail_schema(self) -> dict[str, Detail]:
+        return {**MODEL_DETAILS, "layer": Detail(TEXT, "the module whose feature map Grad-CAM used"),
+                "layer_size": Detail(torch.int64, "[h, w] of that feature map, before upsampling", "list")}
 
     def _module(self, name: str) -> nn.Module:
         try:
@@ -164,8 +179,30 @@ class GradCAM(Attribution):
             raise AttributionError(
                 f"grad_cam layer {name!r} gives maps of shape {tuple(maps.shape)}; it needs a 4-D [B, K, h, w] output"
             )
+        self._check_resolution(name, tuple(maps.shape[-2:]), tuple(inputs.shape[-2:]))
         return maps.detach()
 
-    def _attribute(self, inputs: torch.Tensor, targets: torch.Tensor, seeds: list[int]) -> torch.Tensor:
+    def _check_resolution(self, name: str, size: tuple[int, int], input_size: tuple[int, int]) -> None:
+        """Refuse a 1 x 1 layer map (a constant once upsampled); warn once about one coarser than COARSEST."""
+        h, w = size
+        if h * w == 1:
+            raise AttributionError(
+                f"grad_cam layer {name!r} has a 1 x 1 feature map at {input_size[0]} x {input_size[1]} px inputs, "
+                "so the upsampled map is a constant; pass layer='<module name>' with a larger map (an earlier "
+                "layer), or use larger inputs"
+            )
+        if min(h, w) < COARSEST and (name, size) not in self._warned:
+            self._warned.add((name, size))
+            warnings.warn(
+                f"grad_cam layer {name!r} gives a {h} x {w} map at {input_size[0]} x {input_size[1]} px inputs, coarser "
+                f"than {COARSEST} x {COARSEST}: upsampled it is a smooth wash; pass layer='<module name>' to choose an "
+                "earlier layer", stacklevel=5)
+        self.resolved_size = (int(h), int(w))
+
+    def _attribute(self, inputs: torch.Tensor, targets: torch.Tensor, seeds: list[int]
+                   ) -> tuple[torch.Tensor, dict[str, Any]]:
         maps = self.layer_maps(inputs, targets)
-        return _captum().LayerAttribution.interpolate(maps, tuple(inputs.shape[-2:]), self.interpolation)
+        batch = inputs.shape[0]
+        details = {"layer": np.array([self.resolved_layer] * batch, dtype=object),
+                   "layer_size": torch.tensor([list(self.resolved_size)] * batch, dtype=torch.int64)}
+        return _captum().LayerAttribution.interpolate(maps, tuple(inputs.shape[-2:]), self.interpolation), details

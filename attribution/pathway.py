@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -180,6 +181,7 @@ class PathwayGrad(Attribution):
             pruned_predicted=pruned_logits.argmax(1),
         )
         details["prediction_kept"] = details.pruned_predicted == targets
+        details["degenerate"] = pruned_everything(kept, thresholds)
         coverage, batch = scored.coverage, targets.shape[0]
         for name in ("neuron_calls", "activation_calls", "neuron_elements", "activation_elements"):
             details[name] = torch.full((batch,), getattr(coverage, name), dtype=torch.int64)
@@ -217,6 +219,17 @@ class PathwayGrad(Attribution):
             scored.scores = []
             keep = new if keep is None else [n.mul_(m) for n, m in zip(new, keep)]
         return keep, thresholds, first
+
+
+def pruned_everything(kept: torch.Tensor, thresholds: torch.Tensor) -> np.ndarray:
+    """Per sample, why its pathway is empty ("" when it is not). Scores are >= 0 and a score <= q is
+    pruned, so a kept fraction of 0 with every threshold 0 means every score is 0: a zero head (as
+    torchvision's ViT starts with) or a target the net gives no gradient. Its map is then the
+    gradient of a constant, all zeros, and must not be stored as a real map."""
+    empty = (kept == 0).cpu().numpy()
+    zero = (thresholds.reshape(thresholds.shape[0], -1) <= 0).all(dim=1).cpu().numpy()
+    return np.where(empty & zero, "all neuron scores are zero: every neuron pruned",
+                    np.where(empty, "kept fraction 0: every neuron pruned", "")).astype(object)
 
 
 def keep_masks(scores: list[torch.Tensor], percentile: float, per_layer: bool

@@ -201,6 +201,7 @@ def record_failure(store: Any, record: dict[str, Any], err: BaseException, prior
 def attribute(args: argparse.Namespace, options: dict[str, Any], store: Any, run_record: dict[str, Any],
               lease: Any = None) -> int:
     from jobs import binding
+    from jobs.map_checks import map_quality, quality_lines
     from models.preprocess import describe
     from storage.checkpoints import load_checkpoint_with_digest
     from storage.fs import redact_text, redact_url
@@ -216,7 +217,8 @@ def attribute(args: argparse.Namespace, options: dict[str, Any], store: Any, run
     # Fail before any scheduling when the model, the methods, the source or the output are unusable.
     model, spec, checkpoint_sha256 = load_checkpoint_with_digest(checkpoint, options,
                                                                  trust_code=trust_of(args))
-    params = {label: method.params for label, method in build_methods(model, specs).items()}
+    built = build_methods(model, specs)
+    params = {label: method.params for label, method in built.items()}
     policy = source_policy_of(args)
     source = open_source(args.source, split=args.split, storage_options=options,
                          kind=args.source_format or known_format(run_record.get("config"), args), policy=policy)
@@ -314,15 +316,23 @@ def attribute(args: argparse.Namespace, options: dict[str, Any], store: Any, run
             examples_or_warning(args.output, options, source, config.labels, spec,
                                 planned.plan.shards[0].shard_id, run_record)
     kinds = errors_by_kind(args.output, options, config.labels[0]) if errors else {}
+    quality = map_quality(args.output, options, {label: list(built[label].detail_schema) for label in config.labels}
+                          ) if samples else {}  # degenerate maps, Grad-CAM layers
     run_record.update(status="complete" if complete else "incomplete", finished_at=now(), seconds=seconds,
                       maps=samples, errors=errors, errors_by_kind=kinds, examples=pngs,
-                      examples_methods=list(config.labels) if pngs else [])
+                      examples_methods=list(config.labels) if pngs else [],
+                      degenerate_maps=quality.get("degenerate", {}), grad_cam_layers=quality.get("grad_cam", {}))
+    run_record["warnings"] = list(dict.fromkeys([*run_record.get("warnings", []), *quality.get("warnings", [])]))
     if not complete:
         run_record["reason"] = f"{sum(map(len, missing.values()))} (method, shard) pairs not committed; rerun to finish"
     if lease is not None:
         lease.check()
     store.write_run(run_record)
     print_summary(results, samples, errors, seconds, redact_url(args.output), pngs, missing)
+    for line in quality_lines(quality):
+        print(line)
+    for warning in quality.get("warnings", []):
+        print(f"warning: {warning}", file=sys.stderr)
     if kinds:
         print(f"error rows of {config.labels[0]} by kind: {', '.join(f'{k} {n}' for k, n in kinds.items())} "
               f"(storage.read_errors({redact_url(args.output)!r}) has each reason)")

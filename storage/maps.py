@@ -127,6 +127,8 @@ def _detail_column(values: np.ndarray | None, kind: str, n: int) -> pa.Array:
     dtype = detail_type(kind)
     if values is None:
         return pa.nulls(n, dtype)
+    if pa.types.is_string(dtype):  # text details: "" is "nothing to say" (e.g. not degenerate), stored as null
+        return pa.array([str(v) if v is not None and str(v) else None for v in values], dtype)
     if pa.types.is_list(dtype) and values.ndim == 1:
         values = values[:, None]
     return pa.array(list(values) if values.ndim > 1 else values, dtype)

@@ -64,7 +64,7 @@ PARQUET_OPTIONS = dict(compression="zstd", compression_level=ZSTD_LEVEL, use_dic
 ERRORS_SCHEMA = pa.schema([("sample_id", pa.string()), ("reason", pa.string()), ("shard_id", pa.string()),
                            ("method", pa.string()), ("kind", pa.string())])
 
-_SCALARS = {"int64": pa.int64(), "float64": pa.float64(), "bool": pa.bool_()}
+_SCALARS = {"int64": pa.int64(), "float64": pa.float64(), "bool": pa.bool_(), "string": pa.string()}
 #: Columns every maps table has before the method's details, and after them the map itself.
 LEADING_COLUMNS = (("sample_id", pa.string()), ("shard_id", pa.string()), ("method", pa.string()),
                    ("params", pa.string()), ("label", pa.int64()))
@@ -79,7 +79,7 @@ def map_type(height: int, width: int) -> pa.DataType:
 
 
 def detail_type(kind: str) -> pa.DataType:
-    """The Arrow type a detail kind names (``int64``, ``float64``, ``bool``, ``list<...>``)."""
+    """The Arrow type a detail kind names (``int64``, ``float64``, ``bool``, ``string``, ``list<...>``)."""
     if kind.startswith("list<") and kind.endswith(">"):
         return pa.list_(detail_type(kind[5:-1]))
     try:

@@ -50,7 +50,7 @@ from .allocator import keep_freed_memory
 from .tasks import JobConfig, ShardTask, block_tasks
 
 #: How a declared detail's dtype is stored (storage.tables.detail_type).
-_KINDS = {torch.int64: "int64", torch.float64: "float64", torch.bool: "bool"}
+_KINDS = {torch.int64: "int64", torch.float64: "float64", torch.bool: "bool", attribution.TEXT: "string"}
 
 
 def column_kinds(schemas: Sequence[Mapping[str, attribution.Detail]]) -> dict[str, str]:
@@ -65,6 +65,11 @@ def column_kinds(schemas: Sequence[Mapping[str, attribution.Detail]]) -> dict[st
     return kinds
 
 log = logging.getLogger(__name__)
+
+
+def _numpy(values: Any) -> np.ndarray:
+    """A detail's values as numpy: tensors copied to the CPU, text details (numpy arrays of str) as they are."""
+    return values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values, dtype=object)
 
 
 def _import_ahead(modules: Sequence[str]) -> None:
@@ -317,7 +322,7 @@ class ShardAttributor:
         declared = self.methods[name].detail_schema
         samples = [s for part, _, _ in parts for s in part]
         maps = torch.cat([m for _, m, _ in parts]) if parts else torch.zeros(0, height, width)
-        details = {key: np.concatenate([d[key].detach().cpu().numpy() for _, _, d in parts]) if parts
+        details = {key: np.concatenate([_numpy(d[key]) for _, _, d in parts]) if parts
                    else np.zeros((0,) if declared[key].per_sample == "scalar" else (0, 0)) for key in declared}
         return MapRecords([s.sample_id for s in samples], [s.label for s in samples], maps,
                           params=self.methods[name].params, details=details, detail_types=self.kinds)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from attribution import AttributionError, Details, MethodSpec, available, get, method_class
+from attribution import TEXT, AttributionError, Details, MethodSpec, available, get, method_class
 from tests.nets import TinyConvNet, make_tiny_net
 
 #: Fewer steps where a method has them, so that every method runs in well under a second here.
@@ -55,6 +55,9 @@ def test_maps_and_declared_details(name, net64, images64):
     torch.testing.assert_close(details.logit.double(), logits[torch.arange(4), details.target])
     for key, declared in method.detail_schema.items():
         value = details[key]
+        if declared.dtype is TEXT:  # one str per sample ("" for nothing to say)
+            assert len(value) == 4 and all(isinstance(v, str) for v in value) and declared.doc, key
+            continue
         assert value.shape[0] == 4 and value.dim() in ((1, 2) if declared.per_sample == "list" else (1,)), key
         kind = {torch.int64: "integral", torch.float64: "floating", torch.bool: "bool"}[declared.dtype]
         assert (value.dtype == torch.bool) == (kind == "bool"), key

@@ -81,3 +81,21 @@ def test_grad_cam_layer_errors(tiny_net, tiny_images):
 
 
 # --------------------------------------------------------------------------- SmoothGrad
+
+
+def test_a_layer_with_a_1x1_map_is_refused_naming_the_option(tiny_net):
+    # At 2 x 2 px inputs conv3 sees the pooled 1 x 1 map: upsampled, Grad-CAM would be a constant.
+    x = torch.randn(2, 3, 2, 2, generator=torch.Generator().manual_seed(3))
+    with pytest.raises(AttributionError, match=r"layer 'conv3' has a 1 x 1 feature map .*layer='<module name>'") as err:
+        get("grad_cam", tiny_net, layer="conv3").attribute(x)
+    assert "\n" not in str(err.value)
+
+
+def test_a_coarse_map_warns_and_the_layer_and_resolution_are_details(tiny_net):
+    x = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(3))  # conv3: 2 x 2
+    method = get("grad_cam", tiny_net)
+    with pytest.warns(UserWarning, match=r"'relu3' gives a 2 x 2 map .*coarser than 4 x 4"):
+        _, details = method.attribute(x, return_details=True)
+    assert list(details.layer) == ["relu3", "relu3"] and details.layer_size.tolist() == [[2, 2], [2, 2]]
+    _, details = method.attribute(torch.randn(2, 3, 8, 8), return_details=True)  # 4 x 4: no warning
+    assert details.layer_size.tolist() == [[4, 4], [4, 4]]

@@ -193,6 +193,14 @@ def test_details_must_be_as_declared():
                    detail_types={"label": "int64"}).to_table("m", "s0")
 
 
+def test_text_details_are_string_columns_with_null_for_nothing_to_say():
+    reasons = np.array(["", "all-zero map"], dtype=object)  # attribution's degenerate detail
+    table = MapRecords(["a", "b"], [0, 1], np.zeros((2, 2, 2)), details={"degenerate": reasons},
+                       detail_types={"degenerate": "string"}).to_table("m", "s0")
+    assert table.schema.field("degenerate").type == pa.string()
+    assert table.column("degenerate").to_pylist() == [None, "all-zero map"]
+
+
 def test_a_shard_with_no_maps_commits_its_errors(storage_root):
     url, options = storage_root
     store = MapStore(url, options)
