@@ -121,7 +121,7 @@ def not_a_map_dataset(url: str) -> JobError:
 
 def inspect_output(url: str, storage_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The summary of the map dataset at ``url`` (what :func:`render` prints and ``--json`` gives)."""
-    from storage.fs import StorageNotFound, redact_url
+    from storage.fs import StorageNotFound, redact_url, storage_errors
     from storage.lease import LEASE
     from storage.location import Location
     from storage.manifest import read_commits
@@ -130,6 +130,10 @@ def inspect_output(url: str, storage_options: Mapping[str, Any] | None = None) -
 
     where = Location(url, storage_options)
     shown = redact_url(url)
+    with storage_errors(url, "check", storage_options):
+        a_file = where.fs.isfile(where.root)
+    if a_file:  # a file has no run record under it: say what it is not
+        raise not_a_map_dataset(shown)
     try:
         run = read_run(url, storage_options)  # refuses another format, or a record of another shape
     except StorageNotFound:

@@ -117,7 +117,7 @@ def test_inspect_the_s3_reference(reference, tmp_path, monkeypatch, capsys) -> N
 def test_not_a_map_dataset_is_one_line(tmp_path, capsys) -> None:
     (tmp_path / "photos").mkdir()
     (tmp_path / "photos" / "cat.jpg").write_bytes(b"\xff\xd8")
-    for path in (tmp_path / "photos", tmp_path / "missing"):
+    for path in (tmp_path / "photos", tmp_path / "missing", tmp_path / "photos" / "cat.jpg"):
         assert inspect.main([str(path)]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and f"jobs.inspect: error: {path} is not a map dataset" in err
