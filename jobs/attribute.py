@@ -328,7 +328,7 @@ def attribute(args: argparse.Namespace, options: dict[str, Any], store: Any, run
     if lease is not None:
         lease.check()
     store.write_run(run_record)
-    print_summary(results, samples, errors, seconds, redact_url(args.output), pngs, missing)
+    print_summary(results, samples, errors, seconds, redact_url(args.output), pngs, missing, args.storage_options)
     for line in quality_lines(quality):
         print(line)
     for warning in quality.get("warnings", []):
@@ -341,7 +341,7 @@ def attribute(args: argparse.Namespace, options: dict[str, Any], store: Any, run
 
 
 def print_summary(results: list[dict], samples: int, errors: int, seconds: float, output: str,
-                  pngs: list[str], missing: dict[str, list[str]]) -> None:
+                  pngs: list[str], missing: dict[str, list[str]], options_text: str | None = None) -> None:
     computed = sum(int(r["samples"]) for r in results)
     print(f"\n{samples} maps and {errors} error rows committed under {output}")
     print(f"this run: {computed} samples in {seconds:.1f} s ({computed / seconds:.1f} samples/s, all methods per sample)")
@@ -357,7 +357,29 @@ def print_summary(results: list[dict], samples: int, errors: int, seconds: float
     if pngs:
         print(f"example maps: {', '.join(pngs)}")
     method = next(iter(missing), "pathway")  # missing holds every method of the run, in order
-    print(f"read them with: storage.read_maps({output!r}, {method!r})")
+    print(f"read them with: {read_hint(output, method, options_text)}")
+
+
+def read_hint(output: str, method: str, options_text: str | None) -> str:
+    """A Python line that reads the maps back as printed, in a Python started like the job: the
+    readers follow $STORAGE_OPTIONS as the job did; options from --storage-options are named (an
+    @file by its path, inline ones by value unless they look like credentials: this line is printed).
+    ``output`` is already redacted; a local one is made absolute, to work from any folder."""
+    import os
+
+    from storage.fs import parse_storage_options, secret_option_keys
+
+    shown = output if "://" in output else os.path.abspath(output)
+    extra, note = "", ""
+    if options_text and options_text.startswith("@"):
+        extra = f", storage_options=storage.parse_storage_options({'@' + os.path.abspath(options_text[1:])!r})"
+    elif options_text:
+        options = parse_storage_options(options_text, "--storage-options")
+        if secret_option_keys(options):
+            note = "  # with your --storage-options in $STORAGE_OPTIONS (it holds credentials, not shown)"
+        else:
+            extra = f", storage_options={options!r}"
+    return f"import storage; df = storage.read_maps({shown!r}, {method!r}{extra}){note}"
 
 
 def errors_by_kind(output: str, options: dict[str, Any], method: str) -> dict[str, int]:
