@@ -1,9 +1,11 @@
-"""Shared fixtures: deterministic seeds, real Fashion-MNIST images, a real S3 server, and storage
-roots to test against. Helpers that are not fixtures live in tests/helpers.py."""
+"""Shared fixtures: deterministic seeds, real Fashion-MNIST images, a real S3 server, storage roots
+to test against, a tiny trained checkpoint and one local Ray per module. Helpers that are not
+fixtures live in tests/helpers.py."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 
 import numpy as np
@@ -11,7 +13,8 @@ import pytest
 import torch
 
 from storage.sources import FASHION_MNIST_DIR
-from tests.helpers import N_IMAGES, fashion_mnist
+from tests.helpers import N_IMAGES, fashion_mnist, tiny_checkpoint
+from tests.ray_cluster import short_tmp
 from tests.servers import S3Server, seaweedfs
 
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
@@ -54,3 +57,25 @@ def storage_root(request: pytest.FixtureRequest, tmp_path) -> tuple[str, dict]:
         return str(tmp_path / "root"), {}
     server: S3Server = request.getfixturevalue("s3_server")
     return server.url(f"t-{uuid.uuid4().hex[:12]}"), server.storage_options
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> str:
+    """A tiny trained ResNet-8 checkpoint (tests/helpers.py tiny_checkpoint), one per module."""
+    return tiny_checkpoint(tmp_path_factory.mktemp("checkpoint"))
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    """One local Ray on loopback for the module, started as the jobs start theirs; the jobs'
+    start_ray reuses it."""
+    import ray
+
+    from jobs.cluster import start_local_ray
+
+    torch.set_num_threads(1)
+    temp = short_tmp("rj")
+    start_local_ray(num_cpus=2, num_gpus=0, include_dashboard=False, _temp_dir=temp, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+    shutil.rmtree(temp, ignore_errors=True)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import shutil
 import subprocess
 import sys
 
@@ -19,11 +18,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import torch
 
 from storage.sources import Sample, SampleError, SourcePolicy, open_source
-from tests.helpers import fashion_mnist, png_bomb, png_bytes, put, tar_bytes, tiny_checkpoint, write_folder, write_index
-from tests.ray_cluster import ROOT, short_tmp
+from tests.helpers import fashion_mnist, png_bomb, png_bytes, put, tar_bytes, write_folder, write_index
+from tests.ray_cluster import ROOT
 
 BOMB = 12000
 PASSWD = b"root:x:0:0:root:/root:/bin/bash\ndaemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin\n"
@@ -132,23 +130,6 @@ def test_refusing_a_bomb_allocates_nothing_image_sized():
 
 
 # -- a real job on a real local Ray ------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> str:
-    return tiny_checkpoint(tmp_path_factory.mktemp("checkpoint"))
-
-
-@pytest.fixture(scope="module")
-def ray_session():
-    import ray
-
-    torch.set_num_threads(1)
-    temp = short_tmp("rd")
-    ray.init(address="local", num_cpus=2, num_gpus=0, include_dashboard=False, _temp_dir=temp, log_to_driver=False)
-    yield ray
-    ray.shutdown()
-    shutil.rmtree(temp, ignore_errors=True)
-
 
 @pytest.mark.slow
 def test_a_job_maps_the_good_images_and_records_the_bomb(checkpoint, ray_session, tmp_path):

@@ -14,17 +14,14 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 
 import pytest
-import torch
 
 from jobs import attribute
 from storage.fs import open_fs
 from storage.reader import read_errors, read_maps, read_run
 from storage.sources.files import SKIPPED_FOLDER
-from tests.helpers import fashion_mnist, png_bytes, put, tiny_checkpoint, write_index
-from tests.ray_cluster import short_tmp
+from tests.helpers import fashion_mnist, png_bytes, put, write_index
 from tests.servers import capture_server
 
 pytestmark = pytest.mark.slow  # starts Ray, trains a tiny model, starts SeaweedFS
@@ -33,24 +30,6 @@ QUIET = ["--workers", "1", "--no-progress", "--methods", "gradient", "--shard-si
 #: Bytes of the files the rows point at, none of which may appear in an error row, run.json or output.
 SECRETS = ("root:x", "PATHS_CANARY_7f3a")
 OTHER_BUCKET = "other-bucket"
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> str:
-    return tiny_checkpoint(tmp_path_factory.mktemp("checkpoint"))
-
-
-@pytest.fixture(scope="module")
-def ray_session():
-    """One local Ray on loopback for the module; the jobs' start_ray reuses it."""
-    import ray
-
-    torch.set_num_threads(1)
-    temp = short_tmp("rp")
-    ray.init(address="local", num_cpus=2, num_gpus=0, include_dashboard=False, _temp_dir=temp, log_to_driver=False)
-    yield ray
-    ray.shutdown()
-    shutil.rmtree(temp, ignore_errors=True)
 
 
 @pytest.fixture
