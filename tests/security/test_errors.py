@@ -24,7 +24,7 @@ import torch
 
 from tests.ray_cluster import ROOT
 
-JOBS = ("attribute", "perturb", "sanity", "roar", "report", "train", "convert", "make_dataset")
+JOBS = ("attribute", "perturb", "sanity", "roar", "report", "train", "convert", "make_dataset", "inspect")
 
 #: Checkpoint files the fixture writes: name -> what changes in a good checkpoint's dict.
 BAD_CHECKPOINTS = {
@@ -171,6 +171,12 @@ ROWS: list[tuple[str, list[str], str]] = [
     ("report", ["--maps", "{maps-not-object}", "--output", "{out}"], r"--maps: .*is not a run record"),
     ("report", ["--storage-options", "{", "--output", "{out}"], r"--storage-options is not valid JSON"),
     ("report", ["--bogus"], r"unrecognized arguments: --bogus"),
+    # ------------------------------------------------------------------ jobs.inspect
+    ("inspect", ["{missing}/maps"], r"{missing}/maps is not a map dataset .*give the --output of jobs\.attribute"),
+    ("inspect", ["{maps-not-object}"], r"maps-not-object/_meta/run\.json is not a run record"),
+    ("inspect", ["{maps-not-json}"], r"maps-not-json/_meta/run\.json is not JSON"),
+    ("inspect", ["{out}", "--storage-options", "{"], r"--storage-options is not valid JSON"),
+    ("inspect", ["{out}", "--bogus"], r"unrecognized arguments: --bogus"),
     # ------------------------------------------------------------------ jobs.train
     ("train", ["--epochs", "0", "--output", "{out}/m.pt"], r"argument --epochs: expected a positive integer"),
     ("train", ["--lr", "-1", "--output", "{out}/m.pt"], r"argument --lr: expected a positive number"),
