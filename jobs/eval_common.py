@@ -52,9 +52,13 @@ def compute_maps(method: Any, x: Any, targets: Any, sample_ids: Sequence[str], r
     return attribution.reduce_map(maps.float().detach(), reduction).cpu().numpy().astype(np.float32)
 
 
-def load_samples(source: Any, limit: int | None, ids: Sequence[str] | None = None
+def load_samples(source: Any, limit: int | None, ids: Sequence[str] | None = None, seed: int = 0
                  ) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """uint8 images, labels and ids of the first ``limit`` samples (or of ``ids``, in that order)."""
+    """uint8 images, labels and ids of a seeded, class-stratified subset of ``limit`` samples in source
+    order (jobs.subsets: a first-N subset of a class-sorted source holds one or two classes), or of
+    ``ids``, in that order. Where the source cannot tell labels without decoding, all its samples
+    are decoded to choose."""
+    from jobs.subsets import ref_labels, stratified_indices
     from storage.sources import load_arrays
 
     refs = source.list()
@@ -65,8 +69,15 @@ def load_samples(source: Any, limit: int | None, ids: Sequence[str] | None = Non
             raise JobError(f"{len(missing)} map sample ids are not in source {source.url} (e.g. {missing[:3]}); "
                            "were the maps computed on another source or split?")
         refs = [by_id[s] for s in ids]
-    elif limit:
-        refs = refs[:limit]
+    elif limit and limit < len(refs):
+        known = ref_labels(source, refs)
+        if known is None:
+            images, labels, got = load_arrays(source, refs)
+            keep = stratified_indices(labels, limit, seed)
+            if not got:
+                raise JobError(f"no readable samples in {source.url}; check --source / --split")
+            return images[keep], labels[keep], [got[i] for i in keep]
+        refs = [refs[i] for i in stratified_indices(known, limit, seed)]
     images, labels, got = load_arrays(source, refs)
     if not got:
         raise JobError(f"no readable samples in {source.url}; check --source / --split")

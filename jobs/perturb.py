@@ -88,7 +88,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--checkpoint", default=None,
                    help="model checkpoint URL (default: the maps' checkpoint, else the shipped ResNet-8)")
     p.add_argument("--limit", type=positive_int, default=None,
-                   help=f"first N samples (default: every stored map; {DEFAULT_LIMIT} when computing maps)")
+                   help=f"a seeded, class-stratified subset of N samples (default: every stored map; {DEFAULT_LIMIT} when "
+                        "computing maps)")
     p.add_argument("--fractions", type=_fractions, default=list(DEFAULT_FRACTIONS),
                    help="increasing pixel fractions in [0, 1], comma- or space-separated")
     p.add_argument("--fill", default="mean,nli", type=choice_list(*FILLS, *MEANS),
@@ -152,6 +153,7 @@ def perturb_shard(payload: dict[str, Any], x: Any, maps: np.ndarray | None, targ
 def stored_inputs(args: argparse.Namespace, options: dict[str, Any]) -> dict[str, Any]:
     """Maps, targets and ids from a jobs.attribute dataset, plus where its images and model live."""
     from jobs.eval_common import stored_config
+    from jobs.subsets import stratified_indices
     from storage.fs import StorageNotFound, join
     from storage.reader import read_maps, read_run
     from storage.tables import EVAL_DIR
@@ -170,9 +172,14 @@ def stored_inputs(args: argparse.Namespace, options: dict[str, Any]) -> dict[str
     if unknown:
         raise JobError(f"--methods {' '.join(unknown)}: not in the map dataset {args.maps}, "
                        f"which holds {', '.join(stored) or 'no methods'}")
-    frames = {m: read_maps(args.maps, m, options or None, columns=["sample_id", "target", "map"]) for m in methods}
+    frames = {m: read_maps(args.maps, m, options, columns=["sample_id", "label", "target", "map"])
+              for m in methods}
     common = set.intersection(*(set(f.sample_id) for f in frames.values()))
-    ids = [s for s in frames[methods[0]].sample_id if s in common][: args.limit]
+    first = frames[methods[0]].drop_duplicates("sample_id")
+    first = first[first.sample_id.isin(common)]
+    # A seeded, class-stratified subset (jobs.subsets): the first N of a class-sorted source is one class.
+    ids = [first.sample_id.iloc[i] for i in stratified_indices(first["label"].to_numpy(), args.limit)]
+    total = len(first)
     if not ids:
         raise JobError(f"--maps {args.maps}: no sample has a committed map of every method "
                        f"({', '.join(methods)}); finish the jobs.attribute run first")
@@ -180,7 +187,7 @@ def stored_inputs(args: argparse.Namespace, options: dict[str, Any]) -> dict[str
     return {"source": args.source or config.get("source"), "split": args.split or config.get("split", "test"),
             "checkpoint": args.checkpoint or config.get("checkpoint"), "methods": methods, "ids": ids,
             "maps": {m: np.stack(f["map"].to_numpy()).astype(np.float32) for m, f in indexed.items()},
-            "targets": {m: f["target"].to_numpy().astype(np.int64) for m, f in indexed.items()},
+            "targets": {m: f["target"].to_numpy().astype(np.int64) for m, f in indexed.items()}, "total": total,
             "output": args.output or join(args.maps, EVAL_DIR, "perturbation")}
 
 
@@ -191,6 +198,7 @@ def run(args: argparse.Namespace) -> int:
     from jobs.cluster import start_ray
     from jobs.eval_common import chunks, fill_value, load_samples, model_payload
     from models.preprocess import preprocess
+    from jobs.subsets import announce, subset_record
     from storage.checkpoints import load_checkpoint
     from storage.fs import redact_url
     from storage.outputs import OutputKind, check_apart, check_output
@@ -217,6 +225,10 @@ def run(args: argparse.Namespace) -> int:
                          policy=model_policy(source_policy_of(args), spec))  # decoded as the attribute job's workers
     images, labels, ids = load_samples(source, args.limit or DEFAULT_LIMIT, inputs["ids"])
     keep = None
+    limit = args.limit if inputs["ids"] is not None else args.limit or DEFAULT_LIMIT
+    subset = subset_record(labels, spec.num_classes, inputs.get("total") or len(source.list()), limit)
+    announce(subset)
+    inputs["subset"] = subset
     if inputs["ids"] is not None and len(ids) != len(inputs["ids"]):  # unreadable images: keep rows aligned
         position = {s: i for i, s in enumerate(inputs["ids"])}
         keep = [position[s] for s in ids]
@@ -303,18 +315,33 @@ def write_outputs(output: str, options: dict[str, Any], table: Any, args: argpar
     from jobs.eval_common import write_file, write_table
     from jobs.plots import perturbation_curves
     from storage.fs import redact_url
+def curve_notes(table: Any) -> list[str]:
+    """What is degenerate about the curves, in words: ROAD accuracy 0 at every method and fraction (the
+    model never predicts the images' labels), or a method's drop curve that never moves."""
+    notes = []
+    if len(table) and (table["accuracy"] == 0).all():
+        notes.append("ROAD accuracy is 0 for every method and fraction: the model predicts none of the images' "
+                     "labels (labels in another class order, or a model at chance); the ROAD panels are flat")
+    for (label, how, rank, order), group in table.groupby(["method", "fill", "rank", "order"], sort=False):
+        drops = group["mean_drop"].to_numpy()
+        if len(drops) > 1 and float(np.ptp(drops)) == 0.0:
+            notes.append(f"{label} {order} (fill {how}, ranked by {rank}): the drop is {drops[0]:.4f} at every "
+                         "fraction; the curve never moves")
+    return notes
+
+
 
     auc_table = areas(table, args.fractions)
     summary = {"config": {"maps": redact_url(args.maps) if args.maps else None, "source": redact_url(inputs["source"]),
                           "split": inputs["split"], "checkpoint": redact_url(checkpoint), "methods": inputs["methods"],
                           "fractions": args.fractions,
                           "fill": args.fill, "mean": fill, "mean_from": args.mean, "noise": args.noise,
-                          "rank": args.rank, "seed": args.seed, "samples": n},
-               "areas": auc_table.to_dict(orient="records")}
+                          "rank": args.rank, "seed": args.seed, "samples": n, "subset": inputs.get("subset")},
+               "areas": auc_table.to_dict(orient="records"), "notes": curve_notes(table)}
     paths = write_table(output, "perturbation", table, options)
     paths += write_table(output, "auc", auc_table, options)
     paths.append(write_file(output, "auc.json", (json.dumps(summary, indent=2) + "\n").encode(), options))
-    paths.append(write_file(output, "perturbation.png", perturbation_curves(table), options))
+    paths.append(write_file(output, "perturbation.png", perturbation_curves(table, summary["notes"]), options))
     return paths
 
 
@@ -335,6 +362,8 @@ def print_summary(table: Any, fractions: Sequence[float], paths: list[str], seco
 
 def pd_rows(group: Any, reference: Any) -> list[tuple[str, Any]]:
     """(method, its rows) in table order, the random reference last."""
+    for note in curve_notes(table):
+        print(f"note: {note}")
     import pandas as pd
 
     both = pd.concat([group, reference])

@@ -61,7 +61,15 @@ def _png(fig: "plt.Figure") -> bytes:
     return buffer.getvalue()
 
 
-def perturbation_curves(table) -> bytes:  # noqa: ANN001 - a pandas DataFrame
+def _notes(fig, notes: Sequence[str]) -> None:  # noqa: ANN001 - a matplotlib Figure
+    """Write what is degenerate about the data under the panels (a flat panel must not pass for a result)."""
+    if notes:
+        fig.subplots_adjust(bottom=min(0.5, fig.subplotpars.bottom + 0.05 * len(notes)))
+        fig.text(0.01, 0.005, "\n".join(f"NOTE: {n}" for n in notes), fontsize=8, color="darkred", va="bottom",
+                 ha="left")
+
+
+def perturbation_curves(table, notes: Sequence[str] = ()) -> bytes:  # noqa: ANN001 - a pandas DataFrame
     """One row of panels per (fill, ranking): MoRF and LeRF mean relative probability drop vs the
     removed fraction (one line per method, the random order dashed: the reference line of each
     panel), and ROAD's accuracy (MoRF solid, LeRF dotted, random dashed).
@@ -101,6 +109,7 @@ def perturbation_curves(table) -> bytes:  # noqa: ANN001 - a pandas DataFrame
     axes[0][0].legend(fontsize=7)
     axes[0][2].legend(fontsize=6)
     fig.tight_layout()
+    _notes(fig, notes)
     return _png(fig)
 
 
@@ -137,7 +146,8 @@ def sanity_curves(table, metrics: Sequence[str]) -> bytes:  # noqa: ANN001 - a p
 
 
 def roar_curves(summary, kar: bool, title: str, controls: Sequence[str], unmodified: str,  # noqa: ANN001
-                checkpoint: float | None = None, chance: float | None = None, tolerance: float = 3.0) -> bytes:
+                checkpoint: float | None = None, chance: float | None = None, tolerance: float = 3.0,
+                notes: Sequence[str] = ()) -> bytes:
     """Accuracy vs t, one panel per fill: one line per method (mean +- std over seeds; controls dashed),
     the same method trained on the removal mask alone dotted in its colour, each line starting at the
     unmodified model's accuracy (star); the checkpoint's accuracy with its budget band (``tolerance``
@@ -180,6 +190,7 @@ def roar_curves(summary, kar: bool, title: str, controls: Sequence[str], unmodif
     axes[0][0].set_ylabel("test accuracy after retraining")
     axes[0][-1].legend(fontsize=7, loc="lower left")
     fig.tight_layout()
+    _notes(fig, notes)
     return _png(fig)
 
 

@@ -126,13 +126,17 @@ def perturbation_tables(table: Any) -> Any:
 
 
 def perturbation_section(url: str, options: dict[str, Any], maps: str) -> Section:
-    return _result_section(
+    section = _result_section(
         "Pixel perturbation (MoRF / LeRF) and ROAD", url, options, "auc.csv",
         "Area under the mean relative-drop curve (MoRF: higher is better; LeRF: lower is better) and under ROAD's "
         "accuracy curve (MoRF: lower is better; LeRF: higher is better), per fill (mean / nli) and ranking "
         "(|map| / signed)",
         _if_columns({"method", "order", "auc"}, perturbation_tables),
         "perturbation.png", f"python -m jobs.perturb --maps {maps}")
+    summary = read_optional(url, "auc.json", options)
+    if summary is not None:  # what is degenerate about the curves (flat panels must say so)
+        section.notes += [f"Note: {n}" for n in json.loads(summary).get("notes") or []]
+    return section
 
 
 def sanity_table(table: Any) -> Any:
@@ -184,9 +188,11 @@ def roar_section(url: str, options: dict[str, Any], maps: str) -> Section:
     run = read_optional(url, "run.json", options)
     check = json.loads(run).get("budget") if run is not None else None
     if check:
-        from jobs.roar_summary import budget_line
+        from jobs.roar_summary import budget_line, chance_line
 
-        section.notes.append(budget_line(check))
+        section.notes += [line for line in (chance_line(check), budget_line(check)) if line]
+    if run is not None:
+        section.notes += [f"Note: {n}" for n in json.loads(run).get("notes") or []]
     return section
 
 

@@ -84,8 +84,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=positive_int, default=None, help="default: the checkpoint's")
     p.add_argument("--lr", type=positive_float, default=None, help="default: the checkpoint's")
     p.add_argument("--train-limit", type=positive_int, default=None,
-                   help="train on a seeded subset of this size (same for all cells)")
-    p.add_argument("--test-limit", type=positive_int, default=None, help="evaluate on the first N test maps")
+                   help="train on a seeded, class-stratified subset of this size (same for all cells)")
+    p.add_argument("--test-limit", type=positive_int, default=None,
+                   help="evaluate on a seeded, class-stratified subset of this size")
     p.add_argument("--fill", type=choice_list(*FILLS), default=["nli"],
                    help="mean, nli or both: fill removed pixels with the train mean or ROAD's noisy linear imputation")
     p.add_argument("--noise", type=non_negative_float, default=0.01,
@@ -116,20 +117,22 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 # -- data ------------------------------------------------------------------------------------
-def load_split(url: str, methods: Sequence[str], options: dict, limit: int | None, subset_seed: int | None,
-               policy: Any = None) -> dict[str, Any]:
+def load_split(url: str, methods: Sequence[str], options: dict, limit: int | None, subset_seed: int = 0,
+               policy: Any = None, num_classes: int | None = None, what: str = "images") -> dict[str, Any]:
     """Images, labels, ids and the stored maps ``[N, H, W]`` of ``methods`` for the samples that have
     a map of every method stored in the dataset (controls need none, but use the same samples), in
-    source order; ``limit`` keeps a seeded subset (or the first N). The source is opened under
+    source order; ``limit`` keeps a seeded, class-stratified subset (jobs.subsets; the stored maps' labels),
+    described in ``subset`` for the run header. The source is opened under
     ``policy`` (the operator's --allow-paths, --max-image-pixels)."""
     from jobs.eval_common import sample_seeds
+    from jobs.subsets import stratified_indices, subset_record
     from storage.reader import read_maps, read_run
     from storage.sources import load_arrays, open_source
     from workers.tasks import stored_methods
 
     run = read_run(url, options)
     config = run.get("config") or {}
-    rows = read_maps(url, None, options or None, columns=["sample_id", "method"])
+    rows = read_maps(url, None, options, columns=["sample_id", "method", "label"])
     stored = [m.label for m in stored_methods(config)] or sorted(set(rows.method))
     for method in list(methods) or stored[:1]:
         if not (rows.method == method).any():
@@ -145,12 +148,9 @@ def load_split(url: str, methods: Sequence[str], options: dict, limit: int | Non
     source = open_source(config["source"], split=config.get("split", "test"), storage_options=options,
                          policy=policy)
     refs = [r for r in source.list() if r.sample_id in complete]
-    if limit and limit < len(refs):
-        if subset_seed is None:
-            refs = refs[:limit]
-        else:
-            keep = np.sort(np.random.default_rng(subset_seed).choice(len(refs), size=limit, replace=False))
-            refs = [refs[i] for i in keep]
+    label_of = dict(zip(rows.sample_id, rows.label))
+    total = len(refs)
+    refs = [refs[i] for i in stratified_indices([label_of[r.sample_id] for r in refs], limit, subset_seed)]
     if not refs:
         raise JobError(f"no sample of {config['source']!r} ({config.get('split')}) has maps in {url} for every "
                        f"stored method {stored}")
@@ -159,7 +159,8 @@ def load_split(url: str, methods: Sequence[str], options: dict, limit: int | Non
         images = images[..., None]
     stacked = {m: np.stack([maps[m][i] for i in ids]).astype(np.float16) for m in methods}
     return {"images": images, "labels": labels, "ids": ids, "maps": stacked, "run": run,
-            "source": config["source"], "split": config.get("split"), "seeds": sample_seeds(ids)}
+            "source": config["source"], "split": config.get("split"), "seeds": sample_seeds(ids),
+            "subset": subset_record(labels, num_classes, total, limit, subset_seed, what=what)}
 
 
 def fit_to_maps(images: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -237,7 +238,8 @@ def run(args: argparse.Namespace) -> int:
 
     from jobs.eval_common import stored_config
     from jobs.roar_cells import finished_cells, name_of, plan_cells, run_cells
-    from jobs.roar_summary import budget, verdict_lines, write_outputs
+    from jobs.roar_summary import budget, chance_levels, verdict_lines, write_outputs
+    from jobs.subsets import announce
     from storage.checkpoints import load_checkpoint, load_metrics
     from storage.fs import join
     from storage.location import Location
@@ -285,8 +287,10 @@ def run(args: argparse.Namespace) -> int:
                          for k, r in runs.items() if r.get("config", {}).get("source")})
 
     policy = source_policy_of(args)
-    train = load_split(args.train_maps, with_maps, options, args.train_limit, subset_seed=0, policy=policy)
-    test = load_split(args.test_maps, with_maps, options, args.test_limit, subset_seed=None, policy=policy)
+    train = load_split(args.train_maps, with_maps, options, args.train_limit, policy=policy,
+                       num_classes=spec.num_classes, what="train images")
+    test = load_split(args.test_maps, with_maps, options, args.test_limit, policy=policy,
+                      num_classes=spec.num_classes, what="test images")
     height, width = spec.input_size
     for split in (train, test):
         split["images"] = fit_to_maps(split["images"], height, width)
@@ -327,6 +331,8 @@ def run(args: argparse.Namespace) -> int:
           f"images, methods {methods}, t {args.thresholds} %, seeds {args.seeds}, fill {','.join(args.fill)}, "
           f"mask control {'on' if args.mask_control else 'off'}, {config['epochs']} epochs, augment {augment}; "
           f"{len(cells)} cells, {len(finished)} already done, {len(todo)} to compute -> {redact_url(output)}")
+    for split in (train, test):
+        announce(split["subset"])
     if len(args.seeds) < 3:
         print("note: fewer than 3 seeds; ROAR needs >= 3 to report mean +- std (docs/design.md §2)", file=sys.stderr)
     reference = checkpoint_accuracy(model, spec, test["images"], test["labels"])
@@ -340,16 +346,18 @@ def run(args: argparse.Namespace) -> int:
     records = list(finished.values()) + results
     seconds = time.perf_counter() - clock
     title = f"{'KAR' if args.kar else 'ROAR'}: {spec.arch}, {len(train['ids'])} train imgs, {config['epochs']} ep"
-    chance = float(np.bincount(test["labels"]).max() / len(test["labels"]))
-    check = budget(pd.DataFrame(records, columns=["method", "accuracy"]), reference, args.budget_tolerance)
+    levels = chance_levels(test["labels"], spec.num_classes)  # chance is 1/K; the majority rate only beside it
+    chance = levels["chance"]
+    check = budget(pd.DataFrame(records, columns=["method", "accuracy"]), reference, args.budget_tolerance, levels)
     run_record = {"config": {**{k: redact_url(v) if isinstance(v, str) else v for k, v in vars(args).items()
                                 if k != "storage_options"}, "output": redact_url(output)},
                   "settings": settings, "fingerprint": config["fingerprint"], "cells": len(cells),
                   "computed": len(results), "reused": len(finished), "failed": failures, "budget": check,
-                  "chance": chance, "status": "complete" if not failures else "incomplete", "started_at": started,
+                  "chance": chance, "majority": levels["majority"],
+                  "subsets": {"train": train["subset"], "test": test["subset"]}, "status": "complete" if not failures else "incomplete", "started_at": started,
                   "finished_at": now(), "seconds": seconds}
     table, verdicts = write_outputs(output, options, records, args.kar, title, run_record, chance, CONTROLS)
-    print_summary(table, verdict_lines(verdicts, check), results, len(finished), failures, seconds, redact_url(output),
+    print_summary(table, verdict_lines(verdicts, check, run_record["notes"]), results, len(finished), failures, seconds, redact_url(output),
                   args.kar)
     return 0 if not failures else 1
 

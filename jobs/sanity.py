@@ -63,7 +63,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    "models/weights/resnet8-fashion-mnist.pt)")
     p.add_argument("--source", default="fashion-mnist", help="dataset name or URL")
     p.add_argument("--split", default="test", help="the source's split to take the samples from")
-    p.add_argument("--limit", type=positive_int, default=32, help="the first N samples of the split")
+    p.add_argument("--limit", type=positive_int, default=32, help="a seeded, class-stratified subset of N samples of the split (jobs.subsets)")
     p.add_argument("--methods", default=DEFAULT_METHODS, help="space-separated [label=]name[:key=value,...]")
     p.add_argument("--reduction", default="signed_max_abs", type=reduction,
                    help="channel reduction of the maps (as jobs.attribute)")
@@ -123,6 +123,7 @@ def run(args: argparse.Namespace) -> int:
     from jobs.cluster import start_ray
     from jobs.eval_common import load_samples, model_payload
     from models.preprocess import preprocess
+    from jobs.subsets import announce, subset_record
     from storage.checkpoints import load_checkpoint
     from storage.fs import redact_url
     from storage.outputs import OutputKind, check_apart, check_output
@@ -139,7 +140,9 @@ def run(args: argparse.Namespace) -> int:
     build_methods(model, specs)  # bad parameters fail here, before any scheduling
     source = open_source(args.source, split=args.split, storage_options=options,
                          policy=model_policy(source_policy_of(args), spec))  # decoded as the attribute job's workers
-    images, _, ids = load_samples(source, args.limit)
+    images, labels, ids = load_samples(source, args.limit)
+    subset = subset_record(labels, spec.num_classes, len(source.list()), args.limit, what="samples")
+    announce(subset)
     x = preprocess(spec, images)
     with torch.no_grad():
         targets = model(x).argmax(1).numpy()
@@ -170,7 +173,7 @@ def run(args: argparse.Namespace) -> int:
             bar.update(1)
     per_draw = draw_means(scores, [m.label for m in specs], names, METRICS, args.draws)
     table = summarize(per_draw)
-    paths = write_outputs(args, options, table, per_draw, checkpoint, steps, len(ids), METRICS)
+    paths = write_outputs(args, options, table, per_draw, checkpoint, steps, len(ids), METRICS, subset)
     print_summary(table, names, paths, time.perf_counter() - start)
     return 0
 
@@ -215,13 +218,13 @@ def summarize(per_draw: Any) -> Any:
 
 
 def write_outputs(args: argparse.Namespace, options: dict[str, Any], table: Any, per_draw: Any, checkpoint: str,
-                  steps: list, n: int, metrics: Sequence[str]) -> list[str]:
+                  steps: list, n: int, metrics: Sequence[str], subset: dict[str, Any] | None = None) -> list[str]:
     from jobs.eval_common import write_file, write_table
     from jobs.plots import sanity_curves
     from storage.fs import redact_url
 
     config = {"checkpoint": redact_url(checkpoint), "source": redact_url(args.source), "split": args.split,
-              "samples": n,
+              "samples": n, "subset": subset,
               "methods": args.methods, "reduction": args.reduction, "group": args.group,
               "randomize": args.randomize, "std": args.std, "seed": args.seed, "draws": args.draws,
               "steps": [{"step": i + 1, "name": s, "modules": m} for i, (s, m) in enumerate(steps)]}

@@ -16,7 +16,7 @@ import pandas as pd  # noqa: E402
 
 from jobs import report  # noqa: E402
 
-RUN = {"source": "fashion-mnist", "split": "test", "checkpoint": "tiny.pt", "methods": {"gradient": {}}}
+RUN = {"config": {"source": "fashion-mnist", "split": "test", "checkpoint": "tiny.pt", "methods": {"gradient": {}}}}
 
 
 def png(path: Path, label: str) -> bytes:
@@ -108,6 +108,26 @@ def test_report_gathers_every_section(tmp_path, capsys) -> None:
     assert (out / "perturbation.png").read_bytes() == perturbation
     assert "| pathway |" in markdown and "0.7512" in markdown and '"checkpoint": "tiny.pt"' in markdown
     assert f"xdg-open {out / 'report.html'}" in capsys.readouterr().out
+
+
+def test_degenerate_curves_and_a_model_at_chance_are_noted(tmp_path) -> None:
+    maps, _ = make_maps(tmp_path)
+    make_perturbation(maps / "_eval" / "perturbation")
+    note = "ROAD accuracy is 0 for every method and fraction: the model predicts none of the images' labels"
+    (maps / "_eval" / "perturbation" / "auc.json").write_text(json.dumps({"notes": [note]}))
+    make_roar(maps / "_eval" / "roar")
+    verdict = "NOT VALID: the model is at chance on these images (checkpoint 0.0 %; chance 10.0 % = 1/10, +5 points)"
+    (maps / "_eval" / "roar" / "run.json").write_text(json.dumps({
+        "budget": {"checkpoint_accuracy": 0.0, "unmodified_mean": 0.0, "verdict": verdict, "chance": 0.1,
+                   "num_classes": 10, "majority": 1.0},
+        "notes": [f"the model is at chance on these images: {verdict}"]}))
+    out = tmp_path / "report"
+    assert report.main(["--maps", str(maps), "--sanity", str(tmp_path / "none"), "--output", str(out)]) == 0
+    page = (out / "report.md").read_text()
+    assert f"**Note: {note}**" in page
+    assert ("**chance: 10.0 % (1/10 classes the model predicts); majority class of the test images: 100.0 %**"
+            in page)
+    assert f"**Note: the model is at chance on these images: {verdict}**" in page
 
 
 def test_missing_sections_are_listed_not_fatal(tmp_path, capsys) -> None:
