@@ -14,31 +14,41 @@ import numpy as np  # noqa: E402
 
 
 def map_grid(images: Sequence[np.ndarray], maps: dict[str, Sequence[np.ndarray]], titles: Sequence[str]) -> bytes:
-    """One column per sample: the image on top, then one row per method's map.
+    """One column per sample: the image on top, then one row per method's map, each row with a colour
+    bar and a one-line legend saying what its colours mean (jobs.colors: the convention the report and
+    the viewer share). Each map is scaled by its own clip percentile, so the bar reads in units of
+    that scale: maps differ in magnitude by orders between samples, and one scale would blank most."""
+    from jobs import colors
 
-    Signed maps are drawn with a diverging colormap centred on 0 and scaled per map by
-    its largest magnitude, so red is evidence for the target and blue against it.
-    """
     rows, cols = 1 + len(maps), len(images)
-    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.7 * rows), squeeze=False)
+    fig = plt.figure(figsize=(max(1.6 * cols + 1.0, 6.5), 1.75 + 2.0 * len(maps)), layout="constrained")
+    parts = fig.subfigures(rows, 1, height_ratios=[1.75] + [2.0] * len(maps), squeeze=False)[:, 0]
+    top = parts[0].subplots(1, cols, squeeze=False)[0]
     for c, image in enumerate(images):
-        ax = axes[0][c]
-        ax.imshow(image.squeeze(-1) if image.shape[-1] == 1 else image, cmap="gray")
-        ax.set_title(titles[c], fontsize=7)
-        for r, (name, method_maps) in enumerate(maps.items(), start=1):
-            m = np.asarray(method_maps[c], dtype=np.float32)
-            scale = float(np.nanmax(np.abs(m))) or 1.0
-            axes[r][c].imshow(m, cmap="bwr", vmin=-scale, vmax=scale)
-            if c == 0:
-                axes[r][c].set_ylabel(name, fontsize=7)
-    for ax in axes.flat:
+        top[c].imshow(image.squeeze(-1) if image.shape[-1] == 1 else image, cmap="gray")
+        top[c].set_title(titles[c], fontsize=7)
+    all_axes = list(top)
+    for part, (name, method_maps) in zip(parts[1:], maps.items()):
+        arrays = [np.asarray(m, dtype=np.float32) for m in method_maps[:cols]]
+        signed = colors.is_signed(arrays)
+        axes = part.subplots(1, cols, squeeze=False)[0]
+        image_handle = None
+        for c, m in enumerate(arrays):
+            lo, hi = colors.display_range(m, signed)
+            scale = hi
+            image_handle = axes[c].imshow(m / scale, cmap=colors.colormap(signed), vmin=lo / scale, vmax=1.0)
+        axes[0].set_ylabel(name, fontsize=7)
+        if image_handle is not None:
+            bar = part.colorbar(image_handle, ax=list(axes), shrink=0.85, pad=0.01, aspect=12)
+            bar.set_ticks([-1.0, 0.0, 1.0] if signed else [0.0, 1.0])
+            bar.ax.tick_params(labelsize=6)
+            bar.set_label(f"× each map's p{colors.CLIP_PERCENTILE:g} |value|", fontsize=6)
+        part.supxlabel(colors.legend(name, signed), fontsize=7)
+        all_axes.extend(axes)
+    for ax in all_axes:
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
-    return buffer.getvalue()
+    return _png(fig)
 
 
 def image_grid(images: Sequence[np.ndarray], titles: Sequence[str], columns: int = 8) -> bytes:
