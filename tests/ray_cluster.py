@@ -1,6 +1,7 @@
-"""Processes and Ray clusters for the job tests: process trees, waiting, and a `ray start` head.
+"""Processes and Ray clusters for the job tests: process trees, waiting, and `ray start` nodes.
 
-Everything here is real: the head is a real ``ray start --head`` on loopback, and processes are
+Everything here is real: nodes are started with the deploy script that operators use
+(``deploy/start-cluster.sh``, a real ``ray start --block``) on loopback, and processes are
 found through /proc and killed by pid.
 Only processes that descend from a pid we started (or from this test process) are touched,
 so other Ray clusters on a shared machine are left alone.
@@ -94,21 +95,30 @@ def job_env(ray_tmp: str, **extra: str) -> dict[str, str]:
     return env
 
 
-#: Ports that have fixed defaults: each node gets free ones, so that two nodes (or two test runs) on
-#: one machine never share one (two heads sharing the agent's port leaves one of them without an agent).
-_NODE_PORT_FLAGS = ("dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port",
-                    "runtime-env-agent-port", "node-manager-port", "object-manager-port")
+#: The script that starts a node of a cluster you run yourself; the tests start theirs with it too.
+START_CLUSTER = ROOT / "deploy" / "start-cluster.sh"
+
+
+def node_ports() -> dict[str, str]:
+    """Free ports for every port of a node that has a fixed default (start-cluster.sh's settings), so
+    that two nodes (or two test runs) on one machine never share one: two nodes sharing the dashboard
+    agent's port leave one of them without an agent ("No available agent to submit job")."""
+    names = ("OBJECT_MANAGER_PORT", "NODE_MANAGER_PORT", "AGENT_GRPC_PORT", "AGENT_HTTP_PORT", "METRICS_PORT",
+             "RUNTIME_ENV_PORT", "GCS_PORT", "DASHBOARD_PORT", "CLIENT_PORT")
+    return {f"PATHWAY_{name}": str(free_port()) for name in names}
 
 
 @dataclass
 class RayNode:
-    """A node started with ``ray start ... --block``: every Ray daemon of the node (and its workers)
-    descends from ``process``, so it is found and killed through /proc without touching other Rays."""
+    """A node started with ``deploy/start-cluster.sh --foreground`` (which execs ``ray start ... --block``):
+    every Ray daemon of the node (and its workers) descends from ``process``, so it is found and killed
+    through /proc without touching other Rays."""
 
     process: subprocess.Popen
     temp: str
     gcs_address: str  # host:port of the cluster's GCS (the head's)
     env: dict[str, str]
+    dashboard: str | None = None  # the dashboard's URL (a head with a dashboard)
 
     def raylet(self) -> int | None:
         """The node's raylet pid (its node manager), if it runs."""
@@ -123,12 +133,14 @@ class RayNode:
 
 
 @contextlib.contextmanager
-def _ray_start(args: list[str], temp: str, env: dict[str, str], gcs_address: str) -> Iterator[RayNode]:
-    """``ray start <args> --block`` in a new session; waits for "Ray runtime started", kills its tree after."""
+def _ray_start(args: list[str], temp: str, env: dict[str, str], gcs_address: str,
+               dashboard: str | None = None) -> Iterator[RayNode]:
+    """``deploy/start-cluster.sh <args> --foreground`` in a new session; waits for "Ray runtime started",
+    kills its tree after."""
     with open(os.path.join(temp, "ray-start.log"), "wb") as log:
-        process = subprocess.Popen([str(Path(sys.executable).parent / "ray"), "start", *args, "--block"], env=env,
-                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        node = RayNode(process, temp, gcs_address, env)
+        process = subprocess.Popen([str(START_CLUSTER), *args, "--foreground"], env=env, stdout=log,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+        node = RayNode(process, temp, gcs_address, env, dashboard)
 
         def started() -> bool:
             if process.poll() is not None:
@@ -143,22 +155,34 @@ def _ray_start(args: list[str], temp: str, env: dict[str, str], gcs_address: str
             process.wait(timeout=30)
 
 
+def node_env(temp: str, base: dict[str, str], num_cpus: int, **extra: str) -> dict[str, str]:
+    """start-cluster.sh's settings for a node on loopback in ``temp``: this venv's Python, free ports,
+    no env file of the user's home."""
+    env = {**base, **node_ports(), "RAY_TMPDIR": temp, "PATHWAY_NODE_DIR": temp, "PATHWAY_NODE_IP": "127.0.0.1",
+           "PATHWAY_NUM_CPUS": str(num_cpus), "PATHWAY_NUM_GPUS": "0",
+           "PATHWAY_PYTHON_BIN": str(Path(sys.executable).parent), "PATHWAY_ENV_FILE": ""}
+    env.update(extra)
+    return env
+
+
 @contextlib.contextmanager
-def ray_head_node(num_cpus: int = 2, dashboard: bool = True, **env_extra: str) -> Iterator[RayNode]:
-    """A real head on loopback, auth disabled, in a fresh temp dir; ``env_extra`` sets its environment
+def ray_head_node(num_cpus: int = 2, dashboard: bool = True, auth: str = "disabled", env_file: str | None = None,
+                  **env_extra: str) -> Iterator[RayNode]:
+    """A real head on loopback (``start-cluster.sh head``) in a fresh temp dir, auth disabled unless
+    ``auth="token"`` (then the token file is ``<temp>/auth_token``, in the env of clients too);
+    ``env_file`` is the node's PATHWAY_ENV_FILE; ``env_extra`` sets its environment
     (``RAY_<system config>=...`` tunes the cluster)."""
     temp = short_tmp("rh")
-    env = job_env(temp, RAY_AUTH_MODE="disabled", **env_extra)
-    port = free_port()
-    args = ["--head", "--node-ip-address=127.0.0.1", f"--port={port}", f"--temp-dir={temp}", f"--num-cpus={num_cpus}",
-            "--num-gpus=0", "--disable-usage-stats", f"--ray-client-server-port={free_port()}",
-            *(f"--{flag}={free_port()}" for flag in _NODE_PORT_FLAGS)]
-    if dashboard:
-        args += ["--dashboard-host=127.0.0.1", f"--dashboard-port={free_port()}"]
-    else:
-        args += ["--include-dashboard=false"]
+    env = node_env(temp, job_env(temp, RAY_AUTH_MODE=auth), num_cpus, PATHWAY_DASHBOARD=str(int(dashboard)),
+                   PATHWAY_DASHBOARD_HOST="127.0.0.1", **env_extra)
+    if auth == "token":
+        env["RAY_AUTH_TOKEN_PATH"] = os.path.join(temp, "auth_token")
+    if env_file is not None:
+        env["PATHWAY_ENV_FILE"] = env_file
+    url = f"http://127.0.0.1:{env['PATHWAY_DASHBOARD_PORT']}" if dashboard else None
     try:
-        with _ray_start(args, temp, env, f"127.0.0.1:{port}") as node:
+        with _ray_start(["head"], temp, env, f"127.0.0.1:{env['PATHWAY_GCS_PORT']}", url) as node:
+            node.env = {k: v for k, v in env.items() if not k.startswith("PATHWAY_")}  # what clients need
             yield node
     finally:
         shutil.rmtree(temp, ignore_errors=True)
@@ -166,43 +190,44 @@ def ray_head_node(num_cpus: int = 2, dashboard: bool = True, **env_extra: str) -
 
 @contextlib.contextmanager
 def ray_worker_node(head: RayNode, num_cpus: int = 2) -> Iterator[RayNode]:
-    """A second node that joins ``head``'s cluster (``ray start --address``), on loopback, with its own
+    """A second node that joins ``head``'s cluster (``start-cluster.sh worker``), on loopback, with its own
     temp dir and ports; killed (its whole process tree) when the block ends."""
     temp = short_tmp("rw")
-    env = {**head.env, "RAY_TMPDIR": temp}
-    args = [f"--address={head.gcs_address}", "--node-ip-address=127.0.0.1", f"--temp-dir={temp}",
-            f"--num-cpus={num_cpus}", "--num-gpus=0", "--disable-usage-stats",
-            *(f"--{flag}={free_port()}" for flag in _NODE_PORT_FLAGS)]
+    env = node_env(temp, head.env, num_cpus)
     try:
-        with _ray_start(args, temp, env, head.gcs_address) as node:
+        with _ray_start(["worker", head.gcs_address], temp, env, head.gcs_address) as node:
             yield node
     finally:
         shutil.rmtree(temp, ignore_errors=True)
 
 
+def wait_for_dashboard(node: RayNode) -> str:
+    """Wait until the head's job API answers; its URL."""
+    import urllib.error
+    import urllib.request
+
+    def ready() -> bool:
+        if node.process.poll() is not None:
+            raise RuntimeError(f"ray start exited with {node.process.returncode}: {node.log()[-2000:]}")
+        try:
+            with urllib.request.urlopen(f"{node.dashboard}/api/version", timeout=2) as response:
+                return response.status == 200
+        except urllib.error.HTTPError as err:  # it answers: 401 without the token of a cluster with token auth
+            return err.code == 401
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            return False
+
+    wait_for(ready, 120, "the Ray head's dashboard", interval=0.5)
+    return node.dashboard
+
+
 @contextlib.contextmanager
 def ray_head(num_cpus: int = 2) -> Iterator[tuple[str, dict[str, str]]]:
-    """A real head on loopback: ``ray start --head --block`` with auth disabled and a fresh temp dir.
+    """A real head on loopback: ``start-cluster.sh head --foreground`` with auth disabled and a fresh temp dir.
 
     Yields (dashboard URL, env for clients). ``--block`` keeps every Ray daemon a child of the
     process we started, so teardown kills exactly that tree (``ray stop`` would stop every Ray
     of this user on the machine, other people's included).
     """
-    import urllib.error
-    import urllib.request
-
     with ray_head_node(num_cpus) as node:
-        dash = next(a.split("=", 1)[1] for a in node.process.args if str(a).startswith("--dashboard-port="))
-        url = f"http://127.0.0.1:{dash}"
-
-        def ready() -> bool:
-            if node.process.poll() is not None:
-                raise RuntimeError(f"ray start exited with {node.process.returncode}: {node.log()[-2000:]}")
-            try:
-                with urllib.request.urlopen(f"{url}/api/version", timeout=2) as response:
-                    return response.status == 200
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                return False
-
-        wait_for(ready, 120, "the Ray head's dashboard", interval=0.5)
-        yield url, node.env
+        yield wait_for_dashboard(node), node.env
