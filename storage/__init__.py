@@ -31,13 +31,14 @@ never contain credentials. Model checkpoints live in ``storage.checkpoints``.
 
 from storage.fs import (InvalidStorageInput, StorageAccessDenied, StorageError, StorageNotFound, open_fs,
                         parse_storage_options, resolve_storage_options)
+from storage.batches import quantus_batch
 from storage.location import Location, put_url
 from storage.maps import MapRecords, MapStore
 from storage.reader import (join_with_source, maps_array, read_errors, read_maps, read_maps_table, read_run,
                             read_sample, read_shard)
 from storage.sources import Sample, SampleError, SampleRef, Source, load_arrays, open_source
 
-__all__ = ["InvalidStorageInput", "Location", "MapRecords", "MapStore", "put_url", "Sample", "SampleError", "SampleRef", "Source", "StorageAccessDenied",
+__all__ = ["InvalidStorageInput", "Location", "MapRecords", "MapStore", "put_url", "quantus_batch", "Sample", "SampleError", "SampleRef", "Source", "StorageAccessDenied",
            "StorageError", "StorageNotFound", "join_with_source", "load_arrays", "maps_array", "open_fs",
            "open_source", "parse_storage_options", "read_errors", "read_maps", "read_maps_table", "read_run",
            "read_sample", "read_shard", "resolve_storage_options"]
