@@ -1,0 +1,85 @@
+"""jobs.analyze on a real map dataset (written by storage.maps.MapStore) and a real local Ray: a planted
+corner pattern in one class is one cluster, outputs and the record are written, reruns resume, and
+other settings are refused."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from jobs import analyze
+from storage.maps import MapRecords, MapStore
+
+
+def planted_output(url: str, shards: int = 3, per_shard: int = 40) -> set[str]:
+    """A map dataset of method 'pathway': class 0 maps are a centre blob, except every 4th a corner
+    mark (the ids returned); class 1 maps are a horizontal bar."""
+    rng = np.random.default_rng(0)
+    store, stamped = MapStore(url), set()
+    for s in range(shards):
+        ids = [f"s/{s * per_shard + i:04d}" for i in range(per_shard)]
+        labels = np.arange(per_shard) % 2
+        maps = rng.normal(0, 0.05, (per_shard, 32, 32)).astype(np.float32)
+        for i in range(per_shard):
+            if labels[i] == 1:
+                maps[i, 14:18, 4:28] += 1.0
+            elif (s * per_shard + i) % 8 == 0:
+                maps[i, 0:4, 28:32] += 3.0
+                stamped.add(ids[i])
+            else:
+                maps[i, 10:22, 10:22] += 1.0
+        store.write_shard(f"{s:06d}", None, "pathway", MapRecords(ids, labels, maps, details={"target": labels},
+                                                                   detail_types={"target": "int64"}))
+    return stamped
+
+
+def test_bind_refuses_other_settings(tmp_path) -> None:
+    from storage.location import Location
+
+    where = Location(str(tmp_path))
+    config = analyze.settings(analyze.parse_args(["x"]), "pathway")
+    analyze.bind(where, config)
+    analyze.bind(where, config)  # the same settings resume
+    with pytest.raises(analyze.JobError, match="size was 16, is 8"):
+        analyze.bind(where, {**config, "size": 8})
+
+
+def test_class_samples_are_seeded_and_bounded() -> None:
+    meta = pd.DataFrame({"sample_id": [f"{i:03d}" for i in range(100)], "label": np.arange(100) % 2})
+    a = analyze.class_samples(meta, "label", [0, 1], 20, seed=3)
+    b = analyze.class_samples(meta.iloc[::-1], "label", [0, 1], 20, seed=3)
+    assert all(len(a[c]) == 20 and list(a[c]) == list(b[c]) for c in (0, 1))
+    assert set(a[0]) <= set(meta.sample_id[meta.label == 0])
+
+
+@pytest.mark.slow
+def test_analyze_isolates_the_planted_pattern_and_resumes(tmp_path, ray_session, capsys) -> None:
+    out = str(tmp_path / "maps")
+    stamped = planted_output(out)
+    argv = [out, "--layout", "spectral", "--max-per-class", "40", "--size", "8"]
+    assert analyze.main(argv) == 0
+    base = tmp_path / "maps" / "_analysis" / "pathway"
+    table = pd.read_parquet(base / "clusters" / "class-0000.parquet")
+    assert len(table) == 60 and table.sampled.sum() == 40  # 20 maps assigned out of sample
+    found = table.groupby("cluster").sample_id.apply(set)
+    best = max(found, key=lambda ids: len(ids & stamped))
+    assert best == stamped  # precision and recall 1 on the planted corner
+    record = json.loads((base / "classes" / "class-0000.json").read_text())
+    assert record["k"] == 2 and sorted(record["sizes"]) == [15, 45]
+    means = np.load(base / "means" / "class-0000.npy")
+    assert means.shape == (2, 32, 32)
+    corner = int(table[table.sample_id.isin(stamped)].cluster.iloc[0])
+    assert means[corner, 0:4, 28:32].mean() > 10 * means[corner, 10:22, 10:22].mean()
+    assert (base / "means" / "class-0001.png").read_bytes()[:4] == b"\x89PNG"
+    summary = json.loads((base / "analysis.json").read_text())
+    assert [c["class"] for c in summary["classes"]] == [0, 1]
+    capsys.readouterr()
+
+    assert analyze.main(argv) == 0  # a rerun skips both classes
+    assert "2 classes already done, 0 to do" in capsys.readouterr().out
+    assert analyze.main([out, "--layout", "spectral", "--size", "16"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "other settings" in err and "size was 8, is 16" in err
