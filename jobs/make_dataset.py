@@ -26,6 +26,14 @@ Outputs under ``--output``: ``train-NNNNN.parquet`` / ``test-NNNNN.parquet`` (co
 (PNG bytes), ``label``, ``sample_id`` = ``fm-textures/<split>/<index:05d>``; class names in the
 Hugging Face ``ClassLabel`` metadata, so checkpoints trained on it name the Fashion-MNIST
 classes), ``dataset.json`` (the recipe) and ``examples.png``.
+
+A planted shortcut (``--stamp CLASS:FRACTION``, off by default): a 4 x 4 black-and-white
+checkerboard (:data:`STAMP`) over the top-left corner of that fraction of one class's train and
+test images, a "Clever Hans" cue (Lapuschkin et al. 2019) that dataset-wide analysis
+(``jobs.analyze``) must find. Sample ``i`` is stamped when it has the class and
+``default_rng([seed, split, i, 1]).random() < FRACTION``, a stream apart from the image's own,
+so a stamped set holds exactly the images of the unstamped one, plus the mark; ``dataset.json``
+lists the stamped sample ids per split.
 """
 
 from __future__ import annotations
@@ -51,6 +59,39 @@ ROWS_PER_FILE = 10_000
 NAME = "fm-textures"
 #: What this job writes under --output (storage.outputs.check_output refuses a folder holding anything else).
 OUTPUT_NAMES = ("train-*.parquet", "test-*.parquet", "dataset.json", "examples.png")
+#: The planted shortcut: 4 x 4 pixels alternating black and white, pasted at the top-left corner.
+STAMP = (np.indices((4, 4)).sum(axis=0) % 2 * 255).astype(np.uint8)
+#: The random stream that decides stamping, apart from the streams that draw the image.
+STAMP_STREAM = 1
+
+
+def stamp_spec(text: str) -> tuple[int, float]:
+    """``CLASS:FRACTION`` for --stamp, e.g. ``0:0.5``."""
+    try:
+        label, fraction = text.split(":")
+        label_i, fraction_f = int(label), float(fraction)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected CLASS:FRACTION, e.g. 0:0.5, got {text!r}") from None
+    if label_i < 0 or not 0.0 < fraction_f <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a class >= 0 and a fraction in (0, 1], got {text!r}")
+    return label_i, fraction_f
+
+
+def stamped(labels: np.ndarray, split: str, seed: int, stamp: tuple[int, float] | None) -> np.ndarray:
+    """Which samples of a split carry the planted stamp (bool [N]); none without ``stamp``."""
+    if stamp is None:
+        return np.zeros(len(labels), bool)
+    label, fraction = stamp
+    draws = np.array([np.random.default_rng([seed, SPLITS[split], i, STAMP_STREAM]).random()
+                      for i in range(len(labels))])
+    return (np.asarray(labels) == label) & (draws < fraction)
+
+
+def apply_stamp(images: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``images`` (uint8 [N, H, W, 3]) with :data:`STAMP` over the top-left corner where ``mask``."""
+    out = images.copy()
+    out[mask, :STAMP.shape[0], :STAMP.shape[1], :] = STAMP[..., None]
+    return out
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -60,6 +101,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--train-limit", type=positive_int, default=None, help="the first N train samples (default all)")
     p.add_argument("--test-limit", type=positive_int, default=None, help="the first N test samples (default all)")
     p.add_argument("--source", default="fashion-mnist", help="where the garments come from (a Fashion-MNIST source)")
+    p.add_argument("--stamp", type=stamp_spec, default=None, metavar="CLASS:FRACTION",
+                   help="plant a shortcut: a 4 x 4 checkerboard at the top-left of that fraction of the class's "
+                        "images (default none)")
     return p.parse_args(argv)
 
 
@@ -156,7 +200,7 @@ def run(args: argparse.Namespace) -> int:
     check_apart(args.output, {"--source": source_location(args.source)})
     pyramids = load_textures()
     where = Location(args.output, options)
-    counts, classes, examples = {}, None, None
+    counts, classes, examples, marked = {}, None, None, {}
     for split, limit in (("train", args.train_limit), ("test", args.test_limit)):
         source = open_source(args.source, split=split, storage_options=options,
                              policy=source_policy_of(args))
@@ -167,15 +211,22 @@ def run(args: argparse.Namespace) -> int:
         classes = list(source.classes)
         images = make_split(garments, split, args.seed, pyramids)
         ids = [f"{NAME}/{split}/{i:05d}" for i in range(len(images))]
+        mask = stamped(labels, split, args.seed, args.stamp)
+        images = apply_stamp(images, mask)
+        marked[split] = [ids[i] for i in np.flatnonzero(mask)]
         for part, lo in enumerate(range(0, len(images), ROWS_PER_FILE)):
             hi = lo + ROWS_PER_FILE
             where.put(f"{split}-{part:05d}.parquet", parquet_file(images[lo:hi], labels[lo:hi], ids[lo:hi], classes))
         counts[split] = len(images)
         if split == "test":
             examples = (images[:16], [classes[int(y)] for y in labels[:16]])
-        print(f"{split}: {len(images)} images -> {redact_url(where.url_of(split + '-*.parquet'))}")
+        note = f" ({int(mask.sum())} stamped)" if args.stamp is not None else ""
+        print(f"{split}: {len(images)} images{note} -> {redact_url(where.url_of(split + '-*.parquet'))}")
     recipe = {"name": NAME, "seed": args.seed, "counts": counts, "classes": classes, "textures": list(TEXTURES),
               "scales": list(SCALES), "size": SIZE, "source": redact_url(args.source), "module": "jobs.make_dataset"}
+    if args.stamp is not None:
+        recipe["stamp"] = {"class": args.stamp[0], "fraction": args.stamp[1], "pattern": "4x4 checkerboard",
+                           "corner": "top-left", "stamped": marked}
     where.put_json("dataset.json", recipe)
     where.put("examples.png", image_grid(*examples))
     print(f"done in {time.perf_counter() - start:.1f} s: {redact_url(where.url)} (dataset.json, examples.png); train on "

@@ -65,3 +65,26 @@ def test_same_seed_same_bytes(built, tmp_path) -> None:
     assert make_dataset.main(["--output", again, "--train-limit", "60", "--test-limit", "40", "--seed", "3"]) == 0
     for name in ("train-00000.parquet", "test-00000.parquet", "dataset.json"):
         assert open(f"{built}/{name}", "rb").read() == open(f"{again}/{name}", "rb").read()
+
+
+def test_a_planted_stamp_marks_only_its_class_and_changes_nothing_else(built, tmp_path) -> None:
+    out = str(tmp_path / "stamped")
+    assert make_dataset.main(["--output", out, "--train-limit", "60", "--test-limit", "40", "--seed", "3",
+                              "--stamp", "0:0.5"]) == 0
+    recipe = json.loads((tmp_path / "stamped" / "dataset.json").read_text())
+    assert recipe["stamp"]["class"] == 0 and recipe["stamp"]["fraction"] == 0.5
+    for split in ("train", "test"):
+        plain, labels, ids = load_arrays(open_source(built, split=split))
+        marked, _, _ = load_arrays(open_source(out, split=split))
+        stamped = np.isin(ids, recipe["stamp"]["stamped"][split])
+        assert 0 < stamped.sum() < (labels == 0).sum() and (labels[stamped] == 0).all()
+        np.testing.assert_array_equal(marked[~stamped], plain[~stamped])  # the same images, unstamped ones intact
+        assert (marked[stamped, :4, :4] == make_dataset.STAMP[None, ..., None]).all()
+        np.testing.assert_array_equal(marked[stamped, 4:], plain[stamped, 4:])
+
+
+def test_stamp_flag_is_checked() -> None:
+    assert make_dataset.stamp_spec("2:0.25") == (2, 0.25)
+    for bad in ("2", "x:0.5", "1:0", "1:1.5", "-1:0.5"):
+        with pytest.raises(Exception, match="CLASS:FRACTION|fraction"):
+            make_dataset.stamp_spec(bad)
