@@ -107,7 +107,8 @@ def test_format_md_snippets_in_order_on_one_options_dict(job, tmp_path) -> None:
 
 def test_the_hint_names_options_from_the_command_line_but_no_credential(tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
-    assert read_hint("s3://b/maps", "pathway", None) == "import storage; df = storage.read_maps('s3://b/maps', 'pathway')"
+    bare = read_hint("s3://b/maps", "pathway", None)
+    assert bare == "import storage; df = storage.read_maps('s3://b/maps', 'pathway')"
     local = read_hint("out/maps", "gradient", None)
     assert local == f"import storage; df = storage.read_maps({str(tmp_path / 'out' / 'maps')!r}, 'gradient')"
     from_file = read_hint("s3://b/maps", "pathway", "@o.json")

@@ -180,8 +180,8 @@ def test_atomic_write_s3(s3_server):
 
 # --------------------------------------------------------------------------- one way to reach storage
 
-SECRET_OPTIONS = {"key": "AKIAEXAMPLE", "secret": "s3cr3t-Opt10ns/val", "client_kwargs": {"endpoint_url": "http://127.0.0.1:9"},
-                  "config_kwargs": {"retries": {"max_attempts": 1}}, "list": [{"a": 1}]}
+SECRET_OPTIONS = {"key": "AKIAEXAMPLE", "secret": "s3cr3t-Opt10ns/val",
+                  "client_kwargs": {"endpoint_url": "http://127.0.0.1:9"}, "config_kwargs": {"retries": {"max_attempts": 1}}, "list": [{"a": 1}]}
 
 
 def test_none_means_storage_options_env_and_its_file_form(monkeypatch, tmp_path):
