@@ -18,6 +18,20 @@ if [ ! -d /usr/share/datasets/fashion-mnist ]; then
   fi
 fi
 
+# The map explorer's browser tests (tests/jobs/test_view_browser.py) drive Debian's headless chromium
+# through its chromedriver; without them those tests skip, naming this line.
+if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
+  if command -v apt-get >/dev/null 2>&1; then
+    sudo=""
+    [ "$(id -u)" -ne 0 ] && sudo="sudo"
+    echo "setup: installing chromium and chromium-driver (the map explorer's browser tests)"
+    $sudo apt-get update -qq
+    $sudo apt-get install -y -qq chromium chromium-driver >/dev/null
+  else
+    echo "setup: warning: no apt-get; install chromium and chromedriver for the browser tests" >&2
+  fi
+fi
+
 python=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 pip=(.venv/bin/python -m pip --disable-pip-version-check)

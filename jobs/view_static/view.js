@@ -1,0 +1,249 @@
+// The map explorer (jobs.view): vanilla JS, no build step. The colouring below is the same
+// arithmetic as jobs/view_colors.py (the reference the browser test compares canvas pixels with).
+"use strict";
+
+const PAGE = 24;
+const DEFAULTS = { polarity: "both", lower: "62", upper: "99.9", layout: "overlay", opacity: "0.75", order: "asc" };
+
+function params() { return new URLSearchParams(location.search); }
+function setting(name) { const v = params().get(name); return v === null || v === "" ? (DEFAULTS[name] || "") : v; }
+
+async function api(path, query) {
+  const url = path + (query ? "?" + new URLSearchParams(query).toString() : "");
+  const res = await fetch(url);
+  const body = await res.json();
+  if (!res.ok) throw new Error(body.error || res.statusText);
+  return body;
+}
+
+// ---------------------------------------------------------------- colour (mirrors view_colors.py)
+
+function lut(polarity) {
+  const out = new Uint8ClampedArray(256 * 3);
+  for (let i = 0; i < 256; i++) {
+    const x = i / 255;
+    let r, g, b;
+    if (polarity === "both") {
+      const s = i < 128 ? (i - 128) / 128 : (i - 128) / 127, neg = Math.min(s, 0), pos = Math.max(s, 0);
+      r = 255 * (1 + neg); g = 255 * (1 + neg - pos); b = 255 * (1 - pos);
+    } else if (polarity === "positive") { r = 255; g = 255 * (1 - x); b = 255 * (1 - x); }
+    else if (polarity === "negative") { r = 255 * (1 - x); g = 255 * (1 - x); b = 255; }
+    else { r = 255 - 127 * x; g = 255 * (1 - x); b = 255 - 127 * x; }
+    out[3 * i] = Math.floor(r + 0.5); out[3 * i + 1] = Math.floor(g + 0.5); out[3 * i + 2] = Math.floor(b + 0.5);
+  }
+  return out;
+}
+
+function percentile(sorted, p) {
+  const n = sorted.length;
+  if (n === 0) return 0;
+  const pos = (n - 1) * p / 100, i = Math.floor(pos);
+  if (i >= n - 1) return sorted[n - 1];
+  const a = sorted[i], b = sorted[i + 1];
+  return a + (b - a) * (pos - i);
+}
+
+function colourIndices(values, polarity, lower, upper) {
+  const n = values.length, s = new Float64Array(n), m = new Float64Array(n);
+  for (let i = 0; i < n; i++) {
+    const v = values[i] === null || !isFinite(values[i]) ? 0 : values[i];
+    s[i] = polarity === "both" ? v : polarity === "positive" ? Math.max(v, 0)
+      : polarity === "negative" ? Math.max(-v, 0) : Math.abs(v);
+    m[i] = Math.abs(s[i]);
+  }
+  const sorted = Float64Array.from(m).sort();
+  const lo = percentile(sorted, lower), hi = percentile(sorted, upper);
+  const index = new Int32Array(n);
+  for (let i = 0; i < n; i++) {
+    const t = hi > lo ? Math.min(Math.max((m[i] - lo) / (hi - lo), 0), 1) : (m[i] > lo ? 1 : 0);
+    const signed = Math.sign(s[i]) * t;
+    index[i] = polarity === "both" ? Math.floor(128 + signed * (signed < 0 ? 128 : 127) + 0.5) : Math.floor(t * 255 + 0.5);
+  }
+  return { index, lo, hi };
+}
+
+function drawMap(canvas, map, polarity, lower, upper) {
+  const { index, lo, hi } = colourIndices(map.values, polarity, lower, upper);
+  const colours = lut(polarity);
+  canvas.width = map.width; canvas.height = map.height;
+  const ctx = canvas.getContext("2d");
+  const img = ctx.createImageData(map.width, map.height);
+  for (let i = 0; i < index.length; i++) {
+    img.data[4 * i] = colours[3 * index[i]]; img.data[4 * i + 1] = colours[3 * index[i] + 1];
+    img.data[4 * i + 2] = colours[3 * index[i] + 2]; img.data[4 * i + 3] = 255;
+  }
+  ctx.putImageData(img, 0, 0);
+  const signed = map.values.some(v => v !== null && v < 0);
+  return { lo, hi, signed };
+}
+
+function fmt(v) { return v === null || v === undefined ? "–" : typeof v === "number" && !Number.isInteger(v) ? v.toPrecision(4) : String(v); }
+
+const MEANING = {
+  both: "red: pixels whose increase raises the target logit (positive contribution); blue: lowers it (negative); white: below the low clip. A map that is never negative (e.g. max_abs, Grad-CAM) shows red only.",
+  positive: "red: positive contribution to the target logit; negative values are not shown.",
+  negative: "blue: negative contribution to the target logit (raising the pixel lowers it); positive values are not shown.",
+  absolute: "purple: magnitude of the contribution, whatever its sign.",
+};
+
+function legend(el, polarity, lower, upper, range) {
+  el.innerHTML = "";
+  const bar = document.createElement("canvas");
+  bar.className = "scale"; bar.width = 256; bar.height = 1;
+  const ctx = bar.getContext("2d"), img = ctx.createImageData(256, 1), c = lut(polarity);
+  for (let i = 0; i < 256; i++) { img.data.set([c[3 * i], c[3 * i + 1], c[3 * i + 2], 255], 4 * i); }
+  ctx.putImageData(img, 0, 0);
+  const hi = range ? fmt(range.hi) : "p" + upper;
+  const left = document.createElement("span"), right = document.createElement("span"), text = document.createElement("span");
+  left.textContent = polarity === "both" ? "−" + hi : (range ? fmt(range.lo) : "p" + lower);
+  right.textContent = polarity === "both" ? "+" + hi : hi;
+  text.textContent = MEANING[polarity] + ` Scale: each map's magnitude clipped to its percentiles ${lower}–${upper}` +
+    (range ? ` (here ${fmt(range.lo)} to ${fmt(range.hi)}).` : ".");
+  el.append(left, bar, right, text);
+}
+
+// ---------------------------------------------------------------- shared page parts
+
+function fillControls(form) {
+  for (const el of form.elements) {
+    if (!el.name) continue;
+    const v = setting(el.name);
+    if (v !== "") el.value = v;
+  }
+  form.addEventListener("submit", ev => {
+    ev.preventDefault();
+    const q = params();
+    for (const el of form.elements) if (el.name) { if (el.value === "") q.delete(el.name); else q.set(el.name, el.value); }
+    q.delete("offset");
+    location.search = q.toString();
+  });
+}
+
+function addOptions(select, values, labels) {
+  for (const v of values) { const o = document.createElement("option"); o.value = v; o.textContent = labels ? labels[v] : v; select.append(o); }
+  const chosen = setting(select.name);
+  if (chosen) select.value = chosen;
+}
+
+function mapFigure(row, mapData, big) {
+  const polarity = setting("polarity"), lower = +setting("lower"), upper = +setting("upper");
+  const img = document.createElement("img");
+  img.alt = "image " + row.sample_id;
+  img.src = "/api/image?" + new URLSearchParams({ sample_id: row.sample_id });
+  img.onerror = () => { img.alt = "(image unavailable: see the source)"; img.removeAttribute("src"); };
+  const canvas = document.createElement("canvas");
+  canvas.className = "map"; canvas.dataset.sample = row.sample_id; canvas.dataset.method = row.method;
+  const range = drawMap(canvas, mapData, polarity, lower, upper);
+  const box = document.createElement("div");
+  if (setting("layout") === "side") { box.className = "side"; box.append(img, canvas); }
+  else { box.className = "stack"; canvas.style.opacity = setting("opacity"); box.append(img, canvas); }
+  return { box, range };
+}
+
+function getMap(row) { return api("/api/map", { method: row.method, shard_id: row.shard_id, sample_id: row.sample_id }); }
+
+function table(rows, columns) {
+  const t = document.createElement("table"), head = t.insertRow();
+  for (const c of columns) { const th = document.createElement("th"); th.textContent = c; head.append(th); }
+  for (const r of rows) { const tr = t.insertRow(); for (const c of columns) tr.insertCell().textContent = typeof r[c] === "object" && r[c] !== null ? JSON.stringify(r[c]) : fmt(r[c]); }
+  return t;
+}
+
+function pager(total, offset, size, count) {
+  document.getElementById("count").textContent = total ? `${offset + 1}–${Math.min(offset + size, total)} of ${total}` : "no rows";
+  const go = to => { const q = params(); q.set("offset", to); location.search = q.toString(); };
+  const prev = document.getElementById("prev"), next = document.getElementById("next");
+  prev.disabled = offset <= 0; next.disabled = offset + count >= total;
+  prev.onclick = () => go(Math.max(0, offset - size)); next.onclick = () => go(offset + size);
+}
+
+// ---------------------------------------------------------------- pages
+
+async function gallery(info) {
+  const form = document.getElementById("controls");
+  addOptions(form.elements.method, info.map_methods);
+  addOptions(form.elements.sort, info.sortable);
+  fillControls(form);
+  legend(document.getElementById("legend"), setting("polarity"), setting("lower"), setting("upper"), null);
+  const q = {};
+  for (const k of ["method", "label", "target", "predicted", "correct", "sort", "order", "offset"]) if (setting(k) !== "") q[k] = setting(k);
+  q.limit = PAGE;
+  const page = await api("/api/rows", q);
+  pager(page.total, +(q.offset || 0), PAGE, page.rows.length);
+  const grid = document.getElementById("gallery");
+  const maps = await Promise.all(page.rows.map(getMap));
+  page.rows.forEach((row, i) => {
+    const card = document.createElement("div"); card.className = "card"; card.dataset.sample = row.sample_id;
+    const link = document.createElement("a");
+    const keep = new URLSearchParams({ sample_id: row.sample_id, shard_id: row.shard_id });
+    for (const k of ["polarity", "lower", "upper", "layout", "opacity"]) if (params().get(k)) keep.set(k, params().get(k));
+    link.href = "/sample.html?" + keep.toString();
+    const { box, range } = mapFigure(row, maps[i], false);
+    const ok = row.label >= 0 ? (row.predicted === row.label ? "good" : "bad") : "";
+    const caption = document.createElement("div");
+    caption.innerHTML = `<b></b> · <span class="m"></span><br>label <span class="l"></span> · target <span class="t"></span> · predicted <span class="p ${ok}"></span>`;
+    caption.querySelector("b").textContent = row.sample_id; caption.querySelector(".m").textContent = row.method;
+    caption.querySelector(".l").textContent = fmt(row.label); caption.querySelector(".t").textContent = fmt(row.target);
+    caption.querySelector(".p").textContent = fmt(row.predicted);
+    const extra = document.createElement("div");
+    extra.textContent = ["logit", "pruned_logit", "kept_fraction", "prediction_kept"].filter(k => k in row)
+      .map(k => `${k} ${fmt(row[k])}`).join(" · ") + ` · scale ±${fmt(range.hi)}`;
+    link.append(box, caption, extra); card.append(link); grid.append(card);
+  });
+  document.body.dataset.ready = "1";
+}
+
+async function samplePage(info) {
+  fillControls(document.getElementById("controls"));
+  const sampleId = params().get("sample_id"), shardId = params().get("shard_id") || "";
+  document.getElementById("sample-name").textContent = sampleId;
+  const data = await api("/api/sample", shardId ? { sample_id: sampleId, shard_id: shardId } : { sample_id: sampleId });
+  const holder = document.getElementById("methods");
+  for (const row of data.rows) {
+    const div = document.createElement("div"); div.className = "method"; div.dataset.method = row.method;
+    const title = document.createElement("h3"); title.textContent = row.method + (row.params ? " " + row.params : "");
+    const { box, range } = mapFigure(row, await getMap(row), true);
+    const leg = document.createElement("div"); leg.className = "legend";
+    legend(leg, setting("polarity"), setting("lower"), setting("upper"), range);
+    div.append(title, box, leg); holder.append(div);
+  }
+  if (!data.rows.length) holder.textContent = "no committed map of this sample (see its errors below)";
+  const cols = [...new Set(data.rows.flatMap(r => Object.keys(r)))];
+  document.getElementById("details").append(table(cols.map(c => Object.assign({ detail: c }, ...data.rows.map(r => ({ [r.method]: r[c] })))),
+    ["detail", ...data.rows.map(r => r.method)]));
+  document.getElementById("sample-errors").append(data.errors.length ? table(data.errors, ["method", "kind", "reason", "shard_id"]) : document.createTextNode("none"));
+  history(info);
+  document.body.dataset.ready = "1";
+}
+
+function history(info) {
+  const runs = info.history || [];
+  const cols = [...new Set(runs.flatMap(r => Object.keys(r)))];
+  document.getElementById("history").append(runs.length ? table(runs, cols) : document.createTextNode("no run record"));
+}
+
+async function errorsPage(info) {
+  const form = document.getElementById("controls");
+  addOptions(form.elements.method, Object.keys(info.methods || {}));
+  const q = {};
+  for (const k of ["method", "kind", "offset"]) if (setting(k) !== "") q[k] = setting(k);
+  q.limit = 50;
+  const page = await api("/api/errors", q);
+  addOptions(form.elements.kind, Object.keys(page.kinds), Object.fromEntries(Object.entries(page.kinds).map(([k, n]) => [k, `${k} (${n})`])));
+  fillControls(form);
+  pager(page.total, +(q.offset || 0), 50, page.rows.length);
+  document.getElementById("errors").append(table(page.rows, ["sample_id", "method", "kind", "reason", "shard_id"]));
+  document.body.dataset.ready = "1";
+}
+
+(async () => {
+  try {
+    const info = await api("/api/info");
+    document.getElementById("output").textContent = `${info.output} · ${info.status || "no status"}`;
+    const page = document.body.dataset.page;
+    await (page === "gallery" ? gallery(info) : page === "sample" ? samplePage(info) : errorsPage(info));
+  } catch (err) {
+    document.getElementById("message").textContent = String(err.message || err);
+    document.body.dataset.ready = "error";
+  }
+})();

@@ -1,0 +1,154 @@
+"""jobs.view and jobs.view_query over a small synthetic output on local disk (the real schema,
+written as benchmarks/bench_view.py writes it): every filter and sort against pandas on the
+same rows, paging, the HTTP API's answers and refusals, and the colour mapping."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import threading
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("bench_view", ROOT / "benchmarks" / "bench_view.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def output(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("view") / "out"
+    _bench().write_output(root, 3000, 512)
+    return root
+
+
+@pytest.fixture(scope="module")
+def frame(output) -> pd.DataFrame:
+    import pyarrow.dataset as ds
+
+    return ds.dataset(output / "maps", format="parquet").to_table(
+        columns=["sample_id", "method", "shard_id", "label", "predicted", "kept_fraction", "logit"]).to_pandas()
+
+
+@pytest.fixture(scope="module")
+def index(output):
+    from jobs.view_query import MapIndex
+
+    return MapIndex(str(output), {})
+
+
+def test_unsorted_pages_follow_source_order(index, frame):
+    page = index.rows({"offset": "500", "limit": "30"})
+    assert page["total"] == len(frame) == 2997  # every 1000th sample is an error row
+    assert [r["sample_id"] for r in page["rows"]] == list(frame.sample_id[500:530])
+    assert "map" not in page["rows"][0] and "kept_fraction" in page["rows"][0]
+
+
+@pytest.mark.parametrize("query, keep", [
+    ({"correct": "incorrect"}, lambda f: (f.label >= 0) & (f.predicted != f.label)),
+    ({"correct": "correct", "label": "3"}, lambda f: (f.predicted == f.label) & (f.label == 3)),
+    ({"predicted": "7", "method": "pathway"}, lambda f: f.predicted == 7),
+])
+@pytest.mark.parametrize("sort, order", [("", "asc"), ("kept_fraction", "desc"), ("logit", "asc")])
+def test_filters_and_sorts_match_pandas(index, frame, query, keep, sort, order):
+    want = frame[keep(frame)]
+    if sort:
+        want = want.sort_values([sort, "method", "sample_id"], ascending=[order == "asc", True, True])
+    page = index.rows({**query, "sort": sort, "order": order, "offset": "10", "limit": "25"})
+    assert page["total"] == len(want)
+    assert [r["sample_id"] for r in page["rows"]] == list(want.sample_id[10:35])
+
+
+def test_errors_by_kind(index):
+    page = index.error_rows({"kind": "decode"})
+    assert page["total"] == 3 and page["kinds"] == {"decode": 3}
+    assert {r["sample_id"] for r in page["rows"]} == {"00000999", "00001999", "00002999"}
+    assert index.error_rows({"kind": "read"})["total"] == 0
+
+
+def test_bad_queries_are_one_line_refusals(index):
+    from jobs.view_query import ViewError
+    from storage.fs import InvalidStorageInput
+
+    with pytest.raises(ViewError, match="sort by one of"):
+        index.rows({"sort": "map"})
+    with pytest.raises(ViewError, match="not an integer"):
+        index.rows({"label": "cat"})
+    with pytest.raises(InvalidStorageInput):  # a method that is not a file-name component
+        index.map_values("../etc", "000000", "00000001")
+
+
+@pytest.fixture(scope="module")
+def served(output):
+    from jobs.view import make_server
+
+    server = make_server(str(output), {}, port=0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def _get(url: str, host: str | None = None) -> tuple[int, bytes]:
+    request = urllib.request.Request(url, headers={"Host": host} if host else {})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as res:
+            return res.status, res.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
+
+
+def test_http_api(served, output, frame):
+    import pyarrow.parquet as pq
+
+    from storage.reader import map_arrays
+
+    status, page = _get(f"{served}/")
+    assert status == 200 and b"view.js" in page
+    assert _get(f"{served}/view.js")[0] == 200 and _get(f"{served}/../pyproject.toml")[0] == 404
+    status, body = _get(f"{served}/api/map?method=pathway&shard_id=000001&sample_id=00000600")
+    stored = map_arrays(pq.read_table(output / "maps/pathway/000001.parquet", filters=[("sample_id", "==", "00000600")])
+                        .column("map"))[0]
+    got = json.loads(body)
+    assert status == 200 and (got["height"], got["width"]) == (28, 28)
+    assert np.array_equal(np.array(got["values"]).reshape(28, 28), stored.astype(np.float64))
+    status, body = _get(f"{served}/api/rows?sort=nope")
+    assert status == 400 and "sort by one of" in json.loads(body)["error"]
+    assert _get(f"{served}/api/map?method=pathway&shard_id=000999&sample_id=x")[0] == 404
+    status, body = _get(f"{served}/api/sample?sample_id=00000600&shard_id=000001")
+    assert status == 200 and json.loads(body)["rows"][0]["sample_id"] == "00000600"
+    info = json.loads(_get(f"{served}/api/info")[1])
+    assert info["status"] == "complete" and "kept_fraction" in info["sortable"]
+    # a page elsewhere whose name resolves to 127.0.0.1 (DNS rebinding) is refused
+    assert _get(f"{served}/api/info", host="evil.example:80")[0] == 403
+
+
+def test_not_a_map_dataset_is_one_line_exit_2(tmp_path, capsys):
+    from jobs import view
+
+    assert view.main([str(tmp_path), "--port", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "not a map dataset" in err
+
+
+def test_colour_scale():
+    from jobs.view_colors import colorize, colour_indices, lut
+
+    assert tuple(lut("both")[0]) == (0, 0, 255) and tuple(lut("both")[128]) == (255, 255, 255)
+    assert tuple(lut("both")[255]) == (255, 0, 0)
+    values = np.linspace(-1, 1, 101).reshape(1, 101)
+    index, lo, hi = colour_indices(values, "both", 0, 100)
+    assert (lo, hi) == (0.0, 1.0) and index[0, 0] == 0 and index[0, -1] == 255 and index[0, 50] == 128
+    # below the low clip is white; positive polarity hides negative values
+    assert (colorize(values, "both", 62, 99.9)[0, 40:61] == 255).all()
+    assert (colorize(values, "positive", 0, 100)[0, :51] == 255).all()

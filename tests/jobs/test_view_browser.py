@@ -1,0 +1,104 @@
+"""jobs.view in a real headless chromium (tests/webdriver.py): the gallery over a real output on
+S3 (the reference job: a real local Ray and SeaweedFS), filtered to incorrect predictions, sorted
+by kept fraction, a sample opened, and its drawn map compared pixel by pixel with the stored map
+after the same colour mapping (jobs.view_colors)."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from tests import webdriver
+
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(webdriver.missing() is not None, reason=str(webdriver.missing()))]
+
+READY = "return document.body.dataset.ready"
+
+
+@pytest.fixture(scope="module")
+def viewer(reference):
+    from jobs.view import make_server
+
+    assert reference["code"] == 0
+    server = make_server(reference["url"], reference["options"], port=0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    b = webdriver.Browser()
+    yield b
+    b.close()
+
+
+def _stored(reference) -> "pd.DataFrame":  # noqa: F821
+    from storage.reader import read_maps
+
+    return read_maps(reference["url"], storage_options=reference["options"],
+                     columns=["sample_id", "method", "label", "predicted", "kept_fraction"])
+
+
+def _cards(browser) -> list[str]:
+    return browser.script("return [...document.querySelectorAll('.card')].map(c => c.dataset.sample)")
+
+
+def test_gallery_filter_sort_and_sample_page(reference, viewer, browser, tmp_path):
+    from jobs.view_colors import colorize
+    from storage.reader import read_sample
+
+    stored = _stored(reference)
+    browser.get(viewer + "/")
+    assert browser.wait(READY) == "1", browser.script("return document.getElementById('message').textContent")
+    assert _cards(browser) == list(stored["sample_id"][:24])  # source order, first page
+    assert f"of {len(stored)}" in browser.script("return document.getElementById('count').textContent")
+    legend = browser.script("return document.getElementById('legend').textContent")
+    assert "red" in legend and "blue" in legend and "target logit" in legend
+
+    # filter: incorrect predictions only; sort: kept fraction, largest first (through the controls)
+    browser.script("document.querySelector('[name=correct]').value = 'incorrect';"
+                   "document.querySelector('[name=sort]').value = 'kept_fraction';"
+                   "document.querySelector('[name=order]').value = 'desc';")
+    browser.script("document.body.dataset.ready = ''")
+    browser.click("button[type=submit]")
+    assert browser.wait(READY) == "1"
+    wrong = stored[(stored.label >= 0) & (stored.predicted != stored.label)]
+    assert len(wrong), "the tiny model gets some Fashion-MNIST images wrong"
+    expected = wrong.sort_values(["kept_fraction", "method", "sample_id"], ascending=[False, True, True])
+    assert _cards(browser) == list(expected["sample_id"][:24])
+    assert f"of {len(wrong)}" in browser.script("return document.getElementById('count').textContent")
+
+    # open the first card: its sample page draws every method's map
+    first = expected.iloc[0]
+    browser.script("document.querySelector('.card a').click()")
+    assert browser.wait(READY) == "1", browser.script("return document.getElementById('message').textContent")
+    assert browser.script("return location.pathname") == "/sample.html"
+    drawn = browser.script(
+        "const c = document.querySelector('canvas.map');"
+        "const d = c.getContext('2d').getImageData(0, 0, c.width, c.height);"
+        "return {h: c.height, w: c.width, method: c.dataset.method, sample: c.dataset.sample, px: Array.from(d.data)}")
+    assert drawn["sample"] == first["sample_id"]
+    rgba = np.array(drawn["px"], dtype=np.int64).reshape(drawn["h"], drawn["w"], 4)
+    row = read_sample(reference["url"], first["sample_id"], drawn["method"], reference["options"]).iloc[0]
+    want = colorize(np.asarray(row["map"]), "both").astype(np.int64)
+    assert rgba.shape[:2] == want.shape[:2]
+    assert (rgba[..., 3] == 255).all()
+    assert np.abs(rgba[..., :3] - want).max() <= 2  # one colour-scale step at most (JS and numpy rounding)
+    assert (rgba[..., :3] == want).all(axis=-1).mean() > 0.99
+    assert len(set(map(tuple, want.reshape(-1, 3)))) > 10, "a map that is not a flat colour"
+    # the image under it is the source's, and the details and run history are shown
+    assert browser.wait("const i = document.querySelector('.method img'); return i && i.complete && i.naturalWidth")
+    text = browser.script("return document.body.textContent")
+    assert "kept_fraction" in text and "complete" in text
+    browser.screenshot(str(tmp_path / "sample.png"))
+    # the gallery again, with the positive polarity, side by side
+    browser.get(viewer + "/?polarity=positive&layout=side&correct=incorrect")
+    assert browser.wait(READY) == "1"
+    browser.screenshot(str(tmp_path / "gallery.png"))
+    print("screenshots:", tmp_path)
