@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import socket
 import subprocess
 import sys
@@ -103,7 +104,7 @@ def test_a_token_cluster_of_two_nodes_on_one_host(tmp_path) -> None:
         # A job's driver: the venv's python (the raylet's PATH), the env file's variables, this checkout.
         entry = "import os, sys, jobs; print('driver', sys.executable, os.environ['PATHWAY_TEST_MARK'])"
         submit = [f"{BIN}/ray", "job", "submit", "--address", f"http://127.0.0.1:{dash}", "--working-dir", str(ROOT),
-                  "--", "python", "-c", f'"{entry}"']
+                  "--", "python", "-c", entry]
 
         def submitted() -> subprocess.CompletedProcess | None:
             done = subprocess.run(submit, env=client, capture_output=True, text=True, timeout=300)
@@ -117,11 +118,10 @@ def test_a_token_cluster_of_two_nodes_on_one_host(tmp_path) -> None:
         assert no_token.returncode != 0 and "AuthenticationError" in no_token.stdout + no_token.stderr
     finally:
         trees = {pid: descendants(pid) for pid in started}
-        for role, env in (("worker", worker), ("head", head)):
-            stopped = script("stop", role, env=env)
-            assert stopped.returncode == 0, stopped.stdout + stopped.stderr
-    for pid, tree in trees.items():
+        stops = [script("stop", role, env=env) for role, env in (("worker", worker), ("head", head))]
+        for folder in (head_dir, worker_dir):
+            shutil.rmtree(folder, ignore_errors=True)
+    assert all(stop.returncode == 0 and stop.stdout.startswith("stopped the ") for stop in stops), stops
+    for pid, tree in trees.items():  # the stop ended the node's every process
         wait_for(lambda: not any(os.path.exists(f"/proc/{p}") for p in [pid, *tree]), 30, f"node {pid} to end")
     assert script("status", "head", env=head).returncode == 3
-    for folder in (head_dir, worker_dir):
-        subprocess.run(["rm", "-rf", folder], check=False)
