@@ -118,6 +118,8 @@ def _plain(value: Any) -> Any:
 def _prepare_dir(directory: Path) -> None:
     if directory.exists() and any(directory.iterdir()) and not (directory / MARKER).exists():
         raise JobError(f"{directory} exists and is not an export of this tool: pass an empty or new folder")
+    for part in ("images", "heatmaps"):  # our own earlier export: its files may name other samples
+        shutil.rmtree(directory / part, ignore_errors=True)
     directory.mkdir(parents=True, exist_ok=True)
     (directory / MARKER).write_text("pathway-attribution export: rerunning the export rewrites this folder\n")
 
@@ -136,8 +138,9 @@ def export_fiftyone(url: str, directory: str | Path, options: Mapping[str, Any] 
     index = {m: read_maps(url, m, options, columns=["sample_id", "shard_id"]) for m in labels}
     absent = [m for m in labels if index[m].empty]
     if not labels or absent:
-        raise InvalidStorageInput(f"{redact_url(url)} has no committed maps{' of ' + ', '.join(absent) if absent else ''}"
-                                  ": run jobs.attribute first, or name its methods (python -m jobs.inspect shows them)")
+        which = f" of {', '.join(absent)}" if absent else ""
+        raise InvalidStorageInput(f"{redact_url(url)} has no committed maps{which}: run jobs.attribute first, or "
+                                  "name its methods (python -m jobs.inspect shows them)")
     errors = {m: read_errors(url, m, options) for m in labels}
     shards = list(dict.fromkeys(s for m in labels for s in index[m]["shard_id"]))
     _prepare_dir(out)
