@@ -24,8 +24,6 @@ from __future__ import annotations
 import contextlib
 import importlib
 import logging
-import os
-import socket
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -48,6 +46,7 @@ from storage.sources import NO_LABEL, Sample, SampleError, SampleRef, model_poli
 
 from .allocator import keep_freed_memory
 from .tasks import JobConfig, ShardTask, block_tasks
+from .identity import worker_name
 
 #: How a declared detail's dtype is stored (storage.tables.detail_type).
 _KINDS = {torch.int64: "int64", torch.float64: "float64", torch.bool: "bool", attribution.TEXT: "string"}
@@ -122,7 +121,7 @@ class ShardAttributor:
 
     def __init__(self, config: dict[str, Any] | JobConfig, threads: int | None = None) -> None:
         self.config = config if isinstance(config, JobConfig) else JobConfig.from_dict(config)
-        self.worker = f"{socket.gethostname()}:{os.getpid()}"
+        self.worker = worker_name()  # node id and pid: two nodes on one host stay apart (the device follows)
         self._segments: dict[str, dict[int, Shard]] = {}
         self._decoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode")
         self._compute_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="compute")

@@ -27,6 +27,7 @@ from models.registry import ModelSpec
 from models.training import train_classifier
 from storage.fs import join
 from storage.location import Location
+from workers.identity import worker_name
 from workers.roar_data import MASK, NONE, PIXELS, RandomRemoval, Removal, cell_images, describe, removed_per_image
 
 CELL_DIR = "cells"
@@ -102,7 +103,7 @@ def run_cell(cell: dict[str, Any], config: dict[str, Any], train_x: np.ndarray, 
         "train_samples": int(train_x.shape[0]), "test_samples": int(test_x.shape[0]),
         "removed_per_image": 0 if method == NONE else removed_per_image(height, width, t / 100.0, keep),
         "device": metrics["device"], "num_threads": int(metrics["num_threads"]),
-        "host": socket.gethostname(), "pid": os.getpid(), "fingerprint": config["fingerprint"],
+        "host": socket.gethostname(), "pid": os.getpid(), "worker": worker_name(), "fingerprint": config["fingerprint"],
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     name = cell_name(method, t, seed, result["input"], result["fill"])
