@@ -5,6 +5,7 @@ Methods are named ``[label=]name[:key=value,...]`` (jobs.cli.parse_method_specs)
 
 from __future__ import annotations
 
+import sys
 import zlib
 from collections.abc import Sequence
 from typing import Any
@@ -52,12 +53,30 @@ def compute_maps(method: Any, x: Any, targets: Any, sample_ids: Sequence[str], r
     return attribution.reduce_map(maps.float().detach(), reduction).cpu().numpy().astype(np.float32)
 
 
-def load_samples(source: Any, limit: int | None, ids: Sequence[str] | None = None, seed: int = 0
-                 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def model_labels(source: Any, spec: Any, labels: np.ndarray) -> np.ndarray:
+    """The source's labels as the model's class indices, as jobs.attribute stores them
+    (storage.sources.match_labels): an image folder numbers its classes in sorted name order,
+    which is rarely the model's, and every accuracy against unmapped labels is near 0. Where the
+    names do not match, the labels stay the source's and a warning says accuracies mean nothing."""
+    from storage.sources import match_labels
+
+    match = match_labels(source.classes, source.label_kind, spec.class_names, source.intrinsic_indices)
+    if match.warning:
+        print(f"warning: {match.warning}", file=sys.stderr)
+    labels = np.asarray(labels, dtype=np.int64)
+    if match.label_map is None:
+        return labels
+    lut = np.asarray(match.label_map, dtype=np.int64)
+    known = (labels >= 0) & (labels < lut.size)
+    return np.where(known, lut[np.clip(labels, 0, lut.size - 1)], labels)
+
+
+def load_samples(source: Any, limit: int | None, ids: Sequence[str] | None = None, seed: int = 0,
+                 spec: Any = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """uint8 images, labels and ids of a seeded, class-stratified subset of ``limit`` samples in source
     order (jobs.subsets: a first-N subset of a class-sorted source holds one or two classes), or of
     ``ids``, in that order. Where the source cannot tell labels without decoding, all its samples
-    are decoded to choose."""
+    are decoded to choose. With the model's ``spec`` the labels are its class indices (:func:`model_labels`)."""
     from jobs.subsets import ref_labels, stratified_indices
     from storage.sources import load_arrays
 
@@ -76,12 +95,13 @@ def load_samples(source: Any, limit: int | None, ids: Sequence[str] | None = Non
             keep = stratified_indices(labels, limit, seed)
             if not got:
                 raise JobError(f"no readable samples in {source.url}; check --source / --split")
+            labels = labels if spec is None else model_labels(source, spec, labels)
             return images[keep], labels[keep], [got[i] for i in keep]
         refs = [refs[i] for i in stratified_indices(known, limit, seed)]
     images, labels, got = load_arrays(source, refs)
     if not got:
         raise JobError(f"no readable samples in {source.url}; check --source / --split")
-    return images, labels, got
+    return images, (labels if spec is None else model_labels(source, spec, labels)), got
 
 
 def fill_value(mode: str, spec: Any, source_url: str, options: dict[str, Any], samples: int = 10_000,

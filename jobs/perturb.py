@@ -223,7 +223,7 @@ def run(args: argparse.Namespace) -> int:
         build_methods(model, list(specs.values()))  # bad parameters fail here, before any scheduling
     source = open_source(inputs["source"], split=inputs["split"], storage_options=options,
                          policy=model_policy(source_policy_of(args), spec))  # decoded as the attribute job's workers
-    images, labels, ids = load_samples(source, args.limit or DEFAULT_LIMIT, inputs["ids"])
+    images, labels, ids = load_samples(source, args.limit or DEFAULT_LIMIT, inputs["ids"], spec=spec)
     keep = None
     limit = args.limit if inputs["ids"] is not None else args.limit or DEFAULT_LIMIT
     subset = subset_record(labels, spec.num_classes, inputs.get("total") or len(source.list()), limit)

@@ -24,7 +24,11 @@ Leakage control (on by default, ``--no-mask-control`` to skip): for each method 
 a retrain on the binary removal mask alone, same budget; each ROAR cell is then valid or "not
 valid: the mask leaks the class" (jobs.roar_summary says exactly how). Budget check: the
 unmodified retrain must land within ``--budget-tolerance`` points (3) of the checkpoint's own
-accuracy on the same test images, or the summary says the grid is under-trained.
+accuracy on the same test images, or the summary says the grid is under-trained. Chance is 1/K
+(K: the model's classes); a checkpoint or unmodified retrain within 5 points of it makes every
+cell "not valid: the model is at chance on these images". ``--train-limit`` / ``--test-limit``
+take seeded, class-stratified subsets (jobs.subsets), and labels are the ones the maps store (the
+model's class indices, not an image folder's sorted-name order).
 
 Outputs under --output (default <test-maps>/_eval/roar, or _eval/kar):
 ``cells/<method>-t<t>-s<seed>-<fill|mask>.json`` (one per finished cell: a rerun skips them),
@@ -121,7 +125,8 @@ def load_split(url: str, methods: Sequence[str], options: dict, limit: int | Non
                policy: Any = None, num_classes: int | None = None, what: str = "images") -> dict[str, Any]:
     """Images, labels, ids and the stored maps ``[N, H, W]`` of ``methods`` for the samples that have
     a map of every method stored in the dataset (controls need none, but use the same samples), in
-    source order; ``limit`` keeps a seeded, class-stratified subset (jobs.subsets; the stored maps' labels),
+    source order, with the labels the maps store (the model's class indices); ``limit`` keeps a seeded,
+    class-stratified subset (jobs.subsets),
     described in ``subset`` for the run header. The source is opened under
     ``policy`` (the operator's --allow-paths, --max-image-pixels)."""
     from jobs.eval_common import sample_seeds
@@ -154,7 +159,10 @@ def load_split(url: str, methods: Sequence[str], options: dict, limit: int | Non
     if not refs:
         raise JobError(f"no sample of {config['source']!r} ({config.get('split')}) has maps in {url} for every "
                        f"stored method {stored}")
-    images, labels, ids = load_arrays(source, refs)
+    images, _, ids = load_arrays(source, refs)
+    # The labels jobs.attribute stored: the model's class indices (an image folder's own indices follow
+    # sorted class names, and the checkpoint's accuracy against them is near 0).
+    labels = np.asarray([label_of[i] for i in ids], dtype=np.int64)
     if images.ndim == 3:
         images = images[..., None]
     stacked = {m: np.stack([maps[m][i] for i in ids]).astype(np.float16) for m in methods}

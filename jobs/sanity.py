@@ -140,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
     build_methods(model, specs)  # bad parameters fail here, before any scheduling
     source = open_source(args.source, split=args.split, storage_options=options,
                          policy=model_policy(source_policy_of(args), spec))  # decoded as the attribute job's workers
-    images, labels, ids = load_samples(source, args.limit)
+    images, labels, ids = load_samples(source, args.limit, spec=spec)
     subset = subset_record(labels, spec.num_classes, len(source.list()), args.limit, what="samples")
     announce(subset)
     x = preprocess(spec, images)

@@ -53,3 +53,18 @@ def test_labels_are_known_without_decoding_for_idx_and_class_folders(tmp_path):
     refs = folder.list()
     expected = [folder.classes.index(r.sample_id.split("/")[0]) for r in refs]
     assert ref_labels(folder, refs).tolist() == expected
+
+
+def test_folder_labels_become_the_models_class_indices(tmp_path):
+    """An image folder numbers classes in sorted name order ('Ankle boot' first); the model's order differs."""
+    from jobs.eval_common import load_samples
+    from models import fashion_mnist_spec
+
+    images, labels = fashion_mnist("test", 40)
+    write_folder(str(tmp_path / "folder"), None, images, labels)
+    folder = open_source(str(tmp_path / "folder"))
+    _, got, ids = load_samples(folder, 20, spec=fashion_mnist_spec())
+    assert folder.classes[0] == "Ankle boot"  # its own index 0; the model's 9
+    by_file = {int(s.split("/")[1].split(".")[0]): y for s, y in zip(ids, got)}  # write_folder numbers the images
+    assert len(by_file) == 20 and all(by_file[i] == int(labels[i]) for i in by_file)
+    assert len(set(got.tolist())) >= 8  # stratified: not the first classes of the folder only
