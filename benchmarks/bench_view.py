@@ -129,6 +129,27 @@ def measure(root: Path) -> dict:
         proc.wait(timeout=30)
 
 
+def duckdb_times(root: Path) -> dict:
+    """The same filters and sorts in DuckDB over the glob (local disk only: DuckDB reads s3:// through
+    its httpfs extension, which it downloads), for the choice between it and pyarrow.dataset."""
+    import duckdb
+
+    glob = f"read_parquet('{root}/maps/*/*.parquet')"
+    cols = "sample_id, shard_id, method, label, target, predicted, logit, kept_fraction, pruned_logit"
+    queries = {"count incorrect": f"SELECT count(*) FROM {glob} WHERE label >= 0 AND predicted <> label",
+               "sort kept_fraction desc": f"SELECT {cols} FROM {glob} ORDER BY kept_fraction DESC, method, sample_id "
+                                          "LIMIT 24",
+               "incorrect by pruned_logit": f"SELECT {cols} FROM {glob} WHERE label >= 0 AND predicted <> label "
+                                            "ORDER BY pruned_logit, method, sample_id LIMIT 24"}
+    con = duckdb.connect()
+    out = {}
+    for name, sql in queries.items():
+        t0 = time.perf_counter()
+        con.execute(sql).fetchall()
+        out[f"duckdb {name}"] = time.perf_counter() - t0
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--samples", type=int, nargs="+", default=[100_000, 1_000_000])
@@ -143,7 +164,7 @@ def main() -> None:
             if not (root / "_meta/run.json").exists():
                 write_output(root, n, args.shard_size)
             print(f"\n{n} samples in shards of {args.shard_size} (ready in {time.perf_counter() - t0:.0f} s)")
-            for name, value in measure(root).items():
+            for name, value in {**measure(root), **duckdb_times(root)}.items():
                 print(f"  {name}: {value:.2f}" if isinstance(value, float) else f"  {name}: {value}", flush=True)
 
 if __name__ == "__main__":

@@ -150,7 +150,10 @@ def handler_for(explorer: Explorer, allowed_hosts: set[str]) -> type[BaseHTTPReq
             self.send_header("Content-Length", str(len(body)))
             self.send_header("Cache-Control", "no-store")
             self.end_headers()
-            self.wfile.write(body)
+            try:
+                self.wfile.write(body)
+            except (BrokenPipeError, ConnectionResetError):  # the page moved on before its image came
+                pass
 
     return Handler
 

@@ -62,17 +62,23 @@ function colourIndices(values, polarity, lower, upper) {
   return { index, lo, hi };
 }
 
-function drawMap(canvas, map, polarity, lower, upper) {
+function drawMap(canvas, overlay, map, polarity, lower, upper) {
+  // canvas: the map itself, opaque (its pixels are the colour scale's); overlay: the same colours
+  // with the clipped magnitude as alpha, laid over the image (white, i.e. nothing, stays clear).
   const { index, lo, hi } = colourIndices(map.values, polarity, lower, upper);
   const colours = lut(polarity);
-  canvas.width = map.width; canvas.height = map.height;
-  const ctx = canvas.getContext("2d");
-  const img = ctx.createImageData(map.width, map.height);
-  for (let i = 0; i < index.length; i++) {
-    img.data[4 * i] = colours[3 * index[i]]; img.data[4 * i + 1] = colours[3 * index[i] + 1];
-    img.data[4 * i + 2] = colours[3 * index[i] + 2]; img.data[4 * i + 3] = 255;
-  }
-  ctx.putImageData(img, 0, 0);
+  const paint = (target, alpha) => {
+    target.width = map.width; target.height = map.height;
+    const ctx = target.getContext("2d"), img = ctx.createImageData(map.width, map.height);
+    for (let i = 0; i < index.length; i++) {
+      const c = 3 * index[i];
+      img.data[4 * i] = colours[c]; img.data[4 * i + 1] = colours[c + 1]; img.data[4 * i + 2] = colours[c + 2];
+      img.data[4 * i + 3] = alpha(index[i]);
+    }
+    ctx.putImageData(img, 0, 0);
+  };
+  paint(canvas, () => 255);
+  if (overlay) paint(overlay, k => polarity === "both" ? Math.min(255, 2 * Math.abs(k - 128)) : k);
   const signed = map.values.some(v => v !== null && v < 0);
   return { lo, hi, signed };
 }
@@ -125,18 +131,23 @@ function addOptions(select, values, labels) {
   if (chosen) select.value = chosen;
 }
 
-function mapFigure(row, mapData, big) {
+function mapFigure(row, mapData) {
   const polarity = setting("polarity"), lower = +setting("lower"), upper = +setting("upper");
   const img = document.createElement("img");
   img.alt = "image " + row.sample_id;
   img.src = "/api/image?" + new URLSearchParams({ sample_id: row.sample_id });
-  img.onerror = () => { img.alt = "(image unavailable: see the source)"; img.removeAttribute("src"); };
+  img.onerror = () => { img.style.visibility = "hidden"; img.title = "image unavailable: is the source the run record names reachable? (--source)"; };
   const canvas = document.createElement("canvas");
   canvas.className = "map"; canvas.dataset.sample = row.sample_id; canvas.dataset.method = row.method;
-  const range = drawMap(canvas, mapData, polarity, lower, upper);
-  const box = document.createElement("div");
-  if (setting("layout") === "side") { box.className = "side"; box.append(img, canvas); }
-  else { box.className = "stack"; canvas.style.opacity = setting("opacity"); box.append(img, canvas); }
+  canvas.title = "the map";
+  const overlay = setting("layout") === "side" ? null : document.createElement("canvas");
+  const range = drawMap(canvas, overlay, mapData, polarity, lower, upper);
+  const stack = document.createElement("div"); stack.className = "stack"; stack.append(img);
+  if (overlay) {
+    overlay.className = "overlay"; overlay.style.opacity = setting("opacity");
+    overlay.title = "the map over the image"; stack.append(overlay);
+  }
+  const box = document.createElement("div"); box.className = "pair"; box.append(stack, canvas);
   return { box, range };
 }
 
@@ -178,7 +189,7 @@ async function gallery(info) {
     const keep = new URLSearchParams({ sample_id: row.sample_id, shard_id: row.shard_id });
     for (const k of ["polarity", "lower", "upper", "layout", "opacity"]) if (params().get(k)) keep.set(k, params().get(k));
     link.href = "/sample.html?" + keep.toString();
-    const { box, range } = mapFigure(row, maps[i], false);
+    const { box, range } = mapFigure(row, maps[i]);
     const ok = row.label >= 0 ? (row.predicted === row.label ? "good" : "bad") : "";
     const caption = document.createElement("div");
     caption.innerHTML = `<b></b> · <span class="m"></span><br>label <span class="l"></span> · target <span class="t"></span> · predicted <span class="p ${ok}"></span>`;
@@ -186,7 +197,7 @@ async function gallery(info) {
     caption.querySelector(".l").textContent = fmt(row.label); caption.querySelector(".t").textContent = fmt(row.target);
     caption.querySelector(".p").textContent = fmt(row.predicted);
     const extra = document.createElement("div");
-    extra.textContent = ["logit", "pruned_logit", "kept_fraction", "prediction_kept"].filter(k => k in row)
+    extra.textContent = ["logit", "pruned_logit", "kept_fraction", "prediction_kept"].filter(k => row[k] !== undefined && row[k] !== null)
       .map(k => `${k} ${fmt(row[k])}`).join(" · ") + ` · scale ±${fmt(range.hi)}`;
     link.append(box, caption, extra); card.append(link); grid.append(card);
   });
@@ -202,7 +213,7 @@ async function samplePage(info) {
   for (const row of data.rows) {
     const div = document.createElement("div"); div.className = "method"; div.dataset.method = row.method;
     const title = document.createElement("h3"); title.textContent = row.method + (row.params ? " " + row.params : "");
-    const { box, range } = mapFigure(row, await getMap(row), true);
+    const { box, range } = mapFigure(row, await getMap(row));
     const leg = document.createElement("div"); leg.className = "legend";
     legend(leg, setting("polarity"), setting("lower"), setting("upper"), range);
     div.append(title, box, leg); holder.append(div);
