@@ -38,7 +38,44 @@ class ViewError(InvalidStorageInput):
     """A request the viewer cannot answer (a bad filter, an unknown column): HTTP 400."""
 
 
-def _dataset(fs: Any, path: str, schema: pa.Schema | None = None) -> ds.Dataset | None:
+#: Files scanned as one pyarrow dataset at a time: a scanned fragment keeps its Parquet footer, so
+#: one dataset over a million-sample output's thousands of files would hold them all.
+CHUNK_FILES = 128
+
+
+class Files:
+    """A dataset's files, scanned a chunk at a time so that memory follows the chunk, not the output."""
+
+    def __init__(self, dataset: ds.FileSystemDataset) -> None:
+        self.files, self.schema = list(dataset.files), dataset.schema
+        self.format, self.filesystem = dataset.format, dataset.filesystem
+
+    def _parts(self) -> Any:
+        for i in range(0, len(self.files), CHUNK_FILES):
+            yield ds.FileSystemDataset.from_paths(self.files[i:i + CHUNK_FILES], schema=self.schema,
+                                                  format=self.format, filesystem=self.filesystem)
+
+    def count_rows(self, filter: ds.Expression | None = None) -> int:  # noqa: A002 - pyarrow's name
+        return sum(part.count_rows(filter=filter) for part in self._parts())
+
+    def batches(self, columns: list[str] | None, filter: ds.Expression | None = None,  # noqa: A002
+                batch_size: int = 1 << 17) -> Any:
+        for part in self._parts():
+            yield from part.to_batches(columns=columns, filter=filter, batch_size=batch_size)
+
+    def head(self, n: int, columns: list[str] | None, filter: ds.Expression | None = None) -> pa.Table:  # noqa: A002
+        """The first ``n`` rows that pass ``filter``, reading no further than they lie."""
+        tables, rows = [], 0
+        for part in self._parts():
+            if rows >= n:
+                break
+            table = part.scanner(columns=columns, filter=filter).head(n - rows)
+            tables.append(table)
+            rows += table.num_rows
+        return pa.concat_tables(tables) if tables else self.schema.empty_table().select(columns or self.schema.names)
+
+
+def _dataset(fs: Any, path: str, schema: pa.Schema | None = None) -> Files | None:
     """The Parquet files under ``path`` as one dataset, or None where there are none yet."""
     import pyarrow.fs as pafs
 
@@ -49,7 +86,7 @@ def _dataset(fs: Any, path: str, schema: pa.Schema | None = None) -> ds.Dataset 
         dataset = ds.dataset(path, filesystem=filesystem, format="parquet", schema=schema)
     except (FileNotFoundError, pa.ArrowInvalid):
         return None
-    return dataset if dataset.files else None
+    return Files(dataset) if dataset.files else None
 
 
 class MapIndex:
@@ -112,7 +149,7 @@ class MapIndex:
         with storage_errors(self.url, "read", None):
             if sort is None:
                 total = self.maps.count_rows(filter=expr)
-                head = self.maps.scanner(columns=self.columns, filter=expr).head(offset + limit)
+                head = self.maps.head(offset + limit, self.columns, expr)
                 page = head.slice(offset, limit)
             else:
                 total, page = self._sorted(expr, sort, query.get("order", "asc") == "desc", offset, limit)
@@ -126,7 +163,6 @@ class MapIndex:
         keys = [("_key", "descending" if descending else "ascending"), ("method", "ascending"),
                 ("sample_id", "ascending")]
         ids = ["method", "sample_id", "shard_id"]
-        scanner = self.maps.scanner(columns=[key, *ids], filter=expr, batch_size=1 << 17)
         best: pa.Table | None = None
         pending: list[pa.Table] = []
         pending_rows = total = valid_rows = 0
@@ -135,7 +171,7 @@ class MapIndex:
             table = pa.concat_tables(tables)
             return table.take(pc.select_k_unstable(table, k, sort_keys=keys)) if table.num_rows > k else table
 
-        for batch in scanner.to_batches():  # one small batch per shard file: reduce every 64 k rows
+        for batch in self.maps.batches([key, *ids], expr):  # one small batch per shard file: reduce every 64 k rows
             total += batch.num_rows
             table = pa.Table.from_batches([batch])
             table = table.filter(pc.is_valid(table.column(key)))
@@ -153,8 +189,8 @@ class MapIndex:
         if len(order) < limit and total > valid_rows:  # then the rows without the value, in source order
             skip = max(0, offset - valid_rows)
             missing = ~pc.field(key).is_valid()
-            rest = self.maps.scanner(columns=self.columns, filter=missing if expr is None else expr & missing
-                                     ).head(skip + limit - len(order)).slice(skip)
+            rest = self.maps.head(skip + limit - len(order), self.columns,
+                                  missing if expr is None else expr & missing).slice(skip)
             page = pa.concat_tables([page, rest.cast(page.schema)]) if page.num_rows else rest
         return total, page
 
@@ -188,11 +224,12 @@ class MapIndex:
         expr = functools.reduce(lambda a, b: a & b, parts) if parts else None
         with storage_errors(self.url, "read", None):
             total = self.errors.count_rows(filter=expr)
-            page = self.errors.scanner(filter=expr).head(offset + limit).slice(offset, limit)
-            kinds = self.errors.scanner(columns=["kind"]).to_table().column("kind")
-        counts = pc.value_counts(pc.fill_null(kinds, "unknown")).to_pylist() if len(kinds) else []
-        return {"total": total, "offset": offset, "rows": _records(page),
-                "kinds": {c["values"]: c["counts"] for c in counts}}
+            page = self.errors.head(offset + limit, None, expr).slice(offset, limit)
+            kinds: dict[str, int] = {}
+            for batch in self.errors.batches(["kind"]):  # counted batch by batch: memory follows a batch
+                for c in pc.value_counts(pc.fill_null(batch.column(0), "unknown")).to_pylist() if batch.num_rows else []:
+                    kinds[c["values"]] = kinds.get(c["values"], 0) + c["counts"]
+        return {"total": total, "offset": offset, "rows": _records(page), "kinds": dict(sorted(kinds.items()))}
 
     # ------------------------------------------------------------------ one sample
 
