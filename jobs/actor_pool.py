@@ -68,9 +68,10 @@ def run_shards(tasks: Sequence[Any], config: Any, args: argparse.Namespace, stor
     import gc
 
     import ray
-    from tqdm import tqdm
 
     from jobs.cluster import size_workers
+    from jobs.progress import Progress
+    from jobs.stopping import as_interrupted, check, requested
     from workers.attributor import ShardAttributor, TransientShardFailure, failure_line
     from workers.tasks import block_rows
 
@@ -87,17 +88,26 @@ def run_shards(tasks: Sequence[Any], config: Any, args: argparse.Namespace, stor
         num_cpus=sizing.cpus,
     )  # Ray Data restarts dead actors and retries their shards by default (and transient failures, above)
     results = []
-    with tqdm(total=sum(t.samples for t in tasks), unit="sample", disable=args.no_progress, desc="attribute",
-              dynamic_ncols=True) as bar:
-        failure = None
-        try:
+    failure = None
+
+    def kept() -> str:
+        return f"{committed_tasks(store, tasks, len(results))} of {len(tasks)} shards committed; rerun to resume"
+
+    try:
+        with Progress("attribute", len(tasks), "shard", no_bar=args.no_progress,
+                      samples_total=sum(t.samples for t in tasks)) as progress:
             for row in dataset.iter_rows():
                 results.append(row)
-                bar.update(int(row["samples"]) + int(row["errors"]))
-        except ray.exceptions.RayError as err:  # a worker failed, not because of a sample: stop, in one line
-            failure = failure_line(err)
-            if f"{TransientShardFailure.__name__}: " in str(err):
-                failure += f" (the shard was tried {retries + 1} times)"
+                progress.update(1, samples=int(row["samples"]), errors=int(row["errors"]))
+                check()  # a stop that a Ray call swallowed
+    except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM (jobs.stopping): say what is kept, and stop
+        raise as_interrupted(err, kept()) from None
+    except ray.exceptions.RayError as err:  # a worker failed, not because of a sample: stop, in one line
+        if requested():  # the worker stopped with the job (Ctrl-C reaches the whole process group)
+            raise as_interrupted(err, kept()) from None
+        failure = failure_line(err)
+        if f"{TransientShardFailure.__name__}: " in str(err):
+            failure += f" (the shard was tried {retries + 1} times)"
     if failure is not None:
         del dataset
         gc.collect()  # the failed execution's frames hold its actor pool, and the pool its CPUs and GPUs

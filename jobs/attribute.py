@@ -17,8 +17,8 @@ Reads top to bottom like a Ray batch-inference job:
 
 Labels are stored as the model's class indices where the source's class names match the model's
 (storage.sources.classes); files under the source that are not samples are counted and listed in
-the summary and run.json. run.json always ends "complete", "incomplete" or "failed" (with the
-reason); "running" is left only by a driver that was killed.
+the summary and run.json. run.json always ends "complete", "incomplete", "failed" or "interrupted"
+(Ctrl-C or SIGTERM: jobs.stopping), with the reason; "running" is left only by a driver that was killed.
 """
 
 from __future__ import annotations
@@ -177,7 +177,7 @@ def run(args: argparse.Namespace) -> int:
 
 def record_failure(store: Any, record: dict[str, Any], err: BaseException, prior: dict[str, Any] | None,
                    args: argparse.Namespace | None = None) -> None:
-    """Write run.json with status "failed" and the reason. A run that failed before it wrote its own
+    """Write run.json with status "failed" (or "interrupted") and the reason. A run that failed before it wrote its own
     record (a refused configuration, a missing checkpoint) leaves an existing output's record as it
     was, its attempt added to the history, since the output itself is unchanged. A store that
     refuses the write too is left as it is (the original error is what gets reported)."""
@@ -185,9 +185,15 @@ def record_failure(store: Any, record: dict[str, Any], err: BaseException, prior
     from storage.fs import StorageError
     from storage.manifest import now
 
-    reason = "interrupted" if isinstance(err, KeyboardInterrupt) else \
-        " ".join(redacted(str(err), args).split()) or type(err).__name__  # never a credential in run.json
-    failure = {"status": "failed", "reason": reason[:2000], "failed_at": now()}
+    from jobs.stopping import as_interrupted, signal_name
+
+    if isinstance(err, KeyboardInterrupt):  # Ctrl-C or SIGTERM: what was committed is kept, a rerun resumes
+        stop = as_interrupted(err, getattr(err, "detail", ""))
+        reason = f"interrupted by {signal_name(stop.signum)}" + (f": {stop.detail}" if stop.detail else "")
+    else:
+        reason = " ".join(redacted(str(err), args).split()) or type(err).__name__  # never a credential in run.json
+    failure = {"status": "interrupted" if isinstance(err, KeyboardInterrupt) else "failed", "reason": reason[:2000],
+               "failed_at": now()}
     if "attempt" not in record and prior:
         record = {**prior, "history": [*prior.get("history", []), {"started_at": record.get("started_at"), **failure}]}
     else:

@@ -9,6 +9,8 @@ Exit status, the same for every job (docs/security.md):
 * 2: the job refused its input: a bad flag, method spec, checkpoint field, source, output or
   credential, named in one line on stderr with its fix, without a traceback (argparse's errors
   too, in one line: :class:`JobArgumentParser`).
+* 130 / 143: Ctrl-C (SIGINT) / SIGTERM stopped it (jobs.stopping): one line saying what was kept;
+  the same command resumes.
 
 Anything else is a bug and keeps its traceback.
 
@@ -429,15 +431,35 @@ def run_main(prog: str, run: Callable[[argparse.Namespace], int], args: argparse
     from models.registry import ModelError
     from storage.fs import StorageError
     from storage.lease import LeaseLost
+    from jobs import stopping
+    from jobs.cluster import stop_ray
 
-    try:
-        return run(args)
-    except (JobStopped, LeaseLost) as err:  # it ran, and stopped: the same command resumes
-        print(f"{prog}: error: {redacted(one_line(err), args)}", file=sys.stderr)
-        return 1
-    except (JobError, AttributionError, EvaluationError, ModelError, StorageError) as err:
-        print(f"{prog}: error: {redacted(one_line(err), args)}", file=sys.stderr)
-        return 2
+    with stopping.handlers():  # Ctrl-C and SIGTERM raise stopping.Interrupted (one line, 128 + signal)
+        try:
+            return run(args)
+        except KeyboardInterrupt as err:
+            return interrupted(prog, stopping.as_interrupted(err, getattr(err, "detail", "")), args)
+        except (JobStopped, LeaseLost) as err:  # it ran, and stopped: the same command resumes
+            if stopping.requested():  # a worker the same Ctrl-C stopped: the job was interrupted
+                return interrupted(prog, stopping.as_interrupted(err), args)
+            print(f"{prog}: error: {redacted(one_line(err), args)}", file=sys.stderr)
+            return 1
+        except (JobError, AttributionError, EvaluationError, ModelError, StorageError) as err:
+            print(f"{prog}: error: {redacted(one_line(err), args)}", file=sys.stderr)
+            return 2
+        finally:
+            stop_ray()  # the Ray this job started: no daemon or actor outlives it, however it ended
+
+
+def interrupted(prog: str, err: Any, args: argparse.Namespace) -> int:
+    """One line for a job a signal stopped (what it kept, and that the same command resumes); the
+    exit status a shell gives a process the signal ended: 130 for SIGINT, 143 for SIGTERM."""
+    from jobs.stopping import signal_name
+
+    detail = err.detail or "rerun the same command to resume"
+    print(f"{prog}: interrupted by {signal_name(err.signum)}: {redacted(' '.join(detail.split()), args)}",
+          file=sys.stderr)
+    return err.exit_status
 
 
 def one_line(err: BaseException) -> str:

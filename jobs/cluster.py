@@ -31,16 +31,43 @@ def start_ray(address: str | None) -> None:
     Without an address the job starts its own Ray rather than joining one named in Ray's temp
     folder (``/tmp/ray/ray_current_cluster``, which on a shared machine another user may own):
     joining a cluster is the operator's choice, made with ``--ray-address auto`` or an address."""
+    global _owned
     import ray
 
+    from jobs import noise, stopping
+
+    noise.quiet_ray_logs()
     address = address or os.environ.get("RAY_ADDRESS")
     if ray.is_initialized():
         pass
-    elif address:
-        ray.init(address=address, log_to_driver=True)
     else:
-        start_local_ray(include_dashboard=False, log_to_driver=True)
+        if address:
+            ray.init(address=address, log_to_driver=True)
+        else:
+            start_local_ray(include_dashboard=False, log_to_driver=True)
+        _owned = True
+        stopping.reinstall()  # ray.init replaced the job's SIGTERM handler with sys.exit(15)
+        noise.filter_stderr()  # after the start: Ray's daemons must not inherit the filter's pipe
     ray.data.DataContext.get_current().enable_progress_bars = False
+
+
+#: Whether this process's Ray was started (or joined) by :func:`start_ray`, so the job shuts it down.
+_owned = False
+
+
+def stop_ray() -> None:
+    """Shut down the Ray that :func:`start_ray` started or joined, if it did (a Ray the caller
+    initialized, in tests or a notebook, stays up): a stopped job leaves no daemon or actor behind,
+    and on a cluster its actors end with the driver's connection."""
+    global _owned
+    from jobs import noise
+
+    if _owned:
+        import ray
+
+        _owned = False
+        ray.shutdown()
+    noise.unfilter_stderr()
 
 
 def start_local_ray(**init_kwargs: Any) -> None:

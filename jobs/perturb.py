@@ -193,9 +193,10 @@ def stored_inputs(args: argparse.Namespace, options: dict[str, Any]) -> dict[str
 
 def run(args: argparse.Namespace) -> int:
     import ray
-    from tqdm import tqdm
 
     from jobs.cluster import start_ray
+    from jobs.progress import Progress
+    from jobs.stopping import as_interrupted
     from jobs.eval_common import chunks, fill_value, load_samples, model_payload
     from models.preprocess import preprocess
     from jobs.subsets import announce, subset_record
@@ -260,13 +261,18 @@ def run(args: argparse.Namespace) -> int:
         pending[ref] = (RANDOM, lo)
 
     results: dict[tuple[str, str, str, str], dict[int, tuple[np.ndarray, np.ndarray]]] = {}
-    with tqdm(total=len(pending), unit="task", desc="perturb", disable=args.no_progress, dynamic_ncols=True) as bar:
-        while pending:
-            done, _ = ray.wait(list(pending), num_returns=1)
-            label, lo = pending.pop(done[0])
-            for key, values in ray.get(done[0]).items():
-                results.setdefault((label, *key), {})[lo] = values
-            bar.update(1)
+    progress = Progress("perturb", len(pending), "task", no_bar=args.no_progress)
+    try:
+        with progress:
+            while pending:
+                done, _ = ray.wait(list(pending), num_returns=1)
+                label, lo = pending.pop(done[0])
+                for key, values in ray.get(done[0]).items():
+                    results.setdefault((label, *key), {})[lo] = values
+                progress.update(1)
+    except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM (jobs.stopping)
+        raise as_interrupted(err, f"{progress.done} of {progress.total} tasks done, nothing written (the curves "
+                                  "are written when all are); rerun to start again") from None
     table = summarize(results, args.fractions, [*methods, RANDOM], np.asarray(labels))
     outputs = write_outputs(inputs["output"], options, table, args, fill, checkpoint, inputs, len(ids))
     print_summary(table, args.fractions, outputs, time.perf_counter() - start)

@@ -109,9 +109,10 @@ class Prepared:
 def run_cells(todo: list[dict], config: dict, arrays: dict, args: argparse.Namespace) -> tuple[list[dict], list[str]]:
     """Submit the pending cells as Ray tasks, at most ``workers`` at once; returns (results, failures)."""
     import ray
-    from tqdm import tqdm
 
     from jobs.cluster import size_workers, start_ray
+    from jobs.progress import Progress
+    from jobs.stopping import as_interrupted
     from workers.roar import remote_cell, remote_prepare
 
     start_ray(args.ray_address)
@@ -123,23 +124,35 @@ def run_cells(todo: list[dict], config: dict, arrays: dict, args: argparse.Names
                         data)
     pending, running, results, failures = list(todo), {}, [], []
     print(f"{len(todo)} cells on {sizing.describe}")
-    with tqdm(total=len(todo), unit="cell", disable=args.no_progress, desc="roar", dynamic_ncols=True) as bar:
-        while pending or running:
-            while pending and len(running) < sizing.workers:
-                cell = pending.pop(0)
-                train_x, test_x = prepared.images(cell)
-                running[task.remote(cell, config, train_x, data["train_labels"], test_x, data["test_labels"])] = cell
-            done, _ = ray.wait(list(running), num_returns=1)
-            for ref in done:
-                cell = running.pop(ref)
-                prepared.done(cell)
-                try:
-                    result = ray.get(ref)
-                except ray.exceptions.RayError as err:
-                    failures.append(f"{name_of(cell)}: {str(err).strip().splitlines()[-1][:300]}")
-                    bar.write(f"cell {name_of(cell)} failed after {args.retries} retries: {failures[-1]}")
-                else:
-                    results.append(result)
-                    bar.set_postfix_str(f"{name_of(cell)}: acc {result['accuracy']:.3f} in {result['seconds']:.1f}s")
-                bar.update(1)
+    try:
+        with Progress("roar", len(todo), "cell", no_bar=args.no_progress) as bar:
+            run_loop(pending, running, results, failures, bar, task, prepared, config, data, sizing, args)
+    except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM (jobs.stopping): finished cells are stored
+        raise as_interrupted(err, f"{len(results)} of {len(todo)} cells finished and stored; rerun to "
+                                  "resume") from None
     return results, failures
+
+
+def run_loop(pending: list[dict], running: dict, results: list[dict], failures: list[str], bar: Any, task: Any,
+             prepared: Prepared, config: dict, data: dict[str, Any], sizing: Any, args: argparse.Namespace) -> None:
+    """Keep ``sizing.workers`` cells running until every cell has finished or failed."""
+    import ray
+
+    while pending or running:
+        while pending and len(running) < sizing.workers:
+            cell = pending.pop(0)
+            train_x, test_x = prepared.images(cell)
+            running[task.remote(cell, config, train_x, data["train_labels"], test_x, data["test_labels"])] = cell
+        done, _ = ray.wait(list(running), num_returns=1)
+        for ref in done:
+            cell = running.pop(ref)
+            prepared.done(cell)
+            try:
+                result = ray.get(ref)
+            except ray.exceptions.RayError as err:
+                failures.append(f"{name_of(cell)}: {str(err).strip().splitlines()[-1][:300]}")
+                bar.write(f"cell {name_of(cell)} failed after {args.retries} retries: {failures[-1]}")
+            else:
+                results.append(result)
+                bar.set_postfix_str(f"{name_of(cell)}: acc {result['accuracy']:.3f} in {result['seconds']:.1f}s")
+            bar.update(1)

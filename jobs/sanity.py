@@ -117,10 +117,11 @@ def step_scores(payload: dict[str, Any], x: Any, targets: np.ndarray, method: An
 def run(args: argparse.Namespace) -> int:
     import ray
     import torch
-    from tqdm import tqdm
 
     from attribution.evaluation import METRICS, cascade
     from jobs.cluster import start_ray
+    from jobs.progress import Progress
+    from jobs.stopping import as_interrupted
     from jobs.eval_common import load_samples, model_payload
     from models.preprocess import preprocess
     from jobs.subsets import announce, subset_record
@@ -166,11 +167,16 @@ def run(args: argparse.Namespace) -> int:
                                    args.seed + draw, originals, args.randomize)
                 pending[ref] = (label, draw, step)
     scores: dict[tuple[str, int, int], dict[str, np.ndarray]] = {}
-    with tqdm(total=len(pending), unit="step", desc="sanity", disable=args.no_progress, dynamic_ncols=True) as bar:
-        while pending:
-            done, _ = ray.wait(list(pending), num_returns=1)
-            scores[pending.pop(done[0])] = ray.get(done[0])
-            bar.update(1)
+    progress = Progress("sanity", len(pending), "step", no_bar=args.no_progress)
+    try:
+        with progress:
+            while pending:
+                done, _ = ray.wait(list(pending), num_returns=1)
+                scores[pending.pop(done[0])] = ray.get(done[0])
+                progress.update(1)
+    except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM (jobs.stopping)
+        raise as_interrupted(err, f"{progress.done} of {progress.total} steps done, nothing written (the curves "
+                                  "are written when all are); rerun to start again") from None
     per_draw = draw_means(scores, [m.label for m in specs], names, METRICS, args.draws)
     table = summarize(per_draw)
     paths = write_outputs(args, options, table, per_draw, checkpoint, steps, len(ids), METRICS, subset)

@@ -244,7 +244,13 @@ def run(args: argparse.Namespace) -> int:
 
     # The checkpoint and its .metrics.png inside an image folder would become samples of it.
     check_apart(args.output, {"--source": source_location(args.source)})
-    metrics = train(args)
+    try:
+        metrics = train(args)
+    except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM (jobs.stopping): one line, no traceback
+        from jobs.stopping import as_interrupted
+
+        raise as_interrupted(err, "no checkpoint written (it is written when training ends); rerun the same "
+                                  "command to train again") from None
     acc = metrics["test_accuracy"]
     print(f"{metrics['arch']} on {metrics['source']}: "
           f"test accuracy {'n/a' if acc is None else f'{acc:.4f}'}, "
