@@ -95,8 +95,9 @@ def _need(query: Mapping[str, str], name: str) -> str:
     return query[name]
 
 
-def handler_for(explorer: Explorer, allowed_hosts: set[str]) -> type[BaseHTTPRequestHandler]:
-    """The request handler: static files, then the JSON API under /api/."""
+def handler_for(explorer: Explorer, allowed_hosts: set[str] | None) -> type[BaseHTTPRequestHandler]:
+    """The request handler: static files, then the JSON API under /api/. ``allowed_hosts``: the
+    names a request's Host header may give (None: any, for a server the operator exposed)."""
 
     class Handler(BaseHTTPRequestHandler):
         server_version = "pathway-view"
@@ -109,7 +110,7 @@ def handler_for(explorer: Explorer, allowed_hosts: set[str]) -> type[BaseHTTPReq
             from storage.fs import InvalidStorageInput, StorageError, StorageNotFound, redact_text
 
             host = (self.headers.get("Host") or "").rsplit(":", 1)[0]
-            if host not in allowed_hosts:  # DNS rebinding: a web page's own name pointed at this port
+            if allowed_hosts is not None and host not in allowed_hosts:  # DNS rebinding (make_server)
                 return self._send(403, b"unexpected Host header", "text/plain")
             parts = urlsplit(self.path)
             query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
@@ -164,7 +165,10 @@ def make_server(url: str, storage_options: Mapping[str, Any] | None = None, host
     free port (``server.server_address``)."""
     explorer = Explorer(url, storage_options, source)
     try:
-        server = ThreadingHTTPServer((host, port), handler_for(explorer, LOOPBACK_NAMES | {host}))
+        # On loopback, a request must name loopback: a web page elsewhere that points its own name at
+        # 127.0.0.1 (DNS rebinding) gets nothing. Another --host is the operator's choice to expose it.
+        allowed = LOOPBACK_NAMES if host in LOOPBACK_NAMES else None
+        server = ThreadingHTTPServer((host, port), handler_for(explorer, allowed))
     except OSError as err:
         raise JobError(f"cannot listen on {host}:{port}: {err.strerror or err}; pick another --port "
                        "(0 takes a free one)") from None

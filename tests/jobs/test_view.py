@@ -133,6 +133,22 @@ def test_http_api(served, output, frame):
     assert _get(f"{served}/api/info", host="evil.example:80")[0] == 403
 
 
+def test_command_prints_its_url_and_serves(output):
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "jobs.view", str(output), "--port", "0"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith(f"view: serving {output} at http://127.0.0.1:"), line
+        url = line.split(" at ")[1].split()[0]
+        assert json.loads(_get(f"{url}api/info")[1])["map_methods"] == ["pathway"]
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=30) == 0  # SIGTERM ends a viewer as Ctrl-C does: not a failure
+
+
 def test_not_a_map_dataset_is_one_line_exit_2(tmp_path, capsys):
     from jobs import view
 
