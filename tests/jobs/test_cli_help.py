@@ -9,7 +9,7 @@ import pytest
 
 from jobs.cli import JobArgumentParser, JobHelpFormatter, job_parser
 
-JOBS = ("attribute", "perturb", "sanity", "roar", "report", "train", "convert", "make_dataset", "inspect", "export")
+JOBS = ("attribute", "perturb", "sanity", "roar", "report", "train", "convert", "make_dataset", "inspect", "export", "view")
 
 
 class _Built(Exception):
