@@ -102,3 +102,28 @@ def test_gallery_filter_sort_and_sample_page(reference, viewer, browser, tmp_pat
     assert browser.wait(READY) == "1"
     browser.screenshot(str(tmp_path / "gallery.png"))
     print("screenshots:", tmp_path)
+
+
+def test_errors_page_filters_by_kind(browser, tmp_path):
+    """The errors page over an output with error rows (the synthetic one of benchmarks/bench_view.py)."""
+    from jobs.view import make_server
+    from tests.jobs.test_view import _bench
+
+    _bench().write_output(tmp_path / "out", 2100, 512)
+    server = make_server(str(tmp_path / "out"), {}, port=0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        browser.get(f"http://127.0.0.1:{server.server_address[1]}/errors.html")
+        assert browser.wait(READY) == "1"
+        assert browser.script("return [...document.querySelectorAll('[name=kind] option')].map(o => o.textContent)"
+                              ) == ["all", "decode (2)"]
+        browser.script("document.querySelector('[name=kind]').value = 'decode'; document.body.dataset.ready = ''")
+        browser.click("button[type=submit]")
+        assert browser.wait(READY) == "1"
+        assert "kind=decode" in browser.script("return location.search")
+        cells = browser.script("return [...document.querySelectorAll('#errors tr')].slice(1)"
+                               ".map(r => r.cells[0].textContent)")
+        assert cells == ["00000999", "00001999"]
+    finally:
+        server.shutdown()
+        server.server_close()
