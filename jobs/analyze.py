@@ -188,18 +188,22 @@ def class_samples(meta: Any, by: str, pending: Sequence[int], limit: int, seed: 
 
 
 def mean_maps_png(means: np.ndarray, counts: np.ndarray, title: str) -> bytes:
-    """The clusters' mean maps side by side, on one symmetric colour scale with a colour bar."""
+    """The clusters' mean maps side by side, on one colour scale with a colour bar, in the project's
+    convention (jobs/colors.py: signed maps symmetric around 0, |.| maps from 0)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from jobs.colors import colormap, display_range, is_signed
+
     k = len(means)
     fig, axes = plt.subplots(1, k, figsize=(2.2 * k + 0.8, 2.6), squeeze=False)
-    top = float(np.abs(means).max()) or 1.0
+    signed = is_signed(means)
+    low, high = display_range(means, signed)
     image = None
     for j, ax in enumerate(axes[0]):
-        image = ax.imshow(means[j], cmap="bwr", vmin=-top, vmax=top)
+        image = ax.imshow(means[j], cmap=colormap(signed), vmin=low, vmax=high)
         ax.set_title(f"cluster {j} (n={int(counts[j])})", fontsize=8)
         ax.axis("off")
     fig.suptitle(title, fontsize=9)
