@@ -124,6 +124,11 @@ def filter_stderr() -> None:
         _filter = StderrFilter()
 
 
+def stderr_is_terminal() -> bool:
+    """Whether the process's stderr is a terminal: the filter's pipe hides that from ``isatty``."""
+    return os.isatty(_filter.saved if _filter is not None else 2)
+
+
 def unfilter_stderr() -> None:
     """Stop the filter, if one runs."""
     global _filter

@@ -32,6 +32,19 @@ def progress_seconds() -> float:
         return DEFAULT_PROGRESS_SECONDS
 
 
+def is_terminal(stream: TextIO) -> bool:
+    """Whether ``stream`` shows on a terminal (stderr through jobs.noise's filter included)."""
+    if stream is sys.stderr:
+        from jobs.noise import stderr_is_terminal
+
+        try:
+            return stderr_is_terminal()
+        except OSError:
+            return False
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty and isatty())
+
+
 def duration(seconds: float) -> str:
     """``42 s``, ``3 min 05 s``, ``2 h 07 min``."""
     seconds = max(0, int(round(seconds)))
@@ -51,8 +64,7 @@ class Progress:
         self.desc, self.total, self.unit, self.samples_total = desc, int(total), unit, samples_total
         self.stream = stream if stream is not None else sys.stderr
         self.interval = progress_seconds() if interval is None else interval
-        isatty = getattr(self.stream, "isatty", None)
-        self.lines = no_bar or not (isatty and isatty())
+        self.lines = no_bar or not is_terminal(self.stream)
         self.done = self.samples = self.errors = 0
         self.postfix = ""
         self.started = time.monotonic()

@@ -95,3 +95,19 @@ def test_the_stderr_filter_drops_exactly_ray_datas_constructor_line() -> None:
     assert job.stderr == (b"[2026-12-06 06:02:45,017 E 3228 3228] core_worker.cc:2465: Actor with class name: 'Mine' "
                           b"and ID: '3e04' has constructor arguments in the object store and max_restarts > 0.\n"
                           b"\rbar 50%a python line\n[partialafter\n")
+
+
+def test_behind_the_filter_stderr_is_still_known_to_be_a_terminal() -> None:
+    import os
+    import pty
+
+    script = ("import sys; from jobs import noise, progress; noise.filter_stderr(); "
+              "print(progress.is_terminal(sys.stderr), sys.stderr.isatty(), file=sys.stdout); noise.unfilter_stderr()")
+    main, child = pty.openpty()
+    try:
+        job = subprocess.run([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE, stderr=child,
+                             timeout=60, text=True)
+    finally:
+        os.close(child)
+        os.close(main)
+    assert job.stdout.split() == ["True", "False"]  # a terminal gets the bar, though fd 2 is now a pipe
