@@ -171,25 +171,42 @@ function pager(total, offset, size, count) {
 // ---------------------------------------------------------------- pages
 
 async function gallery(info) {
+  // Rows are filtered and sorted for one method (by default the first; "all" pages every map);
+  // each card shows its sample's maps by every method, the filtered method's first.
   const form = document.getElementById("controls");
   addOptions(form.elements.method, info.map_methods);
   addOptions(form.elements.sort, info.sortable);
   fillControls(form);
+  if (!params().get("method") && info.map_methods.length) form.elements.method.value = info.map_methods[0];
   legend(document.getElementById("legend"), setting("polarity"), setting("lower"), setting("upper"), null);
   const q = {};
-  for (const k of ["method", "label", "target", "predicted", "correct", "sort", "order", "offset"]) if (setting(k) !== "") q[k] = setting(k);
+  for (const k of ["label", "target", "predicted", "correct", "sort", "order", "offset"]) if (setting(k) !== "") q[k] = setting(k);
+  if (form.elements.method.value !== "*") q.method = form.elements.method.value;
   q.limit = PAGE;
   const page = await api("/api/rows", q);
   pager(page.total, +(q.offset || 0), PAGE, page.rows.length);
   const grid = document.getElementById("gallery");
-  const maps = await Promise.all(page.rows.map(getMap));
-  page.rows.forEach((row, i) => {
+  const several = info.map_methods.length > 1;
+  const cards = await Promise.all(page.rows.map(async row => {
+    const others = several ? (await api("/api/sample", { sample_id: row.sample_id, shard_id: row.shard_id })).rows
+      .filter(r => r.method !== row.method) : [];
+    const rows = [row, ...others];
+    return { row, rows, maps: await Promise.all(rows.map(getMap)) };
+  }));
+  for (const { row, rows, maps } of cards) {
     const card = document.createElement("div"); card.className = "card"; card.dataset.sample = row.sample_id;
     const link = document.createElement("a");
     const keep = new URLSearchParams({ sample_id: row.sample_id, shard_id: row.shard_id });
     for (const k of ["polarity", "lower", "upper", "layout", "opacity"]) if (params().get(k)) keep.set(k, params().get(k));
     link.href = "/sample.html?" + keep.toString();
-    const { box, range } = mapFigure(row, maps[i]);
+    const figures = document.createElement("div"); figures.className = "figures";
+    let range = null;
+    rows.forEach((r, i) => {
+      const fig = mapFigure(r, maps[i]);
+      if (i === 0) range = fig.range;
+      const name = document.createElement("div"); name.className = "method-name"; name.textContent = r.method;
+      const one = document.createElement("div"); one.append(name, fig.box); figures.append(one);
+    });
     const ok = row.label >= 0 ? (row.predicted === row.label ? "good" : "bad") : "";
     const caption = document.createElement("div");
     caption.innerHTML = `<b></b> · <span class="m"></span><br>label <span class="l"></span> · target <span class="t"></span> · predicted <span class="p ${ok}"></span>`;
@@ -199,8 +216,8 @@ async function gallery(info) {
     const extra = document.createElement("div");
     extra.textContent = ["logit", "pruned_logit", "kept_fraction", "prediction_kept"].filter(k => row[k] !== undefined && row[k] !== null)
       .map(k => `${k} ${fmt(row[k])}`).join(" · ") + ` · scale ±${fmt(range.hi)}`;
-    link.append(box, caption, extra); card.append(link); grid.append(card);
-  });
+    link.append(figures, caption, extra); card.append(link); grid.append(card);
+  }
   document.body.dataset.ready = "1";
 }
 

@@ -56,21 +56,31 @@ def test_gallery_filter_sort_and_sample_page(reference, viewer, browser, tmp_pat
     stored = _stored(reference)
     browser.get(viewer + "/")
     assert browser.wait(READY) == "1", browser.script("return document.getElementById('message').textContent")
-    assert _cards(browser) == list(stored["sample_id"][:24])  # source order, first page
-    assert f"of {len(stored)}" in browser.script("return document.getElementById('count').textContent")
+    methods = sorted(stored.method.unique())
+    first_method = stored[stored.method == methods[0]]  # the gallery filters and sorts the first method's rows
+    assert _cards(browser) == list(first_method["sample_id"][:24])  # source order, first page
+    assert f"of {len(first_method)}" in browser.script("return document.getElementById('count').textContent")
+    # each card shows its sample's map by every method
+    assert browser.script("return [...document.querySelectorAll('.card')].map(c => [...c.querySelectorAll('canvas.map')]"
+                          ".map(m => m.dataset.method).sort().join())") == [",".join(methods)] * 24
     legend = browser.script("return document.getElementById('legend').textContent")
     assert "red" in legend and "blue" in legend and "target logit" in legend
 
-    # filter: incorrect predictions only; sort: kept fraction, largest first (through the controls)
-    browser.script("document.querySelector('[name=correct]').value = 'incorrect';"
+    # filter: the pathway's rows, incorrect predictions only; sort: kept fraction, largest first
+    pruned = stored[stored.kept_fraction.notna()]
+    label = pruned.method.iloc[0]
+    browser.script(f"document.querySelector('[name=method]').value = '{label}';"
+                   "document.querySelector('[name=correct]').value = 'incorrect';"
                    "document.querySelector('[name=sort]').value = 'kept_fraction';"
                    "document.querySelector('[name=order]').value = 'desc';")
     browser.script("document.body.dataset.ready = ''")
     browser.click("button[type=submit]")
     assert browser.wait(READY) == "1"
-    wrong = stored[(stored.label >= 0) & (stored.predicted != stored.label)]
+    pruned = pruned[pruned.method == label]
+    wrong = pruned[(pruned.label >= 0) & (pruned.predicted != pruned.label)]
     assert len(wrong), "the tiny model gets some Fashion-MNIST images wrong"
-    expected = wrong.sort_values(["kept_fraction", "method", "sample_id"], ascending=[False, True, True])
+    expected = wrong.sort_values(["kept_fraction", "method", "sample_id"], ascending=[False, True, True],
+                                 na_position="last")
     assert _cards(browser) == list(expected["sample_id"][:24])
     assert f"of {len(wrong)}" in browser.script("return document.getElementById('count').textContent")
 
