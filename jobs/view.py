@@ -45,7 +45,20 @@ class Explorer:
         self.index = MapIndex(url, storage_options)
         self.source = source
         self._run: dict | None = None
+        self._source: Any = None
         self._lock = threading.Lock()
+
+    def _open_source(self, run: Mapping[str, Any]) -> Any:
+        """The source the run record names (or --source), opened as join_with_source would open it."""
+        from storage.fs import same_url
+        from storage.sources import open_source
+
+        config = run.get("config") or {}
+        url = self.source or config.get("source")
+        if not url:
+            raise JobError(f"{self.url}'s run record names no source: pass --source")
+        return open_source(url, split=config.get("split") or "test", storage_options=self.storage_options,
+                           kind=config.get("source_format") if same_url(config.get("source"), url) else None)
 
     def info(self) -> dict[str, Any]:
         from jobs.view_colors import DEFAULT_LOWER, DEFAULT_UPPER, POLARITIES
@@ -70,14 +83,11 @@ class Explorer:
 
         from storage.reader import join_with_source, read_run
 
-        with self._lock:
-            if self._run is None:
-                self._run = read_run(self.url, self.storage_options)
-        source = self.source or (self._run.get("config") or {}).get("source")
-        if not source:
-            raise JobError(f"{self.url}'s run record names no source: pass --source")
-        frame = join_with_source(pd.DataFrame({"sample_id": [sample_id]}), source, self._run,
-                                 storage_options=self.storage_options)
+        with self._lock:  # the source is opened once (listing it may be slow) and read by one thread at a time
+            if self._run is None:  # both or neither: a failed open is tried again by the next image
+                run = read_run(self.url, self.storage_options)
+                self._source, self._run = self._open_source(run), run
+            frame = join_with_source(pd.DataFrame({"sample_id": [sample_id]}), self._source, self._run)
         image = frame["image"].iloc[0]
         channels = image.shape[2] if image.ndim == 3 else 1
         picture = Image.fromarray(image[..., 0] if channels in (1, 2) else image[..., :channels],
