@@ -253,13 +253,14 @@ def run(args: argparse.Namespace) -> int:
     from storage.location import Location
     from storage.maps import MapStore
     from storage.reader import read_maps_table
+    from storage.tables import ANALYSIS_DIR
 
     start = time.perf_counter()
     options = storage_options_from(args.storage_options)
     store = MapStore(args.output, options)
     method = pick_method(store, args.method, args.output)
     config = settings(args, method)
-    where = Location(join(args.output, f"_analysis/{method}"), options)
+    where = Location(join(args.output, ANALYSIS_DIR, method), options)
     try:
         meta = read_maps_table(args.output, method, options, columns=["sample_id", "shard_id", args.by]).to_pandas()
     except (pa.ArrowInvalid, KeyError) as err:

@@ -51,7 +51,7 @@ class OutputKind:
 
 def _map_dataset() -> OutputKind:
     from storage.lease import LEASE
-    from storage.tables import EVAL_DIR, MANIFEST_DIR, PLAN_DIR, RUN_PATH
+    from storage.tables import ANALYSIS_DIR, EVAL_DIR, MANIFEST_DIR, PLAN_DIR, RUN_PATH
     from storage.versions import FORMAT_1_MARKERS
 
     meta = RUN_PATH.split("/")[0]
@@ -59,7 +59,8 @@ def _map_dataset() -> OutputKind:
     # refuses such an output with its own message (the format, and the release that reads it).
     format_1 = tuple(m.split("/")[0] for m in FORMAT_1_MARKERS)
     return OutputKind("jobs.attribute",
-                      (meta, MANIFEST_DIR, PLAN_DIR, "_pending", EVAL_DIR, "maps", "errors", "zarr", LEASE, *format_1))
+                      (meta, MANIFEST_DIR, PLAN_DIR, "_pending", EVAL_DIR, ANALYSIS_DIR, "maps", "errors", "zarr",
+                       LEASE, *format_1))
 
 
 #: What jobs.attribute writes (docs/format.md); jobs.report reads the same layout.

@@ -35,6 +35,8 @@ RUN_PATH = "_meta/run.json"
 EXAMPLES_PATH = "_meta/examples.png"
 #: Evaluations of the maps (jobs.perturb, jobs.roar) by default.
 EVAL_DIR = "_eval"
+#: Where jobs.analyze writes its per-method strategy clusters, inside the map dataset.
+ANALYSIS_DIR = "_analysis"
 
 
 def data_path(kind: str, method: str, shard_id: str) -> str:
