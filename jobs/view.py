@@ -61,11 +61,11 @@ class Explorer:
                            kind=config.get("source_format") if same_url(config.get("source"), url) else None)
 
     def info(self) -> dict[str, Any]:
-        from jobs.view_colors import DEFAULT_LOWER, DEFAULT_UPPER, POLARITIES
+        from jobs.view_colors import DEFAULT_LOWER, DEFAULT_UPPER, POLARITIES, luts
 
         return {**self.summary, "columns": self.index.columns, "sortable": self.index.sortable,
                 "map_methods": self.index.methods(), "polarities": POLARITIES,
-                "clip": {"lower": DEFAULT_LOWER, "upper": DEFAULT_UPPER}}
+                "clip": {"lower": DEFAULT_LOWER, "upper": DEFAULT_UPPER}, "luts": luts()}
 
     def map_json(self, query: Mapping[str, str]) -> dict[str, Any]:
         import numpy as np

@@ -6,7 +6,8 @@ Vertex Explainable AI's display conventions: the magnitude is clipped at an uppe
 (default 99.9: a few extreme pixels do not wash out the rest) and values under a lower
 percentile are not coloured (default 62: noise stays white). The polarity picks what is shown:
 ``both`` (signed: red raises the target logit, blue lowers it), ``positive``, ``negative`` or
-``absolute``. White is the colour of zero, so the map multiplies over the image as an overlay.
+``absolute``. Zero is (nearly) white; over the image the map is drawn with its clipped magnitude
+as alpha. The colour maps are jobs/colors.py's, the one convention of every map picture.
 """
 
 from __future__ import annotations
@@ -20,23 +21,28 @@ DEFAULT_LOWER, DEFAULT_UPPER = 62.0, 99.9
 
 
 def lut(polarity: str) -> np.ndarray:
-    """The 256 RGB colours of ``polarity``'s scale, uint8 [256, 3]: blue-white-red for ``both``,
-    white to red / blue / purple for the others."""
-    x = np.arange(256, dtype=np.float64) / 255.0
+    """The 256 RGB colours of ``polarity``'s scale, uint8 [256, 3], from the project's one colour
+    convention (jobs/colors.py): its diverging map for ``both`` (index 128 is zero, 0 and 255 the
+    clip at either sign), its sequential map for ``positive`` and ``absolute``, blues for
+    ``negative``. The page draws with these very numbers (``/api/info``'s ``luts``)."""
+    from matplotlib import colormaps
+
+    from jobs.colors import MAGNITUDE_CMAP, SIGNED_CMAP
+
+    i = np.arange(256, dtype=np.float64)
     if polarity == "both":
-        i = np.arange(256, dtype=np.float64)
-        s = np.where(i < 128, (i - 128) / 128, (i - 128) / 127)  # index 128 is zero: exactly white
-        neg, pos = np.minimum(s, 0), np.maximum(s, 0)
-        rgb = np.stack([255 * (1 + neg), 255 * (1 + neg - pos), 255 * (1 - pos)], axis=1)
-    elif polarity == "positive":
-        rgb = np.stack([255 + 0 * x, 255 * (1 - x), 255 * (1 - x)], axis=1)
-    elif polarity == "negative":
-        rgb = np.stack([255 * (1 - x), 255 * (1 - x), 255 + 0 * x], axis=1)
-    elif polarity == "absolute":
-        rgb = np.stack([255 - 127 * x, 255 * (1 - x), 255 - 127 * x], axis=1)
+        where = (np.where(i < 128, (i - 128) / 128, (i - 128) / 127) + 1) / 2
+        name = SIGNED_CMAP
+    elif polarity in ("positive", "absolute", "negative"):
+        where, name = i / 255, {"negative": "Blues"}.get(polarity, MAGNITUDE_CMAP)
     else:
         raise ValueError(f"polarity {polarity!r}: use one of {', '.join(POLARITIES)}")
-    return np.floor(rgb + 0.5).astype(np.uint8)
+    return np.floor(colormaps[name](where)[:, :3] * 255 + 0.5).astype(np.uint8)
+
+
+def luts() -> dict[str, list[int]]:
+    """Every polarity's scale, flat RGB, for the page."""
+    return {p: lut(p).ravel().tolist() for p in POLARITIES}
 
 
 def percentile(sorted_values: np.ndarray, p: float) -> float:

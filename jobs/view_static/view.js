@@ -18,21 +18,9 @@ async function api(path, query) {
 
 // ---------------------------------------------------------------- colour (mirrors view_colors.py)
 
-function lut(polarity) {
-  const out = new Uint8ClampedArray(256 * 3);
-  for (let i = 0; i < 256; i++) {
-    const x = i / 255;
-    let r, g, b;
-    if (polarity === "both") {
-      const s = i < 128 ? (i - 128) / 128 : (i - 128) / 127, neg = Math.min(s, 0), pos = Math.max(s, 0);
-      r = 255 * (1 + neg); g = 255 * (1 + neg - pos); b = 255 * (1 - pos);
-    } else if (polarity === "positive") { r = 255; g = 255 * (1 - x); b = 255 * (1 - x); }
-    else if (polarity === "negative") { r = 255 * (1 - x); g = 255 * (1 - x); b = 255; }
-    else { r = 255 - 127 * x; g = 255 * (1 - x); b = 255 - 127 * x; }
-    out[3 * i] = Math.floor(r + 0.5); out[3 * i + 1] = Math.floor(g + 0.5); out[3 * i + 2] = Math.floor(b + 0.5);
-  }
-  return out;
-}
+let LUTS = {};  // the colour scales, from the server (jobs/view_colors.py lut): one convention everywhere
+
+function lut(polarity) { return LUTS[polarity]; }
 
 function percentile(sorted, p) {
   const n = sorted.length;
@@ -89,7 +77,7 @@ const MEANING = {
   both: "red: pixels whose increase raises the target logit (positive contribution); blue: lowers it (negative); white: below the low clip. A map that is never negative (e.g. max_abs, Grad-CAM) shows red only.",
   positive: "red: positive contribution to the target logit; negative values are not shown.",
   negative: "blue: negative contribution to the target logit (raising the pixel lowers it); positive values are not shown.",
-  absolute: "purple: magnitude of the contribution, whatever its sign.",
+  absolute: "red: magnitude of the contribution, whatever its sign.",
 };
 
 function legend(el, polarity, lower, upper, range) {
@@ -267,6 +255,7 @@ async function errorsPage(info) {
 (async () => {
   try {
     const info = await api("/api/info");
+    LUTS = info.luts;
     document.getElementById("output").textContent = `${info.output} · ${info.status || "no status"}`;
     const page = document.body.dataset.page;
     await (page === "gallery" ? gallery(info) : page === "sample" ? samplePage(info) : errorsPage(info));
