@@ -238,7 +238,7 @@ def write_class(where: Any, c: int, parts: list[dict], result: Any, n_sampled: i
     where.put(f"means/{name}.npy", npy.getvalue())
     where.put(f"means/{name}.png", mean_maps_png(means, counts, f"{config['method']}, {config['by']} {c}: "
                                                                 f"cluster mean maps"))
-    record = {"class": c, "n": int(len(order)), "sampled": n_sampled, "k": result.k,
+    record = {"class": c, "n": int(len(order)), "sampled": n_sampled, "k": result.k, "gap": round(result.gap, 4),
               "sizes": [int(v) for v in counts], "eigenvalues": [float(v) for v in result.eigenvalues]}
     where.put_json(f"classes/{name}.json", record)
     return record
@@ -314,7 +314,8 @@ def run(args: argparse.Namespace) -> int:
                "seconds": round(time.perf_counter() - start, 1)}
     where.put_json("analysis.json", summary)
     for c in sorted(done):
-        print(f"  class {c}: {done[c]['n']} maps in {done[c]['k']} clusters of {done[c]['sizes']}")
+        print(f"  class {c}: {done[c]['n']} maps in {done[c]['k']} clusters of {done[c]['sizes']} (relative eigengap "
+              f"{done[c].get('gap', float('nan')):.2f})")
     print(f"done in {summary['seconds']} s: {redact_url(where.url)} (clusters/, means/, classes/, analysis.json)")
     return 0
 

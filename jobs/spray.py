@@ -101,12 +101,14 @@ def eigengap(values: np.ndarray, max_clusters: int, min_clusters: int = 2) -> in
 @dataclass
 class Clustering:
     """One class's sampled maps, clustered: ``labels`` [n], ``layout`` [n, 2] (for drawing),
-    ``eigenvalues`` (the smallest, ascending) and the chosen ``k``."""
+    ``eigenvalues`` (the smallest, ascending), the chosen ``k`` and its relative eigengap ``gap``
+    (near 1: k groups that barely touch; near 0: no real split, as for one strategy plus noise)."""
 
     labels: np.ndarray
     layout: np.ndarray
     eigenvalues: np.ndarray
     k: int
+    gap: float = 0.0
 
 
 def cluster(x: np.ndarray, neighbors: int = 10, max_clusters: int = 8, clusters: int | None = None,
@@ -128,7 +130,8 @@ def cluster(x: np.ndarray, neighbors: int = 10, max_clusters: int = 8, clusters:
     rank = np.empty(k, np.int64)
     rank[np.lexsort((np.arange(k), -sizes))] = np.arange(k)
     labels = rank[raw]
-    return Clustering(labels.astype(np.int64), draw(vectors, layout, seed), values, int(k))
+    gap = float((values[k] - values[k - 1]) / max(values[k], 1e-12)) if k < len(values) else 0.0
+    return Clustering(labels.astype(np.int64), draw(vectors, layout, seed), values, int(k), gap)
 
 
 def draw(vectors: np.ndarray, layout: str, seed: int) -> np.ndarray:

@@ -35,6 +35,7 @@ def test_eigengap_picks_two_for_two_patterns() -> None:
     result = spray.cluster(x, neighbors=8, max_clusters=6, seed=0)
     assert result.k == 2
     assert result.eigenvalues[1] < 1e-6 < result.eigenvalues[2]  # two components, then the gap
+    assert result.gap > 0.99
     # The largest cluster is number 0: pattern A (60 maps).
     np.testing.assert_array_equal(result.labels, truth)
     assert result.layout.shape == (100, 2)
@@ -72,3 +73,11 @@ def test_large_sample_uses_the_sparse_solver(monkeypatch) -> None:
     result = spray.cluster(spray.features(maps, 16, "l2", True), neighbors=8, seed=0)
     assert result.k == 2
     np.testing.assert_array_equal(result.labels, truth)
+
+
+def test_one_pattern_plus_noise_has_no_real_gap() -> None:
+    rng = np.random.default_rng(2)
+    maps = rng.normal(0, 0.05, (80, 32, 32)).astype(np.float32)
+    maps[:, 10:22, 10:22] += 1.0
+    result = spray.cluster(spray.features(maps, 16, "l2", True), neighbors=8, seed=0)
+    assert result.gap < 0.5 and result.eigenvalues[1] > 0.1  # a split is forced, and the record says so
