@@ -9,7 +9,8 @@ import pytest
 
 from jobs.cli import JobArgumentParser, JobHelpFormatter, job_parser
 
-JOBS = ("attribute", "perturb", "sanity", "roar", "report", "train", "convert", "make_dataset", "inspect", "export", "view")
+JOBS = ("attribute", "perturb", "sanity", "roar", "report", "train", "convert", "make_dataset", "inspect", "export", "view",
+        "analyze", "shortcut")
 
 
 class _Built(Exception):
