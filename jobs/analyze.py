@@ -114,6 +114,17 @@ def pick_method(store: Any, method: str | None, output: str) -> str:
     return method
 
 
+def columns_of(store: Any, method: str) -> list[str]:
+    """The column names of ``method``'s maps tables (from its first committed file's footer)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    record = next(iter(store.committed(method).values()))
+    rel = next(f["path"] for f in record["files"] if f["path"].startswith("maps/") and f["path"].endswith(".parquet"))
+    data = store.where.get_optional(rel) or store.where.get(f"_pending/{rel}")
+    return pq.read_schema(pa.BufferReader(data)).names
+
+
 # -- Ray tasks -----------------------------------------------------------------------------------
 def _read(url: str, options: dict, method: str, shard_id: str, by: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     from storage.reader import read_shard
@@ -245,7 +256,6 @@ def write_class(where: Any, c: int, parts: list[dict], result: Any, n_sampled: i
 
 
 def run(args: argparse.Namespace) -> int:
-    import pyarrow as pa
     import ray
 
     from jobs.cluster import start_ray
@@ -261,11 +271,10 @@ def run(args: argparse.Namespace) -> int:
     method = pick_method(store, args.method, args.output)
     config = settings(args, method)
     where = Location(join(args.output, ANALYSIS_DIR, method), options)
-    try:
-        meta = read_maps_table(args.output, method, options, columns=["sample_id", "shard_id", args.by]).to_pandas()
-    except (pa.ArrowInvalid, KeyError) as err:
-        raise JobError(f"--by {args.by}: the maps of {method!r} in {redact_url(args.output)} have no usable "
-                       f"{args.by!r} column ({str(err).splitlines()[0]}); try --by label") from None
+    if args.by not in columns_of(store, method):
+        raise JobError(f"--by {args.by}: the maps of {method!r} in {redact_url(args.output)} have no {args.by!r} "
+                       f"column; try --by label")
+    meta = read_maps_table(args.output, method, options, columns=["sample_id", "shard_id", args.by]).to_pandas()
     meta = meta[meta[args.by].notna()]
     meta[args.by] = meta[args.by].astype(np.int64)
     bind(where, config)

@@ -47,6 +47,17 @@ def test_bind_refuses_other_settings(tmp_path) -> None:
         analyze.bind(where, {**config, "size": 8})
 
 
+def test_bad_input_is_one_line_before_any_ray(tmp_path, capsys) -> None:
+    url = str(tmp_path / "maps")
+    MapStore(url).write_shard("000000", None, "pathway", MapRecords(["a", "b", "c"], [0, 1, 0], np.zeros((3, 8, 8))))
+    for argv, says in (([url, "--by", "target"], "no 'target' column; try --by label"),
+                       ([url, "--method", "nope"], "no committed maps of it; it has pathway"),
+                       ([str(tmp_path / "nothing")], "has no committed maps; run jobs.attribute")):
+        assert analyze.main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and says in err, err
+
+
 def test_class_samples_are_seeded_and_bounded() -> None:
     meta = pd.DataFrame({"sample_id": [f"{i:03d}" for i in range(100)], "label": np.arange(100) % 2})
     a = analyze.class_samples(meta, "label", [0, 1], 20, seed=3)
