@@ -14,11 +14,11 @@ from jobs import analyze
 from storage.maps import MapRecords, MapStore
 
 
-def planted_output(url: str, shards: int = 3, per_shard: int = 40) -> set[str]:
+def planted_output(url: str, shards: int = 3, per_shard: int = 40, options: dict | None = None) -> set[str]:
     """A map dataset of method 'pathway': class 0 maps are a centre blob, except every 4th a corner
     mark (the ids returned); class 1 maps are a horizontal bar."""
     rng = np.random.default_rng(0)
-    store, stamped = MapStore(url), set()
+    store, stamped = MapStore(url, options), set()
     for s in range(shards):
         ids = [f"s/{s * per_shard + i:04d}" for i in range(per_shard)]
         labels = np.arange(per_shard) % 2
@@ -97,3 +97,22 @@ def test_analyze_isolates_the_planted_pattern_and_resumes(tmp_path, ray_session,
     assert analyze.main([out, "--layout", "spectral", "--size", "16"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "other settings" in err and "size was 8, is 16" in err
+
+
+@pytest.mark.slow
+def test_analyze_on_s3(s3_server, ray_session, monkeypatch, capsys) -> None:
+    import io
+    import uuid
+
+    from storage.location import Location
+
+    url, options = s3_server.url(f"an-{uuid.uuid4().hex[:8]}"), s3_server.storage_options
+    stamped = planted_output(url, options=options)
+    monkeypatch.setenv("STORAGE_OPTIONS", json.dumps(options))
+    assert analyze.main([url, "--layout", "spectral", "--size", "8"]) == 0
+    printed = capsys.readouterr()
+    assert s3_server.secret not in printed.out + printed.err
+    where = Location(f"{url}/_analysis/pathway", options)
+    table = pd.read_parquet(io.BytesIO(where.get("clusters/class-0000.parquet")))
+    assert max(table.groupby("cluster").sample_id.apply(set), key=lambda ids: len(ids & stamped)) == stamped
+    assert json.loads(where.get("classes/class-0001.json"))["n"] == 60
