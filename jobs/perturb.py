@@ -198,8 +198,8 @@ def run(args: argparse.Namespace) -> int:
     from jobs.progress import Progress
     from jobs.stopping import as_interrupted
     from jobs.eval_common import chunks, fill_value, load_samples, model_payload
-    from models.preprocess import preprocess
     from jobs.subsets import announce, subset_record
+    from models.preprocess import preprocess
     from storage.checkpoints import load_checkpoint
     from storage.fs import redact_url
     from storage.outputs import OutputKind, check_apart, check_output
@@ -225,11 +225,11 @@ def run(args: argparse.Namespace) -> int:
     source = open_source(inputs["source"], split=inputs["split"], storage_options=options,
                          policy=model_policy(source_policy_of(args), spec))  # decoded as the attribute job's workers
     images, labels, ids = load_samples(source, args.limit or DEFAULT_LIMIT, inputs["ids"], spec=spec)
-    keep = None
     limit = args.limit if inputs["ids"] is not None else args.limit or DEFAULT_LIMIT
     subset = subset_record(labels, spec.num_classes, inputs.get("total") or len(source.list()), limit)
     announce(subset)
     inputs["subset"] = subset
+    keep = None
     if inputs["ids"] is not None and len(ids) != len(inputs["ids"]):  # unreadable images: keep rows aligned
         position = {s: i for i, s in enumerate(inputs["ids"])}
         keep = [position[s] for s in ids]
@@ -316,11 +316,6 @@ def areas(table: Any, fractions: Sequence[float]) -> Any:
     return pd.DataFrame(rows)
 
 
-def write_outputs(output: str, options: dict[str, Any], table: Any, args: argparse.Namespace, fill: list[float],
-                  checkpoint: str, inputs: dict[str, Any], n: int) -> list[str]:
-    from jobs.eval_common import write_file, write_table
-    from jobs.plots import perturbation_curves
-    from storage.fs import redact_url
 def curve_notes(table: Any) -> list[str]:
     """What is degenerate about the curves, in words: ROAD accuracy 0 at every method and fraction (the
     model never predicts the images' labels), or a method's drop curve that never moves."""
@@ -336,6 +331,11 @@ def curve_notes(table: Any) -> list[str]:
     return notes
 
 
+def write_outputs(output: str, options: dict[str, Any], table: Any, args: argparse.Namespace, fill: list[float],
+                  checkpoint: str, inputs: dict[str, Any], n: int) -> list[str]:
+    from jobs.eval_common import write_file, write_table
+    from jobs.plots import perturbation_curves
+    from storage.fs import redact_url
 
     auc_table = areas(table, args.fractions)
     summary = {"config": {"maps": redact_url(args.maps) if args.maps else None, "source": redact_url(inputs["source"]),
@@ -363,13 +363,13 @@ def print_summary(table: Any, fractions: Sequence[float], paths: list[str], seco
         for method, rows in pd_rows(group, reference):
             cells = "  ".join(f"{r.order}={r.auc:.4f}|{r.accuracy_auc:.4f}" for r in rows.itertuples())
             print(f"    {method:24s} {cells}")
+    for note in curve_notes(table):
+        print(f"note: {note}")
     print("outputs: " + ", ".join(redact_url(p) for p in paths))
 
 
 def pd_rows(group: Any, reference: Any) -> list[tuple[str, Any]]:
     """(method, its rows) in table order, the random reference last."""
-    for note in curve_notes(table):
-        print(f"note: {note}")
     import pandas as pd
 
     both = pd.concat([group, reference])

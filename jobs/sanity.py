@@ -123,8 +123,8 @@ def run(args: argparse.Namespace) -> int:
     from jobs.progress import Progress
     from jobs.stopping import as_interrupted
     from jobs.eval_common import load_samples, model_payload
-    from models.preprocess import preprocess
     from jobs.subsets import announce, subset_record
+    from models.preprocess import preprocess
     from storage.checkpoints import load_checkpoint
     from storage.fs import redact_url
     from storage.outputs import OutputKind, check_apart, check_output
