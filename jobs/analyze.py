@@ -122,7 +122,13 @@ def columns_of(store: Any, method: str) -> list[str]:
     record = next(iter(store.committed(method).values()))
     rel = next(f["path"] for f in record["files"] if f["path"].startswith("maps/") and f["path"].endswith(".parquet"))
     data = store.where.get_optional(rel) or store.where.get(f"_pending/{rel}")
-    return pq.read_schema(pa.BufferReader(data)).names
+    try:
+        return pq.read_schema(pa.BufferReader(data)).names
+    except pa.ArrowInvalid as err:
+        from storage.fs import StorageError
+
+        raise StorageError(f"committed file {store.where.url_of(rel)} is not readable Parquet (truncated or "
+                           f"corrupt?): {err}; delete its manifest record to recompute the shard") from None
 
 
 # -- Ray tasks -----------------------------------------------------------------------------------
@@ -183,6 +189,23 @@ def shard_assign(url: str, options: dict, method: str, shard_id: str, config: di
                            ("sampled", own >= 0)):
             out[key].append(value)
     return out
+
+
+def gather(refs: Any) -> Any:
+    """``ray.get``, with a task's storage or input error raised as itself (one line, exit 2, via
+    jobs.cli.run_main), not as Ray's wrapper with the worker's traceback."""
+    import ray
+    from ray.exceptions import RayTaskError
+
+    from storage.fs import StorageError
+
+    try:
+        return ray.get(refs)
+    except RayTaskError as err:
+        cause = getattr(err, "cause", None)
+        if isinstance(cause, (StorageError, JobError)):
+            raise cause from None
+        raise
 
 
 # -- driver --------------------------------------------------------------------------------------
@@ -297,7 +320,7 @@ def run(args: argparse.Namespace) -> int:
         url = args.output
         feats = ray.remote(num_cpus=1)(shard_features)
         wanted_ref, config_ref = ray.put(wanted), ray.put(config)
-        got = ray.get([feats.remote(url, options, method, s, config_ref, wanted_ref) for s in shards])
+        got = gather([feats.remote(url, options, method, s, config_ref, wanted_ref) for s in shards])
         ids = np.concatenate([g[0] for g in got])
         classes = np.concatenate([g[1] for g in got])
         x = np.concatenate([g[2] for g in got])
@@ -311,12 +334,12 @@ def run(args: argparse.Namespace) -> int:
             models[c] = {"ids": ids[rows], "x": x[rows]}
             refs[c] = task.remote(x[rows], config_ref)
         for c, ref in refs.items():
-            results[c] = ray.get(ref)
+            results[c] = gather(ref)
             models[c].update(labels=results[c].labels, layout=results[c].layout, k=results[c].k)
             print(f"  class {c}: {len(models[c]['ids'])} sampled maps, eigengap k = {results[c].k}")
         models_ref = ray.put(models)
         assign_task = ray.remote(num_cpus=1)(shard_assign)
-        parts = ray.get([assign_task.remote(url, options, method, s, config_ref, models_ref) for s in shards])
+        parts = gather([assign_task.remote(url, options, method, s, config_ref, models_ref) for s in shards])
         for c in pending:
             done[c] = write_class(where, c, parts, results[c], len(models[c]["ids"]), config)
     summary = {**config, "output": redact_url(args.output), "classes": [done[c] for c in sorted(done)],

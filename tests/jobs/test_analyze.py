@@ -98,6 +98,24 @@ def test_analyze_isolates_the_planted_pattern_and_resumes(tmp_path, ray_session,
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "other settings" in err and "size was 8, is 16" in err
 
+    # Every committed file damaged: one line naming one, exit 2, no traceback.
+    for damaged in (tmp_path / "maps" / "maps" / "pathway").glob("*.parquet"):
+        damaged.write_bytes(b"not parquet")
+    assert analyze.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "not readable Parquet" in err and "Traceback" not in err, err
+
+
+@pytest.mark.slow
+def test_a_task_storage_error_is_raised_as_itself(ray_session) -> None:
+    from storage.fs import StorageError
+
+    def fails() -> None:
+        raise StorageError("s3://b/x is gone")
+
+    with pytest.raises(StorageError, match="is gone"):
+        analyze.gather(ray_session.remote(fails).remote())
+
 
 @pytest.mark.slow
 def test_analyze_on_s3(s3_server, ray_session, monkeypatch, capsys) -> None:
