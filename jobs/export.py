@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from jobs.cli import JobError, job_parser, run_main, storage_flags, storage_options_from
+from jobs.cli import JobError, job_parser, positive_int, run_main, storage_flags, storage_options_from
 
 FORMATS = ("fiftyone",)
 #: Written first into DIR: a later run recognises its own export (and rewrites it).
@@ -55,7 +55,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--to", nargs=2, metavar=("FORMAT", "DIR"), required=True,
                    help=f"the format ({', '.join(FORMATS)}) and the local folder to write")
     p.add_argument("--methods", default=None, help="method labels to export, space-separated (default: all)")
-    p.add_argument("--limit", type=int, default=None, help="export the first N samples only (default: all)")
+    p.add_argument("--limit", type=positive_int, default=None, help="export the first N samples only (default: all)")
     p.add_argument("--source", default=None,
                    help="the images' source, where it moved since the run (default: the one run.json names)")
     return p.parse_args(argv)

@@ -30,13 +30,23 @@ from jobs.cli import JobError, job_parser, positive_int, run_main
 METHODS = "pathway gradient grad_cam"
 
 
+def checked_stamp(text: str) -> str:
+    """``--stamp`` as make_dataset reads it (checked here, so a bad one is refused before any work),
+    kept as text to hand on."""
+    from jobs.make_dataset import stamp_spec
+
+    stamp_spec(text)
+    return text
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = job_parser("python -m jobs.shortcut", __doc__, [])
     p.add_argument("--workdir", default="outputs/shortcut", help="local folder for the datasets, model and maps")
     p.add_argument("--train-limit", type=positive_int, default=10_000, help="train images")
     p.add_argument("--test-limit", type=positive_int, default=2000, help="test images (mapped and analyzed)")
     p.add_argument("--epochs", type=positive_int, default=4, help="training epochs")
-    p.add_argument("--stamp", default="0:0.5", help="CLASS:FRACTION for jobs.make_dataset --stamp")
+    p.add_argument("--stamp", type=checked_stamp, default="0:0.5", metavar="CLASS:FRACTION",
+                   help="the class and share of its images jobs.make_dataset --stamp marks")
     p.add_argument("--methods", default=METHODS, help="methods to map and analyze")
     p.add_argument("--max-per-class", type=positive_int, default=2000, help="jobs.analyze --max-per-class")
     p.add_argument("--seed", type=int, default=0, help="dataset, training and analysis seed")
