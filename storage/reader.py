@@ -70,13 +70,18 @@ def _read_tables(where: Location, records: Sequence[Mapping[str, Any]], kind: st
         if data is None:  # committed by an attempt that died before publishing it (MapStore.publish)
             data = where.get(f"_pending/{rel}")
         try:
-            table = pq.read_table(pa.BufferReader(data), columns=list(columns) if columns else None, filters=filters)
+            names = pq.read_schema(pa.BufferReader(data)).names
+            present = [c for c in columns if c in names] if columns else None
+            table = pq.read_table(pa.BufferReader(data), columns=present, filters=filters)
         except pa.ArrowInvalid as err:
             raise StorageError(f"committed file {where.url_of(rel)} is not readable Parquet (truncated or "
                                f"corrupt?): {err}; delete its manifest record to recompute the shard") from None
         if kind == "maps":
             table_format(table.schema, where.url_of(rel))
-        return table
+        for name in columns or ():  # a detail column that files written before it lack: null there
+            if name not in names:
+                table = table.append_column(name, pa.nulls(table.num_rows))
+        return table.select(list(columns)) if columns else table
 
     if len(rels) <= 1:
         return [read(r) for r in rels]
@@ -98,6 +103,10 @@ def read_maps_table(url: str, method: str | None = None, storage_options: Mappin
             else schema.empty_table()
     else:
         table = pa.concat_tables(tables, promote_options="default")  # methods declare different details
+        unknown = [c for c in columns or () if pa.types.is_null(table.schema.field(c).type)]  # in no file
+        if unknown:
+            raise InvalidStorageInput(f"{url} has no column(s) {unknown} for {method or 'any method'}; "
+                                      "docs/format.md lists the columns")
     return _with_tensor_map(table)
 
 

@@ -61,8 +61,8 @@ PARQUET_OPTIONS = dict(compression="zstd", compression_level=ZSTD_LEVEL, use_dic
                        write_statistics=["sample_id", "method", "label", "target", "predicted", "shard_id"],
                        data_page_version="2.0")
 
-#: ``kind`` (storage.sources.base.ERROR_KINDS: read, decode, preprocess, label, attribution) came last;
-#: errors written before it have no such column, and read back with kind null.
+#: ``kind`` (storage.sources.base.ERROR_KINDS: read, decode, too-large, preprocess, label, attribution,
+#: outside-source) came last; errors written before it have no such column, and read back with kind null.
 ERRORS_SCHEMA = pa.schema([("sample_id", pa.string()), ("reason", pa.string()), ("shard_id", pa.string()),
                            ("method", pa.string()), ("kind", pa.string())])
 

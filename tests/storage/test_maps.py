@@ -351,3 +351,21 @@ def test_errors_written_before_kinds_read_back_with_kind_null(tmp_path):
     errors = read_errors(url, "m")
     assert errors.sample_id.tolist() == [ids_of(0)[3], ids_of(1)[3]]
     assert errors.kind.tolist()[0] == "decode" and errors.kind.isna().tolist() == [False, True]
+
+
+def test_a_detail_column_that_earlier_shards_lack_reads_null_there(tmp_path):
+    """An output mapped before a detail existed (``degenerate``) and extended after: asking for the
+    column gives null for the earlier shards' rows; a column no file has is one clear error."""
+    url = str(tmp_path)
+    store = MapStore(url)
+    store.write_shard("s0", None, "m", records(ids_of(0)))
+    reasons = np.array([""] * (S - 1) + ["all-zero map"], dtype=object)
+    later = records(ids_of(1))
+    store.write_shard("s1", None, "m", MapRecords(later.sample_ids, later.labels, later.maps, params=later.params,
+                                                  details={**later.details, "degenerate": reasons},
+                                                  detail_types={**DETAIL_TYPES, "degenerate": "string"}))
+    table = read_maps(url, "m", columns=["sample_id", "degenerate"])
+    assert table.sample_id.tolist() == ids_of(0) + ids_of(1)
+    assert table.degenerate.isna().sum() == 2 * S - 1 and table.degenerate.iloc[-1] == "all-zero map"
+    with pytest.raises(StorageError, match=r"no column\(s\) \['degenrate'\]"):
+        read_maps(url, "m", columns=["sample_id", "degenrate"])
