@@ -31,9 +31,10 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
-from jobs.cli import (DEFAULT_CHECKPOINT, JobError, build_methods, checkpoint_or_default, job_parser, parse_method_specs,
-                      positive_int, ray_flags, reduction, run_main, source_flags, source_format, source_policy_of,
-                      storage_options_from, trust_flags, trust_of, worker_flags)
+from jobs.cli import (DEFAULT_CHECKPOINT, JobError, checkpoint_or_default, job_parser, positive_int, ray_flags,
+                      reduction, run_main, source_flags, source_format, source_policy_of, storage_options_from,
+                      trust_flags, trust_of, worker_flags)
+from jobs.methods import build_methods, parse_method_specs
 
 DEFAULT_OUTPUT = "outputs/maps/fashion-mnist"
 DEFAULT_METHODS = "pathway gradient"

@@ -1,6 +1,6 @@
 """Helpers the evaluation jobs (jobs.perturb, jobs.sanity) share: methods, samples, maps, tables.
 
-Methods are named ``[label=]name[:key=value,...]`` (jobs.cli.parse_method_specs).
+Methods are named ``[label=]name[:key=value,...]`` (jobs.methods.parse_method_specs).
 """
 
 from __future__ import annotations

@@ -49,9 +49,10 @@ from typing import Any
 
 import numpy as np
 
-from jobs.cli import (JobError, build_methods, checkpoint_or_default, choice_list, job_parser, non_negative_float,
-                      parse_method_specs, positive_int, ray_flags, reduction, run_main, source_flags, source_policy_of,
-                      storage_options_from, trust_flags, trust_of)
+from jobs.cli import (JobError, checkpoint_or_default, choice_list, job_parser, non_negative_float, positive_int,
+                      ray_flags, reduction, run_main, source_flags, source_policy_of, storage_options_from, trust_flags,
+                      trust_of)
+from jobs.methods import build_methods, parse_method_specs
 
 DEFAULT_METHODS = "pathway gradient"
 DEFAULT_OUTPUT = "outputs/eval/perturbation"

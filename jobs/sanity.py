@@ -45,9 +45,9 @@ from typing import Any
 
 import numpy as np
 
-from jobs.cli import (build_methods, checkpoint_or_default, job_parser, non_negative_float, parse_method_specs,
-                      positive_int, ray_flags, reduction, run_main, source_flags, source_policy_of, storage_options_from,
-                      trust_flags, trust_of)
+from jobs.cli import (checkpoint_or_default, job_parser, non_negative_float, positive_int, ray_flags, reduction,
+                      run_main, source_flags, source_policy_of, storage_options_from, trust_flags, trust_of)
+from jobs.methods import build_methods, parse_method_specs
 
 DEFAULT_METHODS = ("pathway_taylor=pathway:scores=taylor pathway_integrated=pathway:scores=integrated,steps=4 "
                    "gradient gradient_x_input integrated_gradients:n_steps=16 guided_backprop grad_cam")

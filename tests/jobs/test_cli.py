@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from jobs.cli import (JobError, JobStopped, build_methods, job_parser, parse_method_specs, positive_int, run_main,
-                      source_format)
+from jobs.cli import JobError, JobStopped, job_parser, positive_int, run_main, source_format
+from jobs.methods import build_methods, parse_method_specs
 
 
 def raising(err: BaseException):

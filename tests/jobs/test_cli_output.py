@@ -9,7 +9,8 @@ import json
 
 import pytest
 
-from jobs.cli import JobError, check_label, parse_method_specs, redacted, storage_options_from
+from jobs.cli import JobError, redacted, storage_options_from
+from jobs.methods import check_label, parse_method_specs
 
 
 @pytest.mark.parametrize("label", ["../../x", "..", ".", "a/b", ".hidden", "_meta", "x" * 129, "a*b", "-x", "caf\u00e9"])
