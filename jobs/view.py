@@ -3,7 +3,10 @@
 A gallery of samples with each method's map over the image the model saw, a colour scale and
 its legend, clip percentiles and polarity; filters (label, target, prediction, correct or not,
 method, error kind) and sorting by any per-sample detail; a page per sample with every method's
-map, its details and errors, and the run history. Filtering and sorting read the small columns
+map, its details and errors, its strategy cluster and the evaluation results of its methods, and the
+run history; a clusters page per analysed method and class (jobs.analyze: each cluster's size and
+mean map, the 2-D embedding, a link to the gallery filtered to the cluster: jobs.view_analysis).
+Filtering and sorting read the small columns
 only (jobs.view_query), and maps are fetched one by one as a page shows them, so a million-sample
 output opens as fast as a small one. Local paths and s3:// alike, through --storage-options or
 $STORAGE_OPTIONS. Bound to 127.0.0.1 unless --host says otherwise: the page shows the data to
@@ -29,6 +32,7 @@ from jobs.cli import JobError, job_parser, non_negative_int, run_main, storage_f
 #: The page's files (plain HTML, CSS and JS shipped with the package: no build step, no CDN).
 STATIC = {"/": ("index.html", "text/html"), "/index.html": ("index.html", "text/html"),
           "/sample.html": ("sample.html", "text/html"), "/errors.html": ("errors.html", "text/html"),
+          "/clusters.html": ("clusters.html", "text/html"),
           "/view.js": ("view.js", "text/javascript"), "/view.css": ("view.css", "text/css")}
 LOOPBACK_NAMES = {"127.0.0.1", "localhost", "::1", "[::1]"}
 
@@ -38,11 +42,13 @@ class Explorer:
 
     def __init__(self, url: str, storage_options: Mapping[str, Any] | None, source: str | None = None) -> None:
         from jobs.inspect import inspect_output
+        from jobs.view_analysis import Analyses
         from jobs.view_query import MapIndex
 
         self.url, self.storage_options = url, storage_options
         self.summary = inspect_output(url, storage_options)  # one line for a path that is not a map dataset
         self.index = MapIndex(url, storage_options)
+        self.analyses = Analyses(self.index.fs, self.index.root, url)
         self.source = source
         self._run: dict | None = None
         self._source: Any = None
@@ -64,7 +70,7 @@ class Explorer:
         from jobs.view_colors import DEFAULT_LOWER, DEFAULT_UPPER, POLARITIES, luts
 
         return {**self.summary, "columns": self.index.columns, "sortable": self.index.sortable,
-                "map_methods": self.index.methods(), "polarities": POLARITIES,
+                "map_methods": self.index.methods(), "polarities": POLARITIES, "analyses": self.analyses.methods(),
                 "clip": {"lower": DEFAULT_LOWER, "upper": DEFAULT_UPPER}, "luts": luts()}
 
     def map_json(self, query: Mapping[str, str]) -> dict[str, Any]:
@@ -105,6 +111,13 @@ def _need(query: Mapping[str, str], name: str) -> str:
     return query[name]
 
 
+def _whole(query: Mapping[str, str], name: str) -> int:
+    from jobs.view_analysis import whole
+
+    _need(query, name)
+    return whole(query, name)
+
+
 def handler_for(explorer: Explorer, allowed_hosts: set[str] | None) -> type[BaseHTTPRequestHandler]:
     """The request handler: static files, then the JSON API under /api/. ``allowed_hosts``: the
     names a request's Host header may give (None: any, for a server the operator exposed)."""
@@ -131,7 +144,13 @@ def handler_for(explorer: Explorer, allowed_hosts: set[str] | None) -> type[Base
                 if parts.path == "/api/info":
                     return self._json(explorer.info())
                 if parts.path == "/api/rows":
-                    return self._json(explorer.index.rows(query))
+                    return self._json(explorer.index.rows(query, explorer.analyses.cluster_filter(query)))
+                if parts.path == "/api/clusters":
+                    return self._json(explorer.analyses.class_detail(_need(query, "method"),
+                                                                     _whole(query, "class")))
+                if parts.path == "/api/evaluation":
+                    methods = [m for m in (query.get("methods") or "").split(",") if m]
+                    return self._json(explorer.analyses.evaluation(methods or None))
                 if parts.path == "/api/errors":
                     return self._json(explorer.index.error_rows(query))
                 if parts.path == "/api/sample":
@@ -139,6 +158,8 @@ def handler_for(explorer: Explorer, allowed_hosts: set[str] | None) -> type[Base
                     errors = explorer.index.error_rows({"sample_id": sample_id})
                     return self._json({"rows": explorer.index.sample(sample_id, query.get("shard_id") or None),
                                        "errors": errors["rows"]})
+                if parts.path == "/api/sample_clusters":  # the sample page's only: it scans the cluster tables
+                    return self._json({"rows": explorer.analyses.sample_clusters(_need(query, "sample_id"))})
                 if parts.path == "/api/map":
                     return self._json(explorer.map_json(query))
                 if parts.path == "/api/image":

@@ -135,14 +135,18 @@ class MapIndex:
             return None
         return functools.reduce(lambda a, b: a & b, parts)
 
-    def rows(self, query: Mapping[str, str]) -> dict[str, Any]:
+    def rows(self, query: Mapping[str, str], sample_ids: pa.Array | None = None) -> dict[str, Any]:
         """One page of rows (small columns only) that pass ``query``'s filters, sorted by its
         ``sort`` column (``order`` asc or desc; nulls last; ties by method and sample id) or in
-        source order, with the number of rows that pass."""
+        source order, with the number of rows that pass. ``sample_ids``: only these samples (a
+        cluster of jobs.view_analysis, joined by id)."""
         offset, limit = _int(query, "offset", 0), min(_int(query, "limit", 24), MAX_PAGE)
         if self.maps is None:
             return {"total": 0, "rows": [], "offset": offset}
         expr = self.expression(query)
+        if sample_ids is not None:
+            among = pc.field("sample_id").isin(sample_ids.cast(self.maps.schema.field("sample_id").type))
+            expr = among if expr is None else expr & among
         sort = query.get("sort") or None
         if sort is not None and sort not in self.sortable:
             raise ViewError(f"sort={sort!r}: sort by one of {', '.join(self.sortable)}")

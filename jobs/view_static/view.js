@@ -167,12 +167,21 @@ async function gallery(info) {
   fillControls(form);
   if (!params().get("method") && info.map_methods.length) form.elements.method.value = info.map_methods[0];
   legend(document.getElementById("legend"), setting("polarity"), setting("lower"), setting("upper"), null);
+  // the cluster filter (jobs.analyze's clusters, joined by sample id) where the method has an analysis
+  const analysed = Object.keys(info.analyses || {});
+  for (const el of document.querySelectorAll(".analysis")) el.hidden = !analysed.length;
   const q = {};
-  for (const k of ["label", "target", "predicted", "correct", "sort", "order", "offset"]) if (setting(k) !== "") q[k] = setting(k);
+  for (const k of ["label", "target", "predicted", "correct", "cluster_class", "cluster", "sort", "order", "offset"]) if (setting(k) !== "") q[k] = setting(k);
   if (form.elements.method.value !== "*") q.method = form.elements.method.value;
   q.limit = PAGE;
   const page = await api("/api/rows", q);
   pager(page.total, +(q.offset || 0), PAGE, page.rows.length);
+  if (q.cluster !== undefined) {
+    const a = document.createElement("a");
+    a.href = "/clusters.html?" + new URLSearchParams({ method: q.method, class: q.cluster_class });
+    a.textContent = ` · cluster ${q.cluster} of ${info.analyses[q.method].by} ${q.cluster_class} (${q.method}): its mean map`;
+    document.getElementById("count").append(a);
+  }
   const grid = document.getElementById("gallery");
   const several = info.map_methods.length > 1;
   const cards = await Promise.all(page.rows.map(async row => {
@@ -227,9 +236,107 @@ async function samplePage(info) {
   const cols = [...new Set(data.rows.flatMap(r => Object.keys(r)))];
   document.getElementById("details").append(table(cols.map(c => Object.assign({ detail: c }, ...data.rows.map(r => ({ [r.method]: r[c] })))),
     ["detail", ...data.rows.map(r => r.method)]));
+  clusterRows(document.getElementById("sample-clusters"), (await api("/api/sample_clusters", { sample_id: sampleId })).rows);
+  evaluationPanel(document.getElementById("evaluation"), await api("/api/evaluation", { methods: data.rows.map(r => r.method).join(",") }));
   document.getElementById("sample-errors").append(data.errors.length ? table(data.errors, ["method", "kind", "reason", "shard_id"]) : document.createTextNode("none"));
   history(info);
   document.body.dataset.ready = "1";
+}
+
+function galleryLink(method, cls, cluster) {
+  return "/?" + new URLSearchParams({ method, cluster_class: cls, cluster }).toString();
+}
+
+function clusterRows(el, rows) {
+  // the sample's cluster per analysed method, each a link to the gallery of that cluster
+  if (!rows.length) { el.textContent = "no analysis holds this sample (python -m jobs.analyze OUTPUT)"; return; }
+  const t = table(rows, ["method", "by", "class", "cluster", "x", "y", "sampled"]);
+  rows.forEach((r, i) => {
+    const cell = t.rows[i + 1].cells[3], a = document.createElement("a");
+    a.href = galleryLink(r.method, r.class, r.cluster); a.textContent = `cluster ${r.cluster}: its samples`;
+    cell.textContent = ""; cell.append(a);
+  });
+  el.append(t);
+}
+
+function evaluationPanel(el, evaluation) {
+  // what jobs.perturb / jobs.sanity / jobs.roar stored under <output>/_eval/: aggregates per method
+  const jobs = Object.entries(evaluation.jobs);
+  const note = document.createElement("p");
+  note.textContent = "Per-sample scores: none stored (the evaluation jobs write aggregates per method). " +
+    (jobs.length ? "The aggregates of this sample's methods:" : "No evaluation under this output's _eval/ yet (python -m jobs.perturb --maps OUTPUT).");
+  el.append(note);
+  for (const [job, entry] of jobs) {
+    const h = document.createElement("h3"); h.textContent = `${job} (${entry.file}, ${entry.total} rows)`;
+    el.append(h, table(entry.rows, [...new Set(entry.rows.flatMap(r => Object.keys(r)))]));
+    for (const n of entry.notes || []) { const p = document.createElement("p"); p.textContent = n; el.append(p); }
+  }
+}
+
+async function clustersPage(info) {
+  // one method and class of jobs.analyze: each cluster's size and mean map, linked to its gallery
+  const form = document.getElementById("controls"), analyses = info.analyses || {};
+  const methods = Object.keys(analyses);
+  if (!methods.length) throw new Error("no analysis of this output yet: run python -m jobs.analyze OUTPUT (--method LABEL)");
+  addOptions(form.elements.method, methods);
+  const method = params().get("method") || methods[0];
+  form.elements.method.value = method;
+  const classes = analyses[method].classes;
+  addOptions(form.elements.class, classes.map(c => String(c.class)),
+    Object.fromEntries(classes.map(c => [c.class, `${analyses[method].by} ${c.class} (${c.n} maps, k = ${c.k})`])));
+  fillControls(form);
+  for (const k of ["polarity", "lower", "upper"]) form.elements[k].value = params().get(k) || "";  // not the gallery's defaults
+  form.elements.method.onchange = () => { location.search = new URLSearchParams({ method: form.elements.method.value }).toString(); };
+  const cls = params().get("class") || String(classes[0].class);
+  form.elements.class.value = cls;
+  const detail = await api("/api/clusters", { method, class: cls });
+  const polarity = params().get("polarity") || (detail.signed ? "both" : "absolute");
+  const lower = +(params().get("lower") || 0), upper = +(params().get("upper") || 100), rec = detail.record;
+  document.getElementById("summary").textContent = `${method}, ${analyses[method].by} ${cls}: ${rec.n} maps ` +
+    `(${rec.sampled} embedded, the rest placed by their nearest), ${rec.k} clusters, relative eigengap ${fmt(rec.gap)}` +
+    " (near 0: one strategy split; near 1: groups that barely touch). Mean maps of the normalized maps, each on its own scale.";
+  legend(document.getElementById("legend"), polarity, lower, upper, null);
+  const holder = document.getElementById("clusters");
+  detail.means.forEach((mean, k) => {
+    const div = document.createElement("div"); div.className = "method cluster"; div.dataset.cluster = k;
+    const title = document.createElement("h3"); title.textContent = `cluster ${k}: ${rec.sizes[k]} maps`;
+    const canvas = document.createElement("canvas"); canvas.className = "map mean"; canvas.dataset.cluster = k;
+    drawMap(canvas, null, mean, polarity, lower, upper);
+    const box = document.createElement("div"); box.className = "pair"; box.append(canvas);
+    const a = document.createElement("a"); a.className = "cluster-link"; a.href = galleryLink(method, cls, k);
+    a.textContent = `its ${rec.sizes[k]} samples in the gallery`;
+    div.append(title, box, a); holder.append(div);
+  });
+  scatter(document.getElementById("scatter"), detail);
+  document.body.dataset.ready = "1";
+}
+
+const PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"];
+
+function scatter(el, detail) {
+  // the class's 2-D embedding (jobs.analyze --layout) as SVG, a point per map, coloured by cluster
+  const pts = detail.points, size = 360, pad = 8, ns = "http://www.w3.org/2000/svg";
+  if (!pts.length) { el.textContent = "no points"; return; }
+  const xs = pts.map(p => p.x), ys = pts.map(p => p.y);
+  const [x0, x1, y0, y1] = [Math.min(...xs), Math.max(...xs), Math.min(...ys), Math.max(...ys)];
+  const sx = v => pad + (x1 > x0 ? (v - x0) / (x1 - x0) : 0.5) * (size - 2 * pad);
+  const sy = v => size - pad - (y1 > y0 ? (v - y0) / (y1 - y0) : 0.5) * (size - 2 * pad);
+  const svg = document.createElementNS(ns, "svg");
+  svg.setAttribute("width", size); svg.setAttribute("height", size); svg.setAttribute("class", "scatter");
+  for (const p of pts) {
+    const a = document.createElementNS(ns, "a"); a.setAttribute("href", "/sample.html?" + new URLSearchParams({ sample_id: p.sample_id }));
+    const c = document.createElementNS(ns, "circle");
+    c.setAttribute("cx", sx(p.x)); c.setAttribute("cy", sy(p.y)); c.setAttribute("r", p.sampled ? 3 : 2);
+    c.setAttribute("fill", PALETTE[p.cluster % PALETTE.length]); c.setAttribute("fill-opacity", "0.7");
+    const title = document.createElementNS(ns, "title"); title.textContent = `${p.sample_id}: cluster ${p.cluster}`;
+    c.append(title); a.append(c); svg.append(a);
+  }
+  const key = document.createElement("div"); key.className = "legend";
+  detail.means.forEach((_, k) => { const s = document.createElement("span"); s.style.color = PALETTE[k % PALETTE.length]; s.textContent = `● cluster ${k}`; key.append(s); });
+  const note = document.createElement("span");
+  note.textContent = pts.length < detail.points_total ? `${pts.length} of ${detail.points_total} maps drawn (evenly spaced by sample id)` : `${pts.length} maps`;
+  key.append(note);
+  el.append(svg, key);
 }
 
 function history(info) {
@@ -258,7 +365,7 @@ async function errorsPage(info) {
     LUTS = info.luts;
     document.getElementById("output").textContent = `${info.output} · ${info.status || "no status"}`;
     const page = document.body.dataset.page;
-    await (page === "gallery" ? gallery(info) : page === "sample" ? samplePage(info) : errorsPage(info));
+    await ({ gallery, sample: samplePage, clusters: clustersPage, errors: errorsPage }[page])(info);
   } catch (err) {
     document.getElementById("message").textContent = String(err.message || err);
     document.body.dataset.ready = "error";

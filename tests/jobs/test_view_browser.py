@@ -1,7 +1,8 @@
 """jobs.view in a real headless chromium (tests/webdriver.py): the gallery over a real output on
 S3 (the reference job: a real local Ray and SeaweedFS), filtered to incorrect predictions, sorted
 by kept fraction, a sample opened, and its drawn map compared pixel by pixel with the stored map
-after the same colour mapping (jobs.view_colors)."""
+after the same colour mapping (jobs.view_colors); then jobs.analyze on that output, its clusters
+page and a cluster's gallery."""
 
 from __future__ import annotations
 
@@ -112,6 +113,60 @@ def test_gallery_filter_sort_and_sample_page(reference, viewer, browser, tmp_pat
     assert browser.wait(READY) == "1"
     browser.screenshot(str(tmp_path / "gallery.png"))
     print("screenshots:", tmp_path)
+
+
+def test_clusters_page_and_a_clusters_gallery(reference, viewer, browser, monkeypatch, tmp_path):
+    """jobs.analyze on the reference output, then its clusters page: the mean maps drawn as the stored
+    .npy after the same colour mapping, and a cluster's link filtering the gallery to exactly that
+    cluster's samples (as the class's Parquet says); its sample page shows the cluster."""
+    import io
+    import json
+
+    import pandas as pd
+
+    from jobs import analyze
+    from jobs.view_colors import colorize
+    from storage.location import Location
+
+    stored = _stored(reference)
+    method = sorted(stored.method.unique())[0]
+    monkeypatch.setenv("STORAGE_OPTIONS", json.dumps(reference["options"]))
+    assert analyze.main([reference["url"], "--method", method, "--max-per-class", "20", "--clusters", "2",
+                         "--layout", "spectral"]) == 0
+    where = Location(f"{reference['url']}/_analysis/{method}", reference["options"])
+    table = pd.read_parquet(io.BytesIO(where.get("clusters/class-0003.parquet")))
+    means = np.load(io.BytesIO(where.get("means/class-0003.npy")))
+
+    browser.get(f"{viewer}/clusters.html?method={method}&class=3")
+    assert browser.wait(READY) == "1", browser.script("return document.getElementById('message').textContent")
+    assert browser.script("return [...document.querySelectorAll('.cluster h3')].map(h => h.textContent)") == [
+        f"cluster {k}: {n} maps" for k, n in enumerate(table.groupby("cluster").size())]
+    for k in range(len(means)):
+        drawn = browser.script(
+            f"const c = document.querySelector('canvas.mean[data-cluster=\"{k}\"]');"
+            "const d = c.getContext('2d').getImageData(0, 0, c.width, c.height);"
+            "return {h: c.height, w: c.width, px: Array.from(d.data)}")
+        rgba = np.array(drawn["px"], dtype=np.int64).reshape(drawn["h"], drawn["w"], 4)
+        want = colorize(means[k], "absolute", 0, 100).astype(np.int64)  # |map| means: the magnitude scale
+        assert rgba.shape[:2] == means[k].shape and np.abs(rgba[..., :3] - want).max() <= 2
+        assert len(set(map(tuple, want.reshape(-1, 3)))) > 10, "a mean map that is not a flat colour"
+    assert browser.script("return document.querySelectorAll('#scatter circle').length") == len(table)
+    browser.screenshot(str(tmp_path / "clusters.png"))
+
+    # cluster 1's link: the gallery of exactly its samples, in source order
+    browser.script("document.body.dataset.ready = '';"
+                   "document.querySelector('.cluster[data-cluster=\"1\"] a.cluster-link').click()")
+    assert browser.wait(READY) == "1", browser.script("return document.getElementById('message').textContent")
+    ids = set(table[table.cluster == 1].sample_id)
+    rows = stored[(stored.method == method) & stored.sample_id.isin(ids)]
+    assert len(rows) == len(ids) > 0
+    assert _cards(browser) == list(rows.sample_id[:24])
+    assert f"of {len(ids)}" in browser.script("return document.getElementById('count').textContent")
+    browser.script("document.body.dataset.ready = ''; document.querySelector('.card a').click()")
+    assert browser.wait(READY) == "1"
+    text = browser.script("return document.getElementById('sample-clusters').textContent")
+    assert "cluster 1: its samples" in text
+    assert "Per-sample scores: none stored" in browser.script("return document.getElementById('evaluation').textContent")
 
 
 def test_errors_page_filters_by_kind(browser, tmp_path):
