@@ -1,14 +1,20 @@
 """Control "attributions" for ROAR (Hooker et al. 2019): maps that ignore the model.
 
 * ``random``: uniform noise, a random pixel ranking that is fixed per sample;
-* ``sobel``: the image's edge magnitude, a model-free prior on where the evidence is.
+* ``sobel``: the image's edge magnitude, a model-free prior on where the evidence is;
+* ``blur_gradient``: the gradient's magnitude blurred with a Gaussian of ``sigma`` pixels. Not
+  model-free: it is the control for smoothness. ROAR and ROAD are known to reward spatially blurry
+  maps (arXiv 2304.13836); a blurred gradient whose spatial autocorrelation matches another
+  method's (:func:`attribution.evaluation.smoothness.match_sigma`) tells whether that method scores
+  by where it points or by how smooth it is.
 
-Both return ``[B, 1, H, W]`` and share the interface and registry of the real methods,
-but their maps never depend on the model, which may be None.
+All return ``[B, 1, H, W]`` and share the interface and registry of the real methods; the first
+two never depend on the model, which may be None.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -18,7 +24,7 @@ from torch import nn
 from .base import Attribution, AttributionError
 from .registry import register
 
-__all__ = ["RandomControl", "SobelControl", "sobel_magnitude"]
+__all__ = ["BlurredGradient", "RandomControl", "SobelControl", "gaussian_blur", "sobel_magnitude"]
 
 
 class ModelFreeAttribution(Attribution):
@@ -109,3 +115,52 @@ class SobelControl(ModelFreeAttribution):
     def _attribute(self, inputs: torch.Tensor, targets: torch.Tensor | None, seeds: list[int]) -> torch.Tensor:
         with torch.no_grad():
             return sobel_magnitude(inputs, self.channel_reduction)
+
+
+def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
+    """``maps`` [B, C, H, W] blurred per channel by a normalized Gaussian of std ``sigma`` pixels.
+
+    Separable, truncated at ``ceil(3 sigma)`` and reflect-padded (replicate where the map is
+    smaller than the kernel), so a constant map stays constant and the border is not darkened.
+    ``sigma = 0`` returns the maps unchanged.
+    """
+    sigma = float(sigma)
+    if not sigma >= 0 or sigma != sigma or sigma == float("inf"):
+        raise AttributionError(f"sigma must be a finite number >= 0, got {sigma!r}")
+    if sigma == 0:
+        return maps
+    radius = max(1, math.ceil(3 * sigma))
+    x = maps.float() if maps.dtype in (torch.float16, torch.bfloat16) else maps
+    offsets = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
+    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
+    kernel = kernel / kernel.sum()
+    channels = x.shape[1]
+    mode = "reflect" if min(x.shape[-2:]) > radius else "replicate"
+    out = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode=mode), kernel.view(1, 1, 1, -1).repeat(channels, 1, 1, 1),
+                   groups=channels)
+    out = F.conv2d(F.pad(out, (0, 0, radius, radius), mode=mode), kernel.view(1, 1, -1, 1).repeat(channels, 1, 1, 1),
+                   groups=channels)
+    return out.to(maps.dtype)
+
+
+@register("blur_gradient")
+class BlurredGradient(Attribution):
+    """The smoothness control: ``|d y_t / d x|`` reduced to its largest channel magnitude per pixel
+    (``max_abs``, what ROAR ranks a ``signed_max_abs`` gradient map by), then Gaussian-blurred with
+    ``sigma`` pixels (:func:`gaussian_blur`). It points where the gradient points, only smoother."""
+
+    def __init__(self, model: nn.Module | None, sigma: float = 1.0) -> None:
+        super().__init__(model)
+        if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not (0 <= sigma < float("inf")):
+            raise AttributionError(f"sigma must be a finite number >= 0 (pixels), got {sigma!r}")
+        self.sigma = float(sigma)
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return {"sigma": self.sigma}
+
+    def _attribute(self, inputs: torch.Tensor, targets: torch.Tensor, seeds: list[int]) -> torch.Tensor:
+        from .baselines import Gradient
+
+        gradient = Gradient(self.model)._attribute(inputs, targets, seeds)
+        return gaussian_blur(gradient.abs().amax(dim=1, keepdim=True), self.sigma)

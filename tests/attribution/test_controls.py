@@ -113,10 +113,31 @@ def test_sobel_depends_only_on_pixels(tiny_net, resnet18, tiny_images):
     torch.testing.assert_close(shifted[..., 3:-3], torch.roll(a, 2, dims=-1)[..., 3:-3])
 
 
-@pytest.mark.parametrize("name", ["random", "sobel"])
+@pytest.mark.parametrize("name", ["random", "sobel", "blur_gradient"])
 def test_controls_leave_model_unchanged(tiny_net, tiny_images, snapshot, name):
     before = snapshot(tiny_net, tiny_images)
     x = tiny_images.clone()
     get(name, tiny_net).attribute(x)
     assert torch.equal(x, tiny_images) and not x.requires_grad
     before.assert_unchanged(tiny_net)
+
+
+# --------------------------------------------------------------------------- blur_gradient
+
+
+def test_blur_gradient_is_the_blurred_gradient_magnitude(tiny_net, images32):
+    assert type(get("blur_gradient", tiny_net, sigma=1.5)) is controls.BlurredGradient
+    assert get("blur_gradient", tiny_net, sigma=1.5).params == {"sigma": 1.5}
+    gradient = get("gradient", tiny_net).attribute(images32, target=[0, 1, 2])
+    expected = controls.gaussian_blur(gradient.abs().amax(dim=1, keepdim=True), 1.5)
+    blurred = get("blur_gradient", tiny_net, sigma=1.5).attribute(images32, target=[0, 1, 2])
+    assert blurred.shape == (3, 1, 32, 32)
+    torch.testing.assert_close(blurred, expected)
+    unblurred = get("blur_gradient", tiny_net, sigma=0).attribute(images32, target=[0, 1, 2])
+    torch.testing.assert_close(unblurred, gradient.abs().amax(dim=1, keepdim=True))
+
+
+@pytest.mark.parametrize("sigma", [-1, float("nan"), float("inf"), "wide", True])
+def test_blur_gradient_refuses_a_bad_sigma(tiny_net, sigma):
+    with pytest.raises(AttributionError, match="sigma"):
+        get("blur_gradient", tiny_net, sigma=sigma)
