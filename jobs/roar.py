@@ -34,7 +34,8 @@ Outputs under --output (default <test-maps>/_eval/roar, or _eval/kar):
 ``cells/<method>-t<t>-s<seed>-<fill|mask>.json`` (one per finished cell: a rerun skips them),
 ``results.parquet`` / ``results.csv`` (method, t, seed, input, fill, accuracy, epochs, seconds,
 ...), ``summary.csv`` (per method x t x fill: accuracy and mask-only accuracy, mean and std over
-seeds, the test's p-value and the verdict), ``roar.png`` (accuracy vs t, one panel per fill,
+seeds, the test's p-value and the verdict), ``claims.csv`` (the paper's claims over seeds,
+jobs.roar_stats), ``roar.png`` (accuracy vs t, one panel per fill,
 mask-only dotted, the checkpoint's accuracy and the budget band) and ``run.json`` (with the
 budget check).
 """
@@ -57,7 +58,7 @@ from jobs.cli import (JobError, choice_list, job_parser, non_negative_float, non
 
 CONTROLS = ("random", "sobel")
 #: What this job writes under its output (storage.outputs.check_output refuses a folder holding anything else).
-OUTPUT_NAMES = ("results.*", "summary.csv", "roar.png", "kar.png", "run.json", "cells")
+OUTPUT_NAMES = ("results.*", "summary.csv", "claims.csv", "roar.png", "kar.png", "run.json", "cells")
 DEFAULT_THRESHOLDS = "10,30,50,70,90"
 FILLS = ("mean", "nli")
 
@@ -365,7 +366,7 @@ def run(args: argparse.Namespace) -> int:
                   "subsets": {"train": train["subset"], "test": test["subset"]}, "status": "complete" if not failures else "incomplete", "started_at": started,
                   "finished_at": now(), "seconds": seconds}
     table, verdicts = write_outputs(output, options, records, args.kar, title, run_record, chance, CONTROLS)
-    print_summary(table, verdict_lines(verdicts, check, run_record["notes"]), results, len(finished), failures, seconds, redact_url(output),
+    print_summary(table, verdict_lines(verdicts, check, run_record["notes"]) + run_record["claims"], results, len(finished), failures, seconds, redact_url(output),
                   args.kar)
     return 0 if not failures else 1
 
@@ -385,7 +386,7 @@ def print_summary(table: Any, verdicts: list[str], results: list[dict], reused: 
     print("\n".join(verdicts))
     for failure in failures:
         print(f"  FAILED {failure}; rerun the same command to finish")
-    print(f"results: {output}/results.parquet, results.csv, summary.csv, {'kar' if kar else 'roar'}.png")
+    print(f"results: {output}/results.parquet, results.csv, summary.csv, claims.csv, {'kar' if kar else 'roar'}.png")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -142,7 +142,8 @@ def summarize(table: Any) -> Any:
 
 def write_outputs(output: str, options: dict, records: list[dict], kar: bool, title: str, run_record: dict,
                   chance: float, controls: tuple[str, ...]) -> tuple[Any, Any]:
-    """``results.parquet|csv`` (one row per cell), ``summary.csv`` (the verdicts), the PNG and ``run.json``."""
+    """``results.parquet|csv`` (one row per cell), ``summary.csv`` (the verdicts), ``claims.csv`` (the paper's
+    claims tested, jobs.roar_stats; their lines go to ``run_record["claims"]``), the PNG and ``run.json``."""
     import pandas as pd
 
     from jobs.plots import roar_curves
@@ -158,6 +159,11 @@ def write_outputs(output: str, options: dict, records: list[dict], kar: bool, ti
     where.put("results.parquet", table.to_parquet(index=False, compression="zstd"))
     where.put("results.csv", table.to_csv(index=False).encode())
     where.put("summary.csv", verdicts.to_csv(index=False).encode())
+    from jobs.roar_stats import claim_lines, claims
+
+    tested = claims(table, verdicts, check, kar)  # the paper's claims, paired over seeds (jobs.roar_stats)
+    where.put("claims.csv", tested.to_csv(index=False).encode())
+    run_record["claims"] = claim_lines(tested)
     where.put("kar.png" if kar else "roar.png", roar_curves(summarize(table), kar, title, controls, "none",
                                                             check.get("checkpoint_accuracy"), chance,
                                                             notes=run_record["notes"]))
