@@ -94,3 +94,20 @@ def test_one_row_per_claim_t_and_fill() -> None:
     assert len(frame) == 3 * 2 * 2
     assert sorted(set(zip(frame.t, frame.fill))) == [(30, "mean"), (30, "nli"), (70, "mean"), (70, "nli")]
     assert (frame[frame.claim == "pathway beats gradient"].verdict == HOLDS).all()
+
+
+def test_rereads_a_stored_grid_and_refuses_a_folder_that_is_not_one(tmp_path, capsys) -> None:
+    import json
+
+    from jobs.roar_stats import main
+
+    grid = _grid({"pathway": [0.40, 0.42, 0.41], "gradient": [0.60, 0.63, 0.61]})
+    grid.to_csv(tmp_path / "results.csv", index=False)
+    _verdicts(["pathway", "gradient"]).to_csv(tmp_path / "summary.csv", index=False)
+    (tmp_path / "run.json").write_text(json.dumps({"budget": PASSED, "settings": {"kar": False}}))
+    assert main(["--roar", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "'pathway beats gradient' t=50 nli: holds (41.0 vs 61.3 %, n=3" in out
+    assert "'pathway beats random' t=50 nli: not testable here (no data): no ROAR cell of random" in out
+    assert main(["--roar", str(tmp_path / "elsewhere")]) == 2
+    assert "is not a finished jobs.roar output" in capsys.readouterr().err
