@@ -79,3 +79,17 @@ def ray_session():
     yield ray
     ray.shutdown()
     shutil.rmtree(temp, ignore_errors=True)
+
+
+#: Fixtures that start a service or train a model: a test using one belongs to the slow tier.
+SLOW_FIXTURES = frozenset({"s3_server", "ray_session", "checkpoint", "reference"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark ``slow`` every test that needs S3, Ray or a trained model (through the fixtures above, or
+    ``storage_root``'s s3 case), so that ``pytest -m "not slow"`` is the fast tier: unit tests only,
+    no service and no training. Tests that start such things themselves carry the mark by hand."""
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) or params.get("storage_root") == "s3":
+            item.add_marker(pytest.mark.slow)
