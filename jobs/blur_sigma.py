@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from jobs.cli import JobError, job_parser, positive_int, run_main, storage_flags, storage_options_from
+from jobs.cli import JobError, job_parser, positive_float, positive_int, run_main, storage_flags, storage_options_from
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -31,7 +31,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--blurred", default="gradient", help="method label that is blurred (blur_gradient's input)")
     p.add_argument("--limit", type=positive_int, default=512, help="maps per method, a seeded sample of the shared ids")
     p.add_argument("--max-lag", type=positive_int, default=2, help="lags 1..N pooled into the autocorrelation")
-    p.add_argument("--max-sigma", type=float, default=8.0, help="the largest sigma searched (pixels)")
+    p.add_argument("--max-sigma", type=positive_float, default=8.0, help="the largest sigma searched (pixels)")
     p.add_argument("--seed", type=int, default=0, help="seeds the sample")
     p.add_argument("--label", default="blur", help="the blur control's method label in the printed spec")
     p.add_argument("--record", default=None, help="local JSON file to write the result to")

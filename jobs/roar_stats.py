@@ -72,7 +72,8 @@ def claims(table: Any, verdicts: Any, check: dict[str, Any], kar: bool = False) 
         for claim, better, other in CLAIMS:
             a, b = _by_seed(table, better, t, fill), _by_seed(table, other, t, fill)
             seeds = sorted(set(a) & set(b))
-            acc_a = np.array([a[s] for s in seeds]); acc_b = np.array([b[s] for s in seeds])
+            acc_a = np.array([a[s] for s in seeds])
+            acc_b = np.array([b[s] for s in seeds])
             # ROAR: the better map leaves the LOWER accuracy; KAR keeps the top t %: the HIGHER one.
             p = paired_greater(acc_a, acc_b) if kar else paired_greater(acc_b, acc_a)
             reason = ""
