@@ -10,7 +10,7 @@ import pytest
 from jobs.cli import JobArgumentParser, JobHelpFormatter, job_parser
 
 JOBS = ("attribute", "perturb", "sanity", "roar", "report", "train", "convert", "make_dataset", "inspect", "export", "view",
-        "analyze", "shortcut")
+        "analyze", "shortcut", "blur_sigma", "roar_stats")
 
 
 class _Built(Exception):

@@ -25,7 +25,7 @@ import torch
 from tests.ray_cluster import ROOT
 
 JOBS = ("attribute", "perturb", "sanity", "roar", "report", "train", "convert", "make_dataset", "inspect", "export",
-        "view", "analyze", "shortcut")
+        "view", "analyze", "shortcut", "blur_sigma", "roar_stats")
 #: Modules with a __main__ block that are not jobs: the FiftyOne loader jobs.export copies beside an
 #: export runs in a Python that has fiftyone and not this project.
 NOT_JOBS = ("fiftyone_loader",)
@@ -195,6 +195,13 @@ ROWS: list[tuple[str, list[str], str]] = [
     ("analyze", ["{missing}/maps", "--layout", "pca3d"], r"argument --layout: invalid choice"),
     ("shortcut", ["--stamp", "x"], r"argument --stamp: expected CLASS:FRACTION"),
     ("shortcut", ["--epochs", "0"], r"argument --epochs: expected a positive integer"),
+    # ------------------------------------------------------------------ jobs.blur_sigma, roar_stats
+    ("blur_sigma", ["--maps", "{missing}/maps"], r"{missing}/maps holds no committed maps of method 'pathway'"),
+    ("blur_sigma", ["--maps", "{missing}/maps", "--max-sigma", "-1"], r"argument --max-sigma: expected a positive"),
+    ("blur_sigma", ["--maps", "{missing}/maps", "--limit", "0"], r"argument --limit: expected a positive integer"),
+    ("blur_sigma", [], r"arguments are required: --maps"),
+    ("roar_stats", ["--roar", "{missing}/roar"], r"{missing}/roar is not a finished jobs\.roar output"),
+    ("roar_stats", [], r"arguments are required: --roar"),
     # ------------------------------------------------------------------ jobs.train
     ("train", ["--epochs", "0", "--output", "{out}/m.pt"], r"argument --epochs: expected a positive integer"),
     ("train", ["--lr", "-1", "--output", "{out}/m.pt"], r"argument --lr: expected a positive number"),
