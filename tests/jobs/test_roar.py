@@ -7,7 +7,6 @@ import gc
 import json
 import os
 import re
-import shutil
 
 import numpy as np
 import pandas as pd
@@ -16,7 +15,7 @@ import torch
 
 from jobs import attribute, roar
 from tests.helpers import tiny_checkpoint
-from tests.ray_cluster import short_tmp, wait_for
+from tests.ray_cluster import wait_for
 from workers.roar import NONE, prepare
 from workers.roar_data import channel_mean
 
@@ -24,19 +23,6 @@ pytestmark = pytest.mark.slow  # starts Ray or trains a model
 
 TRAIN, TEST = 300, 200
 GRID = ["--thresholds", "30,70", "--seeds", "2", "--epochs", "1", "--workers", "2", "--no-progress"]
-
-
-@pytest.fixture(scope="module")
-def ray_session():
-    import ray
-
-    from jobs.cluster import start_local_ray
-
-    temp = short_tmp("rr")
-    start_local_ray(num_cpus=2, num_gpus=0, include_dashboard=False, _temp_dir=temp, log_to_driver=False)
-    yield ray
-    ray.shutdown()
-    shutil.rmtree(temp, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

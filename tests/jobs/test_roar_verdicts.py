@@ -8,7 +8,6 @@ import gc
 import json
 import os
 import re
-import shutil
 
 import numpy as np
 import pytest
@@ -18,22 +17,9 @@ from jobs import attribute, roar
 from jobs.roar_summary import AT_CHANCE
 from tests.helpers import fashion_mnist, tiny_checkpoint, write_folder
 from tests.jobs.roar_claims import check_claims
-from tests.ray_cluster import short_tmp, wait_for
+from tests.ray_cluster import wait_for
 
 pytestmark = pytest.mark.slow  # starts Ray and retrains models
-
-
-@pytest.fixture(scope="module")
-def ray_session():
-    import ray
-
-    from jobs.cluster import start_local_ray
-
-    temp = short_tmp("rv")
-    start_local_ray(num_cpus=2, num_gpus=0, include_dashboard=False, _temp_dir=temp, log_to_driver=False)
-    yield ray
-    ray.shutdown()
-    shutil.rmtree(temp, ignore_errors=True)
 
 
 def test_roar_on_a_class_sorted_folder_with_limits(tmp_path, ray_session, capsys) -> None:
