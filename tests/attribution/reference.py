@@ -33,12 +33,16 @@ def out_of_place(model: nn.Module) -> Iterator[nn.Module]:
             module.training = flag
 
 
-def _relu_outputs(model: nn.Module, x: torch.Tensor, masks: list[torch.Tensor] | None = None):
+def _relu_outputs(model: nn.Module, x: torch.Tensor, masks: list[torch.Tensor] | None = None, change=None):
+    """(logits, every ReLU call's output), each output multiplied by its call's mask where ``masks``
+    are given, and passed through ``change(module, call, output)`` where that is given."""
     outputs: list[torch.Tensor] = []
 
     def hook(module, args, output):
         if masks is not None:
             output = output * masks[len(outputs)]
+        if change is not None:
+            output = change(module, len(outputs), output)
         outputs.append(output)
         return output
 
@@ -122,21 +126,8 @@ def _relu_outputs_scaled(model: nn.Module, x: torch.Tensor, module: nn.Module, c
     """(logits, every ReLU call's output) with call ``call``'s output multiplied by ``factor`` iff
     ``module`` is the module making that call (the reference's hook sits on the module, the factor
     in a per-call slot)."""
-    outputs: list[torch.Tensor] = []
-
-    def hook(hooked, args, output):
-        if hooked is module and len(outputs) == call:
-            output = output * factor
-        outputs.append(output)
-        return output
-
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.ReLU)]
-    try:
-        logits = model(x)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return logits, outputs
+    return _relu_outputs(model, x, change=lambda hooked, index, output:
+                         output * factor if hooked is module and index == call else output)
 
 
 def reference_scores_integrated_per_module(model: nn.Module, x: torch.Tensor, target: int, steps: int
