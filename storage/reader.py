@@ -70,7 +70,7 @@ def _read_tables(where: Location, records: Sequence[Mapping[str, Any]], kind: st
         if data is None:  # committed by an attempt that died before publishing it (MapStore.publish)
             data = where.get(f"_pending/{rel}")
         try:
-            names = pq.read_schema(pa.BufferReader(data)).names
+            names = pq.read_schema(pa.BufferReader(data)).names if columns else []  # only to pick columns
             present = [c for c in columns if c in names] if columns else None
             table = pq.read_table(pa.BufferReader(data), columns=present, filters=filters)
         except pa.ArrowInvalid as err:
