@@ -18,7 +18,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from jobs import analyze  # noqa: E402
-from storage.maps import MapRecords, MapStore  # noqa: E402
+from storage.maps.writer import MapRecords, MapStore  # noqa: E402
 
 
 def write(url: str, n: int, shard_size: int, size: int) -> set[str]:

@@ -3,7 +3,7 @@
 1. Throughput (maps/s, one map per sample and method) of the same shards of Fashion-MNIST test images:
    - in-process: ``ShardAttributor(config).process_shard`` over every shard, no Ray, with all CPU
      threads and with one thread (one "device");
-   - Ray: ``jobs.actor_pool.run_shards`` (Ray Data ``map_batches`` over an ``ActorPoolStrategy``),
+   - Ray: ``jobs.mapping.actor_pool.run_shards`` (Ray Data ``map_batches`` over an ``ActorPoolStrategy``),
      1 actor (all threads) and N actors (threads split between them, as the job does). Ray itself
      is started before the clock (``ray.init`` costs ~4 s once per job); actor start-up
      (imports, model load) is inside it, as the in-process figures include building the worker.
@@ -37,8 +37,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from attribution import MethodSpec  # noqa: E402
-from jobs import actor_pool, attribute  # noqa: E402
-from storage.maps import MapStore  # noqa: E402
+from jobs import attribute  # noqa: E402
+from jobs.mapping import actor_pool  # noqa: E402
+from storage.maps.writer import MapStore  # noqa: E402
 from storage.sources import load_arrays, open_source  # noqa: E402
 from workers.attributor import ShardAttributor  # noqa: E402
 from workers.tasks import JobConfig, plan_shard_tasks  # noqa: E402
@@ -133,7 +134,7 @@ def main() -> None:
         print(f"machine: {platform.processor() or platform.machine()}, {cpus} CPUs, torch {torch.__version__}, "
               f"ray {ray.__version__}; {args.n} samples x {len(METHODS)} methods ({', '.join(METHODS)}), "
               f"shards of {args.shard_size}, batch {args.batch_size}")
-        from jobs.cluster import start_local_ray  # on loopback, as the jobs start theirs
+        from jobs.runtime.cluster import start_local_ray  # on loopback, as the jobs start theirs
 
         start_local_ray(num_cpus=cpus, num_gpus=0, include_dashboard=False,
                         _temp_dir=tempfile.mkdtemp(prefix="r", dir="/tmp"), log_to_driver=False)

@@ -34,8 +34,8 @@ import pyarrow.parquet as pq
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from storage import read_maps, read_maps_table  # noqa: E402
-from storage.fs import join, open_fs  # noqa: E402
-from storage.reader import map_arrays  # noqa: E402
+from storage.io.fs import join, open_fs  # noqa: E402
+from storage.maps.reader import map_arrays  # noqa: E402
 
 TARGET = 1.5
 
@@ -145,7 +145,7 @@ def ray_running(name: str) -> Iterator[None]:
         return
     import ray
 
-    from jobs.cluster import start_local_ray  # on loopback, as the jobs start theirs
+    from jobs.runtime.cluster import start_local_ray  # on loopback, as the jobs start theirs
 
     start_local_ray(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
                     logging_level=logging.WARNING)

@@ -42,8 +42,8 @@ STAGE = r"""
 import json, resource, sys, time
 start = time.perf_counter()
 sys.path.insert(0, {root!r})
-from storage.maps import MapStore
-from storage.plan import update_plan
+from storage.maps.writer import MapStore
+from storage.maps.plan import update_plan
 from storage.sources import RowRange, open_source
 from workers.tasks import plan_shard_tasks, source_listing
 args = json.loads(sys.argv[1])
@@ -97,9 +97,9 @@ def growth(xs: list[float], ys: list[float]) -> str:
 def commit_everything(output: Path, methods: tuple[str, ...] = ("pathway", "gradient")) -> int:
     """Commit records for every planned shard, then the end-of-run index, as a finished run leaves
     them (records only: the rerun being measured reads records, not maps)."""
-    from storage.location import Location
-    from storage.manifest import index_commits, read_commits, write_commit
-    from storage.plan import read_plan
+    from storage.io.location import Location
+    from storage.maps.manifest import index_commits, read_commits, write_commit
+    from storage.maps.plan import read_plan
 
     where = Location(str(output))
     shards, _ = read_plan(where)
@@ -187,10 +187,10 @@ def bench_noop_rerun(source: Path, targets: list[tuple[str, str, dict]], repeats
     """
     import resource
 
-    from storage.location import Location
-    from storage.manifest import index_commits, read_commits, write_commit
-    from storage.maps import MapStore
-    from storage.plan import read_plan, update_plan
+    from storage.io.location import Location
+    from storage.maps.manifest import index_commits, read_commits, write_commit
+    from storage.maps.writer import MapStore
+    from storage.maps.plan import read_plan, update_plan
     from storage.sources import open_source
     from workers.tasks import source_listing
 
@@ -235,7 +235,7 @@ def bench_source_memory(targets: list[tuple[str, str, dict]], files: int = 16, m
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from storage.fs import join, open_fs
+    from storage.io.fs import join, open_fs
 
     print(f"\n== a Parquet source of {files} files x {mb_per_file} MB: the peak RSS that opening it, planning "
           "it and reading a shard add ==")
@@ -260,8 +260,8 @@ def bench_source_memory(targets: list[tuple[str, str, dict]], files: int = 16, m
 
 
 def bench_committed(shards: list[int], targets: list[tuple[str, str, dict]]) -> None:
-    from storage.location import Location
-    from storage.manifest import index_commits, read_commits, write_commit
+    from storage.io.location import Location
+    from storage.maps.manifest import index_commits, read_commits, write_commit
 
     print("\n== the committed set of K shards x 2 methods: from the records alone, and after the index ==")
     for name, url, options in targets:
@@ -289,10 +289,10 @@ def bench_committed(shards: list[int], targets: list[tuple[str, str, dict]]) -> 
 def bench_folder(files: int, targets: list[tuple[str, str, dict]]) -> None:
     """What a rerun pays to find 1 % new files in a planned folder (open the source, list it with
     stamps, extend the plan, check for changes) against a plain listing of the same folder."""
-    from storage.fs import join, open_fs
-    from storage.maps import MapStore
-    from storage.plan import update_plan
-    from storage.plan_changes import source_changes
+    from storage.io.fs import join, open_fs
+    from storage.maps.writer import MapStore
+    from storage.maps.plan import update_plan
+    from storage.maps.plan_changes import source_changes
     from storage.sources import open_source
     from workers.tasks import source_listing
 

@@ -52,8 +52,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from storage import MapRecords, MapStore, load_arrays, open_source  # noqa: E402
-from storage.fs import join, open_fs  # noqa: E402
-from storage.tables import parquet_bytes  # noqa: E402
+from storage.io.fs import join, open_fs  # noqa: E402
+from storage.maps.tables import parquet_bytes  # noqa: E402
 
 #: The details every method with a model reports (attribution.MODEL_DETAILS), as the job stores them.
 DETAIL_TYPES = {"target": "int64", "predicted": "int64", "logit": "float64"}

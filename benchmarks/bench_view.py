@@ -1,7 +1,7 @@
 """The map explorer (jobs.view) on a synthetic output of N samples: time to the first page,
 to each filter and sort, and the server's peak RSS, at two sizes (memory must not follow N).
 
-Writes Parquet tables with the project's real schema (storage.tables.map_schema, PathwayGrad's
+Writes Parquet tables with the project's real schema (storage.maps.tables.map_schema, PathwayGrad's
 details, 28x28 float16 maps) in shards of --shard-size under a local temp dir, serves them with
 jobs.view in a child process (so its RSS is its own) and times the HTTP API as the page calls it:
 one /api/rows, then a /api/map per card of the page. Figures go to benchmarks/RESULTS.md.
@@ -29,7 +29,7 @@ import pyarrow as pa
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from storage.tables import FORMAT, FORMAT_VERSION, data_path, errors_table, map_schema, parquet_bytes  # noqa: E402
+from storage.maps.tables import FORMAT, FORMAT_VERSION, data_path, errors_table, map_schema, parquet_bytes  # noqa: E402
 
 DETAILS = {"target": "int64", "predicted": "int64", "logit": "float64", "threshold": "list<float64>",
            "kept_fraction": "float64", "pruned_logit": "float64", "pruned_predicted": "int64",

@@ -17,7 +17,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from jobs.report import markdown_table  # noqa: E402
-from jobs.roar_summary import budget_line  # noqa: E402
+from jobs.evaluation.roar_summary import budget_line  # noqa: E402
 
 
 def perturbation(folder: Path) -> None:

@@ -9,7 +9,7 @@ shortcut (a watermark, a border, a background: a "Clever Hans"). Per class (``--
 (``--absolute``, the default) or signed, and scaled per map (``--norm l2`` or ``max_abs``); a
 symmetric k-nearest-neighbour graph (``--neighbors``) is clustered spectrally, with the count chosen
 by the relative eigengap of its normalized Laplacian (up to ``--max-clusters``; ``--clusters`` fixes
-it), and drawn in 2-D (``--layout tsne`` or the first two ``spectral`` coordinates). jobs/spray.py
+it), and drawn in 2-D (``--layout tsne`` or the first two ``spectral`` coordinates). jobs/reporting/spray.py
 holds the math.
 
 Scale: a seeded sample of at most ``--max-per-class`` maps per class is embedded; every other map is
@@ -42,8 +42,8 @@ from typing import Any
 
 import numpy as np
 
-from jobs.cli import JobError, job_parser, positive_int, ray_flags, run_main, storage_options_from
-from jobs.spray import LAYOUTS, NORMS
+from jobs.runtime.cli import JobError, job_parser, positive_int, ray_flags, run_main, storage_options_from
+from jobs.reporting.spray import LAYOUTS, NORMS
 
 #: Version of the analysis layout, part of the bound configuration.
 ANALYSIS_VERSION = 1
@@ -83,7 +83,7 @@ def settings(args: argparse.Namespace, method: str) -> dict[str, Any]:
 
 def bind(where: Any, config: dict[str, Any]) -> None:
     """Record ``config`` in a new analysis folder; refuse one made with other settings."""
-    from storage.fs import redact_url
+    from storage.io.fs import redact_url
 
     stored = where.get_optional("config.json")
     if stored is None:
@@ -98,7 +98,7 @@ def bind(where: Any, config: dict[str, Any]) -> None:
 
 def pick_method(store: Any, method: str | None, output: str) -> str:
     """The method to analyze: the one asked for, or the output's only one."""
-    from storage.fs import redact_url
+    from storage.io.fs import redact_url
 
     methods = sorted({key.split("/")[0] for key in store.committed()})
     if not methods:
@@ -125,7 +125,7 @@ def columns_of(store: Any, method: str) -> list[str]:
     try:
         return pq.read_schema(pa.BufferReader(data)).names
     except pa.ArrowInvalid as err:
-        from storage.fs import StorageError
+        from storage.io.fs import StorageError
 
         raise StorageError(f"committed file {store.where.url_of(rel)} is not readable Parquet (truncated or "
                            f"corrupt?): {err}; delete its manifest record to recompute the shard") from None
@@ -133,7 +133,7 @@ def columns_of(store: Any, method: str) -> list[str]:
 
 # -- Ray tasks -----------------------------------------------------------------------------------
 def _read(url: str, options: dict, method: str, shard_id: str, by: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    from storage.reader import read_shard
+    from storage.maps.reader import read_shard
 
     frame = read_shard(url, method, shard_id, options, columns=["sample_id", by, "map"])
     frame = frame[frame[by].notna()]
@@ -144,7 +144,7 @@ def _read(url: str, options: dict, method: str, shard_id: str, by: str) -> tuple
 def shard_features(url: str, options: dict, method: str, shard_id: str, config: dict, wanted: set[str]
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One shard's sampled maps as features: (sample ids, classes, [n, size * size])."""
-    from jobs.spray import features
+    from jobs.reporting.spray import features
 
     ids, classes, maps = _read(url, options, method, shard_id, config["by"])
     keep = np.fromiter((i in wanted for i in ids), bool, len(ids))
@@ -152,8 +152,8 @@ def shard_features(url: str, options: dict, method: str, shard_id: str, config: 
 
 
 def cluster_class(x: np.ndarray, config: dict) -> Any:
-    """One class's sampled features, clustered (jobs.spray.cluster)."""
-    from jobs.spray import cluster
+    """One class's sampled features, clustered (jobs.reporting.spray.cluster)."""
+    from jobs.reporting.spray import cluster
 
     return cluster(x, neighbors=config["neighbors"], max_clusters=config["max_clusters"],
                    clusters=config["clusters"], layout=config["layout"], seed=config["seed"])
@@ -162,7 +162,7 @@ def cluster_class(x: np.ndarray, config: dict) -> Any:
 def shard_assign(url: str, options: dict, method: str, shard_id: str, config: dict, models: dict) -> dict:
     """One shard's maps of the classes in ``models`` placed in their class's clusters, and summed per
     cluster (normalized at full size, as compared) for the mean maps."""
-    from jobs.spray import assign, features, normalize
+    from jobs.reporting.spray import assign, features, normalize
 
     ids, classes, maps = _read(url, options, method, shard_id, config["by"])
     out = {"ids": [], "classes": [], "clusters": [], "xy": [], "sampled": [], "sums": {}, "counts": {}}
@@ -193,11 +193,11 @@ def shard_assign(url: str, options: dict, method: str, shard_id: str, config: di
 
 def gather(refs: Any) -> Any:
     """``ray.get``, with a task's storage or input error raised as itself (one line, exit 2, via
-    jobs.cli.run_main), not as Ray's wrapper with the worker's traceback."""
+    jobs.runtime.cli.run_main), not as Ray's wrapper with the worker's traceback."""
     import ray
     from ray.exceptions import RayTaskError
 
-    from storage.fs import StorageError
+    from storage.io.fs import StorageError
 
     try:
         return ray.get(refs)
@@ -223,13 +223,13 @@ def class_samples(meta: Any, by: str, pending: Sequence[int], limit: int, seed: 
 
 def mean_maps_png(means: np.ndarray, counts: np.ndarray, title: str) -> bytes:
     """The clusters' mean maps side by side, on one colour scale with a colour bar, in the project's
-    convention (jobs/colors.py: signed maps symmetric around 0, |.| maps from 0)."""
+    convention (jobs/reporting/colors.py: signed maps symmetric around 0, |.| maps from 0)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from jobs.colors import colormap, display_range, is_signed
+    from jobs.reporting.colors import colormap, display_range, is_signed
 
     k = len(means)
     fig, axes = plt.subplots(1, k, figsize=(2.2 * k + 0.8, 2.6), squeeze=False)
@@ -281,12 +281,12 @@ def write_class(where: Any, c: int, parts: list[dict], result: Any, n_sampled: i
 def run(args: argparse.Namespace) -> int:
     import ray
 
-    from jobs.cluster import start_ray
-    from storage.fs import join, redact_url
-    from storage.location import Location
-    from storage.maps import MapStore
-    from storage.reader import read_maps_table
-    from storage.tables import ANALYSIS_DIR
+    from jobs.runtime.cluster import start_ray
+    from storage.io.fs import join, redact_url
+    from storage.io.location import Location
+    from storage.maps.writer import MapStore
+    from storage.maps.reader import read_maps_table
+    from storage.maps.tables import ANALYSIS_DIR
 
     start = time.perf_counter()
     options = storage_options_from(args.storage_options)

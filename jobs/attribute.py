@@ -18,7 +18,7 @@ Reads top to bottom like a Ray batch-inference job:
 Labels are stored as the model's class indices where the source's class names match the model's
 (storage.sources.classes); files under the source that are not samples are counted and listed in
 the summary and run.json. run.json always ends "complete", "incomplete", "failed" or "interrupted"
-(Ctrl-C or SIGTERM: jobs.stopping), with the reason; "running" is left only by a driver that was killed.
+(Ctrl-C or SIGTERM: jobs.runtime.stopping), with the reason; "running" is left only by a driver that was killed.
 """
 
 from __future__ import annotations
@@ -31,10 +31,10 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
-from jobs.cli import (DEFAULT_CHECKPOINT, JobError, checkpoint_or_default, job_parser, positive_int, ray_flags,
+from jobs.runtime.cli import (DEFAULT_CHECKPOINT, JobError, checkpoint_or_default, job_parser, positive_int, ray_flags,
                       reduction, run_main, source_flags, source_format, source_policy_of, storage_options_from,
                       trust_flags, trust_of, worker_flags)
-from jobs.methods import build_methods, parse_method_specs
+from jobs.mapping.methods import build_methods, parse_method_specs
 
 DEFAULT_OUTPUT = "outputs/maps/fashion-mnist"
 DEFAULT_METHODS = "pathway gradient"
@@ -75,11 +75,11 @@ def write_examples(output: str, options: dict[str, Any], source: Any, methods: S
                    shard_id: str) -> list[str]:
     """A PNG grid of the first maps of each method over the images as the model saw them, next to the
     outputs; from one committed shard (its records and tables only, whatever the dataset's size)."""
-    from jobs.plots import map_grid
-    from storage.fs import join, redact_url
-    from storage.location import Location
-    from storage.reader import join_with_source, read_shard
-    from storage.tables import EXAMPLES_PATH
+    from jobs.reporting.plots import map_grid
+    from storage.io.fs import join, redact_url
+    from storage.io.location import Location
+    from storage.maps.reader import join_with_source, read_shard
+    from storage.maps.tables import EXAMPLES_PATH
 
     frames = {m: read_shard(output, m, shard_id, options, columns=["sample_id", "target", "map"]).head(EXAMPLES)
               for m in methods}
@@ -98,7 +98,7 @@ def examples_or_warning(output: str, options: dict[str, Any] | None, source: Any
                         shard_id: str, run_record: dict[str, Any]) -> list[str]:
     """The example PNG, or a warning (stderr and run.json) when it cannot be drawn: pictures never
     fail a job whose shards are committed (a source file deleted since it was mapped, say)."""
-    from storage.fs import StorageError, redact_text
+    from storage.io.fs import StorageError, redact_text
 
     try:
         return write_examples(output, options, source, methods, spec, shard_id)
@@ -114,7 +114,7 @@ def kept_examples(store: Any, previous_run: dict[str, Any], methods: Sequence[st
     the same methods and the file is still there (one request). Drawing it again would read and
     plot the same first shard, and importing matplotlib and drawing cost most of a no-op rerun
     (1.7 s of 4.4 s on the 10 M-row benchmark; benchmarks/RESULTS.md)."""
-    from storage.tables import EXAMPLES_PATH
+    from storage.maps.tables import EXAMPLES_PATH
 
     pngs = list(previous_run.get("examples") or [])
     if not pngs or list(previous_run.get("examples_methods") or []) != list(methods):
@@ -125,7 +125,7 @@ def kept_examples(store: Any, previous_run: dict[str, Any], methods: Sequence[st
 def finish_outputs(store: Any, plan: Any, committed: dict[str, dict[str, dict]]) -> None:
     """End of a run: index the commit records (so the next run reads them in one request), trim the
     zarr arrays to the planned rows and consolidate their metadata."""
-    from storage.manifest import index_commits
+    from storage.maps.manifest import index_commits
 
     for name, records in committed.items():
         index_commits(store.where, name, records)
@@ -135,7 +135,7 @@ def finish_outputs(store: Any, plan: Any, committed: dict[str, dict[str, dict]])
 def known_format(config: dict[str, Any] | None, args: argparse.Namespace) -> str | None:
     """The format an earlier run of this output found for the same source and split: a rerun need
     not detect it again (detection lists the source's first folders, requests on S3)."""
-    from storage.fs import redact_url
+    from storage.io.fs import redact_url
 
     config = config or {}  # run.json stores the source redacted: compare like with like
     same = redact_url(config.get("source") or "") == redact_url(args.source) and config.get("split") == args.split
@@ -148,13 +148,13 @@ SKIPPED_LISTED = 1000
 
 def run(args: argparse.Namespace) -> int:
     """The job; run.json ends "complete", "incomplete" or "failed" with the reason, whatever happens."""
-    from jobs.binding import carried_forward
-    from storage.lease import Lease, LeaseLost
-    from storage.manifest import now
-    from storage.maps import MapStore
-    from storage.outputs import MAP_DATASET, check_apart, check_output
+    from jobs.mapping.binding import carried_forward
+    from storage.io.lease import Lease, LeaseLost
+    from storage.maps.manifest import now
+    from storage.maps.writer import MapStore
+    from storage.io.outputs import MAP_DATASET, check_apart, check_output
     from storage.sources import source_location
-    from storage.versions import check_format
+    from storage.maps.versions import check_format
 
     options = storage_options_from(args.storage_options)
     # Refused before anything is written (no lease, no run.json, no folder): bad method labels, an
@@ -164,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
     check_apart(args.output, {"--source": source_location(args.source)})
     store = MapStore(args.output, options)
     prior = check_format(store.where)  # an output of another format is refused before anything is written
-    if args.dry_run:  # reads only (jobs.preview): no lease, no run.json, no plan, no zarr
+    if args.dry_run:  # reads only (jobs.mapping.preview): no lease, no run.json, no plan, no zarr
         return attribute(args, options, store, carried_forward(prior, now()))
     with Lease(store.where, purpose="jobs.attribute") as lease:  # one driver per output, failures recorded under it
         record = carried_forward(prior, now())
@@ -182,11 +182,11 @@ def record_failure(store: Any, record: dict[str, Any], err: BaseException, prior
     record (a refused configuration, a missing checkpoint) leaves an existing output's record as it
     was, its attempt added to the history, since the output itself is unchanged. A store that
     refuses the write too is left as it is (the original error is what gets reported)."""
-    from jobs.cli import redacted
-    from storage.fs import StorageError
-    from storage.manifest import now
+    from jobs.runtime.cli import redacted
+    from storage.io.fs import StorageError
+    from storage.maps.manifest import now
 
-    from jobs.stopping import as_interrupted, signal_name
+    from jobs.runtime.stopping import as_interrupted, signal_name
 
     if isinstance(err, KeyboardInterrupt):  # Ctrl-C or SIGTERM: what was committed is kept, a rerun resumes
         stop = as_interrupted(err, getattr(err, "detail", ""))
@@ -207,14 +207,14 @@ def record_failure(store: Any, record: dict[str, Any], err: BaseException, prior
 
 def attribute(args: argparse.Namespace, options: dict[str, Any], store: Any, run_record: dict[str, Any],
               lease: Any = None) -> int:
-    from jobs import binding
-    from jobs.map_checks import map_quality, quality_lines
+    from jobs.mapping import binding
+    from jobs.mapping.map_checks import map_quality, quality_lines
     from models.preprocess import describe
     from storage.checkpoints import load_checkpoint_with_digest
-    from storage.fs import redact_text, redact_url
-    from storage.manifest import now
-    from storage.plan import listed_samples
-    from storage.tables import FORMAT_VERSION
+    from storage.io.fs import redact_text, redact_url
+    from storage.maps.manifest import now
+    from storage.maps.plan import listed_samples
+    from storage.maps.tables import FORMAT_VERSION
     from storage.sources import match_labels, open_source
     from workers.tasks import JobConfig, plan_shard_tasks, source_listing
 
@@ -245,7 +245,7 @@ def attribute(args: argparse.Namespace, options: dict[str, Any], store: Any, run
                                  binding.fingerprint(config, spec, checkpoint_sha256, params, FORMAT_VERSION),
                                  redact_url(args.output))
     if args.dry_run:
-        from jobs.preview import print_plan
+        from jobs.mapping.preview import print_plan
 
         return print_plan(args, store, source, config, labels, added if run_record.get("fingerprint") else
                           config.labels, spec.input_size)
@@ -297,12 +297,12 @@ def attribute(args: argparse.Namespace, options: dict[str, Any], store: Any, run
 
     results: list[dict] = []
     if planned.tasks:
-        from jobs.cluster import check_workers_import, check_workers_reach, start_ray
+        from jobs.runtime.cluster import check_workers_import, check_workers_reach, start_ray
 
         start_ray(args.ray_address)
         check_workers_import(spec.arch, config.trust_code)
         check_workers_reach([source.url, checkpoint, args.output], options)
-        from jobs.actor_pool import run_shards
+        from jobs.mapping.actor_pool import run_shards
 
         results = run_shards(planned.tasks, config, args, store)
 
@@ -364,14 +364,14 @@ def print_summary(results: list[dict], samples: int, errors: int, seconds: float
     if pngs:
         print(f"example maps: {', '.join(pngs)}")
     method = next(iter(missing), "pathway")  # missing holds every method of the run, in order
-    from jobs.hints import read_hint
+    from jobs.runtime.hints import read_hint
 
     print(f"read them with: {read_hint(output, method, options_text)}")
 
 
 def errors_by_kind(output: str, options: dict[str, Any], method: str) -> dict[str, int]:
     """How many committed error rows of ``method`` each kind (read, decode, preprocess, label, attribution) has."""
-    from storage.reader import read_errors
+    from storage.maps.reader import read_errors
 
     kinds = read_errors(output, method, options).kind.fillna("unknown")
     return {str(k): int(n) for k, n in kinds.value_counts().sort_index().items()}
@@ -379,7 +379,7 @@ def errors_by_kind(output: str, options: dict[str, Any], method: str) -> dict[st
 
 def print_skipped(skipped: Sequence[Any], url: str, shown: int = 5) -> None:
     """Files under the source that are not samples: how many, and the first few with why."""
-    from storage.fs import redact_text, redact_url
+    from storage.io.fs import redact_text, redact_url
 
     if not skipped:
         return

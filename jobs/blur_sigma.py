@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from jobs.cli import JobError, job_parser, positive_float, positive_int, run_main, storage_flags, storage_options_from
+from jobs.runtime.cli import JobError, job_parser, positive_float, positive_int, run_main, storage_flags, storage_options_from
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -40,7 +40,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def sample_maps(url: str, methods: Sequence[str], options: dict, limit: int, seed: int) -> dict[str, np.ndarray]:
     """``limit`` maps [N, H, W] per method, of the same seeded sample of ids both methods have."""
-    from storage.reader import read_maps
+    from storage.maps.reader import read_maps
 
     frames = {m: read_maps(url, m, options, columns=["sample_id", "map"]) for m in methods}
     for method, frame in frames.items():

@@ -22,7 +22,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from jobs.cli import (JobError, job_parser, json_object, positive_int, run_main, storage_flags, storage_options_from,
+from jobs.runtime.cli import (JobError, job_parser, json_object, positive_int, run_main, storage_flags, storage_options_from,
                       trust_flags, trust_of)
 
 
@@ -76,7 +76,7 @@ def read_state_dict(url: str, options: dict[str, Any]) -> dict[str, Any]:
     """The weights at ``url`` as a plain state_dict (unwrapped, without DataParallel prefixes)."""
     import torch
 
-    from storage.fs import StorageError, open_fs, storage_errors
+    from storage.io.fs import StorageError, open_fs, storage_errors
 
     try:
         fs, path = open_fs(url, options)
@@ -100,7 +100,7 @@ def read_state_dict(url: str, options: dict[str, Any]) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     from models.registry import ModelSpec, build_model
     from storage.checkpoints import save_checkpoint
-    from storage.fs import redact_url
+    from storage.io.fs import redact_url
 
     options = storage_options_from(args.storage_options)
     spec = ModelSpec(arch=args.arch, num_classes=args.num_classes, in_channels=args.in_channels,

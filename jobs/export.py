@@ -39,12 +39,12 @@ from typing import Any
 
 import numpy as np
 
-from jobs.cli import JobError, job_parser, positive_int, run_main, storage_flags, storage_options_from
+from jobs.runtime.cli import JobError, job_parser, positive_int, run_main, storage_flags, storage_options_from
 
 FORMATS = ("fiftyone",)
 #: Written first into DIR: a later run recognises its own export (and rewrites it).
 MARKER = ".pathway-export"
-LOADER = Path(__file__).with_name("fiftyone_loader.py")
+LOADER = Path(__file__).parent / "reporting" / "fiftyone_loader.py"
 #: Columns every maps table has that are not a sample's details.
 _NOT_DETAILS = {"sample_id", "shard_id", "method", "params", "map"}
 
@@ -128,8 +128,8 @@ def export_fiftyone(url: str, directory: str | Path, options: Mapping[str, Any] 
                     methods: Sequence[str] | None = None, limit: int | None = None, source: Any = None) -> dict:
     """Write the FiftyOne export of the map dataset at ``url`` into local ``directory``, shard by shard
     (one shard's maps in memory at a time); returns the summary written to samples.json, minus samples."""
-    from storage.fs import InvalidStorageInput, StorageNotFound, redact_url
-    from storage.reader import join_with_source, read_errors, read_maps, read_run, read_shard
+    from storage.io.fs import InvalidStorageInput, StorageNotFound, redact_url
+    from storage.maps.reader import join_with_source, read_errors, read_maps, read_run, read_shard
 
     out = Path(directory)
     run = read_run(url, options)

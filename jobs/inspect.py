@@ -21,7 +21,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from jobs.cli import JobError, job_parser, run_main, storage_flags, storage_options_from
+from jobs.runtime.cli import JobError, job_parser, run_main, storage_flags, storage_options_from
 
 DEFAULT_OUTPUT = "outputs/maps/fashion-mnist"  # jobs.attribute's
 #: Runs of the history printed as text (--json has all of them).
@@ -42,9 +42,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def _public(value: Any) -> Any:
-    """``value`` with every string redacted (storage.fs.redact_text) and no storage options: a run
+    """``value`` with every string redacted (storage.io.fs.redact_text) and no storage options: a run
     record written by another version, or by hand, may hold either."""
-    from storage.fs import redact_text
+    from storage.io.fs import redact_text
 
     if isinstance(value, Mapping):
         return {k: _public(v) for k, v in value.items() if k != "storage_options"}
@@ -69,7 +69,7 @@ def planned_shards(where: Any) -> dict[str, Any]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from storage.tables import PLAN_DIR
+    from storage.maps.tables import PLAN_DIR
 
     segments = [rel for rel in where.find(PLAN_DIR, ".parquet")
                 if rel.rsplit("/", 1)[-1].startswith(("shards", "ranges"))]
@@ -121,12 +121,12 @@ def not_a_map_dataset(url: str) -> JobError:
 
 def inspect_output(url: str, storage_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The summary of the map dataset at ``url`` (what :func:`render` prints and ``--json`` gives)."""
-    from storage.fs import StorageNotFound, redact_url, storage_errors
-    from storage.lease import LEASE
-    from storage.location import Location
-    from storage.manifest import read_commits
-    from storage.reader import read_run
-    from storage.tables import MANIFEST_DIR
+    from storage.io.fs import StorageNotFound, redact_url, storage_errors
+    from storage.io.lease import LEASE
+    from storage.io.location import Location
+    from storage.maps.manifest import read_commits
+    from storage.maps.reader import read_run
+    from storage.maps.tables import MANIFEST_DIR
 
     where = Location(url, storage_options)
     shown = redact_url(url)

@@ -47,7 +47,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from jobs.cli import (JobError, job_parser, positive_int, run_main, source_flags, source_policy_of, storage_flags,
+from jobs.runtime.cli import (JobError, job_parser, positive_int, run_main, source_flags, source_policy_of, storage_flags,
                       storage_options_from)
 
 #: scikit-image sample images that ship inside the package (no download), natural and varied.
@@ -57,7 +57,7 @@ SIZE, GARMENT, SCALES = 32, 28, (1, 2, 4)
 SPLITS = {"train": 0, "test": 1}
 ROWS_PER_FILE = 10_000
 NAME = "fm-textures"
-#: What this job writes under --output (storage.outputs.check_output refuses a folder holding anything else).
+#: What this job writes under --output (storage.io.outputs.check_output refuses a folder holding anything else).
 OUTPUT_NAMES = ("train-*.parquet", "test-*.parquet", "dataset.json", "examples.png")
 #: The planted shortcut: 4 x 4 pixels alternating black and white, pasted at the top-left corner.
 STAMP = (np.indices((4, 4)).sum(axis=0) % 2 * 255).astype(np.uint8)
@@ -187,10 +187,10 @@ def parquet_file(images: np.ndarray, labels: np.ndarray, ids: list[str], classes
 
 
 def run(args: argparse.Namespace) -> int:
-    from jobs.plots import image_grid
-    from storage.location import Location
-    from storage.fs import redact_url
-    from storage.outputs import OutputKind, check_apart, check_output
+    from jobs.reporting.plots import image_grid
+    from storage.io.location import Location
+    from storage.io.fs import redact_url
+    from storage.io.outputs import OutputKind, check_apart, check_output
     from storage.sources import load_arrays, open_source, source_location
 
     start = time.perf_counter()

@@ -49,14 +49,14 @@ from typing import Any
 
 import numpy as np
 
-from jobs.cli import (JobError, checkpoint_or_default, choice_list, job_parser, non_negative_float, positive_int,
+from jobs.runtime.cli import (JobError, checkpoint_or_default, choice_list, job_parser, non_negative_float, positive_int,
                       ray_flags, reduction, run_main, source_flags, source_policy_of, storage_options_from, trust_flags,
                       trust_of)
-from jobs.methods import build_methods, parse_method_specs
+from jobs.mapping.methods import build_methods, parse_method_specs
 
 DEFAULT_METHODS = "pathway gradient"
 DEFAULT_OUTPUT = "outputs/eval/perturbation"
-#: What this job writes under its output (storage.outputs.check_output refuses a folder holding anything else).
+#: What this job writes under its output (storage.io.outputs.check_output refuses a folder holding anything else).
 OUTPUT_NAMES = ("perturbation.*", "auc.*")
 DEFAULT_LIMIT = 256
 RANDOM = "random"
@@ -127,7 +127,7 @@ def perturb_shard(payload: dict[str, Any], x: Any, maps: np.ndarray | None, targ
     import torch
 
     from attribution.evaluation import perturbation_scores
-    from jobs.eval_common import compute_maps, rebuild_model, sample_seeds
+    from jobs.evaluation.common import compute_maps, rebuild_model, sample_seeds
 
     torch.set_num_threads(1)
     model = rebuild_model(payload)
@@ -153,11 +153,11 @@ def perturb_shard(payload: dict[str, Any], x: Any, maps: np.ndarray | None, targ
 
 def stored_inputs(args: argparse.Namespace, options: dict[str, Any]) -> dict[str, Any]:
     """Maps, targets and ids from a jobs.attribute dataset, plus where its images and model live."""
-    from jobs.eval_common import stored_config
-    from jobs.subsets import stratified_indices
-    from storage.fs import StorageNotFound, join
-    from storage.reader import read_maps, read_run
-    from storage.tables import EVAL_DIR
+    from jobs.evaluation.common import stored_config
+    from jobs.evaluation.subsets import stratified_indices
+    from storage.io.fs import StorageNotFound, join
+    from storage.maps.reader import read_maps, read_run
+    from storage.maps.tables import EVAL_DIR
 
     try:
         run = read_run(args.maps, options)
@@ -178,7 +178,7 @@ def stored_inputs(args: argparse.Namespace, options: dict[str, Any]) -> dict[str
     common = set.intersection(*(set(f.sample_id) for f in frames.values()))
     first = frames[methods[0]].drop_duplicates("sample_id")
     first = first[first.sample_id.isin(common)]
-    # A seeded, class-stratified subset (jobs.subsets): the first N of a class-sorted source is one class.
+    # A seeded, class-stratified subset (jobs.evaluation.subsets): the first N of a class-sorted source is one class.
     ids = [first.sample_id.iloc[i] for i in stratified_indices(first["label"].to_numpy(), args.limit)]
     total = len(first)
     if not ids:
@@ -195,15 +195,15 @@ def stored_inputs(args: argparse.Namespace, options: dict[str, Any]) -> dict[str
 def run(args: argparse.Namespace) -> int:
     import ray
 
-    from jobs.cluster import start_ray
-    from jobs.progress import Progress
-    from jobs.stopping import as_interrupted
-    from jobs.eval_common import chunks, fill_value, load_samples, model_payload
-    from jobs.subsets import announce, subset_record
+    from jobs.runtime.cluster import start_ray
+    from jobs.runtime.progress import Progress
+    from jobs.runtime.stopping import as_interrupted
+    from jobs.evaluation.common import chunks, fill_value, load_samples, model_payload
+    from jobs.evaluation.subsets import announce, subset_record
     from models.preprocess import preprocess
     from storage.checkpoints import load_checkpoint
-    from storage.fs import redact_url
-    from storage.outputs import OutputKind, check_apart, check_output
+    from storage.io.fs import redact_url
+    from storage.io.outputs import OutputKind, check_apart, check_output
     from storage.sources import model_policy, open_source, source_location
 
     start = time.perf_counter()
@@ -271,7 +271,7 @@ def run(args: argparse.Namespace) -> int:
                 for key, values in ray.get(done[0]).items():
                     results.setdefault((label, *key), {})[lo] = values
                 progress.update(1)
-    except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM (jobs.stopping)
+    except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM (jobs.runtime.stopping)
         raise as_interrupted(err, f"{progress.done} of {progress.total} tasks done, nothing written (the curves "
                                   "are written when all are); rerun to start again") from None
     table = summarize(results, args.fractions, [*methods, RANDOM], np.asarray(labels))
@@ -334,9 +334,9 @@ def curve_notes(table: Any) -> list[str]:
 
 def write_outputs(output: str, options: dict[str, Any], table: Any, args: argparse.Namespace, fill: list[float],
                   checkpoint: str, inputs: dict[str, Any], n: int) -> list[str]:
-    from jobs.eval_common import write_file, write_table
-    from jobs.plots import perturbation_curves
-    from storage.fs import redact_url
+    from jobs.evaluation.common import write_file, write_table
+    from jobs.reporting.plots import perturbation_curves
+    from storage.io.fs import redact_url
 
     auc_table = areas(table, args.fractions)
     summary = {"config": {"maps": redact_url(args.maps) if args.maps else None, "source": redact_url(inputs["source"]),
@@ -353,7 +353,7 @@ def write_outputs(output: str, options: dict[str, Any], table: Any, args: argpar
 
 
 def print_summary(table: Any, fractions: Sequence[float], paths: list[str], seconds: float) -> None:
-    from storage.fs import redact_url
+    from storage.io.fs import redact_url
 
     auc_table = areas(table, fractions)
     print(f"\nareas under the curves ({int(table.n_images.max())} images, {seconds:.1f} s): mean relative drop "

@@ -28,11 +28,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from jobs.cli import JobError, job_parser, run_main, storage_flags, storage_options_from
+from jobs.runtime.cli import JobError, job_parser, run_main, storage_flags, storage_options_from
 
 DEFAULT_MAPS = "outputs/maps/fashion-mnist"
 DEFAULT_OUTPUT = "outputs/report"
-#: What this job writes under --output: the reports and their figures (storage.outputs.check_output).
+#: What this job writes under --output: the reports and their figures (storage.io.outputs.check_output).
 OUTPUT_NAMES = ("report.html", "report.md", "*.png")
 PERTURBATION_FALLBACK = "outputs/eval/perturbation"
 SANITY_DEFAULT = "outputs/eval/sanity"
@@ -67,7 +67,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def read_optional(url: str, name: str, options: dict[str, Any]) -> bytes | None:
     """``<url>/<name>``, or None where it does not exist (a section not run yet is not an error)."""
-    from storage.location import Location
+    from storage.io.location import Location
 
     return Location(url, options).get_optional(name)
 
@@ -188,7 +188,7 @@ def roar_section(url: str, options: dict[str, Any], maps: str) -> Section:
     run = read_optional(url, "run.json", options)
     check = json.loads(run).get("budget") if run is not None else None
     if check:
-        from jobs.roar_summary import budget_line, chance_line
+        from jobs.evaluation.roar_summary import budget_line, chance_line
 
         section.notes += [line for line in (chance_line(check), budget_line(check)) if line]
     if run is not None:
@@ -197,7 +197,7 @@ def roar_section(url: str, options: dict[str, Any], maps: str) -> Section:
 
 
 def examples_section(maps: str, options: dict[str, Any]) -> Section:
-    from storage.tables import EXAMPLES_PATH
+    from storage.maps.tables import EXAMPLES_PATH
 
     section = Section("Example maps", maps)
     figure = read_optional(maps, EXAMPLES_PATH, options)
@@ -209,7 +209,7 @@ def examples_section(maps: str, options: dict[str, Any]) -> Section:
 
 
 def _has_outputs(url: str, names: Sequence[str], options: dict[str, Any]) -> bool:
-    from storage.location import Location
+    from storage.io.location import Location
 
     where = Location(url, options)
     return any(where.exists(n) for n in names)
@@ -285,11 +285,11 @@ def render_markdown(run: dict, maps: str, sections: list[Section]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from storage.fs import StorageError, join, redact_url
-    from storage.location import Location
-    from storage.outputs import OutputKind, check_output
-    from storage.reader import read_run
-    from storage.tables import EVAL_DIR
+    from storage.io.fs import StorageError, join, redact_url
+    from storage.io.location import Location
+    from storage.io.outputs import OutputKind, check_output
+    from storage.maps.reader import read_run
+    from storage.maps.tables import EVAL_DIR
 
     options = storage_options_from(args.storage_options)
     maps = args.maps.rstrip("/")

@@ -22,12 +22,12 @@ rest (use another --output; it is the default).
 
 Leakage control (on by default, ``--no-mask-control`` to skip): for each method x t x seed also
 a retrain on the binary removal mask alone, same budget; each ROAR cell is then valid or "not
-valid: the mask leaks the class" (jobs.roar_summary says exactly how). Budget check: the
+valid: the mask leaks the class" (jobs.evaluation.roar_summary says exactly how). Budget check: the
 unmodified retrain must land within ``--budget-tolerance`` points (3) of the checkpoint's own
 accuracy on the same test images, or the summary says the grid is under-trained. Chance is 1/K
 (K: the model's classes); a checkpoint or unmodified retrain within 5 points of it makes every
 cell "not valid: the model is at chance on these images". ``--train-limit`` / ``--test-limit``
-take seeded, class-stratified subsets (jobs.subsets), and labels are the ones the maps store (the
+take seeded, class-stratified subsets (jobs.evaluation.subsets), and labels are the ones the maps store (the
 model's class indices, not an image folder's sorted-name order).
 
 Outputs under --output (default <test-maps>/_eval/roar, or _eval/kar):
@@ -52,12 +52,12 @@ from typing import Any
 
 import numpy as np
 
-from jobs.cli import (JobError, choice_list, job_parser, non_negative_float, non_negative_int, positive_float,
+from jobs.runtime.cli import (JobError, choice_list, job_parser, non_negative_float, non_negative_int, positive_float,
                       positive_int, ray_flags, run_main, source_flags, source_policy_of, storage_options_from, trust_flags,
                       trust_of, worker_flags)
 
 CONTROLS = ("random", "sobel")
-#: What this job writes under its output (storage.outputs.check_output refuses a folder holding anything else).
+#: What this job writes under its output (storage.io.outputs.check_output refuses a folder holding anything else).
 OUTPUT_NAMES = ("results.*", "summary.csv", "claims.csv", "roar.png", "kar.png", "run.json", "cells")
 DEFAULT_THRESHOLDS = "10,30,50,70,90"
 FILLS = ("mean", "nli")
@@ -127,12 +127,12 @@ def load_split(url: str, methods: Sequence[str], options: dict, limit: int | Non
     """Images, labels, ids and the stored maps ``[N, H, W]`` of ``methods`` for the samples that have
     a map of every method stored in the dataset (controls need none, but use the same samples), in
     source order, with the labels the maps store (the model's class indices); ``limit`` keeps a seeded,
-    class-stratified subset (jobs.subsets),
+    class-stratified subset (jobs.evaluation.subsets),
     described in ``subset`` for the run header. The source is opened under
     ``policy`` (the operator's --allow-paths, --max-image-pixels)."""
-    from jobs.eval_common import sample_seeds
-    from jobs.subsets import stratified_indices, subset_record
-    from storage.reader import read_maps, read_run
+    from jobs.evaluation.common import sample_seeds
+    from jobs.evaluation.subsets import stratified_indices, subset_record
+    from storage.maps.reader import read_maps, read_run
     from storage.sources import load_arrays, open_source
     from workers.tasks import stored_methods
 
@@ -210,7 +210,7 @@ def checked_recipe(metrics: dict[str, Any], checkpoint: str, args: argparse.Name
     """The training recipe a checkpoint's metrics hold, each field checked before it is used: a
     checkpoint is untrusted data, and a bad field is one line naming it and the flag that overrides it."""
     from models.training import OPTIMIZERS, SCHEDULES
-    from storage.fs import redact_url
+    from storage.io.fs import redact_url
 
     def number(value: Any, kind: type) -> bool:
         return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value and \
@@ -245,19 +245,19 @@ def checked_recipe(metrics: dict[str, Any], checkpoint: str, args: argparse.Name
 def run(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from jobs.eval_common import stored_config
-    from jobs.roar_cells import finished_cells, name_of, plan_cells, run_cells
-    from jobs.roar_summary import budget, chance_levels, verdict_lines, write_outputs
-    from jobs.subsets import announce
+    from jobs.evaluation.common import stored_config
+    from jobs.evaluation.roar_cells import finished_cells, name_of, plan_cells, run_cells
+    from jobs.evaluation.roar_summary import budget, chance_levels, verdict_lines, write_outputs
+    from jobs.evaluation.subsets import announce
     from storage.checkpoints import load_checkpoint, load_metrics
-    from storage.fs import join
-    from storage.location import Location
-    from storage.manifest import now
-    from storage.fs import redact_url
-    from storage.outputs import OutputKind, check_apart, check_output
-    from storage.reader import read_run
+    from storage.io.fs import join
+    from storage.io.location import Location
+    from storage.maps.manifest import now
+    from storage.io.fs import redact_url
+    from storage.io.outputs import OutputKind, check_apart, check_output
+    from storage.maps.reader import read_run
     from storage.sources import source_location
-    from storage.tables import EVAL_DIR
+    from storage.maps.tables import EVAL_DIR
     from workers.roar_data import channel_mean, pixel_noise
 
     started, clock = now(), time.perf_counter()
@@ -319,7 +319,7 @@ def run(args: argparse.Namespace) -> int:
         "weight_decay": recipe["weight_decay"], "augment": augment,
     }
     settings = {k: v for k, v in config.items() if k not in ("output", "storage_options")}
-    # Stored in run.json, so without credentials (storage.fs.redact_url); equal whatever credentials a URL carries.
+    # Stored in run.json, so without credentials (storage.io.fs.redact_url); equal whatever credentials a URL carries.
     settings.update(train_maps=redact_url(args.train_maps), test_maps=redact_url(args.test_maps),
                     checkpoint=redact_url(checkpoint),
                     train_ids=hashlib.sha256("\n".join(train["ids"]).encode()).hexdigest(),

@@ -15,7 +15,7 @@ The test is paired by seed (a seed fixes a retrain's initialization and data ord
 method): a one-sided paired t-test over the shared seeds, alpha = 0.05. "holds": p < alpha;
 "does not hold": p >= alpha; "not testable here" (with the reason): a method missing, fewer than
 2 shared seeds, the budget check failed (under-trained or at chance), or a cell the leakage
-control marks not valid (jobs.roar_summary).
+control marks not valid (jobs.evaluation.roar_summary).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from jobs.cli import JobError, job_parser, run_main, storage_flags, storage_options_from
+from jobs.runtime.cli import JobError, job_parser, run_main, storage_flags, storage_options_from
 
 ALPHA = 0.05
 HOLDS, FAILS, UNTESTABLE = "holds", "does not hold", "not testable here"
@@ -121,8 +121,8 @@ def run(args: argparse.Namespace) -> int:
 
     import pandas as pd
 
-    from storage.fs import StorageNotFound
-    from storage.location import Location
+    from storage.io.fs import StorageNotFound
+    from storage.io.location import Location
 
     where = Location(args.roar, storage_options_from(args.storage_options))
     try:

@@ -45,14 +45,14 @@ from typing import Any
 
 import numpy as np
 
-from jobs.cli import (checkpoint_or_default, job_parser, non_negative_float, positive_int, ray_flags, reduction,
+from jobs.runtime.cli import (checkpoint_or_default, job_parser, non_negative_float, positive_int, ray_flags, reduction,
                       run_main, source_flags, source_policy_of, storage_options_from, trust_flags, trust_of)
-from jobs.methods import build_methods, parse_method_specs
+from jobs.mapping.methods import build_methods, parse_method_specs
 
 DEFAULT_METHODS = ("pathway_taylor=pathway:scores=taylor pathway_integrated=pathway:scores=integrated,steps=4 "
                    "gradient gradient_x_input integrated_gradients:n_steps=16 guided_backprop grad_cam")
 DEFAULT_OUTPUT = "outputs/eval/sanity"
-#: What this job writes under --output (storage.outputs.check_output refuses a folder holding anything else).
+#: What this job writes under --output (storage.io.outputs.check_output refuses a folder holding anything else).
 OUTPUT_NAMES = ("sanity.*", "sanity_draws.*")
 ORIGINAL = "original"
 
@@ -63,7 +63,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    "models/weights/resnet8-fashion-mnist.pt)")
     p.add_argument("--source", default="fashion-mnist", help="dataset name or URL")
     p.add_argument("--split", default="test", help="the source's split to take the samples from")
-    p.add_argument("--limit", type=positive_int, default=32, help="a seeded, class-stratified subset of N samples of the split (jobs.subsets)")
+    p.add_argument("--limit", type=positive_int, default=32, help="a seeded, class-stratified subset of N samples of the split (jobs.evaluation.subsets)")
     p.add_argument("--methods", default=DEFAULT_METHODS, help="space-separated [label=]name[:key=value,...]")
     p.add_argument("--reduction", default="signed_max_abs", type=reduction,
                    help="channel reduction of the maps (as jobs.attribute)")
@@ -87,7 +87,7 @@ def original_maps(payload: dict[str, Any], x: Any, targets: np.ndarray, method: 
     """One method's maps [N, H, W] on the unrandomized model."""
     import torch
 
-    from jobs.eval_common import compute_maps, rebuild_model
+    from jobs.evaluation.common import compute_maps, rebuild_model
 
     torch.set_num_threads(1)
     model = rebuild_model(payload)
@@ -101,7 +101,7 @@ def step_scores(payload: dict[str, Any], x: Any, targets: np.ndarray, method: An
     import torch
 
     from attribution.evaluation import compare, randomized
-    from jobs.eval_common import compute_maps, rebuild_model
+    from jobs.evaluation.common import compute_maps, rebuild_model
 
     torch.set_num_threads(1)
     model = rebuild_model(payload)
@@ -119,15 +119,15 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from attribution.evaluation import METRICS, cascade
-    from jobs.cluster import start_ray
-    from jobs.progress import Progress
-    from jobs.stopping import as_interrupted
-    from jobs.eval_common import load_samples, model_payload
-    from jobs.subsets import announce, subset_record
+    from jobs.runtime.cluster import start_ray
+    from jobs.runtime.progress import Progress
+    from jobs.runtime.stopping import as_interrupted
+    from jobs.evaluation.common import load_samples, model_payload
+    from jobs.evaluation.subsets import announce, subset_record
     from models.preprocess import preprocess
     from storage.checkpoints import load_checkpoint
-    from storage.fs import redact_url
-    from storage.outputs import OutputKind, check_apart, check_output
+    from storage.io.fs import redact_url
+    from storage.io.outputs import OutputKind, check_apart, check_output
     from storage.sources import model_policy, open_source, source_location
 
     start = time.perf_counter()
@@ -174,7 +174,7 @@ def run(args: argparse.Namespace) -> int:
                 done, _ = ray.wait(list(pending), num_returns=1)
                 scores[pending.pop(done[0])] = ray.get(done[0])
                 progress.update(1)
-    except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM (jobs.stopping)
+    except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM (jobs.runtime.stopping)
         raise as_interrupted(err, f"{progress.done} of {progress.total} steps done, nothing written (the curves "
                                   "are written when all are); rerun to start again") from None
     per_draw = draw_means(scores, [m.label for m in specs], names, METRICS, args.draws)
@@ -225,9 +225,9 @@ def summarize(per_draw: Any) -> Any:
 
 def write_outputs(args: argparse.Namespace, options: dict[str, Any], table: Any, per_draw: Any, checkpoint: str,
                   steps: list, n: int, metrics: Sequence[str], subset: dict[str, Any] | None = None) -> list[str]:
-    from jobs.eval_common import write_file, write_table
-    from jobs.plots import sanity_curves
-    from storage.fs import redact_url
+    from jobs.evaluation.common import write_file, write_table
+    from jobs.reporting.plots import sanity_curves
+    from storage.io.fs import redact_url
 
     config = {"checkpoint": redact_url(checkpoint), "source": redact_url(args.source), "split": args.split,
               "samples": n, "subset": subset,
@@ -242,7 +242,7 @@ def write_outputs(args: argparse.Namespace, options: dict[str, Any], table: Any,
 
 
 def print_summary(table: Any, names: Sequence[str], paths: list[str], seconds: float) -> None:
-    from storage.fs import redact_url
+    from storage.io.fs import redact_url
 
     print(f"\nSpearman |map| vs the original maps, mean +- sd over draws ({seconds:.1f} s):")
     rows = table[table.metric == "spearman_abs"]

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from jobs.cli import JobError, job_parser, positive_int, run_main
+from jobs.runtime.cli import JobError, job_parser, positive_int, run_main
 
 #: Methods compared: the paper's pathway map and two baselines (jobs.attribute --methods syntax).
 METHODS = "pathway gradient grad_cam"

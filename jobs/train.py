@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from jobs.cli import (JobError, device_name, job_parser, json_object, non_negative_float, positive_float,
+from jobs.runtime.cli import (JobError, device_name, job_parser, json_object, non_negative_float, positive_float,
                       positive_int, run_main, source_flags, source_policy_of, storage_flags, storage_options_from,
                       trust_flags, trust_of)
 
@@ -147,7 +147,7 @@ def provenance(argv: Sequence[str] | None) -> dict[str, Any]:
 
     import torch
 
-    from storage.fs import redact_url
+    from storage.io.fs import redact_url
 
     words: list[str] = []
     for i, word in enumerate(argv or []):
@@ -178,11 +178,11 @@ def provenance(argv: Sequence[str] | None) -> dict[str, Any]:
 def train(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    from jobs.plots import training_curves
+    from jobs.reporting.plots import training_curves
     from models.registry import check_input_size
     from models.training import resolve_device, train_classifier
     from storage.checkpoints import redact_url, save_checkpoint
-    from storage.location import put_url
+    from storage.io.location import put_url
     from storage.sources import load_arrays
 
     options = storage_options_from(args.storage_options)
@@ -238,16 +238,16 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from storage.fs import redact_url
-    from storage.outputs import check_apart
+    from storage.io.fs import redact_url
+    from storage.io.outputs import check_apart
     from storage.sources import source_location
 
     # The checkpoint and its .metrics.png inside an image folder would become samples of it.
     check_apart(args.output, {"--source": source_location(args.source)})
     try:
         metrics = train(args)
-    except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM (jobs.stopping): one line, no traceback
-        from jobs.stopping import as_interrupted
+    except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM (jobs.runtime.stopping): one line, no traceback
+        from jobs.runtime.stopping import as_interrupted
 
         raise as_interrupted(err, "no checkpoint written (it is written when training ends); rerun the same "
                                   "command to train again") from None

@@ -5,9 +5,9 @@ its legend, clip percentiles and polarity; filters (label, target, prediction, c
 method, error kind) and sorting by any per-sample detail; a page per sample with every method's
 map, its details and errors, its strategy cluster and the evaluation results of its methods, and the
 run history; a clusters page per analysed method and class (jobs.analyze: each cluster's size and
-mean map, the 2-D embedding, a link to the gallery filtered to the cluster: jobs.view_analysis).
+mean map, the 2-D embedding, a link to the gallery filtered to the cluster: jobs.reporting.view_analysis).
 Filtering and sorting read the small columns
-only (jobs.view_query), and maps are fetched one by one as a page shows them, so a million-sample
+only (jobs.reporting.view_query), and maps are fetched one by one as a page shows them, so a million-sample
 output opens as fast as a small one. Local paths and s3:// alike, through --storage-options or
 $STORAGE_OPTIONS. Bound to 127.0.0.1 unless --host says otherwise: the page shows the data to
 anyone who can reach the port.
@@ -27,7 +27,7 @@ from importlib import resources
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from jobs.cli import JobError, job_parser, non_negative_int, run_main, storage_flags, storage_options_from
+from jobs.runtime.cli import JobError, job_parser, non_negative_int, run_main, storage_flags, storage_options_from
 
 #: The page's files (plain HTML, CSS and JS shipped with the package: no build step, no CDN).
 STATIC = {"/": ("index.html", "text/html"), "/index.html": ("index.html", "text/html"),
@@ -42,8 +42,8 @@ class Explorer:
 
     def __init__(self, url: str, storage_options: Mapping[str, Any] | None, source: str | None = None) -> None:
         from jobs.inspect import inspect_output
-        from jobs.view_analysis import Analyses
-        from jobs.view_query import MapIndex
+        from jobs.reporting.view_analysis import Analyses
+        from jobs.reporting.view_query import MapIndex
 
         self.url, self.storage_options = url, storage_options
         self.summary = inspect_output(url, storage_options)  # one line for a path that is not a map dataset
@@ -56,7 +56,7 @@ class Explorer:
 
     def _open_source(self, run: Mapping[str, Any]) -> Any:
         """The source the run record names (or --source), opened as join_with_source would open it."""
-        from storage.fs import same_url
+        from storage.io.fs import same_url
         from storage.sources import open_source
 
         config = run.get("config") or {}
@@ -67,7 +67,7 @@ class Explorer:
                            kind=config.get("source_format") if same_url(config.get("source"), url) else None)
 
     def info(self) -> dict[str, Any]:
-        from jobs.view_colors import DEFAULT_LOWER, DEFAULT_UPPER, POLARITIES, luts
+        from jobs.reporting.view_colors import DEFAULT_LOWER, DEFAULT_UPPER, POLARITIES, luts
 
         return {**self.summary, "columns": self.index.columns, "sortable": self.index.sortable,
                 "map_methods": self.index.methods(), "polarities": POLARITIES, "analyses": self.analyses.methods(),
@@ -83,11 +83,11 @@ class Explorer:
 
     @functools.lru_cache(maxsize=512)
     def image_png(self, sample_id: str) -> bytes:
-        """The image the model saw (storage.reader.join_with_source), as PNG."""
+        """The image the model saw (storage.maps.reader.join_with_source), as PNG."""
         import pandas as pd
         from PIL import Image
 
-        from storage.reader import join_with_source, read_run
+        from storage.maps.reader import join_with_source, read_run
 
         with self._lock:  # the source is opened once (listing it may be slow) and read by one thread at a time
             if self._run is None:  # both or neither: a failed open is tried again by the next image
@@ -104,7 +104,7 @@ class Explorer:
 
 
 def _need(query: Mapping[str, str], name: str) -> str:
-    from jobs.view_query import ViewError
+    from jobs.reporting.view_query import ViewError
 
     if not query.get(name):
         raise ViewError(f"missing query parameter {name}=")
@@ -112,7 +112,7 @@ def _need(query: Mapping[str, str], name: str) -> str:
 
 
 def _whole(query: Mapping[str, str], name: str) -> int:
-    from jobs.view_analysis import whole
+    from jobs.reporting.view_analysis import whole
 
     _need(query, name)
     return whole(query, name)
@@ -129,8 +129,8 @@ def handler_for(explorer: Explorer, allowed_hosts: set[str] | None) -> type[Base
             pass
 
         def do_GET(self) -> None:  # noqa: N802 - http.server's name
-            from jobs.view_query import ViewError
-            from storage.fs import InvalidStorageInput, StorageError, StorageNotFound, redact_text
+            from jobs.reporting.view_query import ViewError
+            from storage.io.fs import InvalidStorageInput, StorageError, StorageNotFound, redact_text
 
             host = (self.headers.get("Host") or "").rsplit(":", 1)[0]
             if allowed_hosts is not None and host not in allowed_hosts:  # DNS rebinding (make_server)
@@ -140,7 +140,7 @@ def handler_for(explorer: Explorer, allowed_hosts: set[str] | None) -> type[Base
             try:
                 if parts.path in STATIC:
                     name, kind = STATIC[parts.path]
-                    return self._send(200, resources.files("jobs.view_static").joinpath(name).read_bytes(), kind)
+                    return self._send(200, resources.files("jobs.reporting.view_static").joinpath(name).read_bytes(), kind)
                 if parts.path == "/api/info":
                     return self._json(explorer.info())
                 if parts.path == "/api/rows":
@@ -219,7 +219,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace) -> int:
-    from storage.fs import redact_url
+    from storage.io.fs import redact_url
 
     server = make_server(args.output, storage_options_from(args.storage_options), args.host, args.port, args.source)
     host, port = server.server_address[:2]

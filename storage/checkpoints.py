@@ -33,9 +33,9 @@ from torch import nn
 
 from models.fingerprint import differences, fingerprint
 from models.registry import ModelError, ModelSpec, build_model
-from storage.fs import StorageError, StorageNotFound, open_fs, redact_url, storage_errors
-from storage.location import put_url
-from storage.retry import retrying
+from storage.io.fs import StorageError, StorageNotFound, open_fs, redact_url, storage_errors
+from storage.io.location import put_url
+from storage.io.retry import retrying
 
 __all__ = ["CheckpointError", "CheckpointNotFound", "load_checkpoint", "load_metrics", "read_checkpoint",
            "save_checkpoint"]

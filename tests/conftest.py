@@ -71,7 +71,7 @@ def ray_session():
     start_ray reuses it."""
     import ray
 
-    from jobs.cluster import start_local_ray
+    from jobs.runtime.cluster import start_local_ray
 
     torch.set_num_threads(1)
     temp = short_tmp("rj")

@@ -17,9 +17,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from storage.fs import join, open_fs
-from storage.location import put_url
-from storage.maps import MapRecords
+from storage.io.fs import join, open_fs
+from storage.io.location import put_url
+from storage.maps.writer import MapRecords
 
 # --------------------------------------------------------------------------- data
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from storage.fs import InvalidStorageInput, StorageError, redact_text, redact_url, resolve_storage_options
+from storage.io.fs import InvalidStorageInput, StorageError, redact_text, redact_url, resolve_storage_options
 from storage.sources.base import (IDS_IN_ROWS, NO_LABEL, RowFile, RowRange, Sample, SampleError, SampleRef, SkippedFile,
                                   Source, decode_image)
 from storage.sources.classes import LabelMatch, match_labels, normalize_class_name
@@ -77,7 +77,7 @@ def open_source(url: str, *, split: str = "test", storage_options: dict | None =
 
 def source_location(url: str) -> str:
     """Where a source's files are: the folder a dataset name stands for, else ``url`` itself (for
-    comparing a job's output with its source: storage.outputs.check_apart)."""
+    comparing a job's output with its source: storage.io.outputs.check_apart)."""
     return _ALIASES.get(str(url).lower(), str(url))
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from storage.fs import StorageError
+from storage.io.fs import StorageError
 from storage.sources.images import (decode_image, decode_kind, decode_reason,  # noqa: F401 - the contract's decoder
                                      to_uint8_hwc)
 from storage.sources.policy import DEFAULT_POLICY, SourcePolicy
@@ -83,7 +83,7 @@ IDS_IN_ROWS = ""
 @dataclass(frozen=True)
 class RowFile:
     """A file of a row-addressable source: its rows 0..rows-1 are samples, in order. A plan holds a
-    shard as row ranges of such files instead of one ref per sample (:mod:`storage.plan`).
+    shard as row ranges of such files instead of one ref per sample (:mod:`storage.maps.plan`).
 
     A sample's id follows from (file, row) alone, ``id_format.format(row=i)``, or, with ``id_format``
     :data:`IDS_IN_ROWS`, is data read with the row. Where rows are read by bytes (an index's lines, a
@@ -91,7 +91,7 @@ class RowFile:
     rows (a skipped line or member), and ``span_stamp(start, end)`` stamps a span by its bytes, so
     that appending rows to the file changes none of the planned ones. Where ids are data, ``ids``
     holds them (a list or an Arrow array), which the plan writes once into its id index so that a
-    sample's shard is found by its id (:func:`storage.plan.shard_of`).
+    sample's shard is found by its id (:func:`storage.maps.plan.shard_of`).
     """
 
     name: str             # relative to the source URL
@@ -220,7 +220,7 @@ class Source(abc.ABC):
         """The samples of ``refs``, in that order; touches only what these refs need.
 
         A sample that cannot be decoded yields a :class:`SampleError`, never an exception.
-        A store that cannot be reached at all raises :class:`storage.fs.StorageError`.
+        A store that cannot be reached at all raises :class:`storage.io.fs.StorageError`.
         """
 
     def skipped(self) -> list[SkippedFile]:

@@ -19,8 +19,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from storage.fs import InvalidStorageInput, is_file, open_fs, redact_url, storage_errors
-from storage.retry import retrying
+from storage.io.fs import InvalidStorageInput, is_file, open_fs, redact_url, storage_errors
+from storage.io.retry import retrying
 from storage.sources.base import SPLIT_WORDS, split_aliases
 from storage.sources.files import is_skipped_folder
 from storage.sources.idx import has_idx_files

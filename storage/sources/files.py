@@ -16,8 +16,8 @@ import posixpath
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
-from storage.fs import StorageError, is_local, open_fs, resolve_storage_options, scrub, storage_errors, translate
-from storage.retry import is_transient, retrying
+from storage.io.fs import StorageError, is_local, open_fs, resolve_storage_options, scrub, storage_errors, translate
+from storage.io.retry import is_transient, retrying
 from storage.sources.base import (NO_LABEL, RowRange, Sample, SampleError, SampleRef, SkippedFile, Source,
                                   decoded_sample)
 from storage.sources.classes import classes_of, integer_label, kind_of_classes
@@ -37,7 +37,7 @@ def fetch(fs: Any, paths: Sequence[str], url: str, storage_options: Mapping[str,
     Paths are exact keys, never patterns: a file named ``shot [1].png`` is read as named. What is
     not the data's fault is never an error row: a request that fails transiently (throttling, 5xx,
     a dropped connection) is retried with backoff, and one that still fails, or is refused, raises
-    :class:`storage.fs.StorageError`, which fails the shard (it is retried, or left uncommitted for
+    :class:`storage.io.fs.StorageError`, which fails the shard (it is retried, or left uncommitted for
     a rerun), so no sample is recorded as bad because the store was busy.
     """
     out: list[bytes | BaseException] = []

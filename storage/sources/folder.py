@@ -19,8 +19,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
-from storage.fs import StorageError, join, open_fs, resolve_storage_options, storage_errors
-from storage.retry import retrying
+from storage.io.fs import StorageError, join, open_fs, resolve_storage_options, storage_errors
+from storage.io.retry import retrying
 from storage.sources.base import NO_LABEL, SPLIT_WORDS, Sample, SampleError, SampleRef, SkippedFile, Source, \
     split_aliases
 from storage.sources.classes import kind_of_classes

@@ -16,8 +16,8 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from storage.fs import StorageError, join, open_fs, resolve_storage_options, storage_errors
-from storage.retry import retrying
+from storage.io.fs import StorageError, join, open_fs, resolve_storage_options, storage_errors
+from storage.io.retry import retrying
 from storage.sources.base import RowFile, RowRange, Sample, SampleError, SampleRef, Source, split_aliases
 from storage.sources.classes import kind_of_classes
 from storage.sources.files import stamp

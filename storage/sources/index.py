@@ -37,8 +37,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 
-from storage.fs import StorageError, open_fs, storage_errors
-from storage.retry import retrying
+from storage.io.fs import StorageError, open_fs, storage_errors
+from storage.io.retry import retrying
 from storage.sources.base import IDS_IN_ROWS, RowFile, RowRange, SampleRef, SkippedFile
 from storage.sources.files import FileListSource, read_bytes, read_span, span_changed
 

@@ -6,7 +6,7 @@ that names ``/etc/passwd``, ``../../x.png``, ``file:///...``, ``s3://other-bucke
 worker read a file outside the data or contact an address the operator did not choose. So every path
 a row or a listing gives is checked before anything is read, by :class:`Reach`:
 
-- it is placed as the filesystem will read it (:func:`storage.fs.open_fs`: protocol and path, ``..``
+- it is placed as the filesystem will read it (:func:`storage.io.fs.open_fs`: protocol and path, ``..``
   collapsed; on local disks with symbolic links resolved, so that a link cannot lead out);
 - it is read only where that place lies inside the source's own location, or under one of the
   operator's ``--allow-paths`` prefixes (:attr:`storage.sources.policy.SourcePolicy.allow_paths`),
@@ -27,12 +27,12 @@ from urllib.parse import unquote, urlsplit
 import fsspec
 from fsspec.core import split_protocol
 
-from storage.fs import redact_url
+from storage.io.fs import redact_url
 from storage.sources.policy import SourcePolicy
 
 #: The ``kind`` of the error row of a sample whose path leaves the source.
 OUTSIDE_SOURCE = "outside-source"
-#: The flag that widens what a source may name (jobs/cli.py source_flags).
+#: The flag that widens what a source may name (jobs/runtime/cli.py source_flags).
 ALLOW_FLAG = "--allow-paths"
 
 _LOCAL = ("file", "local")
@@ -76,7 +76,7 @@ def _http_path(url: str) -> str:
 def place(url: str, real_dir: Callable[[str], str] = os.path.realpath) -> Place | None:
     """Where reading ``url`` lands (see :func:`place_of`), or None when it names no filesystem this
     process can open (such a path is never read). The protocol and path are found as
-    :func:`storage.fs.open_fs` finds them (fsspec's ``split_protocol`` and the filesystem class's
+    :func:`storage.io.fs.open_fs` finds them (fsspec's ``split_protocol`` and the filesystem class's
     ``_strip_protocol``), without making a filesystem per path."""
     if "::" in url:  # fsspec chains filesystems on "::" (zip://x::s3://..., simplecache::http://...)
         return None

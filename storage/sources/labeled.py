@@ -26,7 +26,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from storage.fs import StorageError, join, open_fs, resolve_storage_options, storage_errors
+from storage.io.fs import StorageError, join, open_fs, resolve_storage_options, storage_errors
 from storage.sources.base import SkippedFile
 from storage.sources.files import FileListSource, listed_files, skip_reason
 from storage.sources.folder import open_split_root

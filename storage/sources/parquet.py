@@ -38,9 +38,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from storage.fs import (InvalidStorageInput, StorageError, is_file, join, open_fs, resolve_storage_options,
+from storage.io.fs import (InvalidStorageInput, StorageError, is_file, join, open_fs, resolve_storage_options,
                         storage_errors)
-from storage.retry import is_transient, retrying
+from storage.io.retry import is_transient, retrying
 from storage.sources.base import (IDS_IN_ROWS, NO_LABEL, RowFile, RowRange, Sample, SampleError, SampleRef, SkippedFile,
                                   Source, decoded_sample, files_of_split)
 from storage.sources.classes import classes_of, kind_of_classes

@@ -37,8 +37,8 @@ from typing import Any
 
 import numpy as np
 
-from storage.fs import StorageError, join, open_fs, storage_errors, translate
-from storage.retry import is_transient, retrying
+from storage.io.fs import StorageError, join, open_fs, storage_errors, translate
+from storage.io.retry import is_transient, retrying
 from storage.sources.base import (IDS_IN_ROWS, RowFile, RowRange, Sample, SampleError, SampleRef, SkippedFile,
                                   files_of_split)
 from storage.sources.files import Entry, FileListSource, file_sample, listed_files, read_span, span_changed, stamp

@@ -129,7 +129,7 @@ def test_the_crontab_line_runs_incrementally_and_an_overlapping_run_stops_in_one
 
         # A run that overlaps a live one: another driver holds the output's lease.
         holder = subprocess.Popen(
-            [sys.executable, "-c", "import sys, time\nfrom storage.lease import Lease\nfrom storage.location import "
+            [sys.executable, "-c", "import sys, time\nfrom storage.io.lease import Lease\nfrom storage.io.location import "
              f"Location\nwith Lease(Location({output!r}, {options!r})):\n    print('held', flush=True)\n"
              "    time.sleep(600)"], cwd=ROOT, env={**env, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
             text=True, start_new_session=True)

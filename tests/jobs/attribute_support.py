@@ -11,9 +11,9 @@ import sys
 
 import numpy as np
 
-from storage.fs import join, open_fs
-from storage.maps import MapStore
-from storage.reader import maps_array, read_errors, read_maps
+from storage.io.fs import join, open_fs
+from storage.maps.writer import MapStore
+from storage.maps.reader import maps_array, read_errors, read_maps
 from storage.sources import open_source
 from tests.ray_cluster import ROOT, job_env, short_tmp
 

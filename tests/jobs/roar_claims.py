@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from jobs.roar_summary import AT_CHANCE, CHANCE_MARGIN, LEAKS, VALID_ABOVE, VALID_CHANCE
+from jobs.evaluation.roar_summary import AT_CHANCE, CHANCE_MARGIN, LEAKS, VALID_ABOVE, VALID_CHANCE
 
 CHANCE = re.compile(r"chance: ([\d.]+) % \(1/(\d+) classes the model predicts\); majority class of the test images: "
                     r"([\d.]+) %")

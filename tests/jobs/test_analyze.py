@@ -1,4 +1,4 @@
-"""jobs.analyze on a real map dataset (written by storage.maps.MapStore) and a real local Ray: a planted
+"""jobs.analyze on a real map dataset (written by storage.maps.writer.MapStore) and a real local Ray: a planted
 corner pattern in one class is one cluster, outputs and the record are written, reruns resume, and
 other settings are refused."""
 
@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from jobs import analyze
-from storage.maps import MapRecords, MapStore
+from storage.maps.writer import MapRecords, MapStore
 
 
 def planted_output(url: str, shards: int = 3, per_shard: int = 40, options: dict | None = None) -> set[str]:
@@ -37,7 +37,7 @@ def planted_output(url: str, shards: int = 3, per_shard: int = 40, options: dict
 
 
 def test_bind_refuses_other_settings(tmp_path) -> None:
-    from storage.location import Location
+    from storage.io.location import Location
 
     where = Location(str(tmp_path))
     config = analyze.settings(analyze.parse_args(["x"]), "pathway")
@@ -85,7 +85,7 @@ def test_analyze_isolates_the_planted_pattern_and_resumes(tmp_path, ray_session,
     corner = int(table[table.sample_id.isin(stamped)].cluster.iloc[0])
     assert means[corner, 0:4, 28:32].mean() > 10 * means[corner, 10:22, 10:22].mean()
     assert (base / "means" / "class-0001.png").read_bytes()[:4] == b"\x89PNG"
-    from storage.outputs import MAP_DATASET, check_output
+    from storage.io.outputs import MAP_DATASET, check_output
 
     check_output(out, MAP_DATASET)  # the analysis keeps the output jobs.attribute's own: its reruns resume
     summary = json.loads((base / "analysis.json").read_text())
@@ -108,7 +108,7 @@ def test_analyze_isolates_the_planted_pattern_and_resumes(tmp_path, ray_session,
 
 @pytest.mark.slow
 def test_a_task_storage_error_is_raised_as_itself(ray_session) -> None:
-    from storage.fs import StorageError
+    from storage.io.fs import StorageError
 
     def fails() -> None:
         raise StorageError("s3://b/x is gone")
@@ -122,7 +122,7 @@ def test_analyze_on_s3(s3_server, ray_session, monkeypatch, capsys) -> None:
     import io
     import uuid
 
-    from storage.location import Location
+    from storage.io.location import Location
 
     url, options = s3_server.url(f"an-{uuid.uuid4().hex[:8]}"), s3_server.storage_options
     stamped = planted_output(url, options=options)

@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 
 from jobs import attribute
-from storage.fs import join, open_fs
-from storage.reader import read_errors, read_maps, read_run
+from storage.io.fs import join, open_fs
+from storage.maps.reader import read_errors, read_maps, read_run
 from storage.sources import open_source
 from tests.helpers import fashion_mnist, png_bytes, write_folder
 from tests.jobs.attribute_support import FM, METHODS, check_exactly_once, commit_times, source_ids
@@ -68,8 +68,8 @@ def test_new_source_files_are_processed_incrementally(checkpoint, ray_session, s
     after = commit_times(out)
     assert {k: after[k] for k in before} == before and len(after) == 2 * 5
     # The planned order of a grown folder is old files first, then new ones: check against the plan.
-    from storage.location import Location
-    from storage.plan import read_plan
+    from storage.io.location import Location
+    from storage.maps.plan import read_plan
 
     planned = [r.sample_id for shard in read_plan(Location(out))[0] for r in shard.refs]
     assert sorted(planned) == sorted(source_ids(src, options))

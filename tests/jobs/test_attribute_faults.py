@@ -18,7 +18,7 @@ import time
 import pytest
 
 from jobs import attribute
-from storage.reader import read_errors, read_run
+from storage.maps.reader import read_errors, read_run
 from tests.helpers import fashion_mnist, write_folder
 from tests.jobs.attribute_support import (FM, SMALL_BUDGET, both_committed, check_exactly_once, commit_times,
                                           commits, parquet_bytes, run_fm_job, source_ids)
@@ -59,10 +59,10 @@ def test_worker_killed_repeatedly_mid_job(reference, checkpoint, ray_session, tm
 
 def test_a_retried_block_of_several_shards_skips_those_it_committed(reference, checkpoint, ray_session, tmp_path,
                                                                    monkeypatch) -> None:
-    """Past jobs.actor_pool.MAX_TASK_BLOCKS tasks, shards share a Ray Data block (one actor task). Kill
+    """Past jobs.mapping.actor_pool.MAX_TASK_BLOCKS tasks, shards share a Ray Data block (one actor task). Kill
     the actor after it committed a shard of its block: the block is retried whole, and the retry leaves
     the shards already committed as they are (their files are not written again)."""
-    from jobs import actor_pool
+    from jobs.mapping import actor_pool
 
     monkeypatch.setattr(actor_pool, "MAX_TASK_BLOCKS", 2)  # 8 shards: 2 blocks of 4
     out = str(tmp_path / "maps")

@@ -56,7 +56,7 @@ import copy, json, sys
 import numpy as np, pandas as pd, pyarrow.parquet as pq, polars as pl, duckdb, datasets, xarray as xr
 from storage import (join_with_source, maps_array, read_errors, read_maps, read_maps_table, read_run, read_sample,
                      read_shard, open_fs)
-from storage.reader import map_arrays
+from storage.maps.reader import map_arrays
 
 out, method, opts, cache = sys.argv[1], "pathway", json.loads(sys.argv[2]), sys.argv[3]
 before = copy.deepcopy(opts)

@@ -17,10 +17,10 @@ import torch
 from PIL import Image
 
 from jobs import attribute
-from storage.fs import join
-from storage.location import Location
-from storage.plan import plan_form
-from storage.reader import read_errors, read_maps, read_run, read_sample
+from storage.io.fs import join
+from storage.io.location import Location
+from storage.maps.plan import plan_form
+from storage.maps.reader import read_errors, read_maps, read_run, read_sample
 from storage.sources import FASHION_MNIST_CLASSES, open_source
 from tests.helpers import (class_dir, fashion_mnist, png_bytes, put, tar_bytes, tiny_checkpoint, write_folder,
                            write_index, write_parquet)
@@ -163,7 +163,7 @@ def test_unmatched_class_names_warn_and_refuse_target_label(checkpoint, ray_sess
     for i in range(6):
         put(os.path.join(src, f"n0{labels[i]}", f"{i}.png"), {}, png_bytes(images[i]))
     args = ["--source", src, "--checkpoint", checkpoint, "--output", out, *QUIET]
-    assert attribute.main([*args, "--target", "label"]) == 2  # a refusal (jobs.cli)
+    assert attribute.main([*args, "--target", "label"]) == 2  # a refusal (jobs.runtime.cli)
     err = capfd.readouterr().err.strip().splitlines()
     assert err[-1].startswith("jobs.attribute: error: --target label:") and "match none of" in err[-1]
     run = read_run(out)
@@ -180,7 +180,7 @@ def test_changed_and_deleted_source_files_are_noticed(checkpoint, ray_session, t
     """A file rewritten and one deleted after they were mapped: the rerun reports both (stderr and
     run.json) and keeps the output; --recompute-changed recomputes only their shards, the deleted one
     becoming an error row instead of keeping the map of a file that is gone; then it is quiet."""
-    from storage.maps import MapStore
+    from storage.maps.writer import MapStore
 
     src, out = str(tmp_path / "folder"), str(tmp_path / "maps")
     images, labels = fashion_mnist("test", 13)
@@ -226,8 +226,8 @@ def test_a_parquet_source_is_planned_by_ranges_and_a_rewritten_file_is_noticed(c
     """Two Parquet files of 6 rows, shards of 4: the plan holds row ranges (one across both files);
     new rows appended to the source become a new plan segment; a file rewritten in place changes
     every shard that reads it, and --recompute-changed recomputes those shards only."""
-    from storage.maps import MapStore
-    from storage.plan import read_plan
+    from storage.maps.writer import MapStore
+    from storage.maps.plan import read_plan
 
     src, out = str(tmp_path / "parquet"), str(tmp_path / "maps")
     images, labels = fashion_mnist("test", 16)

@@ -1,4 +1,4 @@
-"""Every option of every job explains itself, and shows its default once (jobs.cli.JobHelpFormatter)."""
+"""Every option of every job explains itself, and shows its default once (jobs.runtime.cli.JobHelpFormatter)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import importlib
 
 import pytest
 
-from jobs.cli import JobArgumentParser, JobHelpFormatter, job_parser
+from jobs.runtime.cli import JobArgumentParser, JobHelpFormatter, job_parser
 
 JOBS = ("attribute", "perturb", "sanity", "roar", "report", "train", "convert", "make_dataset", "inspect", "export", "view",
         "analyze", "shortcut", "blur_sigma", "roar_stats")
@@ -70,7 +70,7 @@ def test_formatter_appends_a_default_only_where_the_help_lacks_one() -> None:
 
 
 def test_report_names_the_folder_jobs_roar_writes_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
-    from storage.tables import EVAL_DIR
+    from storage.maps.tables import EVAL_DIR
 
     parser = job_parser_of("report", monkeypatch)
     roar = next(a for a in parser._actions if a.dest == "roar")

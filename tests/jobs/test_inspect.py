@@ -1,5 +1,5 @@
 """``python -m jobs.inspect`` on real map datasets written by ``jobs.attribute`` (local, and the module's
-reference run to SeaweedFS S3), and ``jobs.attribute --dry-run`` (jobs.preview), which writes nothing."""
+reference run to SeaweedFS S3), and ``jobs.attribute --dry-run`` (jobs.mapping.preview), which writes nothing."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import shutil
 import pytest
 
 from jobs import attribute, inspect
-from storage.reader import read_errors, read_run
+from storage.maps.reader import read_errors, read_run
 from storage.sources import FASHION_MNIST_CLASSES
 from tests.helpers import every_file, fashion_mnist, write_folder
 

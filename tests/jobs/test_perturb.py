@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from jobs import attribute, perturb
-from storage.fs import join, open_fs
+from storage.io.fs import join, open_fs
 
 pytestmark = pytest.mark.slow  # starts Ray or trains a model
 

@@ -1,4 +1,4 @@
-"""jobs.perturb.curve_notes and jobs.plots: degenerate perturbation curves say what they are (issue #27: every
+"""jobs.perturb.curve_notes and jobs.reporting.plots: degenerate perturbation curves say what they are (issue #27: every
 ROAD accuracy was 0.0000 and the report drew flat panels without a word)."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import pandas as pd
 
 from jobs.perturb import curve_notes
-from jobs.plots import perturbation_curves
+from jobs.reporting.plots import perturbation_curves
 
 
 def table(accuracy: float, flat: bool) -> pd.DataFrame:

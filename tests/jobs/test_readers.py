@@ -14,9 +14,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from jobs import attribute
-from storage.fs import join, open_fs
-from storage.location import Location
-from storage.reader import map_arrays, read_maps
+from storage.io.fs import join, open_fs
+from storage.io.location import Location
+from storage.maps.reader import map_arrays, read_maps
 
 pytestmark = pytest.mark.slow  # starts Ray
 
@@ -126,7 +126,7 @@ def test_hugging_face_datasets_bulk_read(dataset, tmp_path) -> None:
     script = f"""
 import copy, json, sys
 import datasets, numpy as np
-from storage.reader import map_arrays
+from storage.maps.reader import map_arrays
 datasets.disable_progress_bars()
 data = datasets.load_dataset("parquet", data_files={join(url, "maps/pathway/*.parquet")!r}, split="train",
                              columns=["sample_id", "map"], num_proc=2, cache_dir={str(tmp_path / "hf-cache")!r},

@@ -157,7 +157,7 @@ def test_unreadable_maps_is_one_line_exit_2(tmp_path, capsys) -> None:
 
 def test_report_reads_and_writes_s3(s3_server, tmp_path, capsys) -> None:
     """Every input and the report itself on s3:// (SeaweedFS on loopback); no secret in the page."""
-    from storage.fs import open_fs
+    from storage.io.fs import open_fs
 
     maps, examples = make_maps(tmp_path)
     perturbation = make_perturbation(maps / "_eval" / "perturbation")

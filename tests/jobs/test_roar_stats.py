@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from jobs.roar_stats import BLUR_NOTE, FAILS, HOLDS, UNTESTABLE, claim_lines, claims, paired_greater
-from jobs.roar_summary import LEAKS, NO_CONTROL, VALID_CHANCE
+from jobs.evaluation.roar_summary import LEAKS, NO_CONTROL, VALID_CHANCE
 
 PASSED = {"passed": True, "verdict": "within 3 points of the checkpoint"}
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from jobs import attribute, roar
-from jobs.roar_summary import AT_CHANCE
+from jobs.evaluation.roar_summary import AT_CHANCE
 from tests.helpers import fashion_mnist, tiny_checkpoint, write_folder
 from tests.jobs.roar_claims import check_claims
 from tests.ray_cluster import wait_for

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from jobs import train as train_job
-from jobs.cli import STORAGE_OPTIONS_ENV
+from jobs.runtime.cli import STORAGE_OPTIONS_ENV
 from models import fashion_mnist_spec
 from models.training import evaluate
 from storage.checkpoints import load_checkpoint, load_metrics

@@ -15,7 +15,7 @@ import torch
 
 from jobs import attribute, convert
 from storage.checkpoints import load_checkpoint
-from storage.reader import read_maps, read_run
+from storage.maps.reader import read_maps, read_run
 from tests.ray_cluster import ROOT, job_env, ray_head, short_tmp
 
 pytestmark = pytest.mark.slow  # starts Ray

@@ -1,4 +1,4 @@
-"""jobs.view and jobs.view_query over a small synthetic output on local disk (the real schema,
+"""jobs.view and jobs.reporting.view_query over a small synthetic output on local disk (the real schema,
 written as benchmarks/bench_view.py writes it): every filter and sort against pandas on the
 same rows, paging, the HTTP API's answers and refusals, and the colour mapping."""
 
@@ -42,7 +42,7 @@ def frame(output) -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def index(output):
-    from jobs.view_query import MapIndex
+    from jobs.reporting.view_query import MapIndex
 
     return MapIndex(str(output), {})
 
@@ -77,8 +77,8 @@ def test_errors_by_kind(index):
 
 
 def test_bad_queries_are_one_line_refusals(index):
-    from jobs.view_query import ViewError
-    from storage.fs import InvalidStorageInput
+    from jobs.reporting.view_query import ViewError
+    from storage.io.fs import InvalidStorageInput
 
     with pytest.raises(ViewError, match="sort by one of"):
         index.rows({"sort": "map"})
@@ -111,7 +111,7 @@ def _get(url: str, host: str | None = None) -> tuple[int, bytes]:
 def test_http_api(served, output, frame):
     import pyarrow.parquet as pq
 
-    from storage.reader import map_arrays
+    from storage.maps.reader import map_arrays
 
     status, page = _get(f"{served}/")
     assert status == 200 and b"view.js" in page
@@ -158,7 +158,7 @@ def test_not_a_map_dataset_is_one_line_exit_2(tmp_path, capsys):
 
 
 def test_colour_scale():
-    from jobs.view_colors import colorize, colour_indices, lut
+    from jobs.reporting.view_colors import colorize, colour_indices, lut
 
     both = lut("both").astype(int)
     assert both[0, 2] > both[0, 0] and both[255, 0] > both[255, 2]  # blue below zero, red above

@@ -1,7 +1,7 @@
 """jobs.view in a real headless chromium (tests/webdriver.py): the gallery over a real output on
 S3 (the reference job: a real local Ray and SeaweedFS), filtered to incorrect predictions, sorted
 by kept fraction, a sample opened, and its drawn map compared pixel by pixel with the stored map
-after the same colour mapping (jobs.view_colors); then jobs.analyze on that output, its clusters
+after the same colour mapping (jobs.reporting.view_colors); then jobs.analyze on that output, its clusters
 page and a cluster's gallery."""
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def browser():
 
 
 def _stored(reference) -> "pd.DataFrame":  # noqa: F821
-    from storage.reader import read_maps
+    from storage.maps.reader import read_maps
 
     return read_maps(reference["url"], storage_options=reference["options"],
                      columns=["sample_id", "method", "label", "predicted", "kept_fraction"])
@@ -51,8 +51,8 @@ def _cards(browser) -> list[str]:
 
 
 def test_gallery_filter_sort_and_sample_page(reference, viewer, browser, tmp_path):
-    from jobs.view_colors import colorize
-    from storage.reader import read_sample
+    from jobs.reporting.view_colors import colorize
+    from storage.maps.reader import read_sample
 
     stored = _stored(reference)
     browser.get(viewer + "/")
@@ -125,8 +125,8 @@ def test_clusters_page_and_a_clusters_gallery(reference, viewer, browser, monkey
     import pandas as pd
 
     from jobs import analyze
-    from jobs.view_colors import colorize
-    from storage.location import Location
+    from jobs.reporting.view_colors import colorize
+    from storage.io.location import Location
 
     stored = _stored(reference)
     method = sorted(stored.method.unique())[0]

@@ -1,4 +1,4 @@
-"""The default model ships with the project (jobs.cli.DEFAULT_CHECKPOINT): it loads, it is small, its
+"""The default model ships with the project (jobs.runtime.cli.DEFAULT_CHECKPOINT): it loads, it is small, its
 ``.metrics.json`` says how it was made, and the test accuracy it records is what it scores today on
 the 10,000 Fashion-MNIST test images."""
 
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from jobs.cli import DEFAULT_CHECKPOINT, DEFAULT_CHECKPOINT_COMMAND
+from jobs.runtime.cli import DEFAULT_CHECKPOINT, DEFAULT_CHECKPOINT_COMMAND
 from storage.sources import FASHION_MNIST_DIR
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -56,7 +56,7 @@ def test_shipped_checkpoint_is_tracked_small_and_loads():
 
 
 def test_jobs_default_to_the_shipped_checkpoint(monkeypatch, tmp_path):
-    from jobs.cli import JobError, checkpoint_or_default
+    from jobs.runtime.cli import JobError, checkpoint_or_default
 
     monkeypatch.chdir(ROOT)
     assert checkpoint_or_default(None) == DEFAULT_CHECKPOINT

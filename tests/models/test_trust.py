@@ -143,7 +143,7 @@ def test_a_trusted_module_that_fails_to_import_is_one_line(usermod: str) -> None
 
 def test_the_operators_own_arch_flag_trusts_its_module(usermod: str) -> None:
     """jobs.train --arch and jobs.convert --arch are the operator's: their module needs no --trust-code."""
-    from jobs.cli import trust_of
+    from jobs.runtime.cli import trust_of
     from jobs.train import arch_name, parse_args
 
     assert arch_name(f"{usermod}:Net") == f"{usermod}:Net"

@@ -185,8 +185,8 @@ def test_a_builtin_archs_kwargs_cannot_open_files(tmp_path, capsys, arch, kwargs
 def test_ray_tasks_and_workers_import_only_what_the_driver_trusts(tmp_path, monkeypatch) -> None:
     """The model payload of jobs.perturb / jobs.sanity carries the driver's --trust-code, and the check
     that Ray workers can import the arch's module refuses an untrusted one before asking them."""
-    from jobs.cluster import check_workers_import
-    from jobs.eval_common import model_payload, rebuild_model
+    from jobs.runtime.cluster import check_workers_import
+    from jobs.evaluation.common import model_payload, rebuild_model
     from models import ModelError, ModelSpec
 
     (tmp_path / "payload_usernets.py").write_text(USERNETS)
@@ -226,7 +226,7 @@ class SmallNet(nn.Module):
 @pytest.mark.slow  # starts Ray
 def test_a_trusted_user_model_runs_in_the_job(tmp_path, capsys) -> None:
     """The operator's --trust-code lets the driver and every Ray worker import the user's module."""
-    from storage.reader import read_maps, read_run
+    from storage.maps.reader import read_maps, read_run
     from tests.ray_cluster import ROOT, job_env, short_tmp
 
     (tmp_path / "code").mkdir()

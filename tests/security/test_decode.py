@@ -137,7 +137,7 @@ def test_a_job_maps_the_good_images_and_records_the_bomb(checkpoint, ray_session
     good images: the job completes, the good maps are committed, the bombs are too-large rows under the
     cap, and raising --max-image-pixels admits the smaller bomb."""
     from jobs import attribute
-    from storage.reader import read_errors, read_maps, read_run
+    from storage.maps.reader import read_errors, read_maps, read_run
 
     src = str(tmp_path / "src")
     images, labels = fashion_mnist("test", 12)

@@ -18,8 +18,8 @@ import os
 import pytest
 
 from jobs import attribute
-from storage.fs import open_fs
-from storage.reader import read_errors, read_maps, read_run
+from storage.io.fs import open_fs
+from storage.maps.reader import read_errors, read_maps, read_run
 from storage.sources.files import SKIPPED_FOLDER
 from tests.helpers import fashion_mnist, png_bytes, put, write_index
 from tests.servers import capture_server

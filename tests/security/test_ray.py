@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from jobs.cluster import is_loopback
+from jobs.runtime.cluster import is_loopback
 from tests.helpers import tiny_checkpoint
 from tests.ray_cluster import ROOT, cmdline, job_env, short_tmp
 from tests.servers import free_port

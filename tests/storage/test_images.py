@@ -15,7 +15,7 @@ from PIL import Image, ImageOps
 
 from models.preprocess import model_view
 from models.registry import ModelSpec
-from storage.reader import join_with_source
+from storage.maps.reader import join_with_source
 from storage.sources import SampleError, decoding_for, load_arrays, model_policy, open_source
 from storage.sources import images as decoding
 from storage.sources.base import decoded_sample

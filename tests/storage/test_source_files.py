@@ -6,7 +6,7 @@ import os
 
 import fsspec
 
-from storage.fs import open_fs
+from storage.io.fs import open_fs
 from storage.sources.base import SkippedFile
 from storage.sources.files import (SKIPPED_FOLDER, _local_stamped_files, is_skipped_folder, listed_files, stamp,
                                    stamped_files)

@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from storage.fs import InvalidStorageInput, StorageError, join
+from storage.io.fs import InvalidStorageInput, StorageError, join
 from storage.sources import (FASHION_MNIST_CLASSES, NO_LABEL, IndexSource, LabeledFolderSource, ParquetSource,
                              Sample, SampleError, SampleRef, Source, SourcePolicy, WebDatasetSource, open_source)
 from tests.helpers import chunks, class_dir, png_bytes, put, tar_bytes, write_index
@@ -305,7 +305,7 @@ def test_unknown_layouts_name_the_known_formats(tmp_path):
 
 def test_samples_carry_the_stamp_of_the_file_they_come_from(storage_root, fmnist):
     """WebDataset samples carry their tar's size and version, labeled-folder images their own: a rerun
-    compares them with the plan's to notice files rewritten in place (storage.plan.source_changes)."""
+    compares them with the plan's to notice files rewritten in place (storage.maps.plan.source_changes)."""
     url, options = storage_root
     images, labels = fmnist
     webdataset(join(url, "wds"), options, images, labels)

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from storage.fs import StorageError, join
+from storage.io.fs import StorageError, join
 from storage.sources import Sample, SampleError, SourcePolicy, open_source
 from storage.sources.detect import detect
 from storage.sources.files import SKIPPED_FOLDER

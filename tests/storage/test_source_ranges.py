@@ -13,10 +13,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from storage.fs import InvalidStorageInput, StorageError, join
-from storage.location import Location
-from storage.plan import read_plan, shard_of, update_plan
-from storage.plan_changes import restamp, source_changes
+from storage.io.fs import InvalidStorageInput, StorageError, join
+from storage.io.location import Location
+from storage.maps.plan import read_plan, shard_of, update_plan
+from storage.maps.plan_changes import restamp, source_changes
 from storage.sources import IDS_IN_ROWS, SampleRef, Source, open_source
 from storage.sources.index import entries_of, index_samples, parse_index
 from storage.sources.webdataset import _scan, _scan_plain, _scan_tarfile

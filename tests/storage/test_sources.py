@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from storage.fs import StorageError, join
+from storage.io.fs import StorageError, join
 from storage.sources import (FASHION_MNIST_CLASSES, IDXSource, ImageFolderSource, ParquetSource, Sample, SampleError,
                              SampleRef, load_arrays, open_source)
 from tests.helpers import N_IMAGES, chunks, png_bytes, put, write_folder, write_idx, write_parquet
@@ -193,7 +193,7 @@ def test_truncated_parquet_names_the_url(storage_root, fmnist):
     url, options = storage_root
     images, labels = fmnist
     write_parquet(join(url, "d", "test.parquet"), options, images[:5], labels[:5])
-    from storage.fs import open_fs
+    from storage.io.fs import open_fs
 
     fs, path = open_fs(join(url, "d", "test.parquet"), options)
     data = fs.cat_file(path)

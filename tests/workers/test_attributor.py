@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from storage.maps import MapStore
-from storage.plan import read_segment
-from storage.reader import maps_array, read_errors, read_maps
+from storage.maps.writer import MapStore
+from storage.maps.plan import read_segment
+from storage.maps.reader import maps_array, read_errors, read_maps
 from storage.sources import open_source
 from tests.helpers import every_file
 from tests.helpers import fashion_mnist, png_bytes, put, tiny_checkpoint, write_folder
@@ -255,7 +255,7 @@ def test_a_failure_that_is_not_the_data_s_names_the_shard(tmp_path, checkpoint) 
 def test_a_plan_segment_that_cannot_be_read_fails_the_block_in_one_line(tmp_path, checkpoint, monkeypatch) -> None:
     """The actor reads its shards' samples from the plan: a read that fails transiently (the store
     throttles past its retry budget) raises TransientShardFailure, which Ray Data retries
-    (jobs.actor_pool); a segment that is gone is a ShardFailed that stops the job. Both in one line
+    (jobs.mapping.actor_pool); a segment that is gone is a ShardFailed that stops the job. Both in one line
     naming the segment; a retry reads the segment again."""
     from workers import attributor
     from workers.attributor import ShardFailed, TransientShardFailure, failure_line

@@ -11,7 +11,7 @@ import torch
 
 from attribution.evaluation import linear_imputation
 from models import fashion_mnist_spec
-from storage.fs import join, open_fs
+from storage.io.fs import join, open_fs
 from storage.sources import load_arrays, open_source
 from workers.roar import NONE, cell_name, cell_url, prepare, run_cell
 from workers.roar_data import MASK, RandomRemoval, Removal, channel_mean, remove_pixels, removed_images

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from attribution import MethodSpec
-from storage.maps import MapStore
-from storage.plan import read_segment, update_plan
-from storage.reader import maps_array, read_maps
+from storage.maps.writer import MapStore
+from storage.maps.plan import read_segment, update_plan
+from storage.maps.reader import maps_array, read_maps
 from storage.sources import RowFile, open_source
 from tests.helpers import every_file, tiny_checkpoint, write_folder
 from workers.attributor import ShardAttributor
@@ -70,7 +70,7 @@ def test_a_shard_planned_by_ranges_writes_the_same_bytes_as_planned_by_samples(t
 def test_a_dry_run_plans_what_a_run_would_and_writes_nothing(tmp_path) -> None:
     """plan_shard_tasks(dry_run=True), as jobs.attribute --dry-run calls it: the plan, the new shards and
     the changed shards a run would recompute, with no plan segment, restamp, un-commit or zarr written."""
-    from storage.maps import MapRecords
+    from storage.maps.writer import MapRecords
     from tests.helpers import png_bytes, put
 
     src = str(tmp_path / "folder")

@@ -1,0 +1,92 @@
+"""Which format a map dataset was written in, and a clear refusal of one this code does not read.
+
+The version is in three places (docs/format.md): ``_meta/run.json`` (``format.version``), each
+maps file's Parquet key-value metadata, and the layout itself; the readers check the first two
+and the layout, the driver the run record and the layout. Format 1 kept ``run.json``,
+``manifest/`` and ``plan/`` at the root; format 2 moved them under ``_``-prefixed folders, which
+readers that glob skip. Mixing the two in one output would make half of it invisible, so both the
+readers and the driver check before they trust an empty manifest or write a first record.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pyarrow as pa
+
+from storage.io.fs import InvalidStorageInput
+from storage.io.location import Location
+from storage.maps.tables import FORMAT, FORMAT_VERSION, METADATA_KEY, RUN_PATH
+
+#: What format 1 left at the root of an output.
+FORMAT_1_MARKERS = ("run.json", "manifest", "plan/shards.parquet")
+
+
+class FormatMismatch(InvalidStorageInput):
+    """The dataset was written in a format version this code does not read or extend."""
+
+
+def _refusal(url: str, version: Any) -> FormatMismatch:
+    return FormatMismatch(
+        f"{url} holds a map dataset of format version {version}; this version of pathway-attribution reads and "
+        f"writes format {FORMAT_VERSION} (docs/format.md). Write new maps to another output URL, or read this one "
+        f"with the release that wrote it (format 1: commit 1eeabce)")
+
+
+#: The run record's fields that must be JSON objects, and those that must be lists, when present.
+_OBJECT_FIELDS = ("format", "config", "fingerprint", "method_params", "model", "source")
+_LIST_FIELDS = ("history", "warnings")
+
+
+def parse_run(data: bytes | str, url: str) -> dict:
+    """A run record's JSON, checked for shape and format: a damaged or foreign ``run.json`` is one
+    line naming it, never a traceback (a map dataset someone else wrote is untrusted data)."""
+    where = f"{url.rstrip('/')}/{RUN_PATH}"
+    try:
+        run = json.loads(data)
+    except ValueError as err:
+        raise InvalidStorageInput(f"{where} is not JSON ({err}); is this the --output of jobs.attribute? "
+                                  "Move it aside or pick another output") from None
+    wrong = [key for key in _OBJECT_FIELDS if isinstance(run, dict) and run.get(key) is not None
+             and not isinstance(run[key], dict)]
+    wrong += [key for key in _LIST_FIELDS if isinstance(run, dict) and run.get(key) is not None
+              and not isinstance(run[key], list)]
+    if not isinstance(run, dict) or wrong:
+        detail = f"field(s) {', '.join(wrong)} of the wrong type" if isinstance(run, dict) else "not a JSON object"
+        raise InvalidStorageInput(f"{where} is not a run record ({detail}); is this the --output of "
+                                  "jobs.attribute? Move it aside or pick another output")
+    run_format(run, url)
+    return run
+
+
+def run_format(run: dict, url: str) -> int:
+    """The format version a run record declares (one at ``_meta/run.json`` that declares none is of
+    the format that put it there); FormatMismatch when it is not this code's."""
+    about = run.get("format") or {}
+    if not isinstance(about, dict):
+        raise InvalidStorageInput(f"{url}: its run record's format field is not an object; is this a map dataset?")
+    version = about.get("version", FORMAT_VERSION)
+    if about.get("name", FORMAT) != FORMAT or version != FORMAT_VERSION:
+        raise _refusal(url, version)
+    return int(version)
+
+
+def table_format(schema: pa.Schema, url: str) -> int:
+    """The format version a maps file's key-value metadata declares (none: format 1, which wrote
+    none); FormatMismatch when it is not this code's."""
+    about = json.loads((schema.metadata or {}).get(METADATA_KEY, b'{"version": 1}'))
+    if about.get("format", FORMAT) != FORMAT or about.get("version") != FORMAT_VERSION:
+        raise _refusal(url, about.get("version"))
+    return FORMAT_VERSION
+
+
+def check_format(where: Location) -> dict | None:
+    """The output's run record when it has one (None for a new or record-less output), after
+    checking it is this code's format; FormatMismatch for a format-1 layout or another version."""
+    data = where.get_optional(RUN_PATH)
+    if data is not None:
+        return parse_run(data, where.url)
+    if any(where.exists(marker) for marker in FORMAT_1_MARKERS):
+        raise _refusal(where.url, 1)
+    return None

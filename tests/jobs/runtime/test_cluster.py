@@ -1,0 +1,41 @@
+"""jobs.runtime.cluster: the local Ray a job starts is on loopback, and the switch that puts it there is on
+for the start only."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+from jobs.runtime.cluster import is_loopback, start_local_ray
+from tests.ray_cluster import short_tmp
+
+
+@pytest.mark.parametrize("host, loopback", [
+    ("127.0.0.1", True), ("127.0.1.1", True), ("::1", True), ("[::1]", True), ("::ffff:127.0.0.1", True),
+    ("localhost", True), ("0.0.0.0", False), ("::", False), ("192.0.2.2", False), ("::ffff:10.0.0.1", False),
+    ("fe80::1", False), ("localhost.example.com", False), ("", False),
+])
+def test_is_loopback(host: str, loopback: bool) -> None:
+    assert is_loopback(host) is loopback
+
+
+@pytest.mark.slow
+def test_start_local_ray_runs_on_loopback_and_restores_the_switch(monkeypatch) -> None:
+    import ray
+    from ray._private import ray_constants
+
+    monkeypatch.delenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", raising=False)
+    assert ray_constants.ENABLE_RAY_CLUSTER  # Linux: Ray's multi-node mode is the default
+    temp = short_tmp("rc")
+    start_local_ray(num_cpus=1, num_gpus=0, include_dashboard=False, _temp_dir=temp, log_to_driver=False)
+    try:
+        assert ray_constants.ENABLE_RAY_CLUSTER, "a later ray.init(address=...) in this process must still join clusters"
+        assert "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER" not in os.environ
+        assert is_loopback(ray.util.get_node_ip_address())
+        worker_ip = ray.get(ray.remote(num_cpus=0)(ray.util.get_node_ip_address).remote(), timeout=120)
+        assert is_loopback(worker_ip), worker_ip
+    finally:
+        ray.shutdown()
+        shutil.rmtree(temp, ignore_errors=True)
