@@ -6,7 +6,7 @@ runs in-process too (benchmarks, tests), so the computation is identical with an
 
 Per shard: decode the next batch in a background thread while the device computes the
 current one, compute every requested method's maps, reduce them to [H, W], and write the
-shard through :class:`storage.maps.MapStore`, whose commit record comes last. The output
+shard through :class:`storage.maps.writer.MapStore`, whose commit record comes last. The output
 depends only on the shard, so a retried shard rewrites the same bytes.
 
 No sample can fail a shard: one that cannot be read, decoded, preprocessed, labelled (with
@@ -15,8 +15,8 @@ whose every sample is bad commits with zero maps. What is not the data's fault (
 a request, every sample of a batch fails attribution alone, a write fails) raises
 :class:`ShardFailed`, whose one-line message names the shard and the cause; the job stops there.
 When the cause is transient (the store kept throttling, failing or dropping connections past the
-retry budget of :mod:`storage.retry`), it raises :class:`TransientShardFailure` instead, which Ray
-Data retries a bounded number of times (``jobs.actor_pool.run_shards``) before the job stops.
+retry budget of :mod:`storage.io.retry`), it raises :class:`TransientShardFailure` instead, which Ray
+Data retries a bounded number of times (``jobs.mapping.actor_pool.run_shards``) before the job stops.
 """
 
 from __future__ import annotations
@@ -39,16 +39,16 @@ from models.determinism import deterministic_kernels
 from models.preprocess import preprocess
 from models.training import resolve_device
 from storage.checkpoints import load_checkpoint
-from storage.maps import MapRecords, MapStore
-from storage.plan import Shard, read_segment
-from storage.retry import is_transient
+from storage.maps.writer import MapRecords, MapStore
+from storage.maps.plan import Shard, read_segment
+from storage.io.retry import is_transient
 from storage.sources import NO_LABEL, Sample, SampleError, SampleRef, model_policy, open_source
 
 from .allocator import keep_freed_memory
 from .tasks import JobConfig, ShardTask, block_tasks
 from .identity import worker_name
 
-#: How a declared detail's dtype is stored (storage.tables.detail_type).
+#: How a declared detail's dtype is stored (storage.maps.tables.detail_type).
 _KINDS = {torch.int64: "int64", torch.float64: "float64", torch.bool: "bool", attribution.TEXT: "string"}
 
 

@@ -25,8 +25,8 @@ import numpy as np
 
 from models.registry import ModelSpec
 from models.training import train_classifier
-from storage.fs import join
-from storage.location import Location
+from storage.io.fs import join
+from storage.io.location import Location
 from workers.identity import worker_name
 from workers.roar_data import MASK, NONE, PIXELS, RandomRemoval, Removal, cell_images, describe, removed_per_image
 

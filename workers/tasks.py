@@ -21,9 +21,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from attribution import MethodSpec
-from storage.maps import MapStore
-from storage.plan import RowRange, Shard, ShardPlan, listed_samples, plan_form, samples_in, update_plan
-from storage.plan_changes import SourceChanges, restamp, source_changes
+from storage.maps.writer import MapStore
+from storage.maps.plan import RowRange, Shard, ShardPlan, listed_samples, plan_form, samples_in, update_plan
+from storage.maps.plan_changes import SourceChanges, restamp, source_changes
 from storage.sources import DEFAULT_MAX_IMAGE_PIXELS, RowFile, SampleRef, Source, SourcePolicy
 
 
@@ -75,8 +75,8 @@ class JobConfig:
 
     def public_dict(self) -> dict[str, Any]:
         """:meth:`to_dict` without the storage options and with every URL redacted
-        (storage.fs.redact_url): both may hold credentials, and this goes into run.json."""
-        from storage.fs import redact_url
+        (storage.io.fs.redact_url): both may hold credentials, and this goes into run.json."""
+        from storage.io.fs import redact_url
 
         public = {k: v for k, v in self.to_dict().items() if k != "storage_options"}
         for name in ("source", "checkpoint", "output"):
