@@ -32,8 +32,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from jobs.runtime.cli import (DEFAULT_CHECKPOINT, JobError, checkpoint_or_default, job_parser, positive_int, ray_flags,
-                      reduction, run_main, source_flags, source_format, source_policy_of, storage_options_from,
-                      trust_flags, trust_of, worker_flags)
+                      reduction, run_main, source_flags, source_format, source_format_help, source_policy_of,
+                      storage_options_from, trust_flags, trust_of, worker_flags)
 from jobs.mapping.methods import build_methods, parse_method_specs
 
 DEFAULT_OUTPUT = "outputs/maps/fashion-mnist"
@@ -44,11 +44,9 @@ EXAMPLES = 12
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = job_parser("python -m jobs.attribute", __doc__, [ray_flags(), worker_flags("1 on CPUs"), source_flags(),
                                                          trust_flags()])
-    p.add_argument("--source", default="fashion-mnist", help="dataset name or URL: an image folder, a folder with "
-                   "labels.csv or metadata.jsonl, a CSV/JSONL index, WebDataset .tar shards, Parquet, IDX")
-    p.add_argument("--source-format", default=None, metavar="FORMAT", type=source_format,
-                   help="the source's format instead of detecting it: idx, folder, labeled-folder, index, "
-                        "webdataset or parquet")
+    p.add_argument("--source", default="fashion-mnist", help="dataset name or URL, in any format --source-format "
+                   "names (detected from what the URL holds)")
+    p.add_argument("--source-format", default=None, metavar="FORMAT", type=source_format, help=source_format_help())
     p.add_argument("--split", default="test", help="the source's split to map (fixed for an output)")
     p.add_argument("--checkpoint", default=None,
                    help=f"model checkpoint URL (default {DEFAULT_CHECKPOINT}, the shipped ResNet-8)")
