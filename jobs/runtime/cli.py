@@ -122,15 +122,22 @@ def reduction(text: str) -> str:
 
 
 def source_format(text: str) -> str:
-    """``--source-format``: one of storage.sources' formats (or an alias), checked when parsed, since a
-    dataset name such as fashion-mnist would otherwise ignore it."""
+    """``--source-format``: one of storage.sources.registry's formats (or an alias), checked when parsed,
+    since a dataset name such as fashion-mnist would otherwise ignore it."""
     from storage.io.fs import StorageError
-    from storage.sources.detect import format_name
+    from storage.sources.registry import format_name
 
     try:
         return format_name(text)
     except StorageError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def source_format_help() -> str:
+    """The ``--source-format`` help text, built from the format table so a new format shows up in it."""
+    from storage.sources.registry import formats_help
+
+    return f"the source's format instead of detecting it: {formats_help()}"
 
 
 # --------------------------------------------------------------------------- common flags

@@ -10,8 +10,10 @@ takes it from ``kind=`` (``--source-format``)::
     open_source("s3://bucket/wds")                      # shard-000.tar with key.jpg + key.cls (webdataset)
     open_source("s3://bucket/cifar10", split="test")    # *.parquet with image/label columns (parquet)
 
-See :mod:`storage.sources.base` for the contract (SampleRef, Sample, SampleError, SkippedFile,
-Source), :mod:`storage.sources.images` for decoding and :mod:`storage.sources.classes` for labels.
+The formats (name, Source class, aliases, detection rule) are the rows of
+:data:`storage.sources.registry.REGISTRY`. See :mod:`storage.sources.base` for the contract (SampleRef,
+Sample, SampleError, SkippedFile, Source), :mod:`storage.sources.images` for decoding and
+:mod:`storage.sources.classes` for labels.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from storage.io.fs import InvalidStorageInput, StorageError, redact_text, redact
 from storage.sources.base import (IDS_IN_ROWS, NO_LABEL, RowFile, RowRange, Sample, SampleError, SampleRef, SkippedFile,
                                   Source, decode_image)
 from storage.sources.classes import LabelMatch, match_labels, normalize_class_name
-from storage.sources.detect import FORMATS, detect, format_name, known_formats
+from storage.sources.detect import detect
 from storage.sources.folder import ImageFolderSource
 from storage.sources.idx import FASHION_MNIST_CLASSES, IDXSource, find_idx_files, has_idx_files
 from storage.sources.images import image_extensions
@@ -37,28 +39,27 @@ from storage.sources.index import IndexSource
 from storage.sources.labeled import LabeledFolderSource
 from storage.sources.parquet import ParquetSource
 from storage.sources.policy import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_POLICY, SourcePolicy
+from storage.sources.registry import REGISTRY, SourceFormat, format_name, get_format, known_formats
 from storage.sources.webdataset import WebDatasetSource
 
-__all__ = ["FASHION_MNIST_CLASSES", "FASHION_MNIST_DIR", "FORMATS", "IDS_IN_ROWS", "IDXSource", "ImageFolderSource",
-           "IndexSource", "LabelMatch", "LabeledFolderSource", "NO_LABEL", "ParquetSource", "RowFile", "RowRange",
-           "Sample", "SampleError", "SampleRef", "SkippedFile", "Source", "SourcePolicy", "DEFAULT_MAX_IMAGE_PIXELS", "WebDatasetSource", "decode_image",
-           "find_idx_files", "has_idx_files", "image_extensions", "known_formats", "load_arrays", "match_labels",
-           "normalize_class_name", "open_source", "source_location", "decoding_for", "model_policy"]
+__all__ = ["DEFAULT_MAX_IMAGE_PIXELS", "FASHION_MNIST_CLASSES", "FASHION_MNIST_DIR", "IDS_IN_ROWS",
+           "IDXSource", "ImageFolderSource", "IndexSource", "LabelMatch", "LabeledFolderSource", "NO_LABEL",
+           "ParquetSource", "REGISTRY", "RowFile", "RowRange", "Sample", "SampleError", "SampleRef", "SkippedFile",
+           "Source", "SourceFormat", "SourcePolicy", "WebDatasetSource", "decode_image", "decoding_for",
+           "find_idx_files", "format_name", "get_format", "has_idx_files", "image_extensions", "known_formats", "load_arrays",
+           "match_labels", "model_policy", "normalize_class_name", "open_source", "source_location"]
 
 log = logging.getLogger(__name__)
 
 #: Where the Debian package ``dataset-fashion-mnist`` puts the four IDX files.
 FASHION_MNIST_DIR = os.environ.get("FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist")
 _ALIASES = {"fashion-mnist": FASHION_MNIST_DIR, "fashion_mnist": FASHION_MNIST_DIR, "fashionmnist": FASHION_MNIST_DIR}
-_CLASSES = {"idx": IDXSource, "folder": ImageFolderSource, "labeled-folder": LabeledFolderSource,
-            "index": IndexSource, "webdataset": WebDatasetSource, "parquet": ParquetSource}
-KINDS = tuple(FORMATS)
 
 
 def open_source(url: str, *, split: str = "test", storage_options: dict | None = None,
                 classes: Sequence[str] | None = None, kind: str | None = None,
                 policy: SourcePolicy | None = None) -> Source:
-    """Open the dataset at ``url``; ``kind`` (one of :data:`FORMATS`, or an alias such as csv, wds)
+    """Open the dataset at ``url``; ``kind`` (a format of :data:`REGISTRY`, or an alias such as csv, wds)
     skips the detection. ``classes`` fixes the class list (a job's workers get the driver's).
     ``policy`` holds the operator's limits on what the source can make the job read
     (:mod:`storage.sources.policy`; default: only inside the source, images up to 40 megapixels).
@@ -71,8 +72,8 @@ def open_source(url: str, *, split: str = "test", storage_options: dict | None =
             raise StorageError(f"Fashion-MNIST is not installed at {alias}: run "
                                "`sudo apt-get install dataset-fashion-mnist` (or set FASHION_MNIST_DIR)")
         return _with_policy(IDXSource(alias, split=split, classes=classes, name="fashion-mnist"), policy)
-    kind = format_name(kind) if kind is not None else detect(str(url), storage_options)
-    return _with_policy(_CLASSES[kind](url, split=split, storage_options=storage_options, classes=classes), policy)
+    fmt = get_format(kind if kind is not None else detect(str(url), storage_options))
+    return _with_policy(fmt.source(url, split=split, storage_options=storage_options, classes=classes), policy)
 
 
 def source_location(url: str) -> str:
