@@ -32,9 +32,16 @@ _FILE_SUFFIXES = {"py", "md", "json", "yaml", "yml", "csv", "html", "txt", "pt",
 
 @functools.cache
 def top_level_names(module: Path) -> frozenset[str]:
-    """Names a module defines or imports at its top level (inside if / try blocks too)."""
+    """Names a module defines or imports at its top level (inside if / try blocks too); with a module
+    ``__getattr__`` (names loaded lazily) also the string keys of its top-level dicts, where such a
+    module lists the names it serves."""
     names: set[str] = set()
-    body = list(ast.parse(module.read_text(encoding="utf-8")).body)
+    tree = ast.parse(module.read_text(encoding="utf-8"))
+    if any(isinstance(node, ast.FunctionDef) and node.name == "__getattr__" for node in tree.body):
+        names.update(key.value for node in tree.body if isinstance(node, (ast.Assign, ast.AnnAssign))
+                     and isinstance(node.value, ast.Dict) for key in node.value.keys
+                     if isinstance(key, ast.Constant) and isinstance(key.value, str))
+    body = list(tree.body)
     while body:
         node = body.pop()
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
@@ -116,6 +123,6 @@ def test_the_check_catches_moved_and_missing_names() -> None:
     assert "no module jobs.actor_pool" in found[2]
     assert "storage.maps.reader (storage/maps/reader.py) defines no no_such_reader" in found[5]
     current = ("`jobs/runtime/cli.py`, storage/maps/writer.py, jobs.mapping.actor_pool.MAX_TASK_BLOCKS, "
-               "storage.io.location.Location, storage.MapStore, python -m jobs.attribute, "
+               "storage.io.location.Location, storage.MapStore, models.ModelSpec, python -m jobs.attribute, "
                "outputs/maps/x, models/weights/resnet8-fashion-mnist.pt, `zarr/<method>/`")
     assert problems(current) == []
