@@ -22,19 +22,13 @@ import torch
 from torch import nn
 
 from models import archs, trust
+from models.fashion_mnist import FASHION_MNIST_CLASSES, FASHION_MNIST_MEAN, FASHION_MNIST_STD
 
 
 class ModelError(ValueError):
     """A spec that cannot be built: unknown arch, inconsistent fields, input too small, no weights."""
 
 
-FASHION_MNIST_CLASSES = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
-)
-# Per-channel mean / std of the Fashion-MNIST train split, pixels scaled to [0, 1].
-FASHION_MNIST_MEAN = (0.2860,)
-FASHION_MNIST_STD = (0.3530,)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 

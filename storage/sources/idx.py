@@ -16,6 +16,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
+from models.fashion_mnist import FASHION_MNIST_CLASSES
 from storage.io.fs import StorageError, join, open_fs, resolve_storage_options, storage_errors
 from storage.io.retry import retrying
 from storage.sources.base import RowFile, RowRange, Sample, SampleError, SampleRef, Source, split_aliases
@@ -23,9 +24,6 @@ from storage.sources.classes import kind_of_classes
 from storage.sources.files import stamp
 from storage.sources.inside import escapes
 from storage.sources.policy import DEFAULT_POLICY
-
-FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-                         "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 
 _PREFIXES = {"train": ("train",), "test": ("t10k", "test")}
 

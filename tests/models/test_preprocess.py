@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from models import ModelError, ModelSpec, denormalize, fashion_mnist_spec, preprocess
+from models import ModelError, ModelSpec, denormalize, fashion_mnist_spec
+from models.preprocess import preprocess
 
 
 def test_preprocess_normalizes_and_lays_out_channels_first() -> None:

@@ -24,7 +24,7 @@ def test_fashion_mnist_alias(fmnist):
     source = open_source("fashion-mnist")
     refs = source.list()
     assert len(refs) == 10_000 and refs[42] == SampleRef("fashion-mnist/test/00042", 42)
-    assert source.classes == FASHION_MNIST_CLASSES
+    assert source.classes == list(FASHION_MNIST_CLASSES)
     train = open_source("fashion-mnist", split="train")
     assert len(train.list()) == 60_000 and train.list()[-1].sample_id == "fashion-mnist/train/59999"
     assert len(open_source("fashion-mnist", split="t10k").list()) == 10_000
@@ -48,7 +48,7 @@ def test_idx_round_trip(storage_root, fmnist, gz):
     images, labels = fmnist
     write_idx(join(url, "fashion-copy"), options, images[..., 0], labels, gz=gz)
     source = open_source(join(url, "fashion-copy"), storage_options=options)
-    assert isinstance(source, IDXSource) and source.classes == FASHION_MNIST_CLASSES
+    assert isinstance(source, IDXSource) and source.classes == list(FASHION_MNIST_CLASSES)
     shards = chunks(source.list(), 8)
     assert [len(s) for s in shards] == [8, 8, 8, 6]
     got = list(source.read(shards[2]))
@@ -185,7 +185,7 @@ def test_parquet_hf_class_names(tmp_path, fmnist):
     meta = {"info": {"features": {"label": {"_type": "ClassLabel", "names": FASHION_MNIST_CLASSES}}}}
     table = table.replace_schema_metadata({b"huggingface": json.dumps(meta).encode()})
     pq.write_table(table, tmp_path / "x.parquet")
-    assert open_source(str(tmp_path / "x.parquet")).classes == FASHION_MNIST_CLASSES
+    assert open_source(str(tmp_path / "x.parquet")).classes == list(FASHION_MNIST_CLASSES)
     del pa
 
 
