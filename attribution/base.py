@@ -243,20 +243,31 @@ def target_logits(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor)
     return logits, logits.gather(1, targets[:, None]).squeeze(1)
 
 
-def sample_seeds(inputs: torch.Tensor, sample_ids: SampleIds) -> list[int]:
-    """A 63-bit seed per sample, from its id or, without ids, from its pixels.
+def sample_seeds(inputs: torch.Tensor | None, sample_ids: SampleIds, hash: str = "blake2b") -> list[int]:
+    """A seed per sample, from its id or, without ids, from its pixels (``inputs`` may be None with ids).
 
-    Seeding per sample (not per batch) keeps stochastic maps independent of batching.
+    Seeding per sample (not per batch) keeps stochastic maps independent of batching. The one home
+    of per-sample seeds, in two versions that stored results depend on: ``blake2b`` (63 bits), the
+    attribution methods'; ``crc32`` (32 bits, ``zlib.crc32`` of the id's text), what the evaluation
+    jobs seed with (jobs.perturb's random order and imputation noise, jobs.roar's removal): their
+    stored curves and cells were made with it, and moving them to blake2b would change every number.
     """
-    batch = inputs.shape[0]
+    import zlib
+
+    if hash not in ("blake2b", "crc32"):
+        raise AttributionError(f"sample_seeds: hash must be 'blake2b' or 'crc32', got {hash!r}")
     if sample_ids is None:
+        if inputs is None:
+            raise AttributionError("sample_seeds needs sample_ids or inputs")
         pixels = inputs.detach().to("cpu", torch.float32).contiguous().numpy()
-        keys = [pixels[i].tobytes() for i in range(batch)]
+        keys = [pixels[i].tobytes() for i in range(inputs.shape[0])]
     else:
         ids = sample_ids.tolist() if isinstance(sample_ids, torch.Tensor) else list(sample_ids)
-        if len(ids) != batch:
-            raise AttributionError(f"sample_ids has {len(ids)} entries for a batch of {batch}")
+        if inputs is not None and len(ids) != inputs.shape[0]:
+            raise AttributionError(f"sample_ids has {len(ids)} entries for a batch of {inputs.shape[0]}")
         keys = [str(i).encode() for i in ids]
+    if hash == "crc32":
+        return [zlib.crc32(k) for k in keys]
     return [int.from_bytes(hashlib.blake2b(k, digest_size=8).digest(), "little") >> 1 for k in keys]
 
 

@@ -28,9 +28,12 @@ jobs.train takes from the train split, so it is 0 in model-input units; ``train`
 to 10,000 images of the source's train split (for models normalized with other statistics,
 e.g. ImageNet's). ``nli`` uses it only for an image with every pixel removed.
 
-Work: one Ray task per (method, shard of ``--shard-size`` samples), plus one random task
-per shard; each returns per-image drops and predictions for every fill and ranking, and the
-driver averages. Outputs, under ``--output`` (default ``<maps>/_eval/perturbation``, or
+Work: one unit per (method, shard of ``--shard-size`` samples), plus one random unit per
+shard, run as Ray tasks by the job runner (jobs.runtime.runner: its progress, retries and
+failure lines); each returns per-image drops and predictions for every fill and ranking, stored
+at once as ``units/<key>.npz`` under the output, bound to this configuration
+(jobs.evaluation.units: a rerun with other settings is refused), so a stopped run resumes with
+the same command; the driver averages. Outputs, under ``--output`` (default ``<maps>/_eval/perturbation``, or
 ``outputs/eval/perturbation``): ``perturbation.parquet|csv`` (method, fill, rank, order,
 fraction, mean_drop, std_drop, accuracy, n_images), ``auc.json|csv`` (areas under the drop
 curve and under ROAD's accuracy curve, trapezoid over the fraction axis) and
@@ -52,15 +55,14 @@ import numpy as np
 from jobs.runtime.cli import (JobError, checkpoint_or_default, choice_list, job_parser, non_negative_float, positive_int,
                       ray_flags, reduction, run_main, source_flags, source_policy_of, storage_options_from, trust_flags,
                       trust_of)
+from jobs.evaluation.perturbation_tables import NO_RANK, RANDOM, areas, curve_notes, print_summary, summarize
 from jobs.mapping.methods import build_methods, parse_method_specs
 
 DEFAULT_METHODS = "pathway gradient"
 DEFAULT_OUTPUT = "outputs/eval/perturbation"
 #: What this job writes under its output (storage.io.outputs.check_output refuses a folder holding anything else).
-OUTPUT_NAMES = ("perturbation.*", "auc.*")
+OUTPUT_NAMES = ("perturbation.*", "auc.*", "units")
 DEFAULT_LIMIT = 256
-RANDOM = "random"
-NO_RANK = "-"  # the random order ranks nothing
 FILLS = ("mean", "nli")
 RANKS = ("abs", "signed")
 MEANS = ("spec", "train")
@@ -127,12 +129,13 @@ def perturb_shard(payload: dict[str, Any], x: Any, maps: np.ndarray | None, targ
     import torch
 
     from attribution.evaluation import perturbation_scores
-    from jobs.evaluation.common import compute_maps, rebuild_model, sample_seeds
+    from attribution.base import sample_seeds
+    from jobs.evaluation.payload import compute_maps, rebuild_model
 
     torch.set_num_threads(1)
     model = rebuild_model(payload)
     target = None if targets is None else torch.tensor(np.array(targets))
-    seeds = [s + seed for s in sample_seeds(sample_ids)]
+    seeds = [s + seed for s in sample_seeds(None, sample_ids, hash="crc32")]  # the seeds its results were made with
 
     def scores(maps_t: Any, order: str, how: str) -> tuple[np.ndarray, np.ndarray]:
         out = perturbation_scores(model, x, maps_t, fractions, fill, order, target, seeds, how, noise)
@@ -153,7 +156,7 @@ def perturb_shard(payload: dict[str, Any], x: Any, maps: np.ndarray | None, targ
 
 def stored_inputs(args: argparse.Namespace, options: dict[str, Any]) -> dict[str, Any]:
     """Maps, targets and ids from a jobs.attribute dataset, plus where its images and model live."""
-    from jobs.evaluation.common import stored_config
+    from jobs.evaluation.inputs import stored_config
     from jobs.evaluation.subsets import stratified_indices
     from storage.io.fs import StorageNotFound, join
     from storage.maps.reader import read_maps, read_run
@@ -195,11 +198,12 @@ def stored_inputs(args: argparse.Namespace, options: dict[str, Any]) -> dict[str
 def run(args: argparse.Namespace) -> int:
     import ray
 
-    from jobs.runtime.cluster import start_ray
-    from jobs.runtime.progress import Progress
-    from jobs.runtime.stopping import as_interrupted
-    from jobs.evaluation.common import chunks, fill_value, load_samples, model_payload
+    from jobs.evaluation.inputs import fill_value, load_samples
+    from jobs.evaluation.payload import model_payload
     from jobs.evaluation.subsets import announce, subset_record
+    from jobs.evaluation.units import UnitStore
+    from jobs.runtime.cluster import start_ray
+    from jobs.runtime.runner import Runner
     from models.preprocess import preprocess
     from storage.checkpoints import load_checkpoint
     from storage.io.fs import redact_url
@@ -241,100 +245,102 @@ def run(args: argparse.Namespace) -> int:
           f"{len(args.fractions)} fractions, fill {', '.join(args.fill)} (mean {[round(v, 4) for v in fill]}, "
           f"--mean {args.mean}), ranking {', '.join(args.rank)}")
 
-    start_ray(args.ray_address)
-    task = ray.remote(num_cpus=1)(perturb_shard)
-    payload = ray.put(model_payload(model, spec, trust_of(args)))
-    pending: dict[Any, tuple[str, int]] = {}
-    for lo, hi in chunks(len(ids), args.shard_size):
-        x_ref, shard_ids = ray.put(x[lo:hi]), ids[lo:hi]
-        rows = slice(lo, hi) if keep is None else keep[lo:hi]
-        for label in methods:
-            if specs is None:
+    units = plan_units(len(ids), args.shard_size, methods)
+    store = UnitStore(inputs["output"], options, "jobs.perturb",
+                      unit_settings(args, inputs, specs, model, ids, fill))
+    store.bind()  # before anything is computed: units of another configuration are never mixed in
+    stored = store.load_done([u[0] for u in units])
+    runner = Runner("perturb", "task", [u[0] for u in units], stored, no_bar=args.no_progress)
+    print(f"{runner.plan_line()} -> {redact_url(inputs['output'])}")
+    results: dict[tuple[str, str, str, str], dict[int, tuple[np.ndarray, np.ndarray]]] = {}
+    for key, label, lo, _hi in units:
+        if key in stored:
+            add_unit(results, label, lo, stored[key])
+    if runner.todo:
+        start_ray(args.ray_address)
+        task = runner.remote(perturb_shard, num_cpus=1)
+        payload = ray.put(model_payload(model, spec, trust_of(args)))
+        x_refs: dict[int, Any] = {}
+
+        def submit(unit: tuple[str, str, int, int]) -> Any:
+            _key, label, lo, hi = unit
+            if lo not in x_refs:
+                x_refs[lo] = ray.put(x[lo:hi])
+            rows = slice(lo, hi) if keep is None else keep[lo:hi]
+            if label == RANDOM:  # the random order explains no class: it scores the predicted class
+                maps, targets, method = None, None, None
+            elif specs is None:
                 maps, targets, method = inputs["maps"][label][rows], inputs["targets"][label][rows], None
             else:
                 maps, targets, method = None, None, specs[label]
-            ref = task.remote(payload, x_ref, maps, targets, method, shard_ids, args.fractions, fill,
-                              args.reduction, args.seed, args.rank, args.fill, args.noise)
-            pending[ref] = (label, lo)
-        # The random order explains no class: it scores the predicted class.
-        ref = task.remote(payload, x_ref, None, None, None, shard_ids, args.fractions, fill, args.reduction,
-                          args.seed, args.rank, args.fill, args.noise)
-        pending[ref] = (RANDOM, lo)
+            return task.remote(payload, x_refs[lo], maps, targets, method, ids[lo:hi], args.fractions, fill,
+                               args.reduction, args.seed, args.rank, args.fill, args.noise)
 
-    results: dict[tuple[str, str, str, str], dict[int, tuple[np.ndarray, np.ndarray]]] = {}
-    progress = Progress("perturb", len(pending), "task", no_bar=args.no_progress)
-    try:
-        with progress:
-            while pending:
-                done, _ = ray.wait(list(pending), num_returns=1)
-                label, lo = pending.pop(done[0])
-                for key, values in ray.get(done[0]).items():
-                    results.setdefault((label, *key), {})[lo] = values
-                progress.update(1)
-    except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM (jobs.runtime.stopping)
-        raise as_interrupted(err, f"{progress.done} of {progress.total} tasks done, nothing written (the curves "
-                                  "are written when all are); rerun to start again") from None
+        def commit(unit: tuple[str, str, int, int], value: dict) -> None:
+            arrays = unit_arrays(value)
+            store.put(unit[0], arrays)
+            add_unit(results, unit[1], unit[2], arrays)
+
+        runner.run_tasks(units, lambda u: u[0], submit, commit)
+        runner.stop_if_failed()
     table = summarize(results, args.fractions, [*methods, RANDOM], np.asarray(labels))
     outputs = write_outputs(inputs["output"], options, table, args, fill, checkpoint, inputs, len(ids))
     print_summary(table, args.fractions, outputs, time.perf_counter() - start)
     return 0
 
 
+# --------------------------------------------------------------------------- units
+
+
+def plan_units(n: int, shard_size: int, methods: Sequence[str]) -> list[tuple[str, str, int, int]]:
+    """(key, method, start, stop) of every unit: each method's shards, then the random order's."""
+    from jobs.evaluation.units import chunks, unit_key
+
+    return [(unit_key(RANDOM_UNIT if label == RANDOM else label, f"{lo:06d}"), label, lo, hi)
+            for lo, hi in chunks(n, shard_size) for label in [*methods, RANDOM]]
+
+
+#: The random order's units are named apart from any method label.
+RANDOM_UNIT = "random-order"
+
+
+def unit_settings(args: argparse.Namespace, inputs: dict[str, Any], specs: dict[str, Any] | None, model: Any,
+                  ids: list[str], fill: list[float]) -> dict[str, Any]:
+    """What determines a unit's curves (jobs.evaluation.units binds the output to it)."""
+    from jobs.evaluation.units import ids_sha256, model_sha256
+    from storage.io.fs import redact_url
+
+    methods = {label: "stored maps" for label in inputs["methods"]} if specs is None else \
+        {label: {"name": s.name, "params": s.params} for label, s in specs.items()}
+    return {"maps": redact_url(args.maps) if args.maps else None, "source": redact_url(inputs["source"]),
+            "split": inputs["split"], "model_sha256": model_sha256(model), "samples": ids_sha256(ids),
+            "shard_size": args.shard_size, "fractions": args.fractions, "fill": args.fill, "mean": fill,
+            "noise": args.noise, "rank": args.rank, "seed": args.seed,
+            "reduction": args.reduction if specs is not None else None, "methods": methods}
+
+
+def unit_arrays(value: dict[tuple[str, str, str], tuple[np.ndarray, np.ndarray]]) -> dict[str, np.ndarray]:
+    """A task's result as a unit file's arrays: ``fill|rank|order|drops`` and ``...|predicted``."""
+    arrays = {}
+    for (how, rank, order), (drops, predicted) in value.items():
+        arrays[f"{how}|{rank}|{order}|drops"], arrays[f"{how}|{rank}|{order}|predicted"] = drops, predicted
+    return arrays
+
+
+def add_unit(results: dict, label: str, lo: int, arrays: dict[str, np.ndarray]) -> None:
+    """Put a unit's arrays into ``results`` (keyed (method, fill, rank, order), then by first row)."""
+    for name in arrays:
+        how, rank, order, what = name.split("|")
+        if what == "drops":
+            results.setdefault((label, how, rank, order), {})[lo] = (arrays[name], arrays[f"{how}|{rank}|{order}|predicted"])
+
+
 # --------------------------------------------------------------------------- outputs
-
-
-def summarize(results: dict[tuple[str, str, str, str], dict[int, tuple[np.ndarray, np.ndarray]]],
-              fractions: Sequence[float], methods: Sequence[str], labels: np.ndarray) -> Any:
-    """Long table: one row per (method, fill, rank, order, fraction), methods in the given order, with
-    the mean and std of the drop and ROAD's accuracy (predicted == label) over images (shards
-    concatenated in sample order; ``labels`` are the samples' labels in that order)."""
-    import pandas as pd
-
-    rows = []
-    for (label, how, rank, order), shards in sorted(results.items(), key=lambda item: list(methods).index(item[0][0])):
-        drops = np.concatenate([shards[k][0] for k in sorted(shards)], axis=0)
-        correct = np.concatenate([shards[k][1] for k in sorted(shards)], axis=0) == labels[:, None]
-        for j, fraction in enumerate(fractions):
-            rows.append({"method": label, "fill": how, "rank": rank, "order": order, "fraction": float(fraction),
-                         "mean_drop": float(drops[:, j].mean()), "std_drop": float(drops[:, j].std()),
-                         "accuracy": float(correct[:, j].mean()), "n_images": int(drops.shape[0])})
-    return pd.DataFrame(rows)
-
-
-def areas(table: Any, fractions: Sequence[float]) -> Any:
-    """Areas under every (method, fill, rank, order) curve: of the mean drop (``auc``) and of ROAD's
-    accuracy (``accuracy_auc``)."""
-    import pandas as pd
-
-    from attribution.evaluation import auc
-
-    rows = []
-    for (label, how, rank, order), group in table.groupby(["method", "fill", "rank", "order"], sort=False):
-        curve = group.sort_values("fraction")
-        area = (lambda col: auc(fractions, curve[col].to_numpy()) if len(fractions) > 1 else float("nan"))
-        rows.append({"method": label, "fill": how, "rank": rank, "order": order, "auc": area("mean_drop"),
-                     "accuracy_auc": area("accuracy"), "n_images": int(curve["n_images"].iloc[0])})
-    return pd.DataFrame(rows)
-
-
-def curve_notes(table: Any) -> list[str]:
-    """What is degenerate about the curves, in words: ROAD accuracy 0 at every method and fraction (the
-    model never predicts the images' labels), or a method's drop curve that never moves."""
-    notes = []
-    if len(table) and (table["accuracy"] == 0).all():
-        notes.append("ROAD accuracy is 0 for every method and fraction: the model predicts none of the images' "
-                     "labels (labels in another class order, or a model at chance); the ROAD panels are flat")
-    for (label, how, rank, order), group in table.groupby(["method", "fill", "rank", "order"], sort=False):
-        drops = group["mean_drop"].to_numpy()
-        if len(drops) > 1 and float(np.ptp(drops)) == 0.0:
-            notes.append(f"{label} {order} (fill {how}, ranked by {rank}): the drop is {drops[0]:.4f} at every "
-                         "fraction; the curve never moves")
-    return notes
 
 
 def write_outputs(output: str, options: dict[str, Any], table: Any, args: argparse.Namespace, fill: list[float],
                   checkpoint: str, inputs: dict[str, Any], n: int) -> list[str]:
-    from jobs.evaluation.common import write_file, write_table
+    from jobs.evaluation.outputs import write_file, write_table
     from jobs.reporting.plots import perturbation_curves
     from storage.io.fs import redact_url
 
@@ -350,31 +356,6 @@ def write_outputs(output: str, options: dict[str, Any], table: Any, args: argpar
     paths.append(write_file(output, "auc.json", (json.dumps(summary, indent=2) + "\n").encode(), options))
     paths.append(write_file(output, "perturbation.png", perturbation_curves(table, summary["notes"]), options))
     return paths
-
-
-def print_summary(table: Any, fractions: Sequence[float], paths: list[str], seconds: float) -> None:
-    from storage.io.fs import redact_url
-
-    auc_table = areas(table, fractions)
-    print(f"\nareas under the curves ({int(table.n_images.max())} images, {seconds:.1f} s): mean relative drop "
-          "of the explained class' probability (MoRF high, LeRF low) | ROAD accuracy (MoRF low, LeRF high)")
-    for (how, rank), group in auc_table[auc_table["rank"] != NO_RANK].groupby(["fill", "rank"], sort=False):
-        reference = auc_table[(auc_table.fill == how) & (auc_table.order == RANDOM)]
-        print(f"  fill {how}, ranked by {rank}:")
-        for method, rows in pd_rows(group, reference):
-            cells = "  ".join(f"{r.order}={r.auc:.4f}|{r.accuracy_auc:.4f}" for r in rows.itertuples())
-            print(f"    {method:24s} {cells}")
-    for note in curve_notes(table):
-        print(f"note: {note}")
-    print("outputs: " + ", ".join(redact_url(p) for p in paths))
-
-
-def pd_rows(group: Any, reference: Any) -> list[tuple[str, Any]]:
-    """(method, its rows) in table order, the random reference last."""
-    import pandas as pd
-
-    both = pd.concat([group, reference])
-    return [(m, both[both.method == m]) for m in dict.fromkeys(both.method)]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

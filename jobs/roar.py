@@ -107,7 +107,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="the random control removes a fresh random mask every time it reads a training image")
     p.add_argument("--budget-tolerance", type=positive_float, default=3.0,
                    help="points the unmodified retrain may lie below the checkpoint before the grid is under-trained")
-    p.add_argument("--retries", type=non_negative_int, default=2, help="Ray retries of a failed cell")
+    p.add_argument("--retries", type=non_negative_int, default=None,
+                   help="retries of a cell that failed transiently (a lost worker, I/O); default "
+                        "$PATHWAY_SHARD_RETRIES or 3, as every job's units (jobs.runtime.runner)")
     args = p.parse_args(argv)
     try:
         seeds = _int_list(args.seeds)
@@ -130,7 +132,7 @@ def load_split(url: str, methods: Sequence[str], options: dict, limit: int | Non
     class-stratified subset (jobs.evaluation.subsets),
     described in ``subset`` for the run header. The source is opened under
     ``policy`` (the operator's --allow-paths, --max-image-pixels)."""
-    from jobs.evaluation.common import sample_seeds
+    from attribution.base import sample_seeds
     from jobs.evaluation.subsets import stratified_indices, subset_record
     from storage.maps.reader import read_maps, read_run
     from storage.sources import load_arrays, open_source
@@ -168,7 +170,7 @@ def load_split(url: str, methods: Sequence[str], options: dict, limit: int | Non
         images = images[..., None]
     stacked = {m: np.stack([maps[m][i] for i in ids]).astype(np.float16) for m in methods}
     return {"images": images, "labels": labels, "ids": ids, "maps": stacked, "run": run,
-            "source": config["source"], "split": config.get("split"), "seeds": sample_seeds(ids),
+            "source": config["source"], "split": config.get("split"), "seeds": sample_seeds(None, ids, hash="crc32"),
             "subset": subset_record(labels, num_classes, total, limit, subset_seed, what=what)}
 
 
@@ -245,9 +247,10 @@ def checked_recipe(metrics: dict[str, Any], checkpoint: str, args: argparse.Name
 def run(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from jobs.evaluation.common import stored_config
+    from jobs.evaluation.inputs import stored_config
     from jobs.evaluation.roar_cells import finished_cells, name_of, plan_cells, run_cells
-    from jobs.evaluation.roar_summary import budget, chance_levels, verdict_lines, write_outputs
+    from jobs.runtime.runner import Runner
+    from jobs.evaluation.roar_summary import budget, chance_levels, print_summary, verdict_lines, write_outputs
     from jobs.evaluation.subsets import announce
     from storage.checkpoints import load_checkpoint, load_metrics
     from storage.io.fs import join
@@ -335,23 +338,26 @@ def run(args: argparse.Namespace) -> int:
     if stale:
         print(f"note: {stale} cell files under {redact_url(output)} were computed with other settings (epochs, data, "
               "maps...); they are recomputed and replaced (use another --output to keep them)", file=sys.stderr)
+    runner = Runner("roar", "cell", [name_of(c) for c in cells], finished, no_bar=args.no_progress,
+                    retries=args.retries)
     todo = [c for c in cells if name_of(c) not in finished]
     print(f"ROAR{' (KAR)' if args.kar else ''}: {spec.arch}, {len(train['ids'])} train / {len(test['ids'])} test "
           f"images, methods {methods}, t {args.thresholds} %, seeds {args.seeds}, fill {','.join(args.fill)}, "
           f"mask control {'on' if args.mask_control else 'off'}, {config['epochs']} epochs, augment {augment}; "
-          f"{len(cells)} cells, {len(finished)} already done, {len(todo)} to compute -> {redact_url(output)}")
+          f"{runner.plan_line()} -> {redact_url(output)}")
     for split in (train, test):
         announce(split["subset"])
     if len(args.seeds) < 3:
         print("note: fewer than 3 seeds; ROAR needs >= 3 to report mean +- std (docs/design.md §2)", file=sys.stderr)
     reference = checkpoint_accuracy(model, spec, test["images"], test["labels"])
 
-    results, failures = [], []
+    results = []
     if todo:
         arrays = {"train_images": train["images"], "train_labels": train["labels"], "test_images": test["images"],
                   "test_labels": test["labels"], "train_maps": train["maps"], "test_maps": test["maps"],
                   "train_seeds": train["seeds"], "test_seeds": test["seeds"]}
-        results, failures = run_cells(todo, config, arrays, args)
+        results = run_cells(todo, config, arrays, args, runner)
+    failures = [f"{key}: {reason}" for key, reason in runner.failures]
     records = list(finished.values()) + results
     seconds = time.perf_counter() - clock
     title = f"{'KAR' if args.kar else 'ROAR'}: {spec.arch}, {len(train['ids'])} train imgs, {config['epochs']} ep"
@@ -363,30 +369,14 @@ def run(args: argparse.Namespace) -> int:
                   "settings": settings, "fingerprint": config["fingerprint"], "cells": len(cells),
                   "computed": len(results), "reused": len(finished), "failed": failures, "budget": check,
                   "chance": chance, "majority": levels["majority"],
-                  "subsets": {"train": train["subset"], "test": test["subset"]}, "status": "complete" if not failures else "incomplete", "started_at": started,
+                  "subsets": {"train": train["subset"], "test": test["subset"]},
+                  "status": "complete" if not failures else "incomplete", "started_at": started,
                   "finished_at": now(), "seconds": seconds}
     table, verdicts = write_outputs(output, options, records, args.kar, title, run_record, chance, CONTROLS)
-    print_summary(table, verdict_lines(verdicts, check, run_record["notes"]) + run_record["claims"], results, len(finished), failures, seconds, redact_url(output),
-                  args.kar)
-    return 0 if not failures else 1
-
-
-def print_summary(table: Any, verdicts: list[str], results: list[dict], reused: int, failures: list[str],
-                  seconds: float, output: str, kar: bool) -> None:
-    busy = [r["seconds"] for r in results]
-    print(f"\ncomputed {len(results)} cells in {seconds:.1f} s"
-          f"{f' (median {float(np.median(busy)):.1f} s per cell)' if busy else ''}; reused {reused}")
-    print("test accuracy, mean +- std over seeds:")
-    for (method, inp, fill), rows in table.groupby(["method", "input", "fill"], sort=True):
-        stats = rows.groupby("t")["accuracy"].agg(["mean", "std", "count"])
-        cells = ", ".join(f"t={int(t)}: {r['mean']:.4f} +- {0 if np.isnan(r['std']) else r['std']:.4f} "
-                          f"(n={int(r['count'])})" for t, r in stats.iterrows())
-        what = "" if method == "none" else (" mask only" if inp == "mask" else f" {fill}")
-        print(f"  {method + what:>24}: {cells}")
-    print("\n".join(verdicts))
-    for failure in failures:
-        print(f"  FAILED {failure}; rerun the same command to finish")
-    print(f"results: {output}/results.parquet, results.csv, summary.csv, claims.csv, {'kar' if kar else 'roar'}.png")
+    print_summary(table, verdict_lines(verdicts, check, run_record["notes"]) + run_record["claims"], results,
+                  len(finished), seconds, redact_url(output), args.kar)
+    runner.stop_if_failed()  # exit 1, one line: what is kept and why; the same command resumes
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -26,8 +26,12 @@ integrated scores, gradient, gradient x input, integrated gradients, guided back
 Grad-CAM. Integration steps are small by default so the CPU default run stays short
 (pathway integrated: 4 steps, integrated gradients: 16); raise them on a GPU.
 
-Work: one Ray task per method computes the original maps; one task per (method, draw, step)
-recomputes and compares them (Ray passes the originals by reference). Outputs, under
+Work: one unit per (method, draw, step) recomputes the maps and compares them with the original
+ones (one Ray task per method computes those; Ray passes them by reference), run by the job runner
+(jobs.runtime.runner: its progress, retries and failure lines). Each unit's scores are stored at
+once as ``units/<key>.npz`` under the output, bound to this configuration (jobs.evaluation.units:
+a rerun with other settings is refused, more --draws add units), so a stopped run resumes with
+the same command. Outputs, under
 ``--output`` (default ``outputs/eval/sanity``): ``sanity.parquet|csv`` (method, step,
 step_name, metric, mean, sd_draws, std, n: samples with a defined score, draws),
 ``sanity_draws.parquet|csv`` (the per-draw means), ``sanity.json`` (config, steps and their
@@ -53,7 +57,7 @@ DEFAULT_METHODS = ("pathway_taylor=pathway:scores=taylor pathway_integrated=path
                    "gradient gradient_x_input integrated_gradients:n_steps=16 guided_backprop grad_cam")
 DEFAULT_OUTPUT = "outputs/eval/sanity"
 #: What this job writes under --output (storage.io.outputs.check_output refuses a folder holding anything else).
-OUTPUT_NAMES = ("sanity.*", "sanity_draws.*")
+OUTPUT_NAMES = ("sanity.*", "sanity_draws.*", "units")
 ORIGINAL = "original"
 
 
@@ -87,7 +91,7 @@ def original_maps(payload: dict[str, Any], x: Any, targets: np.ndarray, method: 
     """One method's maps [N, H, W] on the unrandomized model."""
     import torch
 
-    from jobs.evaluation.common import compute_maps, rebuild_model
+    from jobs.evaluation.payload import compute_maps, rebuild_model
 
     torch.set_num_threads(1)
     model = rebuild_model(payload)
@@ -101,7 +105,7 @@ def step_scores(payload: dict[str, Any], x: Any, targets: np.ndarray, method: An
     import torch
 
     from attribution.evaluation import compare, randomized
-    from jobs.evaluation.common import compute_maps, rebuild_model
+    from jobs.evaluation.payload import compute_maps, rebuild_model
 
     torch.set_num_threads(1)
     model = rebuild_model(payload)
@@ -119,11 +123,12 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from attribution.evaluation import METRICS, cascade
-    from jobs.runtime.cluster import start_ray
-    from jobs.runtime.progress import Progress
-    from jobs.runtime.stopping import as_interrupted
-    from jobs.evaluation.common import load_samples, model_payload
+    from jobs.evaluation.inputs import load_samples
+    from jobs.evaluation.payload import model_payload
     from jobs.evaluation.subsets import announce, subset_record
+    from jobs.evaluation.units import UnitStore
+    from jobs.runtime.cluster import start_ray
+    from jobs.runtime.runner import Runner
     from models.preprocess import preprocess
     from storage.checkpoints import load_checkpoint
     from storage.io.fs import redact_url
@@ -153,35 +158,64 @@ def run(args: argparse.Namespace) -> int:
     print(f"{len(ids)} samples from {redact_url(source.url)} ({args.split}); {len(specs)} methods x {len(names)} steps "
           f"({', '.join(names)}); weights {how}, {args.draws} draws from seed {args.seed}")
 
-    start_ray(args.ray_address)
-    first = ray.remote(num_cpus=1)(original_maps)
-    later = ray.remote(num_cpus=1)(step_scores)
-    payload, x_ref = ray.put(model_payload(model, spec, trust_of(args))), ray.put(x)
-    pending: dict[Any, tuple[str, int, int]] = {}
-    for method in specs:
-        label = method.label
-        originals = first.remote(payload, x_ref, targets, method, ids, args.reduction)
-        for draw in range(args.draws):
-            for step in range(1 if draw else 0, len(names)):  # step 0 randomizes nothing: one draw of it is enough
-                ref = later.remote(payload, x_ref, targets, method, ids, args.reduction, steps, step, args.std,
-                                   args.seed + draw, originals, args.randomize)
-                pending[ref] = (label, draw, step)
-    scores: dict[tuple[str, int, int], dict[str, np.ndarray]] = {}
-    progress = Progress("sanity", len(pending), "step", no_bar=args.no_progress)
-    try:
-        with progress:
-            while pending:
-                done, _ = ray.wait(list(pending), num_returns=1)
-                scores[pending.pop(done[0])] = ray.get(done[0])
-                progress.update(1)
-    except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM (jobs.runtime.stopping)
-        raise as_interrupted(err, f"{progress.done} of {progress.total} steps done, nothing written (the curves "
-                                  "are written when all are); rerun to start again") from None
+    units = plan_units([m.label for m in specs], args.draws, args.seed, len(names))
+    store = UnitStore(args.output, options, "jobs.sanity", unit_settings(args, specs, model, ids, names))
+    store.bind()  # before anything is computed: units of another configuration are never mixed in
+    stored = store.load_done(list(units))
+    runner = Runner("sanity", "step", list(units), stored, no_bar=args.no_progress)
+    print(f"{runner.plan_line()} -> {redact_url(args.output)}")
+    scores = {units[key]: arrays for key, arrays in stored.items()}
+    if runner.todo:
+        start_ray(args.ray_address)
+        first, later = runner.remote(original_maps, num_cpus=1), runner.remote(step_scores, num_cpus=1)
+        payload, x_ref = ray.put(model_payload(model, spec, trust_of(args))), ray.put(x)
+        by_label, originals = {m.label: m for m in specs}, {}
+
+        def submit(key: str) -> Any:
+            label, draw, step = units[key]
+            method = by_label[label]
+            if label not in originals:  # one task per method, only where some of its steps are left
+                originals[label] = first.remote(payload, x_ref, targets, method, ids, args.reduction)
+            return later.remote(payload, x_ref, targets, method, ids, args.reduction, steps, step, args.std,
+                                args.seed + draw, originals[label], args.randomize)
+
+        def commit(key: str, value: dict[str, np.ndarray]) -> None:
+            store.put(key, value)
+            scores[units[key]] = value
+
+        runner.run_tasks(list(units), lambda key: key, submit, commit)
+        runner.stop_if_failed()
     per_draw = draw_means(scores, [m.label for m in specs], names, METRICS, args.draws)
     table = summarize(per_draw)
     paths = write_outputs(args, options, table, per_draw, checkpoint, steps, len(ids), METRICS, subset)
     print_summary(table, names, paths, time.perf_counter() - start)
     return 0
+
+
+def plan_units(labels: Sequence[str], draws: int, seed: int, steps: int) -> dict[str, tuple[str, int, int]]:
+    """{key: (method, draw, step)} of every unit. Step 0 randomizes nothing (one draw of it is enough);
+    a later step's key names the seed of its random weights, so that more --draws add units."""
+    from jobs.evaluation.units import unit_key
+
+    units = {}
+    for label in labels:
+        for draw in range(draws):
+            for step in range(1 if draw else 0, steps):
+                key = unit_key(label, "original") if step == 0 else unit_key(label, f"seed{seed + draw}", f"step{step}")
+                units[key] = (label, draw, step)
+    return units
+
+
+def unit_settings(args: argparse.Namespace, specs: Sequence[Any], model: Any, ids: list[str],
+                  names: Sequence[str]) -> dict[str, Any]:
+    """What determines a unit's scores, but the seed (in its key): jobs.evaluation.units binds the output to it."""
+    from jobs.evaluation.units import ids_sha256, model_sha256
+    from storage.io.fs import redact_url
+
+    return {"source": redact_url(args.source), "split": args.split, "model_sha256": model_sha256(model),
+            "samples": ids_sha256(ids), "reduction": args.reduction, "group": args.group, "steps": list(names),
+            "randomize": args.randomize, "std": args.std,
+            "methods": {m.label: {"name": m.name, "params": m.params} for m in specs}}
 
 
 def draw_means(scores: dict[tuple[str, int, int], dict[str, np.ndarray]], methods: Sequence[str],
@@ -225,7 +259,7 @@ def summarize(per_draw: Any) -> Any:
 
 def write_outputs(args: argparse.Namespace, options: dict[str, Any], table: Any, per_draw: Any, checkpoint: str,
                   steps: list, n: int, metrics: Sequence[str], subset: dict[str, Any] | None = None) -> list[str]:
-    from jobs.evaluation.common import write_file, write_table
+    from jobs.evaluation.outputs import write_file, write_table
     from jobs.reporting.plots import sanity_curves
     from storage.io.fs import redact_url
 

@@ -4,8 +4,8 @@ A cell trains the architecture from scratch, with the cell's seed and the checkp
 on train images whose top ``t`` % pixels (by the method's map) were removed, measures test
 accuracy on equally modified test images, and writes its result as one small JSON file
 ``<output>/cells/<name>.json`` (atomically). The file is the commit: a rerun of the job skips
-every cell whose file exists with the same settings, and a retried cell (Ray ``max_retries``)
-rewrites the same result.
+every cell whose file exists with the same settings, and a retried cell (the job runner's retry
+policy, jobs.runtime.runner) rewrites the same result.
 
 A cell's ``input`` is ``pixels`` (ROAR: the image with the pixels filled by ``fill``, mean or
 nli) or ``mask`` (the leakage control: the binary removal mask alone, same budget). What the
@@ -31,8 +31,7 @@ from workers.identity import worker_name
 from workers.roar_data import MASK, NONE, PIXELS, RandomRemoval, Removal, cell_images, describe, removed_per_image
 
 CELL_DIR = "cells"
-__all__ = ["CELL_DIR", "MASK", "NONE", "PIXELS", "cell_name", "cell_removal", "cell_url", "prepare", "remote_cell",
-           "remote_prepare", "run_cell"]
+__all__ = ["CELL_DIR", "MASK", "NONE", "PIXELS", "cell_name", "cell_removal", "cell_url", "prepare", "run_cell"]
 
 
 def cell_name(method: str, t: int, seed: int, input: str = PIXELS, fill: str = "mean") -> str:
@@ -109,20 +108,3 @@ def run_cell(cell: dict[str, Any], config: dict[str, Any], train_x: np.ndarray, 
     name = cell_name(method, t, seed, result["input"], result["fill"])
     Location(config["output"], config.get("storage_options") or {}).put_json(f"{CELL_DIR}/{name}.json", result)
     return result
-
-
-def remote_cell(num_gpus: float, num_cpus: float, max_retries: int) -> Any:
-    """``run_cell`` as a Ray task: one GPU (or ``num_cpus`` CPUs) each, retried ``max_retries`` times
-    when its worker dies or it raises an I/O or runtime error (a bad-input ValueError is not retried)."""
-    import ray
-
-    return ray.remote(run_cell).options(num_gpus=num_gpus, num_cpus=num_cpus, max_retries=max_retries,
-                                        retry_exceptions=[OSError, RuntimeError])
-
-
-def remote_prepare(num_cpus: float, max_retries: int) -> Any:
-    """``prepare`` as a Ray task returning its two arrays as two objects (CPU only: numpy and scipy)."""
-    import ray
-
-    return ray.remote(prepare).options(num_cpus=num_cpus, num_returns=2, max_retries=max_retries,
-                                       retry_exceptions=[OSError, RuntimeError])

@@ -1,4 +1,6 @@
-"""ROAR's cells: which there are, which are already committed, and running the rest on Ray.
+"""ROAR's cells: which there are, which are already committed, and running the rest through the job
+runner (jobs.runtime.runner), whose units they are: a cell's key is its file name, and the cells
+done are those whose files hold this configuration's fingerprint.
 
 A cell is a dict ``{method, t, seed, input, fill}``: ``input`` is ``pixels`` (ROAR, with ``fill``
 mean or nli) or ``mask`` (the leakage control, fill ``-``); the unmodified baseline is method
@@ -106,53 +108,31 @@ class Prepared:
                 self.maps.pop(cell["method"], None)
 
 
-def run_cells(todo: list[dict], config: dict, arrays: dict, args: argparse.Namespace) -> tuple[list[dict], list[str]]:
-    """Submit the pending cells as Ray tasks, at most ``workers`` at once; returns (results, failures)."""
+def run_cells(todo: list[dict], config: dict, arrays: dict, args: argparse.Namespace, runner: Any) -> list[dict]:
+    """Run the pending cells as Ray tasks through the job's ``runner`` (jobs.runtime.runner), at most
+    ``workers`` at once; returns the results (the runner keeps the failures)."""
     import ray
 
     from jobs.runtime.cluster import size_workers, start_ray
-    from jobs.runtime.progress import Progress
-    from jobs.runtime.stopping import as_interrupted
-    from workers.roar import remote_cell, remote_prepare
+    from workers.roar import prepare, run_cell
 
     start_ray(args.ray_address)
     sizing = size_workers(args.device, args.workers, default_cpu_workers="cpus")
     config = {**config, "threads": sizing.threads or None, "device": sizing.device}
-    task = remote_cell(sizing.gpus, sizing.cpus, args.retries)
+    task = runner.remote(run_cell, num_gpus=sizing.gpus, num_cpus=sizing.cpus)
     data = {k: (v if k.endswith("maps") else ray.put(v)) for k, v in arrays.items()}
-    prepared = Prepared(todo, remote_prepare(max(1, sizing.cpus if not sizing.gpus else 1), args.retries), config,
-                        data)
-    pending, running, results, failures = list(todo), {}, [], []
+    prepared = Prepared(todo, runner.remote(prepare, num_cpus=max(1, sizing.cpus if not sizing.gpus else 1),
+                                            num_returns=2), config, data)
+    results: list[dict] = []
     print(f"{len(todo)} cells on {sizing.describe}")
-    try:
-        with Progress("roar", len(todo), "cell", no_bar=args.no_progress) as bar:
-            run_loop(pending, running, results, failures, bar, task, prepared, config, data, sizing, args)
-    except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM (jobs.runtime.stopping): finished cells are stored
-        raise as_interrupted(err, f"{len(results)} of {len(todo)} cells finished and stored; rerun to "
-                                  "resume") from None
-    return results, failures
 
+    def submit(cell: dict) -> Any:
+        train_x, test_x = prepared.images(cell)
+        return task.remote(cell, config, train_x, data["train_labels"], test_x, data["test_labels"])
 
-def run_loop(pending: list[dict], running: dict, results: list[dict], failures: list[str], bar: Any, task: Any,
-             prepared: Prepared, config: dict, data: dict[str, Any], sizing: Any, args: argparse.Namespace) -> None:
-    """Keep ``sizing.workers`` cells running until every cell has finished or failed."""
-    import ray
+    def commit(cell: dict, result: dict) -> None:  # run_cell committed its file
+        results.append(result)
+        runner.progress.set_postfix_str(f"{name_of(cell)}: acc {result['accuracy']:.3f} in {result['seconds']:.1f}s")
 
-    while pending or running:
-        while pending and len(running) < sizing.workers:
-            cell = pending.pop(0)
-            train_x, test_x = prepared.images(cell)
-            running[task.remote(cell, config, train_x, data["train_labels"], test_x, data["test_labels"])] = cell
-        done, _ = ray.wait(list(running), num_returns=1)
-        for ref in done:
-            cell = running.pop(ref)
-            prepared.done(cell)
-            try:
-                result = ray.get(ref)
-            except ray.exceptions.RayError as err:
-                failures.append(f"{name_of(cell)}: {str(err).strip().splitlines()[-1][:300]}")
-                bar.write(f"cell {name_of(cell)} failed after {args.retries} retries: {failures[-1]}")
-            else:
-                results.append(result)
-                bar.set_postfix_str(f"{name_of(cell)}: acc {result['accuracy']:.3f} in {result['seconds']:.1f}s")
-            bar.update(1)
+    runner.run_tasks(todo, name_of, submit, commit, max_running=sizing.workers, settled=prepared.done)
+    return results

@@ -216,3 +216,20 @@ def verdict_lines(verdicts: Any, check: dict[str, Any], notes: list[str] = ()) -
         lines.append(f"  {row.method:>20s} t={row.t:>2d} {row.fill:>4s}: ROAR {_cell(row.accuracy, row.std)}, "
                      f"mask only {_cell(row.mask_accuracy, row.mask_std)} (p={row.p_value:.3g}): {row.verdict}")
     return lines + [f"note: {note}" for note in notes]
+
+
+def print_summary(table: Any, verdicts: list[str], results: list[dict], reused: int, seconds: float, output: str,
+                  kar: bool) -> None:
+    """What jobs.roar prints at the end: cells computed and reused, accuracy per method and t, the verdicts."""
+    busy = [r["seconds"] for r in results]
+    print(f"\ncomputed {len(results)} cells in {seconds:.1f} s"
+          f"{f' (median {float(np.median(busy)):.1f} s per cell)' if busy else ''}; reused {reused}")
+    print("test accuracy, mean +- std over seeds:")
+    for (method, inp, fill), rows in table.groupby(["method", "input", "fill"], sort=True):
+        stats = rows.groupby("t")["accuracy"].agg(["mean", "std", "count"])
+        cells = ", ".join(f"t={int(t)}: {r['mean']:.4f} +- {0 if np.isnan(r['std']) else r['std']:.4f} "
+                          f"(n={int(r['count'])})" for t, r in stats.iterrows())
+        what = "" if method == "none" else (" mask only" if inp == "mask" else f" {fill}")
+        print(f"  {method + what:>24}: {cells}")
+    print("\n".join(verdicts))
+    print(f"results: {output}/results.parquet, results.csv, summary.csv, claims.csv, {'kar' if kar else 'roar'}.png")

@@ -1,8 +1,9 @@
 """The pending shards of a run on a Ray Data actor pool: one model replica per actor.
 
 ``run_shards`` is step 4 of :mod:`jobs.attribute`: ``from_items(blocks).map_batches(ShardAttributor,
-compute=ActorPoolStrategy(...))``, a progress bar over the results, transient failures retried by
-Ray Data a bounded number of times, and any other failure stopping the job in one line. A block is
+compute=ActorPoolStrategy(...))``, its result rows consumed by the job runner (jobs.runtime.runner: the
+progress, the retry policy, the failure line every job shares); transient failures are retried by
+Ray Data a bounded number of times, and any other failure stops the job in one line. A block is
 one row naming a plan segment and runs of shard indices (``workers.tasks.block_rows``): the actor
 reads those shards' samples from the plan, so what the driver puts into Ray is at most
 ``MAX_TASK_BLOCKS`` short rows (plus one per segment a block crosses), whatever the shards hold.
@@ -11,11 +12,8 @@ reads those shards' samples from the plan, so what the driver puts into Ray is a
 from __future__ import annotations
 
 import argparse
-import os
 from collections.abc import Sequence
 from typing import Any
-
-from jobs.runtime.cli import JobStopped
 
 #: Ray Data blocks the tasks are cut into, at most. ``from_items`` costs ~1.7 ms per block before
 #: anything runs (33 s for 20 k one-task blocks on 2 cores; benchmarks/RESULTS.md), and each block
@@ -27,18 +25,6 @@ MAX_TASK_BLOCKS = 1024
 def task_blocks(tasks: int) -> int:
     """The blocks ``tasks`` shard tasks are cut into."""
     return max(1, min(tasks, MAX_TASK_BLOCKS))
-
-
-#: Times Ray Data runs a shard again after it failed transiently (``$PATHWAY_SHARD_RETRIES``).
-DEFAULT_SHARD_RETRIES = 3
-
-
-def shard_retries() -> int:
-    """How many times a shard that failed transiently is retried (``$PATHWAY_SHARD_RETRIES``, default 3)."""
-    try:
-        return max(0, int(os.environ.get("PATHWAY_SHARD_RETRIES", DEFAULT_SHARD_RETRIES)))
-    except ValueError:
-        return DEFAULT_SHARD_RETRIES
 
 
 def retry_transient_shards(context: Any, retries: int) -> None:
@@ -62,7 +48,8 @@ def retry_transient_shards(context: Any, retries: int) -> None:
 
 
 def run_shards(tasks: Sequence[Any], config: Any, args: argparse.Namespace, store: Any = None) -> list[dict]:
-    """Process the pending shards on an actor pool; returns one summary per finished shard. When a shard
+    """Process the pending shards on an actor pool through the job runner (jobs.runtime.runner: its
+    progress, retry policy and failure line); returns one summary per finished shard. When a shard
     fails, the job stops with a line saying how many of the shards are committed (read from ``store``:
     Ray Data hands results back later than shards commit) and why."""
     import gc
@@ -70,14 +57,16 @@ def run_shards(tasks: Sequence[Any], config: Any, args: argparse.Namespace, stor
     import ray
 
     from jobs.runtime.cluster import size_workers
-    from jobs.runtime.progress import Progress
-    from jobs.runtime.stopping import as_interrupted, check, requested
-    from workers.attributor import ShardAttributor, TransientShardFailure, failure_line
+    from jobs.runtime.runner import Runner
+    from workers.attributor import ShardAttributor
     from workers.tasks import block_rows
 
+    results: list[dict] = []
+    runner = Runner("attribute", "shard", [t.shard_id for t in tasks], no_bar=args.no_progress,
+                    samples_total=sum(t.samples for t in tasks),
+                    committed=lambda: committed_tasks(store, tasks, len(results)))
     sizing = size_workers(args.device, args.workers)
-    retries = shard_retries()
-    retry_transient_shards(ray.data.DataContext.get_current(), retries)
+    retry_transient_shards(ray.data.DataContext.get_current(), runner.retries)
     rows = block_rows(tasks, task_blocks(len(tasks)))  # a few short rows per block; workers read the plan
     dataset = ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
         ShardAttributor,
@@ -87,32 +76,11 @@ def run_shards(tasks: Sequence[Any], config: Any, args: argparse.Namespace, stor
         num_gpus=sizing.gpus,
         num_cpus=sizing.cpus,
     )  # Ray Data restarts dead actors and retries their shards by default (and transient failures, above)
-    results = []
-    failure = None
-
-    def kept() -> str:
-        return f"{committed_tasks(store, tasks, len(results))} of {len(tasks)} shards committed; rerun to resume"
-
-    try:
-        with Progress("attribute", len(tasks), "shard", no_bar=args.no_progress,
-                      samples_total=sum(t.samples for t in tasks)) as progress:
-            for row in dataset.iter_rows():
-                results.append(row)
-                progress.update(1, samples=int(row["samples"]), errors=int(row["errors"]))
-                check()  # a stop that a Ray call swallowed
-    except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM (jobs.runtime.stopping): say what is kept, and stop
-        raise as_interrupted(err, kept()) from None
-    except ray.exceptions.RayError as err:  # a worker failed, not because of a sample: stop, in one line
-        if requested():  # the worker stopped with the job (Ctrl-C reaches the whole process group)
-            raise as_interrupted(err, kept()) from None
-        failure = failure_line(err)
-        if f"{TransientShardFailure.__name__}: " in str(err):
-            failure += f" (the shard was tried {retries + 1} times)"
-    if failure is not None:
+    runner.run_rows(dataset.iter_rows(), lambda row: (int(row["samples"]), int(row["errors"])), results.append)
+    if runner.failures:
         del dataset
         gc.collect()  # the failed execution's frames hold its actor pool, and the pool its CPUs and GPUs
-        raise JobStopped(f"the job stopped with {committed_tasks(store, tasks, len(results))} of {len(tasks)} shards "
-                         f"committed: {failure}")
+        runner.stop_if_failed()
     return results
 
 

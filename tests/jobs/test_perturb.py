@@ -11,6 +11,7 @@ import pytest
 
 import io
 import json
+import os
 
 import numpy as np
 import pandas as pd
@@ -111,3 +112,44 @@ def test_method_not_in_map_dataset_exits_2(checkpoint, tmp_path, capsys) -> None
     assert perturb.main(["--maps", str(maps), "--methods", "pathway", "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "pathway" in err and "holds gradient" in err
+
+
+def unit_files(output: str) -> dict[str, int]:
+    folder = os.path.join(output, "units")
+    return {name: os.stat(os.path.join(folder, name)).st_mtime_ns for name in os.listdir(folder)
+            if name.endswith(".npz")}
+
+
+def test_a_stopped_run_resumes_computing_only_the_missing_units_with_the_same_numbers(checkpoint, ray_session,
+                                                                                       tmp_path, capsys) -> None:
+    """Every unit (a method's shard, or the random order's) is stored as it finishes, bound to the
+    configuration: a rerun computes only the units that are not there and gives the numbers of an
+    uninterrupted run; a rerun with other settings into the same output is refused in one line."""
+    out = str(tmp_path / "perturbation")
+    args = ["--checkpoint", checkpoint, "--limit", "24", "--shard-size", "8", "--methods", "gradient",
+            "--fractions", FRACTIONS_ARG, "--fill", "mean,nli", "--output", out, "--no-progress"]
+    assert perturb.main(args) == 0
+    assert "6 tasks, 0 already done, 6 to compute" in capsys.readouterr().out
+    whole = pd.read_parquet(f"{out}/perturbation.parquet")
+    first = unit_files(out)
+    assert sorted(first) == [f"{m}-{lo:06d}.npz" for m in ("gradient", "random-order") for lo in (0, 8, 16)]
+
+    # As a run stopped after four of its six units: the tables were never written, two units are missing.
+    for name in ("gradient-000008.npz", "random-order-000016.npz", "perturbation.parquet", "auc.json"):
+        os.remove(os.path.join(out, "units" if name.endswith(".npz") else "", name))
+    assert perturb.main(args) == 0
+    assert "6 tasks, 4 already done, 2 to compute" in capsys.readouterr().out
+    pd.testing.assert_frame_equal(pd.read_parquet(f"{out}/perturbation.parquet"), whole)
+    again = unit_files(out)
+    assert sorted(k for k in again if again[k] != first.get(k)) == ["gradient-000008.npz", "random-order-000016.npz"]
+
+    # Everything stored: nothing is computed, the same tables are written again.
+    assert perturb.main(args) == 0
+    assert "6 tasks, 6 already done, 0 to compute" in capsys.readouterr().out
+    pd.testing.assert_frame_equal(pd.read_parquet(f"{out}/perturbation.parquet"), whole)
+
+    other = [*args[:args.index("--fractions")], "--fractions", "0,0.5,1", *args[args.index("--fractions") + 2:]]
+    assert perturb.main(other) == 2
+    err = capsys.readouterr().err
+    assert "another configuration: fractions was" in err and "Write to a new --output" in err
+    assert unit_files(out) == again  # nothing of the refused run was written

@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 
 import json
+import os
 
 import numpy as np
 import pandas as pd
@@ -107,3 +108,29 @@ def test_missing_checkpoint_exits_2(tmp_path, capsys) -> None:
                         "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "jobs.sanity: error" in err and "none.pt" in err
+
+
+def test_units_are_stored_and_a_rerun_computes_only_what_is_missing(checkpoint, ray_session, tmp_path,
+                                                                    capsys) -> None:
+    """Each (method, draw, step) is stored as it finishes: a rerun after a stop computes the missing
+    units only, with the numbers of an uninterrupted run; more --draws add units; other settings are refused."""
+    out = str(tmp_path / "sanity")
+    args = ["--checkpoint", checkpoint, "--limit", "4", "--methods", "gradient", "--draws", "2", "--output", out,
+            "--no-progress"]
+    assert sanity.main(args) == 0
+    assert "13 steps, 0 already done, 13 to compute" in capsys.readouterr().out  # 1 original + 2 draws x 6 steps
+    whole = pd.read_parquet(f"{out}/sanity_draws.parquet")
+    units = sorted(name for name in os.listdir(f"{out}/units") if name.endswith(".npz"))
+    assert len(units) == 13 and "gradient-original.npz" in units and "gradient-seed1-step6.npz" in units
+
+    for name in ("gradient-original.npz", "gradient-seed1-step3.npz"):  # as a run stopped before these
+        os.remove(os.path.join(out, "units", name))
+    os.remove(f"{out}/sanity_draws.parquet")
+    assert sanity.main(args) == 0
+    assert "13 steps, 11 already done, 2 to compute" in capsys.readouterr().out
+    pd.testing.assert_frame_equal(pd.read_parquet(f"{out}/sanity_draws.parquet"), whole)
+
+    assert sanity.main([*args[:-5], "--draws", "3", "--output", out, "--no-progress"]) == 0
+    assert "19 steps, 13 already done, 6 to compute" in capsys.readouterr().out
+    assert sanity.main([*args, "--std", "0.5"]) == 2
+    assert "another configuration: std was 0.1, is 0.5" in capsys.readouterr().err

@@ -186,7 +186,7 @@ def test_ray_tasks_and_workers_import_only_what_the_driver_trusts(tmp_path, monk
     """The model payload of jobs.perturb / jobs.sanity carries the driver's --trust-code, and the check
     that Ray workers can import the arch's module refuses an untrusted one before asking them."""
     from jobs.runtime.cluster import check_workers_import
-    from jobs.evaluation.common import model_payload, rebuild_model
+    from jobs.evaluation.payload import model_payload, rebuild_model
     from models import ModelError, ModelSpec
 
     (tmp_path / "payload_usernets.py").write_text(USERNETS)

@@ -57,7 +57,7 @@ def test_labels_are_known_without_decoding_for_idx_and_class_folders(tmp_path):
 
 def test_folder_labels_become_the_models_class_indices(tmp_path):
     """An image folder numbers classes in sorted name order ('Ankle boot' first); the model's order differs."""
-    from jobs.evaluation.common import load_samples
+    from jobs.evaluation.inputs import load_samples
     from models import fashion_mnist_spec
 
     images, labels = fashion_mnist("test", 40)

@@ -1,4 +1,5 @@
-"""Helpers the evaluation jobs (jobs.perturb, jobs.sanity) share: methods, samples, maps, tables.
+"""What an evaluation job (jobs.perturb, jobs.sanity, jobs.roar) reads: a map dataset's config, the
+samples and their labels as the model numbers its classes, and the fill value of removed pixels.
 
 Methods are named ``[label=]name[:key=value,...]`` (jobs.mapping.methods.parse_method_specs).
 """
@@ -6,7 +7,6 @@ Methods are named ``[label=]name[:key=value,...]`` (jobs.mapping.methods.parse_m
 from __future__ import annotations
 
 import sys
-import zlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -38,19 +38,6 @@ def stored_config(run: dict[str, Any], url: str) -> tuple[dict[str, Any], list[A
                        f"({reprlib.repr(config.get('methods'))}); use a map dataset written by jobs.attribute"
                        ) from None
     return config, methods
-
-
-def sample_seeds(sample_ids: Sequence[str]) -> list[int]:
-    """A seed per sample from its id, so a random order never depends on the sharding."""
-    return [zlib.crc32(str(s).encode()) for s in sample_ids]
-
-
-def compute_maps(method: Any, x: Any, targets: Any, sample_ids: Sequence[str], reduction: str) -> np.ndarray:
-    """One method's maps for a batch, reduced to [N, H, W] float32 (like jobs.attribute stores them)."""
-    import attribution
-
-    maps = method.attribute(x, target=targets, sample_ids=list(sample_ids))
-    return attribution.reduce_map(maps.float().detach(), reduction).cpu().numpy().astype(np.float32)
 
 
 def model_labels(source: Any, spec: Any, labels: np.ndarray) -> np.ndarray:
@@ -129,43 +116,3 @@ def fill_value(mode: str, spec: Any, source_url: str, options: dict[str, Any], s
     images, _, _ = load_arrays(source, refs[::step][:samples])
     x = preprocess(spec, images)
     return [float(v) for v in x.double().mean(dim=(0, 2, 3))]
-
-
-def chunks(n: int, size: int) -> list[tuple[int, int]]:
-    """[start, stop) ranges covering ``range(n)`` in pieces of ``size``."""
-    return [(i, min(n, i + size)) for i in range(0, n, max(1, size))]
-
-
-def model_payload(model: Any, spec: Any, trust_code: Sequence[str] = ()) -> dict[str, Any]:
-    """What a Ray task needs to rebuild the model: the spec, CPU weights (plain data), and the modules
-    the operator trusts (--trust-code), which the driver checked the spec's arch against."""
-    return {"spec": spec.to_dict(), "state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-            "trust_code": list(trust_code)}
-
-
-def rebuild_model(payload: dict[str, Any]) -> Any:
-    """The model of :func:`model_payload`, in eval mode on the CPU."""
-    from models.registry import ModelSpec, build_model
-
-    model = build_model(ModelSpec.from_dict(payload["spec"]), trust_code=payload.get("trust_code") or ())
-    model.load_state_dict(payload["state"])
-    return model.eval()
-
-
-def write_table(output: str, name: str, frame: Any, options: dict[str, Any]) -> list[str]:
-    """``<output>/<name>.parquet`` and ``.csv``, each written atomically; returns their URLs."""
-    from storage.io.location import Location
-
-    where = Location(output, options)
-    where.put(f"{name}.parquet", frame.to_parquet(index=False))
-    where.put(f"{name}.csv", frame.to_csv(index=False).encode())
-    return [where.url_of(f"{name}.parquet"), where.url_of(f"{name}.csv")]
-
-
-def write_file(output: str, name: str, data: bytes, options: dict[str, Any]) -> str:
-    """``<output>/<name>`` written atomically; returns its URL."""
-    from storage.io.location import Location
-
-    where = Location(output, options)
-    where.put(name, data)
-    return where.url_of(name)

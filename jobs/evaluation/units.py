@@ -1,0 +1,134 @@
+"""An evaluation's units of work, stored under its output as each finishes, bound to its configuration.
+
+jobs.perturb and jobs.sanity cut their work into units (a method's shard of samples; a method's
+cascade step under one draw of random weights) that the job runner (jobs.runtime.runner) schedules.
+Each finished unit's arrays are one file, ``<output>/units/<key>.npz``, written atomically: the
+file is the commit, and a rerun of the same command skips every unit whose file is there, so a run
+that was stopped, or lost a worker, resumes where it was.
+
+Units are only reusable under the configuration that made them, so the output is bound to it as a
+map dataset is (jobs.mapping.binding): the first run records its settings in
+``<output>/units/binding.json``, and a later run with other settings is refused with one line
+naming what differs and the fix. The exception, as for maps, is a new method label: its units
+are added beside the others (and a unit key never depends on which other methods run).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from jobs.runtime.cli import JobError
+
+UNITS_DIR = "units"
+BINDING = f"{UNITS_DIR}/binding.json"
+SUFFIX = ".npz"
+
+
+def chunks(n: int, size: int) -> list[tuple[int, int]]:
+    """[start, stop) ranges covering ``range(n)`` in pieces of ``size``."""
+    return [(i, min(n, i + size)) for i in range(0, n, max(1, size))]
+
+
+def unit_key(*parts: Any) -> str:
+    """A unit's file name stem from its parts (``gradient-000064``): safe characters kept, anything
+    else replaced, with a short hash of the original so that two labels never share a key."""
+    text = "-".join(str(p) for p in parts)
+    safe = re.sub(r"[^A-Za-z0-9_.=+-]", "_", text).lstrip(".")
+    return safe if safe == text else f"{safe}~{hashlib.sha256(text.encode()).hexdigest()[:8]}"
+
+
+def model_sha256(model: Any) -> str:
+    """A digest of a model's weights: the same checkpoint URL retrained is another configuration."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def ids_sha256(ids: list[str]) -> str:
+    """A digest of the samples, in their order (the units' rows follow it)."""
+    return hashlib.sha256("\n".join(str(i) for i in ids).encode()).hexdigest()
+
+
+class UnitStore:
+    """The units of one evaluation output (see the module docstring). ``settings``: everything that
+    determines a unit's numbers, plain JSON; its ``methods`` (label -> definition) may grow."""
+
+    def __init__(self, output: str, options: dict[str, Any], job: str, settings: Mapping[str, Any]) -> None:
+        from storage.io.location import Location
+
+        self.where = Location(output, options)
+        self.job = job
+        self.settings = json.loads(json.dumps(settings, sort_keys=True, default=str))
+
+    def bind(self) -> None:
+        """Record this run's settings, or check them against those the output holds: :class:`JobError`
+        naming the differences when its units were made otherwise."""
+        from storage.io.fs import redact_url
+
+        stored = self.where.get_optional(BINDING)
+        settings = self.settings
+        if stored is not None:
+            try:
+                before = json.loads(stored)["settings"]
+            except (ValueError, KeyError, TypeError):
+                raise JobError(f"{redact_url(self.where.url_of(BINDING))} is not a {self.job} unit binding; "
+                               "use another --output") from None
+            differences = [f"{k} was {_show(before.get(k))}, is {_show(settings.get(k))}"
+                           for k in sorted(set(before) | set(settings)) if k != "methods"
+                           and before.get(k) != settings.get(k)]
+            old, new = before.get("methods") or {}, settings.get("methods") or {}
+            differences += [f"method {label!r} was {_show(old[label])}, is {_show(spec)}"
+                            for label, spec in new.items() if label in old and old[label] != spec]
+            if differences:
+                raise JobError(f"{redact_url(self.where.url)} holds {self.job} results made with another "
+                               f"configuration: {'; '.join(differences[:3])}. Write to a new --output, or give a "
+                               "changed method a new label (label=name:params)")
+            settings = {**before, "methods": {**old, **new}}
+            if settings == before:
+                return
+        self.where.put_json(BINDING, {"job": self.job, "settings": settings})
+
+    def done(self) -> set[str]:
+        """The keys of the units committed so far."""
+        start = len(UNITS_DIR) + 1
+        return {rel[start:-len(SUFFIX)] for rel in self.where.find(UNITS_DIR, SUFFIX) if "/" not in rel[start:]}
+
+    def put(self, key: str, arrays: Mapping[str, np.ndarray]) -> None:
+        """Commit one unit's arrays (one atomic write)."""
+        buffer = io.BytesIO()
+        np.savez(buffer, **{name: np.asarray(value) for name, value in arrays.items()})
+        self.where.put(f"{UNITS_DIR}/{key}{SUFFIX}", buffer.getvalue())
+
+    def load_done(self, keys: list[str]) -> dict[str, dict[str, np.ndarray]]:
+        """The committed units among ``keys``, read back in parallel; an unreadable one is left out
+        (computed again)."""
+        done = self.done()
+        wanted = [key for key in keys if key in done]
+        blobs = self.where.get_many([f"{UNITS_DIR}/{key}{SUFFIX}" for key in wanted])
+        loaded = {key: _arrays(blobs[f"{UNITS_DIR}/{key}{SUFFIX}"]) for key in wanted}
+        return {key: arrays for key, arrays in loaded.items() if arrays is not None}
+
+
+def _arrays(data: bytes | None) -> dict[str, np.ndarray] | None:
+    """A unit file's arrays, or None when it is gone or unreadable."""
+    if data is None:
+        return None
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            return {name: npz[name] for name in npz.files}
+    except (ValueError, OSError, EOFError):
+        return None
+
+
+def _show(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True, default=str)
+    return text if len(text) <= 120 else text[:117] + "..."

@@ -1,0 +1,96 @@
+"""jobs.runtime.runner: every job's units through one lifecycle (resume, retries, progress, failure lines),
+on a real local Ray where units run."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from jobs.runtime.cli import JobStopped
+from jobs.runtime.runner import Runner, unit_retries
+
+
+def test_retries_come_from_the_flag_else_the_environment(monkeypatch) -> None:
+    monkeypatch.delenv("PATHWAY_SHARD_RETRIES", raising=False)
+    assert unit_retries() == 3
+    monkeypatch.setenv("PATHWAY_SHARD_RETRIES", "5")
+    assert unit_retries() == 5 and unit_retries(1) == 1 and Runner("j", "unit", []).retries == 5
+    monkeypatch.setenv("PATHWAY_SHARD_RETRIES", "many")
+    assert unit_retries() == 3
+
+
+def test_the_plan_counts_what_is_done_and_the_stop_line_names_failures_and_the_fix() -> None:
+    runner = Runner("roar", "cell", ["a", "b", "c", "d", "e", "a"], done=["a", "x"])
+    assert runner.plan_line() == "5 cells, 1 already done, 4 to compute" and runner.todo == ["b", "c", "d", "e"]
+    runner.finished = 1
+    runner.failures = [("b", "ValueError: bad"), ("c", "OSError: gone"), ("d", "x"), ("e", "y")]
+    assert runner.stop_line() == ("the job stopped with 1 of 4 cells committed: cell b: ValueError: bad; cell c: OSError: "
+                                  "gone; cell d: x; 1 more cells failed (listed above); rerun to resume")
+    with pytest.raises(JobStopped, match="^the job stopped with 1 of 4 cells committed"):
+        runner.stop_if_failed()
+    runner.failures = [(None, "shard 3 failed: the store kept failing; rerun the same command")]
+    assert runner.stop_line().endswith("rerun the same command")  # said once
+    Runner("roar", "cell", ["a"]).stop_if_failed()  # nothing failed: nothing to say
+
+
+def test_units_left_run_once_each_and_done_units_are_skipped(ray_session, capsys) -> None:
+    runner = Runner("double", "unit", ["a", "b", "c", "d"], done=["a"], no_bar=True)
+    task = runner.remote(lambda text: text * 2, num_cpus=1)
+    results, settled = {}, []
+    runner.run_tasks(["a", "b", "c", "d"], str, task.remote, results.__setitem__, max_running=1,
+                     settled=settled.append)
+    assert results == {"b": "bb", "c": "cc", "d": "dd"} and sorted(settled) == ["b", "c", "d"]
+    assert runner.failures == [] and runner.committed() == 3
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].startswith("double: 0/3 units") and lines[-1].startswith("double: 3/3 units,")
+
+
+def test_a_failed_unit_is_one_line_the_others_finish_and_the_job_stops_saying_what_is_kept(ray_session, tmp_path,
+                                                                                           capsys) -> None:
+    tries = tmp_path / "tries"
+    tries.mkdir()
+
+    def work(key: str) -> str:
+        with open(tries / f"{key}-{os.getpid()}-{len(os.listdir(tries))}", "w"):
+            pass
+        if key == "bad":
+            raise ValueError(f"unit {key} has a bad input")
+        return key
+
+    runner = Runner("job", "unit", ["one", "bad", "two"], no_bar=True, retries=2)
+    task = runner.remote(work, num_cpus=1)
+    results: dict[str, str] = {}
+    runner.run_tasks(["one", "bad", "two"], str, task.remote, results.__setitem__)
+    assert results == {"one": "one", "two": "two"}
+    assert [k for k, _ in runner.failures] == ["bad"] and "ValueError: unit bad has a bad input" in runner.failures[0][1]
+    assert sum(name.startswith("bad-") for name in os.listdir(tries)) == 1  # a bad input is not retried
+    assert "job: unit bad failed: ValueError: unit bad has a bad input" in capsys.readouterr().err
+    with pytest.raises(JobStopped) as stopped:
+        runner.stop_if_failed()
+    assert str(stopped.value).startswith("the job stopped with 2 of 3 units committed: unit bad: ")
+    assert str(stopped.value).endswith("; rerun to resume")
+
+
+def test_a_transient_failure_is_retried_and_one_past_the_retries_says_how_often_it_was_tried(ray_session,
+                                                                                             tmp_path) -> None:
+    marker = tmp_path / "failed-once"
+
+    def flaky(key: str) -> str:
+        if not marker.exists():
+            marker.write_text("1")
+            raise OSError(f"the store dropped {key}")  # what storage.io.retry gives up with
+        return key
+
+    runner = Runner("job", "unit", ["k"], no_bar=True, retries=1)
+    results: dict[str, str] = {}
+    runner.run_tasks(["k"], str, runner.remote(flaky, num_cpus=1).remote, results.__setitem__)
+    assert results == {"k": "k"} and runner.failures == []
+
+    def broken(key: str) -> str:
+        raise OSError(f"the store is down for {key}")
+
+    runner = Runner("job", "unit", ["k"], no_bar=True, retries=1)
+    runner.run_tasks(["k"], str, runner.remote(broken, num_cpus=1).remote, results.__setitem__)
+    assert len(runner.failures) == 1
+    assert runner.failures[0][1].endswith("the store is down for k (the unit was tried 2 times)"), runner.failures
