@@ -54,12 +54,10 @@ def _public(value: Any) -> Any:
 
 
 def method_labels(config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    """{label: {"name", "params"}} of a run record's config (a list of method specs, or the older
-    {label: params} with ``method_names``), without importing the methods (torch)."""
+    """{label: {"name", "params"}} of a run record's config (its list of method specs), without importing
+    the methods (torch). Format 2 stores methods as specs (6932db5, before its layout: the older
+    {label: params} form is in no output this code reads; storage.maps.versions)."""
     methods = config.get("methods") or []
-    if isinstance(methods, Mapping):
-        names = config.get("method_names") or {}
-        return {label: {"name": names.get(label, label), "params": params} for label, params in methods.items()}
     return {m.get("label") or m["name"]: {"name": m["name"], "params": m.get("params") or {}}
             for m in methods if isinstance(m, Mapping) and m.get("name")}
 
@@ -94,7 +92,8 @@ def planned_shards(where: Any) -> dict[str, Any]:
 
 def errors_by_kind(where: Any, records: Sequence[Mapping[str, Any]]) -> dict[str, int]:
     """Error rows by kind, from the ``kind`` column of the errors tables of ``records`` that have
-    error rows (a table written before kinds were recorded counts its rows as "unknown")."""
+    error rows. Every format-2 errors table has it (5dadd27, before format 2's layout); a table
+    without it, or a row with none (edited by hand), counts as "unknown"."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 

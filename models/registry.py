@@ -51,8 +51,9 @@ class ModelSpec:
     ``resize`` (one of :data:`RESIZE_POLICIES`) and ``resize_size`` (the shorter side before the
     center crop; default the larger of H and W) say how any image reaches ``input_size``;
     ``background`` is the gray level in [0, 1] that transparent pixels are composited on. Specs
-    stored without these fields (older checkpoints) get the defaults, which are what those
-    checkpoints were trained with: a plain resize, and no transparency in the training data.
+    stored without these fields (checkpoint format 1 as written before dda3aa8) get the defaults,
+    which are what those checkpoints were trained with: a plain resize, and no transparency in the
+    training data.
     """
 
     arch: str
@@ -144,8 +145,10 @@ class ModelSpec:
             raise ModelError(f"a ModelSpec must be a mapping, got {type(data).__name__}")
         fields = dataclasses.fields(cls)
         known = {f.name for f in fields}
+        # Checkpoint format 1 saved before f21e580 (arch_kwargs) or dda3aa8 (resize, resize_size,
+        # background) lacks some of these: they take their defaults.
         optional = {f.name for f in fields if f.default is not dataclasses.MISSING
-                    or f.default_factory is not dataclasses.MISSING}  # older specs lack them
+                    or f.default_factory is not dataclasses.MISSING}
         missing = sorted(known - set(data) - optional)
         if missing:
             raise ModelError(f"ModelSpec is missing field(s) {missing}")

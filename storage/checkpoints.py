@@ -7,6 +7,10 @@ A checkpoint is one ``torch.save`` file holding only plain types and tensors::
      "fingerprint": {"modules": [...], "probe": [...]},   # models.fingerprint
      "metrics": {...JSON types...}, "torch_version": "...", "created": "ISO-8601 UTC"}
 
+Format 1 grew without a new version number; a checkpoint written before an addition loads without it:
+``fingerprint`` (f21e580) is then not checked, and the spec's ``arch_kwargs`` (f21e580), ``resize``,
+``resize_size`` and ``background`` (dda3aa8) take their defaults (models.registry.ModelSpec).
+
 It is read with ``torch.load(..., weights_only=True)`` only, so the file itself cannot run code.
 Its ``spec.arch`` names code, so it is untrusted: an import path of the user's model code is
 imported only when the caller trusts its module (``trust_code``, the jobs' ``--trust-code``), and
@@ -200,7 +204,7 @@ def load_checkpoint_with_digest(url: str, storage_options: Mapping[str, Any] | N
         model.load_state_dict(payload["state_dict"], strict=True)
     except RuntimeError as err:
         raise CheckpointError(f"checkpoint {shown}: weights do not fit arch {spec.arch!r}: {_safe(err)}") from None
-    if payload.get("fingerprint"):  # checkpoints written before fingerprints have none
+    if payload.get("fingerprint"):  # checkpoint format 1 as written before fingerprints (f21e580) has none
         problem = differences(payload["fingerprint"], model, spec.in_channels, spec.input_size)
         if problem:
             raise CheckpointError(f"checkpoint {shown}: arch {spec.arch!r} no longer builds the saved network "

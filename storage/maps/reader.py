@@ -78,7 +78,9 @@ def _read_tables(where: Location, records: Sequence[Mapping[str, Any]], kind: st
                                f"corrupt?): {err}; delete its manifest record to recompute the shard") from None
         if kind == "maps":
             table_format(table.schema, where.url_of(rel))
-        for name in columns or ():  # a detail column that files written before it lack: null there
+        # A detail column another method declares, or that format 2 added after this table was written
+        # (the degenerate-map details, cc2f1b9: storage.maps.versions): null here.
+        for name in columns or ():
             if name not in names:
                 table = table.append_column(name, pa.nulls(table.num_rows))
         return table.select(list(columns)) if columns else table
@@ -222,7 +224,9 @@ def read_errors(url: str, method: str | None = None, storage_options: Mapping[st
 
 
 def _with_columns(table: pa.Table, schema: pa.Schema) -> pa.Table:
-    """``table`` with ``schema``'s columns in its order; columns added to the schema later are null."""
+    """``table`` with ``schema``'s columns in its order. Every format-2 errors table has them all (``kind``
+    came in 5dadd27, before format 2's layout); one that lacks a column (edited by hand) reads it as
+    null instead of failing the concatenation."""
     return pa.table({f.name: table.column(f.name) if f.name in table.column_names else pa.nulls(len(table), f.type)
                      for f in schema}, schema=schema)
 

@@ -62,7 +62,8 @@ PARQUET_OPTIONS = dict(compression="zstd", compression_level=ZSTD_LEVEL, use_dic
                        data_page_version="2.0")
 
 #: ``kind`` (storage.sources.base.ERROR_KINDS: read, decode, too-large, preprocess, label, attribution,
-#: outside-source) came last; errors written before it have no such column, and read back with kind null.
+#: outside-source) came last, before format 2's layout: every format-2 errors table has it
+#: (storage.maps.versions lists what format 2 added since).
 ERRORS_SCHEMA = pa.schema([("sample_id", pa.string()), ("reason", pa.string()), ("shard_id", pa.string()),
                            ("method", pa.string()), ("kind", pa.string())])
 

@@ -6,6 +6,26 @@ and the layout, the driver the run record and the layout. Format 1 kept ``run.js
 ``manifest/`` and ``plan/`` at the root; format 2 moved them under ``_``-prefixed folders, which
 readers that glob skip. Mixing the two in one output would make half of it invisible, so both the
 readers and the driver check before they trust an empty manifest or write a first record.
+
+Format 2 as read here is what writers since commit 9c39672 (the ``_`` layout) write; earlier writers
+of version 2 still kept ``run.json`` at the root, so :func:`check_format` refuses their outputs as
+format 1. Format 2 grew since without a new version number: each addition is optional to readers,
+and every branch that reads an output without one names it here, by the commit that added it:
+
+- ``stamp`` in plan segments (463aff9): a plan without it reads as unstamped (storage.maps.plan);
+- ``examples_methods`` in ``run.json`` (ef4c3b9): without it no example PNG is kept
+  (jobs.mapping.examples);
+- ``byte_start`` / ``byte_stop`` in ranges segments (f865140): null, rows are found by reading
+  (storage.maps.plan);
+- a redacted ``source`` in the fingerprint (b0b7996): redacted before comparing
+  (jobs.mapping.record);
+- the degenerate-map details (cc2f1b9): null in maps tables without them (storage.maps.reader), and
+  a method none of whose tables has them is not counted (jobs.mapping.map_checks).
+
+What came before 9c39672 is in every format-2 output this code reads, so no branch serves its
+absence: the errors' ``kind`` column (5dadd27), methods stored as specs (6932db5), ``format`` in
+``run.json`` (6adf409). Where a reader still tolerates one missing (storage.maps.reader.read_errors,
+jobs.inspect, :func:`run_format`), it is for a file edited by hand, and says so.
 """
 
 from __future__ import annotations
@@ -61,8 +81,9 @@ def parse_run(data: bytes | str, url: str) -> dict:
 
 
 def run_format(run: dict, url: str) -> int:
-    """The format version a run record declares (one at ``_meta/run.json`` that declares none is of
-    the format that put it there); FormatMismatch when it is not this code's."""
+    """The format version a run record declares; FormatMismatch when it is not this code's. One that
+    declares none is taken as format 2: only format 2 puts a record at ``_meta/run.json``, and every
+    format-2 writer declares it (since 6adf409), so such a record was written by hand."""
     about = run.get("format") or {}
     if not isinstance(about, dict):
         raise InvalidStorageInput(f"{url}: its run record's format field is not an object; is this a map dataset?")

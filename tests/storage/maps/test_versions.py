@@ -78,3 +78,25 @@ def test_a_damaged_run_record_is_one_line_naming_it(text: str, says: str) -> Non
         parse_run(text, "/data/out")
     message = str(caught.value)
     assert "/data/out/_meta/run.json" in message and says in message and "\n" not in message
+
+
+def test_a_format_2_output_holds_what_came_before_its_layout(tmp_path):
+    """storage.maps.versions: what format 2 gained before its layout (the errors' kind, the run record's
+    format) is in every output it writes, and the writers that lacked it left the format-1 layout,
+    which is refused; so no reader needs a branch for their absence."""
+    import pyarrow.parquet as pq
+
+    from storage import read_errors
+    from storage.maps.tables import ERRORS_SCHEMA
+    from storage.sources import SampleError
+
+    url = str(tmp_path / "out")
+    store = MapStore(url)
+    store.write_shard("s0", None, "m", map_records(["a", "c"]), [SampleError("b", "unreadable", "decode")])
+    store.write_run({"status": "complete"})
+    assert pq.read_schema(tmp_path / "out" / "errors" / "m" / "s0.parquet").names == ERRORS_SCHEMA.names
+    assert read_errors(url).kind.tolist() == ["decode"] and read_run(url)["format"]["version"] == 2
+    old = str(tmp_path / "old")
+    Location(old).put_json("run.json", {"config": {"methods": {"m": {}}}, "format": {"version": 2}})
+    with pytest.raises(FormatMismatch, match="format version 1"):
+        read_run(old)
