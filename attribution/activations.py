@@ -8,6 +8,8 @@ and :func:`function_family` say which family a module or a torch function belong
 
 Gates (``sigmoid``, ``hardsigmoid``, ``tanh``), ``softmax`` and normalization are deliberately not
 activations here: their outputs scale or normalize other tensors, they are not neurons.
+
+Tested by tests/attribution/test_neurons.py.
 """
 
 from __future__ import annotations

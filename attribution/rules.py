@@ -3,6 +3,8 @@
 In Zennit's terms these are rules (a modified gradient of one kind of layer), not canonizers
 (which restructure a model). Each is a context manager that changes the model for the duration
 of one attribution and restores every changed attribute on exit, also when the body raises.
+
+Tested by tests/attribution/test_baselines.py.
 """
 
 from __future__ import annotations

@@ -7,6 +7,8 @@ float64 inputs: a threshold over float64 activations must be taken in float64, o
 scores to float32 would move neurons across it (and float64's batched maps would no longer
 equal the per-sample ones exactly). All passes are batched; every quantity is per sample
 because samples never interact in an eval-mode classifier.
+
+Tested by tests/attribution/test_pathway.py and tests/attribution/test_reference_indexing.py.
 """
 
 from __future__ import annotations

@@ -12,6 +12,8 @@ torchvision name, ``timm:<name>``, or your own ``package.module:ClassOrFactory``
 it may be a bare state_dict, or a dict holding one under ``state_dict`` or ``model``;
 DataParallel's ``module.`` prefixes are dropped. The arch must rebuild exactly the network the
 weights came from (strict loading, and a structural fingerprint stored in the checkpoint).
+
+Tested by tests/jobs/test_user_models.py and tests/security/test_code.py.
 """
 
 from __future__ import annotations

@@ -15,6 +15,8 @@ A checkpoint is untrusted: an import path runs code, so it is refused before any
 imported unless the operator trusts its module (``trust_code``, the jobs' ``--trust-code``), and
 built-in archs' ``arch_kwargs`` may not ask their loader for weights or files. :mod:`models.trust`
 holds the rules.
+
+Tested by tests/models/test_registry.py and tests/models/test_trust.py.
 """
 
 from __future__ import annotations

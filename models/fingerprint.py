@@ -9,6 +9,8 @@ word, and its outputs are off by ~1. The fingerprint saved with a checkpoint hol
 - ``probe``: the logits of one fixed, deterministic input, so a changed ``forward`` with the same
   modules is caught too. The comparison allows float32 rounding, which differs between CPUs and
   kernels by ~1e-6 relative, not structural changes, which move logits by far more.
+
+Tested by tests/storage/test_checkpoints.py.
 """
 
 from __future__ import annotations

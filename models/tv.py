@@ -9,6 +9,8 @@ machine with a matching torchvision nothing here changes anything.
 
 Still unusable after the shim: ``torchvision.ops`` and ``torchvision.io`` image codecs.
 This project uses Pillow for image I/O.
+
+Tested by tests/attribution/test_any_model.py.
 """
 
 from __future__ import annotations

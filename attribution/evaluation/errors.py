@@ -1,4 +1,7 @@
-"""The one error type of the evaluation math (its own module so every other one can import it)."""
+"""The one error type of the evaluation math (its own module so every other one can import it).
+
+Tested by tests/attribution/evaluation/test_perturbation.py and tests/attribution/evaluation/test_removal.py.
+"""
 
 from __future__ import annotations
 

@@ -9,6 +9,8 @@ fiftyone. Each method is one ``fo.Heatmap`` field: ``map_path`` is the 16-bit PN
 is the heatmap's ``lo`` / ``hi`` attributes: value = lo + pixel / 65535 * (hi - lo). ``ground_truth``
 and ``prediction`` are ``fo.Classification`` of ``label`` and ``predicted`` (class names where the
 checkpoint has them); the other details are plain fields.
+
+Tested by tests/jobs/test_export.py.
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""PNG figures the jobs leave next to their outputs (matplotlib, headless)."""
+"""PNG figures the jobs leave next to their outputs (matplotlib, headless).
+
+Tested by tests/jobs/reporting/test_colors.py and tests/jobs/test_perturb_notes.py.
+"""
 
 from __future__ import annotations
 

@@ -8,6 +8,8 @@ percentile are not coloured (default 62: noise stays white). The polarity picks 
 ``both`` (signed: red raises the target logit, blue lowers it), ``positive``, ``negative`` or
 ``absolute``. Zero is (nearly) white; over the image the map is drawn with its clipped magnitude
 as alpha. The colour maps are jobs/reporting/colors.py's, the one convention of every map picture.
+
+Tested by tests/jobs/test_view.py.
 """
 
 from __future__ import annotations

@@ -6,6 +6,8 @@ Filtering and sorting scan only the small columns (a pyarrow.dataset projection 
 top-k over the scan's batches, so memory follows the page, not the output. pyarrow.dataset
 rather than DuckDB: it reaches every fsspec store (s3:// through the jobs' storage options)
 without an extension that DuckDB would have to download; benchmarks/bench_view.py measures it.
+
+Tested by tests/jobs/reporting/test_view_analysis.py and tests/jobs/test_view.py.
 """
 
 from __future__ import annotations

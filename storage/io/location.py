@@ -10,6 +10,8 @@ Paths are relative to the prefix; errors are :class:`storage.io.fs.StorageError`
 are retried with backoff first (:mod:`storage.io.retry`). Keys are used exactly as given: no glob expansion, so file names holding
 ``[``, ``]``, ``*`` or ``?`` are data, not patterns. Listings bypass fsspec's directory cache, so a
 long-lived reader sees records written after its first listing.
+
+Tested by tests/storage/io/test_fs.py.
 """
 
 from __future__ import annotations

@@ -4,6 +4,8 @@ A plan stamps each planned sample (or row range) with its file's size and versio
 a byte span of an index, with a CRC of its bytes (:mod:`storage.maps.plan`). A rerun compares the stamps
 with the listing: :func:`source_changes` says what changed or vanished, and :func:`restamp` takes the
 new stamps where the job recomputes those shards (``--recompute-changed``).
+
+Tested by tests/storage/maps/test_plan.py and tests/storage/test_source_ranges.py.
 """
 
 from __future__ import annotations
