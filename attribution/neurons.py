@@ -285,7 +285,8 @@ class NeuronCalls:
         if (self._mode is not None and not self._functional and not self._module_skips
                 and _top_function_mode() is self._mode):
             # Every activation of this pass was a module called on the input's data: later passes
-            # of the block can skip the per-op function mode (about 1 ms per pass on a small net).
+            # of the block can skip the per-op function mode (what that saves: benchmarks/RESULTS.md,
+            # "Figures moved from the code").
             mode, self._mode = self._mode, None
             mode.__exit__(None, None, None)
         for index, (out, version) in enumerate(zip(self.outputs, self._versions)):

@@ -23,7 +23,7 @@ means depends on the dtype:
   batch of 1 (or between two CPUs). A neuron whose score lies within that rounding of q may then
   fall on either side of it. Masks agree everywhere else, and a map recomputed with the other
   computation's masks agrees to float32 rounding (tests/attribution/test_pathway.py checks both).
-  Such flips are rare (0-4 of 10^5-10^6 neurons per sample measured) but do move the map.
+  Such flips are rare (benchmarks/RESULTS.md, "Figures moved from the code") but do move the map.
 """
 
 from __future__ import annotations

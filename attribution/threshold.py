@@ -12,14 +12,14 @@ themselves. Instead :func:`batched_percentile`
 
 The counts prove whether the band really holds the wanted ranks. The band is narrow (3
 standard deviations of the subsample's rank noise), so a sample now and then misses it
-(7 of 11,520 random-input samples of the small net): those samples alone are redone with a
-band twice as wide, or sorted whole where that is cheaper. The result is exact either way:
-it equals ``numpy.percentile(scores, p)`` for each sample, to the last bit.
+(how often: benchmarks/RESULTS.md, "Figures moved from the code"): those samples alone are
+redone with a band twice as wide, or sorted whole where that is cheaper. The result is exact
+either way: it equals ``numpy.percentile(scores, p)`` for each sample, to the last bit.
 
-On CPU every sort goes through numpy, whose vectorized sort was 10x faster than
-``torch.sort`` here (0.5 vs 5.8 ms for 64 rows of 6 k floats), and so does the counting
-pass, spread over torch's thread count: numpy's comparisons to bool and its boolean gather
-took ResNet-50's selection from 224 to 80 ms (benchmarks/RESULTS.md).
+On CPU every sort goes through numpy, whose vectorized sort is much faster than ``torch.sort``
+here (benchmarks/RESULTS.md, "Figures moved from the code"), and so does the counting pass,
+spread over torch's thread count: numpy's comparisons to bool and its boolean gather are faster
+than torch's (benchmarks/RESULTS.md, "Attribution", session 4).
 """
 
 from __future__ import annotations
@@ -99,7 +99,8 @@ def _select_by_sort(chunks: Sequence[torch.Tensor], lower: int, upper: int) -> t
 
 
 def count(mask: torch.Tensor) -> torch.Tensor:
-    """Per-row number of True in a bool [B, n] tensor (summing bools directly is ~10x slower on CPU)."""
+    """Per-row number of True in a bool [B, n] tensor, summed as uint8: summing bools directly is
+    much slower on CPU (benchmarks/RESULTS.md, "Figures moved from the code")."""
     return mask.view(torch.uint8).sum(1, dtype=torch.int32).long()
 
 
@@ -155,8 +156,8 @@ def _sort_band(values: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     return values[order[rows[order].argsort(stable=True)]]
 
 
-#: dtypes whose CPU counting pass runs in numpy (its comparisons to bool were 2x faster
-#: than torch's here, its boolean gather too); bfloat16 has no numpy dtype.
+#: dtypes whose CPU counting pass runs in numpy (its comparisons to bool and its boolean gather are
+#: faster than torch's: benchmarks/RESULTS.md, "Attribution", session 4); bfloat16 has no numpy dtype.
 NUMPY_DTYPES = (torch.float32, torch.float64, torch.float16)
 #: Rows of a chunk counted by one thread task, at most (keeps both threads busy on one layer).
 _TASK_ELEMENTS = 1 << 20
@@ -191,8 +192,8 @@ def _count_band_numpy(chunks: Sequence[torch.Tensor], lo: torch.Tensor, hi: torc
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """:func:`_count_band_torch` in numpy, row blocks of each chunk spread over torch's thread count.
 
-    numpy releases the GIL inside these calls, so the blocks run in parallel. On two cores the
-    whole pass over ResNet-50's 77 M scores (batch 8) took 55 ms against 220 ms in torch.
+    numpy releases the GIL inside these calls, so the blocks run in parallel (how much faster than
+    torch: benchmarks/RESULTS.md, "Attribution", session 4).
     """
     lo_np, hi_np = lo.numpy(), hi.numpy()
     tasks = []
@@ -227,7 +228,7 @@ def masks_above(chunks: Sequence[torch.Tensor], thresholds: Sequence[torch.Tenso
     """uint8 masks ``chunk > threshold`` per row (thresholds [B], one per chunk).
 
     On CPU the comparisons run in numpy over the thread pool: torch's comparisons that
-    produce bool ran at half the speed of numpy's here.
+    produce bool are slower (benchmarks/RESULTS.md, "Attribution", session 4).
     """
     columns = [t.reshape(-1, *[1] * (c.dim() - 1)) for c, t in zip(chunks, thresholds)]
     if not _numpy_can_run(chunks):

@@ -37,9 +37,8 @@ from jobs.runtime.cli import (JobError, device_name, job_parser, json_object, no
 
 # Not the shipped DEFAULT_CHECKPOINT: a retrain replaces it only when asked to (--output DEFAULT_CHECKPOINT).
 DEFAULT_OUTPUT = "outputs/models/resnet8-fashion-mnist.pt"
-# Defaults chosen to pass 90 % Fashion-MNIST test accuracy in a few CPU minutes (2 cores).
-# Measured (benchmarks/bench_train.py, 2 shared cores, load 2-3): 91.8 % in 226 s of training;
-# per epoch 78.1 / 88.7 / 90.4 / 91.8 %. Five epochs gave 92.2 %.
+# Defaults chosen to pass 90 % Fashion-MNIST test accuracy in a few CPU minutes (2 cores): what they
+# reach per epoch, and in how long, is in benchmarks/RESULTS.md, "Training" (benchmarks/bench_train.py).
 DEFAULT_EPOCHS = 4
 DEFAULT_BATCH_SIZE = 128
 DEFAULT_LR = 0.1

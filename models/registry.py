@@ -260,7 +260,8 @@ def check_input_size(spec: ModelSpec, *, trust_code: str | Iterable[str] | None 
     """Raise :class:`ModelError` when the architecture cannot take ``spec.input_size``.
 
     Builds the arch on the meta device and runs one forward pass there: exact, no memory and
-    no math, but torch's meta kernels import torch._dynamo (about 1 s, once per process), so
+    no math, but torch's meta kernels import torch._dynamo (once per process, and slow:
+    benchmarks/RESULTS.md, "The distributed job"), so
     :func:`build_model` checks on the model it has just built instead.
     """
     _check_forward(_on_meta(archs.resolve(spec.arch, trust_code=trust_code), spec), spec)

@@ -4,9 +4,9 @@
 so checkpoints match, and the same execution order): a block reuses one in-place
 ``nn.ReLU`` twice exactly as the ImageNet ResNets do, so the attribution method must treat
 each *call* of a ReLU module as its own layer. It is written out here rather than imported
-because importing torchvision costs about 0.9 s (it pulls in torch._dynamo), paid again by
-every Ray actor that starts for the default model; ``tests/models`` checks it against
-torchvision's.
+because importing torchvision is slow (it pulls in torch._dynamo; benchmarks/RESULTS.md,
+"Figures moved from the code"), paid again by every Ray actor that starts for the default
+model; ``tests/models`` checks it against torchvision's.
 """
 
 from __future__ import annotations
@@ -63,8 +63,7 @@ class ResNet8(nn.Module):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
         # No zero-init of the residual branches' last BN: on a network this shallow it
-        # slows the first epoch down markedly (measured: 47 % vs 68 % test accuracy after
-        # 63 steps on Fashion-MNIST).
+        # slows the first epoch down markedly (benchmarks/RESULTS.md, "Figures moved from the code").
 
     @staticmethod
     def _stage(inplanes: int, planes: int, stride: int) -> nn.Sequential:

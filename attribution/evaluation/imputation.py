@@ -17,8 +17,8 @@ connected, so any other connected region of removed pixels touches a kept one): 
 takes ``fallback`` (the per-channel mean) plus the noise.
 
 Batched: all images of a chunk form one block-diagonal system (one SuperLU factorization in
-natural order, which keeps a raster grid's band structure); measured on 2000 Fashion-MNIST
-images, 1.0 s with half the pixels removed and 2.9 s with 90 % removed (2 cores).
+natural order, which keeps a raster grid's band structure); its time on Fashion-MNIST is in
+benchmarks/RESULTS.md, "Figures moved from the code".
 
 Noise is drawn per image from ``numpy.random.default_rng([seed, n_removed])`` with the image's
 own seed (one int per image, e.g. from its sample id), so it never depends on the batch, and

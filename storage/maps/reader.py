@@ -32,7 +32,9 @@ from storage.sources.base import SampleError, Source
 from storage.maps.tables import ERRORS_SCHEMA, RUN_PATH, map_schema
 from storage.maps.versions import check_format, parse_run, table_format
 
-if TYPE_CHECKING:  # pyarrow's to_pandas imports pandas when a reader needs it; workers never do (0.24 s)
+# pyarrow's to_pandas imports pandas when a reader needs it; workers never do (what that saves:
+# benchmarks/RESULTS.md, "The distributed job").
+if TYPE_CHECKING:
     import pandas as pd
 
 log = logging.getLogger(__name__)

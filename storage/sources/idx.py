@@ -2,8 +2,8 @@
 
 Uncompressed files are read with ranged reads (offset ``16 + i*rows*cols``), so a shard touches
 only its own bytes. Gzip files cannot be seeked: the first read decompresses the images file once
-and caches it in this Source object (Fashion-MNIST test: 7.8 MB, about 0.3 s for train); the cache
-is not pickled, so each worker process decompresses at most once per Source.
+and caches it in this Source object (its size and time: benchmarks/RESULTS.md, "Figures moved from
+the code"); the cache is not pickled, so each worker process decompresses at most once per Source.
 """
 
 from __future__ import annotations
