@@ -38,7 +38,8 @@ if TYPE_CHECKING:
     from models.registry import ModelSpec
 
 _TIMM_NAME = re.compile(r"^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)?$")  # a registry name and tag; no hf-hub: / local-dir:
-#: Our own architectures (no torchvision import needed: it costs ~0.9 s per Ray actor).
+#: Our own architectures (no torchvision import needed: it is slow, and paid per Ray actor;
+#: benchmarks/RESULTS.md, "Figures moved from the code").
 OWN = {"resnet8": resnet8}
 #: arch_kwargs keys that the spec's own fields set, per kind of built-in arch (a clash is an error).
 OWNED = {"num_classes": "num_classes", "in_channels": "in_channels"}
@@ -65,7 +66,7 @@ class Arch:
 
 
 def tv_models() -> Any:
-    """torchvision.models, imported on first use (about 0.9 s; the default ResNet-8 needs none)."""
+    """torchvision.models, imported on first use (a slow import; the default ResNet-8 needs none)."""
     from models.tv import models
 
     return models
