@@ -38,7 +38,8 @@ CAPTUM = ("captum.attr",)
 
 
 def _captum() -> Any:
-    """captum.attr, imported on first use: it costs about 0.35 s, paid by every Ray actor
+    """captum.attr, imported on first use: a slow import (benchmarks/RESULTS.md, "Figures moved from
+    the code"), paid by every Ray actor
     that starts, and the default job's methods (pathway, gradient) need it only for gradient."""
     import captum.attr
 
