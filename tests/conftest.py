@@ -1,11 +1,12 @@
 """Shared fixtures: deterministic seeds, real Fashion-MNIST images, a real S3 server, storage roots
-to test against, a tiny trained checkpoint and one local Ray per module. Helpers that are not
+to test against, a tiny trained checkpoint and one local Ray per test session. Helpers that are not
 fixtures live in tests/helpers.py."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import sys
 import uuid
 
 import numpy as np
@@ -59,26 +60,95 @@ def storage_root(request: pytest.FixtureRequest, tmp_path) -> tuple[str, dict]:
     return server.url(f"t-{uuid.uuid4().hex[:12]}"), server.storage_options
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def checkpoint(tmp_path_factory) -> str:
-    """A tiny trained ResNet-8 checkpoint (tests/helpers.py tiny_checkpoint), one per module."""
+    """A tiny trained ResNet-8 checkpoint (tests/helpers.py tiny_checkpoint), one per test session and
+    trained only when its code changed since the last run (tests read it, none writes it)."""
     return tiny_checkpoint(tmp_path_factory.mktemp("checkpoint"))
+
+
+class SharedRay:
+    """The one local Ray of the test session, started as the jobs start theirs (whose start_ray reuses
+    it, and whose stop_ray leaves it up): started on first use, stopped for a test that needs no Ray
+    in this process (``no_ray``) or a module with a Ray of its own (``own_ray``), started again after."""
+
+    def __init__(self) -> None:
+        self.starts = 0
+        self.temp: str | None = None
+
+    def up(self) -> None:
+        import ray
+
+        from jobs.runtime.cluster import start_local_ray
+
+        if ray.is_initialized():
+            return
+        self.temp = short_tmp("rj")
+        start_local_ray(num_cpus=2, num_gpus=0, include_dashboard=False, _temp_dir=self.temp, log_to_driver=False)
+        self.starts += 1
+
+    def down(self) -> None:
+        ray = sys.modules.get("ray")  # not imported: no Ray to stop (and the fast tier never imports it here)
+        if ray is not None and ray.is_initialized():
+            ray.shutdown()
+        if self.temp:
+            shutil.rmtree(self.temp, ignore_errors=True)
+            self.temp = None
+
+
+SHARED_RAY = SharedRay()
 
 
 @pytest.fixture(scope="module")
 def ray_session():
-    """One local Ray on loopback for the module, started as the jobs start theirs; the jobs'
-    start_ray reuses it."""
+    """The session's local Ray (see SharedRay), up for the module; left up for the next module."""
     import ray
 
-    from jobs.runtime.cluster import start_local_ray
-
     torch.set_num_threads(1)
-    temp = short_tmp("rj")
-    start_local_ray(num_cpus=2, num_gpus=0, include_dashboard=False, _temp_dir=temp, log_to_driver=False)
+    SHARED_RAY.up()
     yield ray
-    ray.shutdown()
-    shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def _ray_for_the_test(request: pytest.FixtureRequest) -> None:
+    """Up again for a test that asks for ``ray_session`` after an earlier test of its module stopped it."""
+    if "ray_session" in request.fixturenames:
+        SHARED_RAY.up()
+
+
+@pytest.fixture
+def no_ray() -> None:
+    """No Ray in this process for the test (it starts its own, or checks that a job started none)."""
+    SHARED_RAY.down()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _own_ray(request: pytest.FixtureRequest):
+    """A module marked ``own_ray`` (its tests kill Ray's workers) gets a Ray no other module shares."""
+    if request.node.get_closest_marker("own_ray") is None:
+        yield
+        return
+    SHARED_RAY.down()
+    yield
+    SHARED_RAY.down()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    SHARED_RAY.down()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "own_ray: the module's tests get a local Ray that no other module shares")
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """How many Rays this run started and how many tiny models it trained: what the slow tier costs."""
+    from tests import helpers, ray_cluster
+
+    terminalreporter.write_line(
+        f"tests: {SHARED_RAY.starts} shared local Ray start(s) in this process, {ray_cluster.RAY_TEMPS} Ray temp "
+        f"folder(s) made (a Ray started by a test, job subprocess or cluster node), {helpers.TRAININGS} tiny "
+        "checkpoint(s) trained")
 
 
 #: Fixtures that start a service or train a model: a test using one belongs to the slow tier.

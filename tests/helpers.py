@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import gzip
 import io
+import os
+import shutil
 import struct
 from collections.abc import Iterator
 from pathlib import Path
@@ -140,7 +142,14 @@ def chunks(items: list, size: int) -> list[list]:
 
 # --------------------------------------------------------------------------- torch
 
-_CHECKPOINTS: dict[str, str] = {}
+#: How many times this test process trained a tiny checkpoint (reported at the end of the session).
+TRAININGS = 0
+
+#: Where trained tiny checkpoints are kept between test runs (git ignores /.cache/).
+CHECKPOINT_CACHE = Path(__file__).resolve().parents[1] / ".cache" / "tests" / "checkpoints"
+
+#: What a tiny checkpoint is made from: a change to any of these trains it again.
+_TRAINING_SOURCES = ("models", "storage/checkpoints.py", "storage/sources")
 
 
 def one_thread() -> Iterator[None]:
@@ -152,10 +161,36 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(threads)
 
 
+def _checkpoint_key(n: int) -> str:
+    """A digest of everything the tiny checkpoint depends on: the training, model and data-loading code,
+    this file, the library versions, the CPU kernels asked for and the data set's files."""
+    import hashlib
+
+    from storage.sources import FASHION_MNIST_DIR
+
+    root = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256(f"n={n};torch={torch.__version__};numpy={np.__version__};"
+                            f"aten={os.environ.get('ATEN_CPU_CAPABILITY', '')}".encode())
+    files = [Path(__file__)]
+    for name in _TRAINING_SOURCES:
+        path = root / name
+        files.extend(sorted(path.rglob("*.py")) if path.is_dir() else [path])
+    for path in files:
+        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+    for path in sorted(Path(FASHION_MNIST_DIR).glob("*")):
+        stat = path.stat()
+        digest.update(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()[:16]
+
+
 def tiny_checkpoint(directory: Path, n: int = 1000) -> str:
-    """A resnet8 trained for 1 epoch on ``n`` Fashion-MNIST train images (seeded); trained once per process."""
-    key = str(directory)
-    if key not in _CHECKPOINTS:
+    """A resnet8 trained for 1 epoch on ``n`` Fashion-MNIST train images (seeded), copied into ``directory``.
+
+    Trained once per content (see :func:`_checkpoint_key`) and kept under .cache/, so a second test run
+    trains nothing; each caller gets its own copy, so no test can change another's model."""
+    global TRAININGS
+    cached = CHECKPOINT_CACHE / f"resnet8-tiny-n{n}-{_checkpoint_key(n)}.pt"
+    if not cached.exists():
         from models import fashion_mnist_spec
         from models.training import train_classifier
         from storage.checkpoints import save_checkpoint
@@ -163,10 +198,14 @@ def tiny_checkpoint(directory: Path, n: int = 1000) -> str:
         images, labels = fashion_mnist("train", n)
         model, _metrics = train_classifier(fashion_mnist_spec(), images, labels, epochs=1, batch_size=100,
                                            lr=0.05, seed=0, device="cpu", progress=False, num_threads=1)
-        path = str(directory / "resnet8-tiny.pt")
-        save_checkpoint(path, model.cpu(), fashion_mnist_spec())
-        _CHECKPOINTS[key] = path
-    return _CHECKPOINTS[key]
+        TRAININGS += 1
+        CHECKPOINT_CACHE.mkdir(parents=True, exist_ok=True)
+        partial = cached.with_suffix(f".{os.getpid()}.partial")
+        save_checkpoint(str(partial), model.cpu(), fashion_mnist_spec())
+        os.replace(partial, cached)  # whole or absent, should two test runs train at once
+    path = Path(directory) / "resnet8-tiny.pt"
+    shutil.copyfile(cached, path)
+    return str(path)
 
 
 def class_dir(label: int) -> str:

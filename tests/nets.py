@@ -34,6 +34,20 @@ class TinyConvNet(nn.Module):
         return self.fc(self.gap(x).flatten(1))
 
 
+#: Source text of a user's model class ``Net`` (its module imports ``nn`` from torch), for tests that
+#: write a user's module to disk and load it by its import path, as ``--trust-code`` users do.
+USER_NET_CLASS = """
+class Net(nn.Module):
+    def __init__(self, width: int = 4) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, width, 3, padding=1)
+        self.fc = nn.Linear(width, 10)
+
+    def forward(self, x):
+        return self.fc(self.conv(x).relu().mean(dim=(2, 3)))
+"""
+
+
 def make_tiny_net(seed: int = 0, classes: int = 5) -> TinyConvNet:
     torch.manual_seed(seed)
     return TinyConvNet(classes).eval()

@@ -82,8 +82,15 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.1):
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
+#: How many Ray temp folders this test process made: one per Ray that a test, a job subprocess or a
+#: cluster node of the tests started (reported at the end of the session).
+RAY_TEMPS = 0
+
+
 def short_tmp(prefix: str) -> str:
-    """A fresh short directory under /tmp: Ray's unix sockets must fit in 107 characters."""
+    """A fresh short directory under /tmp for a Ray: its unix sockets must fit in 107 characters."""
+    global RAY_TEMPS
+    RAY_TEMPS += 1
     return tempfile.mkdtemp(prefix=prefix, dir="/tmp")
 
 
@@ -231,3 +238,16 @@ def ray_head(num_cpus: int = 2) -> Iterator[tuple[str, dict[str, str]]]:
     """
     with ray_head_node(num_cpus) as node:
         yield wait_for_dashboard(node), node.env
+
+
+def submit_job(address: str, env: dict[str, str], *args: str, patience: float = 90) -> subprocess.CompletedProcess:
+    """``ray job submit --address <address> <args>`` with this venv's ``ray``, submitted again while the
+    head's job agent is not up: its dashboard answers a little before the agent does ("No available
+    agent to submit job"). The last try's result once it is up or ``patience`` seconds have passed."""
+    command = [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", address, *args]
+    deadline = time.monotonic() + patience
+    while True:
+        result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        if "No available agent" not in result.stdout + result.stderr or time.monotonic() > deadline:
+            return result
+        time.sleep(1)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.ray_cluster import ROOT, START_CLUSTER, descendants, short_tmp, wait_for
+from tests.ray_cluster import ROOT, START_CLUSTER, descendants, short_tmp, submit_job, wait_for
 from tests.servers import free_port
 
 BIN = str(Path(sys.executable).parent)
@@ -103,18 +103,12 @@ def test_a_token_cluster_of_two_nodes_on_one_host(tmp_path) -> None:
 
         # A job's driver: the venv's python (the raylet's PATH), the env file's variables, this checkout.
         entry = "import os, sys, jobs; print('driver', sys.executable, os.environ['PATHWAY_TEST_MARK'])"
-        submit = [f"{BIN}/ray", "job", "submit", "--address", f"http://127.0.0.1:{dash}", "--working-dir", str(ROOT),
-                  "--", "python", "-c", entry]
-
-        def submitted() -> subprocess.CompletedProcess | None:
-            done = subprocess.run(submit, env=client, capture_output=True, text=True, timeout=300)
-            return None if "No available agent" in done.stdout + done.stderr else done
-
-        done = wait_for(submitted, 120, "the head's job agent", interval=1)
+        submit = ["--working-dir", str(ROOT), "--", "python", "-c", entry]
+        done = submit_job(f"http://127.0.0.1:{dash}", client, *submit, patience=120)
         assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
         assert f"driver {BIN}/python from the env file" in done.stdout, done.stdout[-3000:]
-        no_token = subprocess.run(submit, env={**client, "RAY_AUTH_TOKEN_PATH": str(tmp_path / "none")},
-                                  capture_output=True, text=True, timeout=120)
+        no_token = submit_job(f"http://127.0.0.1:{dash}", {**client, "RAY_AUTH_TOKEN_PATH": str(tmp_path / "none")},
+                              *submit, patience=0)
         assert no_token.returncode != 0 and "AuthenticationError" in no_token.stdout + no_token.stderr
     finally:
         trees = {pid: descendants(pid) for pid in started}

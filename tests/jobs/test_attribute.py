@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
-import sys
 import time
 
 import numpy as np
@@ -24,7 +22,7 @@ from storage.maps.reader import read_errors, read_maps, read_run
 from storage.sources import open_source
 from tests.helpers import fashion_mnist, png_bytes, write_folder
 from tests.jobs.attribute_support import FM, METHODS, check_exactly_once, commit_times, source_ids
-from tests.ray_cluster import ROOT, ray_head
+from tests.ray_cluster import ROOT, ray_head, submit_job
 
 pytestmark = pytest.mark.slow  # starts Ray or trains a model
 
@@ -180,16 +178,9 @@ def test_ray_job_submit(checkpoint, tmp_path) -> None:
     """The unchanged entrypoint under ``ray job submit --working-dir .`` against a real head (auth off)."""
     out = str(tmp_path / "maps")
     with ray_head() as (address, env):
-        ray = os.path.join(os.path.dirname(sys.executable), "ray")
-        submit = [ray, "job", "submit", "--address", address, "--working-dir", str(ROOT), "--submission-id",
-                  "attribute-test-1", "--", "python", "-m", "jobs.attribute", "--checkpoint", checkpoint,
-                  "--output", out, "--limit", "100", "--shard-size", "50", "--workers", "2", "--no-progress"]
-        deadline = time.monotonic() + 90
-        while True:  # the dashboard answers a little before its job agent is up
-            result = subprocess.run(submit, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-            if "No available agent to submit job" not in result.stderr or time.monotonic() > deadline:
-                break
-            time.sleep(1)
+        result = submit_job(address, env, "--working-dir", str(ROOT), "--submission-id", "attribute-test-1", "--",
+                            "python", "-m", "jobs.attribute", "--checkpoint", checkpoint, "--output", out, "--limit",
+                            "100", "--shard-size", "50", "--workers", "2", "--no-progress")
         assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
         assert "succeeded" in result.stdout
         assert "already committed" in result.stdout

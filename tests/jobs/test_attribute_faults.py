@@ -24,7 +24,7 @@ from tests.jobs.attribute_support import (FM, SMALL_BUDGET, both_committed, chec
                                           commits, parquet_bytes, run_fm_job, source_ids)
 from tests.ray_cluster import ROOT, job_env, kill_tree, short_tmp, wait_for, worker_pids
 
-pytestmark = pytest.mark.slow  # starts Ray or trains a model
+pytestmark = [pytest.mark.slow, pytest.mark.own_ray]  # starts Ray; kills its workers, so no other module shares it
 
 KILLS = 3
 

@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -16,7 +15,7 @@ import torch
 from jobs import attribute, convert
 from storage.checkpoints import load_checkpoint
 from storage.maps.reader import read_maps, read_run
-from tests.ray_cluster import ROOT, job_env, ray_head, short_tmp
+from tests.ray_cluster import ROOT, job_env, ray_head, short_tmp, submit_job
 
 pytestmark = pytest.mark.slow  # starts Ray
 
@@ -121,16 +120,8 @@ def test_a_users_model_under_ray_job_submit_with_py_modules(user_checkpoint, tmp
     out = str(tmp_path / "maps")
     runtime_env = json.dumps({"working_dir": str(ROOT), "py_modules": [os.path.join(root, "usernets")]})
     with ray_head() as (address, env):
-        ray = os.path.join(os.path.dirname(sys.executable), "ray")
-        submit = [ray, "job", "submit", "--address", address, "--runtime-env-json", runtime_env, "--submission-id",
-                  "user-model-1", "--", "python", "-m", "jobs.attribute", "--checkpoint", checkpoint,
-                  "--output", out, "--limit", "40", "--shard-size", "20", "--workers", "1", "--no-progress",
-                  "--trust-code", "usernets"]
-        deadline = time.monotonic() + 90
-        while True:  # the dashboard answers a little before its job agent is up
-            result = subprocess.run(submit, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-            if "No available agent to submit job" not in result.stderr or time.monotonic() > deadline:
-                break
-            time.sleep(1)
+        result = submit_job(address, env, "--runtime-env-json", runtime_env, "--submission-id", "user-model-1", "--",
+                            "python", "-m", "jobs.attribute", "--checkpoint", checkpoint, "--output", out, "--limit",
+                            "40", "--shard-size", "20", "--workers", "1", "--no-progress", "--trust-code", "usernets")
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     assert len(read_maps(out, "pathway")) == 40

@@ -9,6 +9,7 @@ import pytest
 from models import ModelError, ModelSpec, build_model
 from models.archs import resolve
 from models.trust import check_import_path, is_trusted, trusted_modules
+from tests.nets import USER_NET_CLASS
 
 USERMOD = """
 from torch import nn
@@ -17,16 +18,7 @@ from os.path import join  # an installed function, re-exported
 
 CALLS = []
 
-
-class Net(nn.Module):
-    def __init__(self, width: int = 4) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(1, width, 3, padding=1)
-        self.fc = nn.Linear(width, 10)
-
-    def forward(self, x):
-        return self.fc(self.conv(x).relu().mean(dim=(2, 3)))
-
+""" + USER_NET_CLASS + """
 
 class Pair(Net):
     def forward(self, x):

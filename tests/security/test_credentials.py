@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import base64
 import json
-import shutil
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -120,27 +119,18 @@ def private_model_store(checkpoint) -> Iterator[str]:
 
 
 @pytest.mark.slow
-def test_a_complete_run_with_a_credential_bearing_url_shows_it_nowhere(private_model_store, tmp_path, capfd):
+def test_a_complete_run_with_a_credential_bearing_url_shows_it_nowhere(private_model_store, ray_session, tmp_path,
+                                                                        capfd):
     """A real run (local Ray) whose checkpoint URL carries its credentials: the summary, the closing hint,
     run.json (config, fingerprint, examples) and every file of the output are free of them; a rerun with
     the same URL is the same configuration."""
-    import ray
-
-    from tests.ray_cluster import short_tmp
-
     out = tmp_path / "maps"
     argv = ["--checkpoint", private_model_store, "--output", str(out), "--limit", "8", "--shard-size", "8",
             "--batch-size", "8", "--workers", "1", "--no-progress", "--methods", "gradient"]
-    temp = short_tmp("so")
-    ray.init(address="local", num_cpus=2, num_gpus=0, include_dashboard=False, _temp_dir=temp, log_to_driver=False)
-    try:
-        code, out_text, err = run_job("attribute", argv, capfd)
-        assert code == 0, err
-        again, out_again, err_again = run_job("attribute", argv, capfd)  # a no-op rerun, same fingerprint
-        assert again == 0, err_again
-    finally:
-        ray.shutdown()
-        shutil.rmtree(temp, ignore_errors=True)
+    code, out_text, err = run_job("attribute", argv, capfd)
+    assert code == 0, err
+    again, out_again, err_again = run_job("attribute", argv, capfd)  # a no-op rerun, same fingerprint
+    assert again == 0, err_again
     record = json.loads((out / "_meta" / "run.json").read_text())
     assert record["status"] == "complete" and record["config"]["checkpoint"].startswith("http://127.0.0.1:")
     assert f"storage.read_maps({str(out)!r}" in out_text  # the closing hint names the output
@@ -148,22 +138,12 @@ def test_a_complete_run_with_a_credential_bearing_url_shows_it_nowhere(private_m
 
 
 @pytest.mark.slow
-def test_sanity_stores_and_prints_no_credential(private_model_store, tmp_path, capfd):
+def test_sanity_stores_and_prints_no_credential(private_model_store, ray_session, tmp_path, capfd):
     """jobs.sanity on a real local Ray with the credential-bearing checkpoint URL: sanity.json keeps
     the URL without them, and nothing it prints holds them."""
-    import ray
-
-    from tests.ray_cluster import short_tmp
-
     out = tmp_path / "sanity"
-    temp = short_tmp("ss")
-    ray.init(address="local", num_cpus=2, num_gpus=0, include_dashboard=False, _temp_dir=temp, log_to_driver=False)
-    try:
-        code, out_text, err = run_job("sanity", ["--checkpoint", private_model_store, "--output", str(out), "--limit",
-                                                 "2", "--draws", "1", "--methods", "gradient", "--no-progress"], capfd)
-    finally:
-        ray.shutdown()
-        shutil.rmtree(temp, ignore_errors=True)
+    code, out_text, err = run_job("sanity", ["--checkpoint", private_model_store, "--output", str(out), "--limit",
+                                             "2", "--draws", "1", "--methods", "gradient", "--no-progress"], capfd)
     assert code == 0, err
     assert json.loads((out / "sanity.json").read_text())["checkpoint"].startswith("http://127.0.0.1:")
     _never_shows(out_text, err, _every_byte_under(out))

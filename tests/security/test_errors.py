@@ -281,7 +281,8 @@ def row_id(row: tuple[str, list[str], str]) -> str:
 
 
 @pytest.mark.parametrize("job, argv, names", ROWS, ids=[row_id(r) for r in ROWS])
-def test_a_bad_input_is_one_line_naming_it_with_exit_status_2(job, argv, names, inputs, tmp_path, capfd) -> None:
+def test_a_bad_input_is_one_line_naming_it_with_exit_status_2(job, argv, names, inputs, no_ray, tmp_path,
+                                                              capfd) -> None:
     module = importlib.import_module(f"jobs.{job}")
     out = tmp_path / "out"
     values = {**inputs, "out": str(out)}

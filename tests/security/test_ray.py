@@ -19,7 +19,6 @@ from dataclasses import dataclass
 import pytest
 
 from jobs.runtime.cluster import is_loopback
-from tests.helpers import tiny_checkpoint
 from tests.ray_cluster import ROOT, cmdline, job_env, short_tmp
 from tests.servers import free_port
 
@@ -56,11 +55,6 @@ def _listeners(root: int) -> set[Listener]:
     return {Listener(conn.pid, _process(conn.pid), conn.laddr.ip, conn.laddr.port)
             for conn in psutil.net_connections(kind="inet")
             if conn.status == psutil.CONN_LISTEN and conn.pid in tree}
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> str:
-    return tiny_checkpoint(tmp_path_factory.mktemp("checkpoint"), n=300)
 
 
 def test_the_jobs_local_ray_listens_on_loopback_only(checkpoint, tmp_path) -> None:

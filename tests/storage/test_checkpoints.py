@@ -19,6 +19,7 @@ from storage.checkpoints import (
     read_checkpoint,
     save_checkpoint,
 )
+from tests.nets import USER_NET_CLASS
 
 
 def _trained_looking_model(spec: ModelSpec) -> torch.nn.Module:
@@ -214,16 +215,7 @@ from torch import nn
 
 IMPORTED = True
 
-
-class Net(nn.Module):
-    def __init__(self, width: int = 4) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(1, width, 3, padding=1)
-        self.fc = nn.Linear(width, 10)
-
-    def forward(self, x):
-        return self.fc(self.conv(x).relu().mean(dim=(2, 3)))
-"""
+""" + USER_NET_CLASS
 
 
 def _user_checkpoint(tmp_path, monkeypatch, name: str) -> tuple[str, ModelSpec]:

@@ -16,11 +16,7 @@ def _inside() -> tuple[str, str, int]:
     return worker_name("cpu"), ray.get_runtime_context().get_node_id(), os.getpid()
 
 
-def test_outside_ray_the_host_name_stands_in() -> None:
-    import ray
-
-    if ray.is_initialized():
-        pytest.skip("this process has a Ray")
+def test_outside_ray_the_host_name_stands_in(no_ray) -> None:
     assert node_id() == socket.gethostname()
     assert worker_name() == f"{socket.gethostname()}:{os.getpid()}"
 

@@ -22,7 +22,7 @@ def test_is_loopback(host: str, loopback: bool) -> None:
 
 
 @pytest.mark.slow
-def test_start_local_ray_runs_on_loopback_and_restores_the_switch(monkeypatch) -> None:
+def test_start_local_ray_runs_on_loopback_and_restores_the_switch(no_ray, monkeypatch) -> None:
     import ray
     from ray._private import ray_constants
 
