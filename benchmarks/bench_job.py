@@ -39,10 +39,12 @@ import torch  # noqa: E402
 from attribution import MethodSpec  # noqa: E402
 from jobs import attribute  # noqa: E402
 from jobs.mapping import actor_pool  # noqa: E402
-from storage.maps.writer import MapStore  # noqa: E402
+from jobs.mapping.planning import plan_run  # noqa: E402
+from storage.maps.sink import MapSink  # noqa: E402
 from storage.sources import load_arrays, open_source  # noqa: E402
 from workers.attributor import ShardAttributor  # noqa: E402
-from workers.tasks import JobConfig, plan_shard_tasks  # noqa: E402
+from workers.shard_source import ShardSource  # noqa: E402
+from workers.tasks import JobConfig  # noqa: E402
 
 METHODS = ("pathway", "gradient")
 
@@ -62,9 +64,9 @@ def train_checkpoint(directory: Path) -> str:
 
 
 def prepare(output: str, checkpoint: str, n: int, shard_size: int, batch_size: int, options: dict | None = None):
-    """The driver's part, as the job does it (workers.tasks.plan_shard_tasks); returns (tasks, config)."""
-    refs = open_source("fashion-mnist").list()[:n]
-    planned = plan_shard_tasks(MapStore(output, options), refs, shard_size, METHODS, (28, 28))
+    """The driver's part, as the job does it (jobs.mapping.planning.plan_run); returns (tasks, config)."""
+    source, sink = open_source("fashion-mnist"), MapSink(output, options)
+    planned = plan_run(ShardSource(source, sink.where), sink, source.list()[:n], shard_size, METHODS, (28, 28))
     config = JobConfig(source="fashion-mnist", checkpoint=checkpoint, output=output,
                        methods=tuple(MethodSpec(m) for m in METHODS), batch_size=batch_size, device="cpu",
                        storage_options=options or {})
@@ -80,7 +82,7 @@ def in_process(output: str, checkpoint: str, args: argparse.Namespace, threads: 
     worker = ShardAttributor(config, threads=threads)
     built = time.perf_counter() - start
     writes: list[float] = []
-    write_shard = worker.store.write_shard
+    write_shard = worker.sink.store.write_shard
 
     def timed(*a, **k):
         t = time.perf_counter()
@@ -89,7 +91,7 @@ def in_process(output: str, checkpoint: str, args: argparse.Namespace, threads: 
         finally:
             writes.append(time.perf_counter() - t)
 
-    worker.store.write_shard = timed
+    worker.sink.store.write_shard = timed
     samples = 0
     for task in tasks:
         samples += worker.process_shard(task).samples

@@ -45,7 +45,9 @@ sys.path.insert(0, {root!r})
 from storage.maps.writer import MapStore
 from storage.maps.plan import update_plan
 from storage.sources import RowRange, open_source
-from workers.tasks import plan_shard_tasks, source_listing
+from jobs.mapping.planning import plan_run
+from storage.maps.sink import MapSink
+from workers.shard_source import ShardSource
 args = json.loads(sys.argv[1])
 imported = time.perf_counter()
 out = {{"imports_s": imported - start}}
@@ -54,7 +56,7 @@ if args["stage"] == "list":  # every sample listed one by one (the samples form)
     out["samples"] = len(open_source(args["source"]).list())
 elif args["stage"] == "plan":  # a first run's planning: open, list, write the plan (or sample by sample)
     source = open_source(args["source"])
-    listing = source.list(args.get("limit")) if args.get("samples") else source_listing(store, source, args.get("limit"))
+    listing = source.list(args.get("limit")) if args.get("samples") else ShardSource(source, store.where).listing(args.get("limit"))
     plan, _ = update_plan(store.where, listing, 512)
     sizes = {{rel: store.where.fs.size(store.where.path(rel)) for rel in store.where.find("_plan", ".parquet")}}
     ids = sum(size for rel, size in sizes.items() if rel.startswith("_plan/ids-"))
@@ -71,8 +73,8 @@ elif args["stage"] == "open":  # open a Parquet source (maybe on S3), plan it, r
     read = sum(1 for s in source.read(refs) if hasattr(s, "image"))
     out.update(files=len(files), read=read, added_mb=status("VmHWM") - base)
 elif args["stage"] == "rerun":  # a rerun's planning, as the job does it: plan, zarr, committed set, tasks
-    planned = plan_shard_tasks(store, source_listing(store, open_source(args["source"])), 512,
-                               ["pathway", "gradient"], (28, 28))
+    shards = ShardSource(open_source(args["source"]), store.where)
+    planned = plan_run(shards, MapSink(args["output"]), shards.listing(), 512, ["pathway", "gradient"], (28, 28))
     out.update(samples=planned.listed, tasks=len(planned.tasks))
 out["seconds"] = time.perf_counter() - imported
 out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -192,7 +194,7 @@ def bench_noop_rerun(source: Path, targets: list[tuple[str, str, dict]], repeats
     from storage.maps.writer import MapStore
     from storage.maps.plan import read_plan, update_plan
     from storage.sources import open_source
-    from workers.tasks import source_listing
+    from workers.shard_source import ShardSource
 
     print("\n== a no-op rerun of the whole job, every shard committed (2 methods) ==")
     for name, url, options in targets:
@@ -202,7 +204,7 @@ def bench_noop_rerun(source: Path, targets: list[tuple[str, str, dict]], repeats
         job = [sys.executable, "-m", "jobs.attribute", *flags]
         subprocess.run([*job, "--limit", "512"], cwd=ROOT, check=True, capture_output=True, timeout=1800)
         store = MapStore(output, options or None)
-        update_plan(store.where, source_listing(store, open_source(str(source))), 512)
+        update_plan(store.where, ShardSource(open_source(str(source)), store.where).listing(), 512)
         shards, _ = read_plan(store.where)
         t = time.perf_counter()
         with ThreadPoolExecutor(max_workers=32) as pool:
@@ -294,7 +296,7 @@ def bench_folder(files: int, targets: list[tuple[str, str, dict]]) -> None:
     from storage.maps.plan import update_plan
     from storage.maps.plan_changes import source_changes
     from storage.sources import open_source
-    from workers.tasks import source_listing
+    from workers.shard_source import ShardSource
 
     print(f"\n== a folder of {files:,} files, planned, then 1 % new files: finding them vs a plain listing ==")
     for name, url, options in targets:
@@ -316,7 +318,7 @@ def bench_folder(files: int, targets: list[tuple[str, str, dict]]) -> None:
             best["plain"] = min(best.get("plain", 1e9), time.perf_counter() - t)
             fs.invalidate_cache()
             t = time.perf_counter()
-            listing = source_listing(store, open_source(folder, storage_options=options or None, kind="folder"))
+            listing = ShardSource(open_source(folder, storage_options=options or None, kind="folder"), store.where).listing()
             listed = time.perf_counter() - t
             plan, new = update_plan(store.where, listing, 512)  # the first repeat appends the new shard(s)
             changes = source_changes(plan, listing)

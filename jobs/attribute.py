@@ -5,15 +5,19 @@
         --output s3://bucket/maps/r50 --methods "pathway:percentile=70 gradient" --workers 8
     ray job submit --working-dir . -- python -m jobs.attribute ...
 
-Reads top to bottom like a Ray batch-inference job:
+Reads top to bottom like a Ray batch-inference job (:func:`attribute`):
 
-1. open the source and list its samples (cheap: no decoding);
-2. plan shards once, stored under the output, and append shards for new samples only;
+1. open the model, the methods and the source (:func:`open_run`; every refusal happens here) and
+   list the source (cheap: no decoding; ``workers.shard_source.ShardSource``);
+2. plan shards once, stored under the output, and append shards for new samples only
+   (``jobs.mapping.planning.plan_run``, which also starts the sink: ``storage.maps.sink.MapSink``);
 3. skip shards whose commit record exists;
-4. ``map_batches(ShardAttributor, compute=ActorPoolStrategy(...))``: each actor holds one
-   model replica on one device and turns a shard into committed Parquet + zarr output;
-5. write run.json, example PNGs per method, and a summary. Exit status 0 means every
-   planned shard is committed for every method.
+4. run the shards: ``run_shards`` (``jobs.mapping.actor_pool``) maps ``ShardAttributor`` over them on
+   a Ray Data actor pool; each actor holds one model replica on one device and turns a shard into
+   committed Parquet + zarr output (read -> predict -> sink write: ``workers.attributor``);
+5. commit the sink (commit records indexed, zarr trimmed and consolidated), then write run.json
+   (``jobs.mapping.record``) and the example PNG (``jobs.mapping.examples``);
+6. a summary. Exit status 0 means every planned shard is committed for every method.
 
 Labels are stored as the model's class indices where the source's class names match the model's
 (storage.sources.classes); files under the source that are not samples are counted and listed in
@@ -26,9 +30,9 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-import uuid
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from jobs.runtime.cli import (DEFAULT_CHECKPOINT, JobError, checkpoint_or_default, job_parser, positive_int, ray_flags,
@@ -38,7 +42,6 @@ from jobs.mapping.methods import build_methods, parse_method_specs
 
 DEFAULT_OUTPUT = "outputs/maps/fashion-mnist"
 DEFAULT_METHODS = "pathway gradient"
-EXAMPLES = 12
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -69,67 +72,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def write_examples(output: str, options: dict[str, Any], source: Any, methods: Sequence[str], spec: Any,
-                   shard_id: str) -> list[str]:
-    """A PNG grid of the first maps of each method over the images as the model saw them, next to the
-    outputs; from one committed shard (its records and tables only, whatever the dataset's size)."""
-    from jobs.reporting.plots import map_grid
-    from storage.io.fs import join, redact_url
-    from storage.io.location import Location
-    from storage.maps.reader import join_with_source, read_shard
-    from storage.maps.tables import EXAMPLES_PATH
-
-    frames = {m: read_shard(output, m, shard_id, options, columns=["sample_id", "target", "map"]).head(EXAMPLES)
-              for m in methods}
-    first = next(iter(frames.values()))
-    if first.empty:
-        return []
-    joined = join_with_source(first, source, spec)
-    names = spec.class_names
-    titles = [f"{sid.split('/')[-1]}\n{names[t] if t < len(names) else t}" for sid, t in zip(first.sample_id, first.target)]
-    maps = {m: [frame.set_index("sample_id").loc[sid, "map"] for sid in first.sample_id] for m, frame in frames.items()}
-    Location(output, options).put(EXAMPLES_PATH, map_grid(list(joined["image"]), maps, titles))
-    return [redact_url(join(output, EXAMPLES_PATH))]
-
-
-def examples_or_warning(output: str, options: dict[str, Any] | None, source: Any, methods: Sequence[str], spec: Any,
-                        shard_id: str, run_record: dict[str, Any]) -> list[str]:
-    """The example PNG, or a warning (stderr and run.json) when it cannot be drawn: pictures never
-    fail a job whose shards are committed (a source file deleted since it was mapped, say)."""
-    from storage.io.fs import StorageError, redact_text
-
-    try:
-        return write_examples(output, options, source, methods, spec, shard_id)
-    except (StorageError, OSError, ValueError, KeyError, TypeError) as err:
-        warning = f"no example maps drawn: {' '.join(redact_text(str(err)).split())[:500]}"
-        print(f"warning: {warning}", file=sys.stderr)
-        run_record.setdefault("warnings", []).append(warning)
-        return []
-
-
-def kept_examples(store: Any, previous_run: dict[str, Any], methods: Sequence[str]) -> list[str]:
-    """The example PNG an earlier run drew, when a run that computed nothing can keep it: it drew
-    the same methods and the file is still there (one request). Drawing it again would read and
-    plot the same first shard, and importing matplotlib and drawing cost most of a no-op rerun
-    (1.7 s of 4.4 s on the 10 M-row benchmark; benchmarks/RESULTS.md)."""
-    from storage.maps.tables import EXAMPLES_PATH
-
-    pngs = list(previous_run.get("examples") or [])
-    if not pngs or list(previous_run.get("examples_methods") or []) != list(methods):
-        return []
-    return pngs if store.where.exists(EXAMPLES_PATH) else []
-
-
-def finish_outputs(store: Any, plan: Any, committed: dict[str, dict[str, dict]]) -> None:
-    """End of a run: index the commit records (so the next run reads them in one request), trim the
-    zarr arrays to the planned rows and consolidate their metadata."""
-    from storage.maps.manifest import index_commits
-
-    for name, records in committed.items():
-        index_commits(store.where, name, records)
-        store.finish_zarr(name, plan.planned_rows)
-
-
 def known_format(config: dict[str, Any] | None, args: argparse.Namespace) -> str | None:
     """The format an earlier run of this output found for the same source and split: a rerun need
     not detect it again (detection lists the source's first folders, requests on S3)."""
@@ -140,19 +82,15 @@ def known_format(config: dict[str, Any] | None, args: argparse.Namespace) -> str
     return config.get("source_format") if same else None
 
 
-#: Files under a source that are not samples, listed in run.json (all are counted).
-SKIPPED_LISTED = 1000
-
-
 def run(args: argparse.Namespace) -> int:
     """The job; run.json ends "complete", "incomplete" or "failed" with the reason, whatever happens."""
-    from jobs.mapping.binding import carried_forward
+    from jobs.mapping.record import carried_forward, failed
     from storage.io.lease import Lease, LeaseLost
-    from storage.maps.manifest import now
-    from storage.maps.writer import MapStore
     from storage.io.outputs import MAP_DATASET, check_apart, check_output
-    from storage.sources import source_location
+    from storage.maps.manifest import now
+    from storage.maps.sink import MapSink
     from storage.maps.versions import check_format
+    from storage.sources import source_location
 
     options = storage_options_from(args.storage_options)
     # Refused before anything is written (no lease, no run.json, no folder): bad method labels, an
@@ -160,73 +98,52 @@ def run(args: argparse.Namespace) -> int:
     parse_method_specs(args.methods)
     check_output(args.output, MAP_DATASET, options)
     check_apart(args.output, {"--source": source_location(args.source)})
-    store = MapStore(args.output, options)
-    prior = check_format(store.where)  # an output of another format is refused before anything is written
+    sink = MapSink(args.output, options)
+    prior = check_format(sink.where)  # an output of another format is refused before anything is written
     if args.dry_run:  # reads only (jobs.mapping.preview): no lease, no run.json, no plan, no zarr
-        return attribute(args, options, store, carried_forward(prior, now()))
-    with Lease(store.where, purpose="jobs.attribute") as lease:  # one driver per output, failures recorded under it
+        return attribute(args, options, sink, carried_forward(prior, now()))
+    with Lease(sink.where, purpose="jobs.attribute") as lease:  # one driver per output, failures recorded under it
         record = carried_forward(prior, now())
         try:
-            return attribute(args, options, store, record, lease)
+            return attribute(args, options, sink, record, lease)
         except BaseException as err:
             if not isinstance(err, LeaseLost):  # a taken-over output is the other driver's to record
-                record_failure(store, record, err, prior, args)
+                sink.fail(failed(record, err, prior, args))
             raise
 
 
-def record_failure(store: Any, record: dict[str, Any], err: BaseException, prior: dict[str, Any] | None,
-                   args: argparse.Namespace | None = None) -> None:
-    """Write run.json with status "failed" (or "interrupted") and the reason. A run that failed before it wrote its own
-    record (a refused configuration, a missing checkpoint) leaves an existing output's record as it
-    was, its attempt added to the history, since the output itself is unchanged. A store that
-    refuses the write too is left as it is (the original error is what gets reported)."""
-    from jobs.runtime.cli import redacted
-    from storage.io.fs import StorageError
-    from storage.maps.manifest import now
+@dataclass(frozen=True)
+class Opened:
+    """What step 1 opened: the model's spec and methods, the source, its labels, the job's config, and
+    the output's binding (the fingerprint to keep, and the method labels this run adds)."""
 
-    from jobs.runtime.stopping import as_interrupted, signal_name
-
-    if isinstance(err, KeyboardInterrupt):  # Ctrl-C or SIGTERM: what was committed is kept, a rerun resumes
-        stop = as_interrupted(err, getattr(err, "detail", ""))
-        reason = f"interrupted by {signal_name(stop.signum)}" + (f": {stop.detail}" if stop.detail else "")
-    else:
-        reason = " ".join(redacted(str(err), args).split()) or type(err).__name__  # never a credential in run.json
-    failure = {"status": "interrupted" if isinstance(err, KeyboardInterrupt) else "failed", "reason": reason[:2000],
-               "failed_at": now()}
-    if "attempt" not in record and prior:
-        record = {**prior, "history": [*prior.get("history", []), {"started_at": record.get("started_at"), **failure}]}
-    else:
-        record.update(failure)
-    try:
-        store.write_run(record)
-    except (StorageError, OSError, ValueError, TypeError):
-        pass
+    spec: Any
+    params: dict[str, dict[str, Any]]
+    details: dict[str, list[str]]  # each method's declared details (map_checks)
+    source: Any
+    labels: Any
+    config: Any
+    bound: dict[str, Any]
+    added: list[str]
 
 
-def attribute(args: argparse.Namespace, options: dict[str, Any], store: Any, run_record: dict[str, Any],
-              lease: Any = None) -> int:
-    from jobs.mapping import binding
-    from jobs.mapping.map_checks import map_quality, quality_lines
-    from models.preprocess import describe
+def open_run(args: argparse.Namespace, options: dict[str, Any], record: dict[str, Any]) -> Opened:
+    """Load the model, build the methods, open the source and match its labels, and check the output's
+    binding: every way the run can be refused fails here, before any scheduling or writing."""
+    from jobs.mapping.record import check, fingerprint
     from storage.checkpoints import load_checkpoint_with_digest
-    from storage.io.fs import redact_text, redact_url
-    from storage.maps.manifest import now
-    from storage.maps.plan import listed_samples
+    from storage.io.fs import redact_url
     from storage.maps.tables import FORMAT_VERSION
     from storage.sources import match_labels, open_source
-    from workers.tasks import JobConfig, plan_shard_tasks, source_listing
+    from workers.tasks import JobConfig
 
     specs = parse_method_specs(args.methods)
     checkpoint = checkpoint_or_default(args.checkpoint)
-    started, start_clock = now(), time.perf_counter()
-    # Fail before any scheduling when the model, the methods, the source or the output are unusable.
-    model, spec, checkpoint_sha256 = load_checkpoint_with_digest(checkpoint, options,
-                                                                 trust_code=trust_of(args))
+    model, spec, checkpoint_sha256 = load_checkpoint_with_digest(checkpoint, options, trust_code=trust_of(args))
     built = build_methods(model, specs)
-    params = {label: method.params for label, method in built.items()}
     policy = source_policy_of(args)
     source = open_source(args.source, split=args.split, storage_options=options,
-                         kind=args.source_format or known_format(run_record.get("config"), args), policy=policy)
+                         kind=args.source_format or known_format(record.get("config"), args), policy=policy)
     labels = match_labels(source.classes, source.label_kind, spec.class_names, source.intrinsic_indices)
     if args.target == "label" and not labels.labels_are_model_classes:
         raise JobError(f"--target label: {redact_url(source.url)} has no labels" if labels.kind == "none" else
@@ -237,44 +154,111 @@ def attribute(args: argparse.Namespace, options: dict[str, Any], store: Any, run
                        source_format=source.kind, source_classes=tuple(source.classes), label_map=labels.label_map,
                        allow_paths=policy.allow_paths, max_image_pixels=policy.max_image_pixels,
                        trust_code=trust_of(args))
+    params = {label: method.params for label, method in built.items()}
     # Bound to its configuration: a run that would mix maps of two configurations is refused here,
     # before it writes anything; a new method label joins the output.
-    bound, added = binding.check(run_record.get("fingerprint"),
-                                 binding.fingerprint(config, spec, checkpoint_sha256, params, FORMAT_VERSION),
-                                 redact_url(args.output))
+    bound, added = check(record.get("fingerprint"), fingerprint(config, spec, checkpoint_sha256, params, FORMAT_VERSION),
+                         redact_url(args.output))
+    return Opened(spec, params, {label: list(method.detail_schema) for label, method in built.items()}, source,
+                  labels, config, bound, added)
+
+
+def attribute(args: argparse.Namespace, options: dict[str, Any], sink: Any, run_record: dict[str, Any],
+              lease: Any = None) -> int:
+    """Open the source, plan, skip what is committed, run the shards, commit the sink, summarize."""
+    from jobs.mapping import record
+    from jobs.mapping.examples import examples_or_warning, kept_examples
+    from jobs.mapping.map_checks import map_quality, quality_lines
+    from jobs.mapping.planning import plan_run
+    from storage.io.fs import redact_text, redact_url
+    from storage.maps.manifest import now
+    from storage.maps.plan import listed_samples
+    from workers.shard_source import ShardSource
+
+    started, start_clock = now(), time.perf_counter()
+    job = open_run(args, options, run_record)  # 1. the model, the methods and the source; refusals
+    config, source, spec = job.config, job.source, job.spec
+    shards = ShardSource(source, sink.where)
     if args.dry_run:
         from jobs.mapping.preview import print_plan
 
-        return print_plan(args, store, source, config, labels, added if run_record.get("fingerprint") else
+        return print_plan(args, sink, shards, config, job.labels, job.added if run_record.get("fingerprint") else
                           config.labels, spec.input_size)
-    if run_record.get("fingerprint") and added:
-        print(f"adding {', '.join(added)} to {redact_url(args.output)} (its other methods stay as they are)")
+    if run_record.get("fingerprint") and job.added:
+        print(f"adding {', '.join(job.added)} to {redact_url(args.output)} (its other methods stay as they are)")
     # Row-addressable sources are planned as row ranges from their files' footers or headers (nothing
     # per sample, and only as far as --limit needs); the others are listed sample by sample.
-    listing = source_listing(store, source, args.limit)
-    skipped = source.skipped()
-    warnings = [redact_text(w) for w in (labels.warning,) if w]
-    run_record.update({"attempt": uuid.uuid4().hex[:12], "fingerprint": bound,
-                       "config": binding.merged_config(run_record.get("config"), config.public_dict()),
-                       "method_params": {**run_record.get("method_params", {}), **params}, "model": spec.to_dict(),
-                       "preprocessing": describe(spec), "labels": labels.to_dict(), "started_at": started,
-                       "source": {"url": redact_url(source.url), "format": source.kind,
-                                  "label_kind": source.label_kind,
-                                  "samples": listed_samples(listing)},
-                       "skipped_files": {"count": len(skipped),
-                                         "files": [{"path": redact_url(f.path), "reason": redact_text(f.reason)}
-                                                   for f in skipped[:SKIPPED_LISTED]]},
-                       "warnings": warnings, "status": "running"})
-    store.write_run(run_record)
+    listing = shards.listing(args.limit)
+    warnings = [redact_text(w) for w in (job.labels.warning,) if w]
+    record.started(run_record, bound=job.bound, config=config, params=job.params, spec=spec, labels=job.labels,
+                   source=source, samples=listed_samples(listing), warnings=warnings, started_at=started)
+    sink.write_run(run_record)
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
 
-    published = store.repair()  # tables of shards an earlier attempt committed but did not publish
+    published = sink.repair()  # tables of shards an earlier attempt committed but did not publish
     if published:
         print(f"published {len(published)} committed tables an interrupted run left in _pending/")
+    # 2. plan (stored under the output, extended by new samples) and 3. skip what is committed
+    planned = plan_run(shards, sink, listing, args.shard_size, config.labels, spec.input_size,
+                       listing_complete=not args.limit, recompute_changed=args.recompute_changed)
+    report_plan(planned, run_record, config.labels)
+    print(f"{source.kind} source {redact_url(source.url)}; images {run_record['preprocessing']['geometry']}; "
+          f"labels: {job.labels.describe}")
 
-    planned = plan_shard_tasks(store, listing, args.shard_size, config.labels, spec.input_size,
-                               listing_complete=not args.limit, recompute_changed=args.recompute_changed)
+    results: list[dict] = []
+    if planned.tasks:  # 4. the shards on a Ray Data actor pool
+        from jobs.runtime.cluster import check_workers_import, check_workers_reach, start_ray
+
+        start_ray(args.ray_address)
+        check_workers_import(spec.arch, config.trust_code)
+        check_workers_reach([source.url, config.checkpoint, args.output], options)
+        from jobs.mapping.actor_pool import run_shards
+
+        results = run_shards(planned.tasks, config, args, sink.store)
+
+    if lease is not None:
+        lease.check()  # another driver took the output over: it finishes it, this one stops here
+    # 5. commit the sink; what planning read is still true when nothing ran (a no-op rerun)
+    committed = sink.commit(planned.plan, config.labels, None if planned.tasks else planned.committed)
+    missing = {name: [s.shard_id for s in planned.plan.shards if s.shard_id not in committed[name]]
+               for name in config.labels}
+    samples = sum(r["n_samples"] for name in config.labels for r in committed[name].values())
+    errors = sum(r["n_errors"] for name in config.labels for r in committed[name].values())
+    seconds = time.perf_counter() - start_clock
+    complete = not any(missing.values())
+    pngs = []
+    if complete and planned.plan.shards:
+        pngs = (kept_examples(sink, run_record, config.labels) if not planned.tasks else []) or \
+            examples_or_warning(args.output, options, source, config.labels, spec,
+                                planned.plan.shards[0].shard_id, run_record)
+    kinds = errors_by_kind(args.output, options, config.labels[0]) if errors else {}
+    quality = map_quality(args.output, options, {label: job.details[label] for label in config.labels}
+                          ) if samples else {}  # degenerate maps, Grad-CAM layers
+    record.finished(run_record, methods=config.labels, missing=missing, maps=samples, errors=errors, seconds=seconds,
+                    errors_by_kind=kinds, examples=pngs, quality=quality)
+    if lease is not None:
+        lease.check()
+    sink.write_run(run_record)
+    # 6. the summary
+    print_summary(results, samples, errors, seconds, redact_url(args.output), pngs, missing, args.storage_options)
+    for line in quality_lines(quality):
+        print(line)
+    for warning in quality.get("warnings", []):
+        print(f"warning: {warning}", file=sys.stderr)
+    if kinds:
+        print(f"error rows of {config.labels[0]} by kind: {', '.join(f'{k} {n}' for k, n in kinds.items())} "
+              f"(storage.read_errors({redact_url(args.output)!r}) has each reason)")
+    print_skipped(source.skipped(), redact_url(source.url))
+    return 0 if complete else 1
+
+
+def report_plan(planned: Any, run_record: dict[str, Any], methods: Sequence[str]) -> None:
+    """Say what the plan holds and what this run does; record changed source files (and warn where
+    their shards are kept)."""
+    from jobs.mapping.record import warn
+    from storage.io.fs import redact_text
+
     if planned.changes:
         changes = planned.changes
         run_record["source_changes"] = {"changed": changes.changed, "deleted": changes.deleted,
@@ -286,63 +270,10 @@ def attribute(args: argparse.Namespace, options: dict[str, Any], store: Any, run
             warning = (f"{redact_text(changes.describe())}; their maps are of the files as they were: rerun with "
                        "--recompute-changed")
             print(f"warning: {warning}", file=sys.stderr)
-            run_record.setdefault("warnings", []).append(warning)
+            warn(run_record, warning)
     print(f"{planned.listed} samples in {len(planned.plan.shards)} shards ({planned.new_shards} new); "
           f"{planned.committed_shards} already committed, {len(planned.tasks)} to do; "
-          f"methods: {', '.join(config.labels)}")
-    print(f"{source.kind} source {redact_url(source.url)}; images {run_record['preprocessing']['geometry']}; "
-          f"labels: {labels.describe}")
-
-    results: list[dict] = []
-    if planned.tasks:
-        from jobs.runtime.cluster import check_workers_import, check_workers_reach, start_ray
-
-        start_ray(args.ray_address)
-        check_workers_import(spec.arch, config.trust_code)
-        check_workers_reach([source.url, checkpoint, args.output], options)
-        from jobs.mapping.actor_pool import run_shards
-
-        results = run_shards(planned.tasks, config, args, store)
-
-    if lease is not None:
-        lease.check()  # another driver took the output over: it finishes it, this one stops here
-    # What planning read is still true when nothing ran (a no-op rerun: on S3 each read lists every record).
-    committed = {name: store.committed(name) for name in config.labels} if planned.tasks else planned.committed
-    finish_outputs(store, planned.plan, committed)
-    missing = {name: [s.shard_id for s in planned.plan.shards if s.shard_id not in committed[name]]
-               for name in config.labels}
-    samples = sum(r["n_samples"] for name in config.labels for r in committed[name].values())
-    errors = sum(r["n_errors"] for name in config.labels for r in committed[name].values())
-    seconds = time.perf_counter() - start_clock
-    complete = not any(missing.values())
-    pngs = []
-    if complete and planned.plan.shards:
-        pngs = (kept_examples(store, run_record, config.labels) if not planned.tasks else []) or \
-            examples_or_warning(args.output, options, source, config.labels, spec,
-                                planned.plan.shards[0].shard_id, run_record)
-    kinds = errors_by_kind(args.output, options, config.labels[0]) if errors else {}
-    quality = map_quality(args.output, options, {label: list(built[label].detail_schema) for label in config.labels}
-                          ) if samples else {}  # degenerate maps, Grad-CAM layers
-    run_record.update(status="complete" if complete else "incomplete", finished_at=now(), seconds=seconds,
-                      maps=samples, errors=errors, errors_by_kind=kinds, examples=pngs,
-                      examples_methods=list(config.labels) if pngs else [],
-                      degenerate_maps=quality.get("degenerate", {}), grad_cam_layers=quality.get("grad_cam", {}))
-    run_record["warnings"] = list(dict.fromkeys([*run_record.get("warnings", []), *quality.get("warnings", [])]))
-    if not complete:
-        run_record["reason"] = f"{sum(map(len, missing.values()))} (method, shard) pairs not committed; rerun to finish"
-    if lease is not None:
-        lease.check()
-    store.write_run(run_record)
-    print_summary(results, samples, errors, seconds, redact_url(args.output), pngs, missing, args.storage_options)
-    for line in quality_lines(quality):
-        print(line)
-    for warning in quality.get("warnings", []):
-        print(f"warning: {warning}", file=sys.stderr)
-    if kinds:
-        print(f"error rows of {config.labels[0]} by kind: {', '.join(f'{k} {n}' for k, n in kinds.items())} "
-              f"(storage.read_errors({redact_url(args.output)!r}) has each reason)")
-    print_skipped(skipped, redact_url(source.url))
-    return 0 if complete else 1
+          f"methods: {', '.join(methods)}")
 
 
 def print_summary(results: list[dict], samples: int, errors: int, seconds: float, output: str,

@@ -1,14 +1,14 @@
-"""What the driver hands to attribution workers, and the one function that plans it.
+"""What the driver hands to attribution workers: the job's config and the shards' read tasks.
 
 - :class:`JobConfig`: everything a worker needs to rebuild the job (source, checkpoint, output,
   methods as :class:`attribution.MethodSpec`), as plain data that travels to Ray actors and into
   ``run.json``, and comes back from it (:meth:`JobConfig.from_dict`).
-- :class:`ShardTask`: one shard of the plan and the methods still to commit for it.
+- :class:`ShardTask`: the read task of one shard: the planned shard and the methods still to commit.
 - :func:`block_rows` / :func:`block_tasks`: tasks as the few Ray Data rows the driver hands out (a
   plan segment and runs of shard indices), and back into tasks on a worker, from the plan.
-- :func:`plan_shard_tasks`: the plan (stored under the output, extended by new samples), the zarr
-  arrays sized for it, and a task for every shard that some method has not committed yet. The
-  job, the tests and the benchmarks all plan through it.
+
+The driver plans the tasks (``jobs.mapping.planning.plan_run``); a worker reads a task's samples
+through :class:`workers.shard_source.ShardSource`.
 """
 
 from __future__ import annotations
@@ -16,15 +16,12 @@ from __future__ import annotations
 import itertools
 import json
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from attribution import MethodSpec
-from storage.maps.writer import MapStore
-from storage.maps.plan import RowRange, Shard, ShardPlan, listed_samples, plan_form, samples_in, update_plan
-from storage.maps.plan_changes import SourceChanges, restamp, source_changes
-from storage.sources import DEFAULT_MAX_IMAGE_PIXELS, RowFile, SampleRef, Source, SourcePolicy
+from storage.maps.plan import Shard
+from storage.sources import DEFAULT_MAX_IMAGE_PIXELS, SourcePolicy
 
 
 @dataclass(frozen=True)
@@ -106,30 +103,35 @@ def stored_methods(config: Mapping[str, Any]) -> tuple[MethodSpec, ...]:
 
 @dataclass(frozen=True)
 class ShardTask:
-    """One shard to process: its position in the plan, its samples (as refs, or as row ranges the
-    worker expands through its source) and the methods still to commit."""
+    """The read task of one shard: the planned :class:`Shard` (its samples, as refs or as row ranges
+    the worker expands through its source) and the methods still to commit for it. It travels to the
+    actors as a :func:`block_rows` row and comes back from the stored plan (:func:`block_tasks`)."""
 
-    index: int
-    shard_id: str
-    refs: Sequence[SampleRef]  # a tuple, or the plan's PlannedRefs (built into refs when read)
+    shard: Shard
     methods: tuple[str, ...]
-    ranges: tuple[RowRange, ...] = ()
-    segment: str = field(default="", compare=False)  # the plan segment that holds the shard
+
+    @property
+    def index(self) -> int:
+        return self.shard.index
+
+    @property
+    def shard_id(self) -> str:
+        return self.shard.shard_id
+
+    @property
+    def segment(self) -> str:
+        return self.shard.segment
 
     @property
     def samples(self) -> int:
-        return samples_in(self.refs, self.ranges)
+        return self.shard.size
 
     @property
     def first_sample_id(self) -> str:
         """The shard's first sample id ("-" for an empty shard), to name the shard in messages."""
-        if self.refs:
-            return self.refs[0].sample_id
-        return self.ranges[0].describe() if self.ranges else "-"
-
-    def sample_refs(self, source: Source) -> list[SampleRef]:
-        """The shard's refs; row ranges are expanded by ``source`` (a row-addressable one)."""
-        return list(self.refs) + [ref for r in self.ranges for ref in source.row_refs(r)]
+        if self.shard.refs:
+            return self.shard.refs[0].sample_id
+        return self.shard.ranges[0].describe() if self.shard.ranges else "-"
 
 
 def block_rows(tasks: Sequence[ShardTask], blocks: int) -> list[dict[str, str]]:
@@ -159,74 +161,5 @@ def block_tasks(row: Mapping[str, Any], segment_shards: Callable[[str], Mapping[
     tasks = []
     for first, last, methods in json.loads(str(row["runs"])):
         for index in range(int(first), int(last) + 1):
-            shard = shards[index]
-            tasks.append(ShardTask(index, shard.shard_id, shard.refs, tuple(methods), shard.ranges, segment))
+            tasks.append(ShardTask(shards[index], tuple(methods)))
     return tasks
-
-
-@dataclass(frozen=True)
-class PlannedRun:
-    """The plan of an output and the tasks a run has to do."""
-
-    plan: ShardPlan
-    new_shards: int
-    tasks: tuple[ShardTask, ...]
-    changes: SourceChanges = SourceChanges()
-    recomputed: tuple[str, ...] = ()  # shards un-committed because their source files changed
-    listed: int = 0  # samples in the source listing (all of it, or the --limit)
-    committed: dict[str, dict[str, dict]] = field(default_factory=dict)  # method -> {shard_id: record}, as planned
-
-    @property
-    def pending_samples(self) -> int:
-        return sum(task.samples for task in self.tasks)
-
-    @property
-    def committed_shards(self) -> int:
-        """Shards every method has committed already."""
-        return len(self.plan.shards) - len(self.tasks)
-
-
-def source_listing(store: MapStore, source: Source, limit: int | None = None) -> Sequence[SampleRef] | list[RowFile]:
-    """What to plan from: the source's row files where it is row-addressable (the plan then holds row
-    ranges, not one ref per sample), else its refs; an output planned sample by sample stays so."""
-    files = None if plan_form(store.where) == "samples" else source.row_files(limit)
-    return files if files is not None else source.list(limit)
-
-
-def plan_shard_tasks(store: MapStore, listing: Sequence[SampleRef] | Sequence[RowFile], shard_size: int,
-                     methods: Sequence[str], map_shape: tuple[int, int], *, listing_complete: bool = True,
-                     recompute_changed: bool = False, dry_run: bool = False) -> PlannedRun:
-    """Extend the stored plan by what it lacks (``listing``: refs, or row files from
-    :func:`source_listing`), return a task for each shard that some method has not committed, naming
-    those methods, and size the zarr arrays of the methods with tasks for the plan.
-
-    Samples whose file changed or vanished since they were planned are reported; with
-    ``recompute_changed`` their shards are un-committed for ``methods`` (the plan takes the files'
-    new stamps) and computed again, so a deleted file's sample becomes an error row instead of
-    keeping the map of a file that is gone.
-
-    ``dry_run`` writes and deletes nothing (no plan segment, no restamp, no un-commit, no zarr) and
-    returns what a run would do: the same plan and tasks, from reads alone."""
-    plan, new_shards = update_plan(store.where, listing, shard_size, write=not dry_run)
-    changes = source_changes(plan, listing, listing_complete)
-    recomputed: tuple[str, ...] = ()
-    if changes and recompute_changed:
-        recomputed = tuple(plan.shards[i].shard_id for i in changes.shards)
-        if not dry_run:
-            plan = restamp(store.where, plan, listing, listing_complete)
-            for method in methods:
-                for index in changes.shards:
-                    store.uncommit(method, plan.shards[index].shard_id, index, plan.shards[index].size)
-    with ThreadPoolExecutor(max_workers=max(1, len(methods))) as pool:  # one listing per method, at once
-        done = dict(zip(methods, pool.map(store.committed, methods)))
-    if dry_run and recomputed:  # what the un-commit would have taken out
-        done = {m: {s: r for s, r in records.items() if s not in recomputed} for m, records in done.items()}
-    tasks = []
-    for shard in plan.shards:
-        pending = tuple(m for m in methods if shard.shard_id not in done[m])
-        if pending:
-            tasks.append(ShardTask(shard.index, shard.shard_id, shard.refs, pending, shard.ranges, shard.segment))
-    busy = {m for task in tasks for m in task.methods} if plan.shards else set(methods)
-    for method in (m for m in methods if m in busy and not dry_run):  # the others' arrays hold every shard already
-        store.ensure_zarr(method, plan.total_rows, map_shape, plan.shard_size)
-    return PlannedRun(plan, new_shards, tuple(tasks), changes, recomputed, listed_samples(listing), done)

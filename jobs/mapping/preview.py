@@ -1,10 +1,12 @@
 """``jobs.attribute --dry-run``: what a run would do, from reads alone.
 
 The job plans exactly as a run does (the same listing, the same stored plan, the same commit
-records: :func:`workers.tasks.plan_shard_tasks` with ``dry_run=True``), so the counts it prints are
+records: :func:`jobs.mapping.planning.plan_run` with ``dry_run=True``), so the counts it prints are
 the ones the run would print, but it writes nothing: no lease, no run.json, no plan segment, no
 zarr arrays, no un-commit of changed shards, and it starts no Ray. A refusal the run would make
 (another shard size, another configuration, a foreign output) is made here too.
+
+Tested by tests/jobs/test_inspect.py and tests/jobs/mapping/test_planning.py.
 """
 
 from __future__ import annotations
@@ -14,17 +16,18 @@ from collections.abc import Sequence
 from typing import Any
 
 
-def print_plan(args: argparse.Namespace, store: Any, source: Any, config: Any, labels: Any,
+def print_plan(args: argparse.Namespace, sink: Any, shards: Any, config: Any, labels: Any,
                added: Sequence[str], input_size: tuple[int, int]) -> int:
-    """Plan the run without writing and print it; exit status 0 (a plan is not a result)."""
+    """Plan the run without writing and print it; exit status 0 (a plan is not a result).
+    ``sink``: the output's ``MapSink``; ``shards``: the source's ``ShardSource``."""
+    from jobs.mapping.planning import plan_run
     from storage.io.fs import redact_text, redact_url
-    from workers.tasks import plan_shard_tasks, source_listing
 
     output = redact_url(args.output)
-    listing = source_listing(store, source, args.limit)
-    planned = plan_shard_tasks(store, listing, args.shard_size, config.labels, input_size,
-                               listing_complete=not args.limit, recompute_changed=args.recompute_changed,
-                               dry_run=True)
+    source = shards.source
+    listing = shards.listing(args.limit)
+    planned = plan_run(shards, sink, listing, args.shard_size, config.labels, input_size,
+                       listing_complete=not args.limit, recompute_changed=args.recompute_changed, dry_run=True)
     plan = planned.plan
     print(f"dry run of jobs.attribute: nothing is written to {output} and no Ray is started")
     print(f"source: {source.kind} {redact_url(source.url)}, {planned.listed} samples listed"
@@ -41,7 +44,7 @@ def print_plan(args: argparse.Namespace, store: Any, source: Any, config: Any, l
         state = "new in this output" if method in added else "in the output"
         print(f"  {method} ({state}): {len(plan.shards) - len(todo)} shards committed, {len(todo)} to do "
               f"({sum(t.samples for t in todo)} samples)")
-    pending = store.where.find("_pending", ".parquet")
+    pending = sink.where.find("_pending", ".parquet")
     if pending:
         print(f"{len(pending)} tables an interrupted run left in _pending/ would be published or dropped first")
     if planned.tasks:

@@ -37,7 +37,7 @@ import pyarrow.parquet as pq
 
 from storage.io.fs import InvalidStorageInput
 from storage.io.location import Location
-from storage.sources.base import RowFile, RowRange, SampleRef, row_of_id
+from storage.sources.base import RowFile, RowRange, SampleRef, Source, row_of_id
 from storage.maps.tables import PLAN_DIR, parquet_bytes
 
 #: The first segment of a plan of the samples form (the whole plan, before plans had segments).
@@ -113,6 +113,10 @@ class Shard:
 
     def sample_ids(self) -> list[str]:
         return list(ids_and_stamps(self.refs)[0]) + [sid for r in self.ranges for sid in r.sample_ids()]
+
+    def sample_refs(self, source: Source) -> list[SampleRef]:
+        """The shard's refs; row ranges are expanded by ``source`` (a row-addressable one)."""
+        return list(self.refs) + [ref for r in self.ranges for ref in source.row_refs(r)]
 
 
 @dataclass(frozen=True)

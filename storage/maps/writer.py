@@ -34,12 +34,10 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from storage.io.fs import join
 from storage.io.location import Location
 from storage.maps.manifest import check_name, now, read_commit, read_commits, write_commit
-from storage.io.retry import retrying
 from storage.sources.base import SampleError
 from storage.maps.tables import (FORMAT, FORMAT_VERSION, RUN_PATH, data_path, detail_type, errors_table, map_schema,
                             parquet_bytes, pending_path)
@@ -152,12 +150,11 @@ def versions() -> dict[str, str]:
 class MapStore:
     """Writer (and commit index) of one map dataset at ``url``; picklable, so workers can hold one.
 
-    Driver: ``ensure_zarr`` once per method (before any worker writes), ``write_run`` at start and
-    end, ``committed`` to skip done shards. Workers: ``write_shard`` to write and commit one.
+    The format's primitives: ``ensure_zarr`` (before any worker writes), ``write_shard`` (write and
+    commit one shard), ``committed``, ``finish_zarr``, ``write_run``. A run's lifecycle over them
+    (repair, start, write, commit, fail) is :class:`storage.maps.sink.MapSink`'s. zarr is imported on
+    the first zarr call, not at construction (it costs ~0.15 s).
     """
-
-    #: Modules imported on the first zarr write, not at construction (zarr costs ~0.15 s).
-    lazy_imports: tuple[str, ...] = ("storage.maps.zarr_maps",)
 
     def __init__(self, url: str, storage_options: Mapping[str, Any] | None = None):
         self.where = Location(url, storage_options)
@@ -228,7 +225,8 @@ class MapStore:
 
         # The zarr rows are compressed and written on a second thread while the Parquet files are
         # encoded and written here (zstd releases the GIL); the commit waits for both. The tables go
-        # to _pending/ first and are published after the commit record (see publish()).
+        # to _pending/ first and are published after the commit record (see publish(); MapSink.repair
+        # finishes what a crash left there).
         zarr_job = None
         if shard_index is not None:
             zarr_job = self._pool().submit(self._write_zarr_rows, method, int(shard_index), order, records)
@@ -249,7 +247,7 @@ class MapStore:
                   "n_samples": len(records), "n_errors": len(errors),
                   "sample_ids_sha256": _sha256("\n".join(order).encode()), "files": files}
         record = write_commit(self.where, record)
-        if shard_index is not None:  # before publishing: what is left in _pending/ tells repair() what to finish
+        if shard_index is not None:  # before publishing: what is left in _pending/ tells MapSink.repair what to finish
             self._mark_committed(method, record, order, set(records.sample_ids), records.shape)
         self.publish(record)
         return record
@@ -261,49 +259,11 @@ class MapStore:
         attempt that did not commit, nor a row twice (a retry writes the same bytes to the same
         path). A crash between the record and this step leaves the tables in ``_pending/``: readers
         that follow the manifest read them there, and the driver publishes them on its next run
-        (:meth:`repair`).
+        (:meth:`storage.maps.sink.MapSink.repair`).
         """
         for entry in record["files"]:
             if entry["path"].endswith(".parquet"):
                 self.where.move(f"_pending/{entry['path']}", entry["path"])
-
-    def repair(self) -> list[str]:
-        """Finish the shards committed by an attempt that died before it had flagged their zarr rows
-        and published their tables, and drop the tables of attempts that never committed (their retry
-        writes them again); returns the tables it published. One listing of ``_pending/``, usually
-        empty: a shard's tables leave it only after its zarr rows are flagged (:meth:`write_shard`)."""
-        finished: dict[tuple[str, str], dict | None] = {}
-        published = []
-        for rel in self.where.find("_pending", ".parquet"):
-            final = rel[len("_pending/"):]
-            kind, method, name = final.split("/", 2)
-            key = (method, name.removesuffix(".parquet"))
-            if key not in finished:
-                record = read_commit(self.where, *key)
-                finished[key] = record
-                if record is not None and record.get("shard_index") is not None:
-                    self._reflag(record)
-            record = finished[key]
-            if record is not None and any(f["path"] == final for f in record["files"]):
-                self.where.move(rel, final)
-                published.append(final)
-            else:
-                self.where.remove(rel)
-        return published
-
-    def _reflag(self, record: Mapping[str, Any]) -> None:
-        """Flag a committed shard's zarr rows from what it committed: its rows' ids and its maps table."""
-        from storage.maps.zarr_maps import mark_committed, open_for_writing
-
-        method = record["method"]
-        start, stop = next(f for f in record["files"] if "rows" in f)["rows"]
-        maps_path = next(f["path"] for f in record["files"] if f["path"].startswith("maps/"))
-        data = self.where.get_optional(f"_pending/{maps_path}") or self.where.get(maps_path)
-        mapped = set(pq.read_table(pa.BufferReader(data), columns=["sample_id"]).column(0).to_pylist())
-        arrays = open_for_writing(self.zarr_url(method), self.storage_options)
-        order = retrying(lambda: arrays["sample_id"][start:stop].tolist(), f"reading zarr ids of {method}")
-        flags = np.array([sid in mapped for sid in order], dtype=bool)
-        mark_committed(self.zarr_url(method), arrays, start, flags, self.storage_options)
 
     def _pool(self) -> ThreadPoolExecutor:
         if self._executor is None:
@@ -337,20 +297,6 @@ class MapStore:
         arrays = self._zarr_arrays(method, int(record["shard_index"]), len(order), shape)
         flags = np.array([sid in mapped for sid in order], dtype=bool)
         mark_committed(self.zarr_url(method), arrays, entry["rows"][0], flags, self.storage_options)
-
-    def uncommit(self, method: str, shard_id: str, shard_index: int | None, rows: int) -> None:
-        """Take a shard out of the committed set (its record first, then its zarr flags), so that the
-        next computation of it replaces its maps; its tables stay until that rewrites them."""
-        from storage.maps.manifest import commit_path
-        from storage.maps.zarr_maps import mark_committed, open_for_writing
-
-        self.where.remove(commit_path(method, shard_id))
-        if shard_index is not None and self.where.exists(f"zarr/{method}/zarr.json"):
-            arrays = open_for_writing(self.zarr_url(method), self.storage_options)
-            start = int(shard_index) * arrays["maps"].chunks[0]
-            if start < arrays["maps"].shape[0]:
-                rows = min(rows, arrays["maps"].shape[0] - start)
-                mark_committed(self.zarr_url(method), arrays, start, np.zeros(rows, dtype=bool), self.storage_options)
 
     def finish_zarr(self, method: str, rows: int) -> None:
         """At the end of a run: trim the method's arrays to ``rows`` and consolidate their metadata."""

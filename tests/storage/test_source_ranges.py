@@ -21,7 +21,6 @@ from storage.sources import IDS_IN_ROWS, SampleRef, Source, open_source
 from storage.sources.index import entries_of, index_samples, parse_index
 from storage.sources.webdataset import _scan, _scan_plain, _scan_tarfile
 from tests.helpers import png_bytes, put, tar_bytes, write_parquet
-from workers.tasks import ShardTask
 
 SHARD = 3
 
@@ -51,7 +50,7 @@ def worker_of(source: Source) -> Source:
 def planned_ids(where: Location, worker: Source) -> list[list[str]]:
     """Each stored shard's sample ids as a worker reads them from its ranges."""
     shards, _ = read_plan(where)
-    return [[r.sample_id for r in ShardTask(s.index, s.shard_id, s.refs, ("m",), s.ranges).sample_refs(worker)]
+    return [[r.sample_id for r in s.sample_refs(worker)]
             for s in shards]
 
 
@@ -64,8 +63,7 @@ def same_as_samples_form(source: Source, url: str, options: dict) -> None:
     update_plan(by_samples, source.list(), SHARD)
     worker = worker_of(source)
     assert planned_ids(by_ranges, worker) == [[r.sample_id for r in s.refs] for s in read_plan(by_samples)[0]]
-    refs = [r for s in read_plan(by_ranges)[0] for r in ShardTask(s.index, s.shard_id, (), ("m",), s.ranges)
-            .sample_refs(worker)]
+    refs = [r for s in read_plan(by_ranges)[0] for r in s.sample_refs(worker)]
     assert [(s.sample_id, s.label, s.image.tobytes()) for s in worker.read(refs)] == \
         [(s.sample_id, s.label, s.image.tobytes()) for s in worker_of(source).read(source.list())]
     # The plan does not hold the ids, but its id index finds each sample's shard (as read_sample does).
@@ -120,7 +118,7 @@ def test_rows_appended_to_an_index_are_new_shards_and_an_edited_row_is_noticed(s
     assert (changes.changed, changes.deleted, changes.shards) == (3, 0, (0,))
     assert changes.examples == ("val.csv rows 0:3",)
     with pytest.raises(StorageError, match=r"val.csv changed since it was planned: bytes \d+:\d+ .* rows 0:3"):
-        ShardTask(0, "000000", (), ("m",), plan.shards[0].ranges).sample_refs(worker_of(now))
+        plan.shards[0].sample_refs(worker_of(now))
     with pytest.raises(InvalidStorageInput, match="rows 0:3 changed since they were mapped.*new output"):
         restamp(where, plan, now.row_files())
 
@@ -145,7 +143,7 @@ def test_webdataset_tars_are_planned_by_byte_spans_of_their_samples(storage_root
         [("part-0.tar", 0, 3)], [("part-0.tar", 3, 5), ("part-1.tar", 0, 1)], [("part-1.tar", 1, 4)],
         [("part-1.tar", 4, 5)]]
     worker = worker_of(source)
-    refs = ShardTask(1, "000001", (), ("m",), shards[1].ranges).sample_refs(worker)
+    refs = shards[1].sample_refs(worker)
     assert [r.sample_id for r in refs] == ["part-0.tar#k03", "part-0.tar#k04", "part-1.tar#k05"]
     assert [s.label for s in worker.read(refs)] == labels[3:6].tolist()
 
@@ -165,8 +163,7 @@ def test_parquet_sample_ids_are_read_with_the_rows_and_must_be_unique(storage_ro
     source = open_source(join(url, "data"), storage_options=options)
     assert [f.id_format for f in source.row_files()] == [IDS_IN_ROWS]
     same_as_samples_form(source, url, options)
-    refs = ShardTask(1, "000001", (), ("m",), read_plan(Location(join(url, "ranges"), options))[0][1].ranges
-                     ).sample_refs(worker_of(source))
+    refs = read_plan(Location(join(url, "ranges"), options))[0][1].sample_refs(worker_of(source))
     assert refs == [SampleRef("img-0003", "a.parquet#3"), SampleRef("img-0004", "a.parquet#4")]
     write_parquet(join(url, "data", "b.parquet"), options, images[:2], labels[:2], sample_ids=True)
     with pytest.raises(InvalidStorageInput, match=r"repeats ids \(e.g. \['img-0000', 'img-0001'\]\)"):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import replace
 
@@ -11,14 +10,16 @@ import pytest
 import torch
 
 from storage.maps.writer import MapStore
-from storage.maps.plan import read_segment
 from storage.maps.reader import maps_array, read_errors, read_maps
 from storage.sources import open_source
 from tests.helpers import every_file
 from tests.helpers import fashion_mnist, png_bytes, put, tiny_checkpoint, write_folder
 from attribution import MethodSpec
+from jobs.mapping.planning import plan_run
+from storage.maps.sink import MapSink
 from workers.attributor import ShardAttributor
-from workers.tasks import JobConfig, ShardTask, block_rows, block_tasks, plan_shard_tasks
+from workers.shard_source import ShardSource
+from workers.tasks import JobConfig, ShardTask, block_rows
 
 METHODS = ("pathway", "gradient")
 
@@ -30,10 +31,12 @@ def checkpoint(tmp_path_factory) -> str:
 
 def prepare(source: str, output: str, checkpoint: str, options: dict, shard_size: int, limit: int | None = None
             ) -> tuple[list[ShardTask], JobConfig]:
-    """What the driver does before workers start (workers.tasks.plan_shard_tasks): the tasks and the config."""
-    refs = open_source(source, storage_options=options or None).list()
-    planned = plan_shard_tasks(MapStore(output, options or None), refs[:limit] if limit else refs, shard_size,
-                               METHODS, (28, 28))
+    """What the driver does before workers start (jobs.mapping.planning.plan_run): the tasks and the config."""
+    opened = open_source(source, storage_options=options or None)
+    refs = opened.list()
+    sink = MapSink(output, options or None)
+    planned = plan_run(ShardSource(opened, sink.where), sink, refs[:limit] if limit else refs, shard_size, METHODS,
+                       (28, 28))
     config = JobConfig(source=source, checkpoint=checkpoint, output=output,
                        methods=tuple(MethodSpec(m) for m in METHODS), batch_size=8, device="cpu",
                        storage_options=options)
@@ -54,7 +57,7 @@ def test_shard_is_committed_and_a_retry_rewrites_the_same_bytes(storage_root, ch
                                                                        ("_manifest", "json"))}
     assert any(p.startswith("zarr/pathway/maps/c/") for p in first)  # the shard's zarr chunk
     maps = read_maps(url, "pathway", options or None)
-    assert list(maps.sample_id) == [r.sample_id for r in tasks[1].refs]
+    assert list(maps.sample_id) == [r.sample_id for r in tasks[1].shard.refs]
     rows = maps_array(url, "pathway", options or None)[:]
     assert np.isnan(rows[:12]).all()  # shard 0 not written
     np.testing.assert_array_equal(rows[12:24], np.stack(maps["map"]))
@@ -91,32 +94,6 @@ def test_ray_data_batch_interface_and_method_subset(tmp_path, checkpoint) -> Non
     assert sorted(store.committed("gradient")) == ["000000", "000001"] and store.committed("pathway") == {}
 
 
-def test_task_blocks_round_trip_through_the_plan(tmp_path) -> None:
-    """The driver's rows name a plan segment and runs of shards; a worker gets the same tasks back
-    from the stored plan. Runs break where the methods differ, rows where a block crosses segments."""
-    url = str(tmp_path / "maps")
-    tasks, _ = prepare("fashion-mnist", url, "unused.pt", {}, shard_size=3, limit=7)
-    assert [t.samples for t in tasks] == [3, 3, 1] and all(t.methods == METHODS for t in tasks)
-    rows = block_rows(tasks, 1)
-    assert rows == [{"segment": "_plan/shards.parquet", "runs": json.dumps([[0, 2, list(METHODS)]])}]
-    assert expand(url, rows) == tasks
-    mixed = [tasks[0], replace(tasks[1], methods=("gradient",)), tasks[2]]
-    assert [json.loads(r["runs"]) for r in block_rows(mixed, 2)] == [[[0, 0, list(METHODS)]],
-                                                                      [[1, 1, ["gradient"]], [2, 2, list(METHODS)]]]
-    assert expand(url, block_rows(mixed, 2)) == mixed
-    grown, _ = prepare("fashion-mnist", url, "unused.pt", {}, shard_size=3, limit=12)  # a second segment
-    assert [t.segment for t in grown] == ["_plan/shards.parquet"] * 3 + ["_plan/shards-000003.parquet"] * 2
-    rows = block_rows(grown, 1)
-    assert [r["segment"] for r in rows] == ["_plan/shards.parquet", "_plan/shards-000003.parquet"]
-    assert expand(url, rows) == grown and [t.refs for t in expand(url, rows)] == [t.refs for t in grown]
-
-
-def expand(url: str, rows: list[dict]) -> list[ShardTask]:
-    """What a worker makes of the rows (workers.tasks.block_tasks over the stored plan)."""
-    where = MapStore(url).where
-    return [task for row in rows for task in block_tasks(row, lambda s: {x.index: x for x in read_segment(where, s)})]
-
-
 def batch_of(tasks: list[ShardTask], blocks: int) -> dict[str, np.ndarray]:
     """The Ray Data batch of the driver's rows for ``tasks``, as __call__ gets it."""
     rows = block_rows(tasks, blocks)
@@ -148,7 +125,7 @@ def test_in_process_maps_match_the_method_called_directly(tmp_path, checkpoint) 
 
     url = str(tmp_path / "maps")
     tasks, config = prepare("fashion-mnist", url, checkpoint, {}, shard_size=4, limit=4)
-    only_gradient = ShardTask(tasks[0].index, tasks[0].shard_id, tasks[0].refs, ("gradient",))
+    only_gradient = ShardTask(tasks[0].shard, ("gradient",))
     ShardAttributor(config, threads=1).process_shard(only_gradient)
     stored = read_maps(url, "gradient")
     model, spec = load_checkpoint(checkpoint)
@@ -245,7 +222,7 @@ def test_a_failure_that_is_not_the_data_s_names_the_shard(tmp_path, checkpoint) 
     tasks, config = prepare("fashion-mnist", url, checkpoint, {}, shard_size=4, limit=4)
     config = JobConfig(**{**config.__dict__, "methods": (MethodSpec("grad_cam", {"layer": "fc"}),)})
     with pytest.raises(ShardFailed) as info:
-        ShardAttributor(config, threads=1).process_shard(ShardTask(0, tasks[0].shard_id, tasks[0].refs, ("grad_cam",)))
+        ShardAttributor(config, threads=1).process_shard(ShardTask(tasks[0].shard, ("grad_cam",)))
     line = failure_line(info.value)
     assert line.startswith("shard 000000 (4 samples from 'fashion-mnist/test/00000') failed on worker ")
     assert "AttributionError" in line and "fc" in line and "\n" not in line
@@ -257,13 +234,13 @@ def test_a_plan_segment_that_cannot_be_read_fails_the_block_in_one_line(tmp_path
     throttles past its retry budget) raises TransientShardFailure, which Ray Data retries
     (jobs.mapping.actor_pool); a segment that is gone is a ShardFailed that stops the job. Both in one line
     naming the segment; a retry reads the segment again."""
-    from workers import attributor
+    from workers import shard_source
     from workers.attributor import ShardFailed, TransientShardFailure, failure_line
 
     url = str(tmp_path / "out")
     tasks, config = prepare("fashion-mnist", url, checkpoint, {}, shard_size=4, limit=8)
     worker = ShardAttributor(config, threads=1)
-    real = attributor.read_segment
+    real = shard_source.read_segment
     calls = []
 
     def throttled(where, segment):
@@ -272,7 +249,7 @@ def test_a_plan_segment_that_cannot_be_read_fails_the_block_in_one_line(tmp_path
             raise ConnectionError("SlowDown: please reduce your request rate")
         return real(where, segment)
 
-    monkeypatch.setattr(attributor, "read_segment", throttled)
+    monkeypatch.setattr(shard_source, "read_segment", throttled)
     with pytest.raises(TransientShardFailure) as info:
         worker(batch_of(tasks, blocks=1))
     assert failure_line(info.value).startswith("shard plan _plan/shards.parquet could not be read on worker ")

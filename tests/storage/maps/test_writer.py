@@ -1,4 +1,5 @@
-"""The map sink: Parquet + zarr + errors + manifest + run.json, on local disk and S3."""
+"""The map writer (storage.maps.writer.MapStore): Parquet + zarr + errors + manifest + run.json, on local
+disk and S3. The run's lifecycle over it (repair, start, commit, fail) is tests/storage/maps/test_sink.py's."""
 
 from __future__ import annotations
 
@@ -101,26 +102,6 @@ def test_uncommitted_shard_is_invisible(storage_root):
     assert read_maps(url, storage_options=options)["sample_id"].tolist() == ids_of(0)
     assert read_errors(url, storage_options=options).empty
     assert list(store.committed()) == ["m/done"]
-
-
-def test_a_shard_committed_by_an_attempt_that_died_is_finished_by_repair(storage_root, monkeypatch):
-    """The attempt dies after its commit record, before flagging its zarr rows and publishing: the
-    next run's repair() finishes both, so the committed maps read back from zarr and Parquet alike."""
-    url, options = storage_root
-    MapStore(url, options).ensure_zarr("m", n=8, shape=(H, W), shard_size=S)
-    errs = [SampleError(ids_of(1)[0], "boom")]
-    dying = MapStore(url, options)
-    monkeypatch.setattr(dying, "_mark_committed", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
-    with pytest.raises(KeyboardInterrupt):
-        dying.write_shard("b", 1, "m", records(ids_of(1)[1:], seed=3), errs, sample_ids=ids_of(1))
-    assert list(MapStore(url, options).committed("m")) == ["b"]
-    assert np.isnan(maps_array(url, "m", storage_options=options)[S:2 * S]).all()  # committed, not yet flagged
-    store = MapStore(url, options)
-    assert sorted(store.repair()) == ["errors/m/b.parquet", "maps/m/b.parquet"]
-    arr, df = maps_array(url, "m", storage_options=options), read_maps(url, "m", storage_options=options)
-    assert np.isnan(arr[S]).all() and df["sample_id"].tolist() == ids_of(1)[1:]
-    np.testing.assert_array_equal(arr[S + 1:2 * S], np.stack(df["map"]))
-    assert store.repair() == []
 
 
 def test_zarr_chunks_align_with_shards(storage_root):

@@ -1,4 +1,5 @@
-"""An output is bound to the configuration that made its maps (jobs.mapping.binding)."""
+"""jobs.mapping.record: an output is bound to the configuration that made its maps, and its run record
+is assembled as the run starts, ends or fails."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import re
 import pytest
 
 from attribution import MethodSpec
-from jobs.mapping.binding import check, fingerprint
+from jobs.mapping.record import carried_forward, check, failed, finished, fingerprint
 from jobs.runtime.cli import JobError
 from models import fashion_mnist_spec
 from workers.tasks import JobConfig
@@ -78,6 +79,40 @@ def test_a_new_method_label_is_added() -> None:
                      methods=(*base.methods, MethodSpec("pathway", {"percentile": 50.0}, "p50")))
     kept, added = check(stored, print_of(more), "out")
     assert added == ["p50"] and set(kept["methods"]) == {"pathway", "gradient", "p50"}
+
+
+def test_a_run_that_ends_is_complete_or_incomplete_with_the_reason() -> None:
+    record = carried_forward({"status": "complete", "started_at": "t0", "fingerprint": {"f": 1}, "warnings": ["old"]},
+                             "t1")
+    assert record["fingerprint"] == {"f": 1} and record["history"][0]["status"] == "complete"
+    record["warnings"] = ["a"]
+    quality = {"degenerate": {"pathway": {}}, "warnings": ["a", "b"]}
+    finished(record, methods=["pathway"], missing={"pathway": []}, maps=8, errors=0, seconds=1.0, errors_by_kind={},
+             examples=["x.png"], quality=quality)
+    assert record["status"] == "complete" and record["examples_methods"] == ["pathway"] and "reason" not in record
+    assert record["warnings"] == ["a", "b"] and record["degenerate_maps"] == {"pathway": {}}
+    finished(record, methods=["pathway"], missing={"pathway": ["000001", "000002"]}, maps=4, errors=0, seconds=1.0,
+             errors_by_kind={}, examples=[], quality={})
+    assert record["status"] == "incomplete" and record["reason"].startswith("2 (method, shard) pairs not committed")
+    assert record["examples_methods"] == []
+
+
+def test_a_failed_run_records_the_reason_without_credentials_or_keeps_the_prior_record() -> None:
+    import argparse
+
+    from jobs.runtime.stopping import Interrupted
+
+    args = argparse.Namespace(source="s3://AKIAKEY:topsecret@bucket/x")
+    started = {"status": "running", "started_at": "t1", "attempt": "a1"}
+    record = failed(dict(started), OSError("cannot read s3://AKIAKEY:topsecret@bucket/x/0.png"), None, args)
+    assert record["status"] == "failed" and "topsecret" not in record["reason"] and "bucket/x/0.png" in record["reason"]
+    assert failed(dict(started), Interrupted(detail="3 of 8 shards committed"), None)["reason"] == \
+        "interrupted by SIGINT: 3 of 8 shards committed"
+    prior = {"status": "complete", "started_at": "t0", "maps": 8}
+    refused = failed(carried_forward(prior, "t1"), ValueError("bad flag"), prior)  # failed before it wrote its own
+    assert {k: v for k, v in refused.items() if k != "history"} == prior
+    assert refused["history"][-1] | {"failed_at": None} == {"started_at": "t1", "status": "failed",
+                                                           "reason": "bad flag", "failed_at": None}
 
 
 def test_a_job_is_bound_to_its_output(checkpoint, ray_session, tmp_path, capfd) -> None:
