@@ -15,6 +15,8 @@ nothing else, so leftovers of a crashed attempt are invisible. A record::
 
 Paths are relative to the dataset's root URL. A record holds no time and nothing about the attempt
 that wrote it, so a retried shard rewrites it byte for byte, like its data files.
+
+Tested by tests/storage/maps/test_writer.py and tests/storage/maps/test_sink.py.
 """
 
 from __future__ import annotations

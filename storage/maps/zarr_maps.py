@@ -15,6 +15,8 @@ one chunk. When a run ends, the driver trims the arrays to the last planned row 
 the metadata; the next run that plans more shards grows them again, so the last shard of an
 earlier run, if it was not full, leaves rows with ``sample_id == ""`` and ``committed`` False
 before the new ones (documented in docs/format.md).
+
+Tested by tests/storage/maps/test_writer.py and tests/storage/maps/test_sink.py.
 """
 
 from __future__ import annotations
