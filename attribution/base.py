@@ -78,9 +78,6 @@ class Attribution(abc.ABC):
     """
 
     name: ClassVar[str] = ""
-    #: Modules the method imports on its first call (not at construction, to keep start-up
-    #: short); a worker can import them ahead, in the background, while it starts computing.
-    lazy_imports: ClassVar[tuple[str, ...]] = ()
     #: False for maps computed from the pixels alone (controls): ``model`` may then be None.
     needs_model: ClassVar[bool] = True
     #: True when :meth:`_attribute` runs the model itself and reports ``MODEL_DETAILS``, so the

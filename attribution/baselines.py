@@ -34,8 +34,6 @@ from .base import Attribution, AttributionError, check_logits, input_gradient
 from .registry import register
 from .rules import guided_relus
 
-CAPTUM = ("captum.attr",)
-
 
 def _captum() -> Any:
     """captum.attr, imported on first use: a slow import (benchmarks/RESULTS.md, "Figures moved from
@@ -96,8 +94,6 @@ class Gradient(Attribution):
     Captum's ``Saliency(abs=False)``; take ``abs`` in the reduction if wanted.
     """
 
-    lazy_imports = CAPTUM
-
     def _attribute(self, inputs: torch.Tensor, targets: torch.Tensor, seeds: list[int]) -> torch.Tensor:
         method = _captum().Saliency(_checked_forward(self.model, targets))
         return method.attribute(_grad_leaf(inputs), target=targets, abs=False).detach()
@@ -106,8 +102,6 @@ class Gradient(Attribution):
 @register("gradient_x_input")
 class GradientXInput(Attribution):
     """Gradient times input (Shrikumar et al. 2016), Captum's ``InputXGradient``."""
-
-    lazy_imports = CAPTUM
 
     def _attribute(self, inputs: torch.Tensor, targets: torch.Tensor, seeds: list[int]) -> torch.Tensor:
         method = _captum().InputXGradient(_checked_forward(self.model, targets))
@@ -132,8 +126,6 @@ class IntegratedGradientsMethod(Attribution):
     plain gradient. It changes only speed and float rounding, so it is not a stored
     parameter.
     """
-
-    lazy_imports = CAPTUM
 
     def __init__(
         self,

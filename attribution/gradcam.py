@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .base import MODEL_DETAILS, TEXT, Attribution, AttributionError, Detail, eval_mode
-from .baselines import CAPTUM, _captum, _checked_forward, _grad_leaf
+from .baselines import _captum, _checked_forward, _grad_leaf
 from .registry import register
 from .rules import forward_hooks, relu_out_of_place
 
@@ -113,8 +113,6 @@ class GradCAM(Attribution):
     1 x 1 is refused too (upsampled, it is a constant: no spatial information at all), and one
     coarser than ``COARSEST`` x ``COARSEST`` is warned about (ResNet-18's layer3 at 32 px is 2 x 2).
     """
-
-    lazy_imports = CAPTUM
 
     def __init__(self, model: nn.Module, layer: str = "auto", interpolation: str = "bilinear") -> None:
         super().__init__(model)
