@@ -332,7 +332,8 @@ def add_unit(results: dict, label: str, lo: int, arrays: dict[str, np.ndarray]) 
     for name in arrays:
         how, rank, order, what = name.split("|")
         if what == "drops":
-            results.setdefault((label, how, rank, order), {})[lo] = (arrays[name], arrays[f"{how}|{rank}|{order}|predicted"])
+            predicted = arrays[f"{how}|{rank}|{order}|predicted"]
+            results.setdefault((label, how, rank, order), {})[lo] = (arrays[name], predicted)
 
 
 # --------------------------------------------------------------------------- outputs

@@ -6,11 +6,11 @@ Each finished unit's arrays are one file, ``<output>/units/<key>.npz``, written 
 file is the commit, and a rerun of the same command skips every unit whose file is there, so a run
 that was stopped, or lost a worker, resumes where it was.
 
-Units are only reusable under the configuration that made them, so the output is bound to it as a
-map dataset is (jobs.mapping.binding): the first run records its settings in
-``<output>/units/binding.json``, and a later run with other settings is refused with one line
-naming what differs and the fix. The exception, as for maps, is a new method label: its units
-are added beside the others (and a unit key never depends on which other methods run).
+Units are only reusable under the configuration that made them, so the output is bound to it, as
+a map dataset is (jobs.attribute refuses a rerun of another configuration): the first run records
+its settings in ``<output>/units/binding.json``, and a later run with other settings is refused
+with one line naming what differs and the fix. The exception, as for maps, is a new method label:
+its units are added beside the others (a unit key never depends on which other methods run).
 """
 
 from __future__ import annotations

@@ -22,8 +22,9 @@ under the same policy, jobs.mapping.actor_pool).
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from jobs.runtime.cli import JobStopped
@@ -170,26 +171,19 @@ class Runner:
             raise JobStopped(self.stop_line())
 
     # -- inside ---------------------------------------------------------------------------------
-    def _loop(self) -> Any:
+    @contextlib.contextmanager
+    def _loop(self) -> Iterator[None]:
         """The progress of the loop, and a stop request turned into what is kept."""
-        import contextlib
-
         from jobs.runtime.progress import Progress
         from jobs.runtime.stopping import as_interrupted
 
-        runner = self
-
-        @contextlib.contextmanager
-        def loop() -> Any:
-            runner.progress = Progress(runner.job, len(runner.todo), runner.unit, no_bar=runner.no_bar,
-                                       samples_total=runner.samples_total)
-            try:
-                with runner.progress:
-                    yield
-            except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM (jobs.runtime.stopping): say what is kept
-                raise as_interrupted(err, f"{runner.kept()}; rerun to resume") from None
-
-        return loop()
+        self.progress = Progress(self.job, len(self.todo), self.unit, no_bar=self.no_bar,
+                                 samples_total=self.samples_total)
+        try:
+            with self.progress:
+                yield
+        except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM (jobs.runtime.stopping): say what is kept
+            raise as_interrupted(err, f"{self.kept()}; rerun to resume") from None
 
     def _check(self) -> None:
         from jobs.runtime.stopping import check

@@ -25,8 +25,9 @@ def test_the_plan_counts_what_is_done_and_the_stop_line_names_failures_and_the_f
     assert runner.plan_line() == "5 cells, 1 already done, 4 to compute" and runner.todo == ["b", "c", "d", "e"]
     runner.finished = 1
     runner.failures = [("b", "ValueError: bad"), ("c", "OSError: gone"), ("d", "x"), ("e", "y")]
-    assert runner.stop_line() == ("the job stopped with 1 of 4 cells committed: cell b: ValueError: bad; cell c: OSError: "
-                                  "gone; cell d: x; 1 more cells failed (listed above); rerun to resume")
+    assert runner.stop_line() == ("the job stopped with 1 of 4 cells committed: cell b: ValueError: bad; "
+                                  "cell c: OSError: gone; cell d: x; 1 more cells failed (listed above); "
+                                  "rerun to resume")
     with pytest.raises(JobStopped, match="^the job stopped with 1 of 4 cells committed"):
         runner.stop_if_failed()
     runner.failures = [(None, "shard 3 failed: the store kept failing; rerun the same command")]
@@ -63,7 +64,8 @@ def test_a_failed_unit_is_one_line_the_others_finish_and_the_job_stops_saying_wh
     results: dict[str, str] = {}
     runner.run_tasks(["one", "bad", "two"], str, task.remote, results.__setitem__)
     assert results == {"one": "one", "two": "two"}
-    assert [k for k, _ in runner.failures] == ["bad"] and "ValueError: unit bad has a bad input" in runner.failures[0][1]
+    assert [k for k, _ in runner.failures] == ["bad"]
+    assert "ValueError: unit bad has a bad input" in runner.failures[0][1]
     assert sum(name.startswith("bad-") for name in os.listdir(tries)) == 1  # a bad input is not retried
     assert "job: unit bad failed: ValueError: unit bad has a bad input" in capsys.readouterr().err
     with pytest.raises(JobStopped) as stopped:
@@ -94,3 +96,24 @@ def test_a_transient_failure_is_retried_and_one_past_the_retries_says_how_often_
     runner.run_tasks(["k"], str, runner.remote(broken, num_cpus=1).remote, results.__setitem__)
     assert len(runner.failures) == 1
     assert runner.failures[0][1].endswith("the store is down for k (the unit was tried 2 times)"), runner.failures
+
+
+def test_a_stop_mid_loop_says_what_is_kept_and_ends_the_loop(ray_session) -> None:
+    """Ctrl-C or SIGTERM arrives as jobs.runtime.stopping.Interrupted wherever the loop is; it leaves
+    the loop with the signal kept and the count of units committed."""
+    import signal
+
+    from jobs.runtime.stopping import Interrupted
+
+    runner = Runner("job", "unit", ["a", "b", "c"], no_bar=True)
+    results: dict[str, str] = {}
+
+    def settled(key: str) -> None:
+        if results:  # the second unit to end: the operator stops the job
+            raise Interrupted(signal.SIGTERM)
+
+    with pytest.raises(Interrupted) as stopped:
+        runner.run_tasks(["a", "b", "c"], str, runner.remote(lambda key: key.upper(), num_cpus=1).remote, results.__setitem__,
+                         max_running=1, settled=settled)
+    assert len(results) == 1 and stopped.value.signum == signal.SIGTERM
+    assert stopped.value.detail == "1 of 3 units committed; rerun to resume"
