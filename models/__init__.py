@@ -6,6 +6,8 @@ The names below load their module (and torch) when first used, so a torch-free m
 :mod:`models.fashion_mnist` can be imported by torch-free readers (storage.sources, jobs.view).
 ``preprocess`` is not among them: it is also the name of its module, which importing
 ``models.preprocess`` binds here (``from models.preprocess import preprocess``).
+
+Tested by tests/models/test_fashion_mnist.py.
 """
 
 from __future__ import annotations

@@ -5,6 +5,8 @@ Shared by the sink (maps, errors), the plan and the readers, so that none of the
 Column types of per-sample details are named by a short string, so that a method's declared
 details (``attribution.Detail``) reach storage as plain data: ``int64``, ``float64``, ``bool``,
 or ``list<float64>`` (one list per sample, e.g. one pruning threshold per layer).
+
+Tested by tests/storage/maps/test_writer.py and tests/storage/maps/test_versions.py.
 """
 
 from __future__ import annotations

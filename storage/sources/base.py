@@ -3,6 +3,8 @@
 A :class:`Source` lists samples cheaply as :class:`SampleRef` (no decoding) and reads any subset
 of them. Refs are plain data (``sample_id`` + a JSON-serializable ``locator``): the driver persists
 them in its plan, and a worker calls ``read(refs)`` on an equal Source opened in another process.
+
+Tested by tests/storage/test_sources.py and tests/storage/test_source_kinds.py.
 """
 
 from __future__ import annotations

@@ -13,6 +13,8 @@ whenever that is possible (:func:`match_labels`):
   ``Source.intrinsic_indices``): they are kept, as integers are;
 - otherwise the labels stay the source's own indices into its class list, and the match carries a
   warning saying so (``label == predicted`` then means nothing, and a job refuses ``--target label``).
+
+Tested by tests/storage/test_labels.py.
 """
 
 from __future__ import annotations

@@ -9,6 +9,8 @@ directories below it (after stepping into the split's directory when its top lev
 split directories).
 
 Anything else is an error that says what was found and lists the formats this project reads.
+
+Tested by tests/storage/test_source_kinds.py and tests/storage/test_source_registry.py.
 """
 
 from __future__ import annotations

@@ -6,6 +6,8 @@ index: a CSV / JSONL index (:mod:`storage.sources.index`), a folder with a label
 locator is ``json.dumps([location, raw_label])``: where the image is (for files, the path relative to
 ``base_url``, or an absolute URL / path) and the label as the index wrote it (a class name, an
 integer, or null). A worker reads a shard from its refs alone, without listing or reading the index.
+
+Tested by tests/storage/test_source_files.py.
 """
 
 from __future__ import annotations

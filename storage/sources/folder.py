@@ -13,6 +13,8 @@ are listed by :meth:`ImageFolderSource.skipped` with the reason. Folders whose n
 ``.`` (a job's ``_meta``, ``.git``) are neither classes nor read, at any depth, and are listed there too.
 A symbolic link whose target leaves the folder is not followed: its sample is an error row of kind
 ``outside-source`` (:mod:`storage.sources.inside`; ``--allow-paths`` widens it).
+
+Tested by tests/storage/test_source_kinds.py and tests/storage/test_sources.py.
 """
 
 from __future__ import annotations

@@ -4,6 +4,8 @@ Uncompressed files are read with ranged reads (offset ``16 + i*rows*cols``), so 
 only its own bytes. Gzip files cannot be seeked: the first read decompresses the images file once
 and caches it in this Source object (its size and time: benchmarks/RESULTS.md, "Figures moved from
 the code"); the cache is not pickled, so each worker process decompresses at most once per Source.
+
+Tested by tests/storage/test_sources.py.
 """
 
 from __future__ import annotations

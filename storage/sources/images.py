@@ -36,6 +36,8 @@ Images are untrusted (docs/security.md), so decoding is bounded by the source's
   under twice that size, decode in full as before.
 - **Errors** name the format problem, never bytes of the file: Pillow's messages lose any bytes
   literal and anything after their first ": ".
+
+Tested by tests/storage/test_images.py.
 """
 
 from __future__ import annotations

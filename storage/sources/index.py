@@ -20,6 +20,8 @@ The usual layout for ImageNet val and for datasets on object storage::
 - An index is row-addressable: a plan holds a shard as a range of its sample rows with their byte
   span, stamped by a CRC of those bytes (:meth:`IndexSource.row_files`); a worker reads that span
   (and a CSV's header) and nothing else. Appending rows keeps every planned span as it was.
+
+Tested by tests/storage/test_source_kinds.py and tests/storage/test_source_policy.py.
 """
 
 from __future__ import annotations

@@ -14,6 +14,8 @@ a row or a listing gives is checked before anything is read, by :class:`Reach`:
 - otherwise the sample is an error row of kind :data:`OUTSIDE_SOURCE` that names the path as the row
   wrote it (credentials redacted) and the flag. Nothing of it is read and no request is made, and
   the message is the same whether or not the target exists.
+
+Tested by tests/storage/test_source_policy.py and tests/storage/test_source_kinds.py.
 """
 
 from __future__ import annotations

@@ -17,6 +17,8 @@ with ``metadata.jsonl`` / ``metadata.csv``.
 - Only files the folder's listing finds are read, never a path a row names. A symbolic link whose
   target leaves the folder is not followed: its sample is an error row of kind ``outside-source``
   (:mod:`storage.sources.inside`), and a labels file that is such a link is an error.
+
+Tested by tests/storage/test_source_kinds.py.
 """
 
 from __future__ import annotations

@@ -22,6 +22,8 @@ HF ``ClassLabel`` names in the schema metadata, else the sorted string labels, e
 A file whose footer is unreadable, and files under the URL that are neither Parquet nor images (which
 rows may name), are listed by :meth:`ParquetSource.skipped`; rows of a row group that cannot be read
 become error rows. Neither stops a job.
+
+Tested by tests/storage/test_source_kinds.py and tests/storage/test_source_ranges.py.
 """
 
 from __future__ import annotations

@@ -14,6 +14,8 @@ the images needs (``models.preprocess.decode_size`` of the model's spec). The wo
 ``load_arrays``/``join_with_source`` given a spec, set it with ``dataclasses.replace``, so that JPEGs
 decode at the smallest DCT scale that covers it, the same one wherever "the image the model saw" is
 read. None (sources opened without a model) decodes every image in full.
+
+Tested by tests/storage/test_source_policy.py.
 """
 
 from __future__ import annotations

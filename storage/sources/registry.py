@@ -8,6 +8,8 @@ Detection reads listings only. A file URL is told by :attr:`SourceFormat.extensi
 the first format, in table order, whose :attr:`SourceFormat.in_listing` accepts its file names; a
 folder that none accepts is told by the folders below it (:attr:`SourceFormat.found_below`,
 :attr:`SourceFormat.found_two_below`; see :func:`storage.sources.detect.detect`).
+
+Tested by tests/storage/test_source_registry.py.
 """
 
 from __future__ import annotations

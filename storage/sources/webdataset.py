@@ -23,6 +23,8 @@ about twice as fast as tarfile; any other tar by tarfile). Keys without an image
 the URL (compressed ``.tar.gz`` included: they cannot be read by range), and a tar that ends in a
 corrupt header (everything before it is used) are listed by :meth:`WebDatasetSource.skipped`, and so
 are ``_`` / dot folders (not read) and tars that are symbolic links leading outside the folder.
+
+Tested by tests/storage/test_source_kinds.py and tests/storage/test_source_ranges.py.
 """
 
 from __future__ import annotations
