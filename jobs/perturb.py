@@ -245,9 +245,9 @@ def run(args: argparse.Namespace) -> int:
           f"{len(args.fractions)} fractions, fill {', '.join(args.fill)} (mean {[round(v, 4) for v in fill]}, "
           f"--mean {args.mean}), ranking {', '.join(args.rank)}")
 
-    units = plan_units(len(ids), args.shard_size, methods)
+    units = plan_units(ids, args.shard_size, methods)
     store = UnitStore(inputs["output"], options, "jobs.perturb",
-                      unit_settings(args, inputs, specs, model, ids, fill))
+                      unit_settings(args, inputs, specs, model, fill))
     store.bind()  # before anything is computed: units of another configuration are never mixed in
     stored = store.load_done([u[0] for u in units])
     runner = Runner("perturb", "task", [u[0] for u in units], stored, no_bar=args.no_progress)
@@ -292,12 +292,13 @@ def run(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- units
 
 
-def plan_units(n: int, shard_size: int, methods: Sequence[str]) -> list[tuple[str, str, int, int]]:
-    """(key, method, start, stop) of every unit: each method's shards, then the random order's."""
-    from jobs.evaluation.units import chunks, unit_key
+def plan_units(ids: list[str], shard_size: int, methods: Sequence[str]) -> list[tuple[str, str, int, int]]:
+    """(key, method, start, stop) of every unit: each method's shards, then the random order's; a key
+    names the method, the shard's first row and its samples."""
+    from jobs.evaluation.units import chunks, samples_digest, unit_key
 
-    return [(unit_key(RANDOM_UNIT if label == RANDOM else label, f"{lo:06d}"), label, lo, hi)
-            for lo, hi in chunks(n, shard_size) for label in [*methods, RANDOM]]
+    return [(unit_key(RANDOM_UNIT if label == RANDOM else label, f"{lo:06d}", samples_digest(ids[lo:hi])), label,
+             lo, hi) for lo, hi in chunks(len(ids), shard_size) for label in [*methods, RANDOM]]
 
 
 #: The random order's units are named apart from any method label.
@@ -305,16 +306,16 @@ RANDOM_UNIT = "random-order"
 
 
 def unit_settings(args: argparse.Namespace, inputs: dict[str, Any], specs: dict[str, Any] | None, model: Any,
-                  ids: list[str], fill: list[float]) -> dict[str, Any]:
-    """What determines a unit's curves (jobs.evaluation.units binds the output to it)."""
-    from jobs.evaluation.units import ids_sha256, model_sha256
+                  fill: list[float]) -> dict[str, Any]:
+    """What determines a unit's curves but its samples (in its key): jobs.evaluation.units binds the output to it."""
+    from jobs.evaluation.units import model_sha256
     from storage.io.fs import redact_url
 
     methods = {label: "stored maps" for label in inputs["methods"]} if specs is None else \
         {label: {"name": s.name, "params": s.params} for label, s in specs.items()}
     return {"maps": redact_url(args.maps) if args.maps else None, "source": redact_url(inputs["source"]),
-            "split": inputs["split"], "model_sha256": model_sha256(model), "samples": ids_sha256(ids),
-            "shard_size": args.shard_size, "fractions": args.fractions, "fill": args.fill, "mean": fill,
+            "split": inputs["split"], "model_sha256": model_sha256(model), "fractions": args.fractions,
+            "fill": args.fill, "mean": fill,
             "noise": args.noise, "rank": args.rank, "seed": args.seed,
             "reduction": args.reduction if specs is not None else None, "methods": methods}
 

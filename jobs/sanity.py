@@ -158,8 +158,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"{len(ids)} samples from {redact_url(source.url)} ({args.split}); {len(specs)} methods x {len(names)} steps "
           f"({', '.join(names)}); weights {how}, {args.draws} draws from seed {args.seed}")
 
-    units = plan_units([m.label for m in specs], args.draws, args.seed, len(names))
-    store = UnitStore(args.output, options, "jobs.sanity", unit_settings(args, specs, model, ids, names))
+    units = plan_units([m.label for m in specs], args.draws, args.seed, len(names), ids)
+    store = UnitStore(args.output, options, "jobs.sanity", unit_settings(args, specs, model, names))
     store.bind()  # before anything is computed: units of another configuration are never mixed in
     stored = store.load_done(list(units))
     runner = Runner("sanity", "step", list(units), stored, no_bar=args.no_progress)
@@ -192,28 +192,30 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def plan_units(labels: Sequence[str], draws: int, seed: int, steps: int) -> dict[str, tuple[str, int, int]]:
+def plan_units(labels: Sequence[str], draws: int, seed: int, steps: int, ids: list[str]
+               ) -> dict[str, tuple[str, int, int]]:
     """{key: (method, draw, step)} of every unit. Step 0 randomizes nothing (one draw of it is enough);
-    a later step's key names the seed of its random weights, so that more --draws add units."""
-    from jobs.evaluation.units import unit_key
+    a later step's key names the seed of its random weights, so that more --draws add units; every
+    key names the samples."""
+    from jobs.evaluation.units import samples_digest, unit_key
 
-    units = {}
+    units, samples = {}, samples_digest(ids)
     for label in labels:
         for draw in range(draws):
             for step in range(1 if draw else 0, steps):
-                key = unit_key(label, "original") if step == 0 else unit_key(label, f"seed{seed + draw}", f"step{step}")
-                units[key] = (label, draw, step)
+                when = ("original",) if step == 0 else (f"seed{seed + draw}", f"step{step}")
+                units[unit_key(label, *when, samples)] = (label, draw, step)
     return units
 
 
-def unit_settings(args: argparse.Namespace, specs: Sequence[Any], model: Any, ids: list[str],
-                  names: Sequence[str]) -> dict[str, Any]:
-    """What determines a unit's scores, but the seed (in its key): jobs.evaluation.units binds the output to it."""
-    from jobs.evaluation.units import ids_sha256, model_sha256
+def unit_settings(args: argparse.Namespace, specs: Sequence[Any], model: Any, names: Sequence[str]) -> dict[str, Any]:
+    """What determines a unit's scores but its seed and samples (in its key): jobs.evaluation.units binds
+    the output to it."""
+    from jobs.evaluation.units import model_sha256
     from storage.io.fs import redact_url
 
     return {"source": redact_url(args.source), "split": args.split, "model_sha256": model_sha256(model),
-            "samples": ids_sha256(ids), "reduction": args.reduction, "group": args.group, "steps": list(names),
+            "reduction": args.reduction, "group": args.group, "steps": list(names),
             "randomize": args.randomize, "std": args.std,
             "methods": {m.label: {"name": m.name, "params": m.params} for m in specs}}
 

@@ -6,11 +6,13 @@ Each finished unit's arrays are one file, ``<output>/units/<key>.npz``, written 
 file is the commit, and a rerun of the same command skips every unit whose file is there, so a run
 that was stopped, or lost a worker, resumes where it was.
 
-Units are only reusable under the configuration that made them, so the output is bound to it, as
-a map dataset is (jobs.attribute refuses a rerun of another configuration): the first run records
-its settings in ``<output>/units/binding.json``, and a later run with other settings is refused
-with one line naming what differs and the fix. The exception, as for maps, is a new method label:
-its units are added beside the others (a unit key never depends on which other methods run).
+A unit's key names its samples (:func:`samples_digest`): other samples are other units. How they
+are computed is the output's configuration, and units are only reusable under the one that made
+them, so the output is bound to it, as a map dataset is (jobs.attribute refuses a rerun of another
+configuration): the first run records its settings in ``<output>/units/binding.json``, and a
+later run with other settings is refused with one line naming what differs and the fix. The
+exception, as for maps, is a new method label: its units are added beside the others (a unit key
+never depends on which other methods run).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ def chunks(n: int, size: int) -> list[tuple[int, int]]:
 
 
 def unit_key(*parts: Any) -> str:
-    """A unit's file name stem from its parts (``gradient-000064``): safe characters kept, anything
+    """A unit's file name stem from its parts (``gradient-000064-1a2b3c4d``): safe characters kept, anything
     else replaced, with a short hash of the original so that two labels never share a key."""
     text = "-".join(str(p) for p in parts)
     safe = re.sub(r"[^A-Za-z0-9_.=+-]", "_", text).lstrip(".")
@@ -53,9 +55,10 @@ def model_sha256(model: Any) -> str:
     return digest.hexdigest()
 
 
-def ids_sha256(ids: list[str]) -> str:
-    """A digest of the samples, in their order (the units' rows follow it)."""
-    return hashlib.sha256("\n".join(str(i) for i in ids).encode()).hexdigest()
+def samples_digest(ids: list[str]) -> str:
+    """8 hex digits naming a unit's samples, in their order, in its key: other samples (another
+    --limit, --shard-size or map dataset) are other units, computed beside these, never mixed up."""
+    return hashlib.sha256("\n".join(str(i) for i in ids).encode()).hexdigest()[:8]
 
 
 class UnitStore:

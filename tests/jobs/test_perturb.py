@@ -12,6 +12,7 @@ import pytest
 import io
 import json
 import os
+import re
 
 import numpy as np
 import pandas as pd
@@ -131,22 +132,34 @@ def test_a_stopped_run_resumes_computing_only_the_missing_units_with_the_same_nu
     assert perturb.main(args) == 0
     assert "6 tasks, 0 already done, 6 to compute" in capsys.readouterr().out
     whole = pd.read_parquet(f"{out}/perturbation.parquet")
-    first = unit_files(out)
-    assert sorted(first) == [f"{m}-{lo:06d}.npz" for m in ("gradient", "random-order") for lo in (0, 8, 16)]
+    first = unit_files(out)  # a method's (or the random order's) shard: its first row and its samples
+    assert [name[:-13] for name in sorted(first)] == [f"{m}-{lo:06d}" for m in ("gradient", "random-order")
+                                                      for lo in (0, 8, 16)]
+    assert all(re.fullmatch(r"[a-z-]+-\d{6}-[0-9a-f]{8}\.npz", name) for name in first), first
 
     # As a run stopped after four of its six units: the tables were never written, two units are missing.
-    for name in ("gradient-000008.npz", "random-order-000016.npz", "perturbation.parquet", "auc.json"):
-        os.remove(os.path.join(out, "units" if name.endswith(".npz") else "", name))
+    missing = sorted(n for n in first if n.startswith(("gradient-000008-", "random-order-000016-")))
+    for path in [*(os.path.join(out, "units", n) for n in missing), f"{out}/perturbation.parquet", f"{out}/auc.json"]:
+        os.remove(path)
     assert perturb.main(args) == 0
     assert "6 tasks, 4 already done, 2 to compute" in capsys.readouterr().out
     pd.testing.assert_frame_equal(pd.read_parquet(f"{out}/perturbation.parquet"), whole)
     again = unit_files(out)
-    assert sorted(k for k in again if again[k] != first.get(k)) == ["gradient-000008.npz", "random-order-000016.npz"]
+    assert sorted(k for k in again if again[k] != first.get(k)) == missing  # only those were computed
 
     # Everything stored: nothing is computed, the same tables are written again.
     assert perturb.main(args) == 0
     assert "6 tasks, 6 already done, 0 to compute" in capsys.readouterr().out
     pd.testing.assert_frame_equal(pd.read_parquet(f"{out}/perturbation.parquet"), whole)
+
+    # A new method label adds its units beside the others; a changed one is refused, as with maps.
+    grown = [*args[:args.index("gradient")], "gradient gxi=gradient_x_input", *args[args.index("gradient") + 1:]]
+    assert perturb.main(grown) == 0
+    assert "9 tasks, 6 already done, 3 to compute" in capsys.readouterr().out
+    grown[grown.index("gradient gxi=gradient_x_input")] = "gradient gxi=integrated_gradients"
+    assert perturb.main(grown) == 2
+    assert "method 'gxi' was" in capsys.readouterr().err
+    again = unit_files(out)
 
     other = [*args[:args.index("--fractions")], "--fractions", "0,0.5,1", *args[args.index("--fractions") + 2:]]
     assert perturb.main(other) == 2
