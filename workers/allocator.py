@@ -4,9 +4,8 @@ torch's CPU tensors come from the C library's ``malloc``. glibc serves blocks ab
 moving threshold (128 KiB at first) by ``mmap`` and gives them back on ``free``, and trims
 the top of its heap whenever more than a little is free, so every batch's activations are
 fresh pages that fault in again. Pinning the mmap threshold at its 32 MiB maximum and
-raising the trim threshold turns those into reused heap blocks: on the 2-core build machine
-the small net's input gradient went from 24-30 ms to 18.7 ms a batch and PathwayGrad from
-60 to 50 ms, and both stopped varying from run to run (benchmarks/RESULTS.md). The cost is
+raising the trim threshold turns those into reused heap blocks: faster batches that stop
+varying from run to run (measured in benchmarks/RESULTS.md, "The tuned allocator"). The cost is
 that a worker keeps up to ``trim_threshold`` bytes of freed memory as its own, as a CUDA
 caching allocator does. GPU memory is not affected; other C libraries are left alone.
 """

@@ -15,8 +15,8 @@ import argparse
 from collections.abc import Sequence
 from typing import Any
 
-#: Ray Data blocks the tasks are cut into, at most. ``from_items`` costs ~1.7 ms per block before
-#: anything runs (33 s for 20 k one-task blocks on 2 cores; benchmarks/RESULTS.md), and each block
+#: Ray Data blocks the tasks are cut into, at most. ``from_items`` has a cost per block before
+#: anything runs (measured in benchmarks/RESULTS.md, "Scale": 20 k one-task blocks), and each block
 #: is one actor task, so up to this many tasks get one block each (the finest balancing and
 #: retries), and more share blocks. A retried block skips the shards it already committed.
 MAX_TASK_BLOCKS = 1024
