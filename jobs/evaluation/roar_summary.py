@@ -143,7 +143,7 @@ def summarize(table: Any) -> Any:
 def write_outputs(output: str, options: dict, records: list[dict], kar: bool, title: str, run_record: dict,
                   chance: float, controls: tuple[str, ...]) -> tuple[Any, Any]:
     """``results.parquet|csv`` (one row per cell), ``summary.csv`` (the verdicts), ``claims.csv`` (the paper's
-    claims tested, jobs.roar_stats; their lines go to ``run_record["claims"]``), the PNG and ``run.json``."""
+    claims tested, jobs.evaluation.roar_claims; their lines go to ``run_record["claims"]``), the PNG and ``run.json``."""
     import pandas as pd
 
     from jobs.reporting.plots import roar_curves
@@ -159,9 +159,9 @@ def write_outputs(output: str, options: dict, records: list[dict], kar: bool, ti
     where.put("results.parquet", table.to_parquet(index=False, compression="zstd"))
     where.put("results.csv", table.to_csv(index=False).encode())
     where.put("summary.csv", verdicts.to_csv(index=False).encode())
-    from jobs.roar_stats import claim_lines, claims
+    from jobs.evaluation.roar_claims import claim_lines, claims
 
-    tested = claims(table, verdicts, check, kar)  # the paper's claims, paired over seeds (jobs.roar_stats)
+    tested = claims(table, verdicts, check, kar)  # the paper's claims, paired over seeds (jobs.evaluation.roar_claims)
     where.put("claims.csv", tested.to_csv(index=False).encode())
     run_record["claims"] = claim_lines(tested)
     where.put("kar.png" if kar else "roar.png", roar_curves(summarize(table), kar, title, controls, "none",

@@ -1,6 +1,6 @@
 """Known-benign lines that Ray prints on every run, silenced at their source; everything else shows.
 
-Each was found in a real job's whole output (tests/jobs/test_watch.py runs one and checks):
+Each was found in a real job's whole output (tests/jobs/runtime/test_noise.py runs one and checks):
 
 * Ray's token warning (``authentication_token_setup.py``, Python logging, WARNING): "Token
   authentication is enabled for this Ray cluster...". The local Ray binds loopback and the job's

@@ -49,24 +49,6 @@ class OutputKind:
             any(fnmatch.fnmatchcase(name[1:], f"{pattern}.*.tmp") for pattern in self.names)
 
 
-def _map_dataset() -> OutputKind:
-    from storage.io.lease import LEASE
-    from storage.maps.tables import ANALYSIS_DIR, EVAL_DIR, MANIFEST_DIR, PLAN_DIR, RUN_PATH
-    from storage.maps.versions import FORMAT_1_MARKERS
-
-    meta = RUN_PATH.split("/")[0]
-    # Format 1's root entries count as a map dataset's, so that storage.maps.versions.check_format
-    # refuses such an output with its own message (the format, and the release that reads it).
-    format_1 = tuple(m.split("/")[0] for m in FORMAT_1_MARKERS)
-    return OutputKind("jobs.attribute",
-                      (meta, MANIFEST_DIR, PLAN_DIR, "_pending", EVAL_DIR, ANALYSIS_DIR, "maps", "errors", "zarr",
-                       LEASE, *format_1))
-
-
-#: What jobs.attribute writes (docs/format.md); jobs.report reads the same layout.
-MAP_DATASET = _map_dataset()
-
-
 def top_entries(url: str, storage_options: Mapping[str, Any] | None = None, flag: str = "--output"
                 ) -> list[str] | None:
     """The names directly under ``url`` (sorted); None when nothing is there; :class:`OutputNotOwn`

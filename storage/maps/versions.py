@@ -36,8 +36,11 @@ from typing import Any
 import pyarrow as pa
 
 from storage.io.fs import InvalidStorageInput
+from storage.io.lease import LEASE
 from storage.io.location import Location
-from storage.maps.tables import FORMAT, FORMAT_VERSION, METADATA_KEY, RUN_PATH
+from storage.io.outputs import OutputKind
+from storage.maps.tables import (ANALYSIS_DIR, EVAL_DIR, FORMAT, FORMAT_VERSION, MANIFEST_DIR, METADATA_KEY, PLAN_DIR,
+                                 RUN_PATH)
 
 #: What format 1 left at the root of an output.
 FORMAT_1_MARKERS = ("run.json", "manifest", "plan/shards.parquet")
@@ -111,3 +114,17 @@ def check_format(where: Location) -> dict | None:
     if any(where.exists(marker) for marker in FORMAT_1_MARKERS):
         raise _refusal(where.url, 1)
     return None
+
+
+def _map_dataset() -> OutputKind:
+    meta = RUN_PATH.split("/")[0]
+    # Format 1's root entries count as a map dataset's, so that check_format
+    # (above) refuses such an output with its own message (the format, and the release that reads it).
+    format_1 = tuple(m.split("/")[0] for m in FORMAT_1_MARKERS)
+    return OutputKind("jobs.attribute",
+                      (meta, MANIFEST_DIR, PLAN_DIR, "_pending", EVAL_DIR, ANALYSIS_DIR, "maps", "errors", "zarr",
+                       LEASE, *format_1))
+
+
+#: What jobs.attribute writes (docs/format.md); jobs.report reads the same layout.
+MAP_DATASET = _map_dataset()

@@ -85,7 +85,8 @@ def test_analyze_isolates_the_planted_pattern_and_resumes(tmp_path, ray_session,
     corner = int(table[table.sample_id.isin(stamped)].cluster.iloc[0])
     assert means[corner, 0:4, 28:32].mean() > 10 * means[corner, 10:22, 10:22].mean()
     assert (base / "means" / "class-0001.png").read_bytes()[:4] == b"\x89PNG"
-    from storage.io.outputs import MAP_DATASET, check_output
+    from storage.io.outputs import check_output
+    from storage.maps.versions import MAP_DATASET
 
     check_output(out, MAP_DATASET)  # the analysis keeps the output jobs.attribute's own: its reruns resume
     summary = json.loads((base / "analysis.json").read_text())

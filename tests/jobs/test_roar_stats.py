@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from jobs.roar_stats import BLUR_NOTE, FAILS, HOLDS, UNTESTABLE, claim_lines, claims, paired_greater
+from jobs.evaluation.roar_claims import BLUR_NOTE, FAILS, HOLDS, UNTESTABLE, claim_lines, claims, paired_greater
 from jobs.evaluation.roar_summary import LEAKS, NO_CONTROL, VALID_CHANCE
 
 PASSED = {"passed": True, "verdict": "within 3 points of the checkpoint"}

@@ -8,7 +8,8 @@ import os
 import pytest
 
 from storage import MapStore
-from storage.io.outputs import MAP_DATASET, OutputKind, OutputNotOwn, check_apart, check_output, location_key, top_entries
+from storage.io.outputs import OutputKind, OutputNotOwn, check_apart, check_output, location_key, top_entries
+from storage.maps.versions import MAP_DATASET
 from storage.maps.versions import FormatMismatch, check_format
 from tests.helpers import every_file, map_records, put
 
