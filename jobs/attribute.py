@@ -86,7 +86,8 @@ def run(args: argparse.Namespace) -> int:
     """The job; run.json ends "complete", "incomplete" or "failed" with the reason, whatever happens."""
     from jobs.mapping.record import carried_forward, failed
     from storage.io.lease import Lease, LeaseLost
-    from storage.io.outputs import MAP_DATASET, check_apart, check_output
+    from storage.io.outputs import check_apart, check_output
+    from storage.maps.versions import MAP_DATASET
     from storage.maps.manifest import now
     from storage.maps.sink import MapSink
     from storage.maps.versions import check_format
