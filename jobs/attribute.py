@@ -87,10 +87,9 @@ def run(args: argparse.Namespace) -> int:
     from jobs.mapping.record import carried_forward, failed
     from storage.io.lease import Lease, LeaseLost
     from storage.io.outputs import check_apart, check_output
-    from storage.maps.versions import MAP_DATASET
     from storage.maps.manifest import now
     from storage.maps.sink import MapSink
-    from storage.maps.versions import check_format
+    from storage.maps.versions import MAP_DATASET, check_format
     from storage.sources import source_location
 
     options = storage_options_from(args.storage_options)

@@ -54,7 +54,7 @@ log = logging.getLogger(__name__)
 
 #: What a fresh worker's first shard would otherwise import inline, imported ahead in the background
 #: (:func:`_import_ahead`): zarr for the first write, and captum for the methods built on it (by
-#: registry name); each costs 0.15 to 0.35 s.
+#: registry name); each import's cost is in benchmarks/RESULTS.md ("zarr's import", "captum's import").
 IMPORT_AHEAD = ("storage.maps.zarr_maps",)
 IMPORT_AHEAD_BY_METHOD = {name: ("captum.attr",) for name in ("gradient", "gradient_x_input", "integrated_gradients",
                                                               "grad_cam")}
@@ -64,7 +64,8 @@ def _import_ahead(modules: Sequence[str]) -> None:
     """Import what the first shard will need while it decodes and computes.
 
     Imports are Python work that runs beside torch's kernels (which release the GIL); done
-    inline, captum's and zarr's made a fresh worker's first shard ~0.4 s slower than the rest.
+    inline, captum's and zarr's made a fresh worker's first shard slower than the rest
+    (benchmarks/RESULTS.md, "The distributed job").
     A failure here is left for the real import to report.
     """
     for module in modules:
@@ -119,8 +120,8 @@ class ShardAttributor:
 
         torch's CPU kernels use OpenMP, and libgomp keeps one thread team per thread that
         calls it. Ray Data builds the actor on one thread and calls it on another, so two teams
-        competed for the cores and elementwise ops ran up to 1.7x slower (a whole shard 1.3x;
-        benchmarks/RESULTS.md). One thread for every torch call keeps one team.
+        competed for the cores and elementwise ops ran slower (measured in benchmarks/RESULTS.md,
+        "The distributed job", session 2). One thread for every torch call keeps one team.
         """
         return self._compute_thread.submit(fn, *args).result()
 

@@ -40,7 +40,7 @@ class JobConfig:
     storage_options: dict[str, Any] = field(default_factory=dict)
     deterministic: bool = True  # CUDA: deterministic kernels, so a retried shard rewrites the same bytes
     # What the driver found, so that workers neither detect nor list the source again:
-    source_format: str | None = None                  # the source's kind (storage.sources.FORMATS)
+    source_format: str | None = None                  # the source's kind (storage.sources.registry.REGISTRY)
     source_classes: tuple[str, ...] | None = None     # the source's class list, which its labels index
     label_map: tuple[int, ...] | None = None          # source class index -> model class index (names matched)
     # The operator's limits and grants (docs/security.md):
@@ -91,14 +91,11 @@ class JobConfig:
 def stored_methods(config: Mapping[str, Any]) -> tuple[MethodSpec, ...]:
     """The methods of a job config (:meth:`JobConfig.to_dict`, or a ``run.json``'s ``config``).
 
-    Outputs written before methods were stored as specs hold ``methods`` as {label: params} and
-    ``method_names`` as {label: name} where the two differed; those are read too.
+    Every readable output (format 2 since its ``_`` layout, 9c39672) stores them as specs: the
+    {label: params} form came before that layout and such outputs are refused as format 1
+    (storage.maps.versions).
     """
-    methods = config.get("methods") or []
-    if isinstance(methods, Mapping):
-        names = config.get("method_names") or {}
-        return tuple(MethodSpec(names.get(label, label), params, label) for label, params in methods.items())
-    return tuple(MethodSpec.from_dict(m) for m in methods)
+    return tuple(MethodSpec.from_dict(m) for m in config.get("methods") or [])
 
 
 @dataclass(frozen=True)

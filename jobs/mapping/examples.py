@@ -59,7 +59,7 @@ def kept_examples(store: Any, previous_run: dict[str, Any], methods: Sequence[st
     """The example PNG an earlier run drew, when a run that computed nothing can keep it: it drew
     the same methods and the file is still there (one request). Drawing it again would read and
     plot the same first shard, and importing matplotlib and drawing cost most of a no-op rerun
-    (1.7 s of 4.4 s on the 10 M-row benchmark; benchmarks/RESULTS.md)."""
+    (measured on the 10 M-row source: benchmarks/RESULTS.md, "Scale", session 8)."""
     from storage.maps.tables import EXAMPLES_PATH
 
     pngs = list(previous_run.get("examples") or [])

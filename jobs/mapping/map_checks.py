@@ -23,7 +23,7 @@ def _column(output: str, options: dict[str, Any] | None, method: str, columns: l
         return None
     try:
         return read_maps(output, method, options or None, columns=columns)
-    except StorageError:  # tables committed before the column existed (an older output resumed): not counted
+    except StorageError:  # format 2 tables before cc2f1b9 (degenerate-map details), resumed: not counted
         return None
 
 

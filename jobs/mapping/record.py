@@ -61,7 +61,7 @@ def check(stored: Mapping[str, Any] | None, current: Mapping[str, Any], output: 
     would mix configurations in ``output``."""
     if not stored:
         return dict(current), list(current["methods"])
-    # Like with like: a fingerprint stored before sources were redacted may hold a credential.
+    # Like with like: a fingerprint stored before b0b7996 (format 2, sources redacted) may hold a credential.
     stored = {**stored, "source": redact_url(stored.get("source") or "")} if "source" in stored else stored
     differences = [f"{name} was {_show(stored.get(name))}, is {_show(current.get(name))}"
                    for name in FIELDS if stored.get(name) != current.get(name)]

@@ -187,7 +187,7 @@ def _shards_of(table: pa.Table, segment: str) -> list[Shard]:
 
 
 def _samples_of(table: pa.Table, segment: str) -> list[Shard]:
-    if "stamp" not in table.column_names:  # planned before stamps were recorded
+    if "stamp" not in table.column_names:  # format 2 plans before 463aff9 (stamps)
         table = table.append_column("stamp", pa.array([""] * table.num_rows, pa.string()))
     table = table.set_column(table.schema.get_field_index("stamp"), "stamp", pc.fill_null(table.column("stamp"), ""))
     index = table.column("shard_index").to_numpy()
@@ -214,7 +214,7 @@ def _ranges_of(table: pa.Table, segment: str) -> list[Shard]:
     ranges: dict[int, list[RowRange]] = {}
     ids: dict[int, str] = {}
     columns = [table.column(c).to_pylist() if c in table.column_names else [None] * table.num_rows
-               for c in RANGES_SCHEMA.names]  # plans written before byte spans lack them
+               for c in RANGES_SCHEMA.names]  # format 2 ranges segments before f865140 (byte spans) lack them
     for index, sid, file, start, stop, fmt, stamp, first, end in zip(*columns):
         span = (first, end) if first is not None else None
         ranges.setdefault(index, []).append(RowRange(file, start, stop, fmt, stamp or "", span))

@@ -153,7 +153,7 @@ class MapStore:
     The format's primitives: ``ensure_zarr`` (before any worker writes), ``write_shard`` (write and
     commit one shard), ``committed``, ``finish_zarr``, ``write_run``. A run's lifecycle over them
     (repair, start, write, commit, fail) is :class:`storage.maps.sink.MapSink`'s. zarr is imported on
-    the first zarr call, not at construction (it costs ~0.15 s).
+    the first zarr call, not at construction (its import cost: benchmarks/RESULTS.md, "zarr's import").
     """
 
     def __init__(self, url: str, storage_options: Mapping[str, Any] | None = None):
