@@ -98,6 +98,17 @@ function legend(el, polarity, lower, upper, range) {
 
 // ---------------------------------------------------------------- shared page parts
 
+// How a map is drawn: the same controls on every page whose form says data-display (added
+// here, once, before the page reads its form), then the page's submit button.
+const DISPLAY_CONTROLS = `
+  <label>polarity<select name="polarity"><option value="both">both (signed)</option><option value="positive">positive</option><option value="negative">negative</option><option value="absolute">absolute</option></select></label>
+  <label>clip low %<input name="lower" type="number" min="0" max="100" step="0.1"></label>
+  <label>clip high %<input name="upper" type="number" min="0" max="100" step="0.1"></label>
+  <label>show<select name="layout"><option value="overlay">map over the image, and alone</option><option value="side">image and map apart</option></select></label>
+  <label>overlay opacity<input name="opacity" type="range" min="0" max="1" step="0.05" value="0.75"></label>
+  <button type="submit">apply</button>`;
+for (const form of document.querySelectorAll("form[data-display]")) form.insertAdjacentHTML("beforeend", DISPLAY_CONTROLS);
+
 function fillControls(form) {
   for (const el of form.elements) {
     if (!el.name) continue;
