@@ -137,8 +137,23 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     SHARED_RAY.down()
 
 
+#: Local Rays started in this process: the shared one's starts, and those of jobs run in-process with none up.
+LOCAL_RAYS = [0]
+
+
 def pytest_configure(config: pytest.Config) -> None:
+    """Register ``own_ray``, and count every local Ray started in this process (jobs.runtime.cluster's one
+    way to start one: the count only, the start is unchanged)."""
+    from jobs.runtime import cluster
+
     config.addinivalue_line("markers", "own_ray: the module's tests get a local Ray that no other module shares")
+    start = cluster.start_local_ray
+
+    def counted(**init_kwargs) -> None:
+        LOCAL_RAYS[0] += 1
+        start(**init_kwargs)
+
+    cluster.start_local_ray = counted
 
 
 def pytest_terminal_summary(terminalreporter) -> None:
@@ -146,9 +161,9 @@ def pytest_terminal_summary(terminalreporter) -> None:
     from tests import helpers, ray_cluster
 
     terminalreporter.write_line(
-        f"tests: {SHARED_RAY.starts} shared local Ray start(s) in this process, {ray_cluster.RAY_TEMPS} Ray temp "
-        f"folder(s) made (a Ray started by a test, job subprocess or cluster node), {helpers.TRAININGS} tiny "
-        "checkpoint(s) trained")
+        f"tests: {LOCAL_RAYS[0]} local Ray start(s) in this process ({SHARED_RAY.starts} of them the shared one), "
+        f"{ray_cluster.RAY_TEMPS} Ray temp folder(s) made by the tests (the shared Ray, job subprocesses, cluster "
+        f"nodes), {helpers.TRAININGS} tiny checkpoint(s) trained")
 
 
 #: Fixtures that start a service or train a model: a test using one belongs to the slow tier.

@@ -161,7 +161,7 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(threads)
 
 
-def _checkpoint_key(n: int) -> str:
+def _checkpoint_key(n: int, epochs: int, lr: float) -> str:
     """A digest of everything the tiny checkpoint depends on: the training, model and data-loading code,
     this file, the library versions, the CPU kernels asked for and the data set's files."""
     import hashlib
@@ -169,7 +169,7 @@ def _checkpoint_key(n: int) -> str:
     from storage.sources import FASHION_MNIST_DIR
 
     root = Path(__file__).resolve().parents[1]
-    digest = hashlib.sha256(f"n={n};torch={torch.__version__};numpy={np.__version__};"
+    digest = hashlib.sha256(f"n={n};epochs={epochs};lr={lr};torch={torch.__version__};numpy={np.__version__};"
                             f"aten={os.environ.get('ATEN_CPU_CAPABILITY', '')}".encode())
     files = [Path(__file__)]
     for name in _TRAINING_SOURCES:
@@ -183,21 +183,22 @@ def _checkpoint_key(n: int) -> str:
     return digest.hexdigest()[:16]
 
 
-def tiny_checkpoint(directory: Path, n: int = 1000) -> str:
-    """A resnet8 trained for 1 epoch on ``n`` Fashion-MNIST train images (seeded), copied into ``directory``.
+def tiny_checkpoint(directory: Path, n: int = 1000, epochs: int = 1, lr: float = 0.05) -> str:
+    """A resnet8 trained for ``epochs`` on the first ``n`` Fashion-MNIST train images (seeded, batches of 100,
+    SGD at ``lr``), copied into ``directory``.
 
     Trained once per content (see :func:`_checkpoint_key`) and kept under .cache/, so a second test run
     trains nothing; each caller gets its own copy, so no test can change another's model."""
     global TRAININGS
-    cached = CHECKPOINT_CACHE / f"resnet8-tiny-n{n}-{_checkpoint_key(n)}.pt"
+    cached = CHECKPOINT_CACHE / f"resnet8-tiny-n{n}-e{epochs}-{_checkpoint_key(n, epochs, lr)}.pt"
     if not cached.exists():
         from models import fashion_mnist_spec
         from models.training import train_classifier
         from storage.checkpoints import save_checkpoint
 
         images, labels = fashion_mnist("train", n)
-        model, _metrics = train_classifier(fashion_mnist_spec(), images, labels, epochs=1, batch_size=100,
-                                           lr=0.05, seed=0, device="cpu", progress=False, num_threads=1)
+        model, _metrics = train_classifier(fashion_mnist_spec(), images, labels, epochs=epochs, batch_size=100,
+                                           lr=lr, seed=0, device="cpu", progress=False, num_threads=1)
         TRAININGS += 1
         CHECKPOINT_CACHE.mkdir(parents=True, exist_ok=True)
         partial = cached.with_suffix(f".{os.getpid()}.partial")

@@ -22,9 +22,10 @@ import torch
 import attribution
 from attribution.evaluation import (auc, cascade, compare, linear_imputation, perturbation_scores, randomized,
                                     ranking)
-from models import fashion_mnist_spec
 from models.preprocess import preprocess
-from models.training import train_classifier
+from models.training import evaluate
+from storage.checkpoints import load_checkpoint
+from tests.helpers import tiny_checkpoint
 
 quantus = pytest.importorskip("quantus", reason="the Quantus cross-check needs the dev extra: pip install quantus")
 pytestmark = pytest.mark.slow  # trains a model
@@ -34,15 +35,13 @@ STEP = 8  # pixels per Quantus perturbation step: 98 steps over 784 pixels
 
 
 @pytest.fixture(scope="module")
-def setup(fmnist_train, fmnist_test):
-    """A ResNet-8 trained 2 epochs on 4000 images (about 80 % accurate), 48 test inputs, their labels,
-    its predictions, and gradient and pathway maps (signed_max_abs, float32)."""
+def setup(fmnist_test, tmp_path_factory):
+    """A ResNet-8 trained 2 epochs on 4000 images (about 80 % accurate; trained once per content, see
+    tests/helpers.py tiny_checkpoint), 48 test inputs, their labels, its predictions, and gradient and
+    pathway maps (signed_max_abs, float32)."""
     torch.set_num_threads(1)
-    spec = fashion_mnist_spec()
-    model, metrics = train_classifier(spec, *fmnist_train, epochs=2, batch_size=100, lr=0.1, seed=0, device="cpu",
-                                      progress=False, num_threads=1, test_images=fmnist_test[0],
-                                      test_labels=fmnist_test[1])
-    assert metrics["test_accuracy"] > 0.7
+    model, spec = load_checkpoint(tiny_checkpoint(tmp_path_factory.mktemp("quantus"), n=4000, epochs=2, lr=0.1))
+    assert evaluate(model, spec, *fmnist_test) > 0.7
     model = model.eval().requires_grad_(False)
     x = preprocess(spec, fmnist_test[0][:N])
     labels = fmnist_test[1][:N].astype(np.int64)
