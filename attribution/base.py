@@ -5,6 +5,8 @@ Like Captum, each method is a class with ``attribute(inputs, target=..., return_
 and per-sample targets work in a batch. Every method returns ``(maps, details)`` on request, with
 the details it declares in ``detail_schema``: a job's worker and its map sink store whatever a
 method declares, so a new per-sample output is one entry in one method.
+
+Tested by tests/attribution/test_contract.py (every registered method) and tests/attribution/test_baselines.py.
 """
 
 from __future__ import annotations

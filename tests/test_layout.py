@@ -16,22 +16,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("attribution", "models", "storage", "workers", "jobs")
 
-#: Modules that fail the rule today while another change of issue #25 edits them; each comes off the
-#: list when it gains its mirror or its "Tested by" line (test_the_pending_list_only_holds_failing_modules).
-PENDING = frozenset({
-    # pending: another change is editing this module
-    "attribution/base.py",
-    "workers/roar_data.py",
-    "jobs/evaluation/inputs.py",
-    "jobs/evaluation/outputs.py",
-    "jobs/evaluation/payload.py",
-    "jobs/evaluation/perturbation_tables.py",
-    "jobs/evaluation/roar_cells.py",
-    "jobs/evaluation/units.py",
-    "jobs/mapping/actor_pool.py",
-    "jobs/mapping/methods.py",
-})
-
 _TESTED_BY = re.compile(r"^\s*Tested by (.+)$", re.MULTILINE)
 _TEST_FILE = re.compile(r"tests/[\w/]+\.py")
 
@@ -71,7 +55,7 @@ def failing() -> list[str]:
 
 
 def test_every_module_has_its_mirror_test_module_or_names_its_tests() -> None:
-    missing = sorted(set(failing()) - PENDING)
+    missing = sorted(failing())
     assert not missing, ("modules with no tests/<package path>/test_<name>.py and no 'Tested by tests/...py' line in "
                          "their docstring (add the mirror test module, or the line naming where their tests are): "
                          + ", ".join(missing))
@@ -82,11 +66,6 @@ def test_the_named_test_modules_exist() -> None:
     absent = sorted(f"{module} names {name}" for module, names in named.items() for name in names
                     if not (ROOT / name).is_file())
     assert not absent, "a 'Tested by' line names a test file that does not exist: " + "; ".join(absent)
-
-
-def test_the_pending_list_only_holds_failing_modules() -> None:
-    done = sorted(PENDING - set(failing()))
-    assert not done, f"these modules pass now (or are gone): take them off PENDING in tests/test_layout.py: {done}"
 
 
 def test_the_rule_sees_the_packages() -> None:

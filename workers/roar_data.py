@@ -18,6 +18,8 @@ Mask input: a uint8 image that is 255 where pixels were removed and 0 elsewhere,
 channel: no pixel of the image survives, only *where* the method removed them. If a model
 learns the class from that as well as ROAR's model does from the remaining pixels, ROAR's
 accuracy says nothing about the removed pixels' information.
+
+Tested by tests/workers/test_roar.py and tests/jobs/test_roar.py.
 """
 
 from __future__ import annotations

@@ -2,6 +2,8 @@
 samples and their labels as the model numbers its classes, and the fill value of removed pixels.
 
 Methods are named ``[label=]name[:key=value,...]`` (jobs.mapping.methods.parse_method_specs).
+
+Tested by tests/jobs/evaluation/test_subsets.py, tests/jobs/test_perturb.py and tests/jobs/test_sanity.py.
 """
 
 from __future__ import annotations

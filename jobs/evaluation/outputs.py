@@ -1,4 +1,7 @@
-"""What an evaluation job writes under its output: tables (Parquet and CSV) and single files, each atomically."""
+"""What an evaluation job writes under its output: tables (Parquet and CSV) and single files, each atomically.
+
+Tested by tests/jobs/test_perturb.py and tests/jobs/test_sanity.py (the tables they write).
+"""
 
 from __future__ import annotations
 

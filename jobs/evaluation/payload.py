@@ -1,6 +1,9 @@
 """The model as a Ray task gets it: plain data the driver puts into Ray once (:func:`model_payload`),
 the model rebuilt from it in the task (:func:`rebuild_model`), and a method's maps computed there
-(:func:`compute_maps`), reduced as jobs.attribute stores them."""
+(:func:`compute_maps`), reduced as jobs.attribute stores them.
+
+Tested by tests/jobs/test_perturb.py, tests/jobs/test_sanity.py and tests/security/test_code.py.
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,8 @@
 """jobs.perturb's curves as tables: per (method, fill, rank, order, fraction) means over images, the
-areas under them, what is degenerate about them, and the summary printed at the end."""
+areas under them, what is degenerate about them, and the summary printed at the end.
+
+Tested by tests/jobs/test_perturb.py and tests/jobs/test_perturb_notes.py.
+"""
 
 from __future__ import annotations
 

@@ -7,6 +7,8 @@ mean or nli) or ``mask`` (the leakage control, fill ``-``); the unmodified basel
 ``none`` at t = 0 (t = 100 under KAR). Cells that differ only by seed share their images: one
 ``prepare`` task per (method, t, input, fill) builds them, its results stay in Ray's object
 store until the last of those cells has finished.
+
+Tested by tests/jobs/test_roar.py (cells stored, reused and recomputed).
 """
 
 from __future__ import annotations

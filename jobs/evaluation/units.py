@@ -13,6 +13,8 @@ configuration): the first run records its settings in ``<output>/units/binding.j
 later run with other settings is refused with one line naming what differs and the fix. The
 exception, as for maps, is a new method label: its units are added beside the others (a unit key
 never depends on which other methods run).
+
+Tested by tests/jobs/test_perturb.py and tests/jobs/test_sanity.py (stopped runs resume; other settings refused).
 """
 
 from __future__ import annotations

@@ -7,6 +7,8 @@ Ray Data a bounded number of times, and any other failure stops the job in one l
 one row naming a plan segment and runs of shard indices (``workers.tasks.block_rows``): the actor
 reads those shards' samples from the plan, so what the driver puts into Ray is at most
 ``MAX_TASK_BLOCKS`` short rows (plus one per segment a block crosses), whatever the shards hold.
+
+Tested by tests/jobs/test_attribute_faults.py and tests/jobs/runtime/test_runner.py.
 """
 
 from __future__ import annotations

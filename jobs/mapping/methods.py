@@ -7,6 +7,8 @@ names and JSON types are checked against the method's signature when the spec is
 when it is built: both before any work, as one line naming the spec (exit status 2). Tested in
 tests/jobs/runtime/test_cli.py and tests/jobs/runtime/test_cli_output.py, with the command lines' table in
 tests/security/test_errors.py.
+
+Tested by tests/jobs/runtime/test_cli.py and tests/jobs/runtime/test_cli_output.py.
 """
 
 from __future__ import annotations
