@@ -108,7 +108,8 @@ def test_method_not_in_map_dataset_exits_2(checkpoint, tmp_path, capsys) -> None
     """A stored dataset names its methods; asking for another says which ones it holds."""
     maps = tmp_path / "maps"
     (maps / "_meta").mkdir(parents=True)
-    (maps / "_meta" / "run.json").write_text(json.dumps({"config": {"methods": {"gradient": {}}, "source": "fashion-mnist",
+    methods = [{"label": "gradient", "name": "gradient", "params": {}}]
+    (maps / "_meta" / "run.json").write_text(json.dumps({"config": {"methods": methods, "source": "fashion-mnist",
                                                           "checkpoint": checkpoint}}))
     assert perturb.main(["--maps", str(maps), "--methods", "pathway", "--no-progress"]) == 2
     err = capsys.readouterr().err
