@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from jobs.runtime.binding import bind, plain
 from jobs.runtime.cli import JobError
 
 UNITS_DIR = "units"
@@ -72,35 +73,24 @@ class UnitStore:
 
         self.where = Location(output, options)
         self.job = job
-        self.settings = json.loads(json.dumps(settings, sort_keys=True, default=str))
+        self.settings = plain(settings)
 
     def bind(self) -> None:
         """Record this run's settings, or check them against those the output holds: :class:`JobError`
-        naming the differences when its units were made otherwise."""
+        naming the differences when its units were made otherwise (jobs.runtime.binding.bind)."""
         from storage.io.fs import redact_url
 
         stored = self.where.get_optional(BINDING)
-        settings = self.settings
+        before = None
         if stored is not None:
             try:
                 before = json.loads(stored)["settings"]
             except (ValueError, KeyError, TypeError):
                 raise JobError(f"{redact_url(self.where.url_of(BINDING))} is not a {self.job} unit binding; "
                                "use another --output") from None
-            differences = [f"{k} was {_show(before.get(k))}, is {_show(settings.get(k))}"
-                           for k in sorted(set(before) | set(settings)) if k != "methods"
-                           and before.get(k) != settings.get(k)]
-            old, new = before.get("methods") or {}, settings.get("methods") or {}
-            differences += [f"method {label!r} was {_show(old[label])}, is {_show(spec)}"
-                            for label, spec in new.items() if label in old and old[label] != spec]
-            if differences:
-                raise JobError(f"{redact_url(self.where.url)} holds {self.job} results made with another "
-                               f"configuration: {'; '.join(differences[:3])}. Write to a new --output, or give a "
-                               "changed method a new label (label=name:params)")
-            settings = {**before, "methods": {**old, **new}}
-            if settings == before:
-                return
-        self.where.put_json(BINDING, {"job": self.job, "settings": settings})
+        settings, added = bind(before, self.settings, redact_url(self.where.url), f"{self.job} results")
+        if before is None or added:
+            self.where.put_json(BINDING, {"job": self.job, "settings": settings})
 
     def done(self) -> set[str]:
         """The keys of the units committed so far."""
@@ -132,8 +122,3 @@ def _arrays(data: bytes | None) -> dict[str, np.ndarray] | None:
             return {name: npz[name] for name in npz.files}
     except (ValueError, OSError, EOFError):
         return None
-
-
-def _show(value: Any) -> str:
-    text = json.dumps(value, sort_keys=True, default=str)
-    return text if len(text) <= 120 else text[:117] + "..."

@@ -29,12 +29,11 @@ every shard), and the stored fingerprint grows by it.
 from __future__ import annotations
 
 import argparse
-import json
 import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from jobs.runtime.cli import JobError
+from jobs.runtime.binding import bind, plain
 from storage.io.fs import redact_text, redact_url
 from storage.maps.manifest import now
 from workers.tasks import JobConfig, stored_methods
@@ -52,30 +51,17 @@ def fingerprint(config: Any, spec: Any, checkpoint_sha256: str, params: Mapping[
         "source": redact_url(config.source), "split": config.split, "checkpoint_sha256": checkpoint_sha256,
         "model_input": model_input, "reduction": config.reduction, "target": config.target,
         "format_version": format_version,
-        "methods": {m.label: {"name": m.name, "params": _plain(params[m.label])} for m in config.methods},
+        "methods": {m.label: {"name": m.name, "params": plain(params[m.label])} for m in config.methods},
     }
 
 
 def check(stored: Mapping[str, Any] | None, current: Mapping[str, Any], output: str) -> tuple[dict, list[str]]:
     """The fingerprint to keep, and the method labels this run adds; :class:`JobError` when the run
-    would mix configurations in ``output``."""
-    if not stored:
-        return dict(current), list(current["methods"])
+    would mix configurations in ``output`` (jobs.runtime.binding.bind)."""
     # Like with like: a fingerprint stored before b0b7996 (format 2, sources redacted) may hold a credential.
-    stored = {**stored, "source": redact_url(stored.get("source") or "")} if "source" in stored else stored
-    differences = [f"{name} was {_show(stored.get(name))}, is {_show(current.get(name))}"
-                   for name in FIELDS if stored.get(name) != current.get(name)]
-    for label, method in current["methods"].items():
-        before = stored.get("methods", {}).get(label)
-        if before is not None and before != method:
-            differences.append(f"method {label!r} was {_show(before)}, is {_show(method)}")
-    if differences:
-        raise JobError(f"{output} holds maps made with another configuration: {'; '.join(differences[:3])}. "
-                       "Write to a new --output, or give a changed method a new label (label=name:params) "
-                       "to add it beside the old one")
-    added = [label for label in current["methods"] if label not in stored.get("methods", {})]
-    kept = {**stored, "methods": {**stored.get("methods", {}), **{k: current["methods"][k] for k in added}}}
-    return kept, added
+    if stored and "source" in stored:
+        stored = {**stored, "source": redact_url(stored.get("source") or "")}
+    return bind(stored, current, output, "maps", FIELDS)
 
 
 #: Fields of a run record that a new run starts from: what the output is, and its example PNG (kept
@@ -174,12 +160,3 @@ def failed(record: dict[str, Any], err: BaseException, prior: Mapping[str, Any] 
         return {**prior, "history": [*prior.get("history", []), {"started_at": record.get("started_at"), **failure}]}
     record.update(failure)
     return record
-
-
-def _plain(value: Any) -> Any:
-    return json.loads(json.dumps(value, sort_keys=True, default=str))
-
-
-def _show(value: Any) -> str:
-    text = json.dumps(value, sort_keys=True, default=str)
-    return text if len(text) <= 120 else text[:117] + "..."
