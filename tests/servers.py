@@ -12,8 +12,6 @@ import shutil
 import socket
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,7 +78,7 @@ def seaweedfs(data_dir: Path, bucket: str = "test-bucket", key: str = "testkey",
     process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     endpoint = f"http://127.0.0.1:{ports['s3.port']}"
     try:
-        _wait_for_bucket(endpoint, bucket, process, data_dir / "weed.log")
+        _wait_for_bucket(endpoint, bucket, key, secret, process, data_dir / "weed.log")
         yield S3Server(endpoint, bucket, key, secret, process)
     finally:
         process.terminate()
@@ -92,22 +90,26 @@ def seaweedfs(data_dir: Path, bucket: str = "test-bucket", key: str = "testkey",
         log.close()
 
 
-def _wait_for_bucket(endpoint: str, bucket: str, process: subprocess.Popen, log_path: Path, timeout: float = 60.0) -> None:
-    """Poll until the bucket exists (an anonymous request gets 403, not 404 or a refusal)."""
-    deadline = time.monotonic() + timeout
+def _wait_for_bucket(endpoint: str, bucket: str, key: str, secret: str, process: subprocess.Popen, log_path: Path,
+                     timeout: float = 60.0) -> None:
+    """Poll until a signed listing of the bucket succeeds. (An anonymous request is refused with 403
+    before the bucket exists too: on a loaded machine the first test then met "bucket does not exist".)"""
+    import s3fs
+
+    fs = s3fs.S3FileSystem(key=key, secret=secret, client_kwargs={"endpoint_url": endpoint}, skip_instance_cache=True,
+                           config_kwargs={"retries": {"total_max_attempts": 1}, "connect_timeout": 2})
+    deadline, last = time.monotonic() + timeout, None
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"weed mini exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
         try:
-            urllib.request.urlopen(f"{endpoint}/{bucket}", timeout=2)
+            fs.ls(bucket, refresh=True)
             return
-        except urllib.error.HTTPError as err:
-            if err.code in (403, 401, 200):
-                return
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
+        except Exception as err:  # noqa: BLE001 - not up yet, whatever the client makes of it
+            last = err
         time.sleep(0.25)
-    raise RuntimeError(f"SeaweedFS did not serve bucket {bucket!r} within {timeout} s:\n{log_path.read_text()[-3000:]}")
+    raise RuntimeError(f"SeaweedFS did not serve bucket {bucket!r} within {timeout} s ({last!r}):\n"
+                       f"{log_path.read_text()[-3000:]}")
 
 
 @dataclass
