@@ -6,6 +6,7 @@ Real data only: Fashion-MNIST from the Debian package, written out as the format
 
 from __future__ import annotations
 
+import fcntl
 import gzip
 import io
 import os
@@ -189,24 +190,39 @@ def tiny_checkpoint(directory: Path, n: int = 1000, epochs: int = 1, lr: float =
 
     Trained once per content (see :func:`_checkpoint_key`) and kept under .cache/, so a second test run
     trains nothing; each caller gets its own copy, so no test can change another's model."""
-    global TRAININGS
     cached = CHECKPOINT_CACHE / f"resnet8-tiny-n{n}-e{epochs}-{_checkpoint_key(n, epochs, lr)}.pt"
-    if not cached.exists():
-        from models import fashion_mnist_spec
-        from models.training import train_classifier
-        from storage.checkpoints import save_checkpoint
-
-        images, labels = fashion_mnist("train", n)
-        model, _metrics = train_classifier(fashion_mnist_spec(), images, labels, epochs=epochs, batch_size=100,
-                                           lr=lr, seed=0, device="cpu", progress=False, num_threads=1)
-        TRAININGS += 1
-        CHECKPOINT_CACHE.mkdir(parents=True, exist_ok=True)
-        partial = cached.with_suffix(f".{os.getpid()}.partial")
-        save_checkpoint(str(partial), model.cpu(), fashion_mnist_spec())
-        os.replace(partial, cached)  # whole or absent, should two test runs train at once
+    CHECKPOINT_CACHE.mkdir(parents=True, exist_ok=True)
+    with open(cached.with_suffix(".lock"), "a") as lock:  # test processes running at once train it once
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not cached.exists():
+            _train_tiny(cached, n, epochs, lr)
     path = Path(directory) / "resnet8-tiny.pt"
     shutil.copyfile(cached, path)
     return str(path)
+
+
+def _train_tiny(cached: Path, n: int, epochs: int, lr: float) -> None:
+    """Train the tiny checkpoint and write it to ``cached`` (under the lock its caller holds)."""
+    global TRAININGS
+    from models import fashion_mnist_spec
+    from models.training import train_classifier
+    from storage.checkpoints import save_checkpoint
+
+    images, labels = fashion_mnist("train", n)
+    model, _metrics = train_classifier(fashion_mnist_spec(), images, labels, epochs=epochs, batch_size=100,
+                                       lr=lr, seed=0, device="cpu", progress=False, num_threads=1)
+    TRAININGS += 1
+    partial = cached.with_suffix(f".{os.getpid()}.partial")
+    save_checkpoint(str(partial), model.cpu(), fashion_mnist_spec())
+    os.replace(partial, cached)  # whole or absent, should a run be killed while it writes
+
+
+def botocore_attempts(storage_options: dict, attempts: int) -> dict:
+    """``storage_options`` with botocore trying each request at most ``attempts`` times (s3fs still repeats a
+    throttled one a few times): one, and a test of the job's retry budget (storage.io.retry) waits for that
+    budget rather than for botocore's backoff under each of its attempts; two, and a test of faults at a
+    high rate sees the job's retries at work without waiting as long."""
+    return storage_options | {"config_kwargs": {"retries": {"total_max_attempts": attempts}}}
 
 
 def class_dir(label: int) -> str:

@@ -13,6 +13,7 @@ from storage.io.fs import StorageError, StorageFull, StorageNotFound, translate
 from storage.io.location import Location
 from storage.io.retry import is_out_of_space, is_transient, retrying
 from tests.faultproxy import Rule, fault_proxy
+from tests.helpers import botocore_attempts
 
 
 @pytest.fixture
@@ -20,7 +21,7 @@ def proxied(s3_server):
     """(a fresh prefix through the proxy, the proxy, the same prefix direct)."""
     with fault_proxy(s3_server.endpoint_url, seed=1) as proxy:
         url = s3_server.url(f"retry-{uuid.uuid4().hex[:8]}")
-        yield Location(url, proxy.storage_options(s3_server.storage_options)), proxy, \
+        yield Location(url, botocore_attempts(proxy.storage_options(s3_server.storage_options), 1)), proxy, \
             Location(url, s3_server.storage_options)
 
 
@@ -96,12 +97,6 @@ def test_retrying_gives_up_at_once_on_permanent_errors() -> None:
     assert len(calls) == 1
 
 
-def one_attempt(options: dict) -> dict:
-    """botocore's own retries off (s3fs still makes a few quick attempts), so that the retries this
-    test sees are ours; with botocore's defaults a refused GET alone takes ~45 s before we see it."""
-    return options | {"config_kwargs": {"retries": {"max_attempts": 1}}}
-
-
 def _folder_on_s3(s3_server, fmnist, names):
     from tests.helpers import png_bytes, put
 
@@ -121,7 +116,8 @@ def test_source_reads_ride_out_transient_faults_and_names_are_not_patterns(s3_se
     names = ["shot [1].png", "a*b?.png", "{x}.png", *[f"{i:02d}.png" for i in range(9)]]
     url = _folder_on_s3(s3_server, fmnist, names)
     with fault_proxy(s3_server.endpoint_url, seed=2) as proxy:
-        source = open_source(url, storage_options=one_attempt(proxy.storage_options(s3_server.storage_options)))
+        options = botocore_attempts(proxy.storage_options(s3_server.storage_options), 2)
+        source = open_source(url, storage_options=options)
         refs = source.list()
         proxy.rules = [Rule(fault, method="GET", path=r"\.png", rate=0.6)]
         read = list(source.read(refs))
@@ -138,7 +134,8 @@ def test_a_source_the_store_keeps_refusing_fails_the_read_not_the_sample(s3_serv
     url = _folder_on_s3(s3_server, fmnist, ["00.png", "01.png"])
     monkeypatch.setenv("PATHWAY_STORAGE_RETRY_SECONDS", "2")
     with fault_proxy(s3_server.endpoint_url) as proxy:
-        source = open_source(url, storage_options=one_attempt(proxy.storage_options(s3_server.storage_options)))
+        options = botocore_attempts(proxy.storage_options(s3_server.storage_options), 1)
+        source = open_source(url, storage_options=options)
         refs = source.list()
         proxy.rules = [Rule("503", method="GET", path=r"01\.png")]
         with pytest.raises(StorageError, match=r"01\.png.*kept failing") as info:
@@ -220,8 +217,9 @@ def test_idx_webdataset_and_index_sources_ride_out_transient_faults(s3_server, f
     with fault_proxy(s3_server.endpoint_url, seed=4) as proxy:
         proxy.rules = faults()
         listed = []
-        faulty = _read_everything(url, one_attempt(proxy.storage_options(s3_server.storage_options)),
-                                  between=lambda: (listed.append(len(proxy.injected)), setattr(proxy, "rules", faults())))
+        options = botocore_attempts(proxy.storage_options(s3_server.storage_options), 2)
+        faulty = _read_everything(url, options, between=lambda: (listed.append(len(proxy.injected)),
+                                                                 setattr(proxy, "rules", faults())))
     assert faulty == calm
     for f in files:
         assert any(re.search(f, path) for _, _, path in proxy.injected), f"no fault on {f}: {proxy.injected}"
@@ -238,7 +236,8 @@ def test_a_tar_the_store_keeps_refusing_fails_the_read_not_the_samples(s3_server
     url = _source_on_s3("webdataset", s3_server, fmnist)
     monkeypatch.setenv("PATHWAY_STORAGE_RETRY_SECONDS", "2")
     with fault_proxy(s3_server.endpoint_url) as proxy:
-        source = open_source(url, storage_options=one_attempt(proxy.storage_options(s3_server.storage_options)))
+        options = botocore_attempts(proxy.storage_options(s3_server.storage_options), 1)
+        source = open_source(url, storage_options=options)
         refs = source.list()
         proxy.rules = [Rule("503", method="GET", path=r"shard-001\.tar")]
         start = time.monotonic()
