@@ -1,6 +1,6 @@
 """Shared fixtures: deterministic seeds, real Fashion-MNIST images, a real S3 server, storage roots
-to test against, a tiny trained checkpoint and one local Ray per test session. Helpers that are not
-fixtures live in tests/helpers.py."""
+to test against, a tiny trained checkpoint and one local Ray per test session (per process: each
+pytest-xdist worker is a session of its own). Helpers that are not fixtures live in tests/helpers.py."""
 
 from __future__ import annotations
 
@@ -19,6 +19,9 @@ from tests.ray_cluster import short_tmp
 from tests.servers import S3Server, seaweedfs
 
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+
+#: The order the suite runs in (longest modules first), and ``--store-durations`` that records it.
+pytest_plugins = ["tests.scheduling"]
 
 
 @pytest.fixture(autouse=True)
@@ -135,6 +138,8 @@ def _own_ray(request: pytest.FixtureRequest):
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
     SHARED_RAY.down()
+    if hasattr(session.config, "workeroutput"):  # a pytest-xdist worker: its counts go to the session's owner
+        session.config.workeroutput["costs"] = own_costs()
 
 
 #: Local Rays started in this process: the shared one's starts, and those of jobs run in-process with none up.
@@ -156,14 +161,30 @@ def pytest_configure(config: pytest.Config) -> None:
     cluster.start_local_ray = counted
 
 
-def pytest_terminal_summary(terminalreporter) -> None:
-    """How many Rays this run started and how many tiny models it trained: what the slow tier costs."""
+def own_costs() -> list[int]:
+    """[local Ray starts, of them the shared one's, Ray temp folders, tiny checkpoints trained] in this process."""
     from tests import helpers, ray_cluster
 
+    return [LOCAL_RAYS[0], SHARED_RAY.starts, ray_cluster.RAY_TEMPS, helpers.TRAININGS]
+
+
+#: The pytest-xdist workers' costs, summed as each one ends (empty in a run on one process).
+WORKER_COSTS: list[list[int]] = []
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error) -> None:
+    WORKER_COSTS.append(getattr(node, "workeroutput", {}).get("costs", [0, 0, 0, 0]))
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """How many Rays this run started and how many tiny models it trained: what the slow tier costs."""
+    workers = len(WORKER_COSTS)
+    rays, shared, temps, trained = (sum(column) for column in zip(own_costs(), *WORKER_COSTS))
+    where = f"in {workers} processes" if workers else "in this process"
     terminalreporter.write_line(
-        f"tests: {LOCAL_RAYS[0]} local Ray start(s) in this process ({SHARED_RAY.starts} of them the shared one), "
-        f"{ray_cluster.RAY_TEMPS} Ray temp folder(s) made by the tests (the shared Ray, job subprocesses, cluster "
-        f"nodes), {helpers.TRAININGS} tiny checkpoint(s) trained")
+        f"tests: {rays} local Ray start(s) {where} ({shared} of them the shared one's), {temps} Ray temp folder(s) "
+        f"made by the tests (the shared Rays, job subprocesses, cluster nodes), {trained} tiny checkpoint(s) trained")
 
 
 #: Fixtures that start a service or train a model: a test using one belongs to the slow tier.
