@@ -9,9 +9,15 @@ import shutil
 import sys
 import uuid
 
-import numpy as np
-import pytest
-import torch
+#: OpenMP threads that wait for work sleep instead of spinning, in this process and every process it
+#: starts (job subprocesses, Ray's workers): two test processes share the cores, and spinning threads
+#: took 10 % of the suite's CPU from the other's work (benchmarks/RESULTS.md, "Test suite", session 13).
+#: Set before torch loads its OpenMP runtime, which reads it once; results do not depend on it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402 - after the OpenMP setting above
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 from storage.sources import FASHION_MNIST_DIR
 from tests.helpers import N_IMAGES, fashion_mnist, tiny_checkpoint
