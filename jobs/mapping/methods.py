@@ -4,11 +4,10 @@ One method can appear twice with different parameters, e.g.
 ``pathway_integrated=pathway:scores=integrated``; the label names the method in every output,
 table and plot (default: the registry name), so it must be one safe path component. Parameter
 names and JSON types are checked against the method's signature when the spec is parsed, ranges
-when it is built: both before any work, as one line naming the spec (exit status 2). Tested in
-tests/jobs/runtime/test_cli.py and tests/jobs/runtime/test_cli_output.py, with the command lines' table in
-tests/security/test_errors.py.
+when it is built: both before any work, as one line naming the spec (exit status 2).
 
-Tested by tests/jobs/runtime/test_cli.py and tests/jobs/runtime/test_cli_output.py.
+Tested by tests/jobs/runtime/test_cli.py and tests/jobs/runtime/test_cli_output.py, with the command lines'
+table in tests/security/test_errors.py.
 """
 
 from __future__ import annotations
