@@ -38,6 +38,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                           "runs in); run the whole suite with it")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """A module's seconds are its whole module's: a run that deselects tests (``-m``, ``-k``) would record
+    a part of some modules as all of them."""
+    if config.getoption("store_durations") and (config.option.markexpr or config.option.keyword):
+        raise pytest.UsageError("--store-durations records whole modules: run it without -m and -k")
+
+
 def recorded() -> dict[str, float]:
     try:
         return {str(k): float(v) for k, v in json.loads(DURATIONS.read_text()).items()}
@@ -71,6 +78,6 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if not config.getoption("store_durations") or hasattr(config, "workerinput"):  # only the session's owner writes
         return
     if exitstatus not in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED):
-        return  # an interrupted or deselected run records a part only
+        return  # an interrupted run records a part only
     merged = recorded() | {module: round(seconds, 1) for module, seconds in _measured.items()}
     DURATIONS.write_text(json.dumps(dict(sorted(merged.items(), key=lambda kv: -kv[1])), indent=1) + "\n")

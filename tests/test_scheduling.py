@@ -38,3 +38,19 @@ def test_the_record_names_modules_that_exist() -> None:
     recorded = json.loads(scheduling.DURATIONS.read_text())
     assert recorded and all((ROOT / module).is_file() for module in recorded), \
         [m for m in recorded if not (ROOT / m).is_file()]
+
+
+def test_recording_a_run_that_deselects_tests_is_refused() -> None:
+    """Its modules' seconds would be a part of theirs: one line, exit 4 (a usage error), nothing written."""
+    import subprocess
+    import sys
+
+    from tests.ray_cluster import ROOT
+
+    before = scheduling.DURATIONS.read_bytes()
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--store-durations", "-m",
+                           "not slow", "tests/test_scheduling.py::test_the_record_names_modules_that_exist"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 4, done.stdout + done.stderr
+    assert "--store-durations records whole modules: run it without -m and -k" in done.stderr
+    assert scheduling.DURATIONS.read_bytes() == before
