@@ -26,7 +26,10 @@
 #   RAY_AUTH_MODE        token; `disabled` only for a cluster on loopback [token]
 #   RAY_AUTH_TOKEN_PATH  the token file, the same on every node and client [~/.ray/auth_token]; the head
 #                        creates it (mode 600) if it is missing, a worker refuses to start without it
-#   PATHWAY_NODE_IP      --node-ip-address [Ray's choice]
+#   PATHWAY_NODE_IP      --node-ip-address [Ray's choice]. A loopback address (127.0.0.1) makes a
+#                        single-machine cluster: every socket of the head stays on loopback, and no
+#                        worker can join it (Ray on Linux would otherwise rewrite 127.0.0.1 to the
+#                        host's address and listen there). A worker refuses a loopback address.
 #   PATHWAY_NUM_CPUS, PATHWAY_NUM_GPUS   what the node offers [what Ray detects]
 #   PATHWAY_GCS_PORT     head: the GCS port [6379]
 #   PATHWAY_DASHBOARD    head: 0 starts no dashboard (and no job API) [1]
@@ -61,6 +64,12 @@ case "$action" in
     stop|status) role="${2:-head}"; [[ "$role" == head || "$role" == worker ]] || die "$action takes head or worker, not '$role'" ;;
     *) die "usage: $0 head | worker HEAD_IP:PORT | status [head|worker] | stop [head|worker] [--foreground]" ;;
 esac
+
+loopback=0
+[[ "${PATHWAY_NODE_IP:-}" =~ ^(127\.|::1$|localhost$) ]] && loopback=1
+if [[ "$action" == worker && "$loopback" == 1 ]]; then
+    die "a worker cannot listen on loopback only (PATHWAY_NODE_IP=$PATHWAY_NODE_IP): Ray would put it on the host's address; unset PATHWAY_NODE_IP, or set the address the head reaches this machine at"
+fi
 
 node_dir="${PATHWAY_NODE_DIR:-/tmp/pathway-ray-$role}"
 pid_file="$node_dir/ray.pid"
@@ -145,6 +154,11 @@ if [[ "$role" == head ]]; then
     fi
 else
     start+=("--address=$head_address")
+fi
+if [[ "$loopback" == 1 ]]; then
+    # Ray's single-machine mode (its mode on macOS and Windows): the node takes the loopback address
+    # and each of its daemons binds it. Without it, Ray on Linux listens on the host's address.
+    export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
 fi
 [[ -n "${PATHWAY_NODE_IP:-}" ]] && start+=("--node-ip-address=$PATHWAY_NODE_IP")
 [[ -n "${PATHWAY_NUM_CPUS:-}" ]] && start+=("--num-cpus=$PATHWAY_NUM_CPUS")

@@ -1,8 +1,8 @@
 """Processes and Ray clusters for the job tests: process trees, waiting, and `ray start` nodes.
 
 Everything here is real: nodes are started with the deploy script that operators use
-(``deploy/start-cluster.sh``, a real ``ray start --block``) on loopback, and processes are
-found through /proc and killed by pid.
+(``deploy/start-cluster.sh``, a real ``ray start --block``) with token auth, on loopback unless
+worker nodes join them, and processes are found through /proc and killed by pid.
 Only processes that descend from a pid we started (or from this test process) are touched,
 so other Ray clusters on a shared machine are left alone.
 """
@@ -70,6 +70,36 @@ def kill_tree(root: int) -> None:
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+
+
+@dataclass(frozen=True)
+class Listener:
+    """A TCP socket that a process listens on."""
+
+    pid: int
+    process: str  # its command line, the program's folder left off
+    address: str
+    port: int
+
+
+def _process(pid: int) -> str:
+    line = cmdline(pid).strip()
+    program, _, rest = line.partition(" ")
+    return f"{os.path.basename(program)} {rest}"[:160] if program.startswith("/") else line[:160]
+
+
+def listeners(root: int) -> set[Listener]:
+    """Every TCP socket listening in ``root``'s process tree (root included)."""
+    import ray  # noqa: F401 - puts Ray's bundled psutil on sys.path
+    import psutil
+
+    try:
+        tree = {root, *(child.pid for child in psutil.Process(root).children(recursive=True))}
+    except psutil.NoSuchProcess:
+        return set()
+    return {Listener(conn.pid, _process(conn.pid), conn.laddr.ip, conn.laddr.port)
+            for conn in psutil.net_connections(kind="inet")
+            if conn.status == psutil.CONN_LISTEN and conn.pid in tree}
 
 
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.1):
@@ -163,9 +193,9 @@ def _ray_start(args: list[str], temp: str, env: dict[str, str], gcs_address: str
 
 
 def node_env(temp: str, base: dict[str, str], num_cpus: int, **extra: str) -> dict[str, str]:
-    """start-cluster.sh's settings for a node on loopback in ``temp``: this venv's Python, free ports,
-    no env file of the user's home."""
-    env = {**base, **node_ports(), "RAY_TMPDIR": temp, "PATHWAY_NODE_DIR": temp, "PATHWAY_NODE_IP": "127.0.0.1",
+    """start-cluster.sh's settings for a node in ``temp``: this venv's Python, free ports, no env file
+    of the user's home."""
+    env = {**base, **node_ports(), "RAY_TMPDIR": temp, "PATHWAY_NODE_DIR": temp,
            "PATHWAY_NUM_CPUS": str(num_cpus), "PATHWAY_NUM_GPUS": "0",
            "PATHWAY_PYTHON_BIN": str(Path(sys.executable).parent), "PATHWAY_ENV_FILE": ""}
     env.update(extra)
@@ -173,17 +203,17 @@ def node_env(temp: str, base: dict[str, str], num_cpus: int, **extra: str) -> di
 
 
 @contextlib.contextmanager
-def ray_head_node(num_cpus: int = 2, dashboard: bool = True, auth: str = "disabled", env_file: str | None = None,
+def ray_head_node(num_cpus: int = 2, dashboard: bool = True, joinable: bool = False, env_file: str | None = None,
                   **env_extra: str) -> Iterator[RayNode]:
-    """A real head on loopback (``start-cluster.sh head``) in a fresh temp dir, auth disabled unless
-    ``auth="token"`` (then the token file is ``<temp>/auth_token``, in the env of clients too);
-    ``env_file`` is the node's PATHWAY_ENV_FILE; ``env_extra`` sets its environment
+    """A real head (``start-cluster.sh head``) in a fresh temp dir, with token auth (the token file is
+    ``<temp>/auth_token``, in the env of clients too). It listens on loopback only, unless ``joinable``:
+    a head that worker nodes join listens on the host's address, as Ray requires, where its token
+    keeps others out. ``env_file`` is the node's PATHWAY_ENV_FILE; ``env_extra`` sets its environment
     (``RAY_<system config>=...`` tunes the cluster)."""
     temp = short_tmp("rh")
-    env = node_env(temp, job_env(temp, RAY_AUTH_MODE=auth), num_cpus, PATHWAY_DASHBOARD=str(int(dashboard)),
-                   PATHWAY_DASHBOARD_HOST="127.0.0.1", **env_extra)
-    if auth == "token":
-        env["RAY_AUTH_TOKEN_PATH"] = os.path.join(temp, "auth_token")
+    env = node_env(temp, job_env(temp, RAY_AUTH_MODE="token"), num_cpus, PATHWAY_DASHBOARD=str(int(dashboard)),
+                   PATHWAY_DASHBOARD_HOST="127.0.0.1", RAY_AUTH_TOKEN_PATH=os.path.join(temp, "auth_token"),
+                   **({} if joinable else {"PATHWAY_NODE_IP": "127.0.0.1"}), **env_extra)
     if env_file is not None:
         env["PATHWAY_ENV_FILE"] = env_file
     url = f"http://127.0.0.1:{env['PATHWAY_DASHBOARD_PORT']}" if dashboard else None
@@ -197,8 +227,9 @@ def ray_head_node(num_cpus: int = 2, dashboard: bool = True, auth: str = "disabl
 
 @contextlib.contextmanager
 def ray_worker_node(head: RayNode, num_cpus: int = 2) -> Iterator[RayNode]:
-    """A second node that joins ``head``'s cluster (``start-cluster.sh worker``), on loopback, with its own
-    temp dir and ports; killed (its whole process tree) when the block ends."""
+    """A second node that joins ``head``'s cluster (a ``joinable`` head; ``start-cluster.sh worker``)
+    with the head's token and its own temp dir and ports; killed (its whole process tree) when the
+    block ends."""
     temp = short_tmp("rw")
     env = node_env(temp, head.env, num_cpus)
     try:
@@ -230,7 +261,7 @@ def wait_for_dashboard(node: RayNode) -> str:
 
 @contextlib.contextmanager
 def ray_head(num_cpus: int = 2) -> Iterator[tuple[str, dict[str, str]]]:
-    """A real head on loopback: ``start-cluster.sh head --foreground`` with auth disabled and a fresh temp dir.
+    """A real head on loopback: ``start-cluster.sh head --foreground`` with token auth and a fresh temp dir.
 
     Yields (dashboard URL, env for clients). ``--block`` keeps every Ray daemon a child of the
     process we started, so teardown kills exactly that tree (``ray stop`` would stop every Ray

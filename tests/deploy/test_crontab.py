@@ -80,7 +80,7 @@ def test_the_crontab_line_runs_incrementally_and_an_overlapping_run_stops_in_one
     log = tmp_path / "attribute-cron.log"
     variables, command = crontab()
     ray = str(Path(sys.executable).parent / "ray")
-    with ray_head_node(num_cpus=2, auth="token", env_file=str(env_file)) as head:
+    with ray_head_node(num_cpus=2, env_file=str(env_file)) as head:
         dashboard = wait_for_dashboard(head)
         env = {**{k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "PATHWAY_"))}, **variables,
                "PROJECT": str(ROOT), "PYTHON_BIN": str(Path(sys.executable).parent), "DASHBOARD": dashboard,

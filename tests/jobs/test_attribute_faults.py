@@ -138,7 +138,7 @@ def test_a_worker_node_lost_mid_job_on_a_two_node_cluster(checkpoint, tmp_path) 
             "RAY_health_check_timeout_ms": "1000"}
     start = time.monotonic()
     with contextlib.ExitStack() as stack:
-        head = stack.enter_context(ray_head_node(num_cpus=0, dashboard=False, **fast))
+        head = stack.enter_context(ray_head_node(num_cpus=0, dashboard=False, joinable=True, **fast))
         first = ray_worker_node(head, num_cpus=2)
         node = stack.enter_context(first)
         env = {**head.env, "RAY_ADDRESS": head.gcs_address}

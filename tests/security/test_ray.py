@@ -14,12 +14,11 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 
 import pytest
 
 from jobs.runtime.cluster import is_loopback
-from tests.ray_cluster import ROOT, cmdline, job_env, short_tmp
+from tests.ray_cluster import ROOT, Listener, job_env, listeners, short_tmp
 from tests.servers import free_port
 
 pytestmark = pytest.mark.slow
@@ -27,34 +26,6 @@ pytestmark = pytest.mark.slow
 #: The Ray processes the job must be seen listening from (so the check is not vacuous): a word of their
 #: command line (Ray retitles its workers ``ray::<what runs>``).
 EXPECTED = ("gcs_server", "raylet", "ray::DashboardAgent", "ShardAttributor")
-
-
-@dataclass(frozen=True)
-class Listener:
-    pid: int
-    process: str  # its command line, the program's folder left off
-    address: str
-    port: int
-
-
-def _process(pid: int) -> str:
-    line = cmdline(pid).strip()
-    program, _, rest = line.partition(" ")
-    return f"{os.path.basename(program)} {rest}"[:160] if program.startswith("/") else line[:160]
-
-
-def _listeners(root: int) -> set[Listener]:
-    """Every TCP socket listening in ``root``'s process tree (root included)."""
-    import ray  # noqa: F401 - puts Ray's bundled psutil on sys.path
-    import psutil
-
-    try:
-        tree = {root, *(child.pid for child in psutil.Process(root).children(recursive=True))}
-    except psutil.NoSuchProcess:
-        return set()
-    return {Listener(conn.pid, _process(conn.pid), conn.laddr.ip, conn.laddr.port)
-            for conn in psutil.net_connections(kind="inet")
-            if conn.status == psutil.CONN_LISTEN and conn.pid in tree}
 
 
 def test_the_jobs_local_ray_listens_on_loopback_only(checkpoint, tmp_path) -> None:
@@ -75,7 +46,7 @@ def test_the_jobs_local_ray_listens_on_loopback_only(checkpoint, tmp_path) -> No
         samples, deadline = 0, time.monotonic() + 240
         try:
             while job.poll() is None and time.monotonic() < deadline:
-                seen |= _listeners(job.pid)
+                seen |= listeners(job.pid)
                 samples += 1
                 time.sleep(0.2)
         finally:
