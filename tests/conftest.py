@@ -26,9 +26,6 @@ from tests.servers import S3Server, seaweedfs
 
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 
-#: The order the suite runs in (longest modules first), and ``--store-durations`` that records it.
-pytest_plugins = ["tests.scheduling"]
-
 
 @pytest.fixture(autouse=True)
 def _seed() -> None:

@@ -56,38 +56,56 @@ def _weed_binary() -> str:
     return binary
 
 
+#: Tries at starting ``weed mini`` when a port picked free was taken before it bound it (another
+#: process of a parallel run can take any port in between).
+PORT_TRIES = 3
+
+
 @contextlib.contextmanager
 def seaweedfs(data_dir: Path, bucket: str = "test-bucket", key: str = "testkey", secret: str = "testsecret",
               extra_args: tuple[str, ...] = ()) -> Iterator[S3Server]:
     """Start ``weed mini`` on free loopback ports, wait until S3 answers, stop it after; ``extra_args``
     are more ``weed mini`` flags (a small volume size and count make a store that fills up)."""
     data_dir.mkdir(parents=True, exist_ok=True)
-    ports = {name: free_port() for name in (
-        "master.port", "master.port.grpc", "volume.port", "volume.port.grpc",
-        "filer.port", "filer.port.grpc", "s3.port", "s3.port.grpc",
-        "s3.port.iceberg", "s3.port.lance", "admin.port", "admin.port.grpc",
-        "webdav.port", "debug.port", "s3.debug.port",
-    )}
-    args = [
-        _weed_binary(), "mini", f"-dir={data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-        "-master.telemetry=false", "-webdav=false", "-admin.ui=false", f"-bucket={bucket}",
-        *(f"-{name}={port}" for name, port in ports.items()), *extra_args,
-    ]
     env = {**os.environ, "AWS_ACCESS_KEY_ID": key, "AWS_SECRET_ACCESS_KEY": secret}
-    log = open(data_dir / "weed.log", "wb")
-    process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    endpoint = f"http://127.0.0.1:{ports['s3.port']}"
+    for attempt in range(1, PORT_TRIES + 1):
+        ports = {name: free_port() for name in (
+            "master.port", "master.port.grpc", "volume.port", "volume.port.grpc",
+            "filer.port", "filer.port.grpc", "s3.port", "s3.port.grpc",
+            "s3.port.iceberg", "s3.port.lance", "admin.port", "admin.port.grpc",
+            "webdav.port", "debug.port", "s3.debug.port",
+        )}
+        args = [
+            _weed_binary(), "mini", f"-dir={data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+            "-master.telemetry=false", "-webdav=false", "-admin.ui=false", f"-bucket={bucket}",
+            *(f"-{name}={port}" for name, port in ports.items()), *extra_args,
+        ]
+        log_path = data_dir / "weed.log"
+        log = open(log_path, "wb")
+        process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        endpoint = f"http://127.0.0.1:{ports['s3.port']}"
+        try:
+            _wait_for_bucket(endpoint, bucket, key, secret, process, log_path)
+        except RuntimeError:
+            _stop(process, log)
+            if attempt < PORT_TRIES and "Port allocation failed" in log_path.read_text(errors="replace"):
+                continue
+            raise
+        break
     try:
-        _wait_for_bucket(endpoint, bucket, key, secret, process, data_dir / "weed.log")
         yield S3Server(endpoint, bucket, key, secret, process)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
+        _stop(process, log)
+
+
+def _stop(process: subprocess.Popen, log) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+    log.close()
 
 
 def _wait_for_bucket(endpoint: str, bucket: str, key: str, secret: str, process: subprocess.Popen, log_path: Path,
