@@ -1,6 +1,6 @@
 """What an evaluation job writes under its output: tables (Parquet and CSV) and single files, each atomically.
 
-Tested by tests/jobs/test_perturb.py and tests/jobs/test_sanity.py (the tables they write).
+Tested by tests/jobs/test_perturb.py, tests/jobs/test_sanity.py and tests/jobs/test_roar.py (the tables they write).
 """
 
 from __future__ import annotations
@@ -9,11 +9,11 @@ from typing import Any
 
 
 def write_table(output: str, name: str, frame: Any, options: dict[str, Any]) -> list[str]:
-    """``<output>/<name>.parquet`` and ``.csv``, each written atomically; returns their URLs."""
+    """``<output>/<name>.parquet`` (zstd) and ``.csv``, each written atomically; returns their URLs."""
     from storage.io.location import Location
 
     where = Location(output, options)
-    where.put(f"{name}.parquet", frame.to_parquet(index=False))
+    where.put(f"{name}.parquet", frame.to_parquet(index=False, compression="zstd"))
     where.put(f"{name}.csv", frame.to_csv(index=False).encode())
     return [where.url_of(f"{name}.parquet"), where.url_of(f"{name}.csv")]
 

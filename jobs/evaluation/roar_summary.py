@@ -146,6 +146,7 @@ def write_outputs(output: str, options: dict, records: list[dict], kar: bool, ti
     claims tested, jobs.evaluation.roar_claims; their lines go to ``run_record["claims"]``), the PNG and ``run.json``."""
     import pandas as pd
 
+    from jobs.evaluation.outputs import write_table
     from jobs.reporting.plots import roar_curves
     from storage.io.location import Location
 
@@ -155,9 +156,8 @@ def write_outputs(output: str, options: dict, records: list[dict], kar: bool, ti
     verdicts = validity(table, chance, bool(check.get("at_chance")))
     notes = ([f"the model is at chance on these images: {check['verdict']}"] if check.get("at_chance") else [])
     run_record["notes"] = notes + grid_notes(table)  # the summary, the PNG and the report carry them
+    write_table(output, "results", table, options)
     where = Location(output, options)
-    where.put("results.parquet", table.to_parquet(index=False, compression="zstd"))
-    where.put("results.csv", table.to_csv(index=False).encode())
     where.put("summary.csv", verdicts.to_csv(index=False).encode())
     from jobs.evaluation.roar_claims import claim_lines, claims
 
