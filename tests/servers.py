@@ -59,6 +59,10 @@ def _weed_binary() -> str:
 #: Tries at starting ``weed mini`` when a port picked free was taken before it bound it (another
 #: process of a parallel run can take any port in between).
 PORT_TRIES = 3
+#: The ``weed mini`` flags of every port it opens; each gets a free loopback port.
+WEED_PORTS = ("master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port", "filer.port.grpc",
+              "s3.port", "s3.port.grpc", "s3.port.iceberg", "s3.port.lance", "admin.port", "admin.port.grpc",
+              "webdav.port", "debug.port", "s3.debug.port")
 
 
 @contextlib.contextmanager
@@ -68,19 +72,12 @@ def seaweedfs(data_dir: Path, bucket: str = "test-bucket", key: str = "testkey",
     are more ``weed mini`` flags (a small volume size and count make a store that fills up)."""
     data_dir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "AWS_ACCESS_KEY_ID": key, "AWS_SECRET_ACCESS_KEY": secret}
+    fixed = [_weed_binary(), "mini", f"-dir={data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+             "-master.telemetry=false", "-webdav=false", "-admin.ui=false", f"-bucket={bucket}"]
+    log_path = data_dir / "weed.log"
     for attempt in range(1, PORT_TRIES + 1):
-        ports = {name: free_port() for name in (
-            "master.port", "master.port.grpc", "volume.port", "volume.port.grpc",
-            "filer.port", "filer.port.grpc", "s3.port", "s3.port.grpc",
-            "s3.port.iceberg", "s3.port.lance", "admin.port", "admin.port.grpc",
-            "webdav.port", "debug.port", "s3.debug.port",
-        )}
-        args = [
-            _weed_binary(), "mini", f"-dir={data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-            "-master.telemetry=false", "-webdav=false", "-admin.ui=false", f"-bucket={bucket}",
-            *(f"-{name}={port}" for name, port in ports.items()), *extra_args,
-        ]
-        log_path = data_dir / "weed.log"
+        ports = {name: free_port() for name in WEED_PORTS}
+        args = [*fixed, *(f"-{name}={port}" for name, port in ports.items()), *extra_args]
         log = open(log_path, "wb")
         process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         endpoint = f"http://127.0.0.1:{ports['s3.port']}"

@@ -107,11 +107,12 @@ def test_the_crontab_line_runs_incrementally_and_an_overlapping_run_stops_in_one
             status = wait_for(finished, 300, f"job {job}", interval=1)
             return status, job_api(f"/api/jobs/{job}/logs")["logs"]
 
+        bearer = {"Authorization": f"Bearer {Path(head.env['RAY_AUTH_TOKEN_PATH']).read_text().strip()}"}
+
         def job_api(path: str) -> dict:
             """The head's job API with the cluster's token: what `ray job status` and `ray job logs` ask,
             without a CLI process (a Python that imports Ray) per poll."""
-            token = Path(head.env["RAY_AUTH_TOKEN_PATH"]).read_text().strip()
-            request = urllib.request.Request(f"{dashboard}{path}", headers={"Authorization": f"Bearer {token}"})
+            request = urllib.request.Request(f"{dashboard}{path}", headers=bearer)
             with urllib.request.urlopen(request, timeout=60) as response:
                 return json.loads(response.read())
 

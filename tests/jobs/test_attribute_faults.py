@@ -121,7 +121,8 @@ def test_driver_killed_then_rerun_finishes_missing_shards(checkpoint, ray_sessio
 
 
 def test_a_worker_node_lost_mid_job_on_a_two_node_cluster(checkpoint, tmp_path) -> None:
-    """A real two-node cluster on loopback: a head that runs only the driver (0 CPUs) and a worker node
+    """A real two-node cluster on this host (the host's address, token auth: a head that nodes join
+    cannot stay on loopback): a head that runs only the driver (0 CPUs) and a worker node
     (``ray start --address``) that runs the actor. After two commits the worker node's raylet is
     SIGKILLed, which takes its actor down with it; a replacement node joins, as an autoscaler would
     start one, Ray restarts the actor there and retries the lost shard, and the job finishes (or, had
