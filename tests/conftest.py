@@ -87,6 +87,7 @@ class SharedRay:
 
         from jobs.runtime.cluster import start_local_ray
 
+        _ray_logs_to_fd2()
         if ray.is_initialized():
             return
         self.temp = short_tmp("rj")
@@ -103,6 +104,21 @@ class SharedRay:
 
 
 SHARED_RAY = SharedRay()
+
+
+def _ray_logs_to_fd2() -> None:
+    """Point Ray's and Ray Data's console log handlers at the process's stderr (fd 2). They keep the
+    ``sys.stderr`` of the moment Ray was imported: in a test process, a test's capture stream, closed when
+    that test ends, so a later in-process job's log record became a logging traceback on stderr. fd 2 is
+    what a job run as a subprocess logs to, and what ``capfd`` captures."""
+    import logging
+
+    import ray.data  # noqa: F401 - configures Ray Data's loggers
+
+    for name in ("ray", "ray.data"):
+        for handler in logging.getLogger(name).handlers:
+            if type(handler).__name__ == "PlainRayHandler" and handler.stream is not sys.__stderr__:
+                handler.setStream(sys.__stderr__)
 
 
 @pytest.fixture(scope="module")

@@ -58,7 +58,7 @@ def run_shards(tasks: Sequence[Any], config: Any, args: argparse.Namespace, stor
 
     import ray
 
-    from jobs.runtime.cluster import size_workers
+    from jobs.runtime.cluster import size_workers, worker_options
     from jobs.runtime.runner import Runner
     from workers.attributor import ShardAttributor
     from workers.tasks import block_rows
@@ -77,6 +77,7 @@ def run_shards(tasks: Sequence[Any], config: Any, args: argparse.Namespace, stor
         compute=ray.data.ActorPoolStrategy(size=sizing.workers),
         num_gpus=sizing.gpus,
         num_cpus=sizing.cpus,
+        **worker_options(),
     )  # Ray Data restarts dead actors and retries their shards by default (and transient failures, above)
     runner.run_rows(dataset.iter_rows(), lambda row: (int(row["samples"]), int(row["errors"])), results.append)
     if runner.failures:

@@ -55,6 +55,19 @@ def start_ray(address: str | None) -> None:
 _owned = False
 
 
+#: Settings of the driver's environment that its workers read too: set where a job is launched, they
+#: hold for its every task and actor, on every node (a node's own value is only the default).
+WORKER_SETTINGS = ("PATHWAY_STORAGE_RETRY_SECONDS",)
+
+
+def worker_options() -> dict[str, Any]:
+    """Ray options that give a job's tasks and actors the driver's :data:`WORKER_SETTINGS` (a
+    ``runtime_env`` whose ``env_vars`` Ray merges into the job's own); empty when none is set, so a
+    job that sets nothing starts its workers exactly as before."""
+    env = {name: os.environ[name] for name in WORKER_SETTINGS if name in os.environ}
+    return {"runtime_env": {"env_vars": env}} if env else {}
+
+
 def stop_ray() -> None:
     """Shut down the Ray that :func:`start_ray` started or joined, if it did (a Ray the caller
     initialized, in tests or a notebook, stays up): a stopped job leaves no daemon or actor behind,

@@ -84,8 +84,11 @@ class Runner:
         return f"{len(self.keys)} {self.unit}s, {len(self.done)} already done, {len(self.todo)} to compute"
 
     def task_options(self) -> dict[str, Any]:
-        """Ray task options of the retry policy (``ray.remote(fn).options(**runner.task_options())``)."""
-        return {"max_retries": self.retries, "retry_exceptions": list(TRANSIENT)}
+        """Ray task options of the retry policy (``ray.remote(fn).options(**runner.task_options())``), and
+        the driver's settings that its workers read (jobs.runtime.cluster.worker_options)."""
+        from jobs.runtime.cluster import worker_options
+
+        return {"max_retries": self.retries, "retry_exceptions": list(TRANSIENT), **worker_options()}
 
     def remote(self, fn: Callable[..., Any], **resources: Any) -> Any:
         """``fn`` as a Ray task under the retry policy, with ``resources`` (num_cpus, num_gpus, num_returns)."""

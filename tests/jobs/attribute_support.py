@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
-import sys
 
 import numpy as np
 
@@ -15,7 +13,6 @@ from storage.io.fs import join, open_fs
 from storage.maps.writer import MapStore
 from storage.maps.reader import maps_array, read_errors, read_maps
 from storage.sources import open_source
-from tests.ray_cluster import ROOT, job_env, short_tmp
 
 METHODS = ("pathway", "gradient")
 # The plan every Fashion-MNIST run here uses: 8 shards of 50 samples, so a fault lands mid-job.
@@ -67,17 +64,22 @@ def commits(url: str) -> int:
 
 
 
-def run_fm_job(checkpoint: str, output: str, options: dict | None = None, **env: str) -> subprocess.CompletedProcess:
-    """The FM job to ``output`` as a subprocess with its own local Ray, storage options in $STORAGE_OPTIONS
-    (so that the command line is the same when the store's endpoint changes) and ``env``."""
-    command = [sys.executable, "-m", "jobs.attribute", "--checkpoint", checkpoint, "--output", output, *FM]
-    ray_tmp = short_tmp("rf")
-    extra = {"STORAGE_OPTIONS": json.dumps(options)} if options else {}
-    try:
-        return subprocess.run(command, check=False, cwd=ROOT, env=job_env(ray_tmp, **extra, **env),
-                              capture_output=True, text=True, timeout=180)
-    finally:
-        shutil.rmtree(ray_tmp, ignore_errors=True)
+def run_fm_job(checkpoint: str, output: str, capfd, monkeypatch, options: dict | None = None,
+               **env: str) -> subprocess.CompletedProcess:
+    """The FM job to ``output`` in this process, on the session's Ray (``ray_session``), with storage
+    options in $STORAGE_OPTIONS (the command line stays the same when the store's endpoint changes) and
+    ``env`` set for the run only: the driver's worker settings reach its workers
+    (jobs.runtime.cluster.worker_options). Returns the exit status and what it printed, as a subprocess."""
+    from jobs import attribute
+
+    argv = ["--checkpoint", checkpoint, "--output", output, *FM]
+    with monkeypatch.context() as patch:
+        for name, value in {**env, **({"STORAGE_OPTIONS": json.dumps(options)} if options else {})}.items():
+            patch.setenv(name, value)
+        capfd.readouterr()
+        code = attribute.main(argv)
+        out, err = capfd.readouterr()
+    return subprocess.CompletedProcess(["python", "-m", "jobs.attribute", *argv], code, out, err)
 
 
 def both_committed(url: str, options: dict | None) -> set[str]:

@@ -4,35 +4,38 @@ format.md's reading snippets run in order on one options dict that no project ca
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
-import shutil
+import os
 import subprocess
 import sys
 import uuid
 
 import pytest
 
-from tests.ray_cluster import ROOT, job_env, short_tmp
+from tests.ray_cluster import ROOT
 
 LIMIT = 24
 HINT = "read them with: "
 
 
 @pytest.fixture(scope="module")
-def job(s3_server) -> dict:
-    """The default job (shipped model, Fashion-MNIST) to s3://, options only in the environment; it
-    starts a local Ray in its own process (this one never does)."""
+def job(s3_server, ray_session) -> dict:
+    """The default job (shipped model, Fashion-MNIST) to s3://, options only in the environment, run in
+    this process on the session's Ray; what it printed, and the environment its readers get."""
+    from jobs import attribute
+
     url, options = s3_server.url(f"hint-{uuid.uuid4().hex[:10]}"), s3_server.storage_options
-    ray_tmp = short_tmp("rh")
-    env = job_env(ray_tmp, STORAGE_OPTIONS=json.dumps(options))
-    command = [sys.executable, "-m", "jobs.attribute", "--output", url, "--limit", str(LIMIT), "--shard-size", "12",
-               "--batch-size", "12", "--workers", "1", "--no-progress"]
-    try:
-        done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False)
-    finally:
-        shutil.rmtree(ray_tmp, ignore_errors=True)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return {"url": url, "options": options, "env": env, "stdout": done.stdout, "secret": s3_server.secret}
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("RAY_")}, "PYTHONPATH": str(ROOT),
+           "STORAGE_OPTIONS": json.dumps(options)}
+    printed = io.StringIO()
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(printed):
+        patch.setenv("STORAGE_OPTIONS", env["STORAGE_OPTIONS"])
+        code = attribute.main(["--output", url, "--limit", str(LIMIT), "--shard-size", "12", "--batch-size", "12",
+                               "--workers", "1", "--no-progress"])
+    assert code == 0, printed.getvalue()[-3000:]
+    return {"url": url, "options": options, "env": env, "stdout": printed.getvalue(), "secret": s3_server.secret}
 
 
 @pytest.mark.slow

@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from jobs.runtime.cluster import is_loopback, start_local_ray
+from jobs.runtime.cluster import is_loopback, start_local_ray, worker_options
 from tests.ray_cluster import short_tmp
 
 
@@ -39,3 +39,11 @@ def test_start_local_ray_runs_on_loopback_and_restores_the_switch(no_ray, monkey
     finally:
         ray.shutdown()
         shutil.rmtree(temp, ignore_errors=True)
+
+
+def test_worker_options_carry_the_drivers_worker_settings_only_when_set(monkeypatch) -> None:
+    monkeypatch.delenv("PATHWAY_STORAGE_RETRY_SECONDS", raising=False)
+    monkeypatch.setenv("PATHWAY_SHARD_RETRIES", "9")  # the driver's own setting: not the workers'
+    assert worker_options() == {}  # workers start as before: no runtime_env of the job's own
+    monkeypatch.setenv("PATHWAY_STORAGE_RETRY_SECONDS", "30")
+    assert worker_options() == {"runtime_env": {"env_vars": {"PATHWAY_STORAGE_RETRY_SECONDS": "30"}}}

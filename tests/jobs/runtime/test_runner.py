@@ -47,6 +47,21 @@ def test_units_left_run_once_each_and_done_units_are_skipped(ray_session, capsys
     assert lines[0].startswith("double: 0/3 units") and lines[-1].startswith("double: 3/3 units,")
 
 
+def test_the_drivers_retry_budget_reaches_every_task_it_starts(ray_session, monkeypatch) -> None:
+    """PATHWAY_STORAGE_RETRY_SECONDS set where the job runs holds in its tasks, whatever the workers'
+    own environment says (jobs.runtime.cluster.worker_options); unset, tasks keep their own."""
+    from storage.io import retry
+
+    def seen() -> tuple[str | None, float]:
+        return os.environ.get("PATHWAY_STORAGE_RETRY_SECONDS"), retry.budget()
+
+    monkeypatch.delenv("PATHWAY_STORAGE_RETRY_SECONDS", raising=False)
+    runner = Runner("budget", "unit", ["a"], no_bar=True)
+    assert ray_session.get(runner.remote(seen, num_cpus=0).remote()) == (None, retry.DEFAULT_BUDGET)
+    monkeypatch.setenv("PATHWAY_STORAGE_RETRY_SECONDS", "7")
+    assert ray_session.get(runner.remote(seen, num_cpus=0).remote()) == ("7", 7.0)
+
+
 def test_a_failed_unit_is_one_line_the_others_finish_and_the_job_stops_saying_what_is_kept(ray_session, tmp_path,
                                                                                            capsys) -> None:
     tries = tmp_path / "tries"

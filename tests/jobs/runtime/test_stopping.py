@@ -20,8 +20,8 @@ from jobs.runtime.cli import run_main
 from tests.jobs.attribute_support import check_exactly_once, source_ids
 from tests.ray_cluster import ROOT, job_env, kill_tree, short_tmp, wait_for
 
-#: 40 shards of 25 samples on one worker: the first commits come long before the last.
-MANY_SHARDS = ["--limit", "1000", "--shard-size", "25", "--batch-size", "25", "--workers", "1", "--no-progress"]
+#: 30 shards of 10 samples on one worker: the first commits come seconds before the last.
+MANY_SHARDS = ["--limit", "300", "--shard-size", "10", "--batch-size", "10", "--workers", "1", "--no-progress"]
 #: Seconds a stopped job may take to exit on this loaded machine.
 STOP_WITHIN = 60
 
@@ -87,8 +87,8 @@ def check_stopped(out: str, code: int, text: str, seconds: float, signum: int, c
 
     assert attribute.main(["--output", out, *MANY_SHARDS]) == 0  # the same command resumes
     done, todo = map(int, re.search(r"(\d+) already committed, (\d+) to do", capsys.readouterr().out).groups())
-    assert done >= kept >= 1 and done + todo == 40  # nothing committed was computed again
-    check_exactly_once(out, None, source_ids(limit=1000))
+    assert done >= kept >= 1 and done + todo == 30  # nothing committed was computed again
+    check_exactly_once(out, None, source_ids(limit=300))
 
 
 @pytest.mark.slow
