@@ -118,7 +118,7 @@ def _ray_logs_to_fd2() -> None:
     for name in ("ray", "ray.data"):
         for handler in logging.getLogger(name).handlers:
             if type(handler).__name__ == "PlainRayHandler" and handler.stream is not sys.__stderr__:
-                handler.setStream(sys.__stderr__)
+                handler.stream = sys.__stderr__  # not setStream: it flushes the old stream, which may be closed
 
 
 @pytest.fixture(scope="module")
