@@ -15,42 +15,68 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+#: The gap between two cells of the example grid, in a row's data units (a cell is 1 high).
+_GAP = 0.1
+
 
 def map_grid(images: Sequence[np.ndarray], maps: dict[str, Sequence[np.ndarray]], titles: Sequence[str]) -> bytes:
     """One column per sample: the image on top, then one row per method's map, each row with a colour
     bar and a one-line legend saying what its colours mean (jobs.reporting.colors: the convention the report and
     the viewer share). Each map is scaled by its own clip percentile, so the bar reads in units of
-    that scale: maps differ in magnitude by orders between samples, and one scale would blank most."""
+    that scale: maps differ in magnitude by orders between samples, and one scale would blank most.
+
+    A row is one axes holding its cells side by side (not an axes per cell): drawing costs a
+    fraction of a second at the end of every job (benchmarks/RESULTS.md, "Test suite")."""
+    from matplotlib.patches import Rectangle
+
     from jobs.reporting import colors
 
-    rows, cols = 1 + len(maps), len(images)
-    fig = plt.figure(figsize=(max(1.6 * cols + 1.0, 6.5), 1.75 + 2.0 * len(maps)), layout="constrained")
-    parts = fig.subfigures(rows, 1, height_ratios=[1.75] + [2.0] * len(maps), squeeze=False)[:, 0]
-    top = parts[0].subplots(1, cols, squeeze=False)[0]
-    for c, image in enumerate(images):
-        top[c].imshow(image.squeeze(-1) if image.shape[-1] == 1 else image, cmap="gray")
-        top[c].set_title(titles[c], fontsize=7)
-    all_axes = list(top)
-    for part, (name, method_maps) in zip(parts[1:], maps.items()):
+    cols = len(images)
+    cell = images[0].shape[1] / images[0].shape[0] if cols else 1.0  # every cell has the model's input shape
+    step = cell + _GAP
+    width, heights = max(1.6 * cols + 1.0, 6.5), [1.75] + [2.0] * len(maps)
+    total = sum(heights)
+    fig = plt.figure(figsize=(width, total))
+    left, right = 0.45 / width, 1.0 - 0.95 / width  # room for a row's name, and for its colour bar
+
+    def row(i: int, below: float) -> "plt.Axes":
+        """Row ``i``'s axes: 0.32 in above it (titles), ``below`` inches under it (the legend)."""
+        top, height = sum(heights[:i]) + 0.32, heights[i] - 0.32 - below
+        ax = fig.add_axes((left, 1.0 - (top + height) / total, right - left, height / total))
+        ax.set_xlim(-_GAP / 2, cols * step - _GAP / 2)
+        ax.set_ylim(-0.01, 1.01)
+        ax.set_aspect("equal")
+        ax.set_axis_off()
+        return ax
+
+    def cells(ax: "plt.Axes", arrays: Sequence[np.ndarray], framed: bool, **style: object) -> object:
+        """Each array in a cell of ``ax`` (framed: a map's white is a value, not the page); the last image."""
+        handle = None
+        for c, array in enumerate(arrays):
+            handle = ax.imshow(array, extent=(c * step, c * step + cell, 0.0, 1.0), interpolation="nearest", **style)
+            if framed:
+                ax.add_patch(Rectangle((c * step, 0.0), cell, 1.0, fill=False, linewidth=0.6, edgecolor="black"))
+        return handle
+
+    top = row(0, 0.05)
+    cells(top, [im.squeeze(-1) if im.shape[-1] == 1 else im for im in images], False, cmap="gray")
+    for c, title in enumerate(titles[:cols]):
+        top.text(c * step + cell / 2, 1.04, title, ha="center", va="bottom", fontsize=7)
+    for i, (name, method_maps) in enumerate(maps.items(), start=1):
         arrays = [np.asarray(m, dtype=np.float32) for m in method_maps[:cols]]
         signed = colors.is_signed(arrays)
-        axes = part.subplots(1, cols, squeeze=False)[0]
-        image_handle = None
-        for c, m in enumerate(arrays):
-            lo, hi = colors.display_range(m, signed)
-            scale = hi
-            image_handle = axes[c].imshow(m / scale, cmap=colors.colormap(signed), vmin=lo / scale, vmax=1.0)
-        axes[0].set_ylabel(name, fontsize=7)
-        if image_handle is not None:
-            bar = part.colorbar(image_handle, ax=list(axes), shrink=0.85, pad=0.01, aspect=12)
+        ax = row(i, 0.3)
+        scaled = [m / colors.display_range(m, signed)[1] for m in arrays]
+        handle = cells(ax, scaled, True, cmap=colors.colormap(signed), vmin=-1.0 if signed else 0.0, vmax=1.0)
+        ax.text(-0.12, 0.5, name, rotation=90, ha="right", va="center", fontsize=7)
+        ax.text((cols * step - _GAP) / 2, -0.1, colors.legend(name, signed), ha="center", va="top", fontsize=7)
+        if handle is not None:
+            box = ax.get_position()
+            bar = fig.colorbar(handle, cax=fig.add_axes((right + 0.15 / width, box.y0 + 0.1 * box.height,
+                                                         0.12 / width, 0.8 * box.height)))
             bar.set_ticks([-1.0, 0.0, 1.0] if signed else [0.0, 1.0])
             bar.ax.tick_params(labelsize=6)
             bar.set_label(f"× each map's p{colors.CLIP_PERCENTILE:g} |value|", fontsize=6)
-        part.supxlabel(colors.legend(name, signed), fontsize=7)
-        all_axes.extend(axes)
-    for ax in all_axes:
-        ax.set_xticks([])
-        ax.set_yticks([])
     return _png(fig)
 
 

@@ -48,3 +48,16 @@ def test_map_grid_draws_a_colour_bar_and_legend_per_method() -> None:
     red = (rgb[..., 0] > 150) & (rgb[..., 2] < 100)
     blue = (rgb[..., 2] > 150) & (rgb[..., 0] < 100)
     assert red.sum() > 500 and blue.sum() > 100  # both signs of the signed row are drawn
+
+
+def test_map_grid_keeps_the_shape_of_a_non_square_input() -> None:
+    """Cells take the model input's shape: a 16 x 48 image is drawn three times as wide as high, not
+    squeezed into a square (its black right two thirds, twice as wide as high)."""
+    image = np.full((16, 48, 1), 128, np.uint8)
+    image[:, 16:] = 0
+    png = Image.open(io.BytesIO(map_grid([image], {"gradient": [np.ones((16, 48), np.float32)]}, ["wide"])))
+    rgb = np.asarray(png.convert("RGB")).astype(int)
+    black = (rgb[: rgb.shape[0] // 2] < 5).all(axis=-1)  # the image row
+    rows, cols = np.flatnonzero(black.sum(axis=1) > 20), np.flatnonzero(black.sum(axis=0) > 20)
+    height, width = rows.max() - rows.min() + 1, cols.max() - cols.min() + 1
+    assert abs(width / height - 2.0) < 0.1, (width, height)
