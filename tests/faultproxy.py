@@ -151,7 +151,8 @@ def fault_proxy(upstream: str, seed: int = 0) -> Iterator[FaultProxy]:
     proxy = FaultProxy(f"http://127.0.0.1:{server.server_address[1]}", seed=seed)
     server.RequestHandlerClass = _handler(proxy, upstream)
     server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True, name="fault-proxy")
+    # A 0.05 s poll: shutdown() waits for the loop's next poll, 0.5 s by default, at the end of every test.
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True, name="fault-proxy")
     thread.start()
     try:
         yield proxy

@@ -1,6 +1,8 @@
 """deploy/crontab.example: its paths are cluster.yaml's, and its command line, run as cron runs it
 against a real head started by deploy/start-cluster.sh (token auth, credentials only in the node's
-env file), maps a growing source incrementally; a run that overlaps a live one stops in one line."""
+env file), maps a growing source incrementally on two workers, every sample exactly once; a run that
+overlaps a live one stops in one line. It is the suite's ``ray job submit --working-dir .`` test of
+jobs.attribute (the user's own model under ray job submit: tests/jobs/test_user_models.py)."""
 
 from __future__ import annotations
 
@@ -16,7 +18,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from storage.maps.reader import read_errors, read_maps, read_run
 from tests.helpers import fashion_mnist, write_folder
+from tests.jobs.attribute_support import METHODS, source_ids
 from tests.ray_cluster import ROOT, kill_tree, ray_head_node, wait_for, wait_for_dashboard
 
 CRONTAB = ROOT / "deploy" / "crontab.example"
@@ -84,7 +88,7 @@ def test_the_crontab_line_runs_incrementally_and_an_overlapping_run_stops_in_one
         dashboard = wait_for_dashboard(head)
         env = {**{k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "PATHWAY_"))}, **variables,
                "PROJECT": str(ROOT), "PYTHON_BIN": str(Path(sys.executable).parent), "DASHBOARD": dashboard,
-               "SOURCE": source, "CHECKPOINT": str(SHIPPED), "OUTPUT": output, "DEVICE": "cpu", "WORKERS": "1",
+               "SOURCE": source, "CHECKPOINT": str(SHIPPED), "OUTPUT": output, "DEVICE": "cpu", "WORKERS": "2",
                "LOG": str(log), "RAY_AUTH_TOKEN_PATH": head.env["RAY_AUTH_TOKEN_PATH"]}
 
         def cron_run() -> tuple[str, str]:
@@ -104,7 +108,7 @@ def test_the_crontab_line_runs_incrementally_and_an_overlapping_run_stops_in_one
                 status = job_api(f"/api/jobs/{job}")["status"]
                 return status if status in ("SUCCEEDED", "FAILED", "STOPPED") else None
 
-            status = wait_for(finished, 300, f"job {job}", interval=1)
+            status = wait_for(finished, 300, f"job {job}", interval=0.25)
             return status, job_api(f"/api/jobs/{job}/logs")["logs"]
 
         bearer = {"Authorization": f"Bearer {Path(head.env['RAY_AUTH_TOKEN_PATH']).read_text().strip()}"}
@@ -131,6 +135,10 @@ def test_the_crontab_line_runs_incrementally_and_an_overlapping_run_stops_in_one
         assert counts(logs)[0] == first_todo and counts(logs)[1] >= 1  # only the new samples' shards
         status, logs = cron_run()  # nothing new: nothing to compute
         assert status == "SUCCEEDED" and counts(logs)[1] == 0, logs[-3000:]
+        for method in METHODS:  # every sample of the grown source once (zarr rows follow the runs, not the source)
+            seen = [*read_maps(output, method, options).sample_id, *read_errors(output, method, options).sample_id]
+            assert sorted(seen) == sorted(source_ids(source, options)), method
+        assert read_run(output, options)["status"] == "complete"
 
         # A run that overlaps a live one: another driver holds the output's lease.
         holder = subprocess.Popen(

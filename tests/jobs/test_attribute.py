@@ -1,9 +1,9 @@
 """``python -m jobs.attribute`` on a real local Ray cluster with real SeaweedFS S3: the whole job,
-incremental runs, bad samples, labeled methods, setup failures and ``ray job submit``.
+incremental runs, bad samples, labeled methods and setup failures.
 
 One Ray session (tests/jobs/conftest.py, on loopback, in a fresh temp dir) serves every in-process
-run; runs in a subprocess or through ``ray job submit`` start their own Ray. The same job under
-real faults: test_attribute_faults.py.
+run; runs in a subprocess start their own Ray. The same job under real faults: test_attribute_faults.py;
+under ``ray job submit --working-dir .`` on a real head with two workers: tests/deploy/test_crontab.py.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from storage.maps.reader import read_errors, read_maps, read_run
 from storage.sources import open_source
 from tests.helpers import fashion_mnist, png_bytes, write_folder
 from tests.jobs.attribute_support import FM, METHODS, check_exactly_once, commit_times, source_ids
-from tests.ray_cluster import ROOT, ray_head, submit_job
 
 pytestmark = pytest.mark.slow  # starts Ray or trains a model
 
@@ -172,20 +171,6 @@ def test_failures_not_caused_by_data_exit_2_fast(case, checkpoint, s3_server, tm
     assert "Started a local Ray" not in captured.err + captured.out
     if case == "output of format 1":
         assert sorted(os.listdir(tmp_path / "maps")) == ["run.json"]  # nothing written into it
-
-
-def test_ray_job_submit(checkpoint, tmp_path) -> None:
-    """The unchanged entrypoint under ``ray job submit --working-dir .`` against a real head (auth off)."""
-    out = str(tmp_path / "maps")
-    with ray_head() as (address, env):
-        result = submit_job(address, env, "--working-dir", str(ROOT), "--submission-id", "attribute-test-1", "--",
-                            "python", "-m", "jobs.attribute", "--checkpoint", checkpoint, "--output", out, "--limit",
-                            "100", "--shard-size", "50", "--workers", "2", "--no-progress")
-        assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
-        assert "succeeded" in result.stdout
-        assert "already committed" in result.stdout
-    check_exactly_once(out, None, source_ids(limit=100))
-    assert read_run(out)["status"] == "complete"
 
 
 def test_credentials_only_in_the_drivers_environment_stop_the_job_in_one_line(checkpoint, ray_session, s3_server,
