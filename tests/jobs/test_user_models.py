@@ -95,7 +95,8 @@ def test_a_users_model_class_runs_in_the_job(user_checkpoint, tmp_path) -> None:
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     maps = read_maps(out, "pathway")
     assert len(maps) == 60 and (maps.neuron_calls == 2).all() and maps.kept_fraction.between(0.25, 0.31).all()
-    assert read_run(out)["model"]["arch"] == "usernets:SmallNet"
+    run = read_run(out)
+    assert run["model"]["arch"] == "usernets:SmallNet" and run["config"]["trust_code"] == ["usernets"]
 
 
 def test_workers_that_cannot_import_the_users_module_stop_the_job_with_one_line(user_checkpoint, ray_session,

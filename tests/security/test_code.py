@@ -2,15 +2,14 @@
 
 Each checkpoint here is written the way an attacker would, with ``torch.save`` of the checkpoint
 format (``save_checkpoint`` itself refuses such specs), and loaded by the real ``jobs.attribute``
-through its ``main()``. The refusals come before Ray starts, so the job runs in-process; the one
-test of a trusted user model runs the whole job, with its own local Ray, in a subprocess.
+through its ``main()``. The refusals come before Ray starts, so the job runs in-process; a trusted
+user model's whole job is tests/jobs/test_user_models.py's.
 """
 
 from __future__ import annotations
 
 import http.server
 import json
-import subprocess
 import sys
 import threading
 import urllib.request
@@ -223,12 +222,11 @@ class SmallNet(nn.Module):
 '''
 
 
-@pytest.mark.slow  # starts Ray
-def test_a_trusted_user_model_runs_in_the_job(tmp_path, capsys) -> None:
-    """The operator's --trust-code lets the driver and every Ray worker import the user's module."""
-    from storage.maps.reader import read_maps, read_run
-    from tests.ray_cluster import ROOT, job_env, short_tmp
-
+def test_an_untrusted_user_model_is_refused_before_anything_imports_it(tmp_path, capsys) -> None:
+    """Without the operator's --trust-code the job refuses the checkpoint's module in one line and
+    imports nothing; with it, the driver and every Ray worker import it
+    (tests/jobs/test_user_models.py::test_a_users_model_class_runs_in_the_job, which also checks that
+    run.json records the trust)."""
     (tmp_path / "code").mkdir()
     (tmp_path / "code" / "trusted_usernets.py").write_text(USERNETS)
     sys.path.insert(0, str(tmp_path / "code"))
@@ -245,14 +243,3 @@ def test_a_trusted_user_model_runs_in_the_job(tmp_path, capsys) -> None:
     code, _out, err = run_attribute(checkpoint, tmp_path, capsys)  # untrusted: refused, nothing imported
     assert code != 0 and "trusted_usernets" not in sys.modules
     assert_one_line(err, "module 'trusted_usernets', which is not trusted", "--trust-code trusted_usernets")
-
-    out = str(tmp_path / "maps-trusted")
-    env = job_env(short_tmp("rc"), PYTHONPATH=f"{ROOT}:{tmp_path / 'code'}")
-    command = [sys.executable, "-m", "jobs.attribute", "--checkpoint", checkpoint, "--output", out, "--limit", "20",
-               "--shard-size", "10", "--methods", "pathway", "--workers", "1", "--no-progress",
-               "--trust-code", "trusted_usernets"]
-    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
-    assert len(read_maps(out, "pathway")) == 20
-    run = read_run(out)
-    assert run["model"]["arch"] == "trusted_usernets:SmallNet" and run["config"]["trust_code"] == ["trusted_usernets"]
