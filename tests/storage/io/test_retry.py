@@ -48,12 +48,12 @@ def test_a_slow_store_is_waited_for(proxied) -> None:
 def test_a_store_that_keeps_failing_is_a_transient_error_after_the_budget(proxied, monkeypatch) -> None:
     where, proxy, _ = proxied
     where.put("x.json", b"{}")
-    monkeypatch.setenv("PATHWAY_STORAGE_RETRY_SECONDS", "2")
+    monkeypatch.setenv("PATHWAY_STORAGE_RETRY_SECONDS", "1")
     proxy.rules = [Rule("503")]
     start = time.monotonic()
     with pytest.raises(StorageError, match=r"kept failing for \d+ s \(\d+ attempts?; .*rerun the same command") as info:
         where.get("x.json")
-    assert info.value.transient and 2 <= time.monotonic() - start < 15
+    assert info.value.transient and 1 <= time.monotonic() - start < 15
     assert len(proxy.injected) >= 2
 
 
@@ -119,7 +119,7 @@ def test_source_reads_ride_out_transient_faults_and_names_are_not_patterns(s3_se
         options = botocore_attempts(proxy.storage_options(s3_server.storage_options), 2)
         source = open_source(url, storage_options=options)
         refs = source.list()
-        proxy.rules = [Rule(fault, method="GET", path=r"\.png", rate=0.6)]
+        proxy.rules = [Rule(fault, method="GET", path=r"\.png", rate=0.4)]
         read = list(source.read(refs))
     assert not [r for r in read if isinstance(r, SampleError)], [r.reason for r in read if isinstance(r, SampleError)]
     assert sorted(r.sample_id.split("/")[-1] for r in read) == sorted(names)
@@ -132,7 +132,7 @@ def test_a_source_the_store_keeps_refusing_fails_the_read_not_the_sample(s3_serv
     from storage.sources import SampleError, open_source
 
     url = _folder_on_s3(s3_server, fmnist, ["00.png", "01.png"])
-    monkeypatch.setenv("PATHWAY_STORAGE_RETRY_SECONDS", "2")
+    monkeypatch.setenv("PATHWAY_STORAGE_RETRY_SECONDS", "1")
     with fault_proxy(s3_server.endpoint_url) as proxy:
         options = botocore_attempts(proxy.storage_options(s3_server.storage_options), 1)
         source = open_source(url, storage_options=options)
@@ -234,7 +234,7 @@ def test_a_tar_the_store_keeps_refusing_fails_the_read_not_the_samples(s3_server
     from storage.sources import open_source
 
     url = _source_on_s3("webdataset", s3_server, fmnist)
-    monkeypatch.setenv("PATHWAY_STORAGE_RETRY_SECONDS", "2")
+    monkeypatch.setenv("PATHWAY_STORAGE_RETRY_SECONDS", "1")
     with fault_proxy(s3_server.endpoint_url) as proxy:
         options = botocore_attempts(proxy.storage_options(s3_server.storage_options), 1)
         source = open_source(url, storage_options=options)
@@ -243,4 +243,4 @@ def test_a_tar_the_store_keeps_refusing_fails_the_read_not_the_samples(s3_server
         start = time.monotonic()
         with pytest.raises(StorageError, match=r"shard-001\.tar.*kept failing for \d+ s") as info:
             list(source.read(refs))
-        assert info.value.transient and 2 <= time.monotonic() - start < 20
+        assert info.value.transient and 1 <= time.monotonic() - start < 20
