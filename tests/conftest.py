@@ -76,7 +76,8 @@ def checkpoint(tmp_path_factory) -> str:
 class SharedRay:
     """The one local Ray of the test session, started as the jobs start theirs (whose start_ray reuses
     it, and whose stop_ray leaves it up): started on first use, stopped for a test that needs no Ray
-    in this process (``no_ray``) or a module with a Ray of its own (``own_ray``), started again after."""
+    in this process (``no_ray``), started again after. The fault tests that kill its actor processes
+    share it too: Ray restarts the actors, and later modules get new ones."""
 
     def __init__(self) -> None:
         self.starts = 0
@@ -144,17 +145,6 @@ def no_ray() -> None:
     SHARED_RAY.down()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _own_ray(request: pytest.FixtureRequest):
-    """A module marked ``own_ray`` (its tests kill Ray's workers) gets a Ray no other module shares."""
-    if request.node.get_closest_marker("own_ray") is None:
-        yield
-        return
-    SHARED_RAY.down()
-    yield
-    SHARED_RAY.down()
-
-
 def pytest_sessionfinish(session: pytest.Session) -> None:
     SHARED_RAY.down()
     if hasattr(session.config, "workeroutput"):  # a pytest-xdist worker: its counts go to the session's owner
@@ -166,11 +156,10 @@ LOCAL_RAYS = [0]
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Register ``own_ray``, and count every local Ray started in this process (jobs.runtime.cluster's one
+    """Count every local Ray started in this process (jobs.runtime.cluster's one
     way to start one: the count only, the start is unchanged)."""
     from jobs.runtime import cluster
 
-    config.addinivalue_line("markers", "own_ray: the module's tests get a local Ray that no other module shares")
     start = cluster.start_local_ray
 
     def counted(**init_kwargs) -> None:

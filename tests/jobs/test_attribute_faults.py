@@ -22,7 +22,7 @@ from tests.jobs.attribute_support import (FM, check_exactly_once, commit_times, 
                                           source_ids)
 from tests.ray_cluster import ROOT, job_env, kill_tree, short_tmp, wait_for, worker_pids
 
-pytestmark = [pytest.mark.slow, pytest.mark.own_ray]  # starts Ray; kills its workers, so no other module shares it
+pytestmark = pytest.mark.slow  # real jobs; the actors it kills are its own jobs' (Ray restarts them)
 
 KILLS = 3
 
