@@ -3,13 +3,14 @@ for the start only."""
 
 from __future__ import annotations
 
-import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 
-from jobs.runtime.cluster import is_loopback, start_local_ray, worker_options
-from tests.ray_cluster import short_tmp
+from jobs.runtime.cluster import is_loopback, worker_options
+from tests.ray_cluster import ROOT, short_tmp
 
 
 @pytest.mark.parametrize("host, loopback", [
@@ -21,24 +22,37 @@ def test_is_loopback(host: str, loopback: bool) -> None:
     assert is_loopback(host) is loopback
 
 
-@pytest.mark.slow
-def test_start_local_ray_runs_on_loopback_and_restores_the_switch(no_ray, monkeypatch) -> None:
-    import ray
-    from ray._private import ray_constants
+#: Run in a fresh Python: the test process may hold the session's Ray, and stopping it costs a restart.
+LOCAL_RAY_CHECK = """
+import os, shutil, sys
+import ray
+from ray._private import ray_constants
+from jobs.runtime.cluster import is_loopback, start_local_ray
 
-    monkeypatch.delenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", raising=False)
-    assert ray_constants.ENABLE_RAY_CLUSTER  # Linux: Ray's multi-node mode is the default
+os.environ.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)
+assert ray_constants.ENABLE_RAY_CLUSTER  # Linux: Ray's multi-node mode is the default
+start_local_ray(num_cpus=1, num_gpus=0, include_dashboard=False, _temp_dir=sys.argv[1], log_to_driver=False)
+try:
+    assert ray_constants.ENABLE_RAY_CLUSTER, "a later ray.init(address=...) in this process must still join clusters"
+    assert "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER" not in os.environ
+    assert is_loopback(ray.util.get_node_ip_address()), ray.util.get_node_ip_address()
+    worker_ip = ray.get(ray.remote(num_cpus=0)(ray.util.get_node_ip_address).remote(), timeout=120)
+    assert is_loopback(worker_ip), worker_ip
+finally:
+    ray.shutdown()
+print("ok")
+"""
+
+
+@pytest.mark.slow
+def test_start_local_ray_runs_on_loopback_and_restores_the_switch() -> None:
     temp = short_tmp("rc")
-    start_local_ray(num_cpus=1, num_gpus=0, include_dashboard=False, _temp_dir=temp, log_to_driver=False)
     try:
-        assert ray_constants.ENABLE_RAY_CLUSTER, "a later ray.init(address=...) in this process must still join clusters"
-        assert "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER" not in os.environ
-        assert is_loopback(ray.util.get_node_ip_address())
-        worker_ip = ray.get(ray.remote(num_cpus=0)(ray.util.get_node_ip_address).remote(), timeout=120)
-        assert is_loopback(worker_ip), worker_ip
+        done = subprocess.run([sys.executable, "-c", LOCAL_RAY_CHECK, temp], cwd=ROOT, capture_output=True, text=True,
+                              timeout=300, check=False)
     finally:
-        ray.shutdown()
         shutil.rmtree(temp, ignore_errors=True)
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), (done.stdout + done.stderr)[-3000:]
 
 
 def test_worker_options_carry_the_drivers_worker_settings_only_when_set(monkeypatch) -> None:
