@@ -24,7 +24,7 @@ def test_is_loopback(host: str, loopback: bool) -> None:
 
 #: Run in a fresh Python: the test process may hold the session's Ray, and stopping it costs a restart.
 LOCAL_RAY_CHECK = """
-import os, shutil, sys
+import os, sys
 import ray
 from ray._private import ray_constants
 from jobs.runtime.cluster import is_loopback, start_local_ray
