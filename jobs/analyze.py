@@ -318,7 +318,8 @@ def run(args: argparse.Namespace) -> int:
         del meta, todo
         start_ray(args.ray_address)
         url = args.output
-        feats = ray.remote(num_cpus=1, **worker_options())(shard_features)
+        one_cpu = {"num_cpus": 1, **worker_options()}  # each task: a CPU, and the driver's worker settings
+        feats = ray.remote(**one_cpu)(shard_features)
         wanted_ref, config_ref = ray.put(wanted), ray.put(config)
         got = gather([feats.remote(url, options, method, s, config_ref, wanted_ref) for s in shards])
         ids = np.concatenate([g[0] for g in got])
@@ -326,7 +327,7 @@ def run(args: argparse.Namespace) -> int:
         x = np.concatenate([g[2] for g in got])
         del got
         models, results = {}, {}
-        task = ray.remote(num_cpus=1, **worker_options())(cluster_class)
+        task = ray.remote(**one_cpu)(cluster_class)
         refs = {}
         for c in pending:
             rows = np.flatnonzero(classes == c)
@@ -338,7 +339,7 @@ def run(args: argparse.Namespace) -> int:
             models[c].update(labels=results[c].labels, layout=results[c].layout, k=results[c].k)
             print(f"  class {c}: {len(models[c]['ids'])} sampled maps, eigengap k = {results[c].k}")
         models_ref = ray.put(models)
-        assign_task = ray.remote(num_cpus=1, **worker_options())(shard_assign)
+        assign_task = ray.remote(**one_cpu)(shard_assign)
         parts = gather([assign_task.remote(url, options, method, s, config_ref, models_ref) for s in shards])
         for c in pending:
             done[c] = write_class(where, c, parts, results[c], len(models[c]["ids"]), config)
