@@ -14,9 +14,9 @@ name                         map                                             sha
 ``smoothgrad``               mean gradient over noisy copies                 [B, C, H, W]
 ===========================  ==============================================  ==============
 
-``y_t`` is each sample's target logit (pre-softmax). Captum computes gradient,
-gradient x input, integrated gradients and Grad-CAM; guided backprop and SmoothGrad
-are written here (see their classes for why). No method leaves a trace on the model:
+``y_t`` is each sample's target logit (pre-softmax). Captum computes gradient x input,
+integrated gradients and Grad-CAM; the gradient, guided backprop and SmoothGrad are
+written here (see their classes for why). No method leaves a trace on the model:
 hooks are removed and ReLU flags restored also on error, the model's training flags
 are restored by the base class, and only input gradients are ever requested, so no
 parameter ``.grad`` is written.
@@ -36,9 +36,8 @@ from .rules import guided_relus
 
 
 def _captum() -> Any:
-    """captum.attr, imported on first use: a slow import (benchmarks/RESULTS.md, "Figures moved from
-    the code"), paid by every Ray actor
-    that starts, and the default job's methods (pathway, gradient) need it only for gradient."""
+    """captum.attr, imported on first use: a slow import (benchmarks/RESULTS.md, "captum's import"),
+    which the default job's methods (pathway, gradient) never pay."""
     import captum.attr
 
     return captum.attr
@@ -91,12 +90,13 @@ def _check_internal_batch_size(value: int | None) -> int | None:
 class Gradient(Attribution):
     """Saliency: the signed gradient of the target logit w.r.t. the input (Simonyan et al. 2014).
 
-    Captum's ``Saliency(abs=False)``; take ``abs`` in the reduction if wanted.
+    Bit for bit Captum's ``Saliency(abs=False)`` (tests/attribution/test_baselines.py), in one
+    backward pass of its own: the default methods then never import captum, which cost every Ray
+    actor about 0.4 s of CPU. Take ``abs`` in the reduction if wanted.
     """
 
     def _attribute(self, inputs: torch.Tensor, targets: torch.Tensor, seeds: list[int]) -> torch.Tensor:
-        method = _captum().Saliency(_checked_forward(self.model, targets))
-        return method.attribute(_grad_leaf(inputs), target=targets, abs=False).detach()
+        return input_gradient(self.model, inputs, targets)
 
 
 @register("gradient_x_input")

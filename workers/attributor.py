@@ -54,11 +54,9 @@ log = logging.getLogger(__name__)
 
 #: What a fresh worker's first shard would otherwise import inline, imported ahead in the background
 #: (:func:`_import_ahead`): zarr for the first write, and captum for the methods built on it (by
-#: registry name: the blur control computes the gradient through captum too); each import's cost is in
-#: benchmarks/RESULTS.md ("zarr's import", "captum's import").
+#: registry name); each import's cost is in benchmarks/RESULTS.md ("zarr's import", "captum's import").
 IMPORT_AHEAD = ("storage.maps.zarr_maps",)
-IMPORT_AHEAD_BY_METHOD = {name: ("captum.attr",) for name in ("gradient", "gradient_x_input", "integrated_gradients",
-                                                              "grad_cam", "blur_gradient")}
+IMPORT_AHEAD_BY_METHOD = {name: ("captum.attr",) for name in ("gradient_x_input", "integrated_gradients", "grad_cam")}
 
 
 def _import_ahead(modules: Sequence[str]) -> None:

@@ -104,6 +104,19 @@ def test_gradient_equals_per_sample_autograd(make):
         torch.testing.assert_close(maps[i], autograd_gradient(model, x[i], t), rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("make", [make_tiny_net, make_resnet18])
+def test_gradient_is_captums_saliency_bit_for_bit(make):
+    """Our one backward pass and Captum's Saliency run the same autograd graph with the same ones as
+    the target logits' gradient, so the maps are equal exactly (under ATEN_CPU_CAPABILITY=default too)."""
+    import captum.attr
+
+    model = make()
+    x = torch.randn(4, 3, 32, 32) if make is make_resnet18 else torch.randn(4, 3, 8, 8)
+    targets = torch.tensor([4, 0, 2, 1])
+    captums = captum.attr.Saliency(model).attribute(x.clone().requires_grad_(True), target=targets, abs=False)
+    assert torch.equal(get("gradient", model).attribute(x, targets), captums.detach())
+
+
 def test_gradient_x_input_is_gradient_times_input(tiny_net, tiny_images):
     grad = get("gradient", tiny_net).attribute(tiny_images, 1)
     gxi = get("gradient_x_input", tiny_net).attribute(tiny_images, 1)
