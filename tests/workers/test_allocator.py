@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import platform
+import statistics
 import subprocess
 import sys
 
@@ -26,25 +27,28 @@ def step():
     torch.autograd.grad(model(x)[:, 0].sum(), x)
 for _ in range(3):
     step()
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(5):
+for _ in range(7):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     step()
-print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
 
 def page_faults(mode: str) -> int:
+    """The median of seven passes' minor page faults: a pass that the kernel disturbs (its memory
+    reclaimed while a busy machine runs other tests; once 2 k faults in five tuned passes, against the
+    usual 0) does not move it."""
     run = subprocess.run([sys.executable, "-c", FAULTS_PER_GRADIENT_PASSES, mode], capture_output=True, text=True,
                          check=True)
-    return int(run.stdout.split()[-1])
+    return int(statistics.median(map(int, run.stdout.split())))
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc only")
 def test_repeated_passes_reuse_freed_memory_instead_of_faulting_in_fresh_pages() -> None:
-    """Five input-gradient passes of the small net, each in a fresh process, with glibc's defaults and tuned."""
+    """Input-gradient passes of the small net, each mode in a fresh process, with glibc's defaults and tuned."""
     default, tuned = page_faults("default"), page_faults("tuned")
-    assert default > 5000  # seen here: 22-38 k minor faults
-    assert tuned < default / 10  # seen here: 392
+    assert default > 1000  # seen here: 7-11 k minor faults per pass
+    assert tuned < default / 10  # seen here: 0
 
 
 def test_without_mallopt_it_reports_false(monkeypatch) -> None:
