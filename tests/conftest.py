@@ -52,8 +52,9 @@ def fmnist_test() -> tuple[np.ndarray, np.ndarray]:
 
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory: pytest.TempPathFactory) -> S3Server:
-    """One SeaweedFS server on loopback for the whole test session."""
-    with seaweedfs(tmp_path_factory.mktemp("seaweedfs")) as server:
+    """One SeaweedFS server on loopback for the whole test session, killed at its end (its data goes
+    with the session: no graceful stop to wait for)."""
+    with seaweedfs(tmp_path_factory.mktemp("seaweedfs"), stop_grace=0) as server:
         yield server
 
 

@@ -56,6 +56,10 @@ def _weed_binary() -> str:
     return binary
 
 
+#: Seconds ``weed mini`` gets to stop on SIGTERM before it is killed. It stops in about 2.3 s; a full
+#: one's filer does not stop at all (it was killed after 10 s, and its data served the next start all
+#: the same: what it stored is on disk as soon as it answers).
+STOP_GRACE = 3.0
 #: Tries at starting ``weed mini`` when a port picked free was taken before it bound it (another
 #: process of a parallel run can take any port in between).
 PORT_TRIES = 3
@@ -67,9 +71,10 @@ WEED_PORTS = ("master.port", "master.port.grpc", "volume.port", "volume.port.grp
 
 @contextlib.contextmanager
 def seaweedfs(data_dir: Path, bucket: str = "test-bucket", key: str = "testkey", secret: str = "testsecret",
-              extra_args: tuple[str, ...] = ()) -> Iterator[S3Server]:
-    """Start ``weed mini`` on free loopback ports, wait until S3 answers, stop it after; ``extra_args``
-    are more ``weed mini`` flags (a small volume size and count make a store that fills up)."""
+              extra_args: tuple[str, ...] = (), stop_grace: float = STOP_GRACE) -> Iterator[S3Server]:
+    """Start ``weed mini`` on free loopback ports, wait until S3 answers, stop it after (SIGTERM, then
+    SIGKILL after ``stop_grace`` seconds); ``extra_args`` are more ``weed mini`` flags (a small volume
+    size and count make a store that fills up)."""
     data_dir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "AWS_ACCESS_KEY_ID": key, "AWS_SECRET_ACCESS_KEY": secret}
     fixed = [_weed_binary(), "mini", f"-dir={data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
@@ -84,7 +89,7 @@ def seaweedfs(data_dir: Path, bucket: str = "test-bucket", key: str = "testkey",
         try:
             _wait_for_bucket(endpoint, bucket, key, secret, process, log_path)
         except RuntimeError:
-            _stop(process, log)
+            _stop(process, log, stop_grace)
             if attempt < PORT_TRIES and "Port allocation failed" in log_path.read_text(errors="replace"):
                 continue
             raise
@@ -92,13 +97,13 @@ def seaweedfs(data_dir: Path, bucket: str = "test-bucket", key: str = "testkey",
     try:
         yield S3Server(endpoint, bucket, key, secret, process)
     finally:
-        _stop(process, log)
+        _stop(process, log, stop_grace)
 
 
-def _stop(process: subprocess.Popen, log) -> None:
+def _stop(process: subprocess.Popen, log, grace: float) -> None:
     process.terminate()
     try:
-        process.wait(timeout=10)
+        process.wait(timeout=grace)
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
