@@ -1,8 +1,10 @@
 """deploy/crontab.example: its paths are cluster.yaml's, and its command line, run as cron runs it
 against a real head started by deploy/start-cluster.sh (token auth, credentials only in the node's
 env file), maps a growing source incrementally on two workers, every sample exactly once; a run that
-overlaps a live one stops in one line. It is the suite's ``ray job submit --working-dir .`` test of
-jobs.attribute (the user's own model under ray job submit: tests/jobs/test_user_models.py)."""
+overlaps a live one stops in one line. The head, started with PATHWAY_NODE_IP=127.0.0.1, listens on
+loopback only, as seen once those jobs have run on it (its agents and workers up). It is the suite's
+``ray job submit --working-dir .`` test of jobs.attribute (the user's own model under ray job submit:
+tests/jobs/test_user_models.py)."""
 
 from __future__ import annotations
 
@@ -18,10 +20,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from jobs.runtime.cluster import is_loopback
 from storage.maps.reader import read_errors, read_maps, read_run
 from tests.helpers import fashion_mnist, write_folder
 from tests.jobs.attribute_support import METHODS, source_ids
-from tests.ray_cluster import ROOT, kill_tree, ray_head_node, wait_for, wait_for_dashboard
+from tests.ray_cluster import ROOT, kill_tree, listeners, ray_head_node, wait_for, wait_for_dashboard
 
 CRONTAB = ROOT / "deploy" / "crontab.example"
 SHIPPED = ROOT / "models" / "weights" / "resnet8-fashion-mnist.pt"
@@ -152,9 +155,15 @@ def test_the_crontab_line_runs_incrementally_and_an_overlapping_run_stops_in_one
         finally:
             kill_tree(holder.pid)
             holder.wait(timeout=30)
+        seen = listeners(head.process.pid)
     assert status == "FAILED", logs[-3000:]
     assert "Traceback" not in logs, logs[-3000:]
     last = logs.strip().splitlines()[-1]
     assert re.match(r"jobs\.attribute: error: s3://test-bucket/cron-maps is being written by another run "
                     rf"\(jobs\.attribute on \S+, pid {holder.pid}, .*wait for it to finish", last), last
     assert options["secret"] not in logs
+
+    processes = " ".join(listener.process for listener in seen)
+    assert all(name in processes for name in ("gcs_server", "raylet", "dashboard", "ray::DashboardAgent")), processes
+    exposed = sorted(f"{l.process} on {l.address}:{l.port}" for l in seen if not is_loopback(l.address))
+    assert not exposed, "the head listens beyond loopback: " + "; ".join(exposed)

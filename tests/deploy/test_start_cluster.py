@@ -1,7 +1,8 @@
 """deploy/start-cluster.sh as an operator runs it: a head and a worker on one host (distinct port sets),
 token auth, the env file and the venv reaching a job's driver, idempotent starts, a stop that ends
-exactly its node, and a head on loopback that listens nowhere else. Refusals are one line with exit
-status 2, before Ray starts."""
+exactly its node. Refusals are one line with exit status 2, before Ray starts. (That a head started with
+PATHWAY_NODE_IP=127.0.0.1 listens on loopback only is checked on the head that tests/deploy/test_crontab.py
+runs its jobs on.)"""
 
 from __future__ import annotations
 
@@ -15,9 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from jobs.runtime.cluster import is_loopback
-from tests.ray_cluster import (ROOT, START_CLUSTER, Listener, descendants, listeners, short_tmp, submit_job,
-                               wait_for)
+from tests.ray_cluster import ROOT, START_CLUSTER, descendants, short_tmp, submit_job, wait_for
 from tests.servers import free_port
 
 BIN = str(Path(sys.executable).parent)
@@ -123,32 +122,3 @@ def test_a_token_cluster_of_two_nodes_on_one_host(tmp_path) -> None:
     for pid, tree in trees.items():  # the stop ended the node's every process
         wait_for(lambda: not any(os.path.exists(f"/proc/{p}") for p in [pid, *tree]), 30, f"node {pid} to end")
     assert script("status", "head", env=head).returncode == 3
-
-
-@pytest.mark.slow
-def test_a_head_on_loopback_listens_on_loopback_only(tmp_path) -> None:
-    """PATHWAY_NODE_IP=127.0.0.1 makes a single-machine cluster: Ray on Linux would otherwise rewrite
-    the address to the host's and listen there. The node's sockets are read once a submitted job has
-    run on it, so that its agents and a worker are up."""
-    node_dir = short_tmp("sl")
-    token = str(tmp_path / "auth_token")
-    dash = free_port()
-    env = base_env(node_dir, RAY_AUTH_TOKEN_PATH=token, PATHWAY_NODE_IP="127.0.0.1", PATHWAY_NUM_CPUS="1",
-                   PATHWAY_PORT_BASE=str(port_base()), PATHWAY_GCS_PORT=str(free_port()),
-                   PATHWAY_DASHBOARD_PORT=str(dash), PATHWAY_CLIENT_PORT=str(free_port()))
-    client = base_env(node_dir, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=token)
-    seen: set[Listener] = set()
-    try:
-        done = script("head", env=env)
-        assert done.returncode == 0, done.stdout + done.stderr
-        node = int(Path(node_dir, "ray.pid").read_text())
-        submitted = submit_job(f"http://127.0.0.1:{dash}", client, "--", "python", "-c", "print('ran')", patience=120)
-        seen = listeners(node)
-        assert submitted.returncode == 0 and "ran" in submitted.stdout, (submitted.stdout + submitted.stderr)[-3000:]
-    finally:
-        script("stop", "head", env=env)
-        shutil.rmtree(node_dir, ignore_errors=True)
-    processes = " ".join(listener.process for listener in seen)
-    assert all(name in processes for name in ("gcs_server", "raylet", "dashboard", "ray::DashboardAgent")), processes
-    exposed = sorted(f"{l.process} on {l.address}:{l.port}" for l in seen if not is_loopback(l.address))
-    assert not exposed, "listening beyond loopback: " + "; ".join(exposed)
