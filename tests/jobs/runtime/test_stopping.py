@@ -20,8 +20,10 @@ from jobs.runtime.cli import run_main
 from tests.jobs.attribute_support import check_exactly_once, source_ids
 from tests.ray_cluster import ROOT, job_env, kill_tree, short_tmp, wait_for
 
-#: 30 shards of 10 samples on one worker: the first commits come seconds before the last.
-MANY_SHARDS = ["--limit", "300", "--shard-size", "10", "--batch-size", "10", "--workers", "1", "--no-progress"]
+#: 20 shards of 10 samples on one worker: the first commits come seconds before the last.
+SAMPLES, SHARDS = 200, 20
+MANY_SHARDS = ["--limit", str(SAMPLES), "--shard-size", str(SAMPLES // SHARDS), "--batch-size", "10", "--workers",
+               "1", "--no-progress"]
 #: Seconds a stopped job may take to exit on this loaded machine.
 STOP_WITHIN = 60
 
@@ -87,8 +89,8 @@ def check_stopped(out: str, code: int, text: str, seconds: float, signum: int, c
 
     assert attribute.main(["--output", out, *MANY_SHARDS]) == 0  # the same command resumes
     done, todo = map(int, re.search(r"(\d+) already committed, (\d+) to do", capsys.readouterr().out).groups())
-    assert done >= kept >= 1 and done + todo == 30  # nothing committed was computed again
-    check_exactly_once(out, None, source_ids(limit=300))
+    assert done >= kept >= 1 and done + todo == SHARDS  # nothing committed was computed again
+    check_exactly_once(out, None, source_ids(limit=SAMPLES))
 
 
 @pytest.mark.slow
