@@ -67,9 +67,9 @@ def run_shards(tasks: Sequence[Any], config: Any, args: argparse.Namespace, stor
     runner = Runner("attribute", "shard", [t.shard_id for t in tasks], no_bar=args.no_progress,
                     samples_total=sum(t.samples for t in tasks),
                     committed=lambda: committed_tasks(store, tasks, len(results)))
-    sizing = size_workers(args.device, args.workers)
-    retry_transient_shards(ray.data.DataContext.get_current(), runner.retries)
     rows = block_rows(tasks, task_blocks(len(tasks)))  # a few short rows per block; workers read the plan
+    sizing = size_workers(args.device, args.workers, units=len(rows))  # no worker without a block to run
+    retry_transient_shards(ray.data.DataContext.get_current(), runner.retries)
     dataset = ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
         ShardAttributor,
         fn_constructor_kwargs={"config": config.to_dict(), "threads": sizing.threads},

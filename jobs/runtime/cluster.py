@@ -139,24 +139,35 @@ class WorkerSizing:
         return f"{self.workers} worker{'s' if self.workers != 1 else ''} ({each} each)"
 
 
-def size_workers(device: str, workers: int | None, default_cpu_workers: int | str = 1) -> WorkerSizing:
-    """Size a job's workers from the cluster's resources (Ray must be started).
+def size_workers(device: str, workers: int | None, default_cpu_workers: int | str = 1,
+                 units: int | None = None) -> WorkerSizing:
+    """Size a job's workers from the cluster's resources (Ray must be started): see :func:`plan_workers`."""
+    import ray
+
+    return plan_workers(ray.cluster_resources(), device, workers, default_cpu_workers, units)
+
+
+def plan_workers(resources: dict[str, float], device: str, workers: int | None, default_cpu_workers: int | str = 1,
+                 units: int | None = None) -> WorkerSizing:
+    """Size a job's workers from a cluster's ``resources``.
 
     ``--device auto``/``cuda``: one GPU per worker where the cluster has GPUs, as many workers as
     GPUs unless ``workers`` says otherwise. ``cuda`` asks for a GPU per worker even when none is
     up yet, so an autoscaling cluster (min 0 GPU nodes) starts them. On CPUs, ``workers``
     (default ``default_cpu_workers``, or ``"cpus"`` for one per CPU) split the CPUs as torch
-    threads.
+    threads. Never more workers than ``units`` of work that can run at once, where given: a worker
+    with nothing to do would still start, load the model and hold its GPU or CPUs (a scheduled run
+    that finds one new shard starts one worker, which gets every CPU thread).
     """
-    import ray
-
-    resources = ray.cluster_resources()
     gpus = int(resources.get("GPU", 0)) if device in ("auto", "cuda") else 0
     gpus = max(gpus, 1) if device == "cuda" else gpus
     cpus = max(1, int(resources.get("CPU", 1)))
+    cap = max(1, units) if units is not None else None
     if gpus:
-        return WorkerSizing(workers or gpus, 1, 1, 0, "cuda")
+        count = workers or gpus
+        return WorkerSizing(min(count, cap) if cap else count, 1, 1, 0, "cuda")
     count = workers or (cpus if default_cpu_workers == "cpus" else int(default_cpu_workers))
+    count = min(count, cap) if cap else count
     threads = max(1, cpus // count)
     return WorkerSizing(count, 0, threads, threads, "cpu" if device == "auto" else device)
 

@@ -1,6 +1,7 @@
 """deploy/crontab.example: its paths are cluster.yaml's, and its command line, run as cron runs it
 against a real head started by deploy/start-cluster.sh (token auth, credentials only in the node's
-env file), maps a growing source incrementally on two workers, every sample exactly once; a run that
+env file), maps a growing source incrementally, every sample exactly once (WORKERS=2, but each run has
+one new shard and so starts one worker: jobs.runtime.cluster.plan_workers); a run that
 overlaps a live one stops in one line. The head, started with PATHWAY_NODE_IP=127.0.0.1, listens on
 loopback only, as seen once those jobs have run on it (its agents and workers up). It is the suite's
 ``ray job submit --working-dir .`` test of jobs.attribute (the user's own model under ray job submit:

@@ -46,13 +46,14 @@ def test_end_to_end_to_s3(reference, checkpoint) -> None:
 
 def test_new_source_files_are_processed_incrementally(checkpoint, ray_session, s3_server, tmp_path, capsys
                                                       ) -> None:
-    """An image folder on S3 grows: the rerun maps only the new files, in new shards."""
+    """An image folder on S3 grows: the rerun maps only the new files, in new shards. Two workers share
+    each run's shards (the suite's one pool of more than one actor), every sample exactly once."""
     src, options = s3_server.url("folder-incremental"), s3_server.storage_options
     out = str(tmp_path / "maps")
     images, labels = fashion_mnist("test", 42)
     write_folder(src, options, images[:30], labels[:30])
     args = ["--source", src, "--checkpoint", checkpoint, "--output", out, "--shard-size", "10", "--batch-size",
-            "10", "--workers", "1", "--no-progress", "--storage-options", json.dumps(options)]
+            "10", "--workers", "2", "--no-progress", "--storage-options", json.dumps(options)]
     assert attribute.main(args) == 0
     assert "30 samples in 3 shards (3 new); 0 already committed, 3 to do" in capsys.readouterr().out
     before = commit_times(out)

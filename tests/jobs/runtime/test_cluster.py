@@ -1,5 +1,5 @@
 """jobs.runtime.cluster: the local Ray a job starts is on loopback, and the switch that puts it there is on
-for the start only."""
+for the start only; workers are sized from the cluster's resources and the work there is."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from jobs.runtime.cluster import is_loopback, worker_options
+from jobs.runtime.cluster import WorkerSizing, is_loopback, plan_workers, worker_options
 from tests.ray_cluster import ROOT, short_tmp
 
 
@@ -61,3 +61,20 @@ def test_worker_options_carry_the_drivers_worker_settings_only_when_set(monkeypa
     assert worker_options() == {}  # workers start as before: no runtime_env of the job's own
     monkeypatch.setenv("PATHWAY_STORAGE_RETRY_SECONDS", "30")
     assert worker_options() == {"runtime_env": {"env_vars": {"PATHWAY_STORAGE_RETRY_SECONDS": "30"}}}
+
+
+@pytest.mark.parametrize("resources, device, workers, default, units, expected", [
+    ({"CPU": 8}, "auto", None, 1, None, WorkerSizing(1, 0, 8, 8, "cpu")),
+    ({"CPU": 8}, "auto", 4, 1, None, WorkerSizing(4, 0, 2, 2, "cpu")),
+    ({"CPU": 8}, "cpu", None, "cpus", None, WorkerSizing(8, 0, 1, 1, "cpu")),
+    ({"CPU": 8}, "auto", 4, 1, 1, WorkerSizing(1, 0, 8, 8, "cpu")),  # one block: one worker, every thread
+    ({"CPU": 8}, "auto", 4, 1, 3, WorkerSizing(3, 0, 2, 2, "cpu")),
+    ({"CPU": 8}, "auto", 4, 1, 0, WorkerSizing(1, 0, 8, 8, "cpu")),  # nothing to do: never zero workers
+    ({"CPU": 8, "GPU": 4}, "auto", None, 1, None, WorkerSizing(4, 1, 1, 0, "cuda")),
+    ({"CPU": 8, "GPU": 4}, "auto", None, 1, 2, WorkerSizing(2, 1, 1, 0, "cuda")),
+    ({"CPU": 8, "GPU": 4}, "cpu", 2, 1, None, WorkerSizing(2, 0, 4, 4, "cpu")),
+    ({"CPU": 2}, "cuda", None, 1, None, WorkerSizing(1, 1, 1, 0, "cuda")),  # asks for a GPU none has yet
+])
+def test_plan_workers_splits_the_cluster_and_starts_no_worker_without_work(resources, device, workers, default, units,
+                                                                           expected) -> None:
+    assert plan_workers(resources, device, workers, default, units) == expected
