@@ -221,7 +221,8 @@ def worker_flags(default_workers: str) -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", type=device_name, help="auto: one GPU per worker where there are GPUs, else CPU; "
                    "cuda asks for GPUs even before an autoscaling cluster has started them")
     p.add_argument("--workers", type=positive_int, default=None,
-                   help=f"concurrent workers (default: one per GPU, else {default_workers})")
+                   help=f"concurrent workers, never more than there is work for (default: one per GPU, else "
+                        f"{default_workers})")
     p.add_argument("--nondeterministic", action="store_true",
                    help="on CUDA, allow cuDNN autotuning and non-deterministic kernels: faster, but a retry may "
                         "differ in the last bits (CPU runs are deterministic either way)")
