@@ -11,8 +11,9 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -77,7 +78,8 @@ def seaweedfs(data_dir: Path, bucket: str = "test-bucket", key: str = "testkey",
     size and count make a store that fills up)."""
     data_dir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "AWS_ACCESS_KEY_ID": key, "AWS_SECRET_ACCESS_KEY": secret}
-    fixed = [_weed_binary(), "mini", f"-dir={data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+    # -logdir (a flag of weed's, before the command): its glog files go beside the data, not to /tmp
+    fixed = [_weed_binary(), f"-logdir={data_dir}", "mini", f"-dir={data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
              "-master.telemetry=false", "-webdav=false", "-admin.ui=false", f"-bucket={bucket}"]
     log_path = data_dir / "weed.log"
     for attempt in range(1, PORT_TRIES + 1):
@@ -89,7 +91,7 @@ def seaweedfs(data_dir: Path, bucket: str = "test-bucket", key: str = "testkey",
         try:
             _wait_for_bucket(endpoint, bucket, key, secret, process, log_path)
         except RuntimeError:
-            _stop(process, log, stop_grace)
+            _stop(process, log, stop_grace, ports.values())
             if attempt < PORT_TRIES and "Port allocation failed" in log_path.read_text(errors="replace"):
                 continue
             raise
@@ -97,10 +99,12 @@ def seaweedfs(data_dir: Path, bucket: str = "test-bucket", key: str = "testkey",
     try:
         yield S3Server(endpoint, bucket, key, secret, process)
     finally:
-        _stop(process, log, stop_grace)
+        _stop(process, log, stop_grace, ports.values())
 
 
-def _stop(process: subprocess.Popen, log, grace: float) -> None:
+def _stop(process: subprocess.Popen, log, grace: float, ports: Iterable[int]) -> None:
+    """Stop ``weed mini`` and remove the unix sockets it leaves in /tmp (``seaweedfs-<what>-<port>.sock``,
+    named by the ports it was given) whether it stopped or was killed."""
     process.terminate()
     try:
         process.wait(timeout=grace)
@@ -108,6 +112,9 @@ def _stop(process: subprocess.Popen, log, grace: float) -> None:
         process.kill()
         process.wait()
     log.close()
+    for port in ports:
+        for sock in Path(tempfile.gettempdir()).glob(f"seaweedfs-*-{port}.sock"):
+            sock.unlink(missing_ok=True)
 
 
 def _wait_for_bucket(endpoint: str, bucket: str, key: str, secret: str, process: subprocess.Popen, log_path: Path,
