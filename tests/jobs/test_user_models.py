@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -91,7 +92,10 @@ def test_a_users_model_class_runs_in_the_job(user_checkpoint, tmp_path) -> None:
     command = [sys.executable, "-m", "jobs.attribute", "--checkpoint", checkpoint, "--output", out, "--limit", "60",
                "--shard-size", "30", "--methods", "pathway gradient guided_backprop", "--workers", "1",
                "--no-progress", "--trust-code", "usernets"]
-    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    try:
+        result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     maps = read_maps(out, "pathway")
     assert len(maps) == 60 and (maps.neuron_calls == 2).all() and maps.kept_fraction.between(0.25, 0.31).all()
