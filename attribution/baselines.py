@@ -91,8 +91,9 @@ class Gradient(Attribution):
     """Saliency: the signed gradient of the target logit w.r.t. the input (Simonyan et al. 2014).
 
     Bit for bit Captum's ``Saliency(abs=False)`` (tests/attribution/test_baselines.py), in one
-    backward pass of its own: the default methods then never import captum, which cost every Ray
-    actor about 0.4 s of CPU. Take ``abs`` in the reduction if wanted.
+    backward pass of its own, so that the default methods never import captum, which every Ray
+    actor would pay for (benchmarks/RESULTS.md, "captum's import"). Take ``abs`` in the reduction
+    if wanted.
     """
 
     def _attribute(self, inputs: torch.Tensor, targets: torch.Tensor, seeds: list[int]) -> torch.Tensor:
