@@ -162,12 +162,11 @@ def plan_workers(resources: dict[str, float], device: str, workers: int | None, 
     gpus = int(resources.get("GPU", 0)) if device in ("auto", "cuda") else 0
     gpus = max(gpus, 1) if device == "cuda" else gpus
     cpus = max(1, int(resources.get("CPU", 1)))
-    cap = max(1, units) if units is not None else None
+    count = workers or (gpus if gpus else cpus if default_cpu_workers == "cpus" else int(default_cpu_workers))
+    if units is not None:
+        count = min(count, max(1, units))
     if gpus:
-        count = workers or gpus
-        return WorkerSizing(min(count, cap) if cap else count, 1, 1, 0, "cuda")
-    count = workers or (cpus if default_cpu_workers == "cpus" else int(default_cpu_workers))
-    count = min(count, cap) if cap else count
+        return WorkerSizing(count, 1, 1, 0, "cuda")
     threads = max(1, cpus // count)
     return WorkerSizing(count, 0, threads, threads, "cpu" if device == "auto" else device)
 
