@@ -3,8 +3,9 @@
 # tool): pathway, gradient and integrated gradients per method, maps/s per GPU on the small net and
 # at ResNet-50 and VGG-16 224 px (benchmarks/bench_attribution.py), with the GPU's name and driver.
 #
-# The device machine has CUDA PyTorch, torchvision, numpy and matplotlib in its python3, and reaches
-# no network. Captum (integrated gradients) travels as a wheel. Prepare it here, once:
+# The device machine has CUDA PyTorch, torchvision, numpy and matplotlib in its python3 (Python 3.12
+# and torch 2.11 when last seen there; the project pins torch 2.13 on CPU, so the header records
+# the versions), and reaches no network. The benchmark needs neither Ray nor the storage packages. Captum (integrated gradients) travels as a wheel. Prepare it here, once:
 #   python -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #       --platform manylinux2014_x86_64 -d .whl captum==0.9.0      # .whl/ is git-ignored
 # Then make one device call: command `bash benchmarks/gpu.sh`, carry [".whl"], timeout_s 600.
