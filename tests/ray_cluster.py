@@ -102,6 +102,14 @@ def listeners(root: int) -> set[Listener]:
             if conn.status == psutil.CONN_LISTEN and conn.pid in tree}
 
 
+def beyond_loopback(seen: set[Listener]) -> list[str]:
+    """The listeners in ``seen`` that other machines could reach (not on a loopback address), one
+    line each: what the loopback-only checks of a job's Ray and of a deploy head report."""
+    from jobs.runtime.cluster import is_loopback
+
+    return sorted(f"{l.process} (pid {l.pid}) on {l.address}:{l.port}" for l in seen if not is_loopback(l.address))
+
+
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.1):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

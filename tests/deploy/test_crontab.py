@@ -21,11 +21,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from jobs.runtime.cluster import is_loopback
 from storage.maps.reader import read_errors, read_maps, read_run
 from tests.helpers import fashion_mnist, write_folder
 from tests.jobs.attribute_support import METHODS, source_ids
-from tests.ray_cluster import ROOT, kill_tree, listeners, ray_head_node, wait_for, wait_for_dashboard
+from tests.ray_cluster import ROOT, beyond_loopback, kill_tree, listeners, ray_head_node, wait_for, wait_for_dashboard
 
 CRONTAB = ROOT / "deploy" / "crontab.example"
 SHIPPED = ROOT / "models" / "weights" / "resnet8-fashion-mnist.pt"
@@ -166,5 +165,5 @@ def test_the_crontab_line_runs_incrementally_and_an_overlapping_run_stops_in_one
 
     processes = " ".join(listener.process for listener in seen)
     assert all(name in processes for name in ("gcs_server", "raylet", "dashboard", "ray::DashboardAgent")), processes
-    exposed = sorted(f"{l.process} on {l.address}:{l.port}" for l in seen if not is_loopback(l.address))
+    exposed = beyond_loopback(seen)
     assert not exposed, "the head listens beyond loopback: " + "; ".join(exposed)

@@ -17,8 +17,7 @@ import time
 
 import pytest
 
-from jobs.runtime.cluster import is_loopback
-from tests.ray_cluster import ROOT, Listener, job_env, listeners, short_tmp
+from tests.ray_cluster import ROOT, Listener, beyond_loopback, job_env, listeners, short_tmp
 from tests.servers import free_port
 
 pytestmark = pytest.mark.slow
@@ -61,5 +60,5 @@ def test_the_jobs_local_ray_listens_on_loopback_only(checkpoint, tmp_path) -> No
     missing = [name for name in EXPECTED if not any(name in process for process in processes)]
     assert not missing, f"never saw {missing} listening in {samples} samples; saw {sorted(processes)}"
     assert any(listener.pid == job.pid for listener in seen), "the driver's own Ray server was not seen"
-    exposed = sorted(f"{l.process} (pid {l.pid}) on {l.address}:{l.port}" for l in seen if not is_loopback(l.address))
+    exposed = beyond_loopback(seen)
     assert not exposed, "listening beyond loopback: " + "; ".join(exposed)
