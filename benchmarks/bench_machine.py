@@ -93,6 +93,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5, help="runs of each probe; the median is printed")
     args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error(f"--repeats must be at least 1, got {args.repeats}")
     print(f"# {platform.node()}: {os.cpu_count()} CPUs, {cpu_model()}, "
           f"Python {platform.python_version()}, {time.strftime('%Y-%m-%d %H:%M:%S')}")
     for name, probe, unit in PROBES:
