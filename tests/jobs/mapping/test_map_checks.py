@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from jobs import attribute
+from jobs.mapping.map_checks import map_quality, quality_lines
 from storage.maps.reader import read_maps, read_run
 
 pytestmark = pytest.mark.slow  # starts Ray
@@ -48,10 +49,12 @@ def test_a_zero_head_gives_degenerate_maps_that_are_counted(zero_head, ray_sessi
     assert f"grad_cam: Grad-CAM layer {layer['layer']} ({layer['size'][0]} x {layer['size'][1]}, 20 maps)" in printed.out
 
 
-def test_a_working_checkpoint_has_no_degenerate_maps(checkpoint, ray_session, tmp_path, capfd) -> None:
-    out = str(tmp_path / "maps")
-    assert attribute.main(["--checkpoint", checkpoint, "--output", out, "--limit", "20", "--shard-size", "10",
-                           "--methods", "pathway", "--workers", "1", "--no-progress"]) == 0
-    assert read_run(out)["degenerate_maps"] == {"pathway": {}}
-    assert read_maps(out, "pathway").degenerate.isna().all()
-    assert "degenerate maps: pathway 0" in capfd.readouterr().out
+def test_a_working_checkpoint_has_no_degenerate_maps(reference) -> None:
+    """The undisturbed reference run (tests/jobs/conftest.py) counts no degenerate map and says so."""
+    url, options = reference["url"], reference["options"]
+    assert reference["code"] == 0
+    assert read_run(url, options)["degenerate_maps"] == {"pathway": {}, "gradient": {}}
+    for method in ("pathway", "gradient"):
+        assert read_maps(url, method, options).degenerate.isna().all()
+    quality = map_quality(url, options, {m: ["degenerate"] for m in ("pathway", "gradient")})
+    assert quality_lines(quality) == ["degenerate maps: pathway 0, gradient 0"] and not quality["warnings"]
