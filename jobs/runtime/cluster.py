@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,7 +43,8 @@ def start_ray(address: str | None) -> None:
         pass
     else:
         if address:
-            ray.init(address=address, log_to_driver=True)
+            with single_machine_mode(joins_loopback(address)):  # else Ray dials the host's address and hangs
+                ray.init(address=address, log_to_driver=True)
         else:
             start_local_ray(include_dashboard=False, log_to_driver=True)
         _owned = True
@@ -92,25 +94,56 @@ def start_local_ray(**init_kwargs: Any) -> None:
     Its single-machine mode is switched on for the start only (the daemons inherit it; a later
     ``ray.init(address=...)`` in this process still joins clusters)."""
     import ray
-    from ray._private import ray_constants
 
-    saved_env, saved_flag = os.environ.get(_RAY_CLUSTER_ENV), ray_constants.ENABLE_RAY_CLUSTER
-    os.environ[_RAY_CLUSTER_ENV] = "0"
-    ray_constants.ENABLE_RAY_CLUSTER = False
-    try:
+    with single_machine_mode():
         ray.init(address="local", **init_kwargs)
-    finally:
-        ray_constants.ENABLE_RAY_CLUSTER = saved_flag
-        if saved_env is None:
-            os.environ.pop(_RAY_CLUSTER_ENV, None)
-        else:
-            os.environ[_RAY_CLUSTER_ENV] = saved_env
     node = ray.util.get_node_ip_address()
     if not is_loopback(node):
         ray.shutdown()
         raise JobError(f"the local Ray came up on {node}, not on loopback, so other machines could reach it "
                        f"({_RAY_CLUSTER_ENV}=0 had no effect with Ray {ray.__version__}); pass --ray-address of a "
                        "cluster whose ports only its own nodes can reach (docs/cluster.md)")
+
+
+@contextmanager
+def single_machine_mode(on: bool = True) -> Iterator[None]:
+    """Ray's single-machine switch (:data:`_RAY_CLUSTER_ENV`), on for the block only (``on=False``: a
+    no-op). Ray reads it when it starts or joins a Ray: with it, the node's address is loopback."""
+    if not on:
+        yield
+        return
+    from ray._private import ray_constants
+
+    saved_env, saved_flag = os.environ.get(_RAY_CLUSTER_ENV), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[_RAY_CLUSTER_ENV] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved_flag
+        if saved_env is None:
+            os.environ.pop(_RAY_CLUSTER_ENV, None)
+        else:
+            os.environ[_RAY_CLUSTER_ENV] = saved_env
+
+
+def joins_loopback(address: str) -> bool:
+    """Whether ``address`` (``host:port``, or ``auto``: the last ``ray start`` of this machine) is a Ray
+    on loopback: a job's own local Ray, or a ``start-cluster.sh`` head on loopback. Ray rewrites a
+    loopback address to the host's when a driver joins (``resolve_ip_for_localhost``), and a Ray that
+    listens on loopback only never answers there: the driver must join in single-machine mode too.
+    A Ray Client address (``ray://``) connects as given."""
+    if address.startswith("ray://"):
+        return False
+    if address == "auto":
+        from ray._private.services import get_ray_address_from_environment
+
+        try:
+            address = get_ray_address_from_environment("auto", None) or ""
+        except Exception:  # noqa: BLE001 - no cluster found: ray.init says so in its own words
+            return False
+    host = address.rsplit(":", 1)[0] if address.count(":") == 1 or address.startswith("[") else address
+    return is_loopback(host)
 
 
 def is_loopback(host: str) -> bool:

@@ -3,13 +3,15 @@ for the start only; workers are sized from the cluster's resources and the work 
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
 
 import pytest
 
-from jobs.runtime.cluster import WorkerSizing, is_loopback, plan_workers, worker_options
+from jobs.runtime.cluster import (WorkerSizing, is_loopback, joins_loopback, plan_workers, single_machine_mode,
+                                  worker_options)
 from tests.ray_cluster import ROOT, short_tmp
 
 
@@ -20,6 +22,34 @@ from tests.ray_cluster import ROOT, short_tmp
 ])
 def test_is_loopback(host: str, loopback: bool) -> None:
     assert is_loopback(host) is loopback
+
+
+@pytest.mark.parametrize("address, loopback", [
+    ("127.0.0.1:6379", True), ("localhost:6379", True), ("[::1]:6379", True), ("127.0.0.1", True),
+    ("192.0.2.2:6379", False), ("head.example.com:6379", False), ("ray://127.0.0.1:10001", False),
+])
+def test_joins_loopback(address: str, loopback: bool) -> None:
+    assert joins_loopback(address) is loopback
+
+
+def test_auto_joins_loopback_when_the_last_ray_start_was_on_loopback(monkeypatch) -> None:
+    from ray._private import services
+
+    monkeypatch.setattr(services, "get_ray_address_from_environment", lambda addr, temp: "127.0.0.1:6379")
+    assert joins_loopback("auto")
+    monkeypatch.setattr(services, "get_ray_address_from_environment", lambda addr, temp: "10.0.0.5:6379")
+    assert not joins_loopback("auto")
+
+
+def test_single_machine_mode_is_on_for_the_block_only(monkeypatch) -> None:
+    from ray._private import ray_constants
+
+    monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "1")
+    with single_machine_mode(False):
+        assert os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "1" and ray_constants.ENABLE_RAY_CLUSTER
+    with single_machine_mode():
+        assert os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "0" and not ray_constants.ENABLE_RAY_CLUSTER
+    assert os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "1" and ray_constants.ENABLE_RAY_CLUSTER
 
 
 #: Run in a fresh Python: the test process may hold the session's Ray, and stopping it costs a restart.

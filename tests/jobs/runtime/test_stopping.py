@@ -42,10 +42,13 @@ def block_sigint() -> None:
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
 
 
-def stop_after_first_commit(out: str, signum: int, blocked: bool = False) -> tuple[int, str, float]:
+def stop_after_first_commit(out: str, signum: int, blocked: bool = False, ray_address: str | None = None
+                            ) -> tuple[int, str, float]:
     """Start the attribute job on the shipped model in its own process group (with SIGINT blocked, as
-    Ray starts it, if ``blocked``) and send ``signum`` once a shard is committed: SIGINT to the group,
-    as a terminal's Ctrl-C does, SIGTERM to the driver; (exit status, stderr, seconds to exit).
+    Ray starts it, if ``blocked``; joining the Ray at ``ray_address`` through ``$RAY_ADDRESS``, as Ray
+    starts a ``ray job submit`` entrypoint, if given, else starting a local Ray of its own) and send
+    ``signum`` once a shard is committed: SIGINT to the group, as a terminal's Ctrl-C does, SIGTERM to
+    the driver; (exit status, stderr, seconds to exit).
 
     (SIGTERM to the whole group of a job that started its own local Ray also ends Ray's daemons,
     which do not block it as they block SIGINT, and the driver's Ray client then exits the process
@@ -53,7 +56,8 @@ def stop_after_first_commit(out: str, signum: int, blocked: bool = False) -> tup
     command = [sys.executable, "-m", "jobs.attribute", "--output", out, *MANY_SHARDS]
     ray_tmp = short_tmp("rs")
     with open(os.path.join(ray_tmp, "stderr"), "w+", encoding="utf-8") as err:
-        driver = subprocess.Popen(command, cwd=ROOT, env=job_env(ray_tmp), stdout=subprocess.DEVNULL, stderr=err,
+        joined = {"RAY_ADDRESS": ray_address} if ray_address else {}
+        driver = subprocess.Popen(command, cwd=ROOT, env=job_env(ray_tmp, **joined), stdout=subprocess.DEVNULL, stderr=err,
                                   start_new_session=True, preexec_fn=block_sigint if blocked else None)
         try:
             wait_for(lambda: shards_committed(out) or driver.poll() is not None, 240, "the first commit")
@@ -94,12 +98,17 @@ def check_stopped(out: str, code: int, text: str, seconds: float, signum: int, c
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("signum, blocked", [(signal.SIGINT, False), (signal.SIGINT, True), (signal.SIGTERM, False)],
+@pytest.mark.parametrize("signum, blocked, joins", [(signal.SIGINT, False, False), (signal.SIGINT, True, True),
+                                                    (signal.SIGTERM, False, True)],
                          ids=["sigint", "sigint-started-by-ray", "sigterm"])
-def test_a_signal_mid_job_stops_it_in_one_line_and_the_rerun_resumes(signum, blocked, ray_session, tmp_path,
+def test_a_signal_mid_job_stops_it_in_one_line_and_the_rerun_resumes(signum, blocked, joins, ray_session, tmp_path,
                                                                      capsys) -> None:
+    """Ctrl-C reaches a local run, which started its own Ray; ``ray job stop`` (SIGTERM) and a SIGINT
+    reach a job that joined a running Ray, as ``ray job submit`` starts one: here the session's Ray,
+    on loopback, which the job joins in single-machine mode (jobs.runtime.cluster.joins_loopback)."""
     out = str(tmp_path / "maps")
-    code, text, seconds = stop_after_first_commit(out, signum, blocked)
+    address = ray_session.get_runtime_context().gcs_address if joins else None
+    code, text, seconds = stop_after_first_commit(out, signum, blocked, address)
     check_stopped(out, code, text, seconds, signum, capsys)
 
 
