@@ -8,6 +8,7 @@ import os
 import shutil
 import sys
 import uuid
+from collections import Counter
 
 #: OpenMP threads that wait for work sleep instead of spinning, in this process and every process it
 #: starts (job subprocesses, Ray's workers): two test processes share the cores, and spinning threads
@@ -158,8 +159,12 @@ LOCAL_RAYS = [0]
 
 def pytest_configure(config: pytest.Config) -> None:
     """Count every local Ray started in this process (jobs.runtime.cluster's one
-    way to start one: the count only, the start is unchanged)."""
+    way to start one: the count only, the start is unchanged), and have pytest-xdist hand out the
+    test files in the order :func:`pytest_collection_modifyitems` gives them."""
     from jobs.runtime import cluster
+
+    if hasattr(config.option, "loadscopereorder"):  # pytest-xdist: its own order is most tests first
+        config.option.loadscopereorder = False
 
     start = cluster.start_local_ray
 
@@ -203,8 +208,15 @@ SLOW_FIXTURES = frozenset({"s3_server", "ray_session", "checkpoint", "reference"
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Mark ``slow`` every test that needs S3, Ray or a trained model (through the fixtures above, or
     ``storage_root``'s s3 case), so that ``pytest -m "not slow"`` is the fast tier: unit tests only,
-    no service and no training. Tests that start such things themselves carry the mark by hand."""
+    no service and no training. Tests that start such things themselves carry the mark by hand.
+
+    Then order the files fewest tests first. pytest-xdist (``--dist loadfile``) gives a process its
+    next file when two of its tests are left, so the files handed out last decide how long one process
+    runs alone at the end. Its own order (most tests first) ends on the files of one or two long job
+    tests; this one ends on unit-test files of many short tests, and the processes finish together."""
     for item in items:
         params = getattr(getattr(item, "callspec", None), "params", {})
         if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) or params.get("storage_root") == "s3":
             item.add_marker(pytest.mark.slow)
+    per_file = Counter(item.nodeid.split("::")[0] for item in items)
+    items.sort(key=lambda item: per_file[item.nodeid.split("::")[0]])  # stable: a file's tests keep their order
