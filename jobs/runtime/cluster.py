@@ -133,17 +133,17 @@ def joins_loopback(address: str) -> bool:
     loopback address to the host's when a driver joins (``resolve_ip_for_localhost``), and a Ray that
     listens on loopback only never answers there: the driver must join in single-machine mode too.
     A Ray Client address (``ray://``) connects as given."""
+    from ray._private.services import get_ray_address_from_environment, parse_address
+
     if address.startswith("ray://"):
         return False
     if address == "auto":
-        from ray._private.services import get_ray_address_from_environment
-
         try:
             address = get_ray_address_from_environment("auto", None) or ""
         except Exception:  # noqa: BLE001 - no cluster found: ray.init says so in its own words
             return False
-    host = address.rsplit(":", 1)[0] if address.count(":") == 1 or address.startswith("[") else address
-    return is_loopback(host)
+    parsed = parse_address(address)  # Ray's own split of host:port, [v6]:port included
+    return is_loopback(parsed[0] if parsed else address)
 
 
 def is_loopback(host: str) -> bool:
