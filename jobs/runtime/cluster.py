@@ -43,6 +43,7 @@ def start_ray(address: str | None) -> None:
         pass
     else:
         if address:
+            check_answers(address)
             with single_machine_mode(joins_loopback(address)):  # else Ray dials the host's address and hangs
                 ray.init(address=address, log_to_driver=True)
         else:
@@ -133,17 +134,57 @@ def joins_loopback(address: str) -> bool:
     loopback address to the host's when a driver joins (``resolve_ip_for_localhost``), and a Ray that
     listens on loopback only never answers there: the driver must join in single-machine mode too.
     A Ray Client address (``ray://``) connects as given."""
-    from ray._private.services import get_ray_address_from_environment, parse_address
+    from ray._private.services import parse_address
+
+    named = _named_address(address)
+    if named is None:
+        return False
+    parsed = parse_address(named)  # Ray's own split of host:port, [v6]:port included
+    return is_loopback(parsed[0] if parsed else named)
+
+
+def _named_address(address: str) -> str | None:
+    """The ``host:port`` that ``address`` names: itself, or for ``auto`` the last ``ray start`` of this
+    machine; None for a Ray Client address (``ray://``) and for an ``auto`` that finds no cluster, which
+    ``ray.init`` reports in its own words."""
+    from ray._private.services import get_ray_address_from_environment
 
     if address.startswith("ray://"):
-        return False
-    if address == "auto":
-        try:
-            address = get_ray_address_from_environment("auto", None) or ""
-        except Exception:  # noqa: BLE001 - no cluster found: ray.init says so in its own words
-            return False
-    parsed = parse_address(address)  # Ray's own split of host:port, [v6]:port included
-    return is_loopback(parsed[0] if parsed else address)
+        return None
+    if address != "auto":
+        return address
+    try:
+        return get_ray_address_from_environment("auto", None) or None
+    except Exception:  # noqa: BLE001 - no cluster found: ray.init says so
+        return None
+
+
+#: Seconds a Ray address has to accept a TCP connection before the job refuses it.
+CONNECT_SECONDS = 10.0
+
+
+def check_answers(address: str) -> None:
+    """Refuse, in one line, a Ray address (``host:port`` or ``auto``) where nothing accepts a connection.
+    Ray's own join retries such an address for minutes, printing only its client's warnings; a Ray
+    Client address (``ray://``) and an ``auto`` that names no cluster are left to ``ray.init``."""
+    import socket
+
+    from ray._private.services import parse_address
+
+    named = _named_address(address)
+    if named is None:
+        return
+    parsed = parse_address(named)
+    if not parsed:
+        raise JobError(f"the Ray address {address!r} (--ray-address or $RAY_ADDRESS) is not host:port (a Ray head's "
+                       "GCS address, e.g. 10.0.0.5:6379), 'auto' or ray://host:port; an http:// address is the "
+                       "dashboard's, for ray job submit")
+    try:
+        socket.create_connection((parsed[0].strip("[]"), int(parsed[1])), timeout=CONNECT_SECONDS).close()
+    except (OSError, ValueError) as err:
+        shown = address if named == address else f"{address!r} ({named})"
+        raise JobError(f"no Ray answers at {shown}: {err}. Start the cluster first (ray start --head, or "
+                       "deploy/start-cluster.sh), or fix --ray-address / $RAY_ADDRESS") from None
 
 
 def is_loopback(host: str) -> bool:

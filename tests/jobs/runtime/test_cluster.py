@@ -4,15 +4,13 @@ for the start only; workers are sized from the cluster's resources and the work 
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
-import sys
 
 import pytest
 
-from jobs.runtime.cluster import (WorkerSizing, is_loopback, joins_loopback, plan_workers, single_machine_mode,
-                                  worker_options)
-from tests.ray_cluster import ROOT, short_tmp
+from jobs.runtime.cli import JobError
+from jobs.runtime.cluster import (WorkerSizing, check_answers, is_loopback, joins_loopback, plan_workers,
+                                  single_machine_mode, start_ray, worker_options)
+from tests.servers import free_port
 
 
 @pytest.mark.parametrize("host, loopback", [
@@ -52,37 +50,43 @@ def test_single_machine_mode_is_on_for_the_block_only(monkeypatch) -> None:
     assert os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "1" and ray_constants.ENABLE_RAY_CLUSTER
 
 
-#: Run in a fresh Python: the test process may hold the session's Ray, and stopping it costs a restart.
-LOCAL_RAY_CHECK = """
-import os, sys
-import ray
-from ray._private import ray_constants
-from jobs.runtime.cluster import is_loopback, start_local_ray
+def test_an_address_where_nothing_answers_is_refused_in_one_line_before_ray_joins(monkeypatch) -> None:
+    import ray
+    from ray._private import services
 
-os.environ.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)
-assert ray_constants.ENABLE_RAY_CLUSTER  # Linux: Ray's multi-node mode is the default
-start_local_ray(num_cpus=1, num_gpus=0, include_dashboard=False, _temp_dir=sys.argv[1], log_to_driver=False)
-try:
-    assert ray_constants.ENABLE_RAY_CLUSTER, "a later ray.init(address=...) in this process must still join clusters"
+    port = free_port()  # closed: nothing listens there
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)  # as in a job's fresh driver
+    monkeypatch.setattr(ray, "init", lambda **kwargs: pytest.fail(f"ray.init ran: {kwargs}"))
+    with pytest.raises(JobError, match=rf"no Ray answers at 127\.0\.0\.1:{port}: .*ray start --head"):
+        start_ray(f"127.0.0.1:{port}")
+    monkeypatch.setattr(services, "get_ray_address_from_environment", lambda addr, temp: f"127.0.0.1:{port}")
+    with pytest.raises(JobError, match=rf"no Ray answers at 'auto' \(127\.0\.0\.1:{port}\)"):
+        start_ray("auto")  # a stale ray_current_cluster: the cluster it names is gone
+    for address in ("head-node", "http://127.0.0.1:8265"):
+        with pytest.raises(JobError, match=rf"'{address}' \(--ray-address or \$RAY_ADDRESS\) is not host:port"):
+            check_answers(address)
+
+
+def test_an_address_that_accepts_connections_and_ray_client_addresses_pass() -> None:
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        check_answers(f"127.0.0.1:{server.getsockname()[1]}")
+    check_answers(f"ray://127.0.0.1:{free_port()}")  # Ray Client connects (and fails) in its own words
+
+
+def test_the_local_ray_a_job_starts_is_on_loopback_and_the_switch_is_restored(ray_session) -> None:
+    """The session's Ray was started by start_local_ray, as a job's local Ray is (tests/conftest.py
+    SharedRay), so its state is the state a job's start leaves; checking it here costs no Ray start."""
+    from ray._private import ray_constants
+
+    assert ray_constants.ENABLE_RAY_CLUSTER, ("a later ray.init(address=...) in this process must still join "
+                                              "clusters (or $RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER was 0 before the run)")
     assert "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER" not in os.environ
-    assert is_loopback(ray.util.get_node_ip_address()), ray.util.get_node_ip_address()
-    worker_ip = ray.get(ray.remote(num_cpus=0)(ray.util.get_node_ip_address).remote(), timeout=120)
+    assert is_loopback(ray_session.util.get_node_ip_address()), ray_session.util.get_node_ip_address()
+    get_ip = ray_session.remote(num_cpus=0)(ray_session.util.get_node_ip_address)
+    worker_ip = ray_session.get(get_ip.remote(), timeout=120)
     assert is_loopback(worker_ip), worker_ip
-finally:
-    ray.shutdown()
-print("ok")
-"""
-
-
-@pytest.mark.slow
-def test_start_local_ray_runs_on_loopback_and_restores_the_switch() -> None:
-    temp = short_tmp("rc")
-    try:
-        done = subprocess.run([sys.executable, "-c", LOCAL_RAY_CHECK, temp], cwd=ROOT, capture_output=True, text=True,
-                              timeout=300, check=False)
-    finally:
-        shutil.rmtree(temp, ignore_errors=True)
-    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), (done.stdout + done.stderr)[-3000:]
 
 
 def test_worker_options_carry_the_drivers_worker_settings_only_when_set(monkeypatch) -> None:
