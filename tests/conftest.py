@@ -94,7 +94,13 @@ class SharedRay:
         if ray.is_initialized():
             return
         self.temp = short_tmp("rj")
-        start_local_ray(num_cpus=2, num_gpus=0, include_dashboard=False, _temp_dir=self.temp, log_to_driver=False)
+        # Ray's log monitor looks for new worker log files every 0.1 s until the session holds 1,000 files,
+        # then every 0.5 s; at threshold 0 it does so from the start: 0.30 instead of 0.49 s of CPU per 30 s
+        # beside 117 files (benchmarks/RESULTS.md, session 19). Its daemon only: job subprocesses keep Ray's
+        # default. A joined driver (the signal tests) still gets every worker line, a new file's 0.5 s later.
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("RAY_LOG_MONITOR_MANY_FILES_THRESHOLD", "0")
+            start_local_ray(num_cpus=2, num_gpus=0, include_dashboard=False, _temp_dir=self.temp, log_to_driver=False)
         self.starts += 1
 
     def down(self) -> None:

@@ -21,7 +21,7 @@ def test_isolation_scores_the_cluster_holding_most_stamped_ids() -> None:
 @pytest.mark.slow
 def test_the_model_uses_the_stamp_and_analyze_isolates_it(tmp_path, ray_session) -> None:
     args = shortcut.parse_args(["--workdir", str(tmp_path), "--train-limit", "3000", "--test-limit", "500",
-                                "--epochs", "3", "--methods", "pathway gradient"])
+                                "--epochs", "3", "--methods", "pathway"])
     result = shortcut.prove(args)
     r = result["reliance"]
     assert r["stamped_images"] >= 10
