@@ -1,5 +1,6 @@
 """jobs.runtime.cluster: the local Ray a job starts is on loopback, and the switch that puts it there is on
-for the start only; workers are sized from the cluster's resources and the work there is."""
+for the start only; an address where no Ray answers is refused in one line before Ray's join; workers are
+sized from the cluster's resources and the work there is."""
 
 from __future__ import annotations
 
