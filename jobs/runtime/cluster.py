@@ -45,7 +45,13 @@ def start_ray(address: str | None) -> None:
         if address:
             check_answers(address)
             with single_machine_mode(joins_loopback(address)):  # else Ray dials the host's address and hangs
-                ray.init(address=address, log_to_driver=True)
+                try:
+                    ray.init(address=address, log_to_driver=True)
+                except ConnectionError as err:  # Ray's GCS answered, and refused or dropped the driver
+                    raise JobError(f"could not join the Ray at {address} ({err}). A cluster with token authentication "
+                                   "(cluster.yaml's, start-cluster.sh's, and a Ray that ray.init started) needs "
+                                   "RAY_AUTH_MODE=token here and its token: $RAY_AUTH_TOKEN, or the file "
+                                   "~/.ray/auth_token (docs/cluster.md)") from None
         else:
             start_local_ray(include_dashboard=False, log_to_driver=True)
         _owned = True
@@ -159,14 +165,21 @@ def _named_address(address: str) -> str | None:
         return None
 
 
-#: Seconds a Ray address has to accept a TCP connection before the job refuses it.
+#: Seconds a Ray address has to accept a TCP connection, and to answer it, before the job refuses it.
 CONNECT_SECONDS = 10.0
+
+#: What an HTTP/2 client sends first (the connection preface, then an empty SETTINGS frame). A gRPC
+#: server, which Ray's GCS is, answers with a SETTINGS frame; an HTTP/1 server does not.
+_H2_HELLO = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+_H2_SETTINGS = 4
 
 
 def check_answers(address: str) -> None:
-    """Refuse, in one line, a Ray address (``host:port`` or ``auto``) where nothing accepts a connection.
-    Ray's own join retries such an address for minutes, printing only its client's warnings; a Ray
-    Client address (``ray://``) and an ``auto`` that names no cluster are left to ``ray.init``."""
+    """Refuse, in one line, a Ray address (``host:port`` or ``auto``) where nothing accepts a connection,
+    or where what answers is not a gRPC server (the dashboard's port 8265 given for the GCS's 6379).
+    Ray's own join retries either for minutes, printing only its client's warnings. A Ray Client
+    address (``ray://``) and an ``auto`` that names no cluster are left to ``ray.init``; with
+    ``$RAY_USE_TLS`` the GCS expects TLS first, so only the connection is checked."""
     import socket
 
     from ray._private.services import parse_address
@@ -179,12 +192,31 @@ def check_answers(address: str) -> None:
         raise JobError(f"the Ray address {address!r} (--ray-address or $RAY_ADDRESS) is not host:port (a Ray head's "
                        "GCS address, e.g. 10.0.0.5:6379), 'auto' or ray://host:port; an http:// address is the "
                        "dashboard's, for ray job submit")
+    shown = address if named == address else f"{address!r} ({named})"
     try:
-        socket.create_connection((parsed[0].strip("[]"), int(parsed[1])), timeout=CONNECT_SECONDS).close()
+        with socket.create_connection((parsed[0].strip("[]"), int(parsed[1])), timeout=CONNECT_SECONDS) as sock:
+            if os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true"):
+                return
+            sock.sendall(_H2_HELLO)
+            first = _read(sock, 9)  # a frame header: length (3 bytes), type, flags, stream id
     except (OSError, ValueError) as err:
-        shown = address if named == address else f"{address!r} ({named})"
         raise JobError(f"no Ray answers at {shown}: {err}. Start the cluster first (ray start --head, or "
                        "deploy/start-cluster.sh), or fix --ray-address / $RAY_ADDRESS") from None
+    if len(first) < 9 or first[3] != _H2_SETTINGS:
+        raise JobError(f"what answers at {shown} is not a Ray GCS (it does not speak gRPC; it sent {first[:16]!r}). "
+                       "--ray-address / $RAY_ADDRESS takes the head's GCS address (port 6379 unless the head "
+                       "chose another); the dashboard's port (8265) is for ray job submit")
+
+
+def _read(sock: Any, size: int) -> bytes:
+    """Up to ``size`` bytes, fewer only where the peer closes first (a timeout raises)."""
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data
 
 
 def is_loopback(host: str) -> bool:
