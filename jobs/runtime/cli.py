@@ -210,7 +210,10 @@ def trust_of(args: argparse.Namespace, arch: str | None = None) -> tuple[str, ..
 def ray_flags() -> argparse.ArgumentParser:
     """The flags of every job that runs on Ray (includes :func:`storage_flags`)."""
     p = argparse.ArgumentParser(add_help=False, parents=[storage_flags()])
-    p.add_argument("--ray-address", default=None, help="Ray cluster (default: $RAY_ADDRESS, else a local Ray)")
+    p.add_argument("--ray-address", default=None,
+                   help="Ray cluster to join: its head's GCS host:port (6379 unless the head chose another; the "
+                   "dashboard's 8265 is for ray job submit), auto, or ray://host:port (default: $RAY_ADDRESS, "
+                   "else a local Ray on loopback)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
