@@ -198,7 +198,8 @@ def check_answers(address: str) -> None:
             if os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true"):
                 return
             sock.sendall(_H2_HELLO)
-            first = _read(sock, 9)  # a frame header: length (3 bytes), type, flags, stream id
+            with sock.makefile("rb") as reader:  # read(9) waits for 9 bytes, fewer only if the peer closes
+                first = reader.read(9)  # a frame header: length (3 bytes), type, flags, stream id
     except (OSError, ValueError) as err:
         raise JobError(f"no Ray answers at {shown}: {err}. Start the cluster first (ray start --head, or "
                        "deploy/start-cluster.sh), or fix --ray-address / $RAY_ADDRESS") from None
@@ -206,17 +207,6 @@ def check_answers(address: str) -> None:
         raise JobError(f"what answers at {shown} is not a Ray GCS (it does not speak gRPC; it sent {first[:16]!r}). "
                        "--ray-address / $RAY_ADDRESS takes the head's GCS address (port 6379 unless the head "
                        "chose another); the dashboard's port (8265) is for ray job submit")
-
-
-def _read(sock: Any, size: int) -> bytes:
-    """Up to ``size`` bytes, fewer only where the peer closes first (a timeout raises)."""
-    data = b""
-    while len(data) < size:
-        chunk = sock.recv(size - len(data))
-        if not chunk:
-            break
-        data += chunk
-    return data
 
 
 def is_loopback(host: str) -> bool:
