@@ -155,9 +155,8 @@ def handler_for(explorer: Explorer, allowed_hosts: set[str] | None) -> type[Base
                     return self._json(explorer.index.error_rows(query))
                 if parts.path == "/api/sample":
                     sample_id = _need(query, "sample_id")
-                    errors = explorer.index.error_rows({"sample_id": sample_id})
                     return self._json({"rows": explorer.index.sample(sample_id, query.get("shard_id") or None),
-                                       "errors": errors["rows"]})
+                                       "errors": explorer.index.sample_errors(sample_id)})
                 if parts.path == "/api/sample_clusters":  # the sample page's only: it scans the cluster tables
                     return self._json({"rows": explorer.analyses.sample_clusters(_need(query, "sample_id"))})
                 if parts.path == "/api/map":

@@ -115,6 +115,7 @@ class MapIndex:
         #: maps and errors datasets run one at a time, which costs a viewer with one user little and
         #: keeps pyarrow's dataset scans and their shared filesystem out of concurrent use.
         self._lock = threading.Lock()
+        self._kinds: dict[str, int] | None = None
 
     def methods(self) -> list[str]:
         """The method labels that have a maps folder."""
@@ -225,7 +226,8 @@ class MapIndex:
         return pa.Table.from_pylist(rows, schema=pa.schema([schema.field(c) for c in self.columns]))
 
     def error_rows(self, query: Mapping[str, str]) -> dict[str, Any]:
-        """One page of the errors tables, filtered by method, kind and sample id."""
+        """One page of the errors tables, filtered by method, kind and sample id, with the count of
+        every kind (the page's kind filter offers them)."""
         offset, limit = _int(query, "offset", 0), min(_int(query, "limit", 50), MAX_PAGE)
         if self.errors is None:
             return {"total": 0, "rows": [], "offset": offset, "kinds": {}}
@@ -238,13 +240,39 @@ class MapIndex:
             parts.append(pc.field("sample_id") == query["sample_id"])
         expr = functools.reduce(lambda a, b: a & b, parts) if parts else None
         with self._lock, storage_errors(self.url, "read", None):
-            total = self.errors.count_rows(filter=expr)
-            page = self.errors.head(offset + limit, None, expr).slice(offset, limit)
+            if expr is None:  # the count from the footers, the page from the first files only
+                total, page = self.errors.count_rows(), self.errors.head(offset + limit, None).slice(offset, limit)
+            else:  # one scan: the count and the page (a filter's rows may lie in any file)
+                total, page = self._errors_page(expr, offset, limit)
+            kinds = self._error_kinds()
+        return {"total": total, "offset": offset, "rows": _records(page), "kinds": kinds}
+
+    def sample_errors(self, sample_id: str) -> list[dict[str, Any]]:
+        """A sample's error rows (one per method that failed it, at most a page): one filtered scan."""
+        if self.errors is None:
+            return []
+        with self._lock, storage_errors(self.url, "read", None):
+            return _records(self._errors_page(pc.field("sample_id") == sample_id, 0, MAX_PAGE)[1])
+
+    def _errors_page(self, expr: ds.Expression, offset: int, limit: int) -> tuple[int, pa.Table]:
+        """The rows that pass ``expr``: how many, and rows ``offset`` to ``offset + limit`` of them."""
+        total, kept = 0, []
+        for batch in self.errors.batches(None, expr):
+            start, stop = max(offset - total, 0), min(offset + limit - total, batch.num_rows)
+            if stop > start:
+                kept.append(batch.slice(start, stop - start))
+            total += batch.num_rows
+        return total, pa.Table.from_batches(kept, self.errors.schema)
+
+    def _error_kinds(self) -> dict[str, int]:
+        """Error rows by kind, counted once: the files are those listed when the index was opened."""
+        if self._kinds is None:
             kinds: dict[str, int] = {}
             for batch in self.errors.batches(["kind"]):  # counted batch by batch: memory follows a batch
                 for c in pc.value_counts(pc.fill_null(batch.column(0), "unknown")).to_pylist() if batch.num_rows else []:
                     kinds[c["values"]] = kinds.get(c["values"], 0) + c["counts"]
-        return {"total": total, "offset": offset, "rows": _records(page), "kinds": dict(sorted(kinds.items()))}
+            self._kinds = dict(sorted(kinds.items()))
+        return self._kinds
 
     # ------------------------------------------------------------------ one sample
 

@@ -74,6 +74,16 @@ def test_errors_by_kind(index):
     assert page["total"] == 3 and page["kinds"] == {"decode": 3}
     assert {r["sample_id"] for r in page["rows"]} == {"00000999", "00001999", "00002999"}
     assert index.error_rows({"kind": "read"})["total"] == 0
+    # a filtered page past its first row, from the one scan that also counts: the same rows in order
+    second = index.error_rows({"kind": "decode", "offset": "1", "limit": "1"})
+    assert second["total"] == 3 and [r["sample_id"] for r in second["rows"]] == [page["rows"][1]["sample_id"]]
+    assert index.error_rows({"offset": "2", "limit": "5"})["rows"] == page["rows"][2:]  # unfiltered: head only
+    assert index.error_rows({"sample_id": "00000999"})["kinds"] == {"decode": 3}  # every kind, whatever the filter
+
+
+def test_a_samples_errors_are_its_rows_only(index):
+    assert [(r["sample_id"], r["kind"]) for r in index.sample_errors("00001999")] == [("00001999", "decode")]
+    assert index.sample_errors("00000001") == []
 
 
 def test_bad_queries_are_one_line_refusals(index):
