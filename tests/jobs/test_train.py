@@ -31,36 +31,56 @@ def _read(url: str, options: dict) -> bytes:
         return fh.read()
 
 
-def test_trains_and_writes_checkpoint_metrics_and_plot(storage_root, monkeypatch, capsys) -> None:
-    root, options = storage_root
-    url = f"{root}/models/fm.pt"
+def test_trains_and_writes_checkpoint_metrics_and_plot(tmp_path, capsys) -> None:
+    url = str(tmp_path / "models" / "fm.pt")
     argv = [*SMALL, "--output", url]
-    if options:  # S3: the options come from the environment, as on a cluster
-        monkeypatch.setenv(STORAGE_OPTIONS_ENV, json.dumps(options))
     assert train_job.main(argv) == 0
     out = capsys.readouterr().out
     assert "test accuracy" in out and url in out
 
-    model, spec = load_checkpoint(url, storage_options=options)
+    model, spec = load_checkpoint(url)
     assert spec.arch == "resnet8" and spec.in_channels == 1 and spec.input_size == (28, 28)
     assert spec.class_names == fashion_mnist_spec().class_names
     # The spec's normalization is measured on the train split: Fashion-MNIST's known values.
     assert spec.mean == pytest.approx(fashion_mnist_spec().mean, abs=2e-3)
     assert spec.std == pytest.approx(fashion_mnist_spec().std, abs=2e-3)
 
-    metrics = json.loads(_read(f"{url}.metrics.json", options))
+    metrics = json.loads(_read(f"{url}.metrics.json", {}))
     assert metrics["train_samples"] == 2000 and metrics["test_samples"] == 10_000 and metrics["epochs"] == 1
     assert metrics["source"] == "fashion-mnist" and metrics["seed"] == 0
     assert metrics["command"] == " ".join(["python -m jobs.train", *argv])  # no word here needs quoting
     assert metrics["versions"]["torch"] == str(torch.__version__)
     assert metrics["test_accuracy"] > 0.5  # chance: 0.1
-    assert load_metrics(url, storage_options=options)["test_accuracy"] == metrics["test_accuracy"]
-    assert _read(f"{url}.metrics.png", options)[:8] == b"\x89PNG\r\n\x1a\n"
+    assert load_metrics(url)["test_accuracy"] == metrics["test_accuracy"]
+    assert _read(f"{url}.metrics.png", {})[:8] == b"\x89PNG\r\n\x1a\n"
 
     # The stored model is the trained one: it reproduces the reported accuracy.
     test_images, test_labels, _ = load_arrays(open_source("fashion-mnist", split="test"))
     # (abs 2e-4: another thread count may flip one borderline argmax in 10k)
     assert evaluate(model, spec, test_images, test_labels) == pytest.approx(metrics["test_accuracy"], abs=2e-4)
+
+
+def test_writes_checkpoint_metrics_and_plot_to_s3_with_options_from_the_environment(s3_server, monkeypatch,
+                                                                                   capsys) -> None:
+    """The same files on s3://, the options from $STORAGE_OPTIONS as on a cluster (a smaller run: what
+    the trained model scores is the test above's; a checkpoint's round trip through S3 is
+    tests/storage/test_checkpoints.py's)."""
+    options = s3_server.storage_options
+    url = s3_server.url("models") + "/fm.pt"
+    monkeypatch.setenv(STORAGE_OPTIONS_ENV, json.dumps(options))
+    argv = ["--limit", "200", "--epochs", "1", "--batch-size", "50", "--test-split", "none", "--no-progress",
+            "--threads", "1", "--output", url]
+    assert train_job.main(argv) == 0
+    assert url in capsys.readouterr().out
+
+    _, spec = load_checkpoint(url, storage_options=options)
+    assert spec.arch == "resnet8" and spec.class_names == fashion_mnist_spec().class_names
+    metrics = json.loads(_read(f"{url}.metrics.json", options))
+    assert metrics["train_samples"] == 200 and metrics["test_samples"] is None and metrics["test_accuracy"] is None
+    assert metrics["command"] == " ".join(["python -m jobs.train", *argv])
+    assert metrics["checkpoint"] == url and load_metrics(url, storage_options=options) == metrics
+    assert options["secret"] not in json.dumps(metrics)
+    assert _read(f"{url}.metrics.png", options)[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_limit_is_a_seeded_subset(tmp_path) -> None:
