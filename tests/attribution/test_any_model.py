@@ -19,15 +19,21 @@ from models.tv import models as tv_models
 from tests.attribution.reference import reference_pathway
 from tests.nets import BlockNet, hooks_left, twin
 
-#: Input size per architecture: most take 64 px; these need their native size (or more).
+#: Input size per architecture on the meta device (shapes only, so any size costs nothing): most
+#: take 64 px; these get their native size.
 SIZES = {"inception_v3": 299, "vit": 224, "swin": 224, "maxvit": 224}
 #: Families whose activations are all ReLUs (also in their SE gates: those are sigmoids).
 RELU_ONLY = ("alexnet", "densenet", "googlenet", "inception", "mnasnet", "regnet", "resnet", "resnext",
              "shufflenet", "squeezenet", "vgg", "wide_resnet")
 
 
-def size_of(name: str) -> int:
-    return next((s for key, s in SIZES.items() if name.startswith(key)), 64)
+#: Smaller inputs for the representatives' real forward and backward passes: Inception's smallest
+#: (75 px), Swin's windows padded, a ViT built for 64 px (4 patches); MaxViT's 7 x 7 grid needs 224.
+SMALL = {"inception_v3": 75, "swin": 64, "vit": 64, "maxvit": 224}
+
+
+def size_of(name: str, sizes: dict[str, int] = SIZES) -> int:
+    return next((s for key, s in sizes.items() if name.startswith(key)), 64)
 
 
 def classification_models() -> list[str]:
@@ -121,12 +127,14 @@ def test_pathway_runs_on_one_classifier_of_every_torchvision_family(name: str, s
     torch.manual_seed(6)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
-        model = tv_models.get_model(name, num_classes=10).eval()
+        size = size_of(name, SMALL)
+        model = tv_models.get_model(name, num_classes=10, **({"image_size": size} if name.startswith("vit") else {}))
+        model.eval()
     with torch.no_grad():  # ViTs start with an all-zero head, whose maps would be zero
         for module in model.modules():
             if isinstance(module, nn.Linear) and not module.weight.any():
                 module.weight.normal_(0, 0.02)
-    x = torch.randn(2, 3, size_of(name), size_of(name), generator=torch.Generator().manual_seed(6))
+    x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(6))
     before = snapshot(model, x)
     maps, details = PathwayGrad(model, activations="all").attribute(x, return_details=True)
     assert maps.shape == x.shape and torch.isfinite(maps).all() and maps.abs().sum() > 0
