@@ -109,7 +109,9 @@ def measure(root: Path) -> dict:
         results = {"start": started}
         results["first page"], total = page(base)
         results["rows"] = total
-        cases = {"filter incorrect": {"correct": "incorrect"}, "filter label=3": {"label": 3},
+        cases = {"filter incorrect": {"correct": "incorrect"}, "filter incorrect, page 2": {"correct": "incorrect",
+                                                                                          "offset": 24},
+                 "filter label=3": {"label": 3},
                  "filter label=3 & incorrect": {"label": 3, "correct": "incorrect"},
                  "sort kept_fraction desc": {"sort": "kept_fraction", "order": "desc"},
                  "sort logit, page 100": {"sort": "logit", "offset": 2400},
@@ -122,6 +124,10 @@ def measure(root: Path) -> dict:
                 results[name] = time.perf_counter() - t1
             else:
                 results[name], _ = page(base, **query)
+        _, first = get(base, "/api/rows", limit=1)
+        t1 = time.perf_counter()  # a card's sample page: its rows (from the card's shard) and its error rows
+        get(base, "/api/sample", sample_id=first["rows"][0]["sample_id"], shard_id=first["rows"][0]["shard_id"])
+        results["sample page (rows and errors)"] = time.perf_counter() - t1
         results["peak RSS MiB"] = peak_rss_mib(proc.pid)
         return results
     finally:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import threading
+from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
@@ -34,6 +35,8 @@ _HEAVY = {"map", "threshold", "params"}
 INT_FILTERS = ("label", "target", "predicted")
 #: The most rows one page may ask for.
 MAX_PAGE = 200
+#: Gallery filters whose row counts an opened index keeps (a count is a scan of every file).
+COUNTS_KEPT = 64
 
 
 class ViewError(InvalidStorageInput):
@@ -116,6 +119,7 @@ class MapIndex:
         #: keeps pyarrow's dataset scans and their shared filesystem out of concurrent use.
         self._lock = threading.Lock()
         self._kinds: dict[str, int] | None = None
+        self._counts: OrderedDict[tuple, int] = OrderedDict()
 
     def methods(self) -> list[str]:
         """The method labels that have a maps folder."""
@@ -164,12 +168,25 @@ class MapIndex:
             raise ViewError(f"sort={sort!r}: sort by one of {', '.join(self.sortable)}")
         with self._lock, storage_errors(self.url, "read", None):  # one scan at a time (see __init__)
             if sort is None:
-                total = self.maps.count_rows(filter=expr)
+                total = self._count(query, expr) if sample_ids is None else self.maps.count_rows(filter=expr)
                 head = self.maps.head(offset + limit, self.columns, expr)
                 page = head.slice(offset, limit)
             else:
                 total, page = self._sorted(expr, sort, query.get("order", "asc") == "desc", offset, limit)
         return {"total": total, "offset": offset, "rows": _records(page)}
+
+    def _count(self, query: Mapping[str, str], expr: ds.Expression | None) -> int:
+        """The rows that pass a gallery filter, counted once per filter: the next page of the same
+        filter reads only as far as its rows lie. The files are those listed at open, so a count
+        cannot go stale; the last :data:`COUNTS_KEPT` filters are kept."""
+        key = tuple(sorted((k, v) for k, v in query.items() if k not in ("offset", "limit", "sort", "order")))
+        if key in self._counts:
+            self._counts.move_to_end(key)
+        else:
+            self._counts[key] = self.maps.count_rows(filter=expr)
+            if len(self._counts) > COUNTS_KEPT:
+                self._counts.popitem(last=False)
+        return self._counts[key]
 
     def _sorted(self, expr: ds.Expression | None, key: str, descending: bool, offset: int, limit: int
                 ) -> tuple[int, pa.Table]:
@@ -240,8 +257,9 @@ class MapIndex:
             parts.append(pc.field("sample_id") == query["sample_id"])
         expr = functools.reduce(lambda a, b: a & b, parts) if parts else None
         with self._lock, storage_errors(self.url, "read", None):
-            if expr is None:  # the count from the footers, the page from the first files only
-                total, page = self.errors.count_rows(), self.errors.head(offset + limit, None).slice(offset, limit)
+            if expr is None:  # the count from the kinds (counted once), the page from the first files only
+                total = sum(self._error_kinds().values())
+                page = self.errors.head(offset + limit, None).slice(offset, limit)
             else:  # one scan: the count and the page (a filter's rows may lie in any file)
                 total, page = self._errors_page(expr, offset, limit)
             kinds = self._error_kinds()

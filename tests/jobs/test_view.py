@@ -69,6 +69,26 @@ def test_filters_and_sorts_match_pandas(index, frame, query, keep, sort, order):
     assert [r["sample_id"] for r in page["rows"]] == list(want.sample_id[10:35])
 
 
+def test_a_filters_count_is_scanned_once_and_its_next_page_reads_only_the_page(output, frame):
+    from jobs.reporting.view_query import COUNTS_KEPT, MapIndex
+
+    index = MapIndex(str(output), {})
+    scans = []
+    count = index.maps.count_rows
+    index.maps.count_rows = lambda filter=None: scans.append(filter) or count(filter=filter)  # noqa: A002
+    wrong = frame[(frame.label >= 0) & (frame.predicted != frame.label)]
+    pages = [index.rows({"correct": "incorrect", "offset": str(o), "limit": "20"}) for o in (0, 20, 40)]
+    assert len(scans) == 1 and {p["total"] for p in pages} == {len(wrong)}
+    assert [r["sample_id"] for p in pages for r in p["rows"]] == list(wrong.sample_id[:60])
+    index.rows({"correct": "incorrect", "label": "3"})
+    index.rows({"correct": "incorrect", "sort": "logit"})  # a sorted page counts in its own scan
+    assert len(scans) == 2
+    for label in range(COUNTS_KEPT + 1):  # the oldest count is dropped, not kept for ever
+        index.rows({"label": str(label)})
+    index.rows({"correct": "incorrect"})
+    assert len(scans) == 2 + COUNTS_KEPT + 1 + 1 and len(index._counts) == COUNTS_KEPT
+
+
 def test_errors_by_kind(index):
     page = index.error_rows({"kind": "decode"})
     assert page["total"] == 3 and page["kinds"] == {"decode": 3}
