@@ -75,12 +75,16 @@ class Files:
             yield from part.to_batches(columns=columns, filter=filter, batch_size=batch_size)
 
     def head(self, n: int, columns: list[str] | None, filter: ds.Expression | None = None) -> pa.Table:  # noqa: A002
-        """The first ``n`` rows that pass ``filter``, reading no further than they lie."""
+        """The first ``n`` rows that pass ``filter``, reading no further than they lie.
+
+        On the calling thread: a threaded scan stopped early left pyarrow's threads reading on through
+        the fsspec handler, and a viewer that exited then aborted in interpreter finalization
+        (tests/jobs/test_view.py, EXIT_AFTER_A_PAGE)."""
         tables, rows = [], 0
         for part in self._parts():
             if rows >= n:
                 break
-            table = part.scanner(columns=columns, filter=filter).head(n - rows)
+            table = part.scanner(columns=columns, filter=filter, use_threads=False).head(n - rows)
             tables.append(table)
             rows += table.num_rows
         return pa.concat_tables(tables) if tables else self.schema.empty_table().select(columns or self.schema.names)
