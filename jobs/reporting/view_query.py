@@ -261,13 +261,12 @@ class MapIndex:
             parts.append(pc.field("sample_id") == query["sample_id"])
         expr = functools.reduce(lambda a, b: a & b, parts) if parts else None
         with self._lock, storage_errors(self.url, "read", None):
-            if expr is None:  # the count from the kinds (counted once), the page from the first files only
-                total = sum(self._error_kinds().values())
-                page = self.errors.head(offset + limit, None).slice(offset, limit)
+            kinds = self._error_kinds()
+            if expr is None:  # the count from the kinds, the page from the first files only
+                total, page = sum(kinds.values()), self.errors.head(offset + limit, None).slice(offset, limit)
             else:  # one scan: the count and the page (a filter's rows may lie in any file)
                 total, page = self._errors_page(expr, offset, limit)
-            kinds = self._error_kinds()
-        return {"total": total, "offset": offset, "rows": _records(page), "kinds": kinds}
+        return {"total": total, "offset": offset, "rows": _records(page), "kinds": dict(kinds)}  # a copy: the count stays
 
     def sample_errors(self, sample_id: str) -> list[dict[str, Any]]:
         """A sample's error rows (one per method that failed it, at most a page): one filtered scan."""
