@@ -266,7 +266,7 @@ class MapIndex:
                 total, page = sum(kinds.values()), self.errors.head(offset + limit, None).slice(offset, limit)
             else:  # one scan: the count and the page (a filter's rows may lie in any file)
                 total, page = self._errors_page(expr, offset, limit)
-        return {"total": total, "offset": offset, "rows": _records(page), "kinds": dict(kinds)}  # a copy: the count stays
+        return {"total": total, "offset": offset, "rows": _records(page), "kinds": dict(kinds)}
 
     def sample_errors(self, sample_id: str) -> list[dict[str, Any]]:
         """A sample's error rows (one per method that failed it, at most a page): one filtered scan."""
