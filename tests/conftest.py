@@ -16,6 +16,13 @@ from collections import Counter
 #: Set before torch loads its OpenMP runtime, which reads it once; results do not depend on it.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+#: Machines that set PYTHONDONTWRITEBYTECODE=1 (these do) keep no compiled module: every pytest process
+#: then rewrote every test module's asserts again (collecting took 9.5 s of CPU instead of 6.2), and every
+#: process a run starts (Ray workers, job subprocesses: about 200) compiled the project's modules from
+#: source. The test session writes the caches, into the ``__pycache__`` folders git ignores (a checkout
+#: it cannot write to just stays without them); the processes it starts read them.
+sys.dont_write_bytecode = False
+
 import numpy as np  # noqa: E402 - after the OpenMP setting above
 import pytest  # noqa: E402
 import torch  # noqa: E402
