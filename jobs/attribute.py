@@ -14,7 +14,8 @@ Reads top to bottom like a Ray batch-inference job (:func:`attribute`):
 3. skip shards whose commit record exists;
 4. run the shards: ``run_shards`` (``jobs.mapping.actor_pool``) maps ``ShardAttributor`` over them on
    a Ray Data actor pool; each actor holds one model replica on one device and turns a shard into
-   committed Parquet + zarr output (read -> predict -> sink write: ``workers.attributor``);
+   committed Parquet + zarr output (read -> predict -> sink write: ``workers.attributor``). With
+   ``--in-process``, one replica in this process does the same, without Ray (``jobs.mapping.in_process``);
 5. commit the sink (commit records indexed, zarr trimmed and consolidated), then write run.json
    (``jobs.mapping.record``) and the example PNG (``jobs.mapping.examples``);
 6. a summary. Exit status 0 means every planned shard is committed for every method.
@@ -66,6 +67,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--recompute-changed", action="store_true",
                    help="recompute the shards of samples whose source file changed or was deleted since they were "
                         "mapped (without it they are reported and kept)")
+    p.add_argument("--in-process", action="store_true",
+                   help="run the shards in this process on one model replica, without Ray: a small run, a "
+                        "notebook or a debugger (the output is the same; a rerun either way resumes it)")
     p.add_argument("--dry-run", action="store_true",
                    help="print the plan (samples, shards new / changed / committed, methods, what would run) and "
                         "write nothing: no lease, run.json, plan or zarr, and no Ray")
@@ -96,6 +100,8 @@ def run(args: argparse.Namespace) -> int:
     # Refused before anything is written (no lease, no run.json, no folder): bad method labels, an
     # output holding what this job does not write (/, a home folder), an output inside the source.
     parse_method_specs(args.methods)
+    if args.in_process and (args.ray_address or (args.workers or 1) > 1):
+        raise JobError("--in-process runs one model replica in this process: leave out --ray-address and --workers")
     check_output(args.output, MAP_DATASET, options)
     check_apart(args.output, {"--source": source_location(args.source)})
     sink = MapSink(args.output, options)
@@ -207,7 +213,11 @@ def attribute(args: argparse.Namespace, options: dict[str, Any], sink: Any, run_
           f"labels: {job.labels.describe}")
 
     results: list[dict] = []
-    if planned.tasks:  # 4. the shards on a Ray Data actor pool
+    if planned.tasks and args.in_process:  # 4. the shards in this process, on one replica
+        from jobs.mapping.in_process import run_shards_here
+
+        results = run_shards_here(planned.tasks, config, args, sink.store)
+    elif planned.tasks:  # 4. the shards on a Ray Data actor pool
         from jobs.runtime.cluster import check_workers_import, check_workers_reach, start_ray
 
         start_ray(args.ray_address)

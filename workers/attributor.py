@@ -126,6 +126,7 @@ class ShardAttributor:
 
     def _load(self, threads: int | None) -> None:
         config = self.config
+        self._threads_before = torch.get_num_threads()
         if threads:
             torch.set_num_threads(threads)
         self.device = resolve_device(config.device)
@@ -149,6 +150,18 @@ class ShardAttributor:
         self.worker = f"{self.worker}:{self.device}"
         ahead = {*IMPORT_AHEAD, *(m for spec in config.methods for m in IMPORT_AHEAD_BY_METHOD.get(spec.name, ()))}
         threading.Thread(target=_import_ahead, args=(sorted(ahead),), daemon=True, name="import-ahead").start()
+
+    def close(self) -> None:
+        """Undo what the replica set for its process (the kernel settings, torch's thread count) and end
+        its threads: for a replica in a process that goes on (jobs.mapping.in_process); an actor's
+        process ends with the actor."""
+        def undo() -> None:
+            self._settings.close()
+            torch.set_num_threads(self._threads_before)
+
+        self._on_compute_thread(undo)
+        self._compute_thread.shutdown()
+        self.shards.close()
 
     # -- Ray Data entry point: a row per block of shards, a summary row per shard -------------
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

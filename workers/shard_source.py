@@ -70,6 +70,12 @@ class ShardSource:
             self._segments[segment] = {shard.index: shard for shard in shards}
         return self._segments[segment]
 
+    def close(self) -> None:
+        """End the decoding thread (a worker in a process that goes on: jobs.mapping.in_process)."""
+        if self._decoder is not None:
+            self._decoder.shutdown()
+            self._decoder = None
+
     def read(self, task: ShardTask, batch_size: int) -> tuple[list[str], Batches]:
         """The shard's sample ids in source order, and its samples in decoded batches of ``batch_size``."""
         refs = task.shard.sample_refs(self.source)

@@ -15,9 +15,10 @@ the same lifecycle, whatever executes them:
 - **stopping**: Ctrl-C and SIGTERM (jobs.runtime.stopping) stop the loop, saying what is kept.
 
 Two backends feed it: :meth:`Runner.run_tasks` runs Ray tasks (the evaluation's units, at most
-``max_running`` at once), and :meth:`Runner.run_rows` consumes the result rows of a Ray Data
+``max_running`` at once), and :meth:`Runner.run_rows` consumes result rows: those of a Ray Data
 actor pool (attribution, where a model replica per actor matters; Ray Data retries its blocks
-under the same policy, jobs.mapping.actor_pool).
+under the same policy, jobs.mapping.actor_pool), or those of the one replica of a run without Ray
+(``jobs.attribute --in-process``: jobs.mapping.in_process, which retries a shard itself).
 """
 
 from __future__ import annotations
@@ -55,7 +56,8 @@ def transient(err: BaseException) -> bool:
     (its text survives Ray's wrapping), or a task's :data:`TRANSIENT` exception."""
     from workers.attributor import TransientShardFailure
 
-    return f"{TransientShardFailure.__name__}: " in str(err) or isinstance(getattr(err, "cause", None), TRANSIENT)
+    return (isinstance(err, TransientShardFailure) or f"{TransientShardFailure.__name__}: " in str(err)
+            or isinstance(getattr(err, "cause", None), TRANSIENT))
 
 
 class Runner:
@@ -128,11 +130,15 @@ class Runner:
                     self._check()
 
     def run_rows(self, rows: Iterable[dict], count: Callable[[dict], tuple[int, int]],
-                 on_row: Callable[[dict], None] | None = None) -> None:
-        """Consume the result rows of a Ray Data pipeline (one per unit); ``count(row)`` is its
-        (samples, errors). Ray Data stops at the first failure, which is recorded."""
-        import ray
+                 on_row: Callable[[dict], None] | None = None,
+                 failures: tuple[type[BaseException], ...] | None = None) -> None:
+        """Consume result rows (one per unit); ``count(row)`` is its (samples, errors). The rows stop
+        at the first failure, which is recorded: a Ray error (a Ray Data pipeline), or one of
+        ``failures`` (the rows of a run without Ray)."""
+        if failures is None:
+            import ray
 
+            failures = (ray.exceptions.RayError,)
         with self._loop():
             try:
                 for row in rows:
@@ -142,7 +148,7 @@ class Runner:
                     samples, errors = count(row)
                     self.progress.update(1, samples=samples, errors=errors)
                     self._check()
-            except ray.exceptions.RayError as err:
+            except failures as err:
                 self._failed(None, err)
 
     # -- the report -------------------------------------------------------------------------------
