@@ -31,7 +31,7 @@ def job(s3_server, ray_session, tmp_path_factory) -> dict:
     with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(printed):
         patch.setenv("STORAGE_OPTIONS", env["STORAGE_OPTIONS"])
         code = attribute.main(["--output", url, "--limit", str(LIMIT), "--shard-size", "12", "--batch-size", "12",
-                               "--workers", "1", "--no-progress"])
+                               "--in-process", "--no-progress"])
     assert code == 0, printed.getvalue()[-3000:]
     return {"url": url, "options": options, "env": env, "stdout": printed.getvalue(), "secret": s3_server.secret}
 

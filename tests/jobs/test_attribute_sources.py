@@ -1,6 +1,8 @@
-"""``python -m jobs.attribute`` on the sources people have, on a real local Ray and a real S3 (SeaweedFS):
-any image reaches the model, no shard can kill the job, labels mean what they say, and run.json always
-ends with a status and, when failed, the reason."""
+"""``python -m jobs.attribute`` on the sources people have, with a real S3 (SeaweedFS): any image reaches
+the model, no shard can kill the job, labels mean what they say, and run.json always ends with a status
+and, when failed, the reason. The shards run in the test's process (``--in-process``: the same worker
+code as an actor's, jobs.mapping.in_process), since what these check is the job's; a worker's failure
+on the real local Ray's actor pool is the last test (the pool's other runs: test_attribute.py)."""
 
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ from tests.helpers import (class_dir, fashion_mnist, png_bytes, put, tar_bytes, 
 pytestmark = pytest.mark.slow  # starts Ray or trains a model
 
 METHODS = ("pathway", "gradient")
-QUIET = ["--workers", "1", "--no-progress"]
+QUIET = ["--in-process", "--no-progress"]
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +53,7 @@ def accounted_once(output: str, source_url: str, options: dict | None = None) ->
     return frames
 
 
-def test_rgb_jpeg_folder_at_56_px_through_the_grayscale_28_px_model(checkpoint, ray_session, tmp_path, capsys):
+def test_rgb_jpeg_folder_at_56_px_through_the_grayscale_28_px_model(checkpoint, tmp_path, capsys):
     """The target: class folders named by class (in folder order, not the checkpoint's), RGB JPEGs at
     56 px, a note and an empty file among them. Every file appears once in maps or errors, the labels
     are the checkpoint's indices, and label == predicted is the model's accuracy, not chance."""
@@ -136,7 +138,7 @@ def kind_on_s3(kind: str, url: str, options: dict, images: np.ndarray, labels: n
 
 
 @pytest.mark.parametrize("kind", ["labeled-folder", "index", "webdataset", "parquet"])
-def test_each_source_kind_on_s3_with_an_all_bad_shard(kind, checkpoint, ray_session, s3_server, tmp_path):
+def test_each_source_kind_on_s3_with_an_all_bad_shard(kind, checkpoint, s3_server, tmp_path):
     """Sources on SeaweedFS, class names as labels, and a shard whose every sample is bad: the job
     succeeds, the bad shard commits zero maps and its four error rows. Every kind but the folder is
     planned by row ranges, whose ids the workers read; a sample's map is still found by its id."""
@@ -157,7 +159,7 @@ def test_each_source_kind_on_s3_with_an_all_bad_shard(kind, checkpoint, ray_sess
     assert read_sample(out, first, "gradient")["map"].iloc[0].tobytes() == maps["map"].iloc[0].tobytes()
 
 
-def test_unmatched_class_names_warn_and_refuse_target_label(checkpoint, ray_session, tmp_path, capfd):
+def test_unmatched_class_names_warn_and_refuse_target_label(checkpoint, tmp_path, capfd):
     src, out = str(tmp_path / "folder"), str(tmp_path / "maps")
     images, labels = fashion_mnist("test", 6)
     for i in range(6):
@@ -176,7 +178,7 @@ def test_unmatched_class_names_warn_and_refuse_target_label(checkpoint, ray_sess
     assert run["labels"]["classes"] == sorted({f"n0{y}" for y in labels[:6]})
 
 
-def test_changed_and_deleted_source_files_are_noticed(checkpoint, ray_session, tmp_path, capfd):
+def test_changed_and_deleted_source_files_are_noticed(checkpoint, tmp_path, capfd):
     """A file rewritten and one deleted after they were mapped: the rerun reports both (stderr and
     run.json) and keeps the output; --recompute-changed recomputes only their shards, the deleted one
     becoming an error row instead of keeping the map of a file that is gone; then it is quiet."""
@@ -221,7 +223,7 @@ def test_changed_and_deleted_source_files_are_noticed(checkpoint, ray_session, t
     assert "changed" not in capfd.readouterr().err and "source_changes" not in read_run(out)
 
 
-def test_a_parquet_source_is_planned_by_ranges_and_a_rewritten_file_is_noticed(checkpoint, ray_session, tmp_path,
+def test_a_parquet_source_is_planned_by_ranges_and_a_rewritten_file_is_noticed(checkpoint, tmp_path,
                                                                                capfd):
     """Two Parquet files of 6 rows, shards of 4: the plan holds row ranges (one across both files);
     new rows appended to the source become a new plan segment; a file rewritten in place changes
@@ -260,7 +262,7 @@ def test_a_parquet_source_is_planned_by_ranges_and_a_rewritten_file_is_noticed(c
     assert "changed" not in capfd.readouterr().err
 
 
-def test_a_driver_failure_after_run_json_was_written_is_recorded(checkpoint, ray_session, tmp_path, capfd):
+def test_a_driver_failure_after_run_json_was_written_is_recorded(checkpoint, tmp_path, capfd):
     """Another shard size than the stored plan fails after run.json says "running": it ends "failed" with why."""
     out = str(tmp_path / "maps")
     args = ["--checkpoint", checkpoint, "--output", out, "--limit", "8", "--methods", "gradient", *QUIET]
@@ -279,7 +281,7 @@ def test_a_worker_failure_stops_the_job_in_one_line(checkpoint, ray_session, tmp
     the test ends.)"""
     out = str(tmp_path / "maps")
     assert attribute.main(["--checkpoint", checkpoint, "--output", out, "--limit", "8", "--shard-size", "4",
-                           "--methods", "grad_cam:layer=fc", *QUIET]) == 1
+                           "--methods", "grad_cam:layer=fc", "--workers", "1", "--no-progress"]) == 1
     last = capfd.readouterr().err.strip().splitlines()[-1]
     assert re.match(r"jobs\.attribute: error: the job stopped with 0 of 2 shards committed: shard 00000[01] \(4 samples from "
                     r"'fashion-mnist/test/0000[04]'\) failed on worker \S+: AttributionError: grad_cam layer 'fc'", last)

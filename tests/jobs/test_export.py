@@ -67,14 +67,14 @@ def _make_fiftyone_venv(python: Path, ready: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def output(checkpoint, ray_session, tmp_path_factory) -> str:
+def output(checkpoint, tmp_path_factory) -> str:
     """A real output of three methods over a folder source with one undecodable file (an error row)."""
     root = tmp_path_factory.mktemp("export")
     images, labels = fashion_mnist("test", N - 1)
     write_folder(str(root / "src"), None, images, labels, extra={"Bag/99999.png": b"not a png"})
     url = str(root / "maps")
     assert attribute.main(["--checkpoint", checkpoint, "--source", str(root / "src"), "--output", url,
-                           "--shard-size", "6", "--methods", " ".join(METHODS), "--workers", "1",
+                           "--shard-size", "6", "--methods", " ".join(METHODS), "--in-process",
                            "--no-progress"]) == 0
     return url
 
@@ -98,7 +98,7 @@ ds.delete()
 """
 
 
-@pytest.mark.slow  # starts Ray, installs fiftyone and runs its MongoDB
+@pytest.mark.slow  # trains a tiny model, installs fiftyone and runs its MongoDB
 def test_fiftyone_loads_the_export(output, tmp_path) -> None:
     python = _fiftyone_python()
     folder = tmp_path / "fo"
@@ -135,7 +135,7 @@ def test_fiftyone_loads_the_export(output, tmp_path) -> None:
             assert (heatmap["lo"] < 0) == bool(original.min() < 0)
 
 
-@pytest.mark.slow  # starts Ray
+@pytest.mark.slow  # trains a tiny model
 def test_refusals_are_one_line_exit_2(output, tmp_path, capsys) -> None:
     foreign = tmp_path / "mine"
     foreign.mkdir()

@@ -15,11 +15,11 @@ from storage.sources import FASHION_MNIST_CLASSES
 from tests.helpers import every_file, fashion_mnist, write_folder
 
 #: The local dataset: 24 images and one file that does not decode, mapped 20 at a time in shards of 10.
-SHAPE = ["--shard-size", "10", "--batch-size", "10", "--workers", "1", "--no-progress"]
+SHAPE = ["--shard-size", "10", "--batch-size", "10", "--in-process", "--no-progress"]
 
 
 @pytest.fixture(scope="module")
-def local_output(tmp_path_factory, checkpoint, ray_session) -> dict:
+def local_output(tmp_path_factory, checkpoint) -> dict:
     """A real local map dataset of the first 20 of 25 files of a folder (so a rerun has a new shard):
     2 methods, 2 shards, and one error row (a .png that is not an image, listed first)."""
     src, out = tmp_path_factory.mktemp("src"), str(tmp_path_factory.mktemp("maps") / "out")

@@ -74,7 +74,7 @@ def test_stored_maps_on_s3(checkpoint, ray_session, s3_server, capsys) -> None:
     url, options = s3_server.url("perturb-maps"), s3_server.storage_options
     opts = ["--storage-options", json.dumps(options)]
     assert attribute.main(["--checkpoint", checkpoint, "--output", url, "--methods", "gradient pathway",
-                           "--limit", "30", "--shard-size", "15", "--workers", "1", "--no-progress", *opts]) == 0
+                           "--limit", "30", "--shard-size", "15", "--in-process", "--no-progress", *opts]) == 0
     code = perturb.main(["--maps", url, "--methods", "gradient", "--fractions", FRACTIONS_ARG, "--fill", "train",
                          "--shard-size", "12", "--no-progress", *opts])  # the old spelling of --fill mean --mean train
     assert code == 0

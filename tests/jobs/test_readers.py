@@ -35,7 +35,7 @@ def dataset(request, checkpoint, ray_session, tmp_path_factory) -> tuple[str, di
         url, options = server.url("readers"), server.storage_options
     store_args = ["--storage-options", json.dumps(options)] if options else []
     assert attribute.main(["--checkpoint", checkpoint, "--output", url, "--limit", str(N), "--shard-size", "12",
-                           "--methods", " ".join(METHODS), "--workers", "1", "--no-progress", *store_args]) == 0
+                           "--methods", " ".join(METHODS), "--in-process", "--no-progress", *store_args]) == 0
     expected = {m: np.stack(read_maps(url, m, options).sort_values("sample_id")["map"]) for m in METHODS}
     where = Location(url, options)  # a crashed attempt: its tables never committed
     for rel in where.find("maps", ".parquet")[:1] + where.find("errors", ".parquet")[:1]:

@@ -3,7 +3,6 @@ train and test maps written by jobs.attribute, real retrains (1 epoch, tiny grid
 
 from __future__ import annotations
 
-import gc
 import json
 import os
 import re
@@ -15,7 +14,6 @@ import torch
 
 from jobs import attribute, roar
 from tests.helpers import tiny_checkpoint
-from tests.ray_cluster import wait_for
 from workers.roar import NONE, prepare
 from workers.roar_data import channel_mean
 
@@ -35,10 +33,8 @@ def maps(tmp_path_factory, ray_session) -> dict[str, str]:
     for split, n in (("train", TRAIN), ("test", TEST)):
         code = attribute.main(["--checkpoint", checkpoint, "--split", split, "--limit", str(n), "--output",
                                urls[split], "--methods", "pathway", "--shard-size", "150", "--batch-size", "50",
-                               "--workers", "1", "--no-progress"])
+                               "--in-process", "--no-progress"])
         assert code == 0
-    gc.collect()  # drops the Ray Data actor pools of jobs.attribute, so their CPUs go back to the retrain tasks
-    wait_for(lambda: ray_session.available_resources().get("CPU", 0) >= 2, 60, "the attribution actors to exit")
     return {**urls, "root": str(root), "checkpoint": checkpoint}
 
 

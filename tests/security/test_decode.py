@@ -25,7 +25,7 @@ from tests.ray_cluster import ROOT
 
 BOMB = 12000
 PASSWD = b"root:x:0:0:root:/root:/bin/bash\ndaemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin\n"
-QUIET = ["--workers", "1", "--no-progress", "--shard-size", "8"]
+QUIET = ["--in-process", "--no-progress", "--shard-size", "8"]
 
 
 def sources_with(tmp: str, bad: bytes) -> dict[str, str]:
@@ -129,10 +129,10 @@ def test_refusing_a_bomb_allocates_nothing_image_sized():
     assert admitted["kind"] == "sample" and admitted["grew"] > 144_000_000, admitted  # one byte a pixel at least
 
 
-# -- a real job on a real local Ray ------------------------------------------------------------------
+# -- a real job (its shards in the test's process: --in-process) ------------------------------------
 
 @pytest.mark.slow
-def test_a_job_maps_the_good_images_and_records_the_bomb(checkpoint, ray_session, tmp_path):
+def test_a_job_maps_the_good_images_and_records_the_bomb(checkpoint, tmp_path):
     """jobs.attribute over a folder holding a 12000 px bomb, a 3000 px one and a passwd file among 12
     good images: the job completes, the good maps are committed, the bombs are too-large rows under the
     cap, and raising --max-image-pixels admits the smaller bomb."""

@@ -1,7 +1,8 @@
 """Issue #24, paths: nothing an index or a folder names makes a job read outside its data or contact an
 address the operator did not choose.
 
-Real ``jobs.attribute`` runs (in-process, on one local Ray for the module) over a local index whose
+Real ``jobs.attribute`` runs (their shards in the test's process: ``--in-process``, the worker code of an
+actor) over a local index whose
 rows name ``/etc/passwd``, ``/proc/self/environ``, ``../../x.png``, ``file:///etc/passwd``, a loopback
 HTTP server that must receive no request, an object in another bucket of a real S3 server (SeaweedFS),
 a symbolic link out of the folder and a file outside it; and over an image folder holding such a link,
@@ -24,9 +25,9 @@ from storage.sources.files import SKIPPED_FOLDER
 from tests.helpers import fashion_mnist, png_bytes, put, write_index
 from tests.servers import capture_server
 
-pytestmark = pytest.mark.slow  # starts Ray, trains a tiny model, starts SeaweedFS
+pytestmark = pytest.mark.slow  # trains a tiny model, starts SeaweedFS
 
-QUIET = ["--workers", "1", "--no-progress", "--methods", "gradient", "--shard-size", "4"]
+QUIET = ["--in-process", "--no-progress", "--methods", "gradient", "--shard-size", "4"]
 #: Bytes of the files the rows point at, none of which may appear in an error row, run.json or output.
 SECRETS = ("root:x", "PATHS_CANARY_7f3a")
 OTHER_BUCKET = "other-bucket"
@@ -34,7 +35,7 @@ OTHER_BUCKET = "other-bucket"
 
 @pytest.fixture
 def canary(monkeypatch):
-    """A value in this process's (and so its Ray workers') environment: /proc/self/environ holds it."""
+    """A value in this process's environment (the job's, its shards running here): /proc/self/environ holds it."""
     monkeypatch.setenv("PATHS_CANARY", SECRETS[1])
 
 
@@ -82,7 +83,7 @@ def index_source(tmp_path, s3_server, canary):
         yield str(data / "index.csv"), options, rows, str(outside), http
 
 
-def test_index_rows_outside_the_source(index_source, checkpoint, ray_session, tmp_path, capfd):
+def test_index_rows_outside_the_source(index_source, checkpoint, tmp_path, capfd):
     """Without --allow-paths every row that leaves the index's folder is an outside-source error row
     naming its path and the flag, and is not read (the HTTP server sees no connection); with it,
     exactly the rows under the prefixes are mapped."""
@@ -105,7 +106,7 @@ def test_index_rows_outside_the_source(index_source, checkpoint, ray_session, tm
     assert http.connections == []
 
 
-def test_folder_source_links_and_skipped_folders(checkpoint, ray_session, s3_server, tmp_path, capfd, canary):
+def test_folder_source_links_and_skipped_folders(checkpoint, s3_server, tmp_path, capfd, canary):
     """An image folder: a link out of it is an outside-source error row, a link inside it is mapped, and
     a job's ``_meta/`` and a ``.hidden/`` folder are neither classes nor samples but listed as skipped."""
     images, _ = fashion_mnist("test", 4)

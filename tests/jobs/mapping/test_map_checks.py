@@ -11,7 +11,7 @@ from jobs import attribute
 from jobs.mapping.map_checks import map_quality, quality_lines
 from storage.maps.reader import read_maps, read_run
 
-pytestmark = pytest.mark.slow  # starts Ray
+pytestmark = pytest.mark.slow  # trains a tiny model
 
 
 @pytest.fixture(scope="module")
@@ -27,10 +27,10 @@ def zero_head(checkpoint, tmp_path_factory) -> str:
     return path
 
 
-def test_a_zero_head_gives_degenerate_maps_that_are_counted(zero_head, ray_session, tmp_path, capfd) -> None:
+def test_a_zero_head_gives_degenerate_maps_that_are_counted(zero_head, tmp_path, capfd) -> None:
     out = str(tmp_path / "maps")
     code = attribute.main(["--checkpoint", zero_head, "--output", out, "--limit", "20", "--shard-size", "10",
-                           "--methods", "pathway gradient grad_cam", "--workers", "1", "--no-progress"])
+                           "--methods", "pathway gradient grad_cam", "--in-process", "--no-progress"])
     printed = capfd.readouterr()
     assert code == 0
     pathway = read_maps(out, "pathway")

@@ -115,14 +115,14 @@ def test_a_failed_run_records_the_reason_without_credentials_or_keeps_the_prior_
                                                            "reason": "bad flag", "failed_at": None}
 
 
-def test_a_job_is_bound_to_its_output(checkpoint, ray_session, tmp_path, capfd) -> None:
+def test_a_job_is_bound_to_its_output(checkpoint, tmp_path, capfd) -> None:
     """On a real output: another configuration is refused in one line and leaves run.json as it was; a
     new method label joins the output; run.json keeps the history of the runs that wrote it."""
     from jobs import attribute
     from storage.maps.reader import read_maps, read_run
 
     out = str(tmp_path / "maps")
-    base = ["--checkpoint", checkpoint, "--output", out, "--limit", "8", "--shard-size", "4", "--workers", "1",
+    base = ["--checkpoint", checkpoint, "--output", out, "--limit", "8", "--shard-size", "4", "--in-process",
             "--no-progress"]
     assert attribute.main([*base, "--methods", "pathway:percentile=70"]) == 0
     record = read_run(out)

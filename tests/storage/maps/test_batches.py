@@ -13,16 +13,16 @@ from storage.maps.batches import quantus_batch
 from storage.checkpoints import load_checkpoint
 
 quantus = pytest.importorskip("quantus", reason="the Quantus snippet needs the dev extra: pip install quantus")
-pytestmark = pytest.mark.slow  # starts Ray
+pytestmark = pytest.mark.slow  # trains a tiny model
 
 N = 12
 
 
 @pytest.fixture(scope="module")
-def output(checkpoint, ray_session, tmp_path_factory) -> str:
+def output(checkpoint, tmp_path_factory) -> str:
     url = str(tmp_path_factory.mktemp("quantus") / "maps")
     assert attribute.main(["--checkpoint", checkpoint, "--output", url, "--limit", str(N), "--shard-size", "6",
-                           "--methods", "pathway gradient", "--workers", "1", "--no-progress"]) == 0
+                           "--methods", "pathway gradient", "--in-process", "--no-progress"]) == 0
     return url
 
 
