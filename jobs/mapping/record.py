@@ -79,9 +79,16 @@ def carried_forward(prior: Mapping[str, Any] | None, started_at: str) -> dict[st
     the prior record, the prior run appended to the history, and this run's start."""
     if not prior:
         return {"status": "running", "started_at": started_at}
-    history = [*prior.get("history", []), {k: prior[k] for k in SUMMARIZED if k in prior}
-               | {"methods": [m.label for m in stored_methods(prior.get("config") or {})]}]
-    history.sort(key=lambda run: str(run.get("started_at") or ""))  # refused attempts were added after the prior run
+    attempt = prior.get("attempt")
+    history, later = [], []
+    for run in prior.get("history", []):
+        (later if attempt and run.get("after") == attempt else history).append(run)
+    history.append({k: prior[k] for k in SUMMARIZED if k in prior}
+                   | {"methods": [m.label for m in stored_methods(prior.get("config") or {})]})
+    # The attempts refused against the prior run say so ("after"), and follow it even within the second
+    # its times are given to; a record written before they said so is ordered by its times.
+    history.sort(key=lambda run: str(run.get("started_at") or ""))
+    history += later
     return {**{k: prior[k] for k in CARRIED if k in prior}, "status": "running", "started_at": started_at,
             "history": history[-HISTORY:]}
 
@@ -157,6 +164,9 @@ def failed(record: dict[str, Any], err: BaseException, prior: Mapping[str, Any] 
     failure = {"status": "interrupted" if isinstance(err, KeyboardInterrupt) else "failed", "reason": reason[:2000],
                "failed_at": now()}
     if "attempt" not in record and prior:
-        return {**prior, "history": [*prior.get("history", []), {"started_at": record.get("started_at"), **failure}]}
+        refused = {"started_at": record.get("started_at"), **failure}
+        if prior.get("attempt"):
+            refused["after"] = prior["attempt"]  # the run this attempt found: its place in the history
+        return {**prior, "history": [*prior.get("history", []), refused]}
     record.update(failure)
     return record

@@ -115,6 +115,23 @@ def test_a_failed_run_records_the_reason_without_credentials_or_keeps_the_prior_
                                                            "reason": "bad flag", "failed_at": None}
 
 
+def test_the_history_keeps_the_order_runs_had_within_one_second() -> None:
+    """Runs and refusals in the same second (a run without Ray takes less): each refused attempt says
+    which run it found, and follows that run; a record whose refusals do not say so is ordered by time."""
+    older = {"attempt": "a0", "started_at": "2026-12-07T10:00:00+00:00", "status": "complete"}
+    prior = {"attempt": "a1", "started_at": "2026-12-07T10:00:01+00:00", "status": "complete", "history": [older]}
+    for _ in range(2):
+        prior = failed(carried_forward(prior, "2026-12-07T10:00:01+00:00"), ValueError("bad flag"), prior)
+    assert [r.get("after") for r in prior["history"]] == [None, "a1", "a1"]
+    history = carried_forward(prior, "2026-12-07T10:00:01+00:00")["history"]
+    assert [(r.get("attempt"), r["status"]) for r in history] == [("a0", "complete"), ("a1", "complete"),
+                                                                 (None, "failed"), (None, "failed")]
+    written_before = {**prior, "history": [{k: v for k, v in r.items() if k != "after"} for r in prior["history"]]}
+    written_before["history"][1]["started_at"] = "2026-12-07T10:00:02+00:00"
+    history = carried_forward(written_before, "2026-12-07T10:00:03+00:00")["history"]
+    assert [r["started_at"][-8:] for r in history] == ["00+00:00", "01+00:00", "01+00:00", "02+00:00"]
+
+
 def test_a_job_is_bound_to_its_output(checkpoint, tmp_path, capfd) -> None:
     """On a real output: another configuration is refused in one line and leaves run.json as it was; a
     new method label joins the output; run.json keeps the history of the runs that wrote it."""
