@@ -112,7 +112,11 @@ class ShardAttributor:
         self.config = config if isinstance(config, JobConfig) else JobConfig.from_dict(config)
         self.worker = worker_name()  # node id and pid: two nodes on one host stay apart (the device follows)
         self._compute_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="compute")
-        self._on_compute_thread(self._load, threads)
+        try:
+            self._on_compute_thread(self._load, threads)
+        except BaseException:
+            self._compute_thread.shutdown(wait=False)  # a replica that could not load leaves no thread behind
+            raise
 
     def _on_compute_thread(self, fn: Any, *args: Any) -> Any:
         """Run ``fn`` on the worker's one compute thread.
@@ -126,40 +130,37 @@ class ShardAttributor:
 
     def _load(self, threads: int | None) -> None:
         config = self.config
-        self._threads_before = torch.get_num_threads()
-        if threads:
-            torch.set_num_threads(threads)
-        self.device = resolve_device(config.device)
-        if self.device.type == "cpu":
-            keep_freed_memory()
-        # For the actor's lifetime (it owns its process): set before the model touches the GPU.
-        self._settings = contextlib.ExitStack()
-        self._settings.enter_context(deterministic_kernels(self.device, config.deterministic))
-        options = config.storage_options or {}  # the driver's exactly ({}: none, not this node's env)
-        model, spec = load_checkpoint(config.checkpoint, options, map_location=self.device,
-                                      trust_code=config.trust_code)
-        model.to(self.device).eval()
-        source = open_source(config.source, split=config.split, storage_options=options, kind=config.source_format,
-                             classes=config.source_classes,
-                             policy=model_policy(config.source_policy, spec))  # JPEGs drafted to the input
-        self.sink = MapSink(config.output, options)
-        self.shards = ShardSource(source, self.sink.where, label_map=config.label_map, target=config.target,
-                                  num_classes=spec.num_classes)
-        self.predictor = Predictor(model, spec, config.methods, reduction=config.reduction, target=config.target,
-                                   device=self.device)
+        # What the replica sets for its process, undone by close() (an actor's process ends with the
+        # actor), or here if loading fails; the kernel settings come before the model touches the GPU.
+        with contextlib.ExitStack() as settings:
+            settings.callback(torch.set_num_threads, torch.get_num_threads())
+            if threads:
+                torch.set_num_threads(threads)
+            self.device = resolve_device(config.device)
+            if self.device.type == "cpu":
+                keep_freed_memory()
+            settings.enter_context(deterministic_kernels(self.device, config.deterministic))
+            options = config.storage_options or {}  # the driver's exactly ({}: none, not this node's env)
+            model, spec = load_checkpoint(config.checkpoint, options, map_location=self.device,
+                                          trust_code=config.trust_code)
+            model.to(self.device).eval()
+            source = open_source(config.source, split=config.split, storage_options=options,
+                                 kind=config.source_format, classes=config.source_classes,
+                                 policy=model_policy(config.source_policy, spec))  # JPEGs drafted to the input
+            self.sink = MapSink(config.output, options)
+            self.shards = ShardSource(source, self.sink.where, label_map=config.label_map, target=config.target,
+                                      num_classes=spec.num_classes)
+            self.predictor = Predictor(model, spec, config.methods, reduction=config.reduction, target=config.target,
+                                       device=self.device)
+            self._settings = settings.pop_all()
         self.worker = f"{self.worker}:{self.device}"
         ahead = {*IMPORT_AHEAD, *(m for spec in config.methods for m in IMPORT_AHEAD_BY_METHOD.get(spec.name, ()))}
         threading.Thread(target=_import_ahead, args=(sorted(ahead),), daemon=True, name="import-ahead").start()
 
     def close(self) -> None:
         """Undo what the replica set for its process (the kernel settings, torch's thread count) and end
-        its threads: for a replica in a process that goes on (jobs.mapping.in_process); an actor's
-        process ends with the actor."""
-        def undo() -> None:
-            self._settings.close()
-            torch.set_num_threads(self._threads_before)
-
-        self._on_compute_thread(undo)
+        its threads: for a replica in a process that goes on (jobs.mapping.in_process)."""
+        self._on_compute_thread(self._settings.close)
         self._compute_thread.shutdown()
         self.shards.close()
 

@@ -4,12 +4,14 @@ a transient one is retried, and it never imports Ray."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+import torch
 
 from jobs import attribute
 from jobs.mapping import in_process
@@ -26,7 +28,13 @@ def test_in_process_maps_equal_the_actor_pools_and_a_ray_rerun_resumes_them(refe
     computes only the other half, and every map equals the reference run's (the actor pool's) bytes."""
     out = str(tmp_path / "maps")
     half = [*FM[:1], "200", *FM[2:]]  # --limit 200 of FM's 400
-    assert attribute.main(["--checkpoint", checkpoint, "--output", out, *half, "--in-process"]) == 0
+    threads, ours = torch.get_num_threads(), (os.cpu_count() or 1) + 1  # not what the replica sets (every CPU)
+    torch.set_num_threads(ours)
+    try:
+        assert attribute.main(["--checkpoint", checkpoint, "--output", out, *half, "--in-process"]) == 0
+        assert torch.get_num_threads() == ours  # the process got its own back
+    finally:
+        torch.set_num_threads(threads)
     assert read_run(out)["status"] == "complete"
     capsys.readouterr()
     assert attribute.main(["--checkpoint", checkpoint, "--output", out, *FM]) == 0
