@@ -42,8 +42,8 @@ def block_sigint() -> None:
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
 
 
-def stop_after_first_commit(out: str, signum: int, blocked: bool = False, ray_address: str | None = None
-                            ) -> tuple[int, str, float]:
+def stop_after_first_commit(out: str, signum: int, blocked: bool = False, ray_address: str | None = None,
+                            *extra: str) -> tuple[int, str, float]:
     """Start the attribute job on the shipped model in its own process group (with SIGINT blocked, as
     Ray starts it, if ``blocked``; joining the Ray at ``ray_address`` through ``$RAY_ADDRESS``, as Ray
     starts a ``ray job submit`` entrypoint, if given, else starting a local Ray of its own) and send
@@ -53,7 +53,7 @@ def stop_after_first_commit(out: str, signum: int, blocked: bool = False, ray_ad
     (SIGTERM to the whole group of a job that started its own local Ray also ends Ray's daemons,
     which do not block it as they block SIGINT, and the driver's Ray client then exits the process
     at once with status 1: what was committed stays and the rerun resumes all the same.)"""
-    command = [sys.executable, "-m", "jobs.attribute", "--output", out, *MANY_SHARDS]
+    command = [sys.executable, "-m", "jobs.attribute", "--output", out, *MANY_SHARDS, *extra]
     ray_tmp = short_tmp("rs")
     with open(os.path.join(ray_tmp, "stderr"), "w+", encoding="utf-8") as err:
         joined = {"RAY_ADDRESS": ray_address} if ray_address else {}
@@ -98,17 +98,20 @@ def check_stopped(out: str, code: int, text: str, seconds: float, signum: int, c
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("signum, blocked, joins", [(signal.SIGINT, False, False), (signal.SIGINT, True, True),
-                                                    (signal.SIGTERM, False, True)],
-                         ids=["sigint", "sigint-started-by-ray", "sigterm"])
-def test_a_signal_mid_job_stops_it_in_one_line_and_the_rerun_resumes(signum, blocked, joins, ray_session, tmp_path,
-                                                                     capsys) -> None:
+@pytest.mark.parametrize("signum, blocked, joins, extra",
+                         [(signal.SIGINT, False, False, ()), (signal.SIGINT, True, True, ()),
+                          (signal.SIGTERM, False, True, ()), (signal.SIGINT, False, False, ("--in-process",))],
+                         ids=["sigint", "sigint-started-by-ray", "sigterm", "sigint-in-process"])
+def test_a_signal_mid_job_stops_it_in_one_line_and_the_rerun_resumes(signum, blocked, joins, extra, ray_session,
+                                                                     tmp_path, capsys) -> None:
     """Ctrl-C reaches a local run, which started its own Ray; ``ray job stop`` (SIGTERM) and a SIGINT
     reach a job that joined a running Ray, as ``ray job submit`` starts one: here the session's Ray,
-    on loopback, which the job joins in single-machine mode (jobs.runtime.cluster.joins_loopback)."""
+    on loopback, which the job joins in single-machine mode (jobs.runtime.cluster.joins_loopback).
+    Ctrl-C also stops a run without Ray (``--in-process``: the shard in hand finishes first), which the
+    rerun on Ray resumes."""
     out = str(tmp_path / "maps")
     address = ray_session.get_runtime_context().gcs_address if joins else None
-    code, text, seconds = stop_after_first_commit(out, signum, blocked, address)
+    code, text, seconds = stop_after_first_commit(out, signum, blocked, address, *extra)
     check_stopped(out, code, text, seconds, signum, capsys)
 
 
