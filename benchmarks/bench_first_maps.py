@@ -67,7 +67,8 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=3)
     args = p.parse_args()
     sys.path.insert(0, str(ROOT))
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; python {platform.python_version()}")
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
+          f"python {platform.python_version()}")
     with tempfile.TemporaryDirectory(prefix="first-maps-") as tmp:
         for limit in args.limit:
             runs: dict[bool, list[tuple[float, float]]] = {False: [], True: []}
@@ -75,8 +76,9 @@ def main() -> None:
                 for in_process in (False, True):  # side by side, alternating
                     runs[in_process].append(one_run(limit, in_process, os.path.join(tmp, f"out-{in_process}")))
             identical = same_maps(os.path.join(tmp, "out-False"), os.path.join(tmp, "out-True"))
-            (ray_wall, ray_cpu), (here_wall, here_cpu) = (
-                (statistics.median(w for w, _ in runs[k]), statistics.median(c for _, c in runs[k])) for k in (False, True))
+            medians = {k: (statistics.median(w for w, _ in v), statistics.median(c for _, c in v))
+                       for k, v in runs.items()}
+            (ray_wall, ray_cpu), (here_wall, here_cpu) = medians[False], medians[True]
             print(f"{limit:6d} samples: local Ray {ray_wall:5.1f} s wall, {ray_cpu:5.1f} s CPU | --in-process "
                   f"{here_wall:5.1f} s wall, {here_cpu:5.1f} s CPU | {ray_wall / here_wall:.2f}x faster, "
                   f"{ray_cpu / here_cpu:.2f}x less CPU (medians of {args.repeat}); maps identical: {identical}")

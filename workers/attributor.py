@@ -112,6 +112,7 @@ class ShardAttributor:
         self.config = config if isinstance(config, JobConfig) else JobConfig.from_dict(config)
         self.worker = worker_name()  # node id and pid: two nodes on one host stay apart (the device follows)
         self._compute_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="compute")
+        self._closed = False
         try:
             self._on_compute_thread(self._load, threads)
         except BaseException:
@@ -159,7 +160,11 @@ class ShardAttributor:
 
     def close(self) -> None:
         """Undo what the replica set for its process (the kernel settings, torch's thread count) and end
-        its threads: for a replica in a process that goes on (jobs.mapping.in_process)."""
+        its threads: for a replica in a process that goes on (jobs.mapping.in_process). A shard in hand
+        ends first; closing again does nothing."""
+        if self._closed:
+            return
+        self._closed = True
         self._on_compute_thread(self._settings.close)
         self._compute_thread.shutdown()
         self.shards.close()

@@ -75,6 +75,11 @@ def shard_results(worker: Callable[[dict], dict], rows: Sequence[dict], retries:
             try:
                 out = worker(batch)
                 break
+            except KeyboardInterrupt:  # Ctrl-C, SIGTERM: the shard in hand ends and commits before the
+                close = getattr(worker, "close", None)  # stop line counts what is kept
+                if close is not None:
+                    close()
+                raise
             except TransientShardFailure:
                 if attempt == retries:
                     raise

@@ -77,7 +77,9 @@ def stop_after_first_commit(out: str, signum: int, blocked: bool = False, ray_ad
     return code, text, seconds
 
 
-def check_stopped(out: str, code: int, text: str, seconds: float, signum: int, capsys) -> None:
+def check_stopped(out: str, code: int, text: str, seconds: float, signum: int, capsys, exact: bool = False) -> None:
+    """``exact``: the stop line's count is what the rerun finds committed (a run without Ray finishes its
+    shard in hand before it says; an actor may commit one after its driver said)."""
     name = signal.Signals(signum).name
     assert code == 128 + signum, text[-3000:]
     assert seconds < STOP_WITHIN
@@ -94,6 +96,7 @@ def check_stopped(out: str, code: int, text: str, seconds: float, signum: int, c
     assert attribute.main(["--output", out, *MANY_SHARDS]) == 0  # the same command resumes
     done, todo = map(int, re.search(r"(\d+) already committed, (\d+) to do", capsys.readouterr().out).groups())
     assert done >= kept >= 1 and done + todo == SHARDS  # nothing committed was computed again
+    assert done == kept or not exact
     check_exactly_once(out, None, source_ids(limit=SAMPLES))
 
 
@@ -112,7 +115,7 @@ def test_a_signal_mid_job_stops_it_in_one_line_and_the_rerun_resumes(signum, blo
     out = str(tmp_path / "maps")
     address = ray_session.get_runtime_context().gcs_address if joins else None
     code, text, seconds = stop_after_first_commit(out, signum, blocked, address, *extra)
-    check_stopped(out, code, text, seconds, signum, capsys)
+    check_stopped(out, code, text, seconds, signum, capsys, exact="--in-process" in extra)
 
 
 @pytest.mark.slow
