@@ -59,14 +59,11 @@ def run_shards(tasks: Sequence[Any], config: Any, args: argparse.Namespace, stor
     import ray
 
     from jobs.runtime.cluster import size_workers, worker_options
-    from jobs.runtime.runner import Runner
     from workers.attributor import ShardAttributor
     from workers.tasks import block_rows
 
     results: list[dict] = []
-    runner = Runner("attribute", "shard", [t.shard_id for t in tasks], no_bar=args.no_progress,
-                    samples_total=sum(t.samples for t in tasks),
-                    committed=lambda: committed_tasks(store, tasks, len(results)))
+    runner = shard_runner(tasks, args, store, results)
     rows = block_rows(tasks, task_blocks(len(tasks)))  # a few short rows per block; workers read the plan
     sizing = size_workers(args.device, args.workers, units=len(rows))  # no worker without a block to run
     retry_transient_shards(ray.data.DataContext.get_current(), runner.retries)
@@ -79,12 +76,28 @@ def run_shards(tasks: Sequence[Any], config: Any, args: argparse.Namespace, stor
         num_cpus=sizing.cpus,
         **worker_options(),
     )  # Ray Data restarts dead actors and retries their shards by default (and transient failures, above)
-    runner.run_rows(dataset.iter_rows(), lambda row: (int(row["samples"]), int(row["errors"])), results.append)
+    runner.run_rows(dataset.iter_rows(), shard_counts, results.append)
     if runner.failures:
         del dataset
         gc.collect()  # the failed execution's frames hold its actor pool, and the pool its CPUs and GPUs
         runner.stop_if_failed()
     return results
+
+
+def shard_runner(tasks: Sequence[Any], args: argparse.Namespace, store: Any, results: list[dict]) -> Any:
+    """The job runner of a run's pending shards, on the actor pool or in-process (jobs.mapping.in_process):
+    progress in shards and samples, and a count of what is committed read from ``store`` (else the
+    ``results`` so far)."""
+    from jobs.runtime.runner import Runner
+
+    return Runner("attribute", "shard", [t.shard_id for t in tasks], no_bar=args.no_progress,
+                  samples_total=sum(t.samples for t in tasks),
+                  committed=lambda: committed_tasks(store, tasks, len(results)))
+
+
+def shard_counts(row: dict) -> tuple[int, int]:
+    """A shard's summary row as the runner counts it: (samples, errors)."""
+    return int(row["samples"]), int(row["errors"])
 
 
 def committed_tasks(store: Any, tasks: Sequence[Any], fallback: int) -> int:

@@ -20,7 +20,7 @@ import argparse
 import os
 import random
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 #: Seconds before a shard that failed transiently runs again, doubled per try and times 1-2 at
@@ -39,29 +39,26 @@ def run_shards_here(tasks: Sequence[Any], config: Any, args: argparse.Namespace,
     """Process the pending shards on one model replica in this process, through the job runner;
     returns one summary per finished shard. When a shard fails, the job stops with a line saying
     how many of the shards are committed and why."""
-    from jobs.mapping.actor_pool import committed_tasks
+    from jobs.mapping.actor_pool import shard_counts, shard_runner
     from jobs.runtime.cluster import plan_workers
-    from jobs.runtime.runner import Runner
     from workers.attributor import ShardAttributor, ShardFailed
     from workers.tasks import block_rows
 
     results: list[dict] = []
-    runner = Runner("attribute", "shard", [t.shard_id for t in tasks], no_bar=args.no_progress,
-                    samples_total=sum(t.samples for t in tasks),
-                    committed=lambda: committed_tasks(store, tasks, len(results)))
+    runner = shard_runner(tasks, args, store, results)
     sizing = plan_workers(local_resources(), args.device, 1)  # one replica, every CPU its thread
     worker = ShardAttributor(config.to_dict(), threads=sizing.threads)
     try:
         rows = block_rows(tasks, len(tasks))  # a row per shard: a retry runs that shard again, no more
-        runner.run_rows(shard_results(worker, rows, runner.retries), lambda row: (int(row["samples"]),
-                        int(row["errors"])), results.append, failures=(ShardFailed,))
+        runner.run_rows(shard_results(worker, rows, runner.retries), shard_counts, results.append,
+                        failures=(ShardFailed,))
     finally:
         worker.close()
     runner.stop_if_failed()
     return results
 
 
-def shard_results(worker: Callable[[dict], dict], rows: Sequence[dict], retries: int) -> Iterator[dict]:
+def shard_results(worker: Any, rows: Sequence[dict], retries: int) -> Iterator[dict]:
     """The summary rows of ``worker`` (a ShardAttributor) over block ``rows``, each given as the batch
     of one row that Ray Data would hand it; a row that fails transiently runs again, ``retries``
     times at most, before its failure stops the rows."""
@@ -76,9 +73,7 @@ def shard_results(worker: Callable[[dict], dict], rows: Sequence[dict], retries:
                 out = worker(batch)
                 break
             except KeyboardInterrupt:  # Ctrl-C, SIGTERM: the shard in hand ends and commits before the
-                close = getattr(worker, "close", None)  # stop line counts what is kept
-                if close is not None:
-                    close()
+                worker.close()  # stop line counts what is kept
                 raise
             except TransientShardFailure:
                 if attempt == retries:

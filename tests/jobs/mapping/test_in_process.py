@@ -87,6 +87,9 @@ class Flaky:
             raise TransientShardFailure(f"shard {batch['segment'][0]} failed: OSError: the store timed out")
         return {"shard_id": np.array([batch["segment"][0]]), "samples": np.array([4]), "errors": np.array([0])}
 
+    def close(self) -> None:
+        """Nothing to undo (a ShardAttributor's close: jobs.mapping.in_process closes it on a stop)."""
+
 
 def test_a_transient_failure_is_retried_and_past_the_retries_names_the_tries(monkeypatch) -> None:
     monkeypatch.setattr(in_process, "BACKOFF_SECONDS", 0.0)
