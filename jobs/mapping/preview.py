@@ -48,8 +48,9 @@ def print_plan(args: argparse.Namespace, sink: Any, shards: Any, config: Any, la
     if pending:
         print(f"{len(pending)} tables an interrupted run left in _pending/ would be published or dropped first")
     if planned.tasks:
+        where = "in this process, without Ray" if args.in_process else f"{args.workers or 'default'} workers"
         print(f"would run: {len(planned.tasks)} shards ({planned.pending_samples} samples, methods "
-              f"{', '.join(config.labels)}) in batches of {config.batch_size}, {args.workers or 'default'} workers "
+              f"{', '.join(config.labels)}) in batches of {config.batch_size}, {where} "
               f"(--device {config.device}), then write run.json and the example maps")
     else:
         print("would run: nothing; every planned shard is committed for every method")

@@ -74,6 +74,9 @@ def test_in_process_with_several_workers_or_a_cluster_is_refused(tmp_path, capfd
                         "--ray-address and --workers")
     assert not (tmp_path / "maps").exists()  # refused before anything was written
 
+    assert attribute.main(["--output", str(tmp_path / "maps"), "--in-process", "--dry-run", "--limit", "8"]) == 0
+    assert ", in this process, without Ray (--device auto)" in capfd.readouterr().out
+
 
 class Flaky:
     """A worker whose first ``failures`` calls fail transiently (a store that kept failing)."""
