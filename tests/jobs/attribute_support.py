@@ -65,14 +65,15 @@ def commits(url: str) -> int:
 
 
 def run_fm_job(checkpoint: str, output: str, capfd, monkeypatch, options: dict | None = None,
-               **env: str) -> subprocess.CompletedProcess:
-    """The FM job to ``output`` in this process, on the session's Ray (``ray_session``), with storage
-    options in $STORAGE_OPTIONS (the command line stays the same when the store's endpoint changes) and
-    ``env`` set for the run only: the driver's worker settings reach its workers
-    (jobs.runtime.cluster.worker_options). Returns the exit status and what it printed, as a subprocess."""
+               extra: tuple[str, ...] = (), **env: str) -> subprocess.CompletedProcess:
+    """The FM job to ``output`` in this process, on the session's Ray (``ray_session``; without Ray if
+    ``extra`` says ``--in-process``), with storage options in $STORAGE_OPTIONS (the command line stays
+    the same when the store's endpoint changes) and ``env`` set for the run only: the driver's worker
+    settings reach its workers (jobs.runtime.cluster.worker_options). Returns the exit status and what
+    it printed, as a subprocess."""
     from jobs import attribute
 
-    argv = ["--checkpoint", checkpoint, "--output", output, *FM]
+    argv = ["--checkpoint", checkpoint, "--output", output, *FM, *extra]
     with monkeypatch.context() as patch:
         for name, value in {**env, **({"STORAGE_OPTIONS": json.dumps(options)} if options else {})}.items():
             patch.setenv(name, value)

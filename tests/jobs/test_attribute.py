@@ -1,8 +1,9 @@
 """``python -m jobs.attribute`` on a real local Ray cluster with real SeaweedFS S3: the whole job,
 incremental runs, bad samples, labeled methods and setup failures.
 
-One Ray session (tests/jobs/conftest.py, on loopback, in a fresh temp dir) serves every in-process
-run; runs in a subprocess start their own Ray. The same job under real faults: test_attribute_faults.py;
+One Ray session (tests/jobs/conftest.py, on loopback, in a fresh temp dir) serves every run made in
+this process; runs in a subprocess start their own Ray. Bad samples and labeled methods, the replica's
+own business, run without Ray (``--in-process``). The same job under real faults: test_attribute_faults.py;
 under ``ray job submit --working-dir .`` on a real head with two workers: tests/deploy/test_crontab.py.
 """
 
@@ -85,7 +86,8 @@ def test_new_source_files_are_processed_incrementally(checkpoint, ray_session, s
     assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
 
 
-def test_corrupt_images_become_error_rows(checkpoint, ray_session, tmp_path, capsys) -> None:
+def test_corrupt_images_become_error_rows(checkpoint, tmp_path, capsys) -> None:
+    """A bad sample is an error row, not a lost shard (in the job's process: the rows are the replica's own)."""
     src, out = str(tmp_path / "folder"), str(tmp_path / "maps")
     images, labels = fashion_mnist("test", 20)
     good = png_bytes(images[0])
@@ -94,7 +96,7 @@ def test_corrupt_images_become_error_rows(checkpoint, ray_session, tmp_path, cap
         "Coat/random.png": np.random.default_rng(0).integers(0, 256, 300, dtype=np.uint8).tobytes(),
     })
     code = attribute.main(["--source", src, "--checkpoint", checkpoint, "--output", out, "--shard-size", "8",
-                           "--workers", "1", "--no-progress"])
+                           "--in-process", "--no-progress"])
     assert code == 0
     assert "40 maps and 4 error rows committed" in capsys.readouterr().out
     planned = [r.sample_id for r in open_source(src).list()]
@@ -107,15 +109,16 @@ def test_corrupt_images_become_error_rows(checkpoint, ray_session, tmp_path, cap
         assert len(read_maps(out, method, columns=["sample_id"])) == 20
 
 
-def test_labeled_methods_store_one_method_twice(checkpoint, ray_session, tmp_path, capsys) -> None:
-    """``label=name:params`` stores a second pathway variant under its own label, computed with its params."""
+def test_labeled_methods_store_one_method_twice(checkpoint, tmp_path, capsys) -> None:
+    """``label=name:params`` stores a second pathway variant under its own label, computed with its params
+    (in the job's process: the variants are the replica's business)."""
     import attribution
     from models.preprocess import preprocess
     from storage.checkpoints import load_checkpoint
 
     out = str(tmp_path / "maps")
     code = attribute.main(["--checkpoint", checkpoint, "--output", out, "--limit", "40", "--shard-size", "20",
-                           "--methods", "pathway p30=pathway:percentile=30", "--workers", "1", "--no-progress"])
+                           "--methods", "pathway p30=pathway:percentile=30", "--in-process", "--no-progress"])
     assert code == 0
     run = read_run(out)
     assert [m["label"] for m in run["config"]["methods"]] == ["pathway", "p30"]

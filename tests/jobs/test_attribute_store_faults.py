@@ -21,6 +21,10 @@ from tests.jobs.attribute_support import (SMALL_BUDGET, both_committed, check_ex
 
 pytestmark = pytest.mark.slow  # real stores, real jobs
 
+#: The reruns that finish a stopped job resume it without Ray: the faults are the first run's, on Ray, and
+#: what a rerun finds is the binding's business, the same on either backend (jobs.mapping.in_process).
+RESUME_WITHOUT_RAY = ("--in-process",)
+
 
 def test_store_faults_on_reads_writes_and_commits_lose_and_duplicate_nothing(checkpoint, ray_session, s3_server,
                                                                             capsys) -> None:
@@ -35,8 +39,8 @@ def test_store_faults_on_reads_writes_and_commits_lose_and_duplicate_nothing(che
     write_folder(src, options, images, labels)
     args = ["--source", src, "--checkpoint", checkpoint, "--shard-size", "10", "--batch-size", "10", "--workers",
             "1", "--no-progress"]
-    calm = s3_server.url("maps-calm")
-    assert attribute.main([*args, "--output", calm, "--storage-options", json.dumps(options)]) == 0
+    calm = s3_server.url("maps-calm")  # the same bytes on Ray or not (tests/jobs/mapping/test_in_process.py)
+    assert attribute.main([*args, "--output", calm, "--storage-options", json.dumps(options), "--in-process"]) == 0
     faulty = s3_server.url("maps-faults")
     with fault_proxy(s3_server.endpoint_url, seed=3) as proxy:
         proxied = botocore_attempts(proxy.storage_options(options), 2)
@@ -135,7 +139,7 @@ def test_a_store_that_fills_up_mid_job_stops_it_in_one_line_and_a_rerun_with_roo
 
     with seaweedfs(data, extra_args=("-master.volumeSizeLimitMB=1", "-volume.max=16")) as server:  # room again
         rerun = run_fm_job(checkpoint, output, capfd, monkeypatch, botocore_attempts(server.storage_options, 1),
-                          **SMALL_BUDGET)
+                           RESUME_WITHOUT_RAY, **SMALL_BUDGET)
         assert rerun.returncode == 0, (rerun.stdout + rerun.stderr)[-4000:]
         assert re.search(rf"{len(done)} already committed, {8 - len(done)} to do", rerun.stdout), rerun.stdout
         check_exactly_once(server.url("maps-full"), server.storage_options, source_ids(limit=400))
@@ -174,7 +178,7 @@ def test_a_local_disk_that_fills_up_stops_the_job_at_once_and_a_rerun_with_room_
         assert 1 <= len(done) < 8, f"the disk filled up at {len(done)} of 8 shards: not mid-job"
         assert run["status"] == "running" or (run["status"] == "failed" and "out of space" in run["reason"]), run
         subprocess.run(["mount", "-o", "remount,size=32m", str(mount)], check=True)
-        rerun = run_fm_job(checkpoint, output, capfd, monkeypatch, **SMALL_BUDGET)
+        rerun = run_fm_job(checkpoint, output, capfd, monkeypatch, extra=RESUME_WITHOUT_RAY, **SMALL_BUDGET)
         assert rerun.returncode == 0, (rerun.stdout + rerun.stderr)[-4000:]
         assert re.search(rf"{len(done)} already committed, {8 - len(done)} to do", rerun.stdout), rerun.stdout
         check_exactly_once(output, None, source_ids(limit=400))
