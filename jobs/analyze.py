@@ -2,6 +2,7 @@
 
     python -m jobs.analyze outputs/maps/fashion-mnist                       # the output's one method
     python -m jobs.analyze s3://bucket/maps/r50 --method pathway --by target --max-per-class 5000
+    python -m jobs.analyze outputs/maps/fashion-mnist --in-process          # without Ray
 
 What no single map shows: which strategies a model uses across a class, and which samples rely on a
 shortcut (a watermark, a border, a background: a "Clever Hans"). Per class (``--by label`` or
@@ -42,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from jobs.runtime.cli import JobError, job_parser, positive_int, ray_flags, run_main, storage_options_from
+from jobs.runtime.cli import JobError, check_in_process, job_parser, positive_int, ray_flags, run_main, storage_options_from
 from jobs.reporting.spray import LAYOUTS, NORMS
 
 #: Version of the analysis layout, part of the bound configuration.
@@ -191,17 +192,14 @@ def shard_assign(url: str, options: dict, method: str, shard_id: str, config: di
     return out
 
 
-def gather(refs: Any) -> Any:
-    """``ray.get``, with a task's storage or input error raised as itself (one line, exit 2, via
-    jobs.runtime.cli.run_main), not as Ray's wrapper with the worker's traceback."""
-    import ray
-    from ray.exceptions import RayTaskError
-
+def gather(tasks: Any, refs: Any) -> Any:
+    """The tasks' results (jobs.runtime.tasks), with a task's storage or input error raised as itself
+    (one line, exit 2, via jobs.runtime.cli.run_main), not as the wrapper that carries it from a worker."""
     from storage.io.fs import StorageError
 
     try:
-        return ray.get(refs)
-    except RayTaskError as err:
+        return tasks.get(refs)
+    except tasks.errors as err:
         cause = getattr(err, "cause", None)
         if isinstance(cause, (StorageError, JobError)):
             raise cause from None
@@ -279,9 +277,8 @@ def write_class(where: Any, c: int, parts: list[dict], result: Any, n_sampled: i
 
 
 def run(args: argparse.Namespace) -> int:
-    import ray
-
-    from jobs.runtime.cluster import start_ray, worker_options
+    from jobs.runtime.cluster import worker_options
+    from jobs.runtime.tasks import tasks_for
     from storage.io.fs import join, redact_url
     from storage.io.location import Location
     from storage.maps.writer import MapStore
@@ -290,6 +287,7 @@ def run(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     options = storage_options_from(args.storage_options)
+    check_in_process(args)
     store = MapStore(args.output, options)
     method = pick_method(store, args.method, args.output)
     config = settings(args, method)
@@ -316,18 +314,19 @@ def run(args: argparse.Namespace) -> int:
         todo = meta[meta[args.by].isin(pending)]
         shards = sorted(todo["shard_id"].unique())
         del meta, todo
-        start_ray(args.ray_address)
+        tasks = tasks_for(args.in_process)
+        tasks.start(args.ray_address)
         url = args.output
         one_cpu = {"num_cpus": 1, **worker_options()}  # each task: a CPU, and the driver's worker settings
-        feats = ray.remote(**one_cpu)(shard_features)
-        wanted_ref, config_ref = ray.put(wanted), ray.put(config)
-        got = gather([feats.remote(url, options, method, s, config_ref, wanted_ref) for s in shards])
+        feats = tasks.remote(shard_features, **one_cpu)
+        wanted_ref, config_ref = tasks.put(wanted), tasks.put(config)
+        got = gather(tasks, [feats.remote(url, options, method, s, config_ref, wanted_ref) for s in shards])
         ids = np.concatenate([g[0] for g in got])
         classes = np.concatenate([g[1] for g in got])
         x = np.concatenate([g[2] for g in got])
         del got
         models, results = {}, {}
-        task = ray.remote(**one_cpu)(cluster_class)
+        task = tasks.remote(cluster_class, **one_cpu)
         refs = {}
         for c in pending:
             rows = np.flatnonzero(classes == c)
@@ -335,12 +334,12 @@ def run(args: argparse.Namespace) -> int:
             models[c] = {"ids": ids[rows], "x": x[rows]}
             refs[c] = task.remote(x[rows], config_ref)
         for c, ref in refs.items():
-            results[c] = gather(ref)
+            results[c] = gather(tasks, ref)
             models[c].update(labels=results[c].labels, layout=results[c].layout, k=results[c].k)
             print(f"  class {c}: {len(models[c]['ids'])} sampled maps, eigengap k = {results[c].k}")
-        models_ref = ray.put(models)
-        assign_task = ray.remote(**one_cpu)(shard_assign)
-        parts = gather([assign_task.remote(url, options, method, s, config_ref, models_ref) for s in shards])
+        models_ref = tasks.put(models)
+        assign_task = tasks.remote(shard_assign, **one_cpu)
+        parts = gather(tasks, [assign_task.remote(url, options, method, s, config_ref, models_ref) for s in shards])
         for c in pending:
             done[c] = write_class(where, c, parts, results[c], len(models[c]["ids"]), config)
     summary = {**config, "output": redact_url(args.output), "classes": [done[c] for c in sorted(done)],

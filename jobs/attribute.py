@@ -36,9 +36,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from jobs.runtime.cli import (DEFAULT_CHECKPOINT, JobError, checkpoint_or_default, job_parser, positive_int, ray_flags,
-                      reduction, run_main, source_flags, source_format, source_format_help, source_policy_of,
-                      storage_options_from, trust_flags, trust_of, worker_flags)
+from jobs.runtime.cli import (DEFAULT_CHECKPOINT, JobError, check_in_process, checkpoint_or_default, job_parser,
+                              positive_int, ray_flags, reduction, run_main, source_flags, source_format,
+                              source_format_help, source_policy_of, storage_options_from, trust_flags, trust_of,
+                              worker_flags)
 from jobs.mapping.methods import build_methods, parse_method_specs
 
 DEFAULT_OUTPUT = "outputs/maps/fashion-mnist"
@@ -67,9 +68,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--recompute-changed", action="store_true",
                    help="recompute the shards of samples whose source file changed or was deleted since they were "
                         "mapped (without it they are reported and kept)")
-    p.add_argument("--in-process", action="store_true",
-                   help="run the shards in this process on one model replica, without Ray: a small run, a "
-                        "notebook or a debugger (the output is the same; a rerun either way resumes it)")
     p.add_argument("--dry-run", action="store_true",
                    help="print the plan (samples, shards new / changed / committed, methods, what would run) and "
                         "write nothing: no lease, run.json, plan or zarr, and no Ray")
@@ -100,8 +98,7 @@ def run(args: argparse.Namespace) -> int:
     # Refused before anything is written (no lease, no run.json, no folder): bad method labels, an
     # output holding what this job does not write (/, a home folder), an output inside the source.
     parse_method_specs(args.methods)
-    if args.in_process and (args.ray_address or (args.workers or 1) > 1):
-        raise JobError("--in-process runs one model replica in this process: leave out --ray-address and --workers")
+    check_in_process(args, "one model replica")
     check_output(args.output, MAP_DATASET, options)
     check_apart(args.output, {"--source": source_location(args.source)})
     sink = MapSink(args.output, options)

@@ -4,6 +4,7 @@
     python -m jobs.perturb --limit 256 --methods "pathway gradient"   # no map dataset: maps computed here
     python -m jobs.perturb --maps s3://bucket/maps/r50 --mean train --ray-address auto
     python -m jobs.perturb --maps outputs/maps/fashion-mnist --fill mean,nli --rank abs,signed
+    python -m jobs.perturb --limit 40 --in-process                    # a quick look, without Ray
 
 docs/design.md §2. For every image, its single-channel map ranks the pixels; the top (MoRF) or
 bottom (LeRF) k % of pixels are replaced, in all channels, and the score is the relative drop
@@ -52,9 +53,9 @@ from typing import Any
 
 import numpy as np
 
-from jobs.runtime.cli import (JobError, checkpoint_or_default, choice_list, job_parser, non_negative_float, positive_int,
-                      ray_flags, reduction, run_main, source_flags, source_policy_of, storage_options_from, trust_flags,
-                      trust_of)
+from jobs.runtime.cli import (JobError, check_in_process, checkpoint_or_default, choice_list, job_parser,
+                              non_negative_float, positive_int, ray_flags, reduction, run_main, source_flags,
+                              source_policy_of, storage_options_from, trust_flags, trust_of)
 from jobs.evaluation.perturbation_tables import NO_RANK, RANDOM, areas, curve_notes, print_summary, summarize
 from jobs.mapping.methods import build_methods, parse_method_specs
 
@@ -196,13 +197,10 @@ def stored_inputs(args: argparse.Namespace, options: dict[str, Any]) -> dict[str
 
 
 def run(args: argparse.Namespace) -> int:
-    import ray
-
     from jobs.evaluation.inputs import fill_value, load_samples
     from jobs.evaluation.payload import model_payload
     from jobs.evaluation.subsets import announce, subset_record
     from jobs.evaluation.units import UnitStore
-    from jobs.runtime.cluster import start_ray
     from jobs.runtime.runner import Runner
     from models.preprocess import preprocess
     from storage.checkpoints import load_checkpoint
@@ -212,6 +210,7 @@ def run(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     options = storage_options_from(args.storage_options)
+    check_in_process(args)
     if args.maps:
         inputs = stored_inputs(args, options)
         specs = None
@@ -250,22 +249,23 @@ def run(args: argparse.Namespace) -> int:
                       unit_settings(args, inputs, specs, model, fill))
     store.bind()  # before anything is computed: units of another configuration are never mixed in
     stored = store.load_done([u[0] for u in units])
-    runner = Runner("perturb", "task", [u[0] for u in units], stored, no_bar=args.no_progress)
+    runner = Runner("perturb", "task", [u[0] for u in units], stored, no_bar=args.no_progress,
+                    in_process=args.in_process)
     print(f"{runner.plan_line()} -> {redact_url(inputs['output'])}")
     results: dict[tuple[str, str, str, str], dict[int, tuple[np.ndarray, np.ndarray]]] = {}
     for key, label, lo, _hi in units:
         if key in stored:
             add_unit(results, label, lo, stored[key])
     if runner.todo:
-        start_ray(args.ray_address)
+        runner.start(args.ray_address)
         task = runner.remote(perturb_shard, num_cpus=1)
-        payload = ray.put(model_payload(model, spec, trust_of(args)))
+        payload = runner.put(model_payload(model, spec, trust_of(args)))
         x_refs: dict[int, Any] = {}
 
         def submit(unit: tuple[str, str, int, int]) -> Any:
             _key, label, lo, hi = unit
             if lo not in x_refs:
-                x_refs[lo] = ray.put(x[lo:hi])
+                x_refs[lo] = runner.put(x[lo:hi])
             rows = slice(lo, hi) if keep is None else keep[lo:hi]
             if label == RANDOM:  # the random order explains no class: it scores the predicted class
                 maps, targets, method = None, None, None

@@ -8,6 +8,7 @@ checkpoint and methods, then run ROAR::
     python -m jobs.attribute --split test  --output outputs/maps/fm-test  --methods "pathway gradient"
     python -m jobs.roar --train-maps outputs/maps/fm-train --test-maps outputs/maps/fm-test
     python -m jobs.roar ... --train-limit 20000 --epochs 5 --thresholds 50,90 --fill mean,nli   # a CPU grid
+    python -m jobs.roar ... --in-process   # one cell at a time in this process, without Ray
 
 For every method x threshold t (% of pixels) x seed x fill, one Ray task (workers.roar) removes
 the top t % pixels (by |map|) of every train and test image, filling them with the per-channel
@@ -52,9 +53,9 @@ from typing import Any
 
 import numpy as np
 
-from jobs.runtime.cli import (JobError, choice_list, job_parser, non_negative_float, non_negative_int, positive_float,
-                      positive_int, ray_flags, run_main, source_flags, source_policy_of, storage_options_from, trust_flags,
-                      trust_of, worker_flags)
+from jobs.runtime.cli import (JobError, check_in_process, choice_list, job_parser, non_negative_float,
+                              non_negative_int, positive_float, positive_int, ray_flags, run_main, source_flags,
+                              source_policy_of, storage_options_from, trust_flags, trust_of, worker_flags)
 
 CONTROLS = ("random", "sobel")
 #: What this job writes under its output (storage.io.outputs.check_output refuses a folder holding anything else).
@@ -265,6 +266,7 @@ def run(args: argparse.Namespace) -> int:
 
     started, clock = now(), time.perf_counter()
     options = storage_options_from(args.storage_options)
+    check_in_process(args, "one cell at a time")
     if args.train_maps.rstrip("/") == args.test_maps.rstrip("/"):
         raise JobError("--train-maps and --test-maps are the same dataset; ROAR needs maps of both splits "
                        "(python -m jobs.attribute --split train --output <train-maps>)")
@@ -339,7 +341,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"note: {stale} cell files under {redact_url(output)} were computed with other settings (epochs, data, "
               "maps...); they are recomputed and replaced (use another --output to keep them)", file=sys.stderr)
     runner = Runner("roar", "cell", [name_of(c) for c in cells], finished, no_bar=args.no_progress,
-                    retries=args.retries)
+                    retries=args.retries, in_process=args.in_process)
     todo = [c for c in cells if name_of(c) not in finished]
     print(f"ROAR{' (KAR)' if args.kar else ''}: {spec.arch}, {len(train['ids'])} train / {len(test['ids'])} test "
           f"images, methods {methods}, t {args.thresholds} %, seeds {args.seeds}, fill {','.join(args.fill)}, "

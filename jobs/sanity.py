@@ -3,6 +3,7 @@
     python -m jobs.sanity                                   # default ResNet-8 on Fashion-MNIST, 32 samples
     python -m jobs.sanity --limit 128 --methods "gradient pt=pathway:scores=taylor" --output s3://bucket/sanity
     python -m jobs.sanity --randomize reset --group module  # Quantus' MPRT: reset_parameters(), module by module
+    python -m jobs.sanity --limit 8 --in-process            # a quick look, without Ray
 
 docs/design.md §2. The model's parameterized blocks are randomized from the logits down to the
 first layer, one step at a time (``attribution.evaluation.cascade``: for ResNet-8 ``fc,
@@ -49,8 +50,9 @@ from typing import Any
 
 import numpy as np
 
-from jobs.runtime.cli import (checkpoint_or_default, job_parser, non_negative_float, positive_int, ray_flags, reduction,
-                      run_main, source_flags, source_policy_of, storage_options_from, trust_flags, trust_of)
+from jobs.runtime.cli import (check_in_process, checkpoint_or_default, job_parser, non_negative_float, positive_int,
+                              ray_flags, reduction, run_main, source_flags, source_policy_of, storage_options_from,
+                              trust_flags, trust_of)
 from jobs.mapping.methods import build_methods, parse_method_specs
 
 DEFAULT_METHODS = ("pathway_taylor=pathway:scores=taylor pathway_integrated=pathway:scores=integrated,steps=4 "
@@ -119,7 +121,6 @@ def step_scores(payload: dict[str, Any], x: Any, targets: np.ndarray, method: An
 
 
 def run(args: argparse.Namespace) -> int:
-    import ray
     import torch
 
     from attribution.evaluation import METRICS, cascade
@@ -127,7 +128,6 @@ def run(args: argparse.Namespace) -> int:
     from jobs.evaluation.payload import model_payload
     from jobs.evaluation.subsets import announce, subset_record
     from jobs.evaluation.units import UnitStore
-    from jobs.runtime.cluster import start_ray
     from jobs.runtime.runner import Runner
     from models.preprocess import preprocess
     from storage.checkpoints import load_checkpoint
@@ -137,6 +137,7 @@ def run(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     options = storage_options_from(args.storage_options)
+    check_in_process(args)
     specs = parse_method_specs(args.methods)
     check_output(args.output, OutputKind("jobs.sanity", OUTPUT_NAMES), options)
     check_apart(args.output, {"--source": source_location(args.source)})  # before anything is written or computed
@@ -162,13 +163,13 @@ def run(args: argparse.Namespace) -> int:
     store = UnitStore(args.output, options, "jobs.sanity", unit_settings(args, specs, model, names))
     store.bind()  # before anything is computed: units of another configuration are never mixed in
     stored = store.load_done(list(units))
-    runner = Runner("sanity", "step", list(units), stored, no_bar=args.no_progress)
+    runner = Runner("sanity", "step", list(units), stored, no_bar=args.no_progress, in_process=args.in_process)
     print(f"{runner.plan_line()} -> {redact_url(args.output)}")
     scores = {units[key]: arrays for key, arrays in stored.items()}
     if runner.todo:
-        start_ray(args.ray_address)
+        runner.start(args.ray_address)
         first, later = runner.remote(original_maps, num_cpus=1), runner.remote(step_scores, num_cpus=1)
-        payload, x_ref = ray.put(model_payload(model, spec, trust_of(args))), ray.put(x)
+        payload, x_ref = runner.put(model_payload(model, spec, trust_of(args))), runner.put(x)
         by_label, originals = {m.label: m for m in specs}, {}
 
         def submit(key: str) -> Any:

@@ -73,8 +73,8 @@ def finished_cells(where: Any, cells: list[dict], fingerprint: str) -> tuple[dic
 class Prepared:
     """Each key's prepared (train, test) object refs, made on first use and dropped after its last cell."""
 
-    def __init__(self, todo: list[dict], task: Any, config: dict, data: dict[str, Any]) -> None:
-        self.task, self.config, self.data = task, config, data
+    def __init__(self, todo: list[dict], task: Any, config: dict, data: dict[str, Any], put: Any) -> None:
+        self.task, self.config, self.data, self.put = task, config, data, put
         self.left: dict[Key, int] = {}
         for cell in todo:
             if cell["method"] != NONE:
@@ -83,16 +83,14 @@ class Prepared:
         self.maps: dict[str, tuple[Any, Any]] = {}
 
     def images(self, cell: dict) -> tuple[Any, Any]:
-        """Object refs of the cell's train and test images."""
-        import ray
-
+        """References of the cell's train and test images."""
         if cell["method"] == NONE:
             return self.data["train_images"], self.data["test_images"]
         key = key_of(cell)
         if key not in self.refs:
             method = cell["method"]
             if method not in self.maps:
-                self.maps[method] = (ray.put(self.data["train_maps"][method]), ray.put(self.data["test_maps"][method]))
+                self.maps[method] = (self.put(self.data["train_maps"][method]), self.put(self.data["test_maps"][method]))
             train_m, test_m = self.maps[method]
             self.refs[key] = tuple(self.task.remote(cell, self.config, self.data["train_images"], train_m,
                                                     self.data["train_seeds"], self.data["test_images"], test_m,
@@ -111,20 +109,20 @@ class Prepared:
 
 
 def run_cells(todo: list[dict], config: dict, arrays: dict, args: argparse.Namespace, runner: Any) -> list[dict]:
-    """Run the pending cells as Ray tasks through the job's ``runner`` (jobs.runtime.runner), at most
-    ``workers`` at once; returns the results (the runner keeps the failures)."""
-    import ray
-
-    from jobs.runtime.cluster import size_workers, start_ray
+    """Run the pending cells as tasks through the job's ``runner`` (jobs.runtime.runner), at most
+    ``workers`` at once on Ray; returns the results (the runner keeps the failures). In this process
+    (``--in-process``) the cells run one at a time, each with the threads it would have on a local Ray
+    of this machine, so that it computes the same numbers."""
+    from jobs.runtime.cluster import plan_workers
     from workers.roar import prepare, run_cell
 
-    start_ray(args.ray_address)
-    sizing = size_workers(args.device, args.workers, default_cpu_workers="cpus")
+    runner.start(args.ray_address)
+    sizing = plan_workers(runner.tasks.resources(), args.device, args.workers, default_cpu_workers="cpus")
     config = {**config, "threads": sizing.threads or None, "device": sizing.device}
     task = runner.remote(run_cell, num_gpus=sizing.gpus, num_cpus=sizing.cpus)
-    data = {k: (v if k.endswith("maps") else ray.put(v)) for k, v in arrays.items()}
+    data = {k: (v if k.endswith("maps") else runner.put(v)) for k, v in arrays.items()}
     prepared = Prepared(todo, runner.remote(prepare, num_cpus=max(1, sizing.cpus if not sizing.gpus else 1),
-                                            num_returns=2), config, data)
+                                            num_returns=2), config, data, runner.put)
     results: list[dict] = []
     print(f"{len(todo)} cells on {sizing.describe}")
 

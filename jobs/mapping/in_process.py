@@ -17,7 +17,6 @@ Tested by tests/jobs/mapping/test_in_process.py.
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import time
 from collections.abc import Iterator, Sequence
@@ -28,25 +27,19 @@ from typing import Any
 BACKOFF_SECONDS = 2.0
 
 
-def local_resources() -> dict[str, float]:
-    """This machine's CPUs and GPUs, as a cluster's resources read (jobs.runtime.cluster.plan_workers)."""
-    import torch
-
-    return {"CPU": float(os.cpu_count() or 1), "GPU": float(torch.cuda.device_count())}
-
-
 def run_shards_here(tasks: Sequence[Any], config: Any, args: argparse.Namespace, store: Any = None) -> list[dict]:
     """Process the pending shards on one model replica in this process, through the job runner;
     returns one summary per finished shard. When a shard fails, the job stops with a line saying
     how many of the shards are committed and why."""
     from jobs.mapping.actor_pool import shard_counts, shard_runner
     from jobs.runtime.cluster import plan_workers
+    from jobs.runtime.tasks import HereTasks
     from workers.attributor import ShardAttributor, ShardFailed
     from workers.tasks import block_rows
 
     results: list[dict] = []
     runner = shard_runner(tasks, args, store, results)
-    sizing = plan_workers(local_resources(), args.device, 1)  # one replica, every CPU its thread
+    sizing = plan_workers(HereTasks().resources(), args.device, 1)  # one replica, every CPU its thread
     worker = ShardAttributor(config.to_dict(), threads=sizing.threads)
     try:
         rows = block_rows(tasks, len(tasks))  # a row per shard: a retry runs that shard again, no more

@@ -214,8 +214,17 @@ def ray_flags() -> argparse.ArgumentParser:
                    help="Ray cluster to join: its head's GCS host:port (6379 unless the head chose another; the "
                    "dashboard's 8265 is for ray job submit), auto, or ray://host:port (default: $RAY_ADDRESS, "
                    "else a local Ray on loopback)")
+    p.add_argument("--in-process", action="store_true",
+                   help="run the work in this process, without Ray: a small run, a laptop, a notebook or a "
+                        "debugger (the same results; a rerun either way resumes what the other committed)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
+
+
+def check_in_process(args: argparse.Namespace, what: str = "the work") -> None:
+    """Refuse ``--in-process`` beside the flags it cannot honour: a cluster to join, or more workers."""
+    if getattr(args, "in_process", False) and (args.ray_address or (getattr(args, "workers", None) or 1) > 1):
+        raise JobError(f"--in-process runs {what} in this process: leave out --ray-address and --workers")
 
 
 def worker_flags(default_workers: str) -> argparse.ArgumentParser:

@@ -14,11 +14,13 @@ the same lifecycle, whatever executes them:
   N <unit>s committed: <why>``;
 - **stopping**: Ctrl-C and SIGTERM (jobs.runtime.stopping) stop the loop, saying what is kept.
 
-Two backends feed it: :meth:`Runner.run_tasks` runs Ray tasks (the evaluation's units, at most
-``max_running`` at once), and :meth:`Runner.run_rows` consumes result rows: those of a Ray Data
-actor pool (attribution, where a model replica per actor matters; Ray Data retries its blocks
-under the same policy, jobs.mapping.actor_pool), or those of the one replica of a run without Ray
-(``jobs.attribute --in-process``: jobs.mapping.in_process, which retries a shard itself).
+Two backends feed it: :meth:`Runner.run_tasks` runs tasks (the evaluation's units, at most
+``max_running`` at once) on Ray, or in this process for a run with ``--in-process``
+(jobs.runtime.tasks: the same retries, arguments and thread counts, no Ray imported), and
+:meth:`Runner.run_rows` consumes result rows: those of a Ray Data actor pool (attribution, where a
+model replica per actor matters; Ray Data retries its blocks under the same policy,
+jobs.mapping.actor_pool), or those of the one replica of a run without Ray (``jobs.attribute
+--in-process``: jobs.mapping.in_process, which retries a shard itself).
 """
 
 from __future__ import annotations
@@ -65,11 +67,15 @@ class Runner:
 
     ``keys`` are every unit of the job, ``done`` those already committed; ``unit`` names one in
     messages ("shard", "cell"); ``committed`` (optional) counts this run's units committed so far
-    from the store, for a backend whose results arrive after their commit (Ray Data)."""
+    from the store, for a backend whose results arrive after their commit (Ray Data); ``in_process``:
+    the tasks run in this process (jobs.runtime.tasks.HereTasks), else on Ray."""
 
     def __init__(self, job: str, unit: str, keys: Iterable[str], done: Iterable[str] = (), *, no_bar: bool = False,
                  samples_total: int | None = None, retries: int | None = None,
-                 committed: Callable[[], int] | None = None) -> None:
+                 committed: Callable[[], int] | None = None, in_process: bool = False) -> None:
+        from jobs.runtime.tasks import tasks_for
+
+        self.tasks = tasks_for(in_process)
         self.job, self.unit, self.no_bar, self.samples_total = job, unit, no_bar, samples_total
         self.keys = list(dict.fromkeys(keys))
         self.done = set(done) & set(self.keys)
@@ -92,36 +98,43 @@ class Runner:
 
         return {"max_retries": self.retries, "retry_exceptions": list(TRANSIENT), **worker_options()}
 
-    def remote(self, fn: Callable[..., Any], **resources: Any) -> Any:
-        """``fn`` as a Ray task under the retry policy, with ``resources`` (num_cpus, num_gpus, num_returns)."""
-        import ray
+    def start(self, address: str | None) -> None:
+        """Start or join the job's Ray (``address``: ``--ray-address``); nothing for a run in this process."""
+        self.tasks.start(address)
 
-        return ray.remote(fn).options(**self.task_options(), **resources)
+    def put(self, value: Any) -> Any:
+        """``value`` put once for many tasks (``ray.put``; itself in this process)."""
+        return self.tasks.put(value)
+
+    def remote(self, fn: Callable[..., Any], **resources: Any) -> Any:
+        """``fn`` as a task under the retry policy, with ``resources`` (num_cpus, num_gpus, num_returns)."""
+        return self.tasks.remote(fn, **self.task_options(), **resources)
 
     # -- the backends -----------------------------------------------------------------------------
     def run_tasks(self, units: Sequence[Any], key: Callable[[Any], str], submit: Callable[[Any], Any],
                   on_result: Callable[[Any, Any], None], *, max_running: int | None = None,
                   settled: Callable[[Any], None] | None = None) -> None:
-        """Submit every unit not done (``submit(unit)`` returns an ObjectRef), at most ``max_running`` at
-        once; ``on_result(unit, value)`` commits each result as it arrives, ``settled(unit)`` is called
-        once a unit ended either way (to free what only it needed). Failed units are recorded."""
-        import ray
-
+        """Submit every unit not done (``submit(unit)`` returns a reference from :meth:`remote`), at most
+        ``max_running`` at once; ``on_result(unit, value)`` commits each result as it arrives,
+        ``settled(unit)`` is called once a unit ended either way (to free what only it needed). Failed
+        units are recorded."""
         pending = [u for u in units if key(u) not in self.done]
+        if self.tasks.in_process:
+            max_running = 1  # a task here runs as it is submitted: commit each before the next runs
         running: dict[Any, Any] = {}
         with self._loop():
             while pending or running:
                 while pending and (max_running is None or len(running) < max_running):
                     unit = pending.pop(0)
                     running[submit(unit)] = unit
-                ready, _ = ray.wait(list(running), num_returns=1)
+                ready, _ = self.tasks.wait(list(running))
                 for ref in ready:
                     unit = running.pop(ref)
                     if settled is not None:
                         settled(unit)
                     try:
-                        value = ray.get(ref)
-                    except ray.exceptions.RayError as err:
+                        value = self.tasks.get(ref)
+                    except self.tasks.errors as err:
                         self._failed(key(unit), err)
                     else:
                         on_result(unit, value)

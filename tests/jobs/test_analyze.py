@@ -5,12 +5,14 @@ other settings are refused."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from jobs import analyze
+from jobs.runtime.tasks import HereTasks, RayTasks
 from storage.maps.writer import MapRecords, MapStore
 
 
@@ -95,6 +97,15 @@ def test_analyze_isolates_the_planted_pattern_and_resumes(tmp_path, ray_session,
 
     assert analyze.main(argv) == 0  # a rerun skips both classes
     assert "2 classes already done, 0 to do" in capsys.readouterr().out
+    here = tmp_path / "here"  # the same analysis without Ray: the same clusters, positions and mean maps
+    shutil.copytree(out, here, ignore=shutil.ignore_patterns("_analysis"))
+    assert analyze.main([str(here), *argv[1:], "--in-process"]) == 0
+    for name in ("clusters/class-0000.parquet", "clusters/class-0001.parquet"):
+        pd.testing.assert_frame_equal(pd.read_parquet(here / "_analysis" / "pathway" / name),
+                                      pd.read_parquet(base / name), check_exact=True)
+    for name in ("means/class-0000.npy", "means/class-0001.npy"):
+        assert np.array_equal(np.load(here / "_analysis" / "pathway" / name), np.load(base / name))
+    capsys.readouterr()
     assert analyze.main([out, "--layout", "spectral", "--size", "16"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "other settings" in err and "size was 8, is 16" in err
@@ -114,8 +125,12 @@ def test_a_task_storage_error_is_raised_as_itself(ray_session) -> None:
     def fails() -> None:
         raise StorageError("s3://b/x is gone")
 
+    tasks = RayTasks()
     with pytest.raises(StorageError, match="is gone"):
-        analyze.gather(ray_session.remote(fails).remote())
+        analyze.gather(tasks, tasks.remote(fails).remote())
+    tasks = HereTasks()
+    with pytest.raises(StorageError, match="is gone"):
+        analyze.gather(tasks, tasks.remote(fails).remote())
 
 
 @pytest.mark.slow

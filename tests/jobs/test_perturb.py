@@ -126,7 +126,8 @@ def test_a_stopped_run_resumes_computing_only_the_missing_units_with_the_same_nu
                                                                                        tmp_path, capsys) -> None:
     """Every unit (a method's shard, or the random order's) is stored as it finishes, bound to the
     configuration: a rerun computes only the units that are not there and gives the numbers of an
-    uninterrupted run; a rerun with other settings into the same output is refused in one line."""
+    uninterrupted run, also when it runs without Ray (``--in-process``); a rerun with other settings
+    into the same output is refused in one line."""
     out = str(tmp_path / "perturbation")
     args = ["--checkpoint", checkpoint, "--limit", "24", "--shard-size", "8", "--methods", "gradient",
             "--fractions", FRACTIONS_ARG, "--fill", "mean,nli", "--output", out, "--no-progress"]
@@ -142,7 +143,7 @@ def test_a_stopped_run_resumes_computing_only_the_missing_units_with_the_same_nu
     missing = sorted(n for n in first if n.startswith(("gradient-000008-", "random-order-000016-")))
     for path in [*(os.path.join(out, "units", n) for n in missing), f"{out}/perturbation.parquet", f"{out}/auc.json"]:
         os.remove(path)
-    assert perturb.main(args) == 0
+    assert perturb.main([*args, "--in-process"]) == 0  # the rerun's tasks in this process: the same numbers
     assert "6 tasks, 4 already done, 2 to compute" in capsys.readouterr().out
     pd.testing.assert_frame_equal(pd.read_parquet(f"{out}/perturbation.parquet"), whole)
     again = unit_files(out)

@@ -61,8 +61,11 @@ def test_roar_end_to_end_and_resume(maps, capsys) -> None:
     first = cell_files(output)
     assert len(first) == 10 and "pathway-t30-s0-mean.json" in first and "none-t0-s1.json" in first
 
-    # The full run computes only what is missing: sobel, and every method's mask control.
-    assert roar.main(args) == 0
+    # The full run computes only what is missing: sobel, and every method's mask control; here without
+    # Ray (``--in-process``: one cell at a time, each on the threads a worker of a local Ray would have).
+    at = args.index("--workers")
+    one_at_a_time = [*args[:at], *args[at + 2:]]
+    assert roar.main([*one_at_a_time, "--in-process"]) == 0
     out = capsys.readouterr().out
     assert counts(out) == (10, 3 * 2 * 2 * 2 - 8)
     table = pd.read_parquet(os.path.join(output, "results.parquet"))
@@ -99,13 +102,18 @@ def test_roar_end_to_end_and_resume(maps, capsys) -> None:
     assert check["verdict"].startswith(("within 3 points", "UNDER-TRAINED"))
     assert check["under_trained"] == (check["gap_points"] > 3)
 
-    # Delete one cell: a rerun recomputes exactly that cell.
-    os.remove(os.path.join(output, "cells", "sobel-t70-s1-mean.json"))
+    # Delete one cell: a rerun recomputes exactly that cell, on Ray now, to the accuracy it had without.
+    cell = os.path.join(output, "cells", "sobel-t70-s1-mean.json")
+    with open(cell) as fh:
+        before = json.load(fh)
+    os.remove(cell)
     assert roar.main(args) == 0
     assert counts(capsys.readouterr().out) == (25, 1)
     third = cell_files(output)
     changed = sorted(k for k in third if third[k] != second.get(k))
     assert changed == ["sobel-t70-s1-mean.json"]
+    with open(cell) as fh:
+        assert json.load(fh)["accuracy"] == before["accuracy"]
     rerun = pd.read_parquet(os.path.join(output, "results.parquet"))
     pick = (lambda t: t[(t.method == "sobel") & (t.t == 70) & (t.seed == 1) & (t.input == "pixels")])
     assert float(pick(rerun).accuracy.iloc[0]) == float(pick(table).accuracy.iloc[0])  # same seed, same data
@@ -128,7 +136,7 @@ def test_kar_keeps_top_pixels(maps, capsys) -> None:
     output = os.path.join(maps["root"], "kar")
     assert roar.main(["--train-maps", maps["train"], "--test-maps", maps["test"], "--kar", "--methods", "pathway",
                       "--thresholds", "20", "--seeds", "1", "--epochs", "1", "--output", output, "--no-mask-control",
-                      "--no-progress"]) == 0
+                      "--in-process", "--no-progress"]) == 0  # what KAR keeps is the cell's business: no Ray
     table = pd.read_parquet(os.path.join(output, "results.parquet"))
     assert sorted(zip(table.method, table.t, table.fill)) == [(NONE, 100, "-"), ("pathway", 20, "nli")]
     assert (table["mode"] == "kar").all()

@@ -17,10 +17,11 @@ from jobs.evaluation.roar_summary import AT_CHANCE
 from tests.helpers import fashion_mnist, tiny_checkpoint, write_folder
 from tests.jobs.roar_claims import check_claims
 
-pytestmark = pytest.mark.slow  # starts Ray and retrains models
+pytestmark = pytest.mark.slow  # retrains models
 
 
-def test_roar_on_a_class_sorted_folder_with_limits(tmp_path, ray_session, capsys) -> None:
+def test_roar_on_a_class_sorted_folder_with_limits(tmp_path, capsys) -> None:
+    """The subsets and verdicts are the driver's business: the cells run in this process (``--in-process``)."""
     torch.set_num_threads(1)
     folder = tmp_path / "images"
     for split, source_split, n in (("train", "train", 200), ("test", "test", 100)):
@@ -37,7 +38,7 @@ def test_roar_on_a_class_sorted_folder_with_limits(tmp_path, ray_session, capsys
     out = str(tmp_path / "roar")
     code = roar.main(["--train-maps", urls["train"], "--test-maps", urls["test"], "--output", out, "--methods", "pathway",
                       "--thresholds", "50", "--seeds", "1", "--epochs", "1", "--train-limit", "100", "--test-limit", "50",
-                      "--fill", "mean", "--workers", "2", "--no-progress"])
+                      "--fill", "mean", "--in-process", "--no-progress"])
     printed = capsys.readouterr()
     assert code == 0, printed.err
     # The first 100 / 50 of this folder are one or two classes; the stratified subsets hold all ten.

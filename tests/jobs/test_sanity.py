@@ -74,11 +74,12 @@ def test_cascade_curves(checkpoint, ray_session, tmp_path, capsys) -> None:
     assert "Spearman |map|" in capsys.readouterr().out
 
 
-def test_reset_mode_module_by_module(checkpoint, ray_session, tmp_path) -> None:
-    """Quantus' configuration: reset_parameters(), one module per step; the cascade ends fully random."""
+def test_reset_mode_module_by_module(checkpoint, tmp_path) -> None:
+    """Quantus' configuration: reset_parameters(), one module per step; the cascade ends fully random
+    (the steps in this process: what they compute is not Ray's business)."""
     out = str(tmp_path / "reset")
     assert sanity.main(["--checkpoint", checkpoint, "--limit", "4", "--methods", "gradient", "--randomize", "reset",
-                        "--group", "module", "--draws", "1", "--output", out, "--no-progress"]) == 0
+                        "--group", "module", "--draws", "1", "--output", out, "--in-process", "--no-progress"]) == 0
     table = pd.read_parquet(f"{out}/sanity.parquet")
     names = list(dict.fromkeys(table.sort_values("step").step_name))
     assert names[:3] == ["original", "fc", "layer3.0.downsample.1"] and names[-1] == "conv1"
@@ -113,7 +114,8 @@ def test_missing_checkpoint_exits_2(tmp_path, capsys) -> None:
 def test_units_are_stored_and_a_rerun_computes_only_what_is_missing(checkpoint, ray_session, tmp_path,
                                                                     capsys) -> None:
     """Each (method, draw, step) is stored as it finishes: a rerun after a stop computes the missing
-    units only, with the numbers of an uninterrupted run; more --draws add units; other settings are refused."""
+    units only, with the numbers of an uninterrupted run (here without Ray: ``--in-process``); more
+    --draws add units; other settings are refused."""
     out = str(tmp_path / "sanity")
     args = ["--checkpoint", checkpoint, "--limit", "4", "--methods", "gradient", "--draws", "2", "--output", out,
             "--no-progress"]
@@ -127,7 +129,7 @@ def test_units_are_stored_and_a_rerun_computes_only_what_is_missing(checkpoint, 
         if name.startswith(("gradient-original-", "gradient-seed1-step3-")):
             os.remove(os.path.join(out, "units", name))
     os.remove(f"{out}/sanity_draws.parquet")
-    assert sanity.main(args) == 0
+    assert sanity.main([*args, "--in-process"]) == 0
     assert "13 steps, 11 already done, 2 to compute" in capsys.readouterr().out
     pd.testing.assert_frame_equal(pd.read_parquet(f"{out}/sanity_draws.parquet"), whole)
 

@@ -132,7 +132,7 @@ def test_clusters_page_and_a_clusters_gallery(reference, viewer, browser, monkey
     method = sorted(stored.method.unique())[0]
     monkeypatch.setenv("STORAGE_OPTIONS", json.dumps(reference["options"]))
     assert analyze.main([reference["url"], "--method", method, "--max-per-class", "20", "--clusters", "2",
-                         "--layout", "spectral"]) == 0
+                         "--layout", "spectral", "--in-process"]) == 0  # the page is the subject, not Ray
     where = Location(f"{reference['url']}/_analysis/{method}", reference["options"])
     table = pd.read_parquet(io.BytesIO(where.get("clusters/class-0003.parquet")))
     means = np.load(io.BytesIO(where.get("means/class-0003.npy")))

@@ -1,5 +1,5 @@
 """jobs.runtime.runner: every job's units through one lifecycle (resume, retries, progress, failure lines),
-on a real local Ray where units run."""
+the same with the tasks on a real local Ray and in this process (``--in-process``, jobs.runtime.tasks)."""
 
 from __future__ import annotations
 
@@ -35,8 +35,16 @@ def test_the_plan_counts_what_is_done_and_the_stop_line_names_failures_and_the_f
     Runner("roar", "cell", ["a"]).stop_if_failed()  # nothing failed: nothing to say
 
 
-def test_units_left_run_once_each_and_done_units_are_skipped(ray_session, capsys) -> None:
-    runner = Runner("double", "unit", ["a", "b", "c", "d"], done=["a"], no_bar=True)
+@pytest.fixture(params=[pytest.param(False, id="ray", marks=pytest.mark.slow), pytest.param(True, id="in-process")])
+def in_process(request: pytest.FixtureRequest) -> bool:
+    """Each test with the tasks on Ray and in this process (jobs.runtime.tasks): one contract, two backends."""
+    if not request.param:
+        request.getfixturevalue("ray_session")
+    return request.param
+
+
+def test_units_left_run_once_each_and_done_units_are_skipped(in_process, capsys) -> None:
+    runner = Runner("double", "unit", ["a", "b", "c", "d"], done=["a"], no_bar=True, in_process=in_process)
     task = runner.remote(lambda text: text * 2, num_cpus=1)
     results, settled = {}, []
     runner.run_tasks(["a", "b", "c", "d"], str, task.remote, results.__setitem__, max_running=1,
@@ -47,22 +55,23 @@ def test_units_left_run_once_each_and_done_units_are_skipped(ray_session, capsys
     assert lines[0].startswith("double: 0/3 units") and lines[-1].startswith("double: 3/3 units,")
 
 
-def test_the_drivers_retry_budget_reaches_every_task_it_starts(ray_session, monkeypatch) -> None:
+def test_the_drivers_retry_budget_reaches_every_task_it_starts(in_process, monkeypatch) -> None:
     """PATHWAY_STORAGE_RETRY_SECONDS set where the job runs holds in its tasks, whatever the workers'
-    own environment says (jobs.runtime.cluster.worker_options); unset, tasks keep their own."""
+    own environment says (jobs.runtime.cluster.worker_options); unset, tasks keep their own. (In this
+    process the tasks read the job's own environment.)"""
     from storage.io import retry
 
     def seen() -> tuple[str | None, float]:
         return os.environ.get("PATHWAY_STORAGE_RETRY_SECONDS"), retry.budget()
 
     monkeypatch.delenv("PATHWAY_STORAGE_RETRY_SECONDS", raising=False)
-    runner = Runner("budget", "unit", ["a"], no_bar=True)
-    assert ray_session.get(runner.remote(seen, num_cpus=0).remote()) == (None, retry.DEFAULT_BUDGET)
+    runner = Runner("budget", "unit", ["a"], no_bar=True, in_process=in_process)
+    assert runner.tasks.get(runner.remote(seen, num_cpus=0).remote()) == (None, retry.DEFAULT_BUDGET)
     monkeypatch.setenv("PATHWAY_STORAGE_RETRY_SECONDS", "7")
-    assert ray_session.get(runner.remote(seen, num_cpus=0).remote()) == ("7", 7.0)
+    assert runner.tasks.get(runner.remote(seen, num_cpus=0).remote()) == ("7", 7.0)
 
 
-def test_a_failed_unit_is_one_line_the_others_finish_and_the_job_stops_saying_what_is_kept(ray_session, tmp_path,
+def test_a_failed_unit_is_one_line_the_others_finish_and_the_job_stops_saying_what_is_kept(in_process, tmp_path,
                                                                                            capsys) -> None:
     tries = tmp_path / "tries"
     tries.mkdir()
@@ -74,7 +83,7 @@ def test_a_failed_unit_is_one_line_the_others_finish_and_the_job_stops_saying_wh
             raise ValueError(f"unit {key} has a bad input")
         return key
 
-    runner = Runner("job", "unit", ["one", "bad", "two"], no_bar=True, retries=2)
+    runner = Runner("job", "unit", ["one", "bad", "two"], no_bar=True, retries=2, in_process=in_process)
     task = runner.remote(work, num_cpus=1)
     results: dict[str, str] = {}
     runner.run_tasks(["one", "bad", "two"], str, task.remote, results.__setitem__)
@@ -89,7 +98,7 @@ def test_a_failed_unit_is_one_line_the_others_finish_and_the_job_stops_saying_wh
     assert str(stopped.value).endswith("; rerun to resume")
 
 
-def test_a_transient_failure_is_retried_and_one_past_the_retries_says_how_often_it_was_tried(ray_session,
+def test_a_transient_failure_is_retried_and_one_past_the_retries_says_how_often_it_was_tried(in_process,
                                                                                              tmp_path) -> None:
     marker = tmp_path / "failed-once"
 
@@ -99,7 +108,7 @@ def test_a_transient_failure_is_retried_and_one_past_the_retries_says_how_often_
             raise OSError(f"the store dropped {key}")  # what storage.io.retry gives up with
         return key
 
-    runner = Runner("job", "unit", ["k"], no_bar=True, retries=1)
+    runner = Runner("job", "unit", ["k"], no_bar=True, retries=1, in_process=in_process)
     results: dict[str, str] = {}
     runner.run_tasks(["k"], str, runner.remote(flaky, num_cpus=1).remote, results.__setitem__)
     assert results == {"k": "k"} and runner.failures == []
@@ -107,20 +116,20 @@ def test_a_transient_failure_is_retried_and_one_past_the_retries_says_how_often_
     def broken(key: str) -> str:
         raise OSError(f"the store is down for {key}")
 
-    runner = Runner("job", "unit", ["k"], no_bar=True, retries=1)
+    runner = Runner("job", "unit", ["k"], no_bar=True, retries=1, in_process=in_process)
     runner.run_tasks(["k"], str, runner.remote(broken, num_cpus=1).remote, results.__setitem__)
     assert len(runner.failures) == 1
     assert runner.failures[0][1].endswith("the store is down for k (the unit was tried 2 times)"), runner.failures
 
 
-def test_a_stop_mid_loop_says_what_is_kept_and_ends_the_loop(ray_session) -> None:
+def test_a_stop_mid_loop_says_what_is_kept_and_ends_the_loop(in_process) -> None:
     """Ctrl-C or SIGTERM arrives as jobs.runtime.stopping.Interrupted wherever the loop is; it leaves
     the loop with the signal kept and the count of units committed."""
     import signal
 
     from jobs.runtime.stopping import Interrupted
 
-    runner = Runner("job", "unit", ["a", "b", "c"], no_bar=True)
+    runner = Runner("job", "unit", ["a", "b", "c"], no_bar=True, in_process=in_process)
     results: dict[str, str] = {}
 
     def settled(key: str) -> None:
