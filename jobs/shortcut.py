@@ -1,6 +1,7 @@
 """The proof that dataset-wide analysis finds a planted shortcut ("Clever Hans", Lapuschkin et al. 2019).
 
     python -m jobs.shortcut --workdir outputs/shortcut --train-limit 10000 --test-limit 2000 --epochs 4
+    python -m jobs.shortcut --train-limit 3000 --test-limit 500 --epochs 3 --in-process   # no Ray
 
 Steps, each the project's own job: ``jobs.make_dataset --stamp CLASS:FRACTION`` plants a 4 x 4
 checkerboard on a fraction of one class's images (and, with the same seed and no stamp, the same
@@ -50,6 +51,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--methods", default=METHODS, help="methods to map and analyze")
     p.add_argument("--max-per-class", type=positive_int, default=2000, help="jobs.analyze --max-per-class")
     p.add_argument("--seed", type=int, default=0, help="dataset, training and analysis seed")
+    p.add_argument("--in-process", action="store_true",
+                   help="map and analyze in this process, without Ray (jobs.attribute and jobs.analyze --in-process)")
     return p.parse_args(argv)
 
 
@@ -119,12 +122,13 @@ def prove(args: argparse.Namespace) -> dict[str, Any]:
     result: dict[str, Any] = {"train_limit": args.train_limit, "test_limit": args.test_limit, "epochs": args.epochs,
                               "stamp": args.stamp, "reliance": reliance(checkpoint, stamped_url, plain_url, label, ids)}
     maps = str(work / "maps")
+    here = ["--in-process"] if args.in_process else []
     _job(attribute, ["--source", stamped_url, "--split", "test", "--checkpoint", checkpoint, "--methods",
-                     args.methods, "--output", maps, "--workers", "1", "--no-progress"])
+                     args.methods, "--output", maps, "--workers", "1", "--no-progress", *here])
     result["methods"] = {}
     for method in args.methods.split():
         _job(analyze, [maps, "--method", method, "--max-per-class", str(args.max_per_class), "--seed",
-                       str(args.seed), "--no-progress"])
+                       str(args.seed), "--no-progress", *here])
         table = pd.read_parquet(work / "maps" / "_analysis" / method / "clusters" / f"class-{label:04d}.parquet")
         result["methods"][method] = isolation(table, set(ids))
     (work / "shortcut.json").write_text(json.dumps(result, indent=2))

@@ -69,14 +69,16 @@ def test_maps_computed_in_process(checkpoint, ray_session, tmp_path, capsys) -> 
     assert "areas under the curves" in capsys.readouterr().out
 
 
-def test_stored_maps_on_s3(checkpoint, ray_session, s3_server, capsys) -> None:
-    """Maps written by jobs.attribute to S3 are read back; outputs land next to them by default."""
+def test_stored_maps_on_s3(checkpoint, s3_server, capsys) -> None:
+    """Maps written by jobs.attribute to S3 are read back; outputs land next to them by default (both jobs
+    without Ray: the driver reads the maps)."""
     url, options = s3_server.url("perturb-maps"), s3_server.storage_options
     opts = ["--storage-options", json.dumps(options)]
     assert attribute.main(["--checkpoint", checkpoint, "--output", url, "--methods", "gradient pathway",
                            "--limit", "30", "--shard-size", "15", "--in-process", "--no-progress", *opts]) == 0
+    # --fill train: the old spelling of --fill mean --mean train
     code = perturb.main(["--maps", url, "--methods", "gradient", "--fractions", FRACTIONS_ARG, "--fill", "train",
-                         "--shard-size", "12", "--no-progress", *opts])  # the old spelling of --fill mean --mean train
+                         "--shard-size", "12", "--in-process", "--no-progress", *opts])
     assert code == 0
     fs, root = open_fs(url, options)
     table = pd.read_parquet(io.BytesIO(fs.cat_file(join(root, "_eval/perturbation/perturbation.parquet"))))

@@ -19,9 +19,10 @@ def test_isolation_scores_the_cluster_holding_most_stamped_ids() -> None:
 
 
 @pytest.mark.slow
-def test_the_model_uses_the_stamp_and_analyze_isolates_it(tmp_path, ray_session) -> None:
+def test_the_model_uses_the_stamp_and_analyze_isolates_it(tmp_path) -> None:
+    """The proof, without Ray (its jobs' Ray runs: their own tests)."""
     args = shortcut.parse_args(["--workdir", str(tmp_path), "--train-limit", "3000", "--test-limit", "500",
-                                "--epochs", "3", "--methods", "pathway"])
+                                "--epochs", "3", "--methods", "pathway", "--in-process"])
     result = shortcut.prove(args)
     r = result["reliance"]
     assert r["stamped_images"] >= 10
