@@ -43,7 +43,8 @@ from typing import Any
 
 import numpy as np
 
-from jobs.runtime.cli import JobError, check_in_process, job_parser, positive_int, ray_flags, run_main, storage_options_from
+from jobs.runtime.cli import (JobError, check_in_process, job_parser, positive_int, ray_flags, run_main,
+                              storage_options_from)
 from jobs.reporting.spray import LAYOUTS, NORMS
 
 #: Version of the analysis layout, part of the bound configuration.

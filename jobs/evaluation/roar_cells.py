@@ -90,7 +90,8 @@ class Prepared:
         if key not in self.refs:
             method = cell["method"]
             if method not in self.maps:
-                self.maps[method] = (self.put(self.data["train_maps"][method]), self.put(self.data["test_maps"][method]))
+                self.maps[method] = (self.put(self.data["train_maps"][method]),
+                                     self.put(self.data["test_maps"][method]))
             train_m, test_m = self.maps[method]
             self.refs[key] = tuple(self.task.remote(cell, self.config, self.data["train_images"], train_m,
                                                     self.data["train_seeds"], self.data["test_images"], test_m,

@@ -27,7 +27,8 @@ def test_in_process_maps_equal_the_actor_pools_and_a_ray_rerun_resumes_them(refe
     """Half of the FM job in this process, then the whole job on Ray into the same output: the rerun
     computes only the other half, and every map equals the reference run's (the actor pool's) bytes."""
     out = str(tmp_path / "maps")
-    half = [*FM[:1], "200", *FM[2:]]  # --limit 200 of FM's 400
+    at = FM.index("--limit") + 1
+    half = [*FM[:at], str(int(FM[at]) // 2), *FM[at + 1:]]  # the first half of FM's samples
     threads, ours = torch.get_num_threads(), (os.cpu_count() or 1) + 1  # not what the replica sets (every CPU)
     torch.set_num_threads(ours)
     try:
