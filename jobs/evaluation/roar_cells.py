@@ -125,7 +125,8 @@ def run_cells(todo: list[dict], config: dict, arrays: dict, args: argparse.Names
     prepared = Prepared(todo, runner.remote(prepare, num_cpus=max(1, sizing.cpus if not sizing.gpus else 1),
                                             num_returns=2), config, data, runner.put)
     results: list[dict] = []
-    print(f"{len(todo)} cells on {sizing.describe}")
+    print(f"{len(todo)} cells one at a time in this process ({sizing.each} each)" if runner.tasks.in_process
+          else f"{len(todo)} cells on {sizing.describe}")
 
     def submit(cell: dict) -> Any:
         train_x, test_x = prepared.images(cell)

@@ -230,9 +230,13 @@ class WorkerSizing:
     device: str  # what the worker computes on: "cuda", "cpu", or the --device given
 
     @property
+    def each(self) -> str:
+        """What one worker gets: ``1 GPU`` or ``2 CPU threads``."""
+        return "1 GPU" if self.gpus else f"{self.threads} CPU thread{'s' if self.threads != 1 else ''}"
+
+    @property
     def describe(self) -> str:
-        each = "1 GPU" if self.gpus else f"{self.threads} CPU thread{'s' if self.threads != 1 else ''}"
-        return f"{self.workers} worker{'s' if self.workers != 1 else ''} ({each} each)"
+        return f"{self.workers} worker{'s' if self.workers != 1 else ''} ({self.each} each)"
 
 
 def size_workers(device: str, workers: int | None, default_cpu_workers: int | str = 1,
