@@ -15,7 +15,8 @@ holds the math.
 
 Scale: a seeded sample of at most ``--max-per-class`` maps per class is embedded; every other map is
 placed by its 10 nearest sampled maps (majority cluster, mean position), so a class of a million maps
-costs one eigen-solve of the sample plus a neighbour search per map. Work on Ray: one task per
+costs one eigen-solve of the sample plus a neighbour search per map. Work on Ray (or, with
+``--in-process``, the same tasks one at a time in this process: jobs.runtime.tasks): one task per
 committed shard reads its maps (three columns) and returns the sampled maps' features, one task per
 class clusters them, and one task per shard assigns its maps and sums them per cluster; the driver
 holds ids and cluster numbers, never the maps.
