@@ -35,18 +35,23 @@ def busy_seconds() -> float:
     return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
-def one_run(limit: int, in_process: bool, out: str) -> tuple[float, float]:
-    """(wall seconds, machine busy CPU seconds) of one job process."""
-    shutil.rmtree(out, ignore_errors=True)
-    args = [sys.executable, "-m", "jobs.attribute", "--limit", str(limit), "--output", out, "--no-progress",
-            *(["--in-process"] if in_process else [])]
+def timed_job(job: str, args: list[str]) -> tuple[float, float]:
+    """(wall seconds, machine busy CPU seconds) of one ``python -m jobs.<job>`` process, with a Ray of its
+    own (no $RAY_ADDRESS); exits with its stderr when it fails."""
+    command = [sys.executable, "-m", f"jobs.{job}", *args, "--no-progress"]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     cpu, start = busy_seconds(), time.perf_counter()
-    done = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True)
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
     wall, cpu = time.perf_counter() - start, busy_seconds() - cpu
     if done.returncode != 0:
-        raise SystemExit(f"{' '.join(args)} failed:\n{done.stderr[-3000:]}")
+        raise SystemExit(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
     return wall, cpu
+
+
+def one_run(limit: int, in_process: bool, out: str) -> tuple[float, float]:
+    """(wall seconds, machine busy CPU seconds) of one attribute job into a fresh ``out``."""
+    shutil.rmtree(out, ignore_errors=True)
+    return timed_job("attribute", ["--limit", str(limit), "--output", out, *(["--in-process"] if in_process else [])])
 
 
 def same_maps(a: str, b: str) -> bool:

@@ -19,29 +19,16 @@ import os
 import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench_first_maps import busy_seconds  # the same machine-wide CPU clock
+from bench_first_maps import timed_job as job  # the same run, timed on the machine-wide CPU clock
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-
-
-def job(name: str, args: list[str]) -> tuple[float, float]:
-    """(wall seconds, machine busy CPU seconds) of one job process; exits on a failed run."""
-    command = [sys.executable, "-m", f"jobs.{name}", *args, "--no-progress"]
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    cpu, start = busy_seconds(), time.perf_counter()
-    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
-    wall, cpu = time.perf_counter() - start, busy_seconds() - cpu
-    if done.returncode != 0:
-        raise SystemExit(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
-    return wall, cpu
 
 
 def same_perturbation(a: str, b: str) -> bool:
