@@ -222,9 +222,22 @@ def ray_flags() -> argparse.ArgumentParser:
 
 
 def check_in_process(args: argparse.Namespace, what: str = "the work") -> None:
-    """Refuse ``--in-process`` beside the flags it cannot honour: a cluster to join, or more workers."""
-    if getattr(args, "in_process", False) and (args.ray_address or (getattr(args, "workers", None) or 1) > 1):
+    """Refuse ``--in-process`` beside the flags it cannot honour: a cluster to join, more workers, or a
+    ``--device`` this machine does not have (a cluster's GPUs are not here)."""
+    if not getattr(args, "in_process", False):
+        return
+    if args.ray_address or (getattr(args, "workers", None) or 1) > 1:
         raise JobError(f"--in-process runs {what} in this process: leave out --ray-address and --workers")
+    device = getattr(args, "device", None)
+    if device not in (None, "auto", "cpu"):
+        from models.registry import ModelError
+        from models.training import resolve_device
+
+        try:
+            resolve_device(device)
+        except ModelError as err:
+            raise JobError(f"--device {device} --in-process: {err}; leave out --in-process to run on a cluster's "
+                           "GPUs, or use --device cpu") from None
 
 
 def worker_flags(default_workers: str) -> argparse.ArgumentParser:

@@ -107,6 +107,21 @@ def test_in_process_is_refused_beside_a_cluster_or_more_workers(argv) -> None:
         ["--in-process", "--workers", "1"]))
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+@pytest.mark.parametrize("job", ["attribute", "roar"])
+def test_in_process_on_a_device_this_machine_lacks_is_refused_before_anything_is_written(job, tmp_path,
+                                                                                        capsys) -> None:
+    import importlib
+
+    argv = {"attribute": ["--output", str(tmp_path / "maps")],
+            "roar": ["--train-maps", str(tmp_path / "a"), "--test-maps", str(tmp_path / "b")]}[job]
+    assert importlib.import_module(f"jobs.{job}").main([*argv, "--in-process", "--device", "cuda"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"jobs.{job}: error: --device cuda --in-process: device 'cuda' requested but CUDA is not available "
+                   "on this machine; leave out --in-process to run on a cluster's GPUs, or use --device cpu"), err
+    assert not list(tmp_path.iterdir())
+
+
 @pytest.mark.parametrize("job, argv, what", [
     ("attribute", ["--output", "{tmp}/maps"], "one model replica"),
     ("perturb", ["--output", "{tmp}/perturbation"], "the work"),
