@@ -71,7 +71,8 @@ def finished_cells(where: Any, cells: list[dict], fingerprint: str) -> tuple[dic
 
 
 class Prepared:
-    """Each key's prepared (train, test) object refs, made on first use and dropped after its last cell."""
+    """Each key's prepared (train, test) references (jobs.runtime.tasks), made on first use and dropped after
+    its last cell."""
 
     def __init__(self, todo: list[dict], task: Any, config: dict, data: dict[str, Any], put: Any) -> None:
         self.task, self.config, self.data, self.put = task, config, data, put
