@@ -88,8 +88,9 @@ class Runner:
 
     # -- the plan ---------------------------------------------------------------------------------
     def plan_line(self) -> str:
-        """``12 cells, 4 already done, 8 to compute``."""
-        return f"{len(self.keys)} {self.unit}s, {len(self.done)} already done, {len(self.todo)} to compute"
+        """``12 cells, 4 already done, 8 to compute`` (``... to compute in this process`` with ``--in-process``)."""
+        where = " in this process" if self.tasks.in_process and self.todo else ""
+        return f"{len(self.keys)} {self.unit}s, {len(self.done)} already done, {len(self.todo)} to compute{where}"
 
     def task_options(self) -> dict[str, Any]:
         """Ray task options of the retry policy (``ray.remote(fn).options(**runner.task_options())``), and

@@ -13,8 +13,9 @@ a debugger. Both keep the contract the jobs rely on:
 - a task sees its arguments as a Ray worker does (:func:`as_sent`): a copy of small objects, and the
   large buffers (numpy arrays) read-only, so a task that would change an input fails here as it fails
   there, and cannot change the driver's copy or the next task's;
-- a task runs with ``num_cpus`` torch threads, as on a Ray worker (Ray sets ``OMP_NUM_THREADS`` to a
-  task's CPUs), so that its numbers are those it computes on Ray; the job's own count is restored.
+- a task runs with ``num_cpus`` torch threads (at least one), as on a Ray worker (Ray sets
+  ``OMP_NUM_THREADS`` to a task's CPUs), so that its numbers are those it computes on Ray; the job's
+  own count is restored.
 
 Here a task runs when it is submitted, so the runner (jobs.runtime.runner) commits each unit before
 it submits the next: a stopped run keeps every unit it finished.

@@ -146,7 +146,7 @@ def test_a_stopped_run_resumes_computing_only_the_missing_units_with_the_same_nu
     for path in [*(os.path.join(out, "units", n) for n in missing), f"{out}/perturbation.parquet", f"{out}/auc.json"]:
         os.remove(path)
     assert perturb.main([*args, "--in-process"]) == 0  # the rerun's tasks in this process: the same numbers
-    assert "6 tasks, 4 already done, 2 to compute" in capsys.readouterr().out
+    assert "6 tasks, 4 already done, 2 to compute in this process" in capsys.readouterr().out
     pd.testing.assert_frame_equal(pd.read_parquet(f"{out}/perturbation.parquet"), whole)
     again = unit_files(out)
     assert sorted(k for k in again if again[k] != first.get(k)) == missing  # only those were computed

@@ -23,6 +23,10 @@ def test_retries_come_from_the_flag_else_the_environment(monkeypatch) -> None:
 def test_the_plan_counts_what_is_done_and_the_stop_line_names_failures_and_the_fix() -> None:
     runner = Runner("roar", "cell", ["a", "b", "c", "d", "e", "a"], done=["a", "x"])
     assert runner.plan_line() == "5 cells, 1 already done, 4 to compute" and runner.todo == ["b", "c", "d", "e"]
+    here = Runner("roar", "cell", ["a", "b"], done=["a"], in_process=True)
+    assert here.plan_line() == "2 cells, 1 already done, 1 to compute in this process"
+    here = Runner("roar", "cell", ["a", "b"], done=["a", "b"], in_process=True)
+    assert here.plan_line() == "2 cells, 2 already done, 0 to compute"  # nothing runs anywhere
     runner.finished = 1
     runner.failures = [("b", "ValueError: bad"), ("c", "OSError: gone"), ("d", "x"), ("e", "y")]
     assert runner.stop_line() == ("the job stopped with 1 of 4 cells committed: cell b: ValueError: bad; "
