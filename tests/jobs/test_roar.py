@@ -67,7 +67,8 @@ def test_roar_end_to_end_and_resume(maps, capsys) -> None:
     one_at_a_time = [*args[:at], *args[at + 2:]]
     assert roar.main([*one_at_a_time, "--in-process"]) == 0
     out = capsys.readouterr().out
-    assert counts(out) == (10, 3 * 2 * 2 * 2 - 8) and "16 cells one at a time in this process (1 CPU thread each)" in out
+    assert counts(out) == (10, 3 * 2 * 2 * 2 - 8)
+    assert "16 cells one at a time in this process (1 CPU thread each)" in out
     table = pd.read_parquet(os.path.join(output, "results.parquet"))
     methods = ("pathway", "random", "sobel")
     expected = {(NONE, 0, s, "pixels", "-") for s in (0, 1)}
