@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import fsspec
+import numpy as np
 import pytest
 import torch
 
@@ -20,8 +21,6 @@ from models.training import evaluate
 from storage.checkpoints import load_checkpoint, load_metrics
 from storage.sources import load_arrays, open_source
 
-pytestmark = pytest.mark.slow  # starts Ray or trains a model
-
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = ["--limit", "2000", "--epochs", "1", "--batch-size", "32", "--no-progress", "--threads", "1"]
 
@@ -31,6 +30,7 @@ def _read(url: str, options: dict) -> bytes:
         return fh.read()
 
 
+@pytest.mark.slow  # trains a model or imports torch in a new process
 def test_trains_and_writes_checkpoint_metrics_and_plot(tmp_path, capsys) -> None:
     url = str(tmp_path / "models" / "fm.pt")
     argv = [*SMALL, "--output", url]
@@ -60,6 +60,7 @@ def test_trains_and_writes_checkpoint_metrics_and_plot(tmp_path, capsys) -> None
     assert evaluate(model, spec, test_images, test_labels) == pytest.approx(metrics["test_accuracy"], abs=2e-4)
 
 
+@pytest.mark.slow  # trains a model or imports torch in a new process
 def test_writes_checkpoint_metrics_and_plot_to_s3_with_options_from_the_environment(s3_server, monkeypatch,
                                                                                    capsys) -> None:
     """The same files on s3://, the options from $STORAGE_OPTIONS as on a cluster (a smaller run: what
@@ -83,6 +84,7 @@ def test_writes_checkpoint_metrics_and_plot_to_s3_with_options_from_the_environm
     assert _read(f"{url}.metrics.png", options)[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow  # trains a model or imports torch in a new process
 def test_limit_is_a_seeded_subset(tmp_path) -> None:
     a, b, c = (str(tmp_path / f"{n}.pt") for n in "abc")
     common = ["--limit", "300", "--epochs", "1", "--batch-size", "100", "--no-progress", "--test-split", "none",
@@ -95,6 +97,7 @@ def test_limit_is_a_seeded_subset(tmp_path) -> None:
     assert load_metrics(a)["test_accuracy"] is None
 
 
+@pytest.mark.slow  # reads the whole training split before most of these refusals
 @pytest.mark.parametrize("args, code, message", [
     (["--epochs", "0"], 2, "--epochs: expected a positive integer"),
     (["--lr", "-1"], 2, "--lr: expected a positive number"),
@@ -117,6 +120,7 @@ def test_bad_input_exits_nonzero_with_a_clear_message(tmp_path, capsys, args, co
     assert not (tmp_path / "x.pt").exists()
 
 
+@pytest.mark.slow  # trains a model or imports torch in a new process
 def test_module_entry_point_reports_errors_without_traceback(tmp_path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "jobs.train", "--source", str(tmp_path / "missing"), "--output", str(tmp_path / "x.pt")],
@@ -135,3 +139,31 @@ def test_metrics_record_the_command_and_versions_without_secrets() -> None:
     versions = record["versions"]
     assert versions["torch"] == str(torch.__version__) and versions["numpy"] and versions["python"].count(".") == 2
     assert versions["git_commit"] is None or len(versions["git_commit"]) == 40
+
+
+@pytest.mark.parametrize("shape, step_of", [((7, 5, 5, 1), 1), ((40, 9, 11, 3), 4), ((3, 2, 2, 4), 1)])
+def test_channel_stats_equal_the_float64_formula(shape, step_of) -> None:
+    """The histogram count gives numpy's float64 mean and std of the pixels scaled to [0, 1], over every
+    ``N // max_samples``-th image, to the 4 decimals a spec keeps; a constant channel gets the 1e-3 floor."""
+    images = np.random.default_rng(sum(shape)).integers(0, 256, shape, dtype=np.uint8)
+    images[..., 0] = 17  # constant
+    max_samples = shape[0] // step_of
+    sample = images[::step_of].reshape(-1, shape[-1]).astype(np.float64) / 255.0
+    expected = (tuple(round(float(v), 4) for v in sample.mean(axis=0)),
+                tuple(round(float(v), 4) for v in np.maximum(sample.std(axis=0), 1e-3)))
+    assert train_job.channel_stats(images, max_samples=max_samples) == expected
+    assert expected[1][0] == 0.001
+
+
+def test_channel_stats_hold_counts_not_a_float_copy_of_the_images() -> None:
+    """Peak memory stays far under a float64 copy of the images (8 bytes a pixel: 120 MB here)."""
+    import tracemalloc
+
+    images = np.random.default_rng(0).integers(0, 256, (100, 224, 224, 3), dtype=np.uint8)
+    tracemalloc.start()
+    try:
+        train_job.channel_stats(images)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < images.nbytes * 3, f"{peak / 2**20:.0f} MiB for {images.nbytes / 2**20:.0f} MiB of pixels"
