@@ -27,6 +27,7 @@ import json
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -91,7 +92,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--weight-decay", type=non_negative_float, default=5e-4, help="on weights, not on BN or biases")
     p.add_argument("--augment", action="store_true", help="random crop with 2 px padding (seeded)")
     p.add_argument("--seed", type=int, default=0, help="seeds init, data order, augmentation and --limit")
-    p.add_argument("--limit", type=positive_int, default=None, help="train on a seeded random subset of this size")
+    p.add_argument("--limit", type=positive_int, default=None,
+                   help="train on a seeded random subset of this size (only it and the statistics' share are decoded)")
     p.add_argument("--device", default="auto", type=device_name, help="auto, cpu, cuda, cuda:1, mps")
     p.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: $OMP_NUM_THREADS if set, else every CPU this process may use)")
     p.add_argument("--output", default=DEFAULT_OUTPUT, help="checkpoint URL (local path, s3://...)")
@@ -107,7 +109,11 @@ def _open(name: str, split: str, options: dict[str, Any], policy: Any = None):
     return open_source(name, split=split, storage_options=options, policy=policy)
 
 
-def channel_stats(images: np.ndarray, max_samples: int = 20_000) -> tuple[tuple[float, ...], tuple[float, ...]]:
+#: The most images the channel statistics are taken from: every ``N // STATS_SAMPLES``-th of the source.
+STATS_SAMPLES = 20_000
+
+
+def channel_stats(images: np.ndarray, max_samples: int = STATS_SAMPLES) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean / std of uint8 ``[N, H, W, C]`` pixels scaled to [0, 1] (4 decimals), over every
     ``N // max_samples``-th image. Counted as a histogram of the 256 byte values per channel: exact, and
     memory stays that of one chunk's counts however large the images (a float64 copy of 20,000 RGB
@@ -129,23 +135,67 @@ def channel_stats(images: np.ndarray, max_samples: int = 20_000) -> tuple[tuple[
     return tuple(round(float(v), 4) for v in mean), tuple(round(float(v), 4) for v in std)
 
 
-def make_spec(args: argparse.Namespace, images: np.ndarray, labels: np.ndarray, classes: Sequence[str] | None):
+@dataclass(frozen=True)
+class TrainingSet:
+    """What training reads of the train split."""
+
+    images: np.ndarray  # uint8 [N, H, W, C], the seeded ``--limit`` subset or every sample
+    labels: np.ndarray  # int64 [N]
+    stats_images: np.ndarray  # the images the channel statistics are taken from
+    classes: list[str]  # the source's class names, else "0".."max label" over the whole split
+    listed: int  # samples in the split
+
+
+def training_set(source: Any, limit: int | None, seed: int) -> TrainingSet:
+    """The train split as training uses it.
+
+    With ``limit`` under the split's size only what is used is decoded: the seeded subset and every
+    ``N // STATS_SAMPLES``-th sample, so ``--limit 2000`` of a folder of a million JPEGs reads about
+    22,000 of them. The subset and the statistics are those of decoding everything as long as every
+    sample decodes (one that does not is logged and skipped, and the subset is that much smaller). A
+    source that names no classes is read whole: its classes are its labels up to the largest."""
+    from storage.sources import load_arrays
+
+    refs = source.list()
+    named = [str(c) for c in getattr(source, "classes", None) or []]
+    if limit is not None and limit < len(refs) and named:
+        keep = np.sort(np.random.default_rng(seed).choice(len(refs), size=limit, replace=False))
+        stats = np.arange(0, len(refs), max(1, len(refs) // STATS_SAMPLES))
+        images, labels, ids = load_arrays(source, [refs[i] for i in np.union1d(keep, stats)])
+        row = {sample_id: k for k, sample_id in enumerate(ids)}
+
+        def rows(picks: np.ndarray) -> list[int]:
+            """Where the decoded ones of ``picks`` (indices into the listing) lie among ``images``."""
+            return [row[refs[i].sample_id] for i in picks if refs[i].sample_id in row]
+
+        train_rows = rows(keep)
+        return TrainingSet(images[train_rows], labels[train_rows], images[rows(stats)], named, len(refs))
+    images, labels, _ids = load_arrays(source, refs)
+    classes = named or [str(i) for i in range(int(labels.max()) + 1 if len(labels) else 0)]
+    stats_images = images[::max(1, len(images) // STATS_SAMPLES)]
+    if limit is not None and limit < len(images):
+        keep = np.sort(np.random.default_rng(seed).choice(len(images), size=limit, replace=False))
+        images, labels = images[keep], labels[keep]
+    return TrainingSet(images, labels, stats_images, classes, len(refs))
+
+
+def make_spec(args: argparse.Namespace, data: TrainingSet):
+    """The checkpoint's spec: the training images' channels and size, the classes, and the channel
+    statistics (ImageNet's for a pretrained model on RGB images)."""
     from models.registry import IMAGENET_MEAN, IMAGENET_STD, ModelSpec
 
-    if images.ndim == 3:
-        images = images[..., None]
+    images = data.images
     if images.ndim != 4 or images.dtype != np.uint8:
         raise JobError(f"source {args.source!r} gave images of shape {images.shape} and dtype {images.dtype}; "
                        "expected uint8 [N, H, W, C]")
-    classes = [str(c) for c in classes] if classes else [str(i) for i in range(int(labels.max()) + 1)]
     channels = images.shape[-1]
     if args.pretrained and channels == 3:
         mean, std = IMAGENET_MEAN, IMAGENET_STD
     else:
-        mean, std = channel_stats(images)
-    return ModelSpec(arch=args.arch, num_classes=len(classes), in_channels=channels,
-                     input_size=args.input_size or tuple(images.shape[1:3]), mean=mean, std=std, class_names=classes,
-                     arch_kwargs=args.arch_kwargs)
+        mean, std = channel_stats(data.stats_images, max_samples=max(1, len(data.stats_images)))
+    return ModelSpec(arch=args.arch, num_classes=len(data.classes), in_channels=channels,
+                     input_size=args.input_size or tuple(images.shape[1:3]), mean=mean, std=std,
+                     class_names=data.classes, arch_kwargs=args.arch_kwargs)
 
 
 def provenance(argv: Sequence[str] | None) -> dict[str, Any]:
@@ -202,17 +252,11 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     started = time.time()
 
     train_src = _open(args.source, "train", options, source_policy_of(args))
-    images, labels, _ids = load_arrays(train_src)
-    images, labels = np.asarray(images), np.asarray(labels)
-    if images.shape[0] == 0:
+    data = training_set(train_src, args.limit, args.seed)
+    if data.images.shape[0] == 0:
         raise JobError(f"source {args.source!r} has no training samples")
-    spec = make_spec(args, images, labels, getattr(train_src, "classes", None))
-    if images.ndim == 3:
-        images = images[..., None]
-    n_total = images.shape[0]
-    if args.limit is not None and args.limit < n_total:
-        keep = np.sort(np.random.default_rng(args.seed).choice(n_total, size=args.limit, replace=False))
-        images, labels = images[keep], labels[keep]
+    spec = make_spec(args, data)
+    images, labels, n_total = data.images, data.labels, data.listed
 
     test_images = test_labels = None
     if args.test_split.lower() != "none":

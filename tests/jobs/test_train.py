@@ -20,6 +20,7 @@ from models import fashion_mnist_spec
 from models.training import evaluate
 from storage.checkpoints import load_checkpoint, load_metrics
 from storage.sources import load_arrays, open_source
+from tests.helpers import write_folder
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = ["--limit", "2000", "--epochs", "1", "--batch-size", "32", "--no-progress", "--threads", "1"]
@@ -167,3 +168,31 @@ def test_channel_stats_hold_counts_not_a_float_copy_of_the_images() -> None:
     finally:
         tracemalloc.stop()
     assert peak < images.nbytes * 3, f"{peak / 2**20:.0f} MiB for {images.nbytes / 2**20:.0f} MiB of pixels"
+
+
+def test_a_limit_decodes_only_its_subset_and_the_statistics_share(fmnist, tmp_path, monkeypatch, caplog) -> None:
+    """``--limit`` of a large split decodes the seeded subset and every ``N // STATS_SAMPLES``-th sample
+    (here 30 images and a share of 6: every 5th), and gets what decoding everything gives: the same
+    subset, the same statistics' images, the same classes. A sample that does not decode is logged and
+    skipped, counted among those read."""
+    from storage.sources import open_source
+
+    images, labels = fmnist
+    write_folder(str(tmp_path / "train"), None, images, labels)
+    monkeypatch.setattr(train_job, "STATS_SAMPLES", 6)
+    source = open_source(str(tmp_path), split="train")
+    whole, whole_labels, _ = load_arrays(source)
+    keep = np.sort(np.random.default_rng(3).choice(len(whole), size=4, replace=False))
+    got = train_job.training_set(source, limit=4, seed=3)
+    assert np.array_equal(got.images, whole[keep]) and np.array_equal(got.labels, whole_labels[keep])
+    assert np.array_equal(got.stats_images, whole[::5]) and got.listed == 30
+    assert got.classes == source.classes
+    everything = train_job.training_set(source, limit=None, seed=3)
+    assert np.array_equal(everything.images, whole) and np.array_equal(everything.stats_images, whole[::5])
+
+    first = sorted(p for p in (tmp_path / "train").rglob("*.png"))[0]  # listed first: in the statistics' share
+    first.write_bytes(b"not a png")
+    with caplog.at_level("WARNING"):
+        train_job.training_set(open_source(str(tmp_path), split="train"), limit=4, seed=3)
+    read = len(np.union1d(keep, np.arange(0, 30, 5)))
+    assert f"skipped 1 of {read} samples" in caplog.text and read < 30
