@@ -156,7 +156,7 @@ def test_channel_stats_equal_the_float64_formula(shape, step_of) -> None:
     assert expected[1][0] == 0.001
 
 
-def test_channel_stats_hold_counts_not_a_float_copy_of_the_images() -> None:
+def test_channel_stats_take_a_fraction_of_the_memory_of_a_float64_copy() -> None:
     """Peak memory stays far under a float64 copy of the images (8 bytes a pixel: 120 MB here)."""
     import tracemalloc
 
@@ -175,8 +175,6 @@ def test_a_limit_decodes_only_its_subset_and_the_statistics_share(fmnist, tmp_pa
     (here 30 images and a share of 6: every 5th), and gets what decoding everything gives: the same
     subset, the same statistics' images, the same classes. A sample that does not decode is logged and
     skipped, counted among those read."""
-    from storage.sources import open_source
-
     images, labels = fmnist
     write_folder(str(tmp_path / "train"), None, images, labels)
     monkeypatch.setattr(train_job, "STATS_SAMPLES", 6)
