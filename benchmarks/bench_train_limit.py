@@ -68,8 +68,8 @@ def main() -> int:
     old_wall, old_cpu, (old_images, old_stats) = timed(whole)
     new_wall, new_cpu, got = timed(lambda: train.training_set(fresh(), args.limit, seed=0))
     same = np.array_equal(old_images, got.images) and np.array_equal(old_stats, got.stats_images)
-    decoded = len(np.union1d(np.sort(np.random.default_rng(0).choice(args.images, args.limit, replace=False)),
-                             np.arange(0, args.images, max(1, args.images // train.STATS_SAMPLES))))
+    decoded = len(np.union1d(train.limit_subset(args.images, args.limit, seed=0),
+                             np.arange(0, args.images, train.stats_stride(args.images))))
     print(f"decode the whole split, then subset: {old_wall:6.1f} s wall, {old_cpu:6.1f} s CPU ({args.images} decoded)")
     print(f"training_set (subset + statistics): {new_wall:6.1f} s wall, {new_cpu:6.1f} s CPU ({decoded} decoded)")
     print(f"ratio: {old_wall / new_wall:.2f}x wall; same subset and statistics' images: {same}")

@@ -113,13 +113,23 @@ def _open(name: str, split: str, options: dict[str, Any], policy: Any = None):
 STATS_SAMPLES = 20_000
 
 
+def stats_stride(n: int, max_samples: int | None = None) -> int:
+    """The channel statistics take every ``stats_stride(n)``-th of ``n`` images: no more than about
+    ``max_samples`` (default :data:`STATS_SAMPLES`, read when called)."""
+    return max(1, n // (STATS_SAMPLES if max_samples is None else max_samples))
+
+
+def limit_subset(n: int, limit: int, seed: int) -> np.ndarray:
+    """The seeded ``--limit`` subset of ``n`` samples, as sorted indices."""
+    return np.sort(np.random.default_rng(seed).choice(n, size=limit, replace=False))
+
+
 def channel_stats(images: np.ndarray, max_samples: int = STATS_SAMPLES) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean / std of uint8 ``[N, H, W, C]`` pixels scaled to [0, 1] (4 decimals), over every
     ``N // max_samples``-th image. Counted as a histogram of the 256 byte values per channel, about 4 M
     pixels at a time: exact, and the memory it takes does not grow with the images (a float64 copy of
     20,000 RGB images at 224 px would take 24 GB)."""
-    step = max(1, images.shape[0] // max_samples)
-    sample = images[::step]
+    sample = images[::stats_stride(images.shape[0], max_samples)]
     channels = sample.shape[-1]
     counts = np.zeros((channels, 256), np.int64)
     chunk = max(1, (1 << 22) // max(1, int(np.prod(sample.shape[1:]))))  # about 4 M pixels at a time
@@ -159,8 +169,8 @@ def training_set(source: Any, limit: int | None, seed: int) -> TrainingSet:
     refs = source.list()
     named = [str(c) for c in getattr(source, "classes", None) or []]
     if limit is not None and limit < len(refs) and named:
-        keep = np.sort(np.random.default_rng(seed).choice(len(refs), size=limit, replace=False))
-        stats = np.arange(0, len(refs), max(1, len(refs) // STATS_SAMPLES))
+        keep = limit_subset(len(refs), limit, seed)
+        stats = np.arange(0, len(refs), stats_stride(len(refs)))
         images, labels, ids = load_arrays(source, [refs[i] for i in np.union1d(keep, stats)])
         row = {sample_id: k for k, sample_id in enumerate(ids)}
 
@@ -172,9 +182,9 @@ def training_set(source: Any, limit: int | None, seed: int) -> TrainingSet:
         return TrainingSet(images[train_rows], labels[train_rows], images[rows(stats)], named, len(refs))
     images, labels, _ids = load_arrays(source, refs)
     classes = named or [str(i) for i in range(int(labels.max()) + 1 if len(labels) else 0)]
-    stats_images = images[::max(1, len(images) // STATS_SAMPLES)]
+    stats_images = images[::stats_stride(len(images))]
     if limit is not None and limit < len(images):
-        keep = np.sort(np.random.default_rng(seed).choice(len(images), size=limit, replace=False))
+        keep = limit_subset(len(images), limit, seed)
         images, labels = images[keep], labels[keep]
     return TrainingSet(images, labels, stats_images, classes, len(refs))
 
